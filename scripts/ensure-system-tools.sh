@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The tests drive real third-party NBD clients. Install them when missing (as root, with apt-get),
+# or stop with the one command that installs them.
+set -euo pipefail
+
+PACKAGES="qemu-utils libnbd-bin fio"
+missing=()
+for tool in qemu-img qemu-io nbdinfo nbdcopy fio; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if command -v fio >/dev/null 2>&1 && ! fio --enghelp=nbd >/dev/null 2>&1; then
+  missing+=("fio-nbd-engine")
+fi
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "system tools missing for the tests: ${missing[*]}"
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing: apt-get install -y $PACKAGES"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  apt-get install -y -qq $PACKAGES >/dev/null
+  exit 0
+fi
+echo "run this once, then npm test again:"
+echo "  sudo apt-get install -y $PACKAGES"
+exit 1

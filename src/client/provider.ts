@@ -1,0 +1,70 @@
+// Opens volumes for a front end (the NBD server) by name, sharing one open Volume among all users
+// of the same name in this process: one lease, one chunk map, one write-ordering lock. The volume
+// closes (and its lease is released) when the last user lets go.
+
+import type { CsConnectionPool } from '../protocol/cs_connection.ts';
+import type { MdsClient } from '../protocol/mds_client.ts';
+import type { Logger } from '../util/log.ts';
+import type { BlockDeviceHandle, BlockDeviceProvider } from './block_device.ts';
+import { Volume } from './volume.ts';
+
+interface Shared {
+  readonly volume: Promise<Volume>;
+  users: number;
+}
+
+export class VolumeProvider implements BlockDeviceProvider {
+  private readonly open_ = new Map<string, Shared>();
+  private readonly deps: { mds: MdsClient; pool: CsConnectionPool; log: Logger; holder: string };
+
+  constructor(deps: { mds: MdsClient; pool: CsConnectionPool; log: Logger; holder: string }) {
+    this.deps = deps;
+  }
+
+  async list(): Promise<string[]> {
+    return (await this.deps.mds.exports()).names;
+  }
+
+  async open(name: string, options: { readOnly: boolean }): Promise<BlockDeviceHandle> {
+    // Users of one mode share one open: writers share the lease. A read-only open has no cache,
+    // so it sees every write the writable open made.
+    const key = `${options.readOnly ? 'ro' : 'rw'}:${name}`;
+    let shared = this.open_.get(key);
+    if (shared === undefined) {
+      const volume = Volume.open({ ...this.deps, name, readOnly: options.readOnly });
+      shared = { volume, users: 0 };
+      this.open_.set(key, shared);
+      volume.catch(() => {
+        if (this.open_.get(key) === shared) this.open_.delete(key);
+      });
+    }
+    const entry = shared;
+    entry.users += 1;
+    let device: Volume;
+    try {
+      device = await entry.volume;
+    } catch (error) {
+      entry.users -= 1;
+      throw error;
+    }
+    let released = false;
+    return {
+      device,
+      release: async () => {
+        if (released) return;
+        released = true;
+        entry.users -= 1;
+        if (entry.users > 0) return;
+        if (this.open_.get(key) === entry) this.open_.delete(key);
+        await device.close();
+      },
+    };
+  }
+
+  /** Closes every open volume (server shutdown). */
+  async closeAll(): Promise<void> {
+    const all = [...this.open_.values()];
+    this.open_.clear();
+    await Promise.all(all.map(async (shared) => (await shared.volume.catch(() => null))?.close()));
+  }
+}

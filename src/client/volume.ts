@@ -1,0 +1,377 @@
+// An open volume: the client library's BlockDevice. It maps byte ranges to chunks, asks the MDS to
+// allocate a chunk on its first write, talks to chunk servers directly (the primary forwards
+// writes to the other replicas), and holds the volume's write lease, renewing it in the background.
+//
+// Ordering: writes whose 4 KiB blocks overlap are never in flight at the same time; the later one
+// waits. Replicas apply a chunk's writes in arrival order, so without this two overlapping writes
+// could land in different orders on different replicas and leave them different.
+
+import { hostname } from 'node:os';
+import { StorageError, isStorageError } from '../errors.ts';
+import { BLOCK_BYTES, CS_PAYLOAD_BYTES_MAX } from '../limits.ts';
+import type { ChunkMapEntry, LeaseGrant, VolumeInfo } from '../protocol/api.ts';
+import { CS_OP, decodeExtents } from '../protocol/cs_messages.ts';
+import type { CsConnectionPool, CsRequestBody, CsResponse } from '../protocol/cs_connection.ts';
+import type { MdsClient } from '../protocol/mds_client.ts';
+import { assert } from '../util/assert.ts';
+import type { Logger } from '../util/log.ts';
+import { RangeLock } from '../util/range_lock.ts';
+import type { BlockDevice, Extent } from './block_device.ts';
+
+export interface VolumeOpenOptions {
+  readonly mds: MdsClient;
+  readonly pool: CsConnectionPool;
+  readonly name: string;
+  readonly readOnly: boolean;
+  /** Shown to admins as the lease holder. */
+  readonly holder?: string;
+  readonly force?: boolean;
+  readonly log: Logger;
+}
+
+/** A piece of a request that lies within one chunk and fits one frame. */
+interface Piece {
+  readonly chunkIndex: number;
+  readonly offsetInChunk: number;
+  readonly lengthBytes: number;
+  /** Offset of the piece within the caller's buffer. */
+  readonly bufferOffset: number;
+}
+
+/** Map refreshes and replica attempts per piece before the error goes to the caller. */
+const ATTEMPTS_MAX = 4;
+
+export class Volume implements BlockDevice {
+  readonly name: string;
+  readonly readOnly: boolean;
+  private info: VolumeInfo;
+  private readonly lease: LeaseGrant | null;
+  private leaseLost: StorageError | null = null;
+  private readonly chunks = new Map<number, ChunkMapEntry>();
+  private readonly allocating = new Map<number, Promise<ChunkMapEntry>>();
+  private readonly writeOrder = new RangeLock();
+  private readonly options: VolumeOpenOptions;
+  private renewTimer: NodeJS.Timeout | null = null;
+  private closed = false;
+
+  private constructor(options: VolumeOpenOptions, info: VolumeInfo, lease: LeaseGrant | null, chunks: ChunkMapEntry[]) {
+    this.options = options;
+    this.name = options.name;
+    this.readOnly = options.readOnly;
+    this.info = info;
+    this.lease = lease;
+    for (const chunk of chunks) this.chunks.set(chunk.chunkIndex, chunk);
+  }
+
+  static async open(options: VolumeOpenOptions): Promise<Volume> {
+    const opened = await options.mds.openVolume(options.name, {
+      mode: options.readOnly ? 'read' : 'write',
+      holder: options.holder ?? `${hostname()} pid ${process.pid}`,
+      ...(options.force === true ? { force: true } : {}),
+    });
+    const volume = new Volume(options, opened.volume, opened.lease, opened.chunks);
+    volume.startRenewing();
+    return volume;
+  }
+
+  get sizeBytes(): number {
+    return this.info.sizeBytes;
+  }
+
+  get epoch(): number {
+    return this.lease?.epoch ?? 0;
+  }
+
+  // ---- BlockDevice ------------------------------------------------------------------------------
+
+  async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    this.checkRange(offsetBytes, lengthBytes);
+    const pieces = this.split(offsetBytes, lengthBytes);
+    if (pieces.length === 1 && pieces[0] !== undefined) return this.readPiece(pieces[0]);
+    const result = Buffer.allocUnsafe(lengthBytes);
+    await Promise.all(
+      pieces.map(async (piece) => {
+        const bytes = await this.readPiece(piece);
+        bytes.copy(result, piece.bufferOffset);
+      }),
+    );
+    return result;
+  }
+
+  async write(offsetBytes: number, data: Buffer): Promise<void> {
+    this.checkWritable();
+    this.checkRange(offsetBytes, data.length);
+    await this.ordered(offsetBytes, data.length, () =>
+      Promise.all(
+        this.split(offsetBytes, data.length).map((piece) =>
+          this.mutatePiece(piece, CS_OP.WRITE, data.subarray(piece.bufferOffset, piece.bufferOffset + piece.lengthBytes)),
+        ),
+      ),
+    );
+  }
+
+  async zero(offsetBytes: number, lengthBytes: number): Promise<void> {
+    this.checkWritable();
+    this.checkRange(offsetBytes, lengthBytes);
+    await this.ordered(offsetBytes, lengthBytes, () =>
+      Promise.all(
+        this.split(offsetBytes, lengthBytes).map(async (piece) => {
+          // A chunk never written reads as zeroes already.
+          if (!this.chunks.has(piece.chunkIndex)) return;
+          await this.mutatePiece(piece, CS_OP.ZERO, undefined);
+        }),
+      ),
+    );
+  }
+
+  trim(offsetBytes: number, lengthBytes: number): Promise<void> {
+    return this.zero(offsetBytes, lengthBytes);
+  }
+
+  async flush(): Promise<void> {
+    // Every acknowledged write is already on stable storage on every replica.
+    this.checkOpen();
+  }
+
+  async blockStatus(offsetBytes: number, lengthBytes: number): Promise<Extent[]> {
+    this.checkRange(offsetBytes, lengthBytes);
+    const chunkSizeBytes = this.info.chunkSizeBytes;
+    const chunkIndex = Math.floor(offsetBytes / chunkSizeBytes);
+    const offsetInChunk = offsetBytes - chunkIndex * chunkSizeBytes;
+    const inChunkBytes = Math.min(lengthBytes, chunkSizeBytes - offsetInChunk);
+    const entry = this.chunks.get(chunkIndex);
+    // One chunk per call keeps the answer bounded; callers ask again for the rest.
+    if (entry === undefined) return [{ lengthBytes: inChunkBytes, allocated: false }];
+    const { payload } = await this.onReplica(chunkIndex, (target) =>
+      this.send(target, {
+        op: CS_OP.BLOCK_STATUS,
+        chunkId: target.entry.chunkId,
+        version: target.entry.version,
+        offsetBytes: offsetInChunk,
+        lengthBytes: inChunkBytes,
+      }),
+    );
+    return decodeExtents(payload);
+  }
+
+  /** Releases the write lease; further calls fail. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.renewTimer !== null) clearInterval(this.renewTimer);
+    if (this.lease !== null && this.leaseLost === null) {
+      await this.options.mds.closeVolume(this.name, this.lease.leaseId).catch((error: unknown) => {
+        this.options.log.warn('could not release the lease; it will expire', { volume: this.name, error });
+      });
+    }
+  }
+
+  // ---- pieces -----------------------------------------------------------------------------------
+
+  private split(offsetBytes: number, lengthBytes: number): Piece[] {
+    const chunkSizeBytes = this.info.chunkSizeBytes;
+    const pieces: Piece[] = [];
+    let position = offsetBytes;
+    const endBytes = offsetBytes + lengthBytes;
+    while (position < endBytes) {
+      const chunkIndex = Math.floor(position / chunkSizeBytes);
+      const offsetInChunk = position - chunkIndex * chunkSizeBytes;
+      const pieceBytes = Math.min(endBytes - position, chunkSizeBytes - offsetInChunk, CS_PAYLOAD_BYTES_MAX);
+      pieces.push({ chunkIndex, offsetInChunk, lengthBytes: pieceBytes, bufferOffset: position - offsetBytes });
+      position += pieceBytes;
+    }
+    return pieces;
+  }
+
+  private async readPiece(piece: Piece): Promise<Buffer> {
+    if (!this.chunks.has(piece.chunkIndex)) return Buffer.alloc(piece.lengthBytes);
+    const { payload } = await this.onReplica(piece.chunkIndex, (target) =>
+      this.send(target, {
+        op: CS_OP.READ,
+        chunkId: target.entry.chunkId,
+        version: target.entry.version,
+        offsetBytes: piece.offsetInChunk,
+        lengthBytes: piece.lengthBytes,
+      }),
+    );
+    if (payload.length !== piece.lengthBytes) {
+      throw new StorageError('ERR_PROTOCOL', `chunk server returned ${payload.length} bytes for a ${piece.lengthBytes}-byte read`);
+    }
+    return payload;
+  }
+
+  private async mutatePiece(piece: Piece, op: typeof CS_OP.WRITE | typeof CS_OP.ZERO, data: Buffer | undefined): Promise<void> {
+    if (op === CS_OP.WRITE) await this.ensureChunk(piece.chunkIndex);
+    await this.onPrimary(piece.chunkIndex, (entry) => {
+      const [primary, ...others] = entry.replicas;
+      assert(primary !== undefined, 'an allocated chunk has a primary replica');
+      return this.send(
+        { entry, replica: primary },
+        {
+          op,
+          chunkId: entry.chunkId,
+          version: entry.version,
+          volumeId: this.info.id,
+          epoch: this.epoch,
+          offsetBytes: piece.offsetInChunk,
+          lengthBytes: piece.lengthBytes,
+          forward: others,
+        },
+        data,
+      );
+    });
+  }
+
+  /** Runs a change once no in-flight change overlaps its blocks. */
+  private async ordered<T>(offsetBytes: number, lengthBytes: number, change: () => Promise<T>): Promise<T> {
+    const first = Math.floor(offsetBytes / BLOCK_BYTES);
+    const last = Math.floor((offsetBytes + lengthBytes - 1) / BLOCK_BYTES);
+    const release = await this.writeOrder.acquire(first, last, true);
+    try {
+      return await change();
+    } finally {
+      release();
+    }
+  }
+
+  // ---- talking to chunk servers -------------------------------------------------------------------
+
+  private async send(
+    target: { entry: ChunkMapEntry; replica: ChunkMapEntry['replicas'][number] },
+    body: CsRequestBody,
+    payload?: Buffer,
+  ): Promise<CsResponse> {
+    const response = await this.options.pool.request(target.replica.host, target.replica.port, body, payload);
+    if (response.reply.code !== undefined) {
+      throw StorageError.fromWire(
+        response.reply.code,
+        `chunk ${target.entry.chunkId} on chunk server ${target.replica.csId}: ${response.reply.message ?? ''}`,
+      );
+    }
+    return response;
+  }
+
+  /** Reads from the chunk's replicas in order, moving on when one fails or holds another version. */
+  private async onReplica(
+    chunkIndex: number,
+    attempt: (target: { entry: ChunkMapEntry; replica: ChunkMapEntry['replicas'][number] }) => Promise<CsResponse>,
+  ): Promise<CsResponse> {
+    let lastError: unknown = null;
+    for (let round = 0; round < ATTEMPTS_MAX; round += 1) {
+      const entry = this.chunks.get(chunkIndex);
+      assert(entry !== undefined, 'reads of unallocated chunks never reach chunk servers');
+      for (const replica of entry.replicas) {
+        try {
+          return await attempt({ entry, replica });
+        } catch (error) {
+          if (!isRetryable(error)) throw error;
+          lastError = error;
+        }
+      }
+      await this.refreshChunk(chunkIndex);
+    }
+    throw lastError;
+  }
+
+  /** Sends a change to the chunk's primary; refreshes the map once the version moved. */
+  private async onPrimary(chunkIndex: number, attempt: (entry: ChunkMapEntry) => Promise<CsResponse>): Promise<CsResponse> {
+    for (let round = 0; ; round += 1) {
+      const entry = this.chunks.get(chunkIndex);
+      assert(entry !== undefined, 'changes reach allocated chunks only');
+      try {
+        return await attempt(entry);
+      } catch (error) {
+        const stale = isStorageError(error, 'ERR_CHUNK_VERSION') || isStorageError(error, 'ERR_CHUNK_NOT_FOUND');
+        if (!stale || round + 1 >= ATTEMPTS_MAX) throw this.noteFenced(error);
+        await this.refreshChunk(chunkIndex);
+      }
+    }
+  }
+
+  private noteFenced(error: unknown): unknown {
+    if (isStorageError(error, 'ERR_LEASE_FENCED') && this.leaseLost === null) {
+      this.leaseLost = error;
+      this.options.log.error('write lease fenced: another client opened this volume for write', { volume: this.name });
+    }
+    return error;
+  }
+
+  private async refreshChunk(chunkIndex: number): Promise<void> {
+    const { chunks } = await this.options.mds.chunkMap(this.name, chunkIndex, 1);
+    const entry = chunks[0];
+    if (entry !== undefined && entry.chunkIndex === chunkIndex) this.chunks.set(chunkIndex, entry);
+  }
+
+  private async ensureChunk(chunkIndex: number): Promise<ChunkMapEntry> {
+    const existing = this.chunks.get(chunkIndex);
+    if (existing !== undefined) return existing;
+    let pending = this.allocating.get(chunkIndex);
+    if (pending === undefined) {
+      assert(this.lease !== null, 'writable volumes hold a lease');
+      pending = this.options.mds
+        .allocateChunk(this.name, chunkIndex, this.lease.leaseId)
+        .then((entry) => {
+          this.chunks.set(chunkIndex, entry);
+          return entry;
+        })
+        .finally(() => this.allocating.delete(chunkIndex));
+      this.allocating.set(chunkIndex, pending);
+    }
+    return pending;
+  }
+
+  // ---- checks and the lease -----------------------------------------------------------------------
+
+  private checkOpen(): void {
+    if (this.closed) throw new StorageError('ERR_SHUTTING_DOWN', `volume "${this.name}" is closed`);
+  }
+
+  private checkWritable(): void {
+    this.checkOpen();
+    if (this.readOnly) throw new StorageError('ERR_READ_ONLY', `volume "${this.name}" is open read-only`);
+    if (this.leaseLost !== null) throw this.leaseLost;
+  }
+
+  private checkRange(offsetBytes: number, lengthBytes: number): void {
+    this.checkOpen();
+    if (!Number.isSafeInteger(offsetBytes) || !Number.isSafeInteger(lengthBytes) || offsetBytes < 0 || lengthBytes <= 0) {
+      throw new StorageError('ERR_INVALID_ARGUMENT', `invalid range ${offsetBytes}+${lengthBytes}`);
+    }
+    if (offsetBytes + lengthBytes > this.info.sizeBytes) {
+      throw new StorageError(
+        'ERR_OUT_OF_RANGE',
+        `range ${offsetBytes}+${lengthBytes} ends past the end of volume "${this.name}" (${this.info.sizeBytes} bytes)`,
+      );
+    }
+  }
+
+  private startRenewing(): void {
+    if (this.lease === null) return;
+    const { leaseId, renewIntervalMs } = this.lease;
+    this.renewTimer = setInterval(() => {
+      this.options.mds.renewLease(this.name, leaseId).catch((error: unknown) => {
+        if (isStorageError(error, 'ERR_LEASE_EXPIRED') || isStorageError(error, 'ERR_NOT_FOUND')) {
+          this.leaseLost ??= error;
+          this.options.log.error('write lease lost; writes will fail', { volume: this.name, message: error.message });
+          if (this.renewTimer !== null) clearInterval(this.renewTimer);
+        } else {
+          this.options.log.warn('lease renewal failed; retrying', { volume: this.name, error });
+        }
+      });
+    }, renewIntervalMs);
+    this.renewTimer.unref();
+  }
+}
+
+function isRetryable(error: unknown): boolean {
+  return (
+    error instanceof StorageError &&
+    (error.code === 'ERR_UNAVAILABLE' ||
+      error.code === 'ERR_TIMEOUT' ||
+      error.code === 'ERR_CHECKSUM' ||
+      error.code === 'ERR_IO' ||
+      error.code === 'ERR_CHUNK_VERSION' ||
+      error.code === 'ERR_CHUNK_NOT_FOUND' ||
+      error.code === 'ERR_SHUTTING_DOWN')
+  );
+}

@@ -1,0 +1,525 @@
+// Chunk replicas on one disk: data files, per-block checksums, metadata, and the journal that
+// makes each change durable before it is acknowledged.
+//
+//   chunks/<hh>/<chunkId>.data   the chunk's bytes; sparse, holes read as zeroes
+//   chunks/<hh>/<chunkId>.sums   8 bytes per 4 KiB block: u32 crc32c of the block, u32 flags
+//                                (bit 0: written). Flags 0 = hole: reads as zeroes, never checked.
+//   meta/                        LMDB: chunkId -> ChunkMeta, volumeId -> fence epoch
+//
+// Invariants: a written block's checksum matches its bytes (checked on every read, and on the
+// edge blocks of a partial write before they are merged, so a bad block is never re-blessed with
+// a fresh checksum); a replica's version only grows; a change reaches the journal while its block
+// range is locked, so journal order equals file order for overlapping changes.
+
+import { crc32c } from '@node-rs/crc32';
+import fsx from 'fs-native-extensions';
+import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
+import { mkdir, open, readdir, rm, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { StorageError, fromSystemError } from '../errors.ts';
+import { BLOCK_BYTES, CS_EXTENTS_MAX } from '../limits.ts';
+import { assert } from '../util/assert.ts';
+import { syncDirectory } from '../util/fs.ts';
+import type { Logger } from '../util/log.ts';
+import { RangeLock } from '../util/range_lock.ts';
+import { JOURNAL_RECORD_TYPE, Journal, type JournalRecord } from './journal.ts';
+
+export interface ChunkMeta {
+  readonly chunkId: number;
+  readonly volumeId: number;
+  readonly chunkIndex: number;
+  readonly sizeBytes: number;
+  readonly version: number;
+}
+
+const SUM_BYTES = 8;
+const FLAG_WRITTEN = 1;
+
+interface ChunkHandle {
+  readonly meta: ChunkMeta;
+  readonly data: FileHandle;
+  readonly sumsFile: FileHandle;
+  /** The whole .sums file, kept in memory while the chunk is open. */
+  readonly sums: Buffer;
+  readonly lock: RangeLock;
+  users: number;
+  dirty: boolean;
+}
+
+export interface ChunkStoreOptions {
+  readonly directory: string;
+  readonly openChunksMax: number;
+  readonly journalSegmentBytesMax: number;
+  readonly log: Logger;
+}
+
+export interface ChunkStoreStats {
+  checksumErrorsTotal: number;
+  readBytesTotal: number;
+  writtenBytesTotal: number;
+  zeroedBytesTotal: number;
+}
+
+type Mode = 'live' | 'replay';
+
+export class ChunkStore {
+  readonly stats: ChunkStoreStats = { checksumErrorsTotal: 0, readBytesTotal: 0, writtenBytesTotal: 0, zeroedBytesTotal: 0 };
+  private readonly options: ChunkStoreOptions;
+  private readonly root: RootDatabase;
+  private readonly metas: Database<ChunkMeta, number>;
+  private readonly fences: Database<number, number>;
+  private readonly handles = new Map<number, ChunkHandle>();
+  private readonly opening = new Map<number, Promise<ChunkHandle>>();
+  private journalInstance: Journal | null = null;
+  private punchSupported = true;
+
+  private constructor(options: ChunkStoreOptions, root: RootDatabase) {
+    this.options = options;
+    this.root = root;
+    this.metas = root.openDB<ChunkMeta, number>({ name: 'chunks', encoding: 'msgpack', keyEncoding: 'ordered-binary' });
+    this.fences = root.openDB<number, number>({ name: 'fences', encoding: 'msgpack', keyEncoding: 'ordered-binary' });
+  }
+
+  static async open(options: ChunkStoreOptions): Promise<ChunkStore> {
+    await mkdir(join(options.directory, 'chunks'), { recursive: true });
+    const root = openLmdb({ path: join(options.directory, 'meta'), compression: false, maxDbs: 4 });
+    const store = new ChunkStore(options, root);
+    await store.removeOrphanFiles();
+    store.journalInstance = await Journal.open(
+      {
+        directory: join(options.directory, 'journal'),
+        segmentBytesMax: options.journalSegmentBytesMax,
+        batchBytesMax: 16 * 1024 * 1024,
+        log: options.log,
+        syncChunkFiles: () => store.syncDirty(),
+      },
+      (record) => store.replay(record),
+    );
+    return store;
+  }
+
+  get journal(): Journal {
+    assert(this.journalInstance !== null, 'journal is open');
+    return this.journalInstance;
+  }
+
+  get chunkCount(): number {
+    return this.metas.getCount();
+  }
+
+  // ---- metadata -----------------------------------------------------------------------------------
+
+  getMeta(chunkId: number): ChunkMeta | undefined {
+    return this.metas.get(chunkId);
+  }
+
+  fenceEpoch(volumeId: number): number {
+    return this.fences.get(volumeId) ?? 0;
+  }
+
+  /** Records that writers of `volumeId` below `epoch` are fenced. Epochs only grow. */
+  async raiseFence(volumeId: number, epoch: number): Promise<void> {
+    if (epoch <= this.fenceEpoch(volumeId)) return;
+    await this.fences.put(volumeId, epoch);
+  }
+
+  async createChunk(meta: ChunkMeta): Promise<ChunkMeta> {
+    const existing = this.getMeta(meta.chunkId);
+    if (existing !== undefined) {
+      if (existing.volumeId === meta.volumeId && existing.chunkIndex === meta.chunkIndex && existing.sizeBytes === meta.sizeBytes) {
+        return existing;
+      }
+      throw new StorageError('ERR_INVALID_ARGUMENT', `chunk ${meta.chunkId} exists here for another volume or size`);
+    }
+    const paths = this.paths(meta.chunkId);
+    await mkdir(paths.directory, { recursive: true });
+    await createSparseFile(paths.data, meta.sizeBytes);
+    await createSparseFile(paths.sums, (meta.sizeBytes / BLOCK_BYTES) * SUM_BYTES);
+    await syncDirectory(paths.directory);
+    // The metadata record is the commit point: files without one are removed at the next start.
+    await this.metas.put(meta.chunkId, meta);
+    return meta;
+  }
+
+  async deleteChunk(chunkId: number): Promise<void> {
+    if (this.getMeta(chunkId) === undefined) {
+      throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
+    }
+    await this.metas.remove(chunkId);
+    const handle = this.handles.get(chunkId);
+    if (handle !== undefined) {
+      this.handles.delete(chunkId);
+      await this.waitUnused(handle);
+      await closeHandle(handle);
+    }
+    const paths = this.paths(chunkId);
+    await rm(paths.data, { force: true });
+    await rm(paths.sums, { force: true });
+  }
+
+  // ---- data -------------------------------------------------------------------------------------
+
+  /** Writes `data` at `offsetBytes` and resolves when the change is durable. */
+  async write(meta: ChunkMeta, offsetBytes: number, data: Buffer): Promise<void> {
+    await this.withHandle(meta.chunkId, (handle) => this.applyWrite(handle, offsetBytes, data, 'live'));
+    this.stats.writtenBytesTotal += data.length;
+  }
+
+  /** Zeroes a range (whole blocks become holes) and resolves when the change is durable. */
+  async zero(meta: ChunkMeta, offsetBytes: number, lengthBytes: number): Promise<void> {
+    await this.withHandle(meta.chunkId, (handle) => this.applyZero(handle, offsetBytes, lengthBytes, 'live'));
+    this.stats.zeroedBytesTotal += lengthBytes;
+  }
+
+  async read(meta: ChunkMeta, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const bytes = await this.withHandle(meta.chunkId, (handle) => this.readLocked(handle, offsetBytes, lengthBytes));
+    this.stats.readBytesTotal += lengthBytes;
+    return bytes;
+  }
+
+  /**
+   * Allocation of a range as flat [lengthBytes, allocated 0|1] pairs, adjacent runs merged; at
+   * most CS_EXTENTS_MAX pairs, covering a prefix of the range when it is fragmented.
+   */
+  async blockStatus(meta: ChunkMeta, offsetBytes: number, lengthBytes: number): Promise<number[]> {
+    return this.withHandle(meta.chunkId, async (handle) => {
+      const extents: number[] = [];
+      const endBytes = offsetBytes + lengthBytes;
+      let position = offsetBytes;
+      while (position < endBytes) {
+        const block = Math.floor(position / BLOCK_BYTES);
+        const blockEnd = Math.min(endBytes, (block + 1) * BLOCK_BYTES);
+        const allocated = isWritten(handle.sums, block) ? 1 : 0;
+        const last = extents.length - 2;
+        if (last >= 0 && extents[last + 1] === allocated) extents[last] = (extents[last] ?? 0) + (blockEnd - position);
+        else if (extents.length / 2 === CS_EXTENTS_MAX) break;
+        else extents.push(blockEnd - position, allocated);
+        position = blockEnd;
+      }
+      return extents;
+    });
+  }
+
+  /**
+   * Applies a write to the file under the range lock and appends it to the journal before the
+   * lock is released; the returned promise settles when the journal record is durable.
+   */
+  private async applyWrite(handle: ChunkHandle, offsetBytes: number, data: Buffer, mode: Mode): Promise<void> {
+    const { first, last } = blockSpan(offsetBytes, data.length);
+    const release = await handle.lock.acquire(first, last, true);
+    try {
+      const alignedStart = first * BLOCK_BYTES;
+      const alignedBytes = (last - first + 1) * BLOCK_BYTES;
+      let blocks = data;
+      if (offsetBytes !== alignedStart || data.length !== alignedBytes) {
+        blocks = Buffer.allocUnsafe(alignedBytes);
+        await this.readEdgeBlocks(handle, first, last, blocks, mode);
+        data.copy(blocks, offsetBytes - alignedStart);
+      }
+      for (let block = first; block <= last; block += 1) {
+        const start = (block - first) * BLOCK_BYTES;
+        setSum(handle.sums, block, crc32c(blocks.subarray(start, start + BLOCK_BYTES)), FLAG_WRITTEN);
+      }
+      await this.writeBlocks(handle, alignedStart, blocks, first, last);
+      if (mode === 'replay') return;
+      // Returned, not awaited: the lock is released now, the caller's promise settles when durable.
+      return this.journal.append(JOURNAL_RECORD_TYPE.WRITE, handle.meta.chunkId, offsetBytes, data.length, data);
+    } finally {
+      release();
+    }
+  }
+
+  private async applyZero(handle: ChunkHandle, offsetBytes: number, lengthBytes: number, mode: Mode): Promise<void> {
+    const { first, last } = blockSpan(offsetBytes, lengthBytes);
+    const release = await handle.lock.acquire(first, last, true);
+    try {
+      const endBytes = offsetBytes + lengthBytes;
+      const fullFirst = Math.ceil(offsetBytes / BLOCK_BYTES);
+      const fullLast = Math.floor(endBytes / BLOCK_BYTES) - 1;
+      for (const edge of new Set([first, last])) {
+        if (edge >= fullFirst && edge <= fullLast) continue;
+        await this.zeroPartialBlock(handle, edge, offsetBytes, endBytes, mode);
+      }
+      if (fullFirst <= fullLast) await this.deallocateBlocks(handle, fullFirst, fullLast);
+      if (mode === 'replay') return;
+      return this.journal.append(JOURNAL_RECORD_TYPE.ZERO, handle.meta.chunkId, offsetBytes, lengthBytes);
+    } finally {
+      release();
+    }
+  }
+
+  private async zeroPartialBlock(handle: ChunkHandle, block: number, startBytes: number, endBytes: number, mode: Mode): Promise<void> {
+    // A hole already reads as zeroes in every byte.
+    if (!isWritten(handle.sums, block)) return;
+    const blockStart = block * BLOCK_BYTES;
+    const bytes = Buffer.allocUnsafe(BLOCK_BYTES);
+    await this.readEdgeBlocks(handle, block, block, bytes, mode);
+    bytes.fill(0, Math.max(startBytes, blockStart) - blockStart, Math.min(endBytes, blockStart + BLOCK_BYTES) - blockStart);
+    setSum(handle.sums, block, crc32c(bytes), FLAG_WRITTEN);
+    await this.writeBlocks(handle, blockStart, bytes, block, block);
+  }
+
+  private async deallocateBlocks(handle: ChunkHandle, first: number, last: number): Promise<void> {
+    const startBytes = first * BLOCK_BYTES;
+    const lengthBytes = (last - first + 1) * BLOCK_BYTES;
+    handle.sums.fill(0, first * SUM_BYTES, (last + 1) * SUM_BYTES);
+    try {
+      if (this.punchSupported) await fsx.trim(handle.data.fd, startBytes, lengthBytes);
+      else await writeZeroes(handle.data, startBytes, lengthBytes);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EOPNOTSUPP') throw fromSystemError(error, 'punching a hole');
+      this.options.log.warn('file system cannot punch holes: zeroing instead (space is not given back)');
+      this.punchSupported = false;
+      await writeZeroes(handle.data, startBytes, lengthBytes);
+    }
+    await handle.sumsFile.write(handle.sums, first * SUM_BYTES, (last - first + 1) * SUM_BYTES, first * SUM_BYTES);
+    handle.dirty = true;
+  }
+
+  /** Fills the first and last block of `target` (blocks first..last) from disk, checked. */
+  private async readEdgeBlocks(handle: ChunkHandle, first: number, last: number, target: Buffer, mode: Mode): Promise<void> {
+    for (const block of new Set([first, last])) {
+      const start = (block - first) * BLOCK_BYTES;
+      const view = target.subarray(start, start + BLOCK_BYTES);
+      if (!isWritten(handle.sums, block)) {
+        view.fill(0);
+        continue;
+      }
+      await readFully(handle.data, view, block * BLOCK_BYTES);
+      // During replay a block may hold a torn, never-acknowledged write; the record rewrites it.
+      if (mode === 'live') this.verifyBlock(handle, block, view);
+    }
+  }
+
+  private async writeBlocks(handle: ChunkHandle, alignedStart: number, blocks: Buffer, first: number, last: number): Promise<void> {
+    try {
+      await writeFully(handle.data, blocks, alignedStart);
+      await handle.sumsFile.write(handle.sums, first * SUM_BYTES, (last - first + 1) * SUM_BYTES, first * SUM_BYTES);
+    } catch (error) {
+      throw fromSystemError(error, `writing chunk ${handle.meta.chunkId}`);
+    }
+    handle.dirty = true;
+  }
+
+  private async readLocked(handle: ChunkHandle, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const { first, last } = blockSpan(offsetBytes, lengthBytes);
+    const alignedStart = first * BLOCK_BYTES;
+    const alignedBytes = (last - first + 1) * BLOCK_BYTES;
+    let anyWritten = false;
+    for (let block = first; block <= last && !anyWritten; block += 1) anyWritten = isWritten(handle.sums, block);
+    if (!anyWritten) return Buffer.alloc(lengthBytes);
+    const release = await handle.lock.acquire(first, last, false);
+    try {
+      const bytes = Buffer.allocUnsafe(alignedBytes);
+      await readFully(handle.data, bytes, alignedStart);
+      for (let block = first; block <= last; block += 1) {
+        const view = bytes.subarray((block - first) * BLOCK_BYTES, (block - first + 1) * BLOCK_BYTES);
+        if (isWritten(handle.sums, block)) this.verifyBlock(handle, block, view);
+        else view.fill(0);
+      }
+      return bytes.subarray(offsetBytes - alignedStart, offsetBytes - alignedStart + lengthBytes);
+    } finally {
+      release();
+    }
+  }
+
+  private verifyBlock(handle: ChunkHandle, block: number, bytes: Buffer): void {
+    const expected = handle.sums.readUInt32LE(block * SUM_BYTES);
+    const actual = crc32c(bytes);
+    if (expected === actual) return;
+    this.stats.checksumErrorsTotal += 1;
+    this.options.log.error('checksum mismatch', { chunkId: handle.meta.chunkId, block, expected, actual });
+    throw new StorageError(
+      'ERR_CHECKSUM',
+      `chunk ${handle.meta.chunkId} block ${block} (bytes ${block * BLOCK_BYTES}..${(block + 1) * BLOCK_BYTES}) failed its checksum`,
+    );
+  }
+
+  // ---- journal replay and checkpoints ---------------------------------------------------------------
+
+  private async replay(record: JournalRecord): Promise<void> {
+    const meta = this.getMeta(record.chunkId);
+    if (meta === undefined) return; // deleted after the record was written
+    if (record.offsetBytes + record.lengthBytes > meta.sizeBytes) {
+      this.options.log.error('journal record outside its chunk: skipped', { chunkId: record.chunkId, seq: record.seq });
+      return;
+    }
+    await this.withHandle(record.chunkId, async (handle) => {
+      if (record.type === JOURNAL_RECORD_TYPE.WRITE) await this.applyWrite(handle, record.offsetBytes, record.payload, 'replay');
+      else await this.applyZero(handle, record.offsetBytes, record.lengthBytes, 'replay');
+    });
+  }
+
+  /** Makes every chunk file written since the last call durable. */
+  async syncDirty(): Promise<void> {
+    const dirty = [...this.handles.values()].filter((handle) => handle.dirty);
+    await Promise.all(
+      dirty.map(async (handle) => {
+        handle.dirty = false;
+        await handle.data.datasync();
+        await handle.sumsFile.datasync();
+      }),
+    );
+  }
+
+  async close(): Promise<void> {
+    await this.journal.close();
+    await this.syncDirty();
+    for (const handle of this.handles.values()) await closeHandle(handle);
+    this.handles.clear();
+    await this.root.close();
+  }
+
+  // ---- open chunk handles -----------------------------------------------------------------------------
+
+  private async withHandle<T>(chunkId: number, use: (handle: ChunkHandle) => Promise<T>): Promise<T> {
+    const handle = await this.acquire(chunkId);
+    try {
+      return await use(handle);
+    } finally {
+      handle.users -= 1;
+      assert(handle.users >= 0, 'chunk handle users never negative');
+    }
+  }
+
+  private async acquire(chunkId: number): Promise<ChunkHandle> {
+    const cached = this.handles.get(chunkId);
+    if (cached !== undefined) {
+      // Map order is the LRU order: move to the back.
+      this.handles.delete(chunkId);
+      this.handles.set(chunkId, cached);
+      cached.users += 1;
+      return cached;
+    }
+    let opening = this.opening.get(chunkId);
+    if (opening === undefined) {
+      opening = this.openHandle(chunkId).finally(() => this.opening.delete(chunkId));
+      this.opening.set(chunkId, opening);
+    }
+    const handle = await opening;
+    handle.users += 1;
+    await this.evictIfNeeded();
+    return handle;
+  }
+
+  private async openHandle(chunkId: number): Promise<ChunkHandle> {
+    const meta = this.getMeta(chunkId);
+    if (meta === undefined) throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
+    const paths = this.paths(chunkId);
+    try {
+      const data = await open(paths.data, 'r+');
+      const sumsFile = await open(paths.sums, 'r+');
+      const sums = Buffer.alloc((meta.sizeBytes / BLOCK_BYTES) * SUM_BYTES);
+      await readFully(sumsFile, sums, 0);
+      const handle: ChunkHandle = { meta, data, sumsFile, sums, lock: new RangeLock(), users: 0, dirty: false };
+      this.handles.set(chunkId, handle);
+      return handle;
+    } catch (error) {
+      throw fromSystemError(error, `opening chunk ${chunkId}`);
+    }
+  }
+
+  private async evictIfNeeded(): Promise<void> {
+    while (this.handles.size > this.options.openChunksMax) {
+      let victim: ChunkHandle | undefined;
+      for (const handle of this.handles.values()) {
+        if (handle.users === 0 && handle.lock.idle) {
+          victim = handle;
+          break;
+        }
+      }
+      if (victim === undefined) return; // everything is in use: go over the limit until it is not
+      this.handles.delete(victim.meta.chunkId);
+      if (victim.dirty) {
+        await victim.data.datasync();
+        await victim.sumsFile.datasync();
+      }
+      await closeHandle(victim);
+    }
+  }
+
+  private async waitUnused(handle: ChunkHandle): Promise<void> {
+    while (handle.users > 0 || !handle.lock.idle) await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+
+  private paths(chunkId: number): { directory: string; data: string; sums: string } {
+    const directory = join(this.options.directory, 'chunks', (chunkId % 256).toString(16).padStart(2, '0'));
+    return { directory, data: join(directory, `${chunkId}.data`), sums: join(directory, `${chunkId}.sums`) };
+  }
+
+  /** Files of chunks whose creation never committed (a crash between files and metadata). */
+  private async removeOrphanFiles(): Promise<void> {
+    const chunksDir = join(this.options.directory, 'chunks');
+    for (const sub of await readdir(chunksDir)) {
+      for (const name of await readdir(join(chunksDir, sub))) {
+        const match = /^(\d+)\.(data|sums)$/.exec(name);
+        if (match === null || this.getMeta(Number(match[1])) !== undefined) continue;
+        this.options.log.warn('removing chunk file without metadata', { file: join(sub, name) });
+        await rm(join(chunksDir, sub, name), { force: true });
+      }
+    }
+  }
+
+  /** Absolute paths of a chunk's files, for tests and tools that inspect replicas directly. */
+  chunkFilePaths(chunkId: number): { data: string; sums: string } {
+    const { data, sums } = this.paths(chunkId);
+    return { data, sums };
+  }
+}
+
+function blockSpan(offsetBytes: number, lengthBytes: number): { first: number; last: number } {
+  assert(lengthBytes > 0, 'block span of a non-empty range');
+  return { first: Math.floor(offsetBytes / BLOCK_BYTES), last: Math.floor((offsetBytes + lengthBytes - 1) / BLOCK_BYTES) };
+}
+
+function isWritten(sums: Buffer, block: number): boolean {
+  return (sums.readUInt32LE(block * SUM_BYTES + 4) & FLAG_WRITTEN) !== 0;
+}
+
+function setSum(sums: Buffer, block: number, crc: number, flags: number): void {
+  sums.writeUInt32LE(crc, block * SUM_BYTES);
+  sums.writeUInt32LE(flags, block * SUM_BYTES + 4);
+}
+
+async function createSparseFile(path: string, sizeBytes: number): Promise<void> {
+  const handle = await open(path, 'w');
+  try {
+    await handle.truncate(sizeBytes);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function readFully(handle: FileHandle, target: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < target.length) {
+    const { bytesRead } = await handle.read(target, done, target.length - done, position + done);
+    if (bytesRead === 0) {
+      // Past the end of a file we sized ourselves: the file was truncated behind our back.
+      throw new StorageError('ERR_IO', `short read at ${position + done}: chunk file is shorter than its chunk`);
+    }
+    done += bytesRead;
+  }
+}
+
+async function writeFully(handle: FileHandle, source: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < source.length) {
+    const { bytesWritten } = await handle.write(source, done, source.length - done, position + done);
+    done += bytesWritten;
+  }
+}
+
+const ZERO_BLOCK = Buffer.alloc(256 * 1024);
+
+async function writeZeroes(handle: FileHandle, startBytes: number, lengthBytes: number): Promise<void> {
+  for (let done = 0; done < lengthBytes; done += ZERO_BLOCK.length) {
+    await writeFully(handle, ZERO_BLOCK.subarray(0, Math.min(ZERO_BLOCK.length, lengthBytes - done)), startBytes + done);
+  }
+}
+
+async function closeHandle(handle: ChunkHandle): Promise<void> {
+  await handle.data.close();
+  await handle.sumsFile.close();
+}

@@ -1,0 +1,145 @@
+// The chunk-server daemon: one process per data directory. Locks the directory, replays the
+// journal, serves the chunk protocol and /metrics, registers with the MDS, and shuts down in
+// order (stop accepting, finish the journal, sync files, release the lock).
+//
+// Ready line on stdout: {"event":"ready","service":"cs","port":N,"metricsPort":M,"uuid":"..."}.
+
+import { hostname } from 'node:os';
+import { parseArgs } from 'node:util';
+import { StorageError } from '../errors.ts';
+import { CLUSTER_KEY_BYTES, clusterRestToken, readSecretFile } from '../protocol/auth.ts';
+import { CsConnectionPool } from '../protocol/cs_connection.ts';
+import { MdsClient } from '../protocol/mds_client.ts';
+import { announceReady, onShutdownSignal, parseHostPort, parseIntegerFlag } from '../util/daemon.ts';
+import { createLogger } from '../util/log.ts';
+import { serveMetrics } from '../util/metrics_http.ts';
+import { ChunkStore } from './chunk_store.ts';
+import { lockDataDir, loadIdentity } from './data_dir.ts';
+import { MdsLink } from './mds_link.ts';
+import { CsMetrics } from './metrics.ts';
+import { ChunkServer } from './server.ts';
+
+const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [options]
+  --listen HOST:PORT          chunk protocol address (default 127.0.0.1:0)
+  --advertise-host HOST       address clients and peers use (default: the listen host)
+  --metrics HOST:PORT         Prometheus /metrics (default 127.0.0.1:0)
+  --failure-domain-host NAME  host label for placement (default: this machine's hostname)
+  --rack NAME                 rack label for placement (default "default")
+  --tier N                    storage tier 0-3 (default 0)
+  --inflight-bytes-max N      payload bytes in flight before reads pause (default 256 MiB)
+  --open-chunks-max N         chunk files kept open (default 256)
+  --journal-segment-bytes N   journal segment size before a checkpoint (default 64 MiB)`;
+
+const MiB = 1024 * 1024;
+
+export async function runChunkServer(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      data: { type: 'string' },
+      mds: { type: 'string' },
+      'cluster-key': { type: 'string' },
+      listen: { type: 'string', default: '127.0.0.1:0' },
+      'advertise-host': { type: 'string' },
+      metrics: { type: 'string', default: '127.0.0.1:0' },
+      'failure-domain-host': { type: 'string', default: hostname() },
+      rack: { type: 'string', default: 'default' },
+      tier: { type: 'string' },
+      'inflight-bytes-max': { type: 'string' },
+      'open-chunks-max': { type: 'string' },
+      'journal-segment-bytes': { type: 'string' },
+      help: { type: 'boolean' },
+    },
+  });
+  if (values.help === true) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
+  if (values.data === undefined || values.mds === undefined || values['cluster-key'] === undefined) {
+    throw new StorageError('ERR_CONFIG', `--data, --mds and --cluster-key are required\n${USAGE}`);
+  }
+  const tier = parseIntegerFlag(values.tier, '--tier', 0);
+  if (tier > 3) throw new StorageError('ERR_CONFIG', '--tier must be 0-3');
+  const listen = parseHostPort(values.listen, '--listen');
+  await startChunkServer({
+    dataDir: values.data,
+    mdsUrl: values.mds,
+    clusterKey: await readSecretFile(values['cluster-key'], CLUSTER_KEY_BYTES),
+    listen,
+    advertiseHost: values['advertise-host'] ?? listen.host,
+    metrics: parseHostPort(values.metrics, '--metrics'),
+    failureDomainHost: values['failure-domain-host'],
+    rack: values.rack,
+    tier,
+    inflightBytesMax: parseIntegerFlag(values['inflight-bytes-max'], '--inflight-bytes-max', 256 * MiB, MiB),
+    openChunksMax: parseIntegerFlag(values['open-chunks-max'], '--open-chunks-max', 256, 1),
+    journalSegmentBytes: parseIntegerFlag(values['journal-segment-bytes'], '--journal-segment-bytes', 64 * MiB, MiB),
+  });
+}
+
+interface ChunkServerConfig {
+  readonly dataDir: string;
+  readonly mdsUrl: string;
+  readonly clusterKey: Buffer;
+  readonly listen: { host: string; port: number };
+  readonly advertiseHost: string;
+  readonly metrics: { host: string; port: number };
+  readonly failureDomainHost: string;
+  readonly rack: string;
+  readonly tier: number;
+  readonly inflightBytesMax: number;
+  readonly openChunksMax: number;
+  readonly journalSegmentBytes: number;
+}
+
+async function startChunkServer(config: ChunkServerConfig): Promise<void> {
+  const log = createLogger('cs');
+  const lock = await lockDataDir(config.dataDir);
+  const identity = await loadIdentity(config.dataDir);
+  const store = await ChunkStore.open({
+    directory: config.dataDir,
+    openChunksMax: config.openChunksMax,
+    journalSegmentBytesMax: config.journalSegmentBytes,
+    log,
+  });
+  const mds = new MdsClient({ url: config.mdsUrl, token: clusterRestToken(config.clusterKey) });
+  let link: MdsLink | null = null;
+  const metrics = new CsMetrics(() => store, () => link?.lastSpace ?? null);
+  const peers = new CsConnectionPool({ clusterKey: config.clusterKey, role: 'peer' });
+  const server = new ChunkServer({ store, clusterKey: config.clusterKey, peers, inflightBytesMax: config.inflightBytesMax, log, metrics });
+  const port = await server.listen(config.listen.host, config.listen.port);
+  const metricsServer = await serveMetrics(metrics.registry, config.metrics.host, config.metrics.port);
+  link = new MdsLink({
+    mds,
+    store,
+    dataDir: config.dataDir,
+    registration: {
+      uuid: identity.uuid,
+      host: config.advertiseHost,
+      port,
+      metricsPort: metricsServer.port,
+      failureDomainHost: config.failureDomainHost,
+      rack: config.rack,
+      tier: config.tier,
+    },
+    log,
+  });
+  link.start();
+  // Chunk files written since the last checkpoint are synced at least this often, which bounds
+  // replay work after a crash even when the journal fills slowly.
+  const checkpointTimer = setInterval(() => {
+    store.journal.checkpoint().catch((error: unknown) => log.error('checkpoint failed', { error }));
+  }, 30_000);
+  log.info('chunk server ready', { dataDir: config.dataDir, uuid: identity.uuid, port, metricsPort: metricsServer.port });
+  announceReady({ service: 'cs', port, metricsPort: metricsServer.port, uuid: identity.uuid });
+
+  onShutdownSignal(log, async () => {
+    clearInterval(checkpointTimer);
+    await link?.stop();
+    await server.close();
+    peers.closeAll();
+    await metricsServer.close();
+    await store.close();
+    await lock.release();
+  });
+}

@@ -1,0 +1,103 @@
+// The chunk server's link to the MDS: registers (retrying until the MDS answers), then sends a
+// heartbeat with space and health every interval. The chunk server keeps serving data while the
+// MDS is away; it only stops being a candidate for new chunks.
+
+import { statfs } from 'node:fs/promises';
+import { StorageError, isStorageError } from '../errors.ts';
+import type { RegisterChunkServerBody } from '../protocol/api.ts';
+import type { MdsClient } from '../protocol/mds_client.ts';
+import type { Logger } from '../util/log.ts';
+import type { ChunkStore } from './chunk_store.ts';
+import type { SpaceReport } from './metrics.ts';
+
+const RETRY_MS_MIN = 250;
+const RETRY_MS_MAX = 5_000;
+
+export interface MdsLinkOptions {
+  readonly mds: MdsClient;
+  readonly store: ChunkStore;
+  readonly dataDir: string;
+  readonly registration: Omit<RegisterChunkServerBody, 'capacityBytes' | 'freeBytes' | 'usedBytes' | 'chunkCount' | 'healthy' | 'lastError'>;
+  readonly log: Logger;
+}
+
+export class MdsLink {
+  private readonly options: MdsLinkOptions;
+  private csId: number | null = null;
+  private heartbeatIntervalMs = 1_000;
+  private stopped = false;
+  private timer: NodeJS.Timeout | null = null;
+  private running: Promise<void> = Promise.resolve();
+  lastSpace: SpaceReport | null = null;
+
+  constructor(options: MdsLinkOptions) {
+    this.options = options;
+  }
+
+  get registeredId(): number | null {
+    return this.csId;
+  }
+
+  start(): void {
+    this.schedule(0);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+    await this.running;
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => {
+      this.running = this.beat().then((nextMs) => this.schedule(nextMs));
+    }, delayMs);
+  }
+
+  private retryDelayMs = RETRY_MS_MIN;
+
+  /** One registration or heartbeat; returns the delay until the next. */
+  private async beat(): Promise<number> {
+    try {
+      const report = await this.report();
+      if (this.csId === null) {
+        const reply = await this.options.mds.registerChunkServer({ ...this.options.registration, ...report });
+        this.csId = reply.csId;
+        this.heartbeatIntervalMs = reply.heartbeatIntervalMs;
+        this.options.log.info('registered with the MDS', { csId: reply.csId, mds: this.options.mds.url });
+      } else {
+        await this.options.mds.heartbeat({ csId: this.csId, uuid: this.options.registration.uuid, ...report });
+      }
+      this.retryDelayMs = RETRY_MS_MIN;
+      return this.heartbeatIntervalMs;
+    } catch (error) {
+      if (isStorageError(error, 'ERR_NOT_FOUND')) {
+        this.csId = null; // the MDS forgot us (new cluster state): register again at once
+        return 0;
+      }
+      const message = error instanceof StorageError ? error.message : String(error);
+      this.options.log.warn('MDS unreachable; retrying', { inMs: this.retryDelayMs, message });
+      const delay = this.retryDelayMs;
+      this.retryDelayMs = Math.min(RETRY_MS_MAX, this.retryDelayMs * 2);
+      return delay;
+    }
+  }
+
+  private async report(): Promise<SpaceReport & { chunkCount: number; healthy: boolean; lastError: string }> {
+    const fs = await statfs(this.options.dataDir);
+    const space: SpaceReport = {
+      capacityBytes: fs.blocks * fs.bsize,
+      freeBytes: fs.bavail * fs.bsize,
+      usedBytes: (fs.blocks - fs.bfree) * fs.bsize,
+    };
+    this.lastSpace = space;
+    const journalError = this.options.store.journal.healthError;
+    return {
+      ...space,
+      chunkCount: this.options.store.chunkCount,
+      healthy: journalError === null,
+      lastError: journalError === null ? '' : journalError.message.slice(0, 1024),
+    };
+  }
+}

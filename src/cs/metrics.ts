@@ -1,0 +1,111 @@
+// Chunk-server metrics for Prometheus. Per-request work is one counter increment and one histogram
+// observation through pre-created label children; totals kept by the store and the journal are
+// read at scrape time.
+
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { CS_OP, type CsOp } from '../protocol/cs_messages.ts';
+import type { ChunkStore } from './chunk_store.ts';
+
+const OP_NAMES: Record<number, string> = Object.fromEntries(Object.entries(CS_OP).map(([name, op]) => [op, name.toLowerCase()]));
+
+export interface SpaceReport {
+  readonly capacityBytes: number;
+  readonly freeBytes: number;
+  readonly usedBytes: number;
+}
+
+export class CsMetrics {
+  readonly registry = new Registry();
+  readonly connections: Gauge;
+  readonly authFailures: Counter;
+  readonly protocolErrors: Counter;
+  private readonly requests: Counter<'op' | 'code'>;
+  private readonly latency: Histogram<'op'>;
+
+  constructor(store: () => ChunkStore | null, space: () => SpaceReport | null) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry, prefix: 'shoal_cs_' });
+    this.connections = new Gauge({ name: 'shoal_cs_connections', help: 'Open client and peer connections', registers });
+    this.authFailures = new Counter({ name: 'shoal_cs_auth_failures_total', help: 'Connections refused for bad credentials', registers });
+    this.protocolErrors = new Counter({ name: 'shoal_cs_protocol_errors_total', help: 'Malformed requests answered with an error', registers });
+    this.requests = new Counter({ name: 'shoal_cs_requests_total', help: 'Requests by op and result code', labelNames: ['op', 'code'], registers });
+    this.latency = new Histogram({
+      name: 'shoal_cs_request_duration_seconds',
+      help: 'Request latency by op, including journal commit and forwarding',
+      labelNames: ['op'],
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers,
+    });
+    storeGauges(registers, store, space);
+  }
+
+  /** Starts timing one request; call the result with the reply's error code (or undefined). */
+  startRequest(op: CsOp): (code: string | undefined) => void {
+    const startedNs = process.hrtime.bigint();
+    const name = OP_NAMES[op] ?? 'unknown';
+    return (code) => {
+      this.latency.observe({ op: name }, Number(process.hrtime.bigint() - startedNs) / 1e9);
+      this.requests.inc({ op: name, code: code ?? 'ok' });
+    };
+  }
+}
+
+function storeGauges(registers: Registry[], store: () => ChunkStore | null, space: () => SpaceReport | null): void {
+  const totals: Array<[string, string, (s: ChunkStore) => number]> = [
+    ['shoal_cs_read_bytes_total', 'Bytes read from chunk replicas', (s) => s.stats.readBytesTotal],
+    ['shoal_cs_written_bytes_total', 'Bytes written to chunk replicas', (s) => s.stats.writtenBytesTotal],
+    ['shoal_cs_zeroed_bytes_total', 'Bytes zeroed or trimmed', (s) => s.stats.zeroedBytesTotal],
+    ['shoal_cs_checksum_errors_total', 'Blocks that failed their checksum on read', (s) => s.stats.checksumErrorsTotal],
+    ['shoal_cs_journal_appends_total', 'Records appended to the journal', (s) => s.journal.stats.appendsTotal],
+    ['shoal_cs_journal_commits_total', 'Journal group commits (one fdatasync each)', (s) => s.journal.stats.commitsTotal],
+    ['shoal_cs_journal_bytes_total', 'Bytes written to the journal', (s) => s.journal.stats.bytesTotal],
+    ['shoal_cs_journal_commit_seconds_total', 'Time spent in journal commits', (s) => s.journal.stats.commitSecondsTotal],
+    ['shoal_cs_journal_checkpoints_total', 'Journal checkpoints', (s) => s.journal.stats.checkpointsTotal],
+    ['shoal_cs_journal_damaged_records_total', 'Damaged journal records found at start-up (data after them not replayed)', (s) => s.journal.damagedRecordsTotal],
+  ];
+  for (const [name, help, read] of totals) {
+    // Totals kept by the store are copied into the counter at scrape time.
+    new Counter({
+      name,
+      help,
+      registers,
+      collect() {
+        const current = store();
+        if (current === null) return;
+        this.reset();
+        this.inc(read(current));
+      },
+    });
+  }
+  new Gauge({
+    name: 'shoal_cs_chunks',
+    help: 'Chunk replicas stored',
+    registers,
+    collect() {
+      const current = store();
+      if (current !== null) this.set(current.chunkCount);
+    },
+  });
+  new Gauge({
+    name: 'shoal_cs_journal_healthy',
+    help: '1 while the journal accepts writes, 0 after a write error',
+    registers,
+    collect() {
+      const current = store();
+      if (current !== null) this.set(current.journal.healthError === null ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'shoal_cs_space_bytes',
+    help: 'Space of the data directory file system',
+    labelNames: ['kind'],
+    registers,
+    collect() {
+      const report = space();
+      if (report === null) return;
+      this.set({ kind: 'capacity' }, report.capacityBytes);
+      this.set({ kind: 'free' }, report.freeBytes);
+      this.set({ kind: 'used' }, report.usedBytes);
+    },
+  });
+}

@@ -1,0 +1,126 @@
+// One daemon (`shoal run mds|cs|nbd ...`) as a child process: started, awaited until it prints its
+// ready line, signalled and awaited until it exits. Used by `shoal start`, the tests and the
+// benchmark harness, so all three run daemons exactly the same way.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { StorageError } from '../errors.ts';
+
+export const SHOAL_ENTRY = fileURLToPath(new URL('../bin/shoal.js', import.meta.url));
+
+export interface DaemonOptions {
+  readonly name: string;
+  readonly args: readonly string[];
+  readonly readyTimeoutMs?: number;
+  /** Own process group: a terminal's Ctrl-C then reaches only the parent. */
+  readonly detached?: boolean;
+  readonly env?: Readonly<Record<string, string>>;
+  /** Where the daemon's stderr (its log) goes: inherited, or collected in memory (last 64 KiB). */
+  readonly stderr?: 'inherit' | 'collect';
+  /** Lines the daemon prints on stdout that are not its ready line. */
+  readonly onLine?: (line: string) => void;
+}
+
+const STDERR_TAIL_BYTES = 64 * 1024;
+
+export class DaemonProcess {
+  readonly name: string;
+  readonly child: ChildProcess;
+  readonly ready: Readonly<Record<string, unknown>>;
+  private stderrTail = '';
+  private readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  private constructor(name: string, child: ChildProcess, ready: Record<string, unknown>) {
+    this.name = name;
+    this.child = child;
+    this.ready = ready;
+    this.exited = new Promise((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) resolve({ code: child.exitCode, signal: child.signalCode });
+      else child.once('exit', (code, signal) => resolve({ code, signal }));
+    });
+  }
+
+  static start(options: DaemonOptions): Promise<DaemonProcess> {
+    const readyTimeoutMs = options.readyTimeoutMs ?? 30_000;
+    const child = spawn(process.execPath, ['--enable-source-maps', SHOAL_ENTRY, ...options.args], {
+      stdio: ['ignore', 'pipe', options.stderr === 'collect' ? 'pipe' : 'inherit'],
+      detached: options.detached ?? false,
+      env: { ...process.env, UV_THREADPOOL_SIZE: process.env['UV_THREADPOOL_SIZE'] ?? '16', ...options.env },
+    });
+    let tail = '';
+    child.stderr?.setEncoding('utf8');
+    child.stderr?.on('data', (text: string) => {
+      tail = (tail + text).slice(-STDERR_TAIL_BYTES);
+    });
+    return new Promise((resolve, reject) => {
+      let daemon: DaemonProcess | null = null;
+      const timer = setTimeout(() => {
+        child.kill('SIGKILL');
+        reject(new StorageError('ERR_TIMEOUT', `${options.name} did not start within ${readyTimeoutMs} ms\n${tail}`));
+      }, readyTimeoutMs);
+      const lines = createInterface({ input: child.stdout! });
+      lines.on('line', (line) => {
+        const ready = daemon === null ? parseReady(line) : null;
+        if (ready === null) {
+          options.onLine?.(line);
+          return;
+        }
+        clearTimeout(timer);
+        daemon = new DaemonProcess(options.name, child, ready);
+        daemon.stderrTail = tail;
+        child.stderr?.on('data', () => {
+          if (daemon !== null) daemon.stderrTail = tail;
+        });
+        resolve(daemon);
+      });
+      child.once('exit', (code, signal) => {
+        clearTimeout(timer);
+        if (daemon === null) {
+          reject(new StorageError('ERR_UNAVAILABLE', `${options.name} exited during start-up (code ${code}, signal ${signal})\n${tail}`));
+        }
+      });
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** What the daemon logged lately (only with stderr: 'collect'). */
+  get log(): string {
+    return this.stderrTail;
+  }
+
+  waitExit(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    return this.exited;
+  }
+
+  /** Sends `signal`; after `graceMs` without an exit, SIGKILL. Resolves when the process is gone. */
+  async stop(signal: NodeJS.Signals = 'SIGTERM', graceMs = 15_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (!this.running) return this.exited;
+    this.child.kill(signal);
+    const timer = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
+    const result = await this.exited;
+    clearTimeout(timer);
+    return result;
+  }
+
+  kill(signal: NodeJS.Signals): void {
+    if (this.running) this.child.kill(signal);
+  }
+}
+
+function parseReady(line: string): Record<string, unknown> | null {
+  if (!line.startsWith('{')) return null;
+  try {
+    const parsed = JSON.parse(line) as Record<string, unknown>;
+    return parsed['event'] === 'ready' ? parsed : null;
+  } catch {
+    return null;
+  }
+}

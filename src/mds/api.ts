@@ -1,0 +1,221 @@
+// The MDS REST API on fastify: schema-first routes (src/protocol/api.ts) in two scopes, each a
+// plugin with its own bearer-token hook: admin routes for people and scripts, internal routes for
+// chunk servers and clients. /metrics, /v1/health and /v1/openapi.json are open.
+//
+// Every error leaves as { statusCode, code, message }: StorageErrors keep their code; schema
+// violations become ERR_INVALID_ARGUMENT naming the field.
+
+import swagger from '@fastify/swagger';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  type RawServerDefault,
+} from 'fastify';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Registry } from 'prom-client';
+import { StorageError } from '../errors.ts';
+import { API_BODY_BYTES_MAX } from '../limits.ts';
+import {
+  ChunkIndexParams,
+  ChunkMapEntry,
+  ChunkMapQuery,
+  ChunkMapReply,
+  ChunkServerList,
+  ClusterStat,
+  CreateVolumeBody,
+  DeleteVolumeQuery,
+  ErrorBody,
+  ExportList,
+  HeartbeatBody,
+  HeartbeatReply,
+  LeaseBody,
+  OkReply,
+  OpenVolumeBody,
+  OpenVolumeReply,
+  RegisterChunkServerBody,
+  RegisterChunkServerReply,
+  ResizeVolumeBody,
+  VolumeInfo,
+  VolumeList,
+  VolumeNameParams,
+} from '../protocol/api.ts';
+import { tokenEqual } from '../protocol/auth.ts';
+import type { Logger } from '../util/log.ts';
+import type { MdsMetrics } from './metrics.ts';
+import type { MetadataService } from './service.ts';
+
+export interface ApiOptions {
+  readonly service: MetadataService;
+  readonly adminToken: string;
+  readonly clusterToken: string;
+  readonly metricsRegistry: Registry;
+  readonly metrics: MdsMetrics;
+  readonly log: Logger;
+}
+
+const errorResponses = { 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 409: ErrorBody, 503: ErrorBody };
+
+export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: false,
+    bodyLimit: API_BODY_BYTES_MAX,
+    // Reject unknown fields instead of silently dropping them: a typo in a script must be seen.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  await app.register(swagger, {
+    openapi: {
+      info: { title: 'shoal MDS API', version: '1' },
+      components: {
+        securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
+      },
+      security: [{ bearer: [] }],
+    },
+  });
+
+  app.setErrorHandler((error: FastifyError, _request, reply) => sendError(reply, error, options.log));
+  app.setNotFoundHandler((request, reply) =>
+    reply.code(404).send({ statusCode: 404, code: 'ERR_NOT_FOUND', message: `no route ${request.method} ${request.url}` }),
+  );
+  app.addHook('onResponse', async (request, reply) => {
+    options.metrics.observeHttp(request.routeOptions.url ?? 'unknown', request.method, reply.statusCode, reply.elapsedTime / 1000);
+  });
+
+  app.get('/metrics', async (_request, reply) => {
+    reply.header('content-type', options.metricsRegistry.contentType);
+    return options.metricsRegistry.metrics();
+  });
+  app.get('/v1/health', { schema: { response: { 200: OkReply } } }, async () => ({ ok: true }));
+  app.get('/v1/openapi.json', async () => app.swagger());
+
+  await app.register(async (scope) => {
+    scope.addHook('onRequest', bearerHook(options.adminToken, 'admin'));
+    adminRoutes(scope.withTypeProvider<TypeBoxTypeProvider>(), options.service);
+  });
+  await app.register(async (scope) => {
+    scope.addHook('onRequest', bearerHook(options.clusterToken, 'cluster'));
+    internalRoutes(scope.withTypeProvider<TypeBoxTypeProvider>(), options.service);
+  });
+  return app;
+}
+
+type TypedApp = FastifyInstance<RawServerDefault, IncomingMessage, ServerResponse, FastifyBaseLogger, TypeBoxTypeProvider>;
+
+function adminRoutes(app: TypedApp, service: MetadataService): void {
+  const tags = ['admin'];
+  app.get('/v1/volumes', { schema: { tags, response: { 200: VolumeList } } }, async () => ({
+    volumes: service.listVolumes(),
+  }));
+  app.post(
+    '/v1/volumes',
+    { schema: { tags, body: CreateVolumeBody, response: { 201: VolumeInfo, ...errorResponses } } },
+    async (request, reply) => reply.code(201).send(await service.createVolume(request.body)),
+  );
+  app.get(
+    '/v1/volumes/:name',
+    { schema: { tags, params: VolumeNameParams, response: { 200: VolumeInfo, ...errorResponses } } },
+    async (request) => service.getVolume(request.params.name),
+  );
+  app.patch(
+    '/v1/volumes/:name',
+    { schema: { tags, params: VolumeNameParams, body: ResizeVolumeBody, response: { 200: VolumeInfo, ...errorResponses } } },
+    async (request) => service.resizeVolume(request.params.name, request.body.sizeBytes),
+  );
+  app.delete(
+    '/v1/volumes/:name',
+    { schema: { tags, params: VolumeNameParams, querystring: DeleteVolumeQuery, response: { 200: OkReply, ...errorResponses } } },
+    async (request) => {
+      await service.deleteVolume(request.params.name, request.query.force === true);
+      return { ok: true };
+    },
+  );
+  app.get('/v1/chunk-servers', { schema: { tags, response: { 200: ChunkServerList } } }, async () => ({
+    chunkServers: service.listChunkServers(),
+  }));
+  app.get('/v1/stat', { schema: { tags, response: { 200: ClusterStat } } }, async () => service.stat());
+}
+
+function internalRoutes(app: TypedApp, service: MetadataService): void {
+  const tags = ['internal'];
+  app.post(
+    '/v1/internal/chunk-servers/register',
+    { schema: { tags, body: RegisterChunkServerBody, response: { 200: RegisterChunkServerReply, ...errorResponses } } },
+    async (request) => service.registerChunkServer(request.body),
+  );
+  app.post(
+    '/v1/internal/chunk-servers/heartbeat',
+    { schema: { tags, body: HeartbeatBody, response: { 200: HeartbeatReply, ...errorResponses } } },
+    async (request) => {
+      service.heartbeat(request.body);
+      return { ok: true };
+    },
+  );
+  app.get('/v1/internal/exports', { schema: { tags, response: { 200: ExportList } } }, async () => ({
+    names: service.exportNames(),
+  }));
+  app.post(
+    '/v1/internal/volumes/:name/open',
+    { schema: { tags, params: VolumeNameParams, body: OpenVolumeBody, response: { 200: OpenVolumeReply, ...errorResponses } } },
+    async (request) => service.openVolume(request.params.name, request.body),
+  );
+  app.post(
+    '/v1/internal/volumes/:name/lease/renew',
+    { schema: { tags, params: VolumeNameParams, body: LeaseBody, response: { 200: OkReply, ...errorResponses } } },
+    async (request) => {
+      service.renewLease(request.params.name, request.body.leaseId);
+      return { ok: true };
+    },
+  );
+  app.post(
+    '/v1/internal/volumes/:name/close',
+    { schema: { tags, params: VolumeNameParams, body: LeaseBody, response: { 200: OkReply, ...errorResponses } } },
+    async (request) => {
+      await service.closeVolume(request.params.name, request.body.leaseId);
+      return { ok: true };
+    },
+  );
+  app.get(
+    '/v1/internal/volumes/:name/chunks',
+    { schema: { tags, params: VolumeNameParams, querystring: ChunkMapQuery, response: { 200: ChunkMapReply, ...errorResponses } } },
+    async (request) => ({
+      chunks: service.chunkMap(request.params.name, request.query.fromIndex ?? 0, request.query.count ?? 65536),
+    }),
+  );
+  app.post(
+    '/v1/internal/volumes/:name/chunks/:chunkIndex',
+    { schema: { tags, params: ChunkIndexParams, body: LeaseBody, response: { 200: ChunkMapEntry, ...errorResponses } } },
+    async (request) => service.allocateChunk(request.params.name, request.params.chunkIndex, request.body.leaseId),
+  );
+}
+
+function bearerHook(expected: string, scope: string) {
+  return async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    const header = request.headers.authorization ?? '';
+    const token = header.startsWith('Bearer ') ? header.slice('Bearer '.length).trim() : '';
+    if (token === '' || !tokenEqual(expected, token)) {
+      await reply.code(401).send({
+        statusCode: 401,
+        code: 'ERR_UNAUTHORIZED',
+        message: `this route needs the ${scope} token as "Authorization: Bearer <token>"`,
+      });
+    }
+  };
+}
+
+function sendError(reply: FastifyReply, error: FastifyError | StorageError, log: Logger): FastifyReply {
+  if (error instanceof StorageError) {
+    return reply.code(error.httpStatus).send({ statusCode: error.httpStatus, code: error.code, message: error.message });
+  }
+  if (error.validation !== undefined) {
+    const context = error.validationContext ?? 'request';
+    return reply.code(400).send({ statusCode: 400, code: 'ERR_INVALID_ARGUMENT', message: `${context}: ${error.message}` });
+  }
+  const status = error.statusCode ?? 500;
+  if (status >= 500) log.error('request failed', { error });
+  const code = status === 413 ? 'ERR_TOO_LARGE' : status < 500 ? 'ERR_INVALID_ARGUMENT' : 'ERR_INTERNAL';
+  return reply.code(status).send({ statusCode: status, code, message: error.message });
+}

@@ -1,0 +1,52 @@
+// Soft state about chunk servers: when each last sent a heartbeat and what space it reported.
+// Not durable on purpose: after an MDS restart every server is offline until it reports again,
+// which is the truth as far as the MDS can know it. Time comes in as an argument.
+
+import type { ChunkServerState } from '../protocol/api.ts';
+
+export interface ChunkServerReport {
+  readonly capacityBytes: number;
+  readonly freeBytes: number;
+  readonly usedBytes: number;
+  readonly chunkCount: number;
+  readonly healthy: boolean;
+  readonly lastError: string;
+}
+
+interface Entry {
+  lastHeartbeatMs: number;
+  report: ChunkServerReport;
+}
+
+export class ChunkServerRegistry {
+  private readonly entries = new Map<number, Entry>();
+  readonly heartbeatTimeoutMs: number;
+
+  constructor(heartbeatTimeoutMs: number) {
+    this.heartbeatTimeoutMs = heartbeatTimeoutMs;
+  }
+
+  heartbeat(csId: number, report: ChunkServerReport, nowMs: number): void {
+    this.entries.set(csId, { lastHeartbeatMs: nowMs, report });
+  }
+
+  /** A server is online while its last heartbeat is younger than the timeout. */
+  state(csId: number, nowMs: number): ChunkServerState {
+    const entry = this.entries.get(csId);
+    if (entry === undefined) return 'offline';
+    return nowMs - entry.lastHeartbeatMs <= this.heartbeatTimeoutMs ? 'online' : 'offline';
+  }
+
+  isOnline(csId: number, nowMs: number): boolean {
+    return this.state(csId, nowMs) === 'online';
+  }
+
+  report(csId: number): ChunkServerReport | undefined {
+    return this.entries.get(csId)?.report;
+  }
+
+  heartbeatAgeMs(csId: number, nowMs: number): number | null {
+    const entry = this.entries.get(csId);
+    return entry === undefined ? null : Math.max(0, nowMs - entry.lastHeartbeatMs);
+  }
+}

@@ -1,0 +1,113 @@
+// The MDS daemon: opens the store, starts the REST API and the background loops (lease expiry,
+// removal of deleted replicas), and stops them in order on SIGINT/SIGTERM.
+//
+// On start-up it prints one JSON line on stdout, {"event":"ready","service":"mds","port":N},
+// which is how `shoal start` and the tests learn the port when they asked for port 0.
+
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { StorageError } from '../errors.ts';
+import { CLUSTER_KEY_BYTES, clusterRestToken, readSecretFile } from '../protocol/auth.ts';
+import { CsConnectionPool } from '../protocol/cs_connection.ts';
+import { systemClock } from '../util/clock.ts';
+import { announceReady, onShutdownSignal, parseHostPort, parseIntegerFlag } from '../util/daemon.ts';
+import { createLogger } from '../util/log.ts';
+import { buildApi } from './api.ts';
+import { MdsMetrics } from './metrics.ts';
+import { FAILURE_DOMAINS, type FailureDomain } from './placement.ts';
+import { MDS_CONFIG_DEFAULTS, MetadataService, type MdsConfig } from './service.ts';
+import { MdsStore } from './store.ts';
+
+const USAGE = `usage: shoal run mds --data DIR --cluster-key FILE --admin-token FILE [options]
+  --listen HOST:PORT           REST API address (default 127.0.0.1:9630)
+  --failure-domain disk|host|rack   where replicas of one chunk must differ (default host)
+  --heartbeat-timeout-ms N     chunk server offline after this silence (default 5000)
+  --lease-timeout-ms N         write lease lost after this long without renewal (default 20000)`;
+
+const BACKGROUND_TICK_MS = 1_000;
+
+export async function runMds(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      data: { type: 'string' },
+      listen: { type: 'string', default: '127.0.0.1:9630' },
+      'cluster-key': { type: 'string' },
+      'admin-token': { type: 'string' },
+      'failure-domain': { type: 'string', default: MDS_CONFIG_DEFAULTS.failureDomain },
+      'heartbeat-timeout-ms': { type: 'string' },
+      'lease-timeout-ms': { type: 'string' },
+      help: { type: 'boolean' },
+    },
+  });
+  if (values.help === true) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
+  if (values.data === undefined || values['cluster-key'] === undefined || values['admin-token'] === undefined) {
+    throw new StorageError('ERR_CONFIG', `--data, --cluster-key and --admin-token are required\n${USAGE}`);
+  }
+  const failureDomain = values['failure-domain'] as FailureDomain;
+  if (!FAILURE_DOMAINS.includes(failureDomain)) {
+    throw new StorageError('ERR_CONFIG', `--failure-domain must be one of ${FAILURE_DOMAINS.join(', ')}`);
+  }
+  const config: MdsConfig = {
+    ...MDS_CONFIG_DEFAULTS,
+    failureDomain,
+    heartbeatTimeoutMs: parseIntegerFlag(values['heartbeat-timeout-ms'], '--heartbeat-timeout-ms', MDS_CONFIG_DEFAULTS.heartbeatTimeoutMs),
+    leaseTimeoutMs: parseIntegerFlag(values['lease-timeout-ms'], '--lease-timeout-ms', MDS_CONFIG_DEFAULTS.leaseTimeoutMs),
+  };
+  const listen = parseHostPort(values.listen, '--listen');
+  const clusterKey = await readSecretFile(values['cluster-key'], CLUSTER_KEY_BYTES);
+  const adminToken = (await readSecretFile(values['admin-token'], 32)).toString('hex');
+  await startMds({ dataDir: values.data, listen, clusterKey, adminToken, config });
+}
+
+async function startMds(options: {
+  dataDir: string;
+  listen: { host: string; port: number };
+  clusterKey: Buffer;
+  adminToken: string;
+  config: MdsConfig;
+}): Promise<void> {
+  const log = createLogger('mds');
+  const store = await MdsStore.open(join(options.dataDir, 'mds.lmdb'));
+  const pool = new CsConnectionPool({ clusterKey: options.clusterKey, role: 'mds' });
+  const service = new MetadataService({ store, config: options.config, clock: systemClock, random: Math.random, pool, log });
+  const metrics = new MdsMetrics(() => service, store);
+  const app = await buildApi({
+    service,
+    adminToken: options.adminToken,
+    clusterToken: clusterRestToken(options.clusterKey),
+    metricsRegistry: metrics.registry,
+    metrics,
+    log,
+  });
+  await app.listen({ host: options.listen.host, port: options.listen.port });
+  const address = app.server.address();
+  const port = typeof address === 'object' && address !== null ? address.port : options.listen.port;
+
+  let stopping = false;
+  let background: Promise<void> = Promise.resolve();
+  const tick = setInterval(() => {
+    background = background
+      .then(async () => {
+        if (stopping) return;
+        await service.expireLeases();
+        await service.sweepDeletedReplicas();
+      })
+      .catch((error: unknown) => log.error('background loop failed', { error }));
+  }, BACKGROUND_TICK_MS);
+
+  log.info('MDS ready', { host: options.listen.host, port, failureDomain: options.config.failureDomain });
+  announceReady({ service: 'mds', port });
+
+  onShutdownSignal(log, async () => {
+    stopping = true;
+    clearInterval(tick);
+    await app.close();
+    await background;
+    pool.closeAll();
+    await store.close();
+  });
+}

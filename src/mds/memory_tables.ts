@@ -1,0 +1,129 @@
+// MdsTables over plain maps: the same state machine as the daemon's LMDB tables, for simulation
+// tests that apply thousands of ops per second and for checking `applyOp` without a disk.
+// `snapshot`/`restore` give transactions: an op that throws leaves no trace, as in LMDB.
+
+import type { ChunkRecord, ChunkServerRecord, MdsTables, MetaKey, PendingDeleteRecord, VolumeRecord } from './model.ts';
+import { applyOp, type MdsOp, type MdsOpResult } from './ops.ts';
+
+interface State {
+  meta: Map<MetaKey, number>;
+  volumes: Map<number, VolumeRecord>;
+  volumeNames: Map<string, number>;
+  chunks: Map<string, ChunkRecord>;
+  chunkServers: Map<number, ChunkServerRecord>;
+  csUuids: Map<string, number>;
+  pendingDeletes: Map<number, PendingDeleteRecord>;
+}
+
+const chunkKey = (volumeId: number, chunkIndex: number): string => `${volumeId}:${chunkIndex}`;
+
+export class MemoryTables implements MdsTables {
+  private state: State = {
+    meta: new Map(),
+    volumes: new Map(),
+    volumeNames: new Map(),
+    chunks: new Map(),
+    chunkServers: new Map(),
+    csUuids: new Map(),
+    pendingDeletes: new Map(),
+  };
+
+  /** Applies an op atomically: on an error the tables are as they were. */
+  submit(op: MdsOp): MdsOpResult {
+    const saved = this.copy();
+    try {
+      return applyOp(this, op);
+    } catch (error) {
+      this.state = saved;
+      throw error;
+    }
+  }
+
+  private copy(): State {
+    return {
+      meta: new Map(this.state.meta),
+      volumes: new Map(this.state.volumes),
+      volumeNames: new Map(this.state.volumeNames),
+      chunks: new Map(this.state.chunks),
+      chunkServers: new Map(this.state.chunkServers),
+      csUuids: new Map(this.state.csUuids),
+      pendingDeletes: new Map(this.state.pendingDeletes),
+    };
+  }
+
+  getMeta(key: MetaKey): number {
+    return this.state.meta.get(key) ?? 0;
+  }
+  putMeta(key: MetaKey, value: number): void {
+    this.state.meta.set(key, value);
+  }
+
+  getVolume(id: number): VolumeRecord | undefined {
+    return this.state.volumes.get(id);
+  }
+  getVolumeIdByName(name: string): number | undefined {
+    return this.state.volumeNames.get(name);
+  }
+  putVolume(record: VolumeRecord): void {
+    this.state.volumes.set(record.id, record);
+    this.state.volumeNames.set(record.name, record.id);
+  }
+  deleteVolume(record: VolumeRecord): void {
+    this.state.volumes.delete(record.id);
+    this.state.volumeNames.delete(record.name);
+  }
+  listVolumes(): VolumeRecord[] {
+    return [...this.state.volumes.values()].sort((a, b) => a.id - b.id);
+  }
+
+  getChunk(volumeId: number, chunkIndex: number): ChunkRecord | undefined {
+    return this.state.chunks.get(chunkKey(volumeId, chunkIndex));
+  }
+  putChunk(record: ChunkRecord): void {
+    this.state.chunks.set(chunkKey(record.volumeId, record.chunkIndex), record);
+  }
+  deleteChunk(volumeId: number, chunkIndex: number): void {
+    this.state.chunks.delete(chunkKey(volumeId, chunkIndex));
+  }
+  listChunks(volumeId: number, fromIndex: number, count: number): ChunkRecord[] {
+    return [...this.state.chunks.values()]
+      .filter((chunk) => chunk.volumeId === volumeId && chunk.chunkIndex >= fromIndex)
+      .sort((a, b) => a.chunkIndex - b.chunkIndex)
+      .slice(0, count);
+  }
+  countChunks(volumeId: number): number {
+    let count = 0;
+    for (const chunk of this.state.chunks.values()) if (chunk.volumeId === volumeId) count += 1;
+    return count;
+  }
+  forEachChunk(visit: (record: ChunkRecord) => void): void {
+    for (const chunk of this.state.chunks.values()) visit(chunk);
+  }
+
+  getChunkServer(id: number): ChunkServerRecord | undefined {
+    return this.state.chunkServers.get(id);
+  }
+  getChunkServerIdByUuid(uuid: string): number | undefined {
+    return this.state.csUuids.get(uuid);
+  }
+  putChunkServer(record: ChunkServerRecord): void {
+    this.state.chunkServers.set(record.id, record);
+    this.state.csUuids.set(record.uuid, record.id);
+  }
+  listChunkServers(): ChunkServerRecord[] {
+    return [...this.state.chunkServers.values()].sort((a, b) => a.id - b.id);
+  }
+
+  getPendingDelete(chunkId: number): PendingDeleteRecord | undefined {
+    return this.state.pendingDeletes.get(chunkId);
+  }
+  putPendingDelete(record: PendingDeleteRecord): void {
+    this.state.pendingDeletes.set(record.chunkId, record);
+  }
+  deletePendingDelete(chunkId: number): void {
+    this.state.pendingDeletes.delete(chunkId);
+  }
+  listPendingDeletes(limit: number): PendingDeleteRecord[] {
+    return [...this.state.pendingDeletes.values()].slice(0, limit);
+  }
+}

@@ -1,0 +1,230 @@
+// The MDS state machine: every change to the MDS's durable state is one typed operation, applied
+// by `applyOp` inside one transaction and recorded in the operation log in order. Nothing else
+// writes the tables. Later, several MDS replicas will replicate exactly this log, so `applyOp` is
+// deterministic: it reads only the tables and the op (time comes in the op as `nowMs`).
+//
+// Operating errors (a name taken, a lease held) throw StorageError and abort the transaction;
+// broken invariants (a version going down, duplicate replicas) are assertion failures.
+
+import { StorageError } from '../errors.ts';
+import { assert, assertNever } from '../util/assert.ts';
+import type { ChunkRecord, ChunkServerRecord, MdsTables, VolumeRecord } from './model.ts';
+
+export type MdsOp =
+  | { readonly type: 'reserveChunkIds'; readonly count: number }
+  | {
+      readonly type: 'registerChunkServer';
+      readonly uuid: string;
+      readonly host: string;
+      readonly port: number;
+      readonly metricsPort: number;
+      readonly failureDomainHost: string;
+      readonly rack: string;
+      readonly tier: number;
+      readonly nowMs: number;
+    }
+  | {
+      readonly type: 'createVolume';
+      readonly name: string;
+      readonly sizeBytes: number;
+      readonly chunkSizeBytes: number;
+      readonly replicasNormal: number;
+      readonly replicasMin: number;
+      readonly nowMs: number;
+    }
+  | { readonly type: 'resizeVolume'; readonly volumeId: number; readonly sizeBytes: number }
+  | { readonly type: 'deleteVolume'; readonly volumeId: number }
+  | {
+      readonly type: 'allocateChunk';
+      readonly volumeId: number;
+      readonly chunkIndex: number;
+      readonly chunkId: number;
+      readonly replicas: readonly number[];
+    }
+  | {
+      readonly type: 'acquireLease';
+      readonly volumeId: number;
+      readonly holder: string;
+      readonly leaseId: string;
+      readonly force: boolean;
+      readonly nowMs: number;
+    }
+  | { readonly type: 'releaseLease'; readonly volumeId: number; readonly leaseId: string }
+  | { readonly type: 'replicaDeleted'; readonly chunkId: number; readonly csId: number };
+
+export type MdsOpType = MdsOp['type'];
+
+/** What an op produced, for the caller that submitted it. */
+export type MdsOpResult =
+  | { readonly type: 'none' }
+  | { readonly type: 'chunkIdRange'; readonly firstChunkId: number; readonly count: number }
+  | { readonly type: 'chunkServer'; readonly record: ChunkServerRecord }
+  | { readonly type: 'volume'; readonly record: VolumeRecord }
+  | { readonly type: 'chunk'; readonly record: ChunkRecord };
+
+const NONE: MdsOpResult = { type: 'none' };
+
+export function applyOp(tables: MdsTables, op: MdsOp): MdsOpResult {
+  switch (op.type) {
+    case 'reserveChunkIds':
+      return reserveChunkIds(tables, op.count);
+    case 'registerChunkServer':
+      return registerChunkServer(tables, op);
+    case 'createVolume':
+      return createVolume(tables, op);
+    case 'resizeVolume':
+      return resizeVolume(tables, op.volumeId, op.sizeBytes);
+    case 'deleteVolume':
+      return deleteVolume(tables, op.volumeId);
+    case 'allocateChunk':
+      return allocateChunk(tables, op);
+    case 'acquireLease':
+      return acquireLease(tables, op);
+    case 'releaseLease':
+      return releaseLease(tables, op.volumeId, op.leaseId);
+    case 'replicaDeleted':
+      return replicaDeleted(tables, op.chunkId, op.csId);
+    default:
+      return assertNever(op, 'op type');
+  }
+}
+
+function reserveChunkIds(tables: MdsTables, count: number): MdsOpResult {
+  assert(Number.isSafeInteger(count) && count > 0, 'reserve a positive number of chunk ids');
+  const firstChunkId = Math.max(1, tables.getMeta('nextChunkId'));
+  tables.putMeta('nextChunkId', firstChunkId + count);
+  return { type: 'chunkIdRange', firstChunkId, count };
+}
+
+function registerChunkServer(tables: MdsTables, op: Extract<MdsOp, { type: 'registerChunkServer' }>): MdsOpResult {
+  const existingId = tables.getChunkServerIdByUuid(op.uuid);
+  const existing = existingId === undefined ? undefined : tables.getChunkServer(existingId);
+  const id = existing?.id ?? Math.max(1, tables.getMeta('nextCsId'));
+  if (existing === undefined) tables.putMeta('nextCsId', id + 1);
+  const record: ChunkServerRecord = {
+    id,
+    uuid: op.uuid,
+    host: op.host,
+    port: op.port,
+    metricsPort: op.metricsPort,
+    failureDomainHost: op.failureDomainHost,
+    rack: op.rack,
+    tier: op.tier,
+    registeredAtMs: existing?.registeredAtMs ?? op.nowMs,
+  };
+  tables.putChunkServer(record);
+  return { type: 'chunkServer', record };
+}
+
+function createVolume(tables: MdsTables, op: Extract<MdsOp, { type: 'createVolume' }>): MdsOpResult {
+  if (tables.getVolumeIdByName(op.name) !== undefined) {
+    throw new StorageError('ERR_VOLUME_EXISTS', `volume "${op.name}" already exists`);
+  }
+  assert(op.replicasMin >= 1 && op.replicasMin <= op.replicasNormal, 'replicas min within 1..normal');
+  assert(op.sizeBytes > 0 && op.chunkSizeBytes > 0, 'volume and chunk sizes are positive');
+  const id = Math.max(1, tables.getMeta('nextVolumeId'));
+  tables.putMeta('nextVolumeId', id + 1);
+  const record: VolumeRecord = {
+    id,
+    name: op.name,
+    sizeBytes: op.sizeBytes,
+    chunkSizeBytes: op.chunkSizeBytes,
+    replicasNormal: op.replicasNormal,
+    replicasMin: op.replicasMin,
+    createdAtMs: op.nowMs,
+    epoch: 0,
+    lease: null,
+  };
+  tables.putVolume(record);
+  return { type: 'volume', record };
+}
+
+function requireVolume(tables: MdsTables, volumeId: number): VolumeRecord {
+  const volume = tables.getVolume(volumeId);
+  if (volume === undefined) throw new StorageError('ERR_NOT_FOUND', `volume ${volumeId} does not exist`);
+  return volume;
+}
+
+function resizeVolume(tables: MdsTables, volumeId: number, sizeBytes: number): MdsOpResult {
+  const volume = requireVolume(tables, volumeId);
+  if (sizeBytes < volume.sizeBytes) {
+    throw new StorageError(
+      'ERR_SHRINK_REFUSED',
+      `volume "${volume.name}" is ${volume.sizeBytes} bytes; shrinking to ${sizeBytes} would cut off data (volumes only grow)`,
+    );
+  }
+  const record: VolumeRecord = { ...volume, sizeBytes };
+  tables.putVolume(record);
+  return { type: 'volume', record };
+}
+
+function deleteVolume(tables: MdsTables, volumeId: number): MdsOpResult {
+  const volume = requireVolume(tables, volumeId);
+  const chunkCount = tables.countChunks(volumeId);
+  for (const chunk of tables.listChunks(volumeId, 0, Math.max(1, chunkCount))) {
+    tables.putPendingDelete({ chunkId: chunk.chunkId, csIds: chunk.replicas });
+    tables.deleteChunk(volumeId, chunk.chunkIndex);
+  }
+  assert(tables.countChunks(volumeId) === 0, 'every chunk of a deleted volume is queued for removal');
+  tables.deleteVolume(volume);
+  return { type: 'volume', record: volume };
+}
+
+function allocateChunk(tables: MdsTables, op: Extract<MdsOp, { type: 'allocateChunk' }>): MdsOpResult {
+  const volume = requireVolume(tables, op.volumeId);
+  const chunkCountMax = Math.ceil(volume.sizeBytes / volume.chunkSizeBytes);
+  if (op.chunkIndex >= chunkCountMax) {
+    throw new StorageError('ERR_OUT_OF_RANGE', `chunk ${op.chunkIndex} is past the end of volume "${volume.name}"`);
+  }
+  assert(tables.getChunk(op.volumeId, op.chunkIndex) === undefined, 'a chunk is allocated once');
+  assert(op.chunkId > 0 && op.chunkId < tables.getMeta('nextChunkId'), 'chunk ids come from a reserved range');
+  assert(new Set(op.replicas).size === op.replicas.length, 'replicas sit on distinct chunk servers');
+  assert(op.replicas.length >= volume.replicasMin, 'a chunk starts with at least min replicas');
+  for (const csId of op.replicas) assert(tables.getChunkServer(csId) !== undefined, 'replicas sit on known servers');
+  const record: ChunkRecord = {
+    volumeId: op.volumeId,
+    chunkIndex: op.chunkIndex,
+    chunkId: op.chunkId,
+    version: 1,
+    replicas: [...op.replicas],
+  };
+  tables.putChunk(record);
+  return { type: 'chunk', record };
+}
+
+function acquireLease(tables: MdsTables, op: Extract<MdsOp, { type: 'acquireLease' }>): MdsOpResult {
+  const volume = requireVolume(tables, op.volumeId);
+  if (volume.lease !== null && !op.force) {
+    throw new StorageError(
+      'ERR_VOLUME_LEASED',
+      `volume "${volume.name}" is open for write by ${volume.lease.holder} (epoch ${volume.epoch}); ` +
+        'close it there, wait for its lease to expire, or force the open to fence it',
+    );
+  }
+  const record: VolumeRecord = {
+    ...volume,
+    epoch: volume.epoch + 1,
+    lease: { holder: op.holder, leaseId: op.leaseId, acquiredAtMs: op.nowMs },
+  };
+  assert(record.epoch > volume.epoch, 'lease epochs only grow');
+  tables.putVolume(record);
+  return { type: 'volume', record };
+}
+
+function releaseLease(tables: MdsTables, volumeId: number, leaseId: string): MdsOpResult {
+  const volume = tables.getVolume(volumeId);
+  // Releasing a lease that was already taken over or expired is not an error: nothing to undo.
+  if (volume === undefined || volume.lease === null || volume.lease.leaseId !== leaseId) return NONE;
+  const record: VolumeRecord = { ...volume, lease: null };
+  tables.putVolume(record);
+  return { type: 'volume', record };
+}
+
+function replicaDeleted(tables: MdsTables, chunkId: number, csId: number): MdsOpResult {
+  const pending = tables.getPendingDelete(chunkId);
+  if (pending === undefined) return NONE;
+  const csIds = pending.csIds.filter((id) => id !== csId);
+  if (csIds.length === 0) tables.deletePendingDelete(chunkId);
+  else tables.putPendingDelete({ chunkId, csIds });
+  return NONE;
+}

@@ -1,0 +1,173 @@
+// The MDS's durable state in LMDB. `submit(op)` runs `applyOp` inside one LMDB child transaction
+// (so an operating error rolls the whole op back) and appends the op to the operation log in the
+// same transaction. Concurrent submits issued in one event-loop turn share one commit and one
+// fsync (lmdb's batching), which is how the MDS stays fast under many small ops.
+//
+// Reads outside a submit see committed state only.
+
+import { open, type Database, type RootDatabase } from 'lmdb';
+import { mkdir } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { assert } from '../util/assert.ts';
+import type {
+  ChunkRecord,
+  ChunkServerRecord,
+  MdsTables,
+  MetaKey,
+  PendingDeleteRecord,
+  VolumeRecord,
+} from './model.ts';
+import { applyOp, type MdsOp, type MdsOpResult } from './ops.ts';
+
+/** Operation-log entries kept for inspection and, later, replication catch-up. */
+const OPLOG_ENTRIES_KEPT = 100_000;
+
+interface OplogEntry {
+  readonly seq: number;
+  readonly op: MdsOp;
+}
+
+class LmdbTables implements MdsTables {
+  readonly meta: Database<number, string>;
+  readonly volumes: Database<VolumeRecord, number>;
+  readonly volumeNames: Database<number, string>;
+  readonly chunks: Database<ChunkRecord, [number, number]>;
+  readonly chunkServers: Database<ChunkServerRecord, number>;
+  readonly csUuids: Database<number, string>;
+  readonly pendingDeletes: Database<PendingDeleteRecord, number>;
+  readonly oplog: Database<OplogEntry, number>;
+
+  constructor(root: RootDatabase) {
+    const db = <V, K extends string | number | [number, number]>(name: string, keyEncoding: 'uint32' | 'ordered-binary') =>
+      root.openDB<V, K>({ name, encoding: 'msgpack', keyEncoding });
+    this.meta = db('meta', 'ordered-binary');
+    this.volumes = db('volumes', 'uint32');
+    this.volumeNames = db('volume-names', 'ordered-binary');
+    this.chunks = db('chunks', 'ordered-binary');
+    this.chunkServers = db('chunk-servers', 'uint32');
+    this.csUuids = db('cs-uuids', 'ordered-binary');
+    this.pendingDeletes = db('pending-deletes', 'ordered-binary');
+    this.oplog = db('oplog', 'ordered-binary');
+  }
+
+  getMeta(key: MetaKey): number {
+    return this.meta.get(key) ?? 0;
+  }
+  putMeta(key: MetaKey, value: number): void {
+    void this.meta.put(key, value);
+  }
+
+  getVolume(id: number): VolumeRecord | undefined {
+    return this.volumes.get(id);
+  }
+  getVolumeIdByName(name: string): number | undefined {
+    return this.volumeNames.get(name);
+  }
+  putVolume(record: VolumeRecord): void {
+    void this.volumes.put(record.id, record);
+    void this.volumeNames.put(record.name, record.id);
+  }
+  deleteVolume(record: VolumeRecord): void {
+    void this.volumes.remove(record.id);
+    void this.volumeNames.remove(record.name);
+  }
+  listVolumes(): VolumeRecord[] {
+    return [...this.volumes.getRange({}).map(({ value }) => value)];
+  }
+
+  getChunk(volumeId: number, chunkIndex: number): ChunkRecord | undefined {
+    return this.chunks.get([volumeId, chunkIndex]);
+  }
+  putChunk(record: ChunkRecord): void {
+    void this.chunks.put([record.volumeId, record.chunkIndex], record);
+  }
+  deleteChunk(volumeId: number, chunkIndex: number): void {
+    void this.chunks.remove([volumeId, chunkIndex]);
+  }
+  listChunks(volumeId: number, fromIndex: number, count: number): ChunkRecord[] {
+    const range = this.chunks.getRange({ start: [volumeId, fromIndex], end: [volumeId + 1, 0], limit: count });
+    return [...range.map(({ value }) => value)];
+  }
+  countChunks(volumeId: number): number {
+    return this.chunks.getCount({ start: [volumeId, 0], end: [volumeId + 1, 0] });
+  }
+  forEachChunk(visit: (record: ChunkRecord) => void): void {
+    for (const { value } of this.chunks.getRange({})) visit(value);
+  }
+
+  getChunkServer(id: number): ChunkServerRecord | undefined {
+    return this.chunkServers.get(id);
+  }
+  getChunkServerIdByUuid(uuid: string): number | undefined {
+    return this.csUuids.get(uuid);
+  }
+  putChunkServer(record: ChunkServerRecord): void {
+    void this.chunkServers.put(record.id, record);
+    void this.csUuids.put(record.uuid, record.id);
+  }
+  listChunkServers(): ChunkServerRecord[] {
+    return [...this.chunkServers.getRange({}).map(({ value }) => value)];
+  }
+
+  getPendingDelete(chunkId: number): PendingDeleteRecord | undefined {
+    return this.pendingDeletes.get(chunkId);
+  }
+  putPendingDelete(record: PendingDeleteRecord): void {
+    void this.pendingDeletes.put(record.chunkId, record);
+  }
+  deletePendingDelete(chunkId: number): void {
+    void this.pendingDeletes.remove(chunkId);
+  }
+  listPendingDeletes(limit: number): PendingDeleteRecord[] {
+    return [...this.pendingDeletes.getRange({ limit }).map(({ value }) => value)];
+  }
+
+  appendOplog(op: MdsOp): void {
+    const seq = this.getMeta('opSeq') + 1;
+    this.putMeta('opSeq', seq);
+    void this.oplog.put(seq, { seq, op });
+    if (seq > OPLOG_ENTRIES_KEPT) void this.oplog.remove(seq - OPLOG_ENTRIES_KEPT);
+  }
+}
+
+export class MdsStore {
+  private readonly root: RootDatabase;
+  private readonly lmdb: LmdbTables;
+  /** Committed-state reads; never write through this outside `submit`. */
+  readonly tables: MdsTables;
+  /** Called after each committed op (metrics). */
+  onApplied: (type: MdsOp['type']) => void = () => undefined;
+
+  private constructor(root: RootDatabase) {
+    this.root = root;
+    this.lmdb = new LmdbTables(root);
+    this.tables = this.lmdb;
+  }
+
+  static async open(path: string): Promise<MdsStore> {
+    await mkdir(dirname(path), { recursive: true });
+    // No compression: records are small; no caching: childTransaction needs it off.
+    const root = open({ path, compression: false, maxDbs: 16, mapSize: 4 * 1024 * 1024 * 1024 });
+    return new MdsStore(root);
+  }
+
+  /** Applies one op durably; resolves after the commit is on disk. */
+  async submit(op: MdsOp): Promise<MdsOpResult> {
+    const result = await this.root.childTransaction(() => {
+      const applied = applyOp(this.lmdb, op);
+      this.lmdb.appendOplog(op);
+      return applied;
+    });
+    assert(typeof result === 'object' && result !== null, 'applyOp returns a result');
+    this.onApplied(op.type);
+    return result as MdsOpResult;
+  }
+
+  get opSeq(): number {
+    return this.lmdb.getMeta('opSeq');
+  }
+
+  async close(): Promise<void> {
+    await this.root.close();
+  }
+}

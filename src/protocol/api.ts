@@ -1,0 +1,228 @@
+// The MDS REST API: one schema per request and response body, used by the MDS to validate and
+// serialize (fastify), by the client library and the CLI to type what they send and receive, and
+// by the OpenAPI document. Change a shape here and both ends change with it.
+//
+// Two scopes: admin routes (/v1/volumes, /v1/chunk-servers, /v1/stat) take the admin token;
+// internal routes (/v1/internal/...) take the cluster token derived from the cluster key.
+
+import { Type, type Static } from 'typebox';
+import {
+  CHUNK_BYTES_MAX,
+  CHUNK_BYTES_MIN,
+  REPLICAS_MAX,
+  VOLUME_BYTES_MAX,
+  VOLUME_NAME_PATTERN,
+} from '../limits.ts';
+
+const Uint = (options: { maximum?: number; minimum?: number; description?: string } = {}) =>
+  Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, ...options });
+
+export const ErrorBody = Type.Object({
+  statusCode: Type.Integer(),
+  code: Type.String(),
+  message: Type.String(),
+});
+export type ErrorBody = Static<typeof ErrorBody>;
+
+export const VolumeName = Type.String({ pattern: VOLUME_NAME_PATTERN, maxLength: 128 });
+export const VolumeNameParams = Type.Object({ name: VolumeName });
+export type VolumeNameParams = Static<typeof VolumeNameParams>;
+
+export const Replicas = Type.Object(
+  {
+    normal: Type.Integer({ minimum: 1, maximum: REPLICAS_MAX }),
+    min: Type.Integer({ minimum: 1, maximum: REPLICAS_MAX }),
+  },
+  { additionalProperties: false },
+);
+
+export const CreateVolumeBody = Type.Object(
+  {
+    name: VolumeName,
+    sizeBytes: Uint({ minimum: 1, maximum: VOLUME_BYTES_MAX }),
+    chunkSizeBytes: Type.Optional(Uint({ minimum: CHUNK_BYTES_MIN, maximum: CHUNK_BYTES_MAX })),
+    replicas: Type.Optional(Replicas),
+  },
+  { additionalProperties: false },
+);
+export type CreateVolumeBody = Static<typeof CreateVolumeBody>;
+
+export const ResizeVolumeBody = Type.Object(
+  { sizeBytes: Uint({ minimum: 1, maximum: VOLUME_BYTES_MAX }) },
+  { additionalProperties: false },
+);
+export type ResizeVolumeBody = Static<typeof ResizeVolumeBody>;
+
+export const DeleteVolumeQuery = Type.Object(
+  { force: Type.Optional(Type.Boolean()) },
+  { additionalProperties: false },
+);
+export type DeleteVolumeQuery = Static<typeof DeleteVolumeQuery>;
+
+export const LeaseInfo = Type.Object({
+  holder: Type.String(),
+  epoch: Uint(),
+  acquiredAt: Type.String(),
+});
+export type LeaseInfo = Static<typeof LeaseInfo>;
+
+export const VolumeInfo = Type.Object({
+  id: Uint(),
+  name: Type.String(),
+  sizeBytes: Uint(),
+  chunkSizeBytes: Uint(),
+  replicas: Replicas,
+  createdAt: Type.String(),
+  chunkCount: Uint({ description: 'chunks allocated so far (written at least once)' }),
+  allocatedBytes: Uint({ description: 'chunkCount x chunkSizeBytes: the upper bound of space used per replica' }),
+  epoch: Uint({ description: 'lease epoch: grows with every write open' }),
+  lease: Type.Union([LeaseInfo, Type.Null()]),
+});
+export type VolumeInfo = Static<typeof VolumeInfo>;
+
+export const VolumeList = Type.Object({ volumes: Type.Array(VolumeInfo) });
+export type VolumeList = Static<typeof VolumeList>;
+
+export const ChunkServerState = Type.Union([Type.Literal('online'), Type.Literal('offline')]);
+export type ChunkServerState = Static<typeof ChunkServerState>;
+
+export const ChunkServerInfo = Type.Object({
+  id: Uint(),
+  uuid: Type.String(),
+  host: Type.String(),
+  port: Uint(),
+  metricsPort: Uint(),
+  failureDomain: Type.Object({ host: Type.String(), rack: Type.String() }),
+  tier: Uint(),
+  state: ChunkServerState,
+  healthy: Type.Boolean({ description: 'false when the server reports disk errors' }),
+  lastError: Type.String(),
+  capacityBytes: Uint(),
+  usedBytes: Uint(),
+  freeBytes: Uint(),
+  chunkCount: Uint({ description: 'replicas stored, as the chunk server last reported' }),
+  mappedReplicaCount: Uint({ description: 'replicas the chunk map places on this server' }),
+  lastHeartbeatAgeMs: Type.Union([Uint(), Type.Null()]),
+  registeredAt: Type.String(),
+});
+export type ChunkServerInfo = Static<typeof ChunkServerInfo>;
+
+export const ChunkServerList = Type.Object({ chunkServers: Type.Array(ChunkServerInfo) });
+export type ChunkServerList = Static<typeof ChunkServerList>;
+
+export const ChunkHealthCounts = Type.Object({
+  healthy: Uint({ description: 'every replica on an online chunk server' }),
+  degraded: Uint({ description: 'at least min but fewer than normal replicas online' }),
+  endangered: Uint({ description: 'fewer than min replicas online: I/O waits' }),
+  unavailable: Uint({ description: 'no replica online' }),
+});
+export type ChunkHealthCounts = Static<typeof ChunkHealthCounts>;
+
+export const ClusterStat = Type.Object({
+  chunkServers: Type.Object({ total: Uint(), online: Uint(), offline: Uint() }),
+  space: Type.Object({ capacityBytes: Uint(), usedBytes: Uint(), freeBytes: Uint() }),
+  volumes: Type.Object({ count: Uint(), sizeBytes: Uint() }),
+  chunks: Type.Object({ total: Uint(), byState: ChunkHealthCounts }),
+  servers: Type.Array(ChunkServerInfo),
+});
+export type ClusterStat = Static<typeof ClusterStat>;
+
+// ---- internal routes: chunk servers -------------------------------------------------------------
+
+export const ChunkServerSpace = {
+  capacityBytes: Uint(),
+  freeBytes: Uint(),
+  usedBytes: Uint(),
+  chunkCount: Uint(),
+  healthy: Type.Boolean(),
+  lastError: Type.String({ maxLength: 1024 }),
+};
+
+export const RegisterChunkServerBody = Type.Object(
+  {
+    uuid: Type.String({ pattern: '^[0-9a-f-]{36}$' }),
+    host: Type.String({ minLength: 1, maxLength: 255 }),
+    port: Uint({ minimum: 1, maximum: 65535 }),
+    metricsPort: Uint({ maximum: 65535 }),
+    failureDomainHost: Type.String({ minLength: 1, maxLength: 255 }),
+    rack: Type.String({ maxLength: 255 }),
+    tier: Uint({ maximum: 3 }),
+    ...ChunkServerSpace,
+  },
+  { additionalProperties: false },
+);
+export type RegisterChunkServerBody = Static<typeof RegisterChunkServerBody>;
+
+export const RegisterChunkServerReply = Type.Object({
+  csId: Uint(),
+  heartbeatIntervalMs: Uint(),
+});
+export type RegisterChunkServerReply = Static<typeof RegisterChunkServerReply>;
+
+export const HeartbeatBody = Type.Object(
+  { csId: Uint(), uuid: Type.String({ maxLength: 36 }), ...ChunkServerSpace },
+  { additionalProperties: false },
+);
+export type HeartbeatBody = Static<typeof HeartbeatBody>;
+
+export const HeartbeatReply = Type.Object({ ok: Type.Boolean() });
+export type HeartbeatReply = Static<typeof HeartbeatReply>;
+
+// ---- internal routes: clients -------------------------------------------------------------------
+
+export const ReplicaLocation = Type.Object({ csId: Uint(), host: Type.String(), port: Uint() });
+export type ReplicaLocation = Static<typeof ReplicaLocation>;
+
+export const ChunkMapEntry = Type.Object({
+  chunkIndex: Uint(),
+  chunkId: Uint(),
+  version: Uint(),
+  replicas: Type.Array(ReplicaLocation),
+});
+export type ChunkMapEntry = Static<typeof ChunkMapEntry>;
+
+export const OpenVolumeBody = Type.Object(
+  {
+    mode: Type.Union([Type.Literal('read'), Type.Literal('write')]),
+    holder: Type.String({ minLength: 1, maxLength: 255, description: 'who opens: host and process, shown to admins' }),
+    force: Type.Optional(Type.Boolean({ description: 'take the write lease from its holder, fencing it' })),
+  },
+  { additionalProperties: false },
+);
+export type OpenVolumeBody = Static<typeof OpenVolumeBody>;
+
+export const LeaseGrant = Type.Object({
+  leaseId: Type.String(),
+  epoch: Uint(),
+  renewIntervalMs: Uint(),
+  timeoutMs: Uint(),
+});
+export type LeaseGrant = Static<typeof LeaseGrant>;
+
+export const OpenVolumeReply = Type.Object({
+  volume: VolumeInfo,
+  lease: Type.Union([LeaseGrant, Type.Null()]),
+  chunks: Type.Array(ChunkMapEntry),
+});
+export type OpenVolumeReply = Static<typeof OpenVolumeReply>;
+
+export const LeaseBody = Type.Object({ leaseId: Type.String({ maxLength: 64 }) }, { additionalProperties: false });
+export type LeaseBody = Static<typeof LeaseBody>;
+
+export const ChunkIndexParams = Type.Object({ name: VolumeName, chunkIndex: Uint() });
+export type ChunkIndexParams = Static<typeof ChunkIndexParams>;
+
+export const ChunkMapQuery = Type.Object(
+  { fromIndex: Type.Optional(Uint()), count: Type.Optional(Uint({ minimum: 1, maximum: 65536 })) },
+  { additionalProperties: false },
+);
+export type ChunkMapQuery = Static<typeof ChunkMapQuery>;
+
+export const ChunkMapReply = Type.Object({ chunks: Type.Array(ChunkMapEntry) });
+export type ChunkMapReply = Static<typeof ChunkMapReply>;
+
+export const ExportList = Type.Object({ names: Type.Array(Type.String()) });
+export type ExportList = Static<typeof ExportList>;
+
+export const OkReply = Type.Object({ ok: Type.Boolean() });
+export type OkReply = Static<typeof OkReply>;

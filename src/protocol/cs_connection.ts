@@ -1,0 +1,306 @@
+// The calling end of the chunk-server protocol: one authenticated TCP connection with pipelined
+// requests, and a pool that keeps one connection per chunk server. Used by the client library,
+// by chunk servers forwarding writes to their peers, and by the MDS.
+//
+// Bounds: at most CS_CONNECTION_INFLIGHT_MAX requests and INFLIGHT_BYTES_MAX payload bytes are
+// outstanding per connection; further requests wait in a FIFO. Every request has a deadline; a
+// connection that misses one is closed, failing everything outstanding on it, because a reply that
+// never came means the stream can no longer be trusted.
+
+import { connect as netConnect, type Socket } from 'node:net';
+import { StorageError } from '../errors.ts';
+import { CS_CONNECTION_INFLIGHT_MAX } from '../limits.ts';
+import { assert } from '../util/assert.ts';
+import { callerMac, macEqual, newNonce, serverMac } from './auth.ts';
+import {
+  CS_OP,
+  CS_PROTOCOL_VERSION,
+  parseHello,
+  parseReply,
+  type CsReply,
+  type CsRequest,
+  type PeerRole,
+} from './cs_messages.ts';
+import { FrameReader, writeFrame, type RawFrame } from './frame.ts';
+
+const INFLIGHT_BYTES_MAX = 64 * 1024 * 1024;
+const CONNECT_TIMEOUT_MS_DEFAULT = 5_000;
+const REQUEST_TIMEOUT_MS_DEFAULT = 30_000;
+const DEADLINE_SWEEP_MS = 500;
+
+/** A request as the caller builds it: the connection assigns the id. */
+export type CsRequestBody = CsRequest extends infer R ? (R extends CsRequest ? Omit<R, 'id'> : never) : never;
+
+export interface CsResponse {
+  readonly reply: CsReply;
+  readonly payload: Buffer;
+}
+
+export interface CsConnectionOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly clusterKey: Buffer;
+  readonly role: PeerRole;
+  readonly connectTimeoutMs?: number;
+  readonly requestTimeoutMs?: number;
+}
+
+interface Pending {
+  readonly resolve: (response: CsResponse) => void;
+  readonly reject: (error: StorageError) => void;
+  readonly deadlineMs: number;
+  readonly payloadBytes: number;
+}
+
+interface Waiting {
+  readonly body: CsRequestBody;
+  readonly payload: Buffer | undefined;
+  readonly resolve: (response: CsResponse) => void;
+  readonly reject: (error: StorageError) => void;
+}
+
+export class CsConnection {
+  readonly address: string;
+  private readonly socket: Socket;
+  private readonly reader = new FrameReader();
+  private readonly pending = new Map<number, Pending>();
+  private readonly waiting: Waiting[] = [];
+  private readonly requestTimeoutMs: number;
+  private readonly sweepTimer: NodeJS.Timeout;
+  private nextId = 1;
+  private inflightBytes = 0;
+  private closedError: StorageError | null = null;
+  private readonly closeListeners: Array<(error: StorageError) => void> = [];
+
+  private constructor(socket: Socket, address: string, requestTimeoutMs: number) {
+    this.socket = socket;
+    this.address = address;
+    this.requestTimeoutMs = requestTimeoutMs;
+    this.sweepTimer = setInterval(() => this.sweepDeadlines(), DEADLINE_SWEEP_MS);
+    this.sweepTimer.unref();
+    socket.on('data', (data: Buffer) => this.onData(data));
+    socket.on('error', (error) => this.close(new StorageError('ERR_UNAVAILABLE', `chunk server ${address}: ${error.message}`)));
+    socket.on('close', () => this.close(new StorageError('ERR_UNAVAILABLE', `chunk server ${address} closed the connection`)));
+  }
+
+  /** Connects, checks the server's HELLO and authenticates both ways. */
+  static async connect(options: CsConnectionOptions): Promise<CsConnection> {
+    const address = `${options.host}:${options.port}`;
+    const connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS_DEFAULT;
+    const socket = netConnect({ host: options.host, port: options.port, noDelay: true });
+    const reader = new FrameReader();
+    const nextFrame = frameStream(socket, reader, address, connectTimeoutMs);
+    try {
+      const hello = parseHello(await nextFrame());
+      if (hello.protocolVersion !== CS_PROTOCOL_VERSION) {
+        throw new StorageError('ERR_PROTOCOL', `chunk server ${address} speaks protocol ${hello.protocolVersion}, we speak ${CS_PROTOCOL_VERSION}`);
+      }
+      const nonce = newNonce();
+      const mac = callerMac(options.clusterKey, options.role, hello.nonce, nonce);
+      writeFrame(socket, { op: CS_OP.AUTH, id: 0, role: options.role, nonce, mac });
+      const reply = parseReply(await nextFrame());
+      if (reply.code !== undefined) throw StorageError.fromWire(reply.code, `chunk server ${address}: ${reply.message ?? ''}`);
+      const expected = serverMac(options.clusterKey, hello.nonce, nonce);
+      if (reply.mac === undefined || !macEqual(expected, reply.mac)) {
+        throw new StorageError('ERR_UNAUTHORIZED', `chunk server ${address} failed to prove it holds the cluster key`);
+      }
+    } catch (error) {
+      socket.destroy();
+      throw error instanceof StorageError ? error : new StorageError('ERR_UNAVAILABLE', `chunk server ${address}: ${(error as Error).message}`);
+    }
+    socket.removeAllListeners('data');
+    socket.removeAllListeners('error');
+    socket.removeAllListeners('close');
+    socket.removeAllListeners('timeout');
+    socket.setTimeout(0);
+    if (reader.buffered > 0) {
+      socket.destroy();
+      throw new StorageError('ERR_PROTOCOL', `chunk server ${address} sent data before any request`);
+    }
+    return new CsConnection(socket, address, options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS_DEFAULT);
+  }
+
+  get isClosed(): boolean {
+    return this.closedError !== null;
+  }
+
+  get inflightCount(): number {
+    return this.pending.size + this.waiting.length;
+  }
+
+  onClose(listener: (error: StorageError) => void): void {
+    if (this.closedError !== null) listener(this.closedError);
+    else this.closeListeners.push(listener);
+  }
+
+  /** Sends one request; resolves with the reply (whatever its code) and its payload. */
+  request(body: CsRequestBody, payload?: Buffer): Promise<CsResponse> {
+    if (this.closedError !== null) return Promise.reject(this.closedError);
+    return new Promise<CsResponse>((resolve, reject) => {
+      const item: Waiting = { body, payload, resolve, reject };
+      if (this.hasRoomFor(payload?.length ?? 0)) this.send(item);
+      else this.waiting.push(item);
+    });
+  }
+
+  close(error: StorageError = new StorageError('ERR_SHUTTING_DOWN', `connection to ${this.address} closed`)): void {
+    if (this.closedError !== null) return;
+    this.closedError = error;
+    clearInterval(this.sweepTimer);
+    this.socket.destroy();
+    for (const entry of this.pending.values()) entry.reject(error);
+    this.pending.clear();
+    for (const entry of this.waiting.splice(0)) entry.reject(error);
+    for (const listener of this.closeListeners.splice(0)) listener(error);
+  }
+
+  private hasRoomFor(payloadBytes: number): boolean {
+    if (this.pending.size >= CS_CONNECTION_INFLIGHT_MAX) return false;
+    // One oversized request may always go alone, or it would wait forever.
+    return this.inflightBytes === 0 || this.inflightBytes + payloadBytes <= INFLIGHT_BYTES_MAX;
+  }
+
+  private send(item: Waiting): void {
+    const id = this.allocateId();
+    const payloadBytes = item.payload?.length ?? 0;
+    this.pending.set(id, {
+      resolve: item.resolve,
+      reject: item.reject,
+      deadlineMs: Date.now() + this.requestTimeoutMs,
+      payloadBytes,
+    });
+    this.inflightBytes += payloadBytes;
+    writeFrame(this.socket, { ...item.body, id }, item.payload);
+  }
+
+  private allocateId(): number {
+    for (;;) {
+      const id = this.nextId;
+      this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
+      if (!this.pending.has(id)) return id;
+    }
+  }
+
+  private onData(data: Buffer): void {
+    this.reader.push(data);
+    for (;;) {
+      let frame: RawFrame | null;
+      let reply: CsReply;
+      try {
+        frame = this.reader.next();
+        if (frame === null) return;
+        reply = parseReply(frame);
+      } catch (error) {
+        this.close(error instanceof StorageError ? error : new StorageError('ERR_PROTOCOL', String(error)));
+        return;
+      }
+      const entry = this.pending.get(reply.id);
+      if (entry === undefined) {
+        this.close(new StorageError('ERR_PROTOCOL', `chunk server ${this.address} answered unknown request ${reply.id}`));
+        return;
+      }
+      this.pending.delete(reply.id);
+      this.inflightBytes -= entry.payloadBytes;
+      entry.resolve({ reply, payload: frame.payload });
+      this.admitWaiting();
+    }
+  }
+
+  private admitWaiting(): void {
+    while (this.waiting.length > 0) {
+      const next = this.waiting[0];
+      assert(next !== undefined, 'waiting queue underflow');
+      if (!this.hasRoomFor(next.payload?.length ?? 0)) return;
+      this.waiting.shift();
+      this.send(next);
+    }
+  }
+
+  private sweepDeadlines(): void {
+    const nowMs = Date.now();
+    for (const entry of this.pending.values()) {
+      if (entry.deadlineMs <= nowMs) {
+        this.close(new StorageError('ERR_TIMEOUT', `chunk server ${this.address} did not answer within ${this.requestTimeoutMs} ms`));
+        return;
+      }
+    }
+  }
+}
+
+/** Reads frames one at a time during the handshake, with a deadline for each. */
+function frameStream(socket: Socket, reader: FrameReader, address: string, timeoutMs: number): () => Promise<RawFrame> {
+  let failure: StorageError | null = null;
+  let wake: (() => void) | null = null;
+  const fail = (error: StorageError): void => {
+    failure ??= error;
+    wake?.();
+  };
+  socket.setTimeout(timeoutMs);
+  socket.on('timeout', () => fail(new StorageError('ERR_TIMEOUT', `chunk server ${address} did not answer within ${timeoutMs} ms`)));
+  socket.on('error', (error) => fail(new StorageError('ERR_UNAVAILABLE', `chunk server ${address}: ${error.message}`)));
+  socket.on('close', () => fail(new StorageError('ERR_UNAVAILABLE', `chunk server ${address} closed the connection`)));
+  socket.on('data', (data: Buffer) => {
+    reader.push(data);
+    wake?.();
+  });
+  return async () => {
+    for (;;) {
+      const frame = reader.next();
+      if (frame !== null) return frame;
+      if (failure !== null) throw failure;
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+      });
+      wake = null;
+    }
+  };
+}
+
+/**
+ * One connection per chunk server address, opened on first use and replaced after it closes.
+ * Concurrent first uses share one connection attempt.
+ */
+export class CsConnectionPool {
+  private readonly connections = new Map<string, Promise<CsConnection>>();
+  private readonly options: Omit<CsConnectionOptions, 'host' | 'port'>;
+  private closed = false;
+
+  constructor(options: Omit<CsConnectionOptions, 'host' | 'port'>) {
+    this.options = options;
+  }
+
+  get(host: string, port: number): Promise<CsConnection> {
+    if (this.closed) return Promise.reject(new StorageError('ERR_SHUTTING_DOWN', 'connection pool closed'));
+    const address = `${host}:${port}`;
+    const existing = this.connections.get(address);
+    if (existing !== undefined) return existing;
+    const attempt = CsConnection.connect({ ...this.options, host, port }).then(
+      (connection) => {
+        connection.onClose(() => {
+          if (this.connections.get(address) === attempt) this.connections.delete(address);
+        });
+        return connection;
+      },
+      (error: unknown) => {
+        this.connections.delete(address);
+        throw error;
+      },
+    );
+    this.connections.set(address, attempt);
+    return attempt;
+  }
+
+  /** Sends a request on the pooled connection to host:port. */
+  async request(host: string, port: number, body: CsRequestBody, payload?: Buffer): Promise<CsResponse> {
+    const connection = await this.get(host, port);
+    return connection.request(body, payload);
+  }
+
+  closeAll(): void {
+    this.closed = true;
+    for (const attempt of this.connections.values()) {
+      attempt.then((connection) => connection.close(), () => undefined);
+    }
+    this.connections.clear();
+  }
+}

@@ -1,0 +1,353 @@
+// Messages of the chunk-server protocol: one type and one parser per message, used by both ends
+// (client and chunk server, chunk server and its peers, MDS and chunk server).
+//
+// A connection opens with HELLO from the server (a nonce) and AUTH from the caller (an HMAC over
+// it, see auth.ts); then the caller sends requests, each with an `id` unique among its outstanding
+// requests, and the server answers each with one REPLY carrying the same id, in any order.
+// Headers are msgpack maps; block data travels as the frame payload.
+
+import { StorageError, isErrorCode, type ErrorCode } from '../errors.ts';
+import { BLOCK_BYTES, CHUNK_BYTES_MAX, CS_EXTENTS_MAX, CS_PAYLOAD_BYTES_MAX, REPLICAS_MAX } from '../limits.ts';
+import { isUint } from '../util/assert.ts';
+import type { RawFrame } from './frame.ts';
+
+export const CS_PROTOCOL_VERSION = 1;
+
+export const CS_OP = {
+  HELLO: 1,
+  AUTH: 2,
+  REPLY: 3,
+  CREATE_CHUNK: 10,
+  DELETE_CHUNK: 11,
+  CHUNK_INFO: 12,
+  WRITE: 20,
+  READ: 21,
+  ZERO: 22,
+  BLOCK_STATUS: 23,
+  FLUSH: 24,
+} as const;
+export type CsOp = (typeof CS_OP)[keyof typeof CS_OP];
+
+export const PEER_ROLES = ['client', 'peer', 'mds'] as const;
+export type PeerRole = (typeof PEER_ROLES)[number];
+
+/** Where a primary forwards a write: the other replicas of the chunk. */
+export interface ReplicaAddress {
+  readonly csId: number;
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface HelloMessage {
+  readonly op: typeof CS_OP.HELLO;
+  readonly protocolVersion: number;
+  readonly nonce: Buffer;
+}
+
+export interface AuthRequest {
+  readonly op: typeof CS_OP.AUTH;
+  readonly id: number;
+  readonly role: PeerRole;
+  readonly nonce: Buffer;
+  readonly mac: Buffer;
+}
+
+export interface CreateChunkRequest {
+  readonly op: typeof CS_OP.CREATE_CHUNK;
+  readonly id: number;
+  readonly chunkId: number;
+  readonly volumeId: number;
+  readonly chunkIndex: number;
+  readonly sizeBytes: number;
+  readonly version: number;
+}
+
+export interface DeleteChunkRequest {
+  readonly op: typeof CS_OP.DELETE_CHUNK;
+  readonly id: number;
+  readonly chunkId: number;
+}
+
+export interface ChunkInfoRequest {
+  readonly op: typeof CS_OP.CHUNK_INFO;
+  readonly id: number;
+  readonly chunkId: number;
+}
+
+/** WRITE and ZERO change data: they carry the writer's lease epoch and the forward list. */
+export interface MutationFields {
+  readonly id: number;
+  readonly chunkId: number;
+  readonly version: number;
+  readonly volumeId: number;
+  readonly epoch: number;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+  readonly forward: readonly ReplicaAddress[];
+}
+
+export interface WriteRequest extends MutationFields {
+  readonly op: typeof CS_OP.WRITE;
+}
+
+/** Zeroes a range; whole blocks become holes again (TRIM and WRITE_ZEROES both use it). */
+export interface ZeroRequest extends MutationFields {
+  readonly op: typeof CS_OP.ZERO;
+}
+
+export interface ReadRequest {
+  readonly op: typeof CS_OP.READ;
+  readonly id: number;
+  readonly chunkId: number;
+  readonly version: number;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+}
+
+export interface BlockStatusRequest {
+  readonly op: typeof CS_OP.BLOCK_STATUS;
+  readonly id: number;
+  readonly chunkId: number;
+  readonly version: number;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+}
+
+export interface FlushRequest {
+  readonly op: typeof CS_OP.FLUSH;
+  readonly id: number;
+}
+
+export type CsRequest =
+  | CreateChunkRequest
+  | DeleteChunkRequest
+  | ChunkInfoRequest
+  | WriteRequest
+  | ZeroRequest
+  | ReadRequest
+  | BlockStatusRequest
+  | FlushRequest;
+
+/** A replica that failed while the primary forwarded to it. */
+export interface ReplicaFailure {
+  readonly csId: number;
+  readonly code: ErrorCode;
+  readonly message: string;
+}
+
+/**
+ * The answer to every request. `code` absent means success. `version` and `sizeBytes` describe the
+ * replica (CHUNK_INFO). A READ answer's payload is the bytes; a BLOCK_STATUS answer's payload is
+ * the extents (see encodeExtents), which cover a prefix of the asked range, at most
+ * CS_EXTENTS_MAX of them.
+ */
+export interface CsReply {
+  readonly op: typeof CS_OP.REPLY;
+  readonly id: number;
+  readonly code?: ErrorCode;
+  readonly message?: string;
+  readonly version?: number;
+  readonly sizeBytes?: number;
+  readonly failedReplicas?: readonly ReplicaFailure[];
+  /** AUTH reply: the server's proof that it holds the cluster key too. */
+  readonly mac?: Buffer;
+}
+
+// ---- parsing at the edge ------------------------------------------------------------------------
+
+function protocolError(message: string): StorageError {
+  return new StorageError('ERR_PROTOCOL', message);
+}
+
+function uintField(header: Record<string, unknown>, name: string, max = Number.MAX_SAFE_INTEGER): number {
+  const value = header[name];
+  if (!isUint(value)) throw protocolError(`field "${name}" must be a non-negative integer, got ${typeof value}`);
+  if (value > max) throw protocolError(`field "${name}" is ${value}, above the limit ${max}`);
+  return value;
+}
+
+function bytesField(header: Record<string, unknown>, name: string, length: number): Buffer {
+  const value = header[name];
+  if (!(value instanceof Uint8Array) || value.length !== length) {
+    throw protocolError(`field "${name}" must be ${length} bytes`);
+  }
+  return Buffer.isBuffer(value) ? value : Buffer.from(value.buffer, value.byteOffset, value.length);
+}
+
+function forwardField(header: Record<string, unknown>): ReplicaAddress[] {
+  const value = header['forward'];
+  if (value === undefined) return [];
+  if (!Array.isArray(value) || value.length >= REPLICAS_MAX) {
+    throw protocolError(`field "forward" must be a list of fewer than ${REPLICAS_MAX} replicas`);
+  }
+  return value.map((item: unknown) => {
+    if (typeof item !== 'object' || item === null) throw protocolError('forward entry must be a map');
+    const entry = item as Record<string, unknown>;
+    const host = entry['host'];
+    if (typeof host !== 'string' || host.length === 0 || host.length > 255) {
+      throw protocolError('forward entry "host" must be a hostname');
+    }
+    return { csId: uintField(entry, 'csId', 0xffffffff), host, port: uintField(entry, 'port', 65535) };
+  });
+}
+
+function rangeFields(header: Record<string, unknown>): { offsetBytes: number; lengthBytes: number } {
+  const offsetBytes = uintField(header, 'offsetBytes', CHUNK_BYTES_MAX);
+  const lengthBytes = uintField(header, 'lengthBytes', CHUNK_BYTES_MAX);
+  if (lengthBytes === 0) throw protocolError('field "lengthBytes" must be positive');
+  return { offsetBytes, lengthBytes };
+}
+
+function mutationFields(header: Record<string, unknown>, id: number): MutationFields {
+  return {
+    id,
+    chunkId: uintField(header, 'chunkId'),
+    version: uintField(header, 'version'),
+    volumeId: uintField(header, 'volumeId', 0xffffffff),
+    epoch: uintField(header, 'epoch'),
+    ...rangeFields(header),
+    forward: forwardField(header),
+  };
+}
+
+/** Parses the first message a server sends. */
+export function parseHello(frame: RawFrame): HelloMessage {
+  const { header } = frame;
+  if (header['op'] !== CS_OP.HELLO) throw protocolError(`expected HELLO, got op ${String(header['op'])}`);
+  return { op: CS_OP.HELLO, protocolVersion: uintField(header, 'protocolVersion', 0xffff), nonce: bytesField(header, 'nonce', 32) };
+}
+
+/** Parses the first message a caller sends. */
+export function parseAuth(frame: RawFrame): AuthRequest {
+  const { header } = frame;
+  if (header['op'] !== CS_OP.AUTH) throw protocolError(`expected AUTH, got op ${String(header['op'])}`);
+  const role = header['role'];
+  if (!PEER_ROLES.includes(role as PeerRole)) throw protocolError(`unknown role ${String(role)}`);
+  return {
+    op: CS_OP.AUTH,
+    id: uintField(header, 'id', 0xffffffff),
+    role: role as PeerRole,
+    nonce: bytesField(header, 'nonce', 32),
+    mac: bytesField(header, 'mac', 32),
+  };
+}
+
+/** Parses a request after authentication; the payload length is checked against the header. */
+export function parseRequest(frame: RawFrame): CsRequest {
+  const { header, payload } = frame;
+  const op = header['op'];
+  const id = uintField(header, 'id', 0xffffffff);
+  const expectNoPayload = (): void => {
+    if (payload.length !== 0) throw protocolError(`op ${String(op)} carries no payload, got ${payload.length} bytes`);
+  };
+  switch (op) {
+    case CS_OP.WRITE: {
+      const fields = mutationFields(header, id);
+      if (fields.lengthBytes > CS_PAYLOAD_BYTES_MAX) {
+        throw new StorageError('ERR_TOO_LARGE', `write of ${fields.lengthBytes} bytes exceeds ${CS_PAYLOAD_BYTES_MAX}`);
+      }
+      if (payload.length !== fields.lengthBytes) {
+        throw protocolError(`write announces ${fields.lengthBytes} bytes but carries ${payload.length}`);
+      }
+      return { op, ...fields };
+    }
+    case CS_OP.ZERO:
+      expectNoPayload();
+      return { op, ...mutationFields(header, id) };
+    case CS_OP.READ:
+    case CS_OP.BLOCK_STATUS: {
+      expectNoPayload();
+      const range = rangeFields(header);
+      // A status answer is small whatever the range; a read answer carries the bytes.
+      if (op === CS_OP.READ && range.lengthBytes > CS_PAYLOAD_BYTES_MAX) {
+        throw new StorageError('ERR_TOO_LARGE', `read of ${range.lengthBytes} bytes exceeds ${CS_PAYLOAD_BYTES_MAX}`);
+      }
+      return { op, id, chunkId: uintField(header, 'chunkId'), version: uintField(header, 'version'), ...range };
+    }
+    case CS_OP.FLUSH:
+      expectNoPayload();
+      return { op, id };
+    case CS_OP.CREATE_CHUNK: {
+      expectNoPayload();
+      const sizeBytes = uintField(header, 'sizeBytes', CHUNK_BYTES_MAX);
+      if (sizeBytes === 0 || sizeBytes % BLOCK_BYTES !== 0) {
+        throw protocolError(`chunk size ${sizeBytes} must be a positive multiple of ${BLOCK_BYTES}`);
+      }
+      return {
+        op,
+        id,
+        chunkId: uintField(header, 'chunkId'),
+        volumeId: uintField(header, 'volumeId', 0xffffffff),
+        chunkIndex: uintField(header, 'chunkIndex'),
+        sizeBytes,
+        version: uintField(header, 'version'),
+      };
+    }
+    case CS_OP.DELETE_CHUNK:
+    case CS_OP.CHUNK_INFO:
+      expectNoPayload();
+      return { op, id, chunkId: uintField(header, 'chunkId') };
+    default:
+      throw protocolError(`unknown op ${String(op)}`);
+  }
+}
+
+export function parseReply(frame: RawFrame): CsReply {
+  const { header } = frame;
+  if (header['op'] !== CS_OP.REPLY) throw protocolError(`expected REPLY, got op ${String(header['op'])}`);
+  const id = uintField(header, 'id', 0xffffffff);
+  const code = header['code'];
+  if (code !== undefined && !isErrorCode(code)) throw protocolError(`reply has unknown error code ${String(code)}`);
+  const reply: {
+    -readonly [K in keyof CsReply]: CsReply[K];
+  } = { op: CS_OP.REPLY, id };
+  if (code !== undefined) {
+    reply.code = code;
+    const message = header['message'];
+    reply.message = typeof message === 'string' ? message : code;
+  }
+  if (header['version'] !== undefined) reply.version = uintField(header, 'version');
+  if (header['sizeBytes'] !== undefined) reply.sizeBytes = uintField(header, 'sizeBytes');
+  if (header['mac'] !== undefined) reply.mac = bytesField(header, 'mac', 32);
+  if (header['failedReplicas'] !== undefined) reply.failedReplicas = parseFailures(header['failedReplicas']);
+  return reply;
+}
+
+/** Extents as u32 pairs (lengthBytes, flags); flags bit 0 = allocated. */
+export function encodeExtents(extents: readonly number[]): Buffer {
+  const bytes = Buffer.allocUnsafe(extents.length * 4);
+  for (const [index, value] of extents.entries()) bytes.writeUInt32BE(value, index * 4);
+  return bytes;
+}
+
+export function decodeExtents(payload: Buffer): Array<{ lengthBytes: number; allocated: boolean }> {
+  if (payload.length % 8 !== 0 || payload.length / 8 > CS_EXTENTS_MAX) {
+    throw protocolError(`block status payload of ${payload.length} bytes is not a list of at most ${CS_EXTENTS_MAX} extents`);
+  }
+  const extents: Array<{ lengthBytes: number; allocated: boolean }> = [];
+  for (let offset = 0; offset < payload.length; offset += 8) {
+    const lengthBytes = payload.readUInt32BE(offset);
+    if (lengthBytes === 0) throw protocolError('block status extent of length 0');
+    extents.push({ lengthBytes, allocated: (payload.readUInt32BE(offset + 4) & 1) === 1 });
+  }
+  return extents;
+}
+
+function parseFailures(value: unknown): ReplicaFailure[] {
+  if (!Array.isArray(value) || value.length > REPLICAS_MAX) throw protocolError('reply "failedReplicas" is invalid');
+  return value.map((item: unknown) => {
+    if (typeof item !== 'object' || item === null) throw protocolError('failed replica must be a map');
+    const entry = item as Record<string, unknown>;
+    const code = entry['code'];
+    return {
+      csId: uintField(entry, 'csId', 0xffffffff),
+      code: isErrorCode(code) ? code : 'ERR_INTERNAL',
+      message: typeof entry['message'] === 'string' ? entry['message'] : 'no message',
+    };
+  });
+}
+
+/** Builds the error reply for a request; `error` keeps its code when it is an operating error. */
+export function errorReply(id: number, error: StorageError, extra?: Partial<CsReply>): CsReply {
+  return { op: CS_OP.REPLY, id, code: error.code, message: error.message, ...extra };
+}

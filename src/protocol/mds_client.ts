@@ -1,0 +1,125 @@
+// The calling end of the MDS REST API, shared by chunk servers (register, heartbeat), the client
+// library (open, leases, chunk map) and the CLI (admin routes). Every call has a deadline; a
+// non-2xx answer becomes the StorageError the MDS sent, and an unreachable MDS becomes
+// ERR_UNAVAILABLE naming the URL.
+
+import { StorageError } from '../errors.ts';
+import type {
+  ChunkMapEntry,
+  ChunkMapReply,
+  ChunkServerList,
+  ClusterStat,
+  CreateVolumeBody,
+  ExportList,
+  HeartbeatBody,
+  OpenVolumeBody,
+  OpenVolumeReply,
+  RegisterChunkServerBody,
+  RegisterChunkServerReply,
+  VolumeInfo,
+  VolumeList,
+} from './api.ts';
+
+const REQUEST_TIMEOUT_MS_DEFAULT = 10_000;
+
+export interface MdsClientOptions {
+  readonly url: string;
+  readonly token: string;
+  readonly timeoutMs?: number;
+}
+
+export class MdsClient {
+  readonly url: string;
+  private readonly token: string;
+  private readonly timeoutMs: number;
+
+  constructor(options: MdsClientOptions) {
+    this.url = options.url.replace(/\/+$/, '');
+    this.token = options.token;
+    this.timeoutMs = options.timeoutMs ?? REQUEST_TIMEOUT_MS_DEFAULT;
+  }
+
+  async call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown): Promise<T> {
+    const headers: Record<string, string> = { authorization: `Bearer ${this.token}` };
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    let response: Response;
+    try {
+      response = await fetch(`${this.url}${path}`, {
+        method,
+        headers,
+        body: body === undefined ? null : JSON.stringify(body),
+        signal: AbortSignal.timeout(this.timeoutMs),
+      });
+    } catch (error) {
+      const reason = error instanceof Error ? ((error.cause as Error | undefined)?.message ?? error.message) : String(error);
+      const code = error instanceof Error && error.name === 'TimeoutError' ? 'ERR_TIMEOUT' : 'ERR_UNAVAILABLE';
+      throw new StorageError(code, `cannot reach the MDS at ${this.url}: ${reason}`);
+    }
+    const text = await response.text();
+    let parsed: unknown = null;
+    try {
+      parsed = text === '' ? null : JSON.parse(text);
+    } catch {
+      throw new StorageError('ERR_PROTOCOL', `the MDS at ${this.url} answered ${method} ${path} with non-JSON (HTTP ${response.status})`);
+    }
+    if (!response.ok) {
+      const error = parsed as { code?: unknown; message?: unknown } | null;
+      throw StorageError.fromWire(error?.code, error?.message ?? `HTTP ${response.status}`);
+    }
+    return parsed as T;
+  }
+
+  // ---- admin ------------------------------------------------------------------------------------
+
+  listVolumes(): Promise<VolumeList> {
+    return this.call('GET', '/v1/volumes');
+  }
+  createVolume(body: CreateVolumeBody): Promise<VolumeInfo> {
+    return this.call('POST', '/v1/volumes', body);
+  }
+  getVolume(name: string): Promise<VolumeInfo> {
+    return this.call('GET', `/v1/volumes/${encodeURIComponent(name)}`);
+  }
+  resizeVolume(name: string, sizeBytes: number): Promise<VolumeInfo> {
+    return this.call('PATCH', `/v1/volumes/${encodeURIComponent(name)}`, { sizeBytes });
+  }
+  deleteVolume(name: string, force: boolean): Promise<{ ok: boolean }> {
+    return this.call('DELETE', `/v1/volumes/${encodeURIComponent(name)}${force ? '?force=true' : ''}`);
+  }
+  listChunkServers(): Promise<ChunkServerList> {
+    return this.call('GET', '/v1/chunk-servers');
+  }
+  stat(): Promise<ClusterStat> {
+    return this.call('GET', '/v1/stat');
+  }
+
+  // ---- internal: chunk servers ----------------------------------------------------------------------
+
+  registerChunkServer(body: RegisterChunkServerBody): Promise<RegisterChunkServerReply> {
+    return this.call('POST', '/v1/internal/chunk-servers/register', body);
+  }
+  heartbeat(body: HeartbeatBody): Promise<{ ok: boolean }> {
+    return this.call('POST', '/v1/internal/chunk-servers/heartbeat', body);
+  }
+
+  // ---- internal: clients --------------------------------------------------------------------------
+
+  exports(): Promise<ExportList> {
+    return this.call('GET', '/v1/internal/exports');
+  }
+  openVolume(name: string, body: OpenVolumeBody): Promise<OpenVolumeReply> {
+    return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/open`, body);
+  }
+  renewLease(name: string, leaseId: string): Promise<{ ok: boolean }> {
+    return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/lease/renew`, { leaseId });
+  }
+  closeVolume(name: string, leaseId: string): Promise<{ ok: boolean }> {
+    return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/close`, { leaseId });
+  }
+  chunkMap(name: string, fromIndex: number, count: number): Promise<ChunkMapReply> {
+    return this.call('GET', `/v1/internal/volumes/${encodeURIComponent(name)}/chunks?fromIndex=${fromIndex}&count=${count}`);
+  }
+  allocateChunk(name: string, chunkIndex: number, leaseId: string): Promise<ChunkMapEntry> {
+    return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/chunks/${chunkIndex}`, { leaseId });
+  }
+}

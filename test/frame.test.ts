@@ -1,0 +1,108 @@
+// The chunk-server framing and message parsers: round trips, streams cut at every byte, limits,
+// and a fuzzer that feeds random and mutated bytes and accepts only a frame or a StorageError.
+
+import t from 'tap';
+import { StorageError } from '../src/errors.ts';
+import { FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES_MAX, FRAME_PREFIX_BYTES } from '../src/limits.ts';
+import { CS_OP, decodeExtents, encodeExtents, parseReply, parseRequest } from '../src/protocol/cs_messages.ts';
+import { FrameReader, encodeFrameHead, type RawFrame } from '../src/protocol/frame.ts';
+import { seededRandom } from '../src/util/clock.ts';
+
+function frameBytes(header: object, payload = Buffer.alloc(0)): Buffer {
+  return Buffer.concat([encodeFrameHead(header, payload.length), payload]);
+}
+
+function drain(reader: FrameReader): RawFrame[] {
+  const frames: RawFrame[] = [];
+  for (let frame = reader.next(); frame !== null; frame = reader.next()) frames.push(frame);
+  return frames;
+}
+
+const write = {
+  op: CS_OP.WRITE, id: 7, chunkId: 2 ** 40 + 1, version: 3, volumeId: 9, epoch: 2, offsetBytes: 4096, lengthBytes: 5,
+  forward: [{ csId: 2, host: '127.0.0.1', port: 9632 }],
+};
+
+t.test('a write request survives the stream cut at every byte', async (t) => {
+  const bytes = Buffer.concat([frameBytes(write, Buffer.from('hello')), frameBytes({ op: CS_OP.FLUSH, id: 8 })]);
+  for (let cut = 0; cut <= bytes.length; cut += 1) {
+    const reader = new FrameReader();
+    reader.push(bytes.subarray(0, cut));
+    const early = drain(reader);
+    reader.push(bytes.subarray(cut));
+    const frames = [...early, ...drain(reader)];
+    t.equal(frames.length, 2, `two frames with a cut at ${cut}`);
+    const request = parseRequest(frames[0]!);
+    t.same(request, { ...write }, 'fields intact');
+    t.equal(frames[0]!.payload.toString(), 'hello');
+    t.same(parseRequest(frames[1]!), { op: CS_OP.FLUSH, id: 8 });
+  }
+});
+
+t.test('limits are checked before the body is buffered', async (t) => {
+  const reader = new FrameReader();
+  const prefix = Buffer.alloc(FRAME_PREFIX_BYTES);
+  prefix.writeUInt32BE(FRAME_BODY_BYTES_MAX + 1, 0);
+  prefix.writeUInt16BE(10, 4);
+  reader.push(prefix);
+  t.throws(() => reader.next(), { code: 'ERR_FRAME_TOO_LARGE' });
+
+  const badHeader = Buffer.alloc(FRAME_PREFIX_BYTES);
+  badHeader.writeUInt32BE(100, 0);
+  badHeader.writeUInt16BE(FRAME_HEADER_BYTES_MAX + 1, 4);
+  const second = new FrameReader();
+  second.push(badHeader);
+  t.throws(() => second.next(), { code: 'ERR_PROTOCOL' });
+});
+
+t.test('invalid requests name the field that is wrong', async (t) => {
+  const parse = (header: Record<string, unknown>, payload = Buffer.alloc(0)) => {
+    const reader = new FrameReader();
+    reader.push(frameBytes(header, payload));
+    return parseRequest(reader.next()!);
+  };
+  t.throws(() => parse({ ...write, offsetBytes: -1 }, Buffer.from('hello')), /offsetBytes/);
+  t.throws(() => parse({ ...write, lengthBytes: 6 }, Buffer.from('hello')), /announces 6 bytes but carries 5/);
+  t.throws(() => parse({ op: 99, id: 1 }), /unknown op 99/);
+  t.throws(() => parse({ op: CS_OP.READ, id: 1, chunkId: 1, version: 1, offsetBytes: 0, lengthBytes: 64 * 1024 * 1024 }), { code: 'ERR_TOO_LARGE' });
+  t.throws(() => parse({ ...write, forward: [{ csId: 1, host: '', port: 1 }] }, Buffer.from('hello')), /host/);
+  t.throws(() => parse({ op: CS_OP.CREATE_CHUNK, id: 1, chunkId: 1, volumeId: 1, chunkIndex: 0, sizeBytes: 1000, version: 1 }), /multiple of 4096/);
+});
+
+t.test('extents round-trip and reject malformed payloads', async (t) => {
+  const extents = [4096, 1, 8192, 0];
+  t.same(decodeExtents(encodeExtents(extents)), [{ lengthBytes: 4096, allocated: true }, { lengthBytes: 8192, allocated: false }]);
+  t.throws(() => decodeExtents(Buffer.alloc(12)), { code: 'ERR_PROTOCOL' });
+  t.throws(() => decodeExtents(encodeExtents([0, 1])), /length 0/);
+});
+
+t.test('fuzz: random and mutated streams give frames or StorageErrors, nothing else', async (t) => {
+  const random = seededRandom(Number(process.env['FUZZ_SEED'] ?? 20261121));
+  const valid = Buffer.concat([frameBytes(write, Buffer.from('hello')), frameBytes({ op: CS_OP.REPLY, id: 1, code: 'ERR_IO', message: 'x' })]);
+  let frames = 0;
+  let errors = 0;
+  for (let round = 0; round < 3000; round += 1) {
+    const bytes = Buffer.from(valid);
+    const mutations = 1 + Math.floor(random() * 4);
+    for (let m = 0; m < mutations; m += 1) bytes[Math.floor(random() * bytes.length)] = Math.floor(random() * 256);
+    const input = round % 3 === 0 ? Buffer.from(Array.from({ length: 64 }, () => Math.floor(random() * 256))) : bytes;
+    const reader = new FrameReader();
+    reader.push(input);
+    try {
+      for (let frame = reader.next(); frame !== null; frame = reader.next()) {
+        frames += 1;
+        try {
+          if (frame.header['op'] === CS_OP.REPLY) parseReply(frame);
+          else parseRequest(frame);
+        } catch (error) {
+          if (!(error instanceof StorageError)) throw error;
+          errors += 1;
+        }
+      }
+    } catch (error) {
+      if (!(error instanceof StorageError)) throw error;
+      errors += 1;
+    }
+  }
+  t.ok(frames > 0 && errors > 0, `fuzzer reached both outcomes (${frames} frames, ${errors} errors)`);
+});

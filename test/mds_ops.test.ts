@@ -1,0 +1,123 @@
+// The MDS state machine (ops.ts) on in-memory tables, and placement (placement.ts): the rules an
+// admin relies on, checked without a disk or a network.
+
+import t from 'tap';
+import { StorageError } from '../src/errors.ts';
+import { MemoryTables } from '../src/mds/memory_tables.ts';
+import { chooseReplicas, type PlacementCandidate } from '../src/mds/placement.ts';
+import { seededRandom } from '../src/util/clock.ts';
+
+const GiB = 1024 ** 3;
+const MiB = 1024 ** 2;
+
+function cluster(servers = 3): MemoryTables {
+  const tables = new MemoryTables();
+  for (let i = 1; i <= servers; i += 1) {
+    tables.submit({
+      type: 'registerChunkServer', uuid: `00000000-0000-0000-0000-00000000000${i}`, host: '127.0.0.1', port: 9630 + i,
+      metricsPort: 0, failureDomainHost: `h${i}`, rack: 'r', tier: 0, nowMs: 1,
+    });
+  }
+  return tables;
+}
+
+function createVolume(tables: MemoryTables, name = 'vol'): number {
+  const result = tables.submit({ type: 'createVolume', name, sizeBytes: 10 * GiB, chunkSizeBytes: 64 * MiB, replicasNormal: 3, replicasMin: 2, nowMs: 2 });
+  if (result.type !== 'volume') throw new Error('expected a volume');
+  return result.record.id;
+}
+
+t.test('volumes: unique names, grow-only resize, delete queues replica removal', async (t) => {
+  const tables = cluster();
+  const id = createVolume(tables);
+  t.throws(() => createVolume(tables), { code: 'ERR_VOLUME_EXISTS' });
+  t.throws(() => tables.submit({ type: 'resizeVolume', volumeId: id, sizeBytes: GiB }), { code: 'ERR_SHRINK_REFUSED' });
+  tables.submit({ type: 'resizeVolume', volumeId: id, sizeBytes: 20 * GiB });
+  t.equal(tables.getVolume(id)?.sizeBytes, 20 * GiB);
+  const range = tables.submit({ type: 'reserveChunkIds', count: 10 });
+  t.match(range, { type: 'chunkIdRange', firstChunkId: 1, count: 10 });
+  tables.submit({ type: 'allocateChunk', volumeId: id, chunkIndex: 0, chunkId: 1, replicas: [1, 2, 3] });
+  tables.submit({ type: 'allocateChunk', volumeId: id, chunkIndex: 5, chunkId: 2, replicas: [3, 1, 2] });
+  t.throws(() => tables.submit({ type: 'allocateChunk', volumeId: id, chunkIndex: 10_000, chunkId: 3, replicas: [1, 2, 3] }), { code: 'ERR_OUT_OF_RANGE' });
+  t.equal(tables.countChunks(id), 2);
+  tables.submit({ type: 'deleteVolume', volumeId: id });
+  t.equal(tables.getVolumeIdByName('vol'), undefined);
+  t.equal(tables.countChunks(id), 0);
+  t.same(tables.listPendingDeletes(10).map((p) => p.chunkId).sort(), [1, 2]);
+  tables.submit({ type: 'replicaDeleted', chunkId: 1, csId: 1 });
+  t.same(tables.getPendingDelete(1)?.csIds, [2, 3]);
+});
+
+t.test('invariants stop loudly', async (t) => {
+  const tables = cluster();
+  const id = createVolume(tables);
+  tables.submit({ type: 'reserveChunkIds', count: 4 });
+  t.throws(() => tables.submit({ type: 'allocateChunk', volumeId: id, chunkIndex: 0, chunkId: 1, replicas: [1, 1, 2] }), { name: 'AssertionError' });
+  t.throws(() => tables.submit({ type: 'allocateChunk', volumeId: id, chunkIndex: 0, chunkId: 99, replicas: [1, 2, 3] }), /reserved range/);
+  t.throws(() => tables.submit({ type: 'allocateChunk', volumeId: id, chunkIndex: 0, chunkId: 1, replicas: [1] }), /at least min/);
+  t.equal(tables.countChunks(id), 0, 'a failed op leaves no trace');
+});
+
+t.test('write leases: one holder, epochs only grow, forced takeover', async (t) => {
+  const tables = cluster();
+  const id = createVolume(tables);
+  tables.submit({ type: 'acquireLease', volumeId: id, holder: 'hv1', leaseId: 'a', force: false, nowMs: 3 });
+  t.equal(tables.getVolume(id)?.epoch, 1);
+  const refused = (() => {
+    try {
+      tables.submit({ type: 'acquireLease', volumeId: id, holder: 'hv2', leaseId: 'b', force: false, nowMs: 4 });
+    } catch (error) {
+      return error;
+    }
+    return null;
+  })();
+  t.ok(refused instanceof StorageError && refused.code === 'ERR_VOLUME_LEASED');
+  t.match((refused as Error).message, /hv1/, 'the refusal names the holder');
+  tables.submit({ type: 'acquireLease', volumeId: id, holder: 'hv2', leaseId: 'b', force: true, nowMs: 5 });
+  t.equal(tables.getVolume(id)?.epoch, 2);
+  tables.submit({ type: 'releaseLease', volumeId: id, leaseId: 'a' });
+  t.equal(tables.getVolume(id)?.lease?.holder, 'hv2', 'a stale release does not drop the new holder');
+  tables.submit({ type: 'releaseLease', volumeId: id, leaseId: 'b' });
+  t.equal(tables.getVolume(id)?.lease, null);
+});
+
+function candidates(count: number, freeFraction: (i: number) => number, host: (i: number) => string): PlacementCandidate[] {
+  return Array.from({ length: count }, (_, index) => ({
+    csId: index + 1,
+    host: host(index),
+    rack: `rack${index % 2}`,
+    capacityBytes: 100 * GiB,
+    freeBytes: Math.floor(100 * GiB * freeFraction(index)),
+  }));
+}
+
+t.test('placement: distinct domains, least full first, refuses below min', async (t) => {
+  const random = seededRandom(7);
+  const six = candidates(6, (i) => 0.1 + i * 0.15, (i) => `h${Math.floor(i / 2)}`);
+  const request = { count: 3, minimum: 2, chunkSizeBytes: 64 * MiB, exclude: [] as PlacementCandidate[] };
+  const byHost = chooseReplicas(six, { ...request, failureDomain: 'host' }, random);
+  t.same(byHost, [6, 4, 2], 'the emptiest server of each host');
+  const hosts = new Set(byHost.map((id) => six[id - 1]!.host));
+  t.equal(hosts.size, 3, 'three hosts');
+  const byRack = chooseReplicas(six, { ...request, failureDomain: 'rack' }, random);
+  t.equal(byRack.length, 2, 'only two racks: two replicas (min is 2)');
+  t.throws(() => chooseReplicas(six.slice(0, 2), { ...request, minimum: 3, count: 3, failureDomain: 'host' }, random), {
+    code: 'ERR_NOT_ENOUGH_SERVERS',
+  });
+  const full = candidates(3, () => 0.001, (i) => `h${i}`);
+  t.throws(() => chooseReplicas(full, { ...request, failureDomain: 'disk' }, random), { code: 'ERR_NO_SPACE' });
+  const local = chooseReplicas(six, { ...request, failureDomain: 'host', preferHost: 'h0' }, random);
+  t.equal(six[local[0]! - 1]!.host, 'h0', 'the writer\'s host gets the first replica');
+});
+
+t.test('placement spreads equal servers evenly over many chunks', async (t) => {
+  const random = seededRandom(11);
+  const servers = candidates(6, () => 0.5, (i) => `h${i}`);
+  const counts = new Map<number, number>();
+  for (let chunk = 0; chunk < 3000; chunk += 1) {
+    for (const id of chooseReplicas(servers, { count: 3, minimum: 2, chunkSizeBytes: MiB, failureDomain: 'host', exclude: [] }, random)) {
+      counts.set(id, (counts.get(id) ?? 0) + 1);
+    }
+  }
+  for (const [id, count] of counts) t.ok(count > 1300 && count < 1700, `server ${id} got ${count} of 9000 replicas`);
+});
