@@ -19,6 +19,16 @@ async function openJournal(directory: string, replayed: JournalRecord[] = []): P
   );
 }
 
+/** Appends, waits until durable, and marks the record applied, as the chunk store does. */
+async function appendApplied(journal: Journal, ...args: Parameters<Journal['append']>): Promise<void> {
+  const ticket = journal.append(...args);
+  try {
+    await ticket.durable;
+  } finally {
+    ticket.applied();
+  }
+}
+
 async function scratch(t: Test): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'shoal-journal-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
@@ -29,8 +39,8 @@ t.test('acknowledged records replay in order after a crash', async (t) => {
   const dir = await scratch(t);
   const journal = await openJournal(dir);
   const payloads = Array.from({ length: 200 }, (_, i) => randomBytes(1 + (i % 7) * 700));
-  await Promise.all(payloads.map((payload, i) => journal.append(JOURNAL_RECORD_TYPE.WRITE, 1000 + i, i * 10, payload.length, payload)));
-  await journal.append(JOURNAL_RECORD_TYPE.ZERO, 5, 4096, 8192);
+  await Promise.all(payloads.map((payload, i) => appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, 1000 + i, i * 10, payload.length, payload)));
+  await appendApplied(journal, JOURNAL_RECORD_TYPE.ZERO, 5, 4096, 8192);
   t.ok(journal.stats.commitsTotal < journal.stats.appendsTotal, `group commit: ${journal.stats.appendsTotal} appends in ${journal.stats.commitsTotal} commits`);
   // No close: the process "crashed" here.
   const replayed: JournalRecord[] = [];
@@ -49,7 +59,7 @@ t.test('acknowledged records replay in order after a crash', async (t) => {
 t.test('a torn tail and a corrupted record end replay there', async (t) => {
   const dir = await scratch(t);
   const journal = await openJournal(dir);
-  for (let i = 0; i < 10; i += 1) await journal.append(JOURNAL_RECORD_TYPE.WRITE, i + 1, 0, 100, Buffer.alloc(100, i));
+  for (let i = 0; i < 10; i += 1) await appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, i + 1, 0, 100, Buffer.alloc(100, i));
   const [segment] = (await readdir(dir)).filter((n) => n.endsWith('.log'));
   const path = join(dir, segment!);
   const recordBytes = JOURNAL_HEADER_BYTES + 100;
@@ -73,7 +83,7 @@ t.test('checkpoints drop old segments once chunk files are synced', async (t) =>
     { directory: dir, segmentBytesMax: 64 * 1024, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => { syncs += 1; } },
     async () => undefined,
   );
-  for (let i = 0; i < 40; i += 1) await journal.append(JOURNAL_RECORD_TYPE.WRITE, 1, 0, 4096, Buffer.alloc(4096));
+  for (let i = 0; i < 40; i += 1) await appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, 1, 0, 4096, Buffer.alloc(4096));
   t.ok((await readdir(dir)).filter((n) => n.endsWith('.log')).length >= 1);
   await journal.checkpoint();
   const segments = (await readdir(dir)).filter((n) => n.endsWith('.log'));
@@ -85,7 +95,7 @@ t.test('checkpoints drop old segments once chunk files are synced', async (t) =>
 t.test('a torn tail alone is not damage', async (t) => {
   const dir = await scratch(t);
   const journal = await openJournal(dir);
-  for (let i = 0; i < 3; i += 1) await journal.append(JOURNAL_RECORD_TYPE.WRITE, i + 1, 0, 10, Buffer.alloc(10, i));
+  for (let i = 0; i < 3; i += 1) await appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, i + 1, 0, 10, Buffer.alloc(10, i));
   const [segment] = (await readdir(dir)).filter((n) => n.endsWith('.log'));
   await truncate(join(dir, segment!), (JOURNAL_HEADER_BYTES + 10) * 2 + 7);
   const replayed: JournalRecord[] = [];
@@ -93,4 +103,23 @@ t.test('a torn tail alone is not damage', async (t) => {
   t.same(replayed.map((r) => r.chunkId), [1, 2]);
   t.equal(reopened.damagedRecordsTotal, 0);
   await reopened.close();
+});
+
+t.test('a checkpoint waits until records of the old segment reach the chunk files', async (t) => {
+  const dir = await scratch(t);
+  const events: string[] = [];
+  const journal = await Journal.open(
+    { directory: dir, segmentBytesMax: 1 << 30, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => { events.push('sync'); } },
+    async () => undefined,
+  );
+  const ticket = journal.append(JOURNAL_RECORD_TYPE.WRITE, 1, 0, 10, Buffer.alloc(10));
+  await ticket.durable;
+  const checkpoint = journal.checkpoint().then(() => events.push('checkpoint done'));
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  t.same(events, [], 'no sync while a durable record is not applied yet');
+  events.push('applied');
+  ticket.applied();
+  await checkpoint;
+  t.same(events, ['applied', 'sync', 'checkpoint done']);
+  await journal.close();
 });

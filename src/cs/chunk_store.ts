@@ -4,6 +4,7 @@
 //   chunks/<hh>/<chunkId>.data   the chunk's bytes; sparse, holes read as zeroes
 //   chunks/<hh>/<chunkId>.sums   8 bytes per 4 KiB block: u32 crc32c of the block, u32 flags
 //                                (bit 0: written). Flags 0 = hole: reads as zeroes, never checked.
+//                                Kept in memory while the chunk is open, written at checkpoints.
 //   meta/                        LMDB: chunkId -> ChunkMeta, volumeId -> fence epoch
 //
 // Invariants: a written block's checksum matches its bytes (checked on every read, and on the
@@ -22,7 +23,7 @@ import { assert } from '../util/assert.ts';
 import { syncDirectory } from '../util/fs.ts';
 import type { Logger } from '../util/log.ts';
 import { RangeLock } from '../util/range_lock.ts';
-import { JOURNAL_RECORD_TYPE, Journal, type JournalRecord } from './journal.ts';
+import { JOURNAL_RECORD_TYPE, Journal, type JournalRecord, type JournalTicket } from './journal.ts';
 
 export interface ChunkMeta {
   readonly chunkId: number;
@@ -43,7 +44,10 @@ interface ChunkHandle {
   readonly sums: Buffer;
   readonly lock: RangeLock;
   users: number;
+  /** The data file changed since its last sync. */
   dirty: boolean;
+  /** Blocks whose checksums changed in memory since the .sums file was last written. */
+  sumsDirty: { first: number; last: number } | null;
 }
 
 export interface ChunkStoreOptions {
@@ -72,6 +76,8 @@ export class ChunkStore {
   private readonly opening = new Map<number, Promise<ChunkHandle>>();
   private journalInstance: Journal | null = null;
   private punchSupported = true;
+  /** Set when start-up found data it could not restore; reported as unhealthy to the MDS. */
+  damage: string | null = null;
 
   private constructor(options: ChunkStoreOptions, root: RootDatabase) {
     this.options = options;
@@ -201,12 +207,14 @@ export class ChunkStore {
   }
 
   /**
-   * Applies a write to the file under the range lock and appends it to the journal before the
-   * lock is released; the returned promise settles when the journal record is durable.
+   * Applies a write under the block-range lock, write-ahead: the journal record is durable before
+   * the chunk file changes, so after a crash every change found in a chunk file since the last
+   * checkpoint is also in the journal, and replay makes file and checksums agree again.
    */
   private async applyWrite(handle: ChunkHandle, offsetBytes: number, data: Buffer, mode: Mode): Promise<void> {
     const { first, last } = blockSpan(offsetBytes, data.length);
     const release = await handle.lock.acquire(first, last, true);
+    let ticket: JournalTicket | null = null;
     try {
       const alignedStart = first * BLOCK_BYTES;
       const alignedBytes = (last - first + 1) * BLOCK_BYTES;
@@ -216,53 +224,55 @@ export class ChunkStore {
         await this.readEdgeBlocks(handle, first, last, blocks, mode);
         data.copy(blocks, offsetBytes - alignedStart);
       }
-      for (let block = first; block <= last; block += 1) {
-        const start = (block - first) * BLOCK_BYTES;
-        setSum(handle.sums, block, crc32c(blocks.subarray(start, start + BLOCK_BYTES)), FLAG_WRITTEN);
-      }
-      await this.writeBlocks(handle, alignedStart, blocks, first, last);
-      if (mode === 'replay') return;
-      // Returned, not awaited: the lock is released now, the caller's promise settles when durable.
-      return this.journal.append(JOURNAL_RECORD_TYPE.WRITE, handle.meta.chunkId, offsetBytes, data.length, data);
+      if (mode === 'live') ticket = this.journal.append(JOURNAL_RECORD_TYPE.WRITE, handle.meta.chunkId, offsetBytes, data.length, data);
+      // Checksums are computed while the journal commit is under way.
+      const sums = blockSums(blocks);
+      await ticket?.durable;
+      await this.writeData(handle, blocks, alignedStart);
+      for (const [index, crc] of sums.entries()) setSum(handle.sums, first + index, crc, FLAG_WRITTEN);
+      markDirty(handle, first, last);
     } finally {
+      ticket?.applied();
       release();
     }
   }
 
+  /** Zeroes a range under the lock, write-ahead as applyWrite; whole blocks become holes. */
   private async applyZero(handle: ChunkHandle, offsetBytes: number, lengthBytes: number, mode: Mode): Promise<void> {
     const { first, last } = blockSpan(offsetBytes, lengthBytes);
     const release = await handle.lock.acquire(first, last, true);
+    let ticket: JournalTicket | null = null;
     try {
       const endBytes = offsetBytes + lengthBytes;
       const fullFirst = Math.ceil(offsetBytes / BLOCK_BYTES);
       const fullLast = Math.floor(endBytes / BLOCK_BYTES) - 1;
-      for (const edge of new Set([first, last])) {
-        if (edge >= fullFirst && edge <= fullLast) continue;
-        await this.zeroPartialBlock(handle, edge, offsetBytes, endBytes, mode);
+      const edges: Array<{ block: number; bytes: Buffer }> = [];
+      for (const block of new Set([first, last])) {
+        // Whole blocks are deallocated below; a hole already reads as zeroes in every byte.
+        if ((block >= fullFirst && block <= fullLast) || !isWritten(handle.sums, block)) continue;
+        const bytes = Buffer.allocUnsafe(BLOCK_BYTES);
+        await this.readEdgeBlocks(handle, block, block, bytes, mode);
+        const blockStart = block * BLOCK_BYTES;
+        bytes.fill(0, Math.max(offsetBytes, blockStart) - blockStart, Math.min(endBytes, blockStart + BLOCK_BYTES) - blockStart);
+        edges.push({ block, bytes });
+      }
+      if (mode === 'live') ticket = this.journal.append(JOURNAL_RECORD_TYPE.ZERO, handle.meta.chunkId, offsetBytes, lengthBytes);
+      await ticket?.durable;
+      for (const { block, bytes } of edges) {
+        await this.writeData(handle, bytes, block * BLOCK_BYTES);
+        setSum(handle.sums, block, crc32c(bytes), FLAG_WRITTEN);
+        markDirty(handle, block, block);
       }
       if (fullFirst <= fullLast) await this.deallocateBlocks(handle, fullFirst, fullLast);
-      if (mode === 'replay') return;
-      return this.journal.append(JOURNAL_RECORD_TYPE.ZERO, handle.meta.chunkId, offsetBytes, lengthBytes);
     } finally {
+      ticket?.applied();
       release();
     }
-  }
-
-  private async zeroPartialBlock(handle: ChunkHandle, block: number, startBytes: number, endBytes: number, mode: Mode): Promise<void> {
-    // A hole already reads as zeroes in every byte.
-    if (!isWritten(handle.sums, block)) return;
-    const blockStart = block * BLOCK_BYTES;
-    const bytes = Buffer.allocUnsafe(BLOCK_BYTES);
-    await this.readEdgeBlocks(handle, block, block, bytes, mode);
-    bytes.fill(0, Math.max(startBytes, blockStart) - blockStart, Math.min(endBytes, blockStart + BLOCK_BYTES) - blockStart);
-    setSum(handle.sums, block, crc32c(bytes), FLAG_WRITTEN);
-    await this.writeBlocks(handle, blockStart, bytes, block, block);
   }
 
   private async deallocateBlocks(handle: ChunkHandle, first: number, last: number): Promise<void> {
     const startBytes = first * BLOCK_BYTES;
     const lengthBytes = (last - first + 1) * BLOCK_BYTES;
-    handle.sums.fill(0, first * SUM_BYTES, (last + 1) * SUM_BYTES);
     try {
       if (this.punchSupported) await fsx.trim(handle.data.fd, startBytes, lengthBytes);
       else await writeZeroes(handle.data, startBytes, lengthBytes);
@@ -272,8 +282,8 @@ export class ChunkStore {
       this.punchSupported = false;
       await writeZeroes(handle.data, startBytes, lengthBytes);
     }
-    await handle.sumsFile.write(handle.sums, first * SUM_BYTES, (last - first + 1) * SUM_BYTES, first * SUM_BYTES);
-    handle.dirty = true;
+    handle.sums.fill(0, first * SUM_BYTES, (last + 1) * SUM_BYTES);
+    markDirty(handle, first, last);
   }
 
   /** Fills the first and last block of `target` (blocks first..last) from disk, checked. */
@@ -291,14 +301,12 @@ export class ChunkStore {
     }
   }
 
-  private async writeBlocks(handle: ChunkHandle, alignedStart: number, blocks: Buffer, first: number, last: number): Promise<void> {
+  private async writeData(handle: ChunkHandle, bytes: Buffer, position: number): Promise<void> {
     try {
-      await writeFully(handle.data, blocks, alignedStart);
-      await handle.sumsFile.write(handle.sums, first * SUM_BYTES, (last - first + 1) * SUM_BYTES, first * SUM_BYTES);
+      await writeFully(handle.data, bytes, position);
     } catch (error) {
       throw fromSystemError(error, `writing chunk ${handle.meta.chunkId}`);
     }
-    handle.dirty = true;
   }
 
   private async readLocked(handle: ChunkHandle, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
@@ -344,22 +352,23 @@ export class ChunkStore {
       this.options.log.error('journal record outside its chunk: skipped', { chunkId: record.chunkId, seq: record.seq });
       return;
     }
-    await this.withHandle(record.chunkId, async (handle) => {
-      if (record.type === JOURNAL_RECORD_TYPE.WRITE) await this.applyWrite(handle, record.offsetBytes, record.payload, 'replay');
-      else await this.applyZero(handle, record.offsetBytes, record.lengthBytes, 'replay');
-    });
+    try {
+      await this.withHandle(record.chunkId, async (handle) => {
+        if (record.type === JOURNAL_RECORD_TYPE.WRITE) await this.applyWrite(handle, record.offsetBytes, record.payload, 'replay');
+        else await this.applyZero(handle, record.offsetBytes, record.lengthBytes, 'replay');
+      });
+    } catch (error) {
+      // The server still starts, to serve what it has, but it says it is damaged.
+      const failure = fromSystemError(error, `replaying journal record ${record.seq} into chunk ${record.chunkId}`);
+      this.damage = failure.message;
+      this.options.log.error('journal replay failed for a record', { seq: record.seq, chunkId: record.chunkId, error: failure });
+    }
   }
 
-  /** Makes every chunk file written since the last call durable. */
+  /** Makes every chunk file written since the last call durable, checksums included. */
   async syncDirty(): Promise<void> {
     const dirty = [...this.handles.values()].filter((handle) => handle.dirty);
-    await Promise.all(
-      dirty.map(async (handle) => {
-        handle.dirty = false;
-        await handle.data.datasync();
-        await handle.sumsFile.datasync();
-      }),
-    );
+    await Promise.all(dirty.map((handle) => syncHandle(handle)));
   }
 
   async close(): Promise<void> {
@@ -411,7 +420,7 @@ export class ChunkStore {
       const sumsFile = await open(paths.sums, 'r+');
       const sums = Buffer.alloc((meta.sizeBytes / BLOCK_BYTES) * SUM_BYTES);
       await readFully(sumsFile, sums, 0);
-      const handle: ChunkHandle = { meta, data, sumsFile, sums, lock: new RangeLock(), users: 0, dirty: false };
+      const handle: ChunkHandle = { meta, data, sumsFile, sums, lock: new RangeLock(), users: 0, dirty: false, sumsDirty: null };
       this.handles.set(chunkId, handle);
       return handle;
     } catch (error) {
@@ -430,10 +439,7 @@ export class ChunkStore {
       }
       if (victim === undefined) return; // everything is in use: go over the limit until it is not
       this.handles.delete(victim.meta.chunkId);
-      if (victim.dirty) {
-        await victim.data.datasync();
-        await victim.sumsFile.datasync();
-      }
+      if (victim.dirty) await syncHandle(victim);
       await closeHandle(victim);
     }
   }
@@ -474,6 +480,35 @@ function blockSpan(offsetBytes: number, lengthBytes: number): { first: number; l
 
 function isWritten(sums: Buffer, block: number): boolean {
   return (sums.readUInt32LE(block * SUM_BYTES + 4) & FLAG_WRITTEN) !== 0;
+}
+
+function blockSums(blocks: Buffer): number[] {
+  const sums: number[] = [];
+  for (let start = 0; start < blocks.length; start += BLOCK_BYTES) sums.push(crc32c(blocks.subarray(start, start + BLOCK_BYTES)));
+  return sums;
+}
+
+function markDirty(handle: ChunkHandle, first: number, last: number): void {
+  handle.dirty = true;
+  const range = handle.sumsDirty;
+  handle.sumsDirty = range === null ? { first, last } : { first: Math.min(range.first, first), last: Math.max(range.last, last) };
+}
+
+/**
+ * Writes the changed checksums and syncs both files. Checksums reach the .sums file only here
+ * (checkpoints, eviction, shutdown): between checkpoints the journal can rebuild them.
+ */
+async function syncHandle(handle: ChunkHandle): Promise<void> {
+  const range = handle.sumsDirty;
+  handle.sumsDirty = null;
+  handle.dirty = false;
+  if (range !== null) {
+    const start = range.first * SUM_BYTES;
+    const bytes = (range.last - range.first + 1) * SUM_BYTES;
+    await handle.sumsFile.write(handle.sums, start, bytes, start);
+  }
+  await handle.data.datasync();
+  await handle.sumsFile.datasync();
 }
 
 function setSum(sums: Buffer, block: number, crc: number, flags: number): void {

@@ -60,6 +60,12 @@ interface PendingRecord {
   readonly reject: (error: StorageError) => void;
 }
 
+/** One appended record: wait for `durable`, change the chunk file, then call `applied`. */
+export interface JournalTicket {
+  readonly durable: Promise<void>;
+  applied(): void;
+}
+
 export interface JournalStats {
   appendsTotal: number;
   commitsTotal: number;
@@ -76,6 +82,9 @@ export class Journal {
   private queue: PendingRecord[] = [];
   private segmentNumber = 0;
   private readonly idleWaiters: Array<() => void> = [];
+  /** Segment number -> records appended while it was current and not yet applied to chunk files. */
+  private readonly unapplied = new Map<number, number>();
+  private readonly appliedWaiters: Array<() => void> = [];
   private committing = false;
   private scheduled = false;
   private checkpointing: Promise<void> | null = null;
@@ -111,16 +120,37 @@ export class Journal {
   }
 
   /**
-   * Appends a record. The caller must call this while it holds the lock on the range, so that the
-   * journal order of overlapping changes equals the order in which they reached the chunk file.
-   * Resolves when the record is durable.
+   * Appends a record. Write-ahead: the caller changes the chunk file only after `durable` resolves,
+   * and calls `applied()` once the change is in the file (or failed), so that a checkpoint never
+   * drops a record whose change has not reached the file. The caller holds the lock on the range
+   * from before the append until after applying, so the journal order of overlapping changes is
+   * the order in which they reach the file.
    */
-  append(type: JournalRecordType, chunkId: number, offsetBytes: number, lengthBytes: number, payload?: Buffer): Promise<void> {
-    if (this.failure !== null) return Promise.reject(this.failure);
-    if (this.closed) return Promise.reject(new StorageError('ERR_SHUTTING_DOWN', 'journal closed'));
+  append(type: JournalRecordType, chunkId: number, offsetBytes: number, lengthBytes: number, payload?: Buffer): JournalTicket {
     assert(type !== JOURNAL_RECORD_TYPE.WRITE || payload?.length === lengthBytes, 'write records carry their bytes');
     assert(type !== JOURNAL_RECORD_TYPE.ZERO || payload === undefined, 'zero records carry no bytes');
     assert(offsetBytes + lengthBytes <= CHUNK_BYTES_MAX, 'journal record within a chunk');
+    const segmentNumber = this.segmentNumber;
+    this.unapplied.set(segmentNumber, (this.unapplied.get(segmentNumber) ?? 0) + 1);
+    let applied = false;
+    const ticket: JournalTicket = {
+      durable: this.enqueue(type, chunkId, offsetBytes, lengthBytes, payload),
+      applied: () => {
+        assert(!applied, 'a journal record is applied once');
+        applied = true;
+        const left = (this.unapplied.get(segmentNumber) ?? 0) - 1;
+        assert(left >= 0, 'unapplied record count never negative');
+        if (left === 0) this.unapplied.delete(segmentNumber);
+        else this.unapplied.set(segmentNumber, left);
+        if (left === 0) for (const wake of this.appliedWaiters.splice(0)) wake();
+      },
+    };
+    return ticket;
+  }
+
+  private enqueue(type: JournalRecordType, chunkId: number, offsetBytes: number, lengthBytes: number, payload?: Buffer): Promise<void> {
+    if (this.failure !== null) return Promise.reject(this.failure);
+    if (this.closed) return Promise.reject(new StorageError('ERR_SHUTTING_DOWN', 'journal closed'));
     const seq = this.nextSeq;
     this.nextSeq += 1;
     const head = encodeRecordHead(type, seq, chunkId, offsetBytes, lengthBytes, payload);
@@ -227,6 +257,10 @@ export class Journal {
     const old = this.segment;
     this.segment = next;
     this.segmentNumber += 1;
+    // Records of the old segments must be in the chunk files before those are synced.
+    while ([...this.unapplied.keys()].some((number) => number < this.segmentNumber)) {
+      await new Promise<void>((resolve) => this.appliedWaiters.push(resolve));
+    }
     await this.options.syncChunkFiles();
     await old.handle.close();
     for (const name of await this.listSegments()) {

@@ -92,12 +92,12 @@ export class MdsLink {
       usedBytes: (fs.blocks - fs.bfree) * fs.bsize,
     };
     this.lastSpace = space;
-    const journalError = this.options.store.journal.healthError;
+    const problem = this.options.store.journal.healthError?.message ?? this.options.store.damage;
     return {
       ...space,
       chunkCount: this.options.store.chunkCount,
-      healthy: journalError === null,
-      lastError: journalError === null ? '' : journalError.message.slice(0, 1024),
+      healthy: problem === null,
+      lastError: (problem ?? '').slice(0, 1024),
     };
   }
 }
