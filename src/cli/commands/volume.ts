@@ -1,0 +1,231 @@
+// `shoal volume ...`: create, list, inspect, grow and delete volumes. Arguments are checked here
+// against the same limits the MDS enforces (src/limits.ts), so a typo is reported with the usage
+// line before anything is sent; what only the MDS can decide (the name is taken, the volume is
+// open, the new size is smaller) comes back as its error and message.
+
+import { StorageError } from '../../errors.ts';
+import {
+  CHUNK_BYTES_DEFAULT,
+  CHUNK_BYTES_MAX,
+  CHUNK_BYTES_MIN,
+  REPLICAS_MAX,
+  VOLUME_BYTES_MAX,
+  VOLUME_NAME_REGEX,
+  isPowerOfTwo,
+} from '../../limits.ts';
+import type { VolumeInfo } from '../../protocol/api.ts';
+import { formatBytes, parseSizeBytes } from '../../util/size.ts';
+import { booleanFlag, defineCommand, positional, show, stringFlag, type Command, type CommandArgs } from '../command.ts';
+import { formatPercent, formatReplicas, formatTimestamp } from '../format.ts';
+import { renderFields, renderTable, type Column } from '../table.ts';
+
+// ---- argument checks ------------------------------------------------------------------------------
+
+export function parseVolumeName(text: string): string {
+  if (!VOLUME_NAME_REGEX.test(text)) {
+    throw new StorageError(
+      'ERR_INVALID_ARGUMENT',
+      `invalid volume name "${text}": use 1 to 128 letters, digits, '.', '_' and '-', starting with a letter or digit`,
+    );
+  }
+  return text;
+}
+
+function requiredFlag(args: CommandArgs, name: string): string {
+  const value = stringFlag(args, name);
+  if (value === undefined) throw new StorageError('ERR_INVALID_ARGUMENT', `missing --${name}`);
+  return value;
+}
+
+function parseVolumeSize(text: string, flag: string): number {
+  const bytes = parseSizeBytes(text, flag);
+  if (bytes < 1 || bytes > VOLUME_BYTES_MAX) {
+    throw new StorageError('ERR_INVALID_ARGUMENT', `${flag} must be from 1 byte to ${formatBytes(VOLUME_BYTES_MAX)}, got "${text}"`);
+  }
+  return bytes;
+}
+
+function parseChunkSize(text: string): number {
+  const bytes = parseSizeBytes(text, '--chunk-size');
+  if (!isPowerOfTwo(bytes) || bytes < CHUNK_BYTES_MIN || bytes > CHUNK_BYTES_MAX) {
+    throw new StorageError(
+      'ERR_INVALID_ARGUMENT',
+      `--chunk-size must be a power of two from ${formatBytes(CHUNK_BYTES_MIN)} to ${formatBytes(CHUNK_BYTES_MAX)}, got "${text}"`,
+    );
+  }
+  return bytes;
+}
+
+export function parseReplicas(text: string): { normal: number; min: number } {
+  const match = /^(\d+):(\d+)$/.exec(text.trim());
+  const normal = Number(match?.[1]);
+  const min = Number(match?.[2]);
+  if (match === null || !(min >= 1 && min <= normal && normal <= REPLICAS_MAX)) {
+    throw new StorageError(
+      'ERR_INVALID_ARGUMENT',
+      `--replicas must be N:M (keep N copies; I/O continues while at least M are online) with 1 <= M <= N <= ${REPLICAS_MAX}, got "${text}"`,
+    );
+  }
+  return { normal, min };
+}
+
+// ---- output ---------------------------------------------------------------------------------------
+
+function chunksInVolume(volume: VolumeInfo): number {
+  return Math.ceil(volume.sizeBytes / volume.chunkSizeBytes);
+}
+
+const VOLUME_COLUMNS: readonly Column<VolumeInfo>[] = [
+  { header: 'NAME', value: (v) => v.name },
+  { header: 'SIZE', align: 'right', value: (v) => formatBytes(v.sizeBytes) },
+  { header: 'ALLOCATED', align: 'right', value: (v) => formatBytes(v.allocatedBytes) },
+  { header: 'USE%', align: 'right', value: (v) => formatPercent(v.allocatedBytes, v.sizeBytes) },
+  { header: 'CHUNK', align: 'right', value: (v) => formatBytes(v.chunkSizeBytes) },
+  { header: 'REPLICAS', value: (v) => formatReplicas(v.replicas) },
+  { header: 'CREATED', value: (v) => formatTimestamp(v.createdAt) },
+  { header: 'WRITER', value: (v) => v.lease?.holder ?? '-', style: (v) => (v.lease === null ? 'dim' : undefined) },
+];
+
+function describeVolume(volume: VolumeInfo): string {
+  return `${formatBytes(volume.sizeBytes)}, chunk size ${formatBytes(volume.chunkSizeBytes)}, replicas ${formatReplicas(volume.replicas)}`;
+}
+
+function volumeFields(volume: VolumeInfo) {
+  const lease = volume.lease;
+  return [
+    { label: 'name', value: volume.name },
+    { label: 'id', value: String(volume.id) },
+    { label: 'size', value: `${formatBytes(volume.sizeBytes)} (${volume.sizeBytes} bytes)` },
+    { label: 'chunk size', value: formatBytes(volume.chunkSizeBytes) },
+    {
+      label: 'replicas',
+      value: `${formatReplicas(volume.replicas)} (${volume.replicas.normal} copies; I/O waits below ${volume.replicas.min} online)`,
+    },
+    {
+      label: 'allocated',
+      value: `${volume.chunkCount} of ${chunksInVolume(volume)} chunks, ${formatBytes(volume.allocatedBytes)} per replica ` +
+        `(${formatPercent(volume.allocatedBytes, volume.sizeBytes)})`,
+    },
+    {
+      label: 'writer',
+      value: lease === null ? 'none' : `${lease.holder} since ${formatTimestamp(lease.acquiredAt)} (lease epoch ${lease.epoch})`,
+      style: lease === null ? ('dim' as const) : undefined,
+    },
+    { label: 'epoch', value: String(volume.epoch) },
+    { label: 'created', value: formatTimestamp(volume.createdAt) },
+  ];
+}
+
+// ---- commands -------------------------------------------------------------------------------------
+
+const list = defineCommand({
+  path: ['volume', 'list'],
+  synopsis: '',
+  summary: 'list volumes: size, space allocated, chunk size, replicas, writer',
+  details: ['ALLOCATED counts chunks written at least once, per replica; USE% is ALLOCATED of SIZE.'],
+  parse: () => undefined,
+  run: (context) =>
+    show(context, (mds) => mds.listVolumes(), ({ volumes }) => {
+      if (volumes.length === 0) return 'no volumes (create one with: shoal volume create NAME --size SIZE)\n';
+      const byName = [...volumes].sort((a, b) => a.name.localeCompare(b.name));
+      return renderTable(VOLUME_COLUMNS, byName, context.paint);
+    }),
+});
+
+const info = defineCommand({
+  path: ['volume', 'info'],
+  synopsis: 'NAME',
+  summary: 'show one volume in detail, with its current writer',
+  positionals: ['NAME'],
+  parse: (args) => parseVolumeName(positional(args, 0)),
+  run: (context, name) => show(context, (mds) => mds.getVolume(name), (volume) => renderFields(volumeFields(volume), context.paint)),
+});
+
+const create = defineCommand({
+  path: ['volume', 'create'],
+  synopsis: 'NAME --size SIZE [--chunk-size SIZE] [--replicas N:M]',
+  summary: 'create a volume (thin: space is taken as chunks are written)',
+  details: [
+    `NAME               1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit`,
+    `--size SIZE        e.g. 10G, 500M, 1T (powers of two); at most ${formatBytes(VOLUME_BYTES_MAX)}`,
+    `--chunk-size SIZE  unit of placement, a power of two from ${formatBytes(CHUNK_BYTES_MIN)} to ${formatBytes(CHUNK_BYTES_MAX)} (default ${formatBytes(CHUNK_BYTES_DEFAULT)})`,
+    `--replicas N:M     keep N copies of each chunk; I/O continues while at least M are online (default: the MDS's, 3:2)`,
+  ],
+  options: {
+    size: { type: 'string' },
+    'chunk-size': { type: 'string' },
+    replicas: { type: 'string' },
+  },
+  positionals: ['NAME'],
+  parse(args) {
+    const chunkSize = stringFlag(args, 'chunk-size');
+    const replicas = stringFlag(args, 'replicas');
+    return {
+      name: parseVolumeName(positional(args, 0)),
+      sizeBytes: parseVolumeSize(requiredFlag(args, 'size'), '--size'),
+      ...(chunkSize === undefined ? {} : { chunkSizeBytes: parseChunkSize(chunkSize) }),
+      ...(replicas === undefined ? {} : { replicas: parseReplicas(replicas) }),
+    };
+  },
+  run: (context, body) =>
+    show(context, (mds) => mds.createVolume(body), (volume) => `created volume "${volume.name}": ${describeVolume(volume)}\n`),
+});
+
+const resize = defineCommand({
+  path: ['volume', 'resize'],
+  synopsis: 'NAME --size [+]SIZE',
+  summary: 'grow a volume (volumes never shrink)',
+  details: [
+    '--size SIZE   the new size, e.g. 20G',
+    '--size +SIZE  grow by SIZE from the size the MDS reports just before',
+    'The MDS refuses a smaller size: shrinking would cut off data the volume\'s user may hold.',
+  ],
+  options: { size: { type: 'string' } },
+  positionals: ['NAME'],
+  parse(args) {
+    const text = requiredFlag(args, 'size');
+    const growBy = text.trimStart().startsWith('+');
+    const sizeBytes = parseVolumeSize(growBy ? text.trimStart().slice(1) : text, '--size');
+    return { name: parseVolumeName(positional(args, 0)), sizeBytes, growBy };
+  },
+  async run(context, { name, sizeBytes, growBy }) {
+    const mds = await context.mds();
+    // The current size is only needed for a relative size and to tell a person what changed.
+    const before = growBy || !context.json ? await mds.getVolume(name) : null;
+    const targetBytes = growBy && before !== null ? before.sizeBytes + sizeBytes : sizeBytes;
+    const after = await mds.resizeVolume(name, targetBytes);
+    if (context.json) return context.writeJson(after);
+    const fromBytes = before?.sizeBytes ?? after.sizeBytes;
+    context.write(
+      fromBytes === after.sizeBytes
+        ? `volume "${name}" is already ${formatBytes(after.sizeBytes)}; nothing changed\n`
+        : `resized volume "${name}": ${formatBytes(fromBytes)} -> ${formatBytes(after.sizeBytes)}\n`,
+    );
+  },
+});
+
+const remove = defineCommand({
+  path: ['volume', 'delete'],
+  synopsis: 'NAME [--force]',
+  summary: 'delete a volume and free its chunks (no prompt: scripts use it)',
+  details: [
+    '--force  delete even while a client has it open for write; that client is fenced and its I/O fails',
+    'Without --force the MDS refuses to delete a volume that is open for write.',
+  ],
+  options: { force: { type: 'boolean' } },
+  positionals: ['NAME'],
+  parse: (args) => ({ name: parseVolumeName(positional(args, 0)), force: booleanFlag(args, 'force') }),
+  async run(context, { name, force }) {
+    const mds = await context.mds();
+    // Read first, so that the confirmation says what was lost; scripts with --json skip it.
+    const volume = context.json ? null : await mds.getVolume(name);
+    const body = await mds.deleteVolume(name, force);
+    if (context.json || volume === null) return context.writeJson(body);
+    const writer = volume.lease === null ? '' : `; its writer ${volume.lease.holder} is fenced`;
+    context.write(
+      `deleted volume "${name}": ${describeVolume(volume)}, ${volume.chunkCount} chunks allocated${writer}\n`,
+    );
+  },
+});
+
+export const volumeCommands: readonly Command[] = [list, info, create, resize, remove];
