@@ -1,0 +1,307 @@
+// The NBD server's listeners: a unix socket and/or a TCP port, each client handed to an
+// NbdConnection. All connections of one server reach devices through one provider, which shares
+// one open device per export; with every completed write durable, that is what makes
+// CAN_MULTI_CONN true.
+//
+// The unix socket is created with a private mode (0600, or 0660 for a group of hypervisor
+// tools); a stale socket file left by a crash is removed at start, but a live one (another
+// server) or a non-socket file is never touched. TCP listens on loopback unless told otherwise.
+// Stopping refuses new clients, lets in-flight requests finish within shutdownTimeoutMs, then
+// cuts what is left and releases every device handle.
+
+import { lstat, unlink, chmod } from 'node:fs/promises';
+import { connect, createServer } from 'node:net';
+import type { Server, Socket } from 'node:net';
+import type { Registry } from 'prom-client';
+import type { BlockDeviceProvider } from '../client/block_device.ts';
+import { fail, fromSystemError } from '../errors.ts';
+import { isUint } from '../util/assert.ts';
+import { createLogger } from '../util/log.ts';
+import type { Logger } from '../util/log.ts';
+import { NbdConnection } from './connection.ts';
+import type { ConnectionContext, ConnectionLimits } from './connection.ts';
+import { nbdMetrics } from './metrics.ts';
+
+const MiB = 1024 * 1024;
+
+export interface NbdServerOptions {
+  readonly provider: BlockDeviceProvider;
+  readonly registry: Registry;
+  readonly unixSocketPath?: string;
+  /** 0o600 (default) or 0o660. */
+  readonly unixSocketMode?: number;
+  /** Host defaults to 127.0.0.1; port 0 picks a free port (see NbdServer.tcpPort). */
+  readonly tcp?: { readonly host?: string; readonly port: number };
+  /** Export served to clients that ask for the empty name. */
+  readonly defaultExport?: string;
+  /** Open every export read-only. */
+  readonly readOnly?: boolean;
+  readonly logger?: Logger;
+  /** Per connection: requests in flight before reading pauses (default 64). */
+  readonly inflightRequestsMax?: number;
+  /** Per connection: READ/WRITE bytes in flight before reading pauses (default 128 MiB). */
+  readonly inflightBytesMax?: number;
+  /** Connections over both listeners; more are refused (default 256). */
+  readonly connectionsMax?: number;
+  /** Silence allowed between options during negotiation (default 30 s). */
+  readonly handshakeTimeoutMs?: number;
+  /** How long close() lets in-flight requests finish (default 10 s). */
+  readonly shutdownTimeoutMs?: number;
+}
+
+export interface NbdServer {
+  /** The bound TCP port (the real one when 0 was asked), or null without TCP. */
+  readonly tcpPort: number | null;
+  readonly tcpHost: string | null;
+  readonly unixSocketPath: string | null;
+  connectionCount(): number;
+  /** Stops accepting, lets in-flight requests finish (bounded), releases device handles. */
+  close(): Promise<void>;
+}
+
+export const NBD_SERVER_DEFAULTS = {
+  unixSocketMode: 0o600,
+  tcpHost: '127.0.0.1',
+  inflightRequestsMax: 64,
+  inflightBytesMax: 128 * MiB,
+  connectionsMax: 256,
+  handshakeTimeoutMs: 30_000,
+  shutdownTimeoutMs: 10_000,
+} as const;
+
+/** Extra time after the shutdown deadline for forcibly closed connections to release devices. */
+const RELEASE_GRACE_MS = 2_000;
+
+export async function createNbdServer(options: NbdServerOptions): Promise<NbdServer> {
+  const settings = checkOptions(options);
+  const logger = options.logger ?? createLogger('nbd');
+  const connections = new Set<NbdConnection>();
+  let shuttingDown = false;
+  const context: ConnectionContext = {
+    provider: options.provider,
+    defaultExport: options.defaultExport,
+    readOnly: options.readOnly ?? false,
+    logger,
+    metrics: nbdMetrics(options.registry),
+    limits: settings.limits,
+    isShuttingDown: () => shuttingDown,
+  };
+  const onSocket = acceptor(context, connections, settings.connectionsMax);
+  const { tcp, unixSocketPath } = options;
+  const tcpHost = tcp === undefined ? null : tcp.host ?? NBD_SERVER_DEFAULTS.tcpHost;
+  const listeners: Server[] = [];
+  let tcpPort: number | null = null;
+  try {
+    if (unixSocketPath !== undefined) {
+      listeners.push(await listenUnix(unixSocketPath, settings.unixSocketMode, onSocket));
+    }
+    if (tcp !== undefined && tcpHost !== null) {
+      const listener = await listenTcp(tcpHost, tcp.port, onSocket);
+      listeners.push(listener);
+      const address = listener.address();
+      tcpPort = typeof address === 'object' && address !== null ? address.port : tcp.port;
+    }
+  } catch (error) {
+    await Promise.all(listeners.map(closeListener));
+    throw error;
+  }
+  logger.info('NBD server listening', { unixSocketPath, tcpHost, tcpPort });
+
+  let closing: Promise<void> | null = null;
+  const close = (): Promise<void> => {
+    if (closing !== null) return closing;
+    shuttingDown = true;
+    closing = shutDown(listeners, connections, settings.shutdownTimeoutMs, logger);
+    return closing;
+  };
+  return {
+    tcpPort,
+    tcpHost,
+    unixSocketPath: unixSocketPath ?? null,
+    connectionCount: () => connections.size,
+    close,
+  };
+}
+
+/** Hands each new socket to a connection, or refuses it when stopping or full. */
+function acceptor(
+  context: ConnectionContext, connections: Set<NbdConnection>, connectionsMax: number,
+): OnSocket {
+  let nextConnectionId = 1;
+  let refusedLoggedMs = 0;
+  let refusedUnlogged = 0;
+  return (socket) => {
+    const shuttingDown = context.isShuttingDown();
+    if (shuttingDown || connections.size >= connectionsMax) {
+      socket.destroy();
+      // One line a second at most: a connection flood must not become a log flood.
+      refusedUnlogged += 1;
+      if (Date.now() - refusedLoggedMs < 1_000) return;
+      const fields = { shuttingDown, connections: connections.size, refused: refusedUnlogged };
+      context.logger.warn('refusing connections', fields);
+      refusedLoggedMs = Date.now();
+      refusedUnlogged = 0;
+      return;
+    }
+    const connection = new NbdConnection(socket, context, nextConnectionId++);
+    connections.add(connection);
+    void connection.finished.then(() => connections.delete(connection));
+    connection.start();
+  };
+}
+
+interface Settings {
+  readonly limits: ConnectionLimits;
+  readonly unixSocketMode: number;
+  readonly connectionsMax: number;
+  readonly shutdownTimeoutMs: number;
+}
+
+function checkOptions(options: NbdServerOptions): Settings {
+  if (options.unixSocketPath === undefined && options.tcp === undefined) {
+    fail('ERR_CONFIG', 'the NBD server needs a unix socket path, a TCP port, or both');
+  }
+  type Limit =
+    'inflightRequestsMax' | 'inflightBytesMax' | 'handshakeTimeoutMs' | 'connectionsMax' |
+    'shutdownTimeoutMs';
+  const positive = (key: Limit): number => {
+    const chosen = options[key] ?? NBD_SERVER_DEFAULTS[key];
+    if (!isUint(chosen) || chosen === 0) fail('ERR_CONFIG', `${key} must be > 0, got ${chosen}`);
+    return chosen;
+  };
+  const unixSocketMode = options.unixSocketMode ?? NBD_SERVER_DEFAULTS.unixSocketMode;
+  if (unixSocketMode !== 0o600 && unixSocketMode !== 0o660) {
+    fail('ERR_CONFIG', `unix socket mode must be 0600 or 0660, got 0${unixSocketMode.toString(8)}`);
+  }
+  if (options.tcp !== undefined && !(isUint(options.tcp.port) && options.tcp.port <= 65535)) {
+    fail('ERR_CONFIG', `TCP port must be 0-65535, got ${options.tcp.port}`);
+  }
+  return {
+    limits: {
+      inflightRequestsMax: positive('inflightRequestsMax'),
+      inflightBytesMax: positive('inflightBytesMax'),
+      handshakeTimeoutMs: positive('handshakeTimeoutMs'),
+    },
+    unixSocketMode,
+    connectionsMax: positive('connectionsMax'),
+    shutdownTimeoutMs: positive('shutdownTimeoutMs'),
+  };
+}
+
+function newServer(onSocket: OnSocket): Server {
+  // allowHalfOpen: a client that half-closes after its last request still gets the replies.
+  // A 1 MiB write buffer before 'drain' is asked for: big reads would otherwise always wait.
+  return createServer({ allowHalfOpen: true, pauseOnConnect: false, highWaterMark: MiB }, onSocket);
+}
+
+type OnSocket = (socket: Socket) => void;
+
+async function listenUnix(path: string, mode: number, onSocket: OnSocket): Promise<Server> {
+  await removeStaleSocket(path);
+  const server = newServer(onSocket);
+  const listening = waitListening(server, `unix socket ${path}`);
+  // bind() runs inside listen(), synchronously: the socket is born 0600 and never world-open.
+  const previousUmask = process.umask(0o177);
+  try {
+    server.listen(path);
+  } finally {
+    process.umask(previousUmask);
+  }
+  await listening;
+  if (mode !== 0o600) await chmod(path, mode);
+  return server;
+}
+
+async function listenTcp(host: string, port: number, onSocket: OnSocket): Promise<Server> {
+  const server = newServer(onSocket);
+  const listening = waitListening(server, `TCP ${host}:${port}`);
+  server.listen({ host, port });
+  await listening;
+  return server;
+}
+
+function waitListening(server: Server, what: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (error: Error): void => {
+      reject(fromSystemError(error, `cannot listen on ${what}`));
+    };
+    server.once('error', onError);
+    server.once('listening', () => {
+      server.off('error', onError);
+      server.on('error', () => {}); // accept errors (EMFILE) are per connection; keep serving
+      resolve();
+    });
+  });
+}
+
+/** Removes a socket file nobody listens on; refuses to touch anything else. */
+async function removeStaleSocket(path: string): Promise<void> {
+  let isSocket: boolean;
+  try {
+    isSocket = (await lstat(path)).isSocket();
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw fromSystemError(error, `cannot inspect ${path}`);
+  }
+  if (!isSocket) fail('ERR_CONFIG', `${path} exists and is not a socket; refusing to replace it`);
+  if (await socketIsLive(path)) fail('ERR_CONFIG', `another process is serving on ${path}`);
+  await unlink(path).catch((error: unknown) => {
+    throw fromSystemError(error, `cannot remove stale socket ${path}`);
+  });
+}
+
+function socketIsLive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = connect(path);
+    const done = (live: boolean): void => {
+      probe.destroy();
+      resolve(live);
+    };
+    probe.setTimeout(1_000, () => done(true));
+    probe.once('connect', () => done(true));
+    // Refused or gone means nobody listens; anything else (EACCES, ...) we do not dare touch.
+    probe.once('error', (error: NodeJS.ErrnoException) => {
+      done(error.code !== 'ECONNREFUSED' && error.code !== 'ENOENT');
+    });
+  });
+}
+
+function closeListener(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    if (!server.listening) return resolve();
+    server.close(() => resolve());
+  });
+}
+
+async function shutDown(
+  listeners: readonly Server[], connections: Set<NbdConnection>, timeoutMs: number, logger: Logger,
+): Promise<void> {
+  // server.close() resolves only once every connection is gone, so it is awaited last.
+  const listenersClosed = Promise.all(listeners.map(closeListener));
+  const open = [...connections];
+  logger.info('NBD server stopping', { connections: open.length });
+  for (const connection of open) connection.beginShutdown();
+  const allFinished = Promise.all(open.map((connection) => connection.finished));
+  if (!(await settlesWithin(allFinished, timeoutMs))) {
+    const left = [...connections];
+    logger.warn('shutdown deadline passed: closing connections', { connections: left.length });
+    for (const connection of left) connection.forceClose();
+    if (!(await settlesWithin(Promise.all(left.map((c) => c.finished)), RELEASE_GRACE_MS))) {
+      logger.error('device handles not released after a forced close', {
+        connections: connections.size,
+      });
+    }
+  }
+  await settlesWithin(listenersClosed, RELEASE_GRACE_MS);
+  logger.info('NBD server stopped');
+}
+
+async function settlesWithin(promise: Promise<unknown>, timeoutMs: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(false), timeoutMs);
+  });
+  const settled = await Promise.race([promise.then(() => true, () => true), timeout]);
+  clearTimeout(timer);
+  return settled;
+}
