@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SHOAL_ENTRY } from '../src/local/daemon_process.ts';
 import type { ChunkServerList, ClusterStat, VolumeInfo, VolumeList } from '../src/protocol/api.ts';
-import { TestCluster } from './helpers/cluster.ts';
+import { startCluster } from './helpers/cluster.ts';
 import { run, type RunResult } from './helpers/run.ts';
 
 const GiB = 1024 ** 3;
@@ -18,7 +18,7 @@ const MiB = 1024 ** 2;
 
 t.setTimeout(120_000);
 
-const cluster = await TestCluster.start(t, { nbd: false });
+const cluster = await startCluster(t, { nbd: false });
 // Relative on purpose: the token file is found relative to the cluster folder, not the caller.
 await writeFile(join(cluster.dir, 'cluster.json'), JSON.stringify({ mdsUrl: cluster.mdsUrl, adminTokenFile: 'admin.token' }));
 const emptyDir = await mkdtemp(join(tmpdir(), 'shoal-cli-empty-'));
@@ -139,7 +139,7 @@ t.test('volume create, list, info, resize, delete: text and --json', async (t) =
   t.equal((await okJson<VolumeInfo>(t, 'volume', 'resize', 'web', '--size', '+4G')).sizeBytes, 24 * GiB, '+SIZE grows by SIZE');
   const shrink = await cli('volume', 'resize', 'web', '--size', '1G');
   t.equal(shrink.code, 1, 'shrink is refused by the MDS: a failed operation');
-  t.match(shrink.stderr, /^shoal: ERR_SHRINK_REFUSED: volume "web" is 25769803776 bytes; shrinking .* \(volumes only grow\)/);
+  t.match(shrink.stderr, /^shoal: ERR_SHRINK_REFUSED: volume "web" is 24.0 GiB \(25769803776 bytes\); shrinking it to .*: volumes only grow/);
   t.equal((await cluster.admin.getVolume('web')).sizeBytes, 24 * GiB, 'size unchanged after the refusal');
 
   for (const args of [['volume', 'info', 'nope'], ['volume', 'resize', 'nope', '--size', '1G'], ['volume', 'delete', 'nope']]) {

@@ -211,11 +211,22 @@ function sendError(reply: FastifyReply, error: FastifyError | StorageError, log:
     return reply.code(error.httpStatus).send({ statusCode: error.httpStatus, code: error.code, message: error.message });
   }
   if (error.validation !== undefined) {
-    const context = error.validationContext ?? 'request';
-    return reply.code(400).send({ statusCode: 400, code: 'ERR_INVALID_ARGUMENT', message: `${context}: ${error.message}` });
+    return reply.code(400).send({ statusCode: 400, code: 'ERR_INVALID_ARGUMENT', message: validationMessage(error) });
   }
   const status = error.statusCode ?? 500;
   if (status >= 500) log.error('request failed', { error });
   const code = status === 413 ? 'ERR_TOO_LARGE' : status < 500 ? 'ERR_INVALID_ARGUMENT' : 'ERR_INTERNAL';
   return reply.code(status).send({ statusCode: status, code, message: error.message });
+}
+
+/** Names the field and what is wrong with it, e.g. `body has unknown property "colour"`. */
+function validationMessage(error: FastifyError): string {
+  const context = error.validationContext ?? 'request';
+  const first = error.validation?.[0];
+  if (first === undefined) return `${context}: ${error.message}`;
+  const path = `${context}${first.instancePath.replaceAll('/', '.')}`;
+  const params = first.params as Record<string, unknown>;
+  if (first.keyword === 'additionalProperties') return `${path} has unknown property "${String(params['additionalProperty'])}"`;
+  if (first.keyword === 'required') return `${path} is missing required property "${String(params['missingProperty'])}"`;
+  return `${path} ${first.message ?? 'is invalid'}`;
 }

@@ -8,6 +8,7 @@
 
 import { StorageError } from '../errors.ts';
 import { assert, assertNever } from '../util/assert.ts';
+import { formatBytes } from '../util/size.ts';
 import type { ChunkRecord, ChunkServerRecord, MdsTables, VolumeRecord } from './model.ts';
 
 export type MdsOp =
@@ -150,7 +151,8 @@ function resizeVolume(tables: MdsTables, volumeId: number, sizeBytes: number): M
   if (sizeBytes < volume.sizeBytes) {
     throw new StorageError(
       'ERR_SHRINK_REFUSED',
-      `volume "${volume.name}" is ${volume.sizeBytes} bytes; shrinking to ${sizeBytes} would cut off data (volumes only grow)`,
+      `volume "${volume.name}" is ${formatBytes(volume.sizeBytes)} (${volume.sizeBytes} bytes); ` +
+        `shrinking it to ${formatBytes(sizeBytes)} would cut off data: volumes only grow`,
     );
   }
   const record: VolumeRecord = { ...volume, sizeBytes };

@@ -1,0 +1,194 @@
+// A real cluster on this machine: one MDS, N chunk servers and (optionally) an NBD server, each a
+// separate process on loopback with ports chosen by the kernel, in a folder of its own. The tests
+// and the benchmark harness use it; they reach each daemon (to kill, freeze or restart it) and each
+// replica's files directly. Unlike `shoal start` it restarts nothing by itself.
+
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CsConnectionPool } from '../protocol/cs_connection.ts';
+import { clusterRestToken } from '../protocol/auth.ts';
+import { MdsClient } from '../protocol/mds_client.ts';
+import { DaemonProcess } from './daemon_process.ts';
+
+export interface ClusterOptions {
+  /** Parent folder for the cluster's own temporary folder (default: the OS temp folder). */
+  readonly parentDir?: string;
+  readonly chunkServers?: number;
+  readonly nbd?: boolean;
+  readonly mdsArgs?: readonly string[];
+  readonly csArgs?: readonly string[];
+  readonly nbdArgs?: readonly string[];
+}
+
+export class LocalCluster {
+  readonly dir: string;
+  readonly clusterKey: Buffer;
+  readonly adminToken: string;
+  readonly admin: MdsClient;
+  readonly internal: MdsClient;
+  mds: DaemonProcess;
+  readonly chunkServers: Array<DaemonProcess | null>;
+  nbd: DaemonProcess | null = null;
+  private readonly options: ClusterOptions;
+  private readonly mdsPort: number;
+  private nbdPort = 0;
+
+  private constructor(dir: string, clusterKey: Buffer, adminToken: string, mds: DaemonProcess, options: ClusterOptions) {
+    this.dir = dir;
+    this.clusterKey = clusterKey;
+    this.adminToken = adminToken;
+    this.mds = mds;
+    this.options = options;
+    this.mdsPort = Number(mds.ready['port']);
+    this.admin = new MdsClient({ url: this.mdsUrl, token: adminToken });
+    this.internal = new MdsClient({ url: this.mdsUrl, token: clusterRestToken(clusterKey) });
+    this.chunkServers = [];
+  }
+
+  /** Starts a cluster; `destroy()` kills every process and removes the folder. */
+  static async start(options: ClusterOptions = {}): Promise<LocalCluster> {
+    const dir = await mkdtemp(join(options.parentDir ?? tmpdir(), 'shoal-cluster-'));
+    const clusterKey = randomBytes(32);
+    const adminToken = randomBytes(32).toString('hex');
+    await writeFile(join(dir, 'cluster.key'), `${clusterKey.toString('hex')}\n`, { mode: 0o600 });
+    await writeFile(join(dir, 'admin.token'), `${adminToken}\n`, { mode: 0o600 });
+    const mds = await startMds(dir, 0, options.mdsArgs ?? []);
+    const cluster = new LocalCluster(dir, clusterKey, adminToken, mds, options);
+    try {
+      await cluster.startRest();
+    } catch (error) {
+      await cluster.destroy();
+      throw error;
+    }
+    return cluster;
+  }
+
+  private async startRest(): Promise<void> {
+    const count = this.options.chunkServers ?? 3;
+    for (let index = 0; index < count; index += 1) this.chunkServers.push(null);
+    await Promise.all(this.chunkServers.map((_, index) => this.startChunkServer(index)));
+    await this.waitOnline(count);
+    if (this.options.nbd ?? true) await this.startNbd();
+  }
+
+  get mdsUrl(): string {
+    return `http://127.0.0.1:${this.mdsPort}`;
+  }
+
+  get nbdSocket(): string {
+    return join(this.dir, 'nbd.sock');
+  }
+
+  nbdTcpUri(volume: string): string {
+    return `nbd://127.0.0.1:${this.nbdPort}/${volume}`;
+  }
+
+  nbdUnixUri(volume: string): string {
+    return `nbd+unix:///${volume}?socket=${this.nbdSocket}`;
+  }
+
+  get nbdTcpPort(): number {
+    return this.nbdPort;
+  }
+
+  chunkServerDir(index: number): string {
+    return join(this.dir, `cs${index}`);
+  }
+
+  async startChunkServer(index: number): Promise<DaemonProcess> {
+    const daemon = await DaemonProcess.start({
+      name: `cs${index}`,
+      stderr: 'collect',
+      args: ['run', 'cs', '--data', this.chunkServerDir(index), '--mds', this.mdsUrl, '--cluster-key', join(this.dir, 'cluster.key'),
+        ...(this.options.csArgs ?? [])],
+    });
+    this.chunkServers[index] = daemon;
+    return daemon;
+  }
+
+  async restartMds(): Promise<void> {
+    await this.mds.stop('SIGTERM');
+    this.mds = await startMds(this.dir, this.mdsPort, this.options.mdsArgs ?? []);
+  }
+
+  async startNbd(): Promise<DaemonProcess> {
+    this.nbd = await DaemonProcess.start({
+      name: 'nbd',
+      stderr: 'collect',
+      args: ['run', 'nbd', '--mds', this.mdsUrl, '--cluster-key', join(this.dir, 'cluster.key'), '--socket', this.nbdSocket,
+        '--listen', `127.0.0.1:${this.nbdPort}`, ...(this.options.nbdArgs ?? [])],
+    });
+    this.nbdPort = Number(this.nbd.ready['port']);
+    return this.nbd;
+  }
+
+  /** Waits until `count` chunk servers are online at the MDS. */
+  async waitOnline(count: number, timeoutMs = 20_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const { chunkServers } = await this.admin.listChunkServers();
+      if (chunkServers.filter((cs) => cs.state === 'online').length >= count) return;
+      if (Date.now() > deadline) throw new Error(`only ${chunkServers.length} chunk servers registered, ${count} expected online`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+
+  /** Stops every daemon (NBD, chunk servers, MDS) with `signal`, waiting for each to exit. */
+  async stopAll(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    await this.nbd?.stop(signal);
+    await Promise.all(this.chunkServers.map((cs) => cs?.stop(signal)));
+    await this.mds.stop(signal);
+  }
+
+  /** Starts every daemon again on the same folders and ports. */
+  async startAll(): Promise<void> {
+    this.mds = await startMds(this.dir, this.mdsPort, this.options.mdsArgs ?? []);
+    await Promise.all(this.chunkServers.map((_, index) => this.startChunkServer(index)));
+    await this.waitOnline(this.chunkServers.length);
+    if (this.options.nbd ?? true) await this.startNbd();
+  }
+
+  /** A connection pool for talking to chunk servers directly; the caller closes it. */
+  pool(): CsConnectionPool {
+    return new CsConnectionPool({ clusterKey: this.clusterKey, role: 'client' });
+  }
+
+  /**
+   * sha256 of every chunk replica's data file, per chunk server: read from disk directly, not
+   * through any server. Returns chunkId -> hashes in chunk-server order.
+   */
+  async replicaHashes(): Promise<Map<number, string[]>> {
+    const byChunk = new Map<number, string[]>();
+    for (const [index] of this.chunkServers.entries()) {
+      const chunksDir = join(this.chunkServerDir(index), 'chunks');
+      for (const sub of await readdir(chunksDir).catch(() => [] as string[])) {
+        for (const name of await readdir(join(chunksDir, sub))) {
+          const match = /^(\d+)\.data$/.exec(name);
+          if (match === null) continue;
+          const hash = createHash('sha256').update(await readFile(join(chunksDir, sub, name))).digest('hex');
+          const list = byChunk.get(Number(match[1])) ?? [];
+          list.push(hash);
+          byChunk.set(Number(match[1]), list);
+        }
+      }
+    }
+    return byChunk;
+  }
+
+  async destroy(): Promise<void> {
+    const all = [this.nbd, ...this.chunkServers, this.mds].filter((d): d is DaemonProcess => d !== null);
+    await Promise.all(all.map((daemon) => daemon.stop('SIGKILL', 5_000)));
+    await rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+function startMds(dir: string, port: number, extraArgs: readonly string[]): Promise<DaemonProcess> {
+  return DaemonProcess.start({
+    name: 'mds',
+    stderr: 'collect',
+    args: ['run', 'mds', '--data', join(dir, 'mds'), '--listen', `127.0.0.1:${port}`, '--cluster-key', join(dir, 'cluster.key'),
+      '--admin-token', join(dir, 'admin.token'), '--failure-domain', 'disk', ...extraArgs],
+  });
+}
