@@ -14,7 +14,7 @@ t.test('fio randrw with verify=crc32c at iodepth 32', async (t) => {
   const result = await run('fio', [
     '--name=verify', '--ioengine=nbd', `--uri=${cluster.nbdUnixUri('fio')}`,
     '--rw=randrw', '--bs=4k', '--iodepth=32', '--size=64M', '--offset=8M',
-    '--time_based', '--runtime=15', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1',
+    '--time_based', '--runtime=15', '--verify=crc32c', '--verify_fatal=1', '--do_verify=1', '--verify_state_save=0',
     '--output-format=json',
   ], { timeoutMs: 120_000 });
   t.equal(result.code, 0, `fio exits 0\n${result.stderr}`);

@@ -22,6 +22,7 @@ const USAGE = `usage: shoal start [options]        (environment variables in bra
   --chunk-servers N      number of chunk servers (default 3)
   --nbd-listen H:P       NBD over TCP (default 127.0.0.1:10809) [SHOAL_NBD_PORT sets the port]
   --nbd-socket PATH      NBD over a unix socket (default DIR/nbd.sock)
+  --nbd-metrics H:P      the NBD server's /metrics (default 127.0.0.1:9730)
   --volume NAME          volume created if the cluster has none (default demo)
   --volume-size SIZE     its size (default 4G)`;
 
@@ -56,6 +57,7 @@ export async function runLocalCluster(argv: string[]): Promise<void> {
       'chunk-servers': { type: 'string', default: '3' },
       'nbd-listen': { type: 'string', default: `127.0.0.1:${process.env['SHOAL_NBD_PORT'] ?? '10809'}` },
       'nbd-socket': { type: 'string' },
+      'nbd-metrics': { type: 'string', default: '127.0.0.1:9730' },
       volume: { type: 'string', default: 'demo' },
       'volume-size': { type: 'string', default: '4G' },
       help: { type: 'boolean' },
@@ -69,6 +71,7 @@ export async function runLocalCluster(argv: string[]): Promise<void> {
   const dataDir = resolve(values.data);
   const mdsListen = parseHostPort(values['mds-listen'], '--mds-listen');
   const nbdListen = parseHostPort(values['nbd-listen'], '--nbd-listen');
+  parseHostPort(values['nbd-metrics'], '--nbd-metrics');
   const csBasePort = parseIntegerFlag(values['cs-base-port'], '--cs-base-port', 9631);
   const chunkServers = parseIntegerFlag(values['chunk-servers'], '--chunk-servers', 3, 1);
   const volumeSizeBytes = parseSizeBytes(values['volume-size'], '--volume-size');
@@ -105,7 +108,8 @@ export async function runLocalCluster(argv: string[]): Promise<void> {
   const nbd = await supervisor.start({
     name: 'nbd',
     args: ['run', 'nbd', '--mds', mdsUrl, '--cluster-key', clusterKeyFile, '--socket', nbdSocket,
-      '--listen', `${nbdListen.host}:${nbdListen.port}`, '--default-export', values.volume],
+      '--listen', `${nbdListen.host}:${nbdListen.port}`, '--default-export', values.volume,
+      '--metrics', values['nbd-metrics']],
   });
   const nbdTcp = `${nbdListen.host}:${String(nbd.daemon.ready['port'])}`;
   const clusterFile: ClusterFile = { mdsUrl, adminTokenFile, clusterKeyFile, nbd: { tcp: nbdTcp, socket: nbdSocket } };
@@ -124,6 +128,7 @@ function printBanner(info: { mdsUrl: string; nbdTcp: string; nbdSocket: string; 
       `  nbdinfo 'nbd+unix:///${info.volume}?socket=${info.nbdSocket}'`,
       `  qemu-system-x86_64 ... -drive file=nbd://${info.nbdTcp}/${info.volume},format=raw`,
       'Admin CLI (from this folder): npx shoal stat, npx shoal volume list, npx shoal cs list',
+      `Metrics: ${info.mdsUrl}/metrics, chunk servers and NBD server on the ports in their log lines`,
       'Ctrl-C stops the cluster; npm start again finds the same data.',
       '',
     ].join('\n'),
