@@ -62,18 +62,32 @@ export interface ChunkStoreStats {
   readBytesTotal: number;
   writtenBytesTotal: number;
   zeroedBytesTotal: number;
+  repairedBlocksTotal: number;
 }
 
-type Mode = 'live' | 'replay';
+/**
+ * How a change is checked and recorded: live changes carry the writer's version (null for a
+ * replica being filled) and go through the journal; replayed ones come from the journal.
+ */
+type Mode = { readonly kind: 'live'; readonly version: number | null } | { readonly kind: 'replay' };
+const REPLAY: Mode = { kind: 'replay' };
 
 export class ChunkStore {
-  readonly stats: ChunkStoreStats = { checksumErrorsTotal: 0, readBytesTotal: 0, writtenBytesTotal: 0, zeroedBytesTotal: 0 };
+  readonly stats: ChunkStoreStats = {
+    checksumErrorsTotal: 0,
+    readBytesTotal: 0,
+    writtenBytesTotal: 0,
+    zeroedBytesTotal: 0,
+    repairedBlocksTotal: 0,
+  };
   private readonly options: ChunkStoreOptions;
   private readonly root: RootDatabase;
   private readonly metas: Database<ChunkMeta, number>;
   private readonly fences: Database<number, number>;
   private readonly handles = new Map<number, ChunkHandle>();
   private readonly opening = new Map<number, Promise<ChunkHandle>>();
+  /** Chunk id -> bitmap of blocks changed since TRACK_CHANGES (only chunks being copied). */
+  private readonly changes = new Map<number, Uint8Array>();
   private journalInstance: Journal | null = null;
   private punchSupported = true;
   /** Set when start-up found data it could not restore; reported as unhealthy to the MDS. */
@@ -152,6 +166,7 @@ export class ChunkStore {
       throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
     }
     await this.metas.remove(chunkId);
+    this.changes.delete(chunkId);
     const handle = this.handles.get(chunkId);
     if (handle !== undefined) {
       this.handles.delete(chunkId);
@@ -165,30 +180,184 @@ export class ChunkStore {
 
   // ---- data -------------------------------------------------------------------------------------
 
-  /** Writes `data` at `offsetBytes` and resolves when the change is durable. */
-  async write(meta: ChunkMeta, offsetBytes: number, data: Buffer): Promise<void> {
-    await this.withHandle(meta.chunkId, (handle) => this.applyWrite(handle, offsetBytes, data, 'live'));
+  /**
+   * Writes `data` at `offsetBytes` and resolves when the change is durable. `version` is the
+   * version the writer holds, checked under the block lock so that a version change (which takes
+   * the whole chunk's lock) cleanly separates writes before it from writes after it; null for a
+   * replica being filled, which is not a member yet.
+   */
+  async write(chunkId: number, version: number | null, offsetBytes: number, data: Buffer): Promise<void> {
+    await this.withHandle(chunkId, (handle) => this.applyWrite(handle, offsetBytes, data, { kind: 'live', version }));
     this.stats.writtenBytesTotal += data.length;
   }
 
   /** Zeroes a range (whole blocks become holes) and resolves when the change is durable. */
-  async zero(meta: ChunkMeta, offsetBytes: number, lengthBytes: number): Promise<void> {
-    await this.withHandle(meta.chunkId, (handle) => this.applyZero(handle, offsetBytes, lengthBytes, 'live'));
+  async zero(chunkId: number, version: number | null, offsetBytes: number, lengthBytes: number): Promise<void> {
+    await this.withHandle(chunkId, (handle) => this.applyZero(handle, offsetBytes, lengthBytes, { kind: 'live', version }));
     this.stats.zeroedBytesTotal += lengthBytes;
   }
 
-  async read(meta: ChunkMeta, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const bytes = await this.withHandle(meta.chunkId, (handle) => this.readLocked(handle, offsetBytes, lengthBytes));
+  /** Reads a range, every written block checked against its checksum (ERR_CHECKSUM if one fails). */
+  async read(chunkId: number, version: number | null, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const bytes = await this.withHandle(chunkId, (handle) => this.readLocked(handle, offsetBytes, lengthBytes, version));
     this.stats.readBytesTotal += lengthBytes;
     return bytes;
+  }
+
+  /**
+   * Moves the replica to `toVersion` after every change in flight on it has finished (the whole
+   * chunk is locked meanwhile). With `expectedVersion`, the replica must be exactly there.
+   */
+  async setVersion(chunkId: number, toVersion: number, expectedVersion: number | undefined): Promise<ChunkMeta> {
+    return this.withHandle(chunkId, async (handle) => {
+      const release = await handle.lock.acquire(0, blockCount(handle) - 1, true);
+      try {
+        const meta = this.requireMeta(chunkId);
+        if (meta.version === toVersion) return meta;
+        if (expectedVersion !== undefined ? meta.version !== expectedVersion : meta.version > toVersion) {
+          throw new StorageError(
+            'ERR_CHUNK_VERSION',
+            `chunk ${chunkId} is at version ${meta.version}; cannot move it to ${toVersion}` +
+              (expectedVersion === undefined ? '' : ` from ${expectedVersion}`),
+          );
+        }
+        assert(toVersion > meta.version, 'replica versions only grow');
+        const updated: ChunkMeta = { ...meta, version: toVersion };
+        await this.metas.put(chunkId, updated);
+        return updated;
+      } finally {
+        release();
+      }
+    });
+  }
+
+  /** Starts (or restarts) recording which blocks of a chunk change. */
+  trackChanges(chunkId: number): void {
+    const meta = this.requireMeta(chunkId);
+    this.changes.set(chunkId, new Uint8Array(Math.ceil(meta.sizeBytes / BLOCK_BYTES / 8)));
+  }
+
+  /**
+   * Runs of blocks in a range as [offsetBytes, lengthBytes, allocated] with adjacent runs of equal
+   * state merged. With `changedOnly`, only blocks changed since trackChanges, whose marks are
+   * cleared: a change after this call marks its blocks again.
+   */
+  async copyRuns(chunkId: number, offsetBytes: number, lengthBytes: number, changedOnly: boolean): Promise<Array<[number, number, boolean]>> {
+    const changed = this.changes.get(chunkId);
+    if (changedOnly && changed === undefined) {
+      throw new StorageError('ERR_INVALID_ARGUMENT', `chunk ${chunkId} has no change tracking; send TRACK_CHANGES first`);
+    }
+    return this.withHandle(chunkId, async (handle) => {
+      const runs: Array<[number, number, boolean]> = [];
+      const { first, last } = blockSpan(offsetBytes, lengthBytes);
+      for (let block = first; block <= last; block += 1) {
+        if (changedOnly && changed !== undefined) {
+          if (!testBit(changed, block)) continue;
+          clearBit(changed, block);
+        }
+        const allocated = isWritten(handle.sums, block);
+        const previous = runs.at(-1);
+        if (previous !== undefined && previous[2] === allocated && previous[0] + previous[1] === block * BLOCK_BYTES) {
+          previous[1] += BLOCK_BYTES;
+        } else {
+          runs.push([block * BLOCK_BYTES, BLOCK_BYTES, allocated]);
+        }
+      }
+      return runs;
+    });
+  }
+
+  /**
+   * Replaces the blocks of `blocks` (whole blocks at `offsetBytes`) that fail their checksum here.
+   * Each block is checked and replaced under its lock, so a block a client rewrote in the meantime
+   * (now good) is left alone.
+   */
+  async repair(chunkId: number, version: number, offsetBytes: number, blocks: Buffer): Promise<number> {
+    const repaired = await this.withHandle(chunkId, async (handle) => {
+      const replaced: number[] = [];
+      const first = offsetBytes / BLOCK_BYTES;
+      for (let block = first; block < first + blocks.length / BLOCK_BYTES; block += 1) {
+        const release = await handle.lock.acquire(block, block, true);
+        try {
+          if (!(await this.blockIsBad(handle, block))) continue;
+          const start = (block - first) * BLOCK_BYTES;
+          await this.writeLocked(handle, block * BLOCK_BYTES, blocks.subarray(start, start + BLOCK_BYTES), { kind: 'live', version });
+          replaced.push(block);
+        } finally {
+          release();
+        }
+      }
+      return replaced;
+    });
+    if (repaired.length > 0) this.options.log.warn('blocks repaired from another replica', { chunkId, blocks: repaired });
+    this.stats.repairedBlocksTotal += repaired.length;
+    return repaired.length;
+  }
+
+  private async blockIsBad(handle: ChunkHandle, block: number): Promise<boolean> {
+    if (!isWritten(handle.sums, block)) return false;
+    const bytes = Buffer.allocUnsafe(BLOCK_BYTES);
+    await readFully(handle.data, bytes, block * BLOCK_BYTES);
+    return crc32c(bytes) !== handle.sums.readUInt32LE(block * SUM_BYTES);
+  }
+
+
+  /** Written blocks of a range whose bytes no longer match their checksum (the scrubber's check). */
+  async findBadBlocks(chunkId: number, offsetBytes: number, lengthBytes: number): Promise<number[]> {
+    return this.withHandle(chunkId, async (handle) => {
+      const { first, last } = blockSpan(offsetBytes, lengthBytes);
+      const release = await handle.lock.acquire(first, last, false);
+      try {
+        const bytes = Buffer.allocUnsafe((last - first + 1) * BLOCK_BYTES);
+        await readFully(handle.data, bytes, first * BLOCK_BYTES);
+        const bad: number[] = [];
+        for (let block = first; block <= last; block += 1) {
+          if (!isWritten(handle.sums, block)) continue;
+          const start = (block - first) * BLOCK_BYTES;
+          if (crc32c(bytes.subarray(start, start + BLOCK_BYTES)) !== handle.sums.readUInt32LE(block * SUM_BYTES)) bad.push(block);
+        }
+        return bad;
+      } finally {
+        release();
+      }
+    });
+  }
+
+  /** Replicas held, by ascending chunk id. */
+  listChunks(fromChunkId: number, limit: number): ChunkMeta[] {
+    return [...this.metas.getRange({ start: fromChunkId, limit }).map(({ value }) => value)];
+  }
+
+  private requireMeta(chunkId: number): ChunkMeta {
+    const meta = this.getMeta(chunkId);
+    if (meta === undefined) throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
+    return meta;
+  }
+
+  /** Under the block lock: the writer's version must be the replica's. */
+  private checkVersion(chunkId: number, mode: Mode): void {
+    if (mode.kind !== 'live' || mode.version === null) return;
+    const meta = this.requireMeta(chunkId);
+    if (meta.version !== mode.version) {
+      throw new StorageError(
+        'ERR_CHUNK_VERSION',
+        `chunk ${chunkId} is at version ${meta.version} here, the request carries version ${mode.version}`,
+      );
+    }
+  }
+
+  private markChanged(chunkId: number, first: number, last: number): void {
+    const changed = this.changes.get(chunkId);
+    if (changed === undefined) return;
+    for (let block = first; block <= last; block += 1) setBit(changed, block);
   }
 
   /**
    * Allocation of a range as flat [lengthBytes, allocated 0|1] pairs, adjacent runs merged; at
    * most CS_EXTENTS_MAX pairs, covering a prefix of the range when it is fragmented.
    */
-  async blockStatus(meta: ChunkMeta, offsetBytes: number, lengthBytes: number): Promise<number[]> {
-    return this.withHandle(meta.chunkId, async (handle) => {
+  async blockStatus(chunkId: number, offsetBytes: number, lengthBytes: number): Promise<number[]> {
+    return this.withHandle(chunkId, async (handle) => {
       const extents: number[] = [];
       const endBytes = offsetBytes + lengthBytes;
       let position = offsetBytes;
@@ -214,8 +383,19 @@ export class ChunkStore {
   private async applyWrite(handle: ChunkHandle, offsetBytes: number, data: Buffer, mode: Mode): Promise<void> {
     const { first, last } = blockSpan(offsetBytes, data.length);
     const release = await handle.lock.acquire(first, last, true);
+    try {
+      await this.writeLocked(handle, offsetBytes, data, mode);
+    } finally {
+      release();
+    }
+  }
+
+  /** The body of applyWrite; the caller holds the exclusive lock on the write's blocks. */
+  private async writeLocked(handle: ChunkHandle, offsetBytes: number, data: Buffer, mode: Mode): Promise<void> {
+    const { first, last } = blockSpan(offsetBytes, data.length);
     let ticket: JournalTicket | null = null;
     try {
+      this.checkVersion(handle.meta.chunkId, mode);
       const alignedStart = first * BLOCK_BYTES;
       const alignedBytes = (last - first + 1) * BLOCK_BYTES;
       let blocks = data;
@@ -224,18 +404,19 @@ export class ChunkStore {
         await this.readEdgeBlocks(handle, first, last, blocks, mode);
         data.copy(blocks, offsetBytes - alignedStart);
       }
-      if (mode === 'live') ticket = this.journal.append(JOURNAL_RECORD_TYPE.WRITE, handle.meta.chunkId, offsetBytes, data.length, data);
+      if (mode.kind === 'live') ticket = this.journal.append(JOURNAL_RECORD_TYPE.WRITE, handle.meta.chunkId, offsetBytes, data.length, data);
       // Checksums are computed while the journal commit is under way.
       const sums = blockSums(blocks);
       await ticket?.durable;
       await this.writeData(handle, blocks, alignedStart);
       for (const [index, crc] of sums.entries()) setSum(handle.sums, first + index, crc, FLAG_WRITTEN);
       markDirty(handle, first, last);
+      this.markChanged(handle.meta.chunkId, first, last);
     } finally {
       ticket?.applied();
-      release();
     }
   }
+
 
   /** Zeroes a range under the lock, write-ahead as applyWrite; whole blocks become holes. */
   private async applyZero(handle: ChunkHandle, offsetBytes: number, lengthBytes: number, mode: Mode): Promise<void> {
@@ -243,6 +424,7 @@ export class ChunkStore {
     const release = await handle.lock.acquire(first, last, true);
     let ticket: JournalTicket | null = null;
     try {
+      this.checkVersion(handle.meta.chunkId, mode);
       const endBytes = offsetBytes + lengthBytes;
       const fullFirst = Math.ceil(offsetBytes / BLOCK_BYTES);
       const fullLast = Math.floor(endBytes / BLOCK_BYTES) - 1;
@@ -256,7 +438,7 @@ export class ChunkStore {
         bytes.fill(0, Math.max(offsetBytes, blockStart) - blockStart, Math.min(endBytes, blockStart + BLOCK_BYTES) - blockStart);
         edges.push({ block, bytes });
       }
-      if (mode === 'live') ticket = this.journal.append(JOURNAL_RECORD_TYPE.ZERO, handle.meta.chunkId, offsetBytes, lengthBytes);
+      if (mode.kind === 'live') ticket = this.journal.append(JOURNAL_RECORD_TYPE.ZERO, handle.meta.chunkId, offsetBytes, lengthBytes);
       await ticket?.durable;
       for (const { block, bytes } of edges) {
         await this.writeData(handle, bytes, block * BLOCK_BYTES);
@@ -264,6 +446,7 @@ export class ChunkStore {
         markDirty(handle, block, block);
       }
       if (fullFirst <= fullLast) await this.deallocateBlocks(handle, fullFirst, fullLast);
+      this.markChanged(handle.meta.chunkId, first, last);
     } finally {
       ticket?.applied();
       release();
@@ -297,7 +480,7 @@ export class ChunkStore {
       }
       await readFully(handle.data, view, block * BLOCK_BYTES);
       // During replay a block may hold a torn, never-acknowledged write; the record rewrites it.
-      if (mode === 'live') this.verifyBlock(handle, block, view);
+      if (mode.kind === 'live') this.verifyBlock(handle, block, view);
     }
   }
 
@@ -309,15 +492,16 @@ export class ChunkStore {
     }
   }
 
-  private async readLocked(handle: ChunkHandle, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+  private async readLocked(handle: ChunkHandle, offsetBytes: number, lengthBytes: number, version: number | null): Promise<Buffer> {
     const { first, last } = blockSpan(offsetBytes, lengthBytes);
     const alignedStart = first * BLOCK_BYTES;
     const alignedBytes = (last - first + 1) * BLOCK_BYTES;
     let anyWritten = false;
     for (let block = first; block <= last && !anyWritten; block += 1) anyWritten = isWritten(handle.sums, block);
-    if (!anyWritten) return Buffer.alloc(lengthBytes);
     const release = await handle.lock.acquire(first, last, false);
     try {
+      this.checkVersion(handle.meta.chunkId, { kind: 'live', version });
+      if (!anyWritten) return Buffer.alloc(lengthBytes);
       const bytes = Buffer.allocUnsafe(alignedBytes);
       await readFully(handle.data, bytes, alignedStart);
       for (let block = first; block <= last; block += 1) {
@@ -354,8 +538,8 @@ export class ChunkStore {
     }
     try {
       await this.withHandle(record.chunkId, async (handle) => {
-        if (record.type === JOURNAL_RECORD_TYPE.WRITE) await this.applyWrite(handle, record.offsetBytes, record.payload, 'replay');
-        else await this.applyZero(handle, record.offsetBytes, record.lengthBytes, 'replay');
+        if (record.type === JOURNAL_RECORD_TYPE.WRITE) await this.applyWrite(handle, record.offsetBytes, record.payload, REPLAY);
+        else await this.applyZero(handle, record.offsetBytes, record.lengthBytes, REPLAY);
       });
     } catch (error) {
       // The server still starts, to serve what it has, but it says it is damaged.
@@ -480,6 +664,22 @@ function blockSpan(offsetBytes: number, lengthBytes: number): { first: number; l
 
 function isWritten(sums: Buffer, block: number): boolean {
   return (sums.readUInt32LE(block * SUM_BYTES + 4) & FLAG_WRITTEN) !== 0;
+}
+
+function blockCount(handle: ChunkHandle): number {
+  return handle.sums.length / SUM_BYTES;
+}
+
+function testBit(bits: Uint8Array, index: number): boolean {
+  return ((bits[index >> 3] ?? 0) & (1 << (index & 7))) !== 0;
+}
+
+function setBit(bits: Uint8Array, index: number): void {
+  bits[index >> 3] = (bits[index >> 3] ?? 0) | (1 << (index & 7));
+}
+
+function clearBit(bits: Uint8Array, index: number): void {
+  bits[index >> 3] = (bits[index >> 3] ?? 0) & ~(1 << (index & 7));
 }
 
 function blockSums(blocks: Buffer): number[] {

@@ -11,6 +11,7 @@ import { CLUSTER_KEY_BYTES, clusterRestToken, readSecretFile } from '../protocol
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { MdsClient } from '../protocol/mds_client.ts';
 import { announceReady, onShutdownSignal, parseHostPort, parseIntegerFlag } from '../util/daemon.ts';
+import { systemClock } from '../util/clock.ts';
 import { createLogger } from '../util/log.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
 import { ChunkStore } from './chunk_store.ts';
@@ -106,7 +107,15 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   let link: MdsLink | null = null;
   const metrics = new CsMetrics(() => store, () => link?.lastSpace ?? null);
   const peers = new CsConnectionPool({ clusterKey: config.clusterKey, role: 'peer' });
-  const server = new ChunkServer({ store, clusterKey: config.clusterKey, peers, inflightBytesMax: config.inflightBytesMax, log, metrics });
+  const server = new ChunkServer({
+    store,
+    clusterKey: config.clusterKey,
+    peers,
+    inflightBytesMax: config.inflightBytesMax,
+    log,
+    metrics,
+    writeBlocker: () => (link === null ? new StorageError('ERR_UNAVAILABLE', 'chunk server is starting') : link.writeBlocker()),
+  });
   const port = await server.listen(config.listen.host, config.listen.port);
   const metricsServer = await serveMetrics(metrics.registry, config.metrics.host, config.metrics.port);
   link = new MdsLink({
@@ -123,6 +132,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
       tier: config.tier,
     },
     log,
+    clock: systemClock,
   });
   link.start();
   // Chunk files written since the last checkpoint are synced at least this often, which bounds

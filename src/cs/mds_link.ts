@@ -1,17 +1,20 @@
-// The chunk server's link to the MDS: registers (retrying until the MDS answers), then sends a
-// heartbeat with space and health every interval. The chunk server keeps serving data while the
-// MDS is away; it only stops being a candidate for new chunks.
+// The chunk server's link to the MDS: registers (retrying until the MDS answers), loads every
+// volume's fence epoch from the registration, then sends a heartbeat with space and health every
+// interval. The server keeps serving reads while the MDS is away, but it takes writes only while
+// the link is fresh: a server cut off from the MDS longer than the heartbeat timeout may have
+// missed a fence (a forced takeover of a volume), so it stops writing until it registers again.
 
 import { statfs } from 'node:fs/promises';
 import { StorageError, isStorageError } from '../errors.ts';
 import type { RegisterChunkServerBody } from '../protocol/api.ts';
 import type { MdsClient } from '../protocol/mds_client.ts';
+import type { Clock } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
 import type { ChunkStore } from './chunk_store.ts';
 import type { SpaceReport } from './metrics.ts';
 
 const RETRY_MS_MIN = 250;
-const RETRY_MS_MAX = 5_000;
+const RETRY_MS_MAX = 2_000;
 
 export interface MdsLinkOptions {
   readonly mds: MdsClient;
@@ -19,15 +22,20 @@ export interface MdsLinkOptions {
   readonly dataDir: string;
   readonly registration: Omit<RegisterChunkServerBody, 'capacityBytes' | 'freeBytes' | 'usedBytes' | 'chunkCount' | 'healthy' | 'lastError'>;
   readonly log: Logger;
+  readonly clock: Clock;
 }
 
 export class MdsLink {
   private readonly options: MdsLinkOptions;
   private csId: number | null = null;
   private heartbeatIntervalMs = 1_000;
+  private heartbeatTimeoutMs = 5_000;
+  /** When the MDS last answered; fences are known to be current until this plus the timeout. */
+  private lastContactMs: number | null = null;
   private stopped = false;
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> = Promise.resolve();
+  private retryDelayMs = RETRY_MS_MIN;
   lastSpace: SpaceReport | null = null;
 
   constructor(options: MdsLinkOptions) {
@@ -36,6 +44,18 @@ export class MdsLink {
 
   get registeredId(): number | null {
     return this.csId;
+  }
+
+  /** Null while writes may be taken; otherwise why not (retryable: ERR_UNAVAILABLE). */
+  writeBlocker(): StorageError | null {
+    if (this.csId === null || this.lastContactMs === null) {
+      return new StorageError('ERR_UNAVAILABLE', 'chunk server has not registered with the MDS yet: it takes no writes');
+    }
+    const silentMs = this.options.clock.nowMs() - this.lastContactMs;
+    if (silentMs > this.heartbeatTimeoutMs) {
+      return new StorageError('ERR_UNAVAILABLE', `chunk server lost the MDS ${silentMs} ms ago: it takes no writes until it is back`);
+    }
+    return null;
   }
 
   start(): void {
@@ -55,20 +75,14 @@ export class MdsLink {
     }, delayMs);
   }
 
-  private retryDelayMs = RETRY_MS_MIN;
-
   /** One registration or heartbeat; returns the delay until the next. */
   private async beat(): Promise<number> {
     try {
       const report = await this.report();
-      if (this.csId === null) {
-        const reply = await this.options.mds.registerChunkServer({ ...this.options.registration, ...report });
-        this.csId = reply.csId;
-        this.heartbeatIntervalMs = reply.heartbeatIntervalMs;
-        this.options.log.info('registered with the MDS', { csId: reply.csId, mds: this.options.mds.url });
-      } else {
-        await this.options.mds.heartbeat({ csId: this.csId, uuid: this.options.registration.uuid, ...report });
-      }
+      // After losing contact, register again: that reloads fences set while we were away.
+      if (this.csId === null || this.writeBlocker() !== null) await this.register(report);
+      else await this.options.mds.heartbeat({ csId: this.csId, uuid: this.options.registration.uuid, ...report });
+      this.lastContactMs = this.options.clock.nowMs();
       this.retryDelayMs = RETRY_MS_MIN;
       return this.heartbeatIntervalMs;
     } catch (error) {
@@ -82,6 +96,15 @@ export class MdsLink {
       this.retryDelayMs = Math.min(RETRY_MS_MAX, this.retryDelayMs * 2);
       return delay;
     }
+  }
+
+  private async register(report: Awaited<ReturnType<MdsLink['report']>>): Promise<void> {
+    const reply = await this.options.mds.registerChunkServer({ ...this.options.registration, ...report });
+    for (const fence of reply.fences) await this.options.store.raiseFence(fence.volumeId, fence.epoch);
+    this.csId = reply.csId;
+    this.heartbeatIntervalMs = reply.heartbeatIntervalMs;
+    this.heartbeatTimeoutMs = reply.heartbeatTimeoutMs;
+    this.options.log.info('registered with the MDS', { csId: reply.csId, mds: this.options.mds.url, fences: reply.fences.length });
   }
 
   private async report(): Promise<SpaceReport & { chunkCount: number; healthy: boolean; lastError: string }> {

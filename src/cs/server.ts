@@ -8,29 +8,24 @@
 // that is well framed but invalid gets an error reply and the connection goes on.
 
 import { createServer, type Server, type Socket } from 'node:net';
-import { StorageError, fromSystemError } from '../errors.ts';
+import { StorageError } from '../errors.ts';
 import { CS_CONNECTION_INFLIGHT_MAX } from '../limits.ts';
 import { macEqual, newNonce, callerMac, serverMac } from '../protocol/auth.ts';
 import {
   CS_OP,
   CS_PROTOCOL_VERSION,
-  encodeExtents,
   errorReply,
   parseAuth,
   parseRequest,
-  type CsReply,
   type CsRequest,
-  type MutationFields,
   type PeerRole,
-  type ReplicaFailure,
-  type WriteRequest,
-  type ZeroRequest,
 } from '../protocol/cs_messages.ts';
 import type { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { FrameReader, writeFrame, type RawFrame } from '../protocol/frame.ts';
 import { assert } from '../util/assert.ts';
 import type { Logger } from '../util/log.ts';
-import type { ChunkMeta, ChunkStore } from './chunk_store.ts';
+import type { ChunkStore } from './chunk_store.ts';
+import { asStorageError, handleRequest, type Reply } from './handlers.ts';
 import type { CsMetrics } from './metrics.ts';
 
 const AUTH_TIMEOUT_MS = 5_000;
@@ -42,12 +37,10 @@ export interface ChunkServerOptions {
   readonly inflightBytesMax: number;
   readonly log: Logger;
   readonly metrics: CsMetrics;
+  /** Null once writes may be accepted: the server has registered and loaded the volumes' fences. */
+  readonly writeBlocker: () => StorageError | null;
 }
 
-interface Reply {
-  readonly reply: CsReply;
-  readonly payload?: Buffer;
-}
 
 export class ChunkServer {
   private readonly options: ChunkServerOptions;
@@ -241,143 +234,3 @@ class Connection {
   }
 }
 
-function asStorageError(error: unknown): StorageError {
-  return fromSystemError(error, 'chunk server');
-}
-
-function ok(id: number, extra?: Partial<CsReply>): Reply {
-  return { reply: { op: CS_OP.REPLY, id, ...extra } };
-}
-
-async function handleRequest(deps: ChunkServerOptions, request: CsRequest, payload: Buffer, role: PeerRole): Promise<Reply> {
-  const { store } = deps;
-  switch (request.op) {
-    case CS_OP.WRITE:
-    case CS_OP.ZERO:
-      return mutate(deps, request, payload);
-    case CS_OP.READ: {
-      const meta = checkedMeta(store, request);
-      checkRange(meta, request.offsetBytes, request.lengthBytes);
-      const bytes = await store.read(meta, request.offsetBytes, request.lengthBytes);
-      return { reply: { op: CS_OP.REPLY, id: request.id }, payload: bytes };
-    }
-    case CS_OP.BLOCK_STATUS: {
-      const meta = checkedMeta(store, request);
-      checkRange(meta, request.offsetBytes, request.lengthBytes);
-      const extents = await store.blockStatus(meta, request.offsetBytes, request.lengthBytes);
-      return { reply: { op: CS_OP.REPLY, id: request.id }, payload: encodeExtents(extents) };
-    }
-    case CS_OP.FLUSH:
-      await store.journal.barrier();
-      return ok(request.id);
-    case CS_OP.CHUNK_INFO: {
-      const meta = requireMeta(store, request.chunkId);
-      return ok(request.id, { version: meta.version, sizeBytes: meta.sizeBytes });
-    }
-    case CS_OP.CREATE_CHUNK: {
-      requireRole(role, 'mds', 'create chunks');
-      const { chunkId, volumeId, chunkIndex, sizeBytes, version } = request;
-      const meta = await store.createChunk({ chunkId, volumeId, chunkIndex, sizeBytes, version });
-      return ok(request.id, { version: meta.version, sizeBytes: meta.sizeBytes });
-    }
-    case CS_OP.DELETE_CHUNK:
-      requireRole(role, 'mds', 'delete chunks');
-      await store.deleteChunk(request.chunkId);
-      return ok(request.id);
-  }
-}
-
-function requireRole(role: PeerRole, needed: PeerRole, what: string): void {
-  if (role !== needed) throw new StorageError('ERR_UNAUTHORIZED', `only the ${needed} may ${what}; this connection is a ${role}`);
-}
-
-function requireMeta(store: ChunkStore, chunkId: number): ChunkMeta {
-  const meta = store.getMeta(chunkId);
-  if (meta === undefined) throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
-  return meta;
-}
-
-/** The replica must exist at exactly the version the caller holds: older or newer is stale to someone. */
-function checkedMeta(store: ChunkStore, request: { chunkId: number; version: number }): ChunkMeta {
-  const meta = requireMeta(store, request.chunkId);
-  if (meta.version !== request.version) {
-    throw new StorageError(
-      'ERR_CHUNK_VERSION',
-      `chunk ${request.chunkId} is at version ${meta.version} here, the request carries version ${request.version}`,
-    );
-  }
-  return meta;
-}
-
-function checkRange(meta: ChunkMeta, offsetBytes: number, lengthBytes: number): void {
-  if (offsetBytes + lengthBytes > meta.sizeBytes) {
-    throw new StorageError(
-      'ERR_OUT_OF_RANGE',
-      `range ${offsetBytes}+${lengthBytes} is outside chunk ${meta.chunkId} of ${meta.sizeBytes} bytes`,
-    );
-  }
-}
-
-/** WRITE and ZERO: check, apply locally and on the forwarded replicas in parallel, report both. */
-async function mutate(deps: ChunkServerOptions, request: WriteRequest | ZeroRequest, payload: Buffer): Promise<Reply> {
-  const { store } = deps;
-  const meta = checkedMeta(store, request);
-  if (meta.volumeId !== request.volumeId) {
-    throw new StorageError('ERR_INVALID_ARGUMENT', `chunk ${meta.chunkId} belongs to volume ${meta.volumeId}, not ${request.volumeId}`);
-  }
-  checkRange(meta, request.offsetBytes, request.lengthBytes);
-  const fence = store.fenceEpoch(meta.volumeId);
-  if (request.epoch < fence) {
-    throw new StorageError(
-      'ERR_LEASE_FENCED',
-      `write to volume ${meta.volumeId} carries lease epoch ${request.epoch}, but epoch ${fence} has taken over`,
-    );
-  }
-  // A newer epoch fences every older writer from now on.
-  const fenced = store.raiseFence(meta.volumeId, request.epoch);
-  const local =
-    request.op === CS_OP.WRITE
-      ? store.write(meta, request.offsetBytes, payload)
-      : store.zero(meta, request.offsetBytes, request.lengthBytes);
-  const forwarded = request.forward.map((target) => forward(deps, request, target, payload));
-  const [localResult, ...peerResults] = await Promise.allSettled([Promise.all([local, fenced]), ...forwarded]);
-  const failedReplicas = peerResults.flatMap((result) => (result.status === 'fulfilled' && result.value !== null ? [result.value] : []));
-  assert(localResult !== undefined, 'local result present');
-  if (localResult.status === 'rejected') {
-    const error = asStorageError(localResult.reason);
-    return { reply: errorReply(request.id, error, failedReplicas.length > 0 ? { failedReplicas } : {}) };
-  }
-  const firstFailure = failedReplicas[0];
-  if (firstFailure !== undefined) {
-    const message = `replica on chunk server ${firstFailure.csId} failed: ${firstFailure.message}`;
-    return { reply: errorReply(request.id, new StorageError(firstFailure.code, message), { failedReplicas }) };
-  }
-  return ok(request.id);
-}
-
-/** Sends the change to one more replica; resolves with its failure, or null when it succeeded. */
-async function forward(
-  deps: ChunkServerOptions,
-  request: MutationFields & { op: typeof CS_OP.WRITE | typeof CS_OP.ZERO },
-  target: { csId: number; host: string; port: number },
-  payload: Buffer,
-): Promise<ReplicaFailure | null> {
-  const body = {
-    op: request.op,
-    chunkId: request.chunkId,
-    version: request.version,
-    volumeId: request.volumeId,
-    epoch: request.epoch,
-    offsetBytes: request.offsetBytes,
-    lengthBytes: request.lengthBytes,
-    forward: [],
-  };
-  try {
-    const { reply } = await deps.peers.request(target.host, target.port, body, request.op === CS_OP.WRITE ? payload : undefined);
-    if (reply.code === undefined) return null;
-    return { csId: target.csId, code: reply.code, message: reply.message ?? reply.code };
-  } catch (error) {
-    const failure = asStorageError(error);
-    return { csId: target.csId, code: failure.code, message: failure.message };
-  }
-}

@@ -179,18 +179,21 @@ export class MetadataService {
     if (body.mode === 'write') {
       const leaseId = randomUUID();
       const expired = volume.lease !== null && this.leaseExpired(volume.lease.leaseId);
+      // The same holder opening again is that client restarted (its old process crashed): it
+      // takes the lease back at once, and the epoch bump fences whatever the old process sends.
+      const reclaimed = volume.lease !== null && volume.lease.holder === body.holder;
       const result = await this.store.submit({
         type: 'acquireLease',
         volumeId: volume.id,
         holder: body.holder,
         leaseId,
-        force: body.force === true || expired,
+        force: body.force === true || expired || reclaimed,
         nowMs: this.clock.nowMs(),
       });
       assert(result.type === 'volume', 'acquireLease yields a volume');
       if (volume.lease !== null) {
         this.leaseExpiryMs.delete(volume.lease.leaseId);
-        this.log.warn('write lease taken over', { name, from: volume.lease.holder, to: body.holder, expired });
+        this.log.warn('write lease taken over', { name, from: volume.lease.holder, to: body.holder, expired, reclaimed });
       }
       volume = result.record;
       this.leaseExpiryMs.set(leaseId, this.clock.nowMs() + this.config.leaseTimeoutMs);
@@ -348,7 +351,12 @@ export class MetadataService {
     assert(result.type === 'chunkServer', 'registerChunkServer yields a server');
     this.registry.heartbeat(result.record.id, body, this.clock.nowMs());
     this.log.info('chunk server registered', { csId: result.record.id, host: body.host, port: body.port });
-    return { csId: result.record.id, heartbeatIntervalMs: this.config.heartbeatIntervalMs };
+    return {
+      csId: result.record.id,
+      heartbeatIntervalMs: this.config.heartbeatIntervalMs,
+      heartbeatTimeoutMs: this.config.heartbeatTimeoutMs,
+      fences: this.store.tables.listVolumes().map((volume) => ({ volumeId: volume.id, epoch: volume.epoch })),
+    };
   }
 
   heartbeat(body: HeartbeatBody): void {

@@ -26,7 +26,8 @@ const USAGE = `usage: shoal run nbd --mds URL --cluster-key FILE [--socket PATH]
   --listen HOST:PORT       NBD over TCP; use a loopback host unless clients are remote
   --default-export NAME    volume served to clients that ask for the empty export name
   --read-only              open every volume read-only (no write lease is taken)
-  --holder NAME            lease holder shown to admins (default: HOSTNAME pid PID)
+  --holder NAME            who holds the write leases, shown to admins (default: nbd@HOSTNAME);
+                           a restarted server with the same name takes its leases back at once
   --metrics HOST:PORT      Prometheus /metrics (default 127.0.0.1:0)
   --inflight-requests-max N  per connection, before reading pauses (default 64)
   --inflight-bytes-max N     per connection, before reading pauses (default 128 MiB)
@@ -74,7 +75,7 @@ export async function runNbd(argv: string[]): Promise<void> {
     listen: values.listen === undefined ? undefined : parseHostPort(values.listen, '--listen'),
     defaultExport: values['default-export'],
     readOnly: values['read-only'] === true,
-    holder: values.holder ?? `${hostname()} pid ${process.pid}`,
+    holder: values.holder ?? `nbd@${hostname()}`,
     metrics: parseHostPort(values.metrics, '--metrics'),
     inflightRequestsMax: parseIntegerFlag(
       values['inflight-requests-max'], '--inflight-requests-max', d.inflightRequestsMax, 1),

@@ -153,9 +153,14 @@ export const RegisterChunkServerBody = Type.Object(
 );
 export type RegisterChunkServerBody = Static<typeof RegisterChunkServerBody>;
 
+export const VolumeFence = Type.Object({ volumeId: Uint(), epoch: Uint() });
+export type VolumeFence = Static<typeof VolumeFence>;
+
 export const RegisterChunkServerReply = Type.Object({
   csId: Uint(),
   heartbeatIntervalMs: Uint(),
+  heartbeatTimeoutMs: Uint({ description: 'a chunk server that cannot reach the MDS this long stops taking writes' }),
+  fences: Type.Array(VolumeFence, { description: 'every volume\'s lease epoch: older writers are rejected' }),
 });
 export type RegisterChunkServerReply = Static<typeof RegisterChunkServerReply>;
 

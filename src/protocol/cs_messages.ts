@@ -20,11 +20,19 @@ export const CS_OP = {
   CREATE_CHUNK: 10,
   DELETE_CHUNK: 11,
   CHUNK_INFO: 12,
+  SET_VERSION: 13,
+  FENCE: 14,
+  LIST_CHUNKS: 15,
+  COPY_RANGE: 16,
+  TRACK_CHANGES: 17,
   WRITE: 20,
   READ: 21,
   ZERO: 22,
   BLOCK_STATUS: 23,
   FLUSH: 24,
+  REPLICA_WRITE: 25,
+  REPLICA_ZERO: 26,
+  REPAIR: 27,
 } as const;
 export type CsOp = (typeof CS_OP)[keyof typeof CS_OP];
 
@@ -118,15 +126,93 @@ export interface FlushRequest {
   readonly id: number;
 }
 
+/**
+ * MDS: move a replica to `toVersion` once its in-flight changes are done. With `expectedVersion`
+ * the replica must be at exactly that version (a member being sealed); without it, at any lower
+ * version (a new or resynced replica joining the set). Versions only grow.
+ */
+export interface SetVersionRequest {
+  readonly op: typeof CS_OP.SET_VERSION;
+  readonly id: number;
+  readonly chunkId: number;
+  readonly toVersion: number;
+  readonly expectedVersion?: number;
+}
+
+/** MDS: writers of the volume with a lease epoch below `epoch` are rejected from now on. */
+export interface FenceRequest {
+  readonly op: typeof CS_OP.FENCE;
+  readonly id: number;
+  readonly volumeId: number;
+  readonly epoch: number;
+}
+
+/** MDS: replicas held, by ascending chunk id; the payload lists (chunkId u64, version u32) entries. */
+export interface ListChunksRequest {
+  readonly op: typeof CS_OP.LIST_CHUNKS;
+  readonly id: number;
+  readonly fromChunkId: number;
+  readonly limit: number;
+}
+
+/**
+ * MDS: this server (a current replica at `version`) sends a range of the chunk to `target` with
+ * REPLICA_WRITE / REPLICA_ZERO: holes as holes, data checked against its checksums. With
+ * `changedOnly`, only blocks changed since TRACK_CHANGES (their marks are cleared as they go).
+ */
+export interface CopyRangeRequest {
+  readonly op: typeof CS_OP.COPY_RANGE;
+  readonly id: number;
+  readonly chunkId: number;
+  readonly version: number;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+  readonly changedOnly: boolean;
+  readonly target: ReplicaAddress;
+}
+
+/** MDS: start (or restart) recording which blocks of the chunk change, for a copy's final pass. */
+export interface TrackChangesRequest {
+  readonly op: typeof CS_OP.TRACK_CHANGES;
+  readonly id: number;
+  readonly chunkId: number;
+}
+
+/** Peer or MDS: bytes for a replica being filled; no version or epoch check (it is not a member yet). */
+export interface ReplicaWriteRequest {
+  readonly op: typeof CS_OP.REPLICA_WRITE | typeof CS_OP.REPLICA_ZERO;
+  readonly id: number;
+  readonly chunkId: number;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+}
+
+/** MDS: whole blocks from a good replica; only blocks that fail their checksum here are replaced. */
+export interface RepairRequest {
+  readonly op: typeof CS_OP.REPAIR;
+  readonly id: number;
+  readonly chunkId: number;
+  readonly version: number;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+}
+
 export type CsRequest =
   | CreateChunkRequest
   | DeleteChunkRequest
   | ChunkInfoRequest
+  | SetVersionRequest
+  | FenceRequest
+  | ListChunksRequest
+  | CopyRangeRequest
+  | TrackChangesRequest
   | WriteRequest
   | ZeroRequest
   | ReadRequest
   | BlockStatusRequest
-  | FlushRequest;
+  | FlushRequest
+  | ReplicaWriteRequest
+  | RepairRequest;
 
 /** A replica that failed while the primary forwarded to it. */
 export interface ReplicaFailure {
@@ -149,6 +235,10 @@ export interface CsReply {
   readonly version?: number;
   readonly sizeBytes?: number;
   readonly failedReplicas?: readonly ReplicaFailure[];
+  /** COPY_RANGE: bytes sent to the target (data and zeroed ranges). REPAIR: blocks replaced. */
+  readonly doneBytes?: number;
+  /** LIST_CHUNKS: where the next page starts, absent on the last page. */
+  readonly nextChunkId?: number;
   /** AUTH reply: the server's proof that it holds the cluster key too. */
   readonly mac?: Buffer;
 }
@@ -285,8 +375,47 @@ export function parseRequest(frame: RawFrame): CsRequest {
     }
     case CS_OP.DELETE_CHUNK:
     case CS_OP.CHUNK_INFO:
+    case CS_OP.TRACK_CHANGES:
       expectNoPayload();
       return { op, id, chunkId: uintField(header, 'chunkId') };
+    case CS_OP.SET_VERSION: {
+      expectNoPayload();
+      const expected = header['expectedVersion'] === undefined ? {} : { expectedVersion: uintField(header, 'expectedVersion') };
+      return { op, id, chunkId: uintField(header, 'chunkId'), toVersion: uintField(header, 'toVersion'), ...expected };
+    }
+    case CS_OP.FENCE:
+      expectNoPayload();
+      return { op, id, volumeId: uintField(header, 'volumeId', 0xffffffff), epoch: uintField(header, 'epoch') };
+    case CS_OP.LIST_CHUNKS:
+      expectNoPayload();
+      return { op, id, fromChunkId: uintField(header, 'fromChunkId'), limit: uintField(header, 'limit', LIST_CHUNKS_MAX) };
+    case CS_OP.COPY_RANGE: {
+      expectNoPayload();
+      const [target] = forwardField({ forward: [header['target']] });
+      if (target === undefined) throw protocolError('field "target" must be a replica address');
+      return {
+        op, id, chunkId: uintField(header, 'chunkId'), version: uintField(header, 'version'), ...rangeFields(header),
+        changedOnly: header['changedOnly'] === true, target,
+      };
+    }
+    case CS_OP.REPLICA_WRITE:
+    case CS_OP.REPAIR: {
+      const range = rangeFields(header);
+      if (range.lengthBytes > CS_PAYLOAD_BYTES_MAX) {
+        throw new StorageError('ERR_TOO_LARGE', `write of ${range.lengthBytes} bytes exceeds ${CS_PAYLOAD_BYTES_MAX}`);
+      }
+      if (payload.length !== range.lengthBytes) {
+        throw protocolError(`request announces ${range.lengthBytes} bytes but carries ${payload.length}`);
+      }
+      if (op === CS_OP.REPLICA_WRITE) return { op, id, chunkId: uintField(header, 'chunkId'), ...range };
+      if (range.offsetBytes % BLOCK_BYTES !== 0 || range.lengthBytes % BLOCK_BYTES !== 0) {
+        throw protocolError('a repair carries whole blocks');
+      }
+      return { op, id, chunkId: uintField(header, 'chunkId'), version: uintField(header, 'version'), ...range };
+    }
+    case CS_OP.REPLICA_ZERO:
+      expectNoPayload();
+      return { op, id, chunkId: uintField(header, 'chunkId'), ...rangeFields(header) };
     default:
       throw protocolError(`unknown op ${String(op)}`);
   }
@@ -309,8 +438,36 @@ export function parseReply(frame: RawFrame): CsReply {
   if (header['version'] !== undefined) reply.version = uintField(header, 'version');
   if (header['sizeBytes'] !== undefined) reply.sizeBytes = uintField(header, 'sizeBytes');
   if (header['mac'] !== undefined) reply.mac = bytesField(header, 'mac', 32);
+  if (header['doneBytes'] !== undefined) reply.doneBytes = uintField(header, 'doneBytes');
+  if (header['nextChunkId'] !== undefined) reply.nextChunkId = uintField(header, 'nextChunkId');
   if (header['failedReplicas'] !== undefined) reply.failedReplicas = parseFailures(header['failedReplicas']);
   return reply;
+}
+
+/** Largest LIST_CHUNKS page: 12 bytes an entry keeps it well inside one frame. */
+export const LIST_CHUNKS_MAX = 65536;
+
+/** LIST_CHUNKS payload: (chunkId u64 as two u32, version u32) entries. */
+export function encodeChunkList(entries: ReadonlyArray<{ chunkId: number; version: number }>): Buffer {
+  const bytes = Buffer.allocUnsafe(entries.length * 12);
+  for (const [index, entry] of entries.entries()) {
+    bytes.writeUInt32BE(Math.floor(entry.chunkId / 2 ** 32), index * 12);
+    bytes.writeUInt32BE(entry.chunkId >>> 0, index * 12 + 4);
+    bytes.writeUInt32BE(entry.version, index * 12 + 8);
+  }
+  return bytes;
+}
+
+export function decodeChunkList(payload: Buffer): Array<{ chunkId: number; version: number }> {
+  if (payload.length % 12 !== 0 || payload.length / 12 > LIST_CHUNKS_MAX) throw protocolError('chunk list payload is malformed');
+  const entries: Array<{ chunkId: number; version: number }> = [];
+  for (let offset = 0; offset < payload.length; offset += 12) {
+    entries.push({
+      chunkId: payload.readUInt32BE(offset) * 2 ** 32 + payload.readUInt32BE(offset + 4),
+      version: payload.readUInt32BE(offset + 8),
+    });
+  }
+  return entries;
 }
 
 /** Extents as u32 pairs (lengthBytes, flags); flags bit 0 = allocated. */

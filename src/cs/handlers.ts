@@ -1,0 +1,245 @@
+// What each chunk-server request does, once parsed and authenticated: the semantics, separate
+// from the connection handling in server.ts. Client data ops check the replica's version; writes
+// check the writer's lease epoch and are forwarded to the chunk's other replicas by the primary;
+// replication ops (SET_VERSION, COPY_RANGE, FENCE, ...) are the MDS's alone.
+
+import { StorageError, fromSystemError } from '../errors.ts';
+import { BLOCK_BYTES, CS_PAYLOAD_BYTES_MAX } from '../limits.ts';
+import {
+  CS_OP,
+  encodeChunkList,
+  encodeExtents,
+  errorReply,
+  type CopyRangeRequest,
+  type CsReply,
+  type CsRequest,
+  type MutationFields,
+  type PeerRole,
+  type ReplicaFailure,
+  type WriteRequest,
+  type ZeroRequest,
+} from '../protocol/cs_messages.ts';
+import type { ChunkMeta, ChunkStore } from './chunk_store.ts';
+import type { ChunkServerOptions } from './server.ts';
+
+export interface Reply {
+  readonly reply: CsReply;
+  readonly payload?: Buffer;
+}
+
+export function asStorageError(error: unknown): StorageError {
+  return fromSystemError(error, 'chunk server');
+}
+
+function ok(id: number, extra?: Partial<CsReply>): Reply {
+  return { reply: { op: CS_OP.REPLY, id, ...extra } };
+}
+
+export async function handleRequest(deps: ChunkServerOptions, request: CsRequest, payload: Buffer, role: PeerRole): Promise<Reply> {
+  const { store } = deps;
+  switch (request.op) {
+    case CS_OP.WRITE:
+    case CS_OP.ZERO:
+      return mutate(deps, request, payload);
+    case CS_OP.READ: {
+      checkRange(requireMeta(store, request.chunkId), request.offsetBytes, request.lengthBytes);
+      const bytes = await store.read(request.chunkId, request.version, request.offsetBytes, request.lengthBytes);
+      return { reply: { op: CS_OP.REPLY, id: request.id }, payload: bytes };
+    }
+    case CS_OP.BLOCK_STATUS: {
+      checkRange(checkedMeta(store, request), request.offsetBytes, request.lengthBytes);
+      const extents = await store.blockStatus(request.chunkId, request.offsetBytes, request.lengthBytes);
+      return { reply: { op: CS_OP.REPLY, id: request.id }, payload: encodeExtents(extents) };
+    }
+    case CS_OP.FLUSH:
+      await store.journal.barrier();
+      return ok(request.id);
+    case CS_OP.CHUNK_INFO: {
+      const meta = requireMeta(store, request.chunkId);
+      return ok(request.id, { version: meta.version, sizeBytes: meta.sizeBytes });
+    }
+    case CS_OP.REPLICA_WRITE:
+    case CS_OP.REPLICA_ZERO:
+      return fillReplica(deps, request, payload, role);
+    default:
+      return handleMdsRequest(deps, request, payload, role);
+  }
+}
+
+/** Requests only the MDS may make: chunk lifecycle, versions, fences, copies, repairs. */
+async function handleMdsRequest(deps: ChunkServerOptions, request: CsRequest, payload: Buffer, role: PeerRole): Promise<Reply> {
+  const { store } = deps;
+  requireRole(role, 'mds', `send op ${request.op}`);
+  switch (request.op) {
+    case CS_OP.CREATE_CHUNK: {
+      const { chunkId, volumeId, chunkIndex, sizeBytes, version } = request;
+      const meta = await store.createChunk({ chunkId, volumeId, chunkIndex, sizeBytes, version });
+      return ok(request.id, { version: meta.version, sizeBytes: meta.sizeBytes });
+    }
+    case CS_OP.DELETE_CHUNK:
+      await store.deleteChunk(request.chunkId);
+      return ok(request.id);
+    case CS_OP.SET_VERSION: {
+      const meta = await store.setVersion(request.chunkId, request.toVersion, request.expectedVersion);
+      return ok(request.id, { version: meta.version, sizeBytes: meta.sizeBytes });
+    }
+    case CS_OP.FENCE:
+      await store.raiseFence(request.volumeId, request.epoch);
+      return ok(request.id);
+    case CS_OP.LIST_CHUNKS: {
+      const metas = store.listChunks(request.fromChunkId, request.limit + 1);
+      const page = metas.slice(0, request.limit);
+      const next = metas[request.limit];
+      return { reply: { op: CS_OP.REPLY, id: request.id, ...(next === undefined ? {} : { nextChunkId: next.chunkId }) }, payload: encodeChunkList(page) };
+    }
+    case CS_OP.TRACK_CHANGES:
+      store.trackChanges(request.chunkId);
+      return ok(request.id);
+    case CS_OP.COPY_RANGE:
+      return ok(request.id, { doneBytes: await copyRange(deps, request) });
+    case CS_OP.REPAIR: {
+      checkRange(requireMeta(store, request.chunkId), request.offsetBytes, request.lengthBytes);
+      const repaired = await store.repair(request.chunkId, request.version, request.offsetBytes, payload);
+      return ok(request.id, { doneBytes: repaired * BLOCK_BYTES });
+    }
+    default:
+      throw new StorageError('ERR_PROTOCOL', `op ${request.op} is not served here`);
+  }
+}
+
+function requireRole(role: PeerRole, needed: PeerRole, what: string): void {
+  if (role !== needed) throw new StorageError('ERR_UNAUTHORIZED', `only the ${needed} may ${what}; this connection is a ${role}`);
+}
+
+function requireMeta(store: ChunkStore, chunkId: number): ChunkMeta {
+  const meta = store.getMeta(chunkId);
+  if (meta === undefined) throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
+  return meta;
+}
+
+/** A fast first check; the authoritative one happens under the block lock in the store. */
+function checkedMeta(store: ChunkStore, request: { chunkId: number; version: number }): ChunkMeta {
+  const meta = requireMeta(store, request.chunkId);
+  if (meta.version !== request.version) {
+    throw new StorageError(
+      'ERR_CHUNK_VERSION',
+      `chunk ${request.chunkId} is at version ${meta.version} here, the request carries version ${request.version}`,
+    );
+  }
+  return meta;
+}
+
+function checkRange(meta: ChunkMeta, offsetBytes: number, lengthBytes: number): void {
+  if (offsetBytes + lengthBytes > meta.sizeBytes) {
+    throw new StorageError(
+      'ERR_OUT_OF_RANGE',
+      `range ${offsetBytes}+${lengthBytes} is outside chunk ${meta.chunkId} of ${meta.sizeBytes} bytes`,
+    );
+  }
+}
+
+/** WRITE and ZERO: check, apply locally and on the forwarded replicas in parallel, report both. */
+async function mutate(deps: ChunkServerOptions, request: WriteRequest | ZeroRequest, payload: Buffer): Promise<Reply> {
+  const { store } = deps;
+  const blocked = deps.writeBlocker();
+  if (blocked !== null) throw blocked;
+  const meta = checkedMeta(store, request);
+  if (meta.volumeId !== request.volumeId) {
+    throw new StorageError('ERR_INVALID_ARGUMENT', `chunk ${meta.chunkId} belongs to volume ${meta.volumeId}, not ${request.volumeId}`);
+  }
+  checkRange(meta, request.offsetBytes, request.lengthBytes);
+  const fence = store.fenceEpoch(meta.volumeId);
+  if (request.epoch < fence) {
+    throw new StorageError(
+      'ERR_LEASE_FENCED',
+      `write to volume ${meta.volumeId} carries lease epoch ${request.epoch}, but epoch ${fence} has taken over`,
+    );
+  }
+  // A newer epoch fences every older writer from now on.
+  const fenced = store.raiseFence(meta.volumeId, request.epoch);
+  const local =
+    request.op === CS_OP.WRITE
+      ? store.write(meta.chunkId, request.version, request.offsetBytes, payload)
+      : store.zero(meta.chunkId, request.version, request.offsetBytes, request.lengthBytes);
+  const forwarded = request.forward.map((target) => forward(deps, request, target, payload));
+  const [localResult, ...peerResults] = await Promise.allSettled([Promise.all([local, fenced]), ...forwarded]);
+  const failedReplicas = peerResults.flatMap((result) => (result.status === 'fulfilled' && result.value !== null ? [result.value] : []));
+  if (localResult?.status === 'rejected') {
+    const error = asStorageError(localResult.reason);
+    return { reply: errorReply(request.id, error, failedReplicas.length > 0 ? { failedReplicas } : {}) };
+  }
+  const firstFailure = failedReplicas[0];
+  if (firstFailure !== undefined) {
+    const message = `replica on chunk server ${firstFailure.csId} failed: ${firstFailure.message}`;
+    return { reply: errorReply(request.id, new StorageError(firstFailure.code, message), { failedReplicas }) };
+  }
+  return ok(request.id);
+}
+
+/** Sends the change to one more replica; resolves with its failure, or null when it succeeded. */
+async function forward(
+  deps: ChunkServerOptions,
+  request: MutationFields & { op: typeof CS_OP.WRITE | typeof CS_OP.ZERO },
+  target: { csId: number; host: string; port: number },
+  payload: Buffer,
+): Promise<ReplicaFailure | null> {
+  const body = {
+    op: request.op,
+    chunkId: request.chunkId,
+    version: request.version,
+    volumeId: request.volumeId,
+    epoch: request.epoch,
+    offsetBytes: request.offsetBytes,
+    lengthBytes: request.lengthBytes,
+    forward: [],
+  };
+  try {
+    const { reply } = await deps.peers.request(target.host, target.port, body, request.op === CS_OP.WRITE ? payload : undefined);
+    if (reply.code === undefined) return null;
+    return { csId: target.csId, code: reply.code, message: reply.message ?? reply.code };
+  } catch (error) {
+    const failure = asStorageError(error);
+    return { csId: target.csId, code: failure.code, message: failure.message };
+  }
+}
+
+/** REPLICA_WRITE / REPLICA_ZERO: bytes for a replica being filled by COPY_RANGE from a member. */
+async function fillReplica(
+  deps: ChunkServerOptions,
+  request: Extract<CsRequest, { op: typeof CS_OP.REPLICA_WRITE | typeof CS_OP.REPLICA_ZERO }>,
+  payload: Buffer,
+  role: PeerRole,
+): Promise<Reply> {
+  if (role === 'client') throw new StorageError('ERR_UNAUTHORIZED', 'clients may not fill replicas');
+  checkRange(requireMeta(deps.store, request.chunkId), request.offsetBytes, request.lengthBytes);
+  if (request.op === CS_OP.REPLICA_WRITE) await deps.store.write(request.chunkId, null, request.offsetBytes, payload);
+  else await deps.store.zero(request.chunkId, null, request.offsetBytes, request.lengthBytes);
+  return ok(request.id);
+}
+
+/**
+ * COPY_RANGE: sends this replica's bytes for a range to the target, data as data (read through the
+ * checksums, so a bad block stops the copy rather than spreading) and holes as holes.
+ */
+async function copyRange(deps: ChunkServerOptions, request: CopyRangeRequest): Promise<number> {
+  const { store, peers } = deps;
+  checkRange(checkedMeta(store, request), request.offsetBytes, request.lengthBytes);
+  const runs = await store.copyRuns(request.chunkId, request.offsetBytes, request.lengthBytes, request.changedOnly);
+  const { host, port } = request.target;
+  let doneBytes = 0;
+  for (const [runOffset, runBytes, allocated] of runs) {
+    for (let offset = runOffset; offset < runOffset + runBytes; offset += CS_PAYLOAD_BYTES_MAX) {
+      const lengthBytes = Math.min(CS_PAYLOAD_BYTES_MAX, runOffset + runBytes - offset);
+      const base = { chunkId: request.chunkId, offsetBytes: offset, lengthBytes };
+      const response = allocated
+        ? await peers.request(host, port, { op: CS_OP.REPLICA_WRITE, ...base },
+            await store.read(request.chunkId, request.version, offset, lengthBytes))
+        : await peers.request(host, port, { op: CS_OP.REPLICA_ZERO, ...base });
+      if (response.reply.code !== undefined) {
+        throw StorageError.fromWire(response.reply.code, `copy target ${host}:${port}: ${response.reply.message ?? ''}`);
+      }
+      doneBytes += lengthBytes;
+    }
+  }
+  return doneBytes;
+}
