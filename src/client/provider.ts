@@ -8,6 +8,14 @@ import type { Logger } from '../util/log.ts';
 import type { BlockDeviceHandle, BlockDeviceProvider } from './block_device.ts';
 import { Volume } from './volume.ts';
 
+export interface VolumeProviderDeps {
+  readonly mds: MdsClient;
+  readonly pool: CsConnectionPool;
+  readonly log: Logger;
+  readonly holder: string;
+  readonly ioTimeoutMs: number;
+}
+
 interface Shared {
   readonly volume: Promise<Volume>;
   users: number;
@@ -15,9 +23,9 @@ interface Shared {
 
 export class VolumeProvider implements BlockDeviceProvider {
   private readonly open_ = new Map<string, Shared>();
-  private readonly deps: { mds: MdsClient; pool: CsConnectionPool; log: Logger; holder: string };
+  private readonly deps: VolumeProviderDeps;
 
-  constructor(deps: { mds: MdsClient; pool: CsConnectionPool; log: Logger; holder: string }) {
+  constructor(deps: VolumeProviderDeps) {
     this.deps = deps;
   }
 

@@ -27,6 +27,8 @@ export interface VolumeOpenOptions {
   readonly holder?: string;
   readonly force?: boolean;
   readonly log: Logger;
+  /** See IO_TIMEOUT_MS_DEFAULT. */
+  readonly ioTimeoutMs?: number;
 }
 
 /** A piece of a request that lies within one chunk and fits one frame. */
@@ -38,8 +40,18 @@ interface Piece {
   readonly bufferOffset: number;
 }
 
-/** Map refreshes and replica attempts per piece before the error goes to the caller. */
-const ATTEMPTS_MAX = 4;
+type ReplicaLocation = ChunkMapEntry['replicas'][number];
+
+type AttemptOutcome =
+  | { readonly kind: 'done' }
+  /** These members failed the change (the primary itself when it could not be reached). */
+  | { readonly kind: 'failed'; readonly failedCsIds: readonly number[]; readonly error: StorageError }
+  /** The primary holds another version than ours: refresh, and if the map agrees with us, report. */
+  | { readonly kind: 'stale'; readonly error: StorageError }
+  | { readonly kind: 'fatal'; readonly error: StorageError };
+
+/** How long a read or write keeps trying (failover, waiting for recovery) before ERR_IO. */
+export const IO_TIMEOUT_MS_DEFAULT = 60_000;
 
 export class Volume implements BlockDevice {
   readonly name: string;
@@ -53,6 +65,7 @@ export class Volume implements BlockDevice {
   private readonly options: VolumeOpenOptions;
   private renewTimer: NodeJS.Timeout | null = null;
   private closed = false;
+  private readonly ioTimeoutMs: number;
 
   private constructor(options: VolumeOpenOptions, info: VolumeInfo, lease: LeaseGrant | null, chunks: ChunkMapEntry[]) {
     this.options = options;
@@ -60,6 +73,7 @@ export class Volume implements BlockDevice {
     this.readOnly = options.readOnly;
     this.info = info;
     this.lease = lease;
+    this.ioTimeoutMs = options.ioTimeoutMs ?? IO_TIMEOUT_MS_DEFAULT;
     for (const chunk of chunks) this.chunks.set(chunk.chunkIndex, chunk);
   }
 
@@ -185,14 +199,17 @@ export class Volume implements BlockDevice {
 
   private async readPiece(piece: Piece): Promise<Buffer> {
     if (!this.chunks.has(piece.chunkIndex)) return Buffer.alloc(piece.lengthBytes);
-    const { payload } = await this.onReplica(piece.chunkIndex, (target) =>
-      this.send(target, {
-        op: CS_OP.READ,
-        chunkId: target.entry.chunkId,
-        version: target.entry.version,
-        offsetBytes: piece.offsetInChunk,
-        lengthBytes: piece.lengthBytes,
-      }),
+    const { payload } = await this.onReplica(
+      piece.chunkIndex,
+      (target) =>
+        this.send(target, {
+          op: CS_OP.READ,
+          chunkId: target.entry.chunkId,
+          version: target.entry.version,
+          offsetBytes: piece.offsetInChunk,
+          lengthBytes: piece.lengthBytes,
+        }),
+      { offsetBytes: piece.offsetInChunk, lengthBytes: piece.lengthBytes },
     );
     if (payload.length !== piece.lengthBytes) {
       throw new StorageError('ERR_PROTOCOL', `chunk server returned ${payload.length} bytes for a ${piece.lengthBytes}-byte read`);
@@ -200,26 +217,110 @@ export class Volume implements BlockDevice {
     return payload;
   }
 
+  /**
+   * Sends a change to the chunk's primary, which forwards it to the other members. When members
+   * fail, they are reported to the MDS, which takes them out of the set under a new version and
+   * makes the changed range equal on the members that stay; the change is then sent again. While
+   * the chunk has fewer members than the volume's minimum, the change waits for recovery, up to
+   * the I/O timeout, and then fails with ERR_IO: it is never acknowledged on fewer copies.
+   */
   private async mutatePiece(piece: Piece, op: typeof CS_OP.WRITE | typeof CS_OP.ZERO, data: Buffer | undefined): Promise<void> {
     if (op === CS_OP.WRITE) await this.ensureChunk(piece.chunkIndex);
-    await this.onPrimary(piece.chunkIndex, (entry) => {
+    const deadlineMs = Date.now() + this.ioTimeoutMs;
+    let lastProblem = 'no attempt made';
+    for (let attempt = 0; ; attempt += 1) {
+      if (attempt > 0) await this.backoff(attempt, deadlineMs, `${lastProblem} (write to chunk ${piece.chunkIndex})`);
+      const entry = await this.writableEntry(piece.chunkIndex, deadlineMs);
       const [primary, ...others] = entry.replicas;
-      assert(primary !== undefined, 'an allocated chunk has a primary replica');
-      return this.send(
-        { entry, replica: primary },
-        {
-          op,
-          chunkId: entry.chunkId,
-          version: entry.version,
-          volumeId: this.info.id,
-          epoch: this.epoch,
-          offsetBytes: piece.offsetInChunk,
-          lengthBytes: piece.lengthBytes,
-          forward: others,
-        },
-        data,
-      );
-    });
+      assert(primary !== undefined, 'a writable chunk has a primary replica');
+      const body = {
+        op,
+        chunkId: entry.chunkId,
+        version: entry.version,
+        volumeId: this.info.id,
+        epoch: this.epoch,
+        offsetBytes: piece.offsetInChunk,
+        lengthBytes: piece.lengthBytes,
+        forward: others,
+      };
+      const outcome = await this.attempt(primary, body, data);
+      if (outcome.kind === 'done') return;
+      if (outcome.kind === 'fatal') throw this.noteFenced(outcome.error);
+      lastProblem = outcome.error.message;
+      const failedCsIds = outcome.kind === 'failed' ? [...outcome.failedCsIds] : [];
+      if (outcome.kind === 'stale') {
+        const before = entry.version;
+        await this.refreshChunk(piece.chunkIndex);
+        if ((this.chunks.get(piece.chunkIndex)?.version ?? before) !== before) continue;
+      }
+      // Members failed, or a member disagrees with the map about the version: the MDS settles it.
+      const updated = await this.options.mds.reportChunkFailure(this.name, piece.chunkIndex, {
+        leaseId: this.leaseId(),
+        version: entry.version,
+        failedCsIds,
+        offsetBytes: piece.offsetInChunk,
+        lengthBytes: piece.lengthBytes,
+      }).catch((error: unknown) => {
+        if (isStorageError(error, 'ERR_LEASE_EXPIRED')) throw this.loseLease(error);
+        lastProblem = error instanceof Error ? error.message : String(error);
+        return null;
+      });
+      if (updated !== null) this.chunks.set(piece.chunkIndex, updated);
+    }
+  }
+
+  /** Sends one change to the primary and sorts the outcome: done, retry after what, or give up. */
+  private async attempt(primary: ReplicaLocation, body: CsRequestBody, data: Buffer | undefined): Promise<AttemptOutcome> {
+    let response: CsResponse;
+    try {
+      response = await this.options.pool.request(primary.host, primary.port, body, data);
+    } catch (error) {
+      // The primary cannot be reached: it is the member that failed.
+      const failure = error instanceof StorageError ? error : new StorageError('ERR_UNAVAILABLE', String(error));
+      return { kind: 'failed', failedCsIds: [primary.csId], error: failure };
+    }
+    const { reply } = response;
+    if (reply.code === undefined) return { kind: 'done' };
+    const error = StorageError.fromWire(reply.code, `chunk server ${primary.csId}: ${reply.message ?? ''}`);
+    if (reply.failedReplicas !== undefined && reply.failedReplicas.length > 0) {
+      return { kind: 'failed', failedCsIds: reply.failedReplicas.map((failure) => failure.csId), error };
+    }
+    switch (reply.code) {
+      case 'ERR_CHUNK_VERSION':
+        return { kind: 'stale', error };
+      case 'ERR_LEASE_FENCED':
+      case 'ERR_OUT_OF_RANGE':
+      case 'ERR_INVALID_ARGUMENT':
+      case 'ERR_PROTOCOL':
+      case 'ERR_TOO_LARGE':
+      case 'ERR_UNAUTHORIZED':
+        return { kind: 'fatal', error };
+      default:
+        // The primary's own copy failed (disk error, full disk, lost its MDS, no such chunk).
+        return { kind: 'failed', failedCsIds: [primary.csId], error };
+    }
+  }
+
+  /** The chunk's entry once it has at least the volume's minimum of members. */
+  private async writableEntry(chunkIndex: number, deadlineMs: number): Promise<ChunkMapEntry> {
+    for (let attempt = 0; ; attempt += 1) {
+      const entry = this.chunks.get(chunkIndex);
+      assert(entry !== undefined, 'changes reach allocated chunks only');
+      if (entry.replicas.length >= this.info.replicas.min) return entry;
+      await this.backoff(attempt + 1, deadlineMs,
+        `chunk ${chunkIndex} has ${entry.replicas.length} replicas, fewer than the minimum of ${this.info.replicas.min}`);
+      await this.refreshChunk(chunkIndex).catch(() => undefined);
+    }
+  }
+
+  /** Waits before another attempt; past the deadline, gives up with ERR_IO naming the problem. */
+  private async backoff(attempt: number, deadlineMs: number, problem: string): Promise<void> {
+    this.checkOpen();
+    const remainingMs = deadlineMs - Date.now();
+    if (remainingMs <= 0) {
+      throw new StorageError('ERR_IO', `volume "${this.name}": gave up after ${this.ioTimeoutMs} ms: ${problem}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, Math.min(remainingMs, 25 * 2 ** Math.min(attempt, 6))));
   }
 
   /** Runs a change once no in-flight change overlaps its blocks. */
@@ -251,13 +352,23 @@ export class Volume implements BlockDevice {
     return response;
   }
 
-  /** Reads from the chunk's replicas in order, moving on when one fails or holds another version. */
+  /**
+   * Reads from the chunk's members in order, moving on when one fails; a member whose blocks fail
+   * their checksum is reported for repair. When every member fails, the map is refreshed and the
+   * members tried again, up to the I/O timeout.
+   */
   private async onReplica(
     chunkIndex: number,
-    attempt: (target: { entry: ChunkMapEntry; replica: ChunkMapEntry['replicas'][number] }) => Promise<CsResponse>,
+    attempt: (target: { entry: ChunkMapEntry; replica: ReplicaLocation }) => Promise<CsResponse>,
+    range?: { offsetBytes: number; lengthBytes: number },
   ): Promise<CsResponse> {
-    let lastError: unknown = null;
-    for (let round = 0; round < ATTEMPTS_MAX; round += 1) {
+    const deadlineMs = Date.now() + this.ioTimeoutMs;
+    let lastProblem = 'no member answered';
+    for (let round = 0; ; round += 1) {
+      if (round > 0) {
+        await this.backoff(round, deadlineMs, `read of chunk ${chunkIndex}: ${lastProblem}`);
+        await this.refreshChunk(chunkIndex).catch(() => undefined);
+      }
       const entry = this.chunks.get(chunkIndex);
       assert(entry !== undefined, 'reads of unallocated chunks never reach chunk servers');
       for (const replica of entry.replicas) {
@@ -265,41 +376,39 @@ export class Volume implements BlockDevice {
           return await attempt({ entry, replica });
         } catch (error) {
           if (!isRetryable(error)) throw error;
-          lastError = error;
+          lastProblem = (error as Error).message;
+          if (isStorageError(error, 'ERR_CHECKSUM') && range !== undefined) this.reportBadBlocks(entry, replica.csId, range);
         }
       }
-      await this.refreshChunk(chunkIndex);
-    }
-    throw lastError;
-  }
-
-  /** Sends a change to the chunk's primary; refreshes the map once the version moved. */
-  private async onPrimary(chunkIndex: number, attempt: (entry: ChunkMapEntry) => Promise<CsResponse>): Promise<CsResponse> {
-    for (let round = 0; ; round += 1) {
-      const entry = this.chunks.get(chunkIndex);
-      assert(entry !== undefined, 'changes reach allocated chunks only');
-      try {
-        return await attempt(entry);
-      } catch (error) {
-        const stale = isStorageError(error, 'ERR_CHUNK_VERSION') || isStorageError(error, 'ERR_CHUNK_NOT_FOUND');
-        if (!stale || round + 1 >= ATTEMPTS_MAX) throw this.noteFenced(error);
-        await this.refreshChunk(chunkIndex);
-      }
     }
   }
 
-  private noteFenced(error: unknown): unknown {
-    if (isStorageError(error, 'ERR_LEASE_FENCED') && this.leaseLost === null) {
+  private reportBadBlocks(entry: ChunkMapEntry, csId: number, range: { offsetBytes: number; lengthBytes: number }): void {
+    this.options.mds
+      .reportBadBlocks({ csId, volumeId: this.info.id, chunkIndex: entry.chunkIndex, chunkId: entry.chunkId, ...range })
+      .catch((error: unknown) => this.options.log.warn('could not report bad blocks', { chunkId: entry.chunkId, csId, error }));
+  }
+
+  private noteFenced(error: StorageError): StorageError {
+    if (error.code === 'ERR_LEASE_FENCED') return this.loseLease(error);
+    return error;
+  }
+
+  private loseLease(error: StorageError): StorageError {
+    if (this.leaseLost === null) {
       this.leaseLost = error;
-      this.options.log.error('write lease fenced: another client opened this volume for write', { volume: this.name });
+      this.options.log.error('write lease lost: another client opened this volume for write', { volume: this.name, message: error.message });
     }
     return error;
   }
 
+  private leaseId(): string {
+    assert(this.lease !== null, 'writes happen under a lease');
+    return this.lease.leaseId;
+  }
+
   private async refreshChunk(chunkIndex: number): Promise<void> {
-    const { chunks } = await this.options.mds.chunkMap(this.name, chunkIndex, 1);
-    const entry = chunks[0];
-    if (entry !== undefined && entry.chunkIndex === chunkIndex) this.chunks.set(chunkIndex, entry);
+    this.chunks.set(chunkIndex, await this.options.mds.getChunk(this.name, chunkIndex));
   }
 
   private async ensureChunk(chunkIndex: number): Promise<ChunkMapEntry> {

@@ -29,7 +29,9 @@ const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [opti
   --tier N                    storage tier 0-3 (default 0)
   --inflight-bytes-max N      payload bytes in flight before reads pause (default 256 MiB)
   --open-chunks-max N         chunk files kept open (default 256)
-  --journal-segment-bytes N   journal segment size before a checkpoint (default 64 MiB)`;
+  --journal-segment-bytes N   journal segment size before a checkpoint (default 64 MiB)
+  --peer-timeout-ms N         a peer replica that does not answer a forwarded write within this is
+                              reported failed (default 5000)`;
 
 const MiB = 1024 * 1024;
 
@@ -49,6 +51,7 @@ export async function runChunkServer(argv: string[]): Promise<void> {
       'inflight-bytes-max': { type: 'string' },
       'open-chunks-max': { type: 'string' },
       'journal-segment-bytes': { type: 'string' },
+      'peer-timeout-ms': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -75,6 +78,7 @@ export async function runChunkServer(argv: string[]): Promise<void> {
     inflightBytesMax: parseIntegerFlag(values['inflight-bytes-max'], '--inflight-bytes-max', 256 * MiB, MiB),
     openChunksMax: parseIntegerFlag(values['open-chunks-max'], '--open-chunks-max', 256, 1),
     journalSegmentBytes: parseIntegerFlag(values['journal-segment-bytes'], '--journal-segment-bytes', 64 * MiB, MiB),
+    peerTimeoutMs: parseIntegerFlag(values['peer-timeout-ms'], '--peer-timeout-ms', 5_000, 100),
   });
 }
 
@@ -91,6 +95,7 @@ interface ChunkServerConfig {
   readonly inflightBytesMax: number;
   readonly openChunksMax: number;
   readonly journalSegmentBytes: number;
+  readonly peerTimeoutMs: number;
 }
 
 async function startChunkServer(config: ChunkServerConfig): Promise<void> {
@@ -106,7 +111,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   const mds = new MdsClient({ url: config.mdsUrl, token: clusterRestToken(config.clusterKey) });
   let link: MdsLink | null = null;
   const metrics = new CsMetrics(() => store, () => link?.lastSpace ?? null);
-  const peers = new CsConnectionPool({ clusterKey: config.clusterKey, role: 'peer' });
+  const peers = new CsConnectionPool({ clusterKey: config.clusterKey, role: 'peer', requestTimeoutMs: config.peerTimeoutMs });
   const server = new ChunkServer({
     store,
     clusterKey: config.clusterKey,

@@ -20,7 +20,12 @@ import type { Registry } from 'prom-client';
 import { StorageError } from '../errors.ts';
 import { API_BODY_BYTES_MAX } from '../limits.ts';
 import {
+  BadBlocksBody,
+  ChunkFailureBody,
   ChunkIndexParams,
+  ChunkServerIdParams,
+  ChunkServerInfo,
+  RepairReply,
   ChunkMapEntry,
   ChunkMapQuery,
   ChunkMapReply,
@@ -136,6 +141,17 @@ function adminRoutes(app: TypedApp, service: MetadataService): void {
   app.get('/v1/chunk-servers', { schema: { tags, response: { 200: ChunkServerList } } }, async () => ({
     chunkServers: service.listChunkServers(),
   }));
+  const serverState = (path: string, adminState: 'active' | 'draining' | 'removed') =>
+    app.post(
+      path,
+      { schema: { tags, params: ChunkServerIdParams, response: { 200: ChunkServerInfo, ...errorResponses } } },
+      async (request) => service.setChunkServerState(request.params.id, adminState),
+    );
+  // Drain: replicas move off (rate-limited), progress shows in `mappedReplicaCount`.
+  serverState('/v1/chunk-servers/:id/drain', 'draining');
+  serverState('/v1/chunk-servers/:id/activate', 'active');
+  // Remove: only an emptied server; it is never placed on again.
+  serverState('/v1/chunk-servers/:id/remove', 'removed');
   app.get('/v1/stat', { schema: { tags, response: { 200: ClusterStat } } }, async () => service.stat());
 }
 
@@ -189,6 +205,21 @@ function internalRoutes(app: TypedApp, service: MetadataService): void {
     '/v1/internal/volumes/:name/chunks/:chunkIndex',
     { schema: { tags, params: ChunkIndexParams, body: LeaseBody, response: { 200: ChunkMapEntry, ...errorResponses } } },
     async (request) => service.allocateChunk(request.params.name, request.params.chunkIndex, request.body.leaseId),
+  );
+  app.get(
+    '/v1/internal/volumes/:name/chunks/:chunkIndex',
+    { schema: { tags, params: ChunkIndexParams, response: { 200: ChunkMapEntry, ...errorResponses } } },
+    async (request) => service.getChunk(request.params.name, request.params.chunkIndex),
+  );
+  app.post(
+    '/v1/internal/volumes/:name/chunks/:chunkIndex/failure',
+    { schema: { tags, params: ChunkIndexParams, body: ChunkFailureBody, response: { 200: ChunkMapEntry, ...errorResponses } } },
+    async (request) => service.reportChunkFailure(request.params.name, request.params.chunkIndex, request.body),
+  );
+  app.post(
+    '/v1/internal/bad-blocks',
+    { schema: { tags, body: BadBlocksBody, response: { 200: RepairReply, ...errorResponses } } },
+    async (request) => ({ repairedBlocks: await service.reportBadBlocks(request.body) }),
   );
 }
 

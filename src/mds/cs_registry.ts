@@ -21,9 +21,19 @@ interface Entry {
 export class ChunkServerRegistry {
   private readonly entries = new Map<number, Entry>();
   readonly heartbeatTimeoutMs: number;
+  /** When this MDS started: a server never heard from has been offline at least since then. */
+  private readonly startedMs: number;
 
-  constructor(heartbeatTimeoutMs: number) {
+  constructor(heartbeatTimeoutMs: number, startedMs: number) {
     this.heartbeatTimeoutMs = heartbeatTimeoutMs;
+    this.startedMs = startedMs;
+  }
+
+  /** 0 while online; otherwise how long since the server was last heard (or since our start). */
+  offlineForMs(csId: number, nowMs: number): number {
+    if (this.isOnline(csId, nowMs)) return 0;
+    const entry = this.entries.get(csId);
+    return nowMs - (entry === undefined ? this.startedMs : entry.lastHeartbeatMs + this.heartbeatTimeoutMs);
   }
 
   heartbeat(csId: number, report: ChunkServerReport, nowMs: number): void {

@@ -22,7 +22,12 @@ const USAGE = `usage: shoal run mds --data DIR --cluster-key FILE --admin-token 
   --listen HOST:PORT           REST API address (default 127.0.0.1:9630)
   --failure-domain disk|host|rack   where replicas of one chunk must differ (default host)
   --heartbeat-timeout-ms N     chunk server offline after this silence (default 5000)
-  --lease-timeout-ms N         write lease lost after this long without renewal (default 20000)`;
+  --lease-timeout-ms N         write lease lost after this long without renewal (default 20000)
+  --heartbeat-interval-ms N    how often chunk servers report (default 1000)
+  --replace-after-ms N         a chunk server offline this long has its replicas replaced (default 300000)
+  --recovery-bytes-per-second N  copy rate of re-replication and rebalancing, 0 = unlimited (default 64 MiB/s)
+  --recovery-concurrency N     replica copies in flight at once (default 4)
+  --cs-timeout-ms N            a chunk server that does not answer the MDS within this has failed (default 10000)`;
 
 const BACKGROUND_TICK_MS = 1_000;
 
@@ -37,6 +42,11 @@ export async function runMds(argv: string[]): Promise<void> {
       'failure-domain': { type: 'string', default: MDS_CONFIG_DEFAULTS.failureDomain },
       'heartbeat-timeout-ms': { type: 'string' },
       'lease-timeout-ms': { type: 'string' },
+      'heartbeat-interval-ms': { type: 'string' },
+      'replace-after-ms': { type: 'string' },
+      'recovery-bytes-per-second': { type: 'string' },
+      'recovery-concurrency': { type: 'string' },
+      'cs-timeout-ms': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -56,11 +66,20 @@ export async function runMds(argv: string[]): Promise<void> {
     failureDomain,
     heartbeatTimeoutMs: parseIntegerFlag(values['heartbeat-timeout-ms'], '--heartbeat-timeout-ms', MDS_CONFIG_DEFAULTS.heartbeatTimeoutMs),
     leaseTimeoutMs: parseIntegerFlag(values['lease-timeout-ms'], '--lease-timeout-ms', MDS_CONFIG_DEFAULTS.leaseTimeoutMs),
+    heartbeatIntervalMs: parseIntegerFlag(values['heartbeat-interval-ms'], '--heartbeat-interval-ms', MDS_CONFIG_DEFAULTS.heartbeatIntervalMs, 50),
+    replaceAfterMs: parseIntegerFlag(values['replace-after-ms'], '--replace-after-ms', MDS_CONFIG_DEFAULTS.replaceAfterMs),
+    recoveryBytesPerSecond: parseIntegerFlag(
+      values['recovery-bytes-per-second'], '--recovery-bytes-per-second', MDS_CONFIG_DEFAULTS.recoveryBytesPerSecond),
+    recoveryConcurrency: parseIntegerFlag(values['recovery-concurrency'], '--recovery-concurrency', MDS_CONFIG_DEFAULTS.recoveryConcurrency, 1),
   };
+  if (config.heartbeatTimeoutMs <= config.heartbeatIntervalMs * 2) {
+    throw new StorageError('ERR_CONFIG', '--heartbeat-timeout-ms must exceed twice --heartbeat-interval-ms, or one late heartbeat marks a server offline');
+  }
   const listen = parseHostPort(values.listen, '--listen');
   const clusterKey = await readSecretFile(values['cluster-key'], CLUSTER_KEY_BYTES);
   const adminToken = (await readSecretFile(values['admin-token'], 32)).toString('hex');
-  await startMds({ dataDir: values.data, listen, clusterKey, adminToken, config });
+  const csTimeoutMs = parseIntegerFlag(values['cs-timeout-ms'], '--cs-timeout-ms', 10_000, 100);
+  await startMds({ dataDir: values.data, listen, clusterKey, adminToken, config, csTimeoutMs });
 }
 
 async function startMds(options: {
@@ -69,10 +88,11 @@ async function startMds(options: {
   clusterKey: Buffer;
   adminToken: string;
   config: MdsConfig;
+  csTimeoutMs: number;
 }): Promise<void> {
   const log = createLogger('mds');
   const store = await MdsStore.open(join(options.dataDir, 'mds.lmdb'));
-  const pool = new CsConnectionPool({ clusterKey: options.clusterKey, role: 'mds' });
+  const pool = new CsConnectionPool({ clusterKey: options.clusterKey, role: 'mds', requestTimeoutMs: options.csTimeoutMs });
   const service = new MetadataService({ store, config: options.config, clock: systemClock, random: Math.random, pool, log });
   const metrics = new MdsMetrics(() => service, store);
   const app = await buildApi({
@@ -94,6 +114,7 @@ async function startMds(options: {
       .then(async () => {
         if (stopping) return;
         await service.expireLeases();
+        service.recoveryTick();
         await service.sweepDeletedReplicas();
       })
       .catch((error: unknown) => log.error('background loop failed', { error }));
@@ -107,6 +128,7 @@ async function startMds(options: {
     clearInterval(tick);
     await app.close();
     await background;
+    await service.recovery.drain();
     pool.closeAll();
     await store.close();
   });

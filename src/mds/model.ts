@@ -31,6 +31,10 @@ export interface ChunkRecord {
   readonly replicas: readonly number[];
 }
 
+/** What the admin wants of a chunk server: serve, be emptied, or be gone (never placed on again). */
+export const CHUNK_SERVER_STATES = ['active', 'draining', 'removed'] as const;
+export type ChunkServerAdminState = (typeof CHUNK_SERVER_STATES)[number];
+
 export interface ChunkServerRecord {
   readonly id: number;
   readonly uuid: string;
@@ -41,6 +45,7 @@ export interface ChunkServerRecord {
   readonly rack: string;
   readonly tier: number;
   readonly registeredAtMs: number;
+  readonly adminState: ChunkServerAdminState;
 }
 
 /** Replicas of a deleted chunk still to be removed from their chunk servers. */

@@ -9,7 +9,7 @@
 import { StorageError } from '../errors.ts';
 import { assert, assertNever } from '../util/assert.ts';
 import { formatBytes } from '../util/size.ts';
-import type { ChunkRecord, ChunkServerRecord, MdsTables, VolumeRecord } from './model.ts';
+import type { ChunkRecord, ChunkServerAdminState, ChunkServerRecord, MdsTables, VolumeRecord } from './model.ts';
 
 export type MdsOp =
   | { readonly type: 'reserveChunkIds'; readonly count: number }
@@ -51,7 +51,18 @@ export type MdsOp =
       readonly nowMs: number;
     }
   | { readonly type: 'releaseLease'; readonly volumeId: number; readonly leaseId: string }
-  | { readonly type: 'replicaDeleted'; readonly chunkId: number; readonly csId: number };
+  | { readonly type: 'replicaDeleted'; readonly chunkId: number; readonly csId: number }
+  | {
+      /** A chunk's replica set changes: members leave or join, always under a new, higher version. */
+      readonly type: 'setChunkReplicas';
+      readonly volumeId: number;
+      readonly chunkIndex: number;
+      readonly version: number;
+      readonly replicas: readonly number[];
+      /** Members that leave and whose replica should be deleted from their server. */
+      readonly deleteFrom: readonly number[];
+    }
+  | { readonly type: 'setChunkServerState'; readonly csId: number; readonly adminState: ChunkServerAdminState };
 
 export type MdsOpType = MdsOp['type'];
 
@@ -85,6 +96,10 @@ export function applyOp(tables: MdsTables, op: MdsOp): MdsOpResult {
       return releaseLease(tables, op.volumeId, op.leaseId);
     case 'replicaDeleted':
       return replicaDeleted(tables, op.chunkId, op.csId);
+    case 'setChunkReplicas':
+      return setChunkReplicas(tables, op);
+    case 'setChunkServerState':
+      return setChunkServerState(tables, op.csId, op.adminState);
     default:
       return assertNever(op, 'op type');
   }
@@ -102,8 +117,15 @@ function registerChunkServer(tables: MdsTables, op: Extract<MdsOp, { type: 'regi
   const existing = existingId === undefined ? undefined : tables.getChunkServer(existingId);
   const id = existing?.id ?? Math.max(1, tables.getMeta('nextCsId'));
   if (existing === undefined) tables.putMeta('nextCsId', id + 1);
+  if (existing?.adminState === 'removed') {
+    throw new StorageError(
+      'ERR_INVALID_ARGUMENT',
+      `chunk server ${id} (${op.uuid}) was removed from the cluster; wipe its data directory to add the disk again`,
+    );
+  }
   const record: ChunkServerRecord = {
     id,
+    adminState: existing?.adminState ?? 'active',
     uuid: op.uuid,
     host: op.host,
     port: op.port,
@@ -229,4 +251,42 @@ function replicaDeleted(tables: MdsTables, chunkId: number, csId: number): MdsOp
   if (csIds.length === 0) tables.deletePendingDelete(chunkId);
   else tables.putPendingDelete({ chunkId, csIds });
   return NONE;
+}
+
+function setChunkReplicas(tables: MdsTables, op: Extract<MdsOp, { type: 'setChunkReplicas' }>): MdsOpResult {
+  const chunk = tables.getChunk(op.volumeId, op.chunkIndex);
+  if (chunk === undefined) {
+    throw new StorageError('ERR_NOT_FOUND', `chunk ${op.chunkIndex} of volume ${op.volumeId} does not exist (deleted meanwhile)`);
+  }
+  assert(op.version > chunk.version, 'a replica set changes only under a higher version');
+  assert(op.replicas.length >= 1, 'a chunk keeps at least one replica');
+  assert(new Set(op.replicas).size === op.replicas.length, 'replicas sit on distinct chunk servers');
+  for (const csId of op.replicas) assert(tables.getChunkServer(csId) !== undefined, 'replicas sit on known servers');
+  for (const csId of op.deleteFrom) assert(!op.replicas.includes(csId), 'a replica deleted from its server is not a member');
+  const record: ChunkRecord = { ...chunk, version: op.version, replicas: [...op.replicas] };
+  tables.putChunk(record);
+  // Members (new ones included) are never deleted; servers that left are, once reachable.
+  const pending = (tables.getPendingDelete(chunk.chunkId)?.csIds ?? []).filter((csId) => !op.replicas.includes(csId));
+  const csIds = [...new Set([...pending, ...op.deleteFrom])];
+  if (csIds.length > 0) tables.putPendingDelete({ chunkId: chunk.chunkId, csIds });
+  else tables.deletePendingDelete(chunk.chunkId);
+  return { type: 'chunk', record };
+}
+
+function setChunkServerState(tables: MdsTables, csId: number, adminState: ChunkServerAdminState): MdsOpResult {
+  const server = tables.getChunkServer(csId);
+  if (server === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${csId} does not exist`);
+  if (server.adminState === 'removed') throw new StorageError('ERR_INVALID_ARGUMENT', `chunk server ${csId} was removed already`);
+  if (adminState === 'removed') {
+    let held = 0;
+    tables.forEachChunk((chunk) => {
+      if (chunk.replicas.includes(csId)) held += 1;
+    });
+    if (held > 0) {
+      throw new StorageError('ERR_INVALID_ARGUMENT', `chunk server ${csId} still holds ${held} replicas: drain it first (shoal cs drain ${csId})`);
+    }
+  }
+  const record: ChunkServerRecord = { ...server, adminState };
+  tables.putChunkServer(record);
+  return { type: 'chunkServer', record };
 }

@@ -1,12 +1,15 @@
 // The metadata service: what the REST routes call. It turns requests into ops for the store,
 // asks placement where new chunks go, creates replicas on chunk servers before recording them,
-// tracks leases and chunk-server liveness, and removes replicas of deleted volumes in the
-// background. Durable decisions go through `store.submit`; soft state (liveness, lease expiry)
-// lives here and is rebuilt after a restart.
+// tracks leases and chunk-server liveness, handles failed writes reported by clients (through the
+// replicator), drives recovery (through the scheduler), and removes replicas that left their sets
+// in the background. Durable decisions go through `store.submit`; soft state (liveness, lease
+// expiry) lives here and is rebuilt after a restart.
 
 import { randomUUID } from 'node:crypto';
 import { StorageError } from '../errors.ts';
 import type {
+  BadBlocksBody,
+  ChunkFailureBody,
   ChunkHealthCounts,
   ChunkMapEntry,
   ChunkServerInfo,
@@ -19,15 +22,19 @@ import type {
   RegisterChunkServerReply,
   VolumeInfo,
 } from '../protocol/api.ts';
-import { CS_OP } from '../protocol/cs_messages.ts';
 import type { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { CHUNK_BYTES_DEFAULT, BLOCK_BYTES, isPowerOfTwo } from '../limits.ts';
 import { assert } from '../util/assert.ts';
 import type { Clock } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
+import { RateLimiter } from '../util/rate_limiter.ts';
 import { ChunkServerRegistry } from './cs_registry.ts';
-import type { ChunkRecord, ChunkServerRecord, VolumeRecord } from './model.ts';
+import type { ChunkRecord, ChunkServerAdminState, ChunkServerRecord, VolumeRecord } from './model.ts';
 import { chooseReplicas, type FailureDomain, type PlacementCandidate } from './placement.ts';
+import type { PlannerChunk, PlannerServer } from './recovery.ts';
+import { RecoveryScheduler } from './recovery_scheduler.ts';
+import { CsReplicaIo, type ReplicaIo } from './replica_io.ts';
+import { Replicator } from './replicator.ts';
 import type { MdsStore } from './store.ts';
 
 export interface MdsConfig {
@@ -38,7 +45,15 @@ export interface MdsConfig {
   readonly replicasNormalDefault: number;
   readonly replicasMinDefault: number;
   readonly chunkSizeBytesDefault: number;
+  /** A server offline this long has its replicas replaced for good. */
+  readonly replaceAfterMs: number;
+  /** Copy rate of re-replication and rebalancing together (0 = unlimited). */
+  readonly recoveryBytesPerSecond: number;
+  readonly recoveryConcurrency: number;
+  readonly rebalanceThreshold: number;
 }
+
+const MiB = 1024 * 1024;
 
 export const MDS_CONFIG_DEFAULTS: MdsConfig = {
   failureDomain: 'host',
@@ -48,7 +63,14 @@ export const MDS_CONFIG_DEFAULTS: MdsConfig = {
   replicasNormalDefault: 3,
   replicasMinDefault: 2,
   chunkSizeBytesDefault: CHUNK_BYTES_DEFAULT,
+  replaceAfterMs: 5 * 60_000,
+  recoveryBytesPerSecond: 64 * MiB,
+  recoveryConcurrency: 4,
+  rebalanceThreshold: 0.1,
 };
+
+/** Bytes of one COPY_RANGE request during a bulk copy (paced by the rate limit). */
+const COPY_STEP_BYTES = 8 * MiB;
 
 /** Chunk ids are reserved durably in blocks, so a crash never hands out an id twice. */
 const CHUNK_ID_BLOCK = 1024;
@@ -60,7 +82,6 @@ export class MetadataService {
   private readonly config: MdsConfig;
   private readonly clock: Clock;
   private readonly random: () => number;
-  private readonly pool: CsConnectionPool;
   private readonly log: Logger;
   /** leaseId -> when it expires unless renewed. */
   private readonly leaseExpiryMs = new Map<string, number>();
@@ -68,6 +89,10 @@ export class MetadataService {
   private readonly allocations = new Map<string, Promise<ChunkMapEntry>>();
   private chunkIds = { next: 0, end: 0 };
   private chunkIdReservation: Promise<void> | null = null;
+  readonly io: ReplicaIo;
+  readonly replicator: Replicator;
+  readonly recovery: RecoveryScheduler;
+  readonly recoveryLimiter: RateLimiter;
 
   constructor(deps: {
     store: MdsStore;
@@ -76,14 +101,38 @@ export class MetadataService {
     random: () => number;
     pool: CsConnectionPool;
     log: Logger;
+    /** Replica I/O; the daemon's default talks to chunk servers through `pool`. */
+    io?: ReplicaIo;
   }) {
     this.store = deps.store;
     this.config = deps.config;
     this.clock = deps.clock;
     this.random = deps.random;
-    this.pool = deps.pool;
     this.log = deps.log;
-    this.registry = new ChunkServerRegistry(deps.config.heartbeatTimeoutMs);
+    this.registry = new ChunkServerRegistry(deps.config.heartbeatTimeoutMs, this.clock.nowMs());
+    this.io = deps.io ?? new CsReplicaIo(deps.pool, (csId) => this.serverAddress(csId));
+    this.recoveryLimiter = new RateLimiter(deps.config.recoveryBytesPerSecond, this.clock, (ms) => new Promise((resolve) => setTimeout(resolve, ms)));
+    this.replicator = new Replicator({
+      store: this.store,
+      io: this.io,
+      log: this.log,
+      isUsable: (csId) => this.isUsable(csId),
+      pace: (bytes) => this.recoveryLimiter.take(bytes),
+      copyStepBytes: COPY_STEP_BYTES,
+    });
+    this.recovery = new RecoveryScheduler({
+      replicator: this.replicator,
+      log: this.log,
+      random: this.random,
+      concurrency: deps.config.recoveryConcurrency,
+      planner: {
+        replaceAfterMs: deps.config.replaceAfterMs,
+        failureDomain: deps.config.failureDomain,
+        rebalanceThreshold: deps.config.rebalanceThreshold,
+        actionsMax: 256,
+      },
+      view: () => this.recoveryView(),
+    });
     // Leases survive a restart with a full timeout of grace: their holders may still be writing.
     const nowMs = this.clock.nowMs();
     for (const volume of this.store.tables.listVolumes()) {
@@ -197,6 +246,13 @@ export class MetadataService {
       }
       volume = result.record;
       this.leaseExpiryMs.set(leaseId, this.clock.nowMs() + this.config.leaseTimeoutMs);
+      // Before the new writer writes, every chunk server rejects the old one's writes.
+      try {
+        await this.fenceVolume(volume);
+      } catch (error) {
+        await this.closeVolume(name, leaseId);
+        throw error;
+      }
       lease = {
         leaseId,
         epoch: volume.epoch,
@@ -257,18 +313,8 @@ export class MetadataService {
       },
       this.random,
     );
-    await Promise.all(
-      replicas.map((csId) =>
-        this.commandChunkServer(csId, {
-          op: CS_OP.CREATE_CHUNK,
-          chunkId,
-          volumeId: volume.id,
-          chunkIndex,
-          sizeBytes: volume.chunkSizeBytes,
-          version: 1,
-        }),
-      ),
-    );
+    const identity = { chunkId, volumeId: volume.id, chunkIndex, sizeBytes: volume.chunkSizeBytes };
+    await Promise.all(replicas.map((csId) => this.io.createChunk(csId, identity, 1)));
     const result = await this.store.submit({ type: 'allocateChunk', volumeId: volume.id, chunkIndex, chunkId, replicas });
     assert(result.type === 'chunk', 'allocateChunk yields a chunk');
     return this.chunkMapEntry(result.record);
@@ -372,7 +418,7 @@ export class MetadataService {
     const candidates: PlacementCandidate[] = [];
     for (const server of this.store.tables.listChunkServers()) {
       const report = this.registry.report(server.id);
-      if (report === undefined || !report.healthy || !this.registry.isOnline(server.id, nowMs)) continue;
+      if (server.adminState !== 'active' || report === undefined || !report.healthy || !this.registry.isOnline(server.id, nowMs)) continue;
       candidates.push({
         csId: server.id,
         host: server.failureDomainHost,
@@ -384,13 +430,16 @@ export class MetadataService {
     return candidates;
   }
 
-  private async commandChunkServer(csId: number, body: Parameters<CsConnectionPool['request']>[2]): Promise<void> {
+  private serverAddress(csId: number): { host: string; port: number } {
     const server = this.store.tables.getChunkServer(csId);
-    assert(server !== undefined, 'commands go to registered servers');
-    const { reply } = await this.pool.request(server.host, server.port, body);
-    if (reply.code !== undefined) {
-      throw StorageError.fromWire(reply.code, `chunk server ${csId} (${server.host}:${server.port}): ${reply.message ?? ''}`);
-    }
+    if (server === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${csId} is not registered`);
+    return { host: server.host, port: server.port };
+  }
+
+  /** Worth sending a request to: online and not removed. */
+  private isUsable(csId: number): boolean {
+    const server = this.store.tables.getChunkServer(csId);
+    return server !== undefined && server.adminState !== 'removed' && this.registry.isOnline(csId, this.clock.nowMs());
   }
 
   listChunkServers(): ChunkServerInfo[] {
@@ -413,6 +462,7 @@ export class MetadataService {
       failureDomain: { host: server.failureDomainHost, rack: server.rack },
       tier: server.tier,
       state: this.registry.state(server.id, nowMs),
+      adminState: server.adminState,
       healthy: report?.healthy ?? false,
       lastError: report?.lastError ?? '',
       capacityBytes: report?.capacityBytes ?? 0,
@@ -448,6 +498,14 @@ export class MetadataService {
     });
     return {
       chunkServers: { total: servers.length, online: online.length, offline: servers.length - online.length },
+      recovery: {
+        running: this.recovery.stats.running,
+        pending: this.recovery.stats.pending,
+        succeeded: this.recovery.stats.succeeded,
+        failed: this.recovery.stats.failed,
+        copiedBytes: this.replicator.copiedBytesTotal,
+        bytesPerSecondLimit: this.recoveryLimiter.rate,
+      },
       space: {
         capacityBytes: sum(online.map((s) => s.capacityBytes)),
         usedBytes: sum(online.map((s) => s.usedBytes)),
@@ -468,8 +526,9 @@ export class MetadataService {
     for (const pending of this.store.tables.listPendingDeletes(DELETE_BATCH_MAX)) {
       for (const csId of pending.csIds) {
         if (!this.registry.isOnline(csId, nowMs)) continue;
+        if (this.replicator.isFilling(pending.chunkId, csId)) continue;
         try {
-          await this.commandChunkServer(csId, { op: CS_OP.DELETE_CHUNK, chunkId: pending.chunkId });
+          await this.io.deleteChunk(csId, pending.chunkId);
         } catch (error) {
           if (!(error instanceof StorageError) || error.code !== 'ERR_CHUNK_NOT_FOUND') {
             this.log.warn('replica delete failed; will retry', { chunkId: pending.chunkId, csId, error });
@@ -481,6 +540,117 @@ export class MetadataService {
       }
     }
     return removed;
+  }
+
+  // ---- failures, repairs, recovery ----------------------------------------------------------------
+
+  /** One chunk's current map entry, after any replica-set change in progress on it has finished. */
+  async getChunk(name: string, chunkIndex: number): Promise<ChunkMapEntry> {
+    const volume = this.volumeByName(name);
+    const chunk = this.store.tables.getChunk(volume.id, chunkIndex);
+    if (chunk === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk ${chunkIndex} of volume "${name}" was never written`);
+    await this.replicator.idle(chunk.chunkId);
+    const current = this.store.tables.getChunk(volume.id, chunkIndex);
+    assert(current !== undefined, 'an allocated chunk stays until its volume is deleted');
+    return this.chunkMapEntry(current);
+  }
+
+  /**
+   * A writer could not complete a change on some members (or found a member at another version
+   * than the map says). The failed members leave the set under a new version, the range of the
+   * failed change is made the same on the members that stay, and the writer gets the new entry.
+   */
+  async reportChunkFailure(name: string, chunkIndex: number, report: ChunkFailureBody): Promise<ChunkMapEntry> {
+    const volume = this.volumeByName(name);
+    this.requireLease(volume, report.leaseId);
+    const chunk = this.store.tables.getChunk(volume.id, chunkIndex);
+    if (chunk === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk ${chunkIndex} of volume "${name}" was never written`);
+    let record: ChunkRecord;
+    if (report.failedCsIds.length === 0) {
+      record = await this.replicator.reconcileVersion(volume.id, chunkIndex);
+    } else {
+      this.log.warn('write failed on replicas; they leave the set', { volume: name, chunkIndex, failed: report.failedCsIds, version: report.version });
+      record = await this.replicator.drop(volume.id, chunkIndex, report.failedCsIds, {
+        expectedVersion: report.version,
+        inDoubt: { offsetBytes: report.offsetBytes, lengthBytes: report.lengthBytes },
+        reason: 'write failed on these members',
+      });
+    }
+    this.recovery.tick();
+    return this.chunkMapEntry(record);
+  }
+
+  /** A reader or the scrubber found blocks failing their checksum on one member: repair them. */
+  async reportBadBlocks(report: BadBlocksBody): Promise<number> {
+    const chunk = this.store.tables.getChunk(report.volumeId, report.chunkIndex);
+    if (chunk === undefined || chunk.chunkId !== report.chunkId) return 0;
+    const repaired = await this.replicator.repair(report.volumeId, report.chunkIndex, report.csId, report.offsetBytes, report.lengthBytes);
+    this.log.warn('bad blocks reported', { ...report, repaired });
+    return repaired;
+  }
+
+  /** Drain (move every replica off), return to service, or remove (only once empty). */
+  async setChunkServerState(csId: number, adminState: ChunkServerAdminState): Promise<ChunkServerInfo> {
+    const result = await this.store.submit({ type: 'setChunkServerState', csId, adminState });
+    assert(result.type === 'chunkServer', 'setChunkServerState yields a server');
+    this.log.info('chunk server state changed', { csId, adminState });
+    this.recovery.tick();
+    const info = this.listChunkServers().find((server) => server.id === csId);
+    assert(info !== undefined, 'a server that changed state is listed');
+    return info;
+  }
+
+  /** Plans recovery and starts what fits. Called periodically and after failures. */
+  recoveryTick(): number {
+    return this.recovery.tick();
+  }
+
+  private recoveryView(): { servers: PlannerServer[]; chunks: Iterable<PlannerChunk> } {
+    const nowMs = this.clock.nowMs();
+    const servers: PlannerServer[] = this.store.tables.listChunkServers().map((server) => {
+      const report = this.registry.report(server.id);
+      return {
+        id: server.id,
+        online: this.registry.isOnline(server.id, nowMs),
+        offlineForMs: this.registry.offlineForMs(server.id, nowMs),
+        adminState: server.adminState,
+        healthy: report?.healthy ?? false,
+        host: server.failureDomainHost,
+        rack: server.rack,
+        capacityBytes: report?.capacityBytes ?? 0,
+        freeBytes: report?.freeBytes ?? 0,
+      };
+    });
+    const volumes = new Map(this.store.tables.listVolumes().map((volume) => [volume.id, volume]));
+    const chunks: PlannerChunk[] = [];
+    this.store.tables.forEachChunk((chunk) => {
+      const volume = volumes.get(chunk.volumeId);
+      if (volume === undefined) return;
+      chunks.push({
+        volumeId: chunk.volumeId,
+        chunkIndex: chunk.chunkIndex,
+        chunkId: chunk.chunkId,
+        replicas: chunk.replicas,
+        replicasNormal: volume.replicasNormal,
+        replicasMin: volume.replicasMin,
+        chunkSizeBytes: volume.chunkSizeBytes,
+      });
+    });
+    return { servers, chunks };
+  }
+
+  /** Tells every online chunk server about a volume's new lease epoch; fails if one cannot be told. */
+  private async fenceVolume(volume: VolumeRecord): Promise<void> {
+    const nowMs = this.clock.nowMs();
+    const online = this.store.tables.listChunkServers().filter((s) => s.adminState !== 'removed' && this.registry.isOnline(s.id, nowMs));
+    const results = await Promise.allSettled(online.map((server) => this.io.fence(server.id, volume.id, volume.epoch)));
+    const failed = online.filter((_, index) => results[index]?.status === 'rejected');
+    if (failed.length > 0) {
+      throw new StorageError(
+        'ERR_UNAVAILABLE',
+        `could not fence the previous writer of volume "${volume.name}" on chunk servers ${failed.map((s) => s.id).join(', ')}; try again`,
+      );
+    }
   }
 
   exportNames(): string[] {

@@ -96,7 +96,9 @@ class LmdbTables implements MdsTables {
   }
 
   getChunkServer(id: number): ChunkServerRecord | undefined {
-    return this.chunkServers.get(id);
+    const record = this.chunkServers.get(id);
+    // Records written before admin states existed are active servers.
+    return record === undefined ? undefined : { ...record, adminState: record.adminState ?? 'active' };
   }
   getChunkServerIdByUuid(uuid: string): number | undefined {
     return this.csUuids.get(uuid);
@@ -106,7 +108,7 @@ class LmdbTables implements MdsTables {
     void this.csUuids.put(record.uuid, record.id);
   }
   listChunkServers(): ChunkServerRecord[] {
-    return [...this.chunkServers.getRange({}).map(({ value }) => value)];
+    return [...this.chunkServers.getRange({}).map(({ value }) => ({ ...value, adminState: value.adminState ?? 'active' }))];
   }
 
   getPendingDelete(chunkId: number): PendingDeleteRecord | undefined {

@@ -9,6 +9,7 @@ import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { Registry, collectDefaultMetrics } from 'prom-client';
 import { VolumeProvider } from '../client/provider.ts';
+import { IO_TIMEOUT_MS_DEFAULT } from '../client/volume.ts';
 import { StorageError } from '../errors.ts';
 import { CLUSTER_KEY_BYTES, clusterRestToken, readSecretFile } from '../protocol/auth.ts';
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
@@ -31,7 +32,11 @@ const USAGE = `usage: shoal run nbd --mds URL --cluster-key FILE [--socket PATH]
   --metrics HOST:PORT      Prometheus /metrics (default 127.0.0.1:0)
   --inflight-requests-max N  per connection, before reading pauses (default 64)
   --inflight-bytes-max N     per connection, before reading pauses (default 128 MiB)
-  --connections-max N        over all listeners (default 256)`;
+  --connections-max N        over all listeners (default 256)
+  --io-timeout-ms N          a read or write keeps trying (failover, waiting for recovery) this long
+                             before the guest gets EIO (default 60000)
+  --cs-timeout-ms N          a chunk server that does not answer within this is treated as failed
+                             (default 5000)`;
 
 /** Leaves the daemon's own deadline room to close volumes after connections drain. */
 const CONNECTIONS_DRAIN_MS = 5_000;
@@ -53,6 +58,8 @@ export async function runNbd(argv: string[]): Promise<void> {
       'inflight-requests-max': { type: 'string' },
       'inflight-bytes-max': { type: 'string' },
       'connections-max': { type: 'string' },
+      'io-timeout-ms': { type: 'string' },
+      'cs-timeout-ms': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -83,6 +90,8 @@ export async function runNbd(argv: string[]): Promise<void> {
       values['inflight-bytes-max'], '--inflight-bytes-max', d.inflightBytesMax, 1),
     connectionsMax: parseIntegerFlag(
       values['connections-max'], '--connections-max', d.connectionsMax, 1),
+    ioTimeoutMs: parseIntegerFlag(values['io-timeout-ms'], '--io-timeout-ms', IO_TIMEOUT_MS_DEFAULT, 100),
+    csTimeoutMs: parseIntegerFlag(values['cs-timeout-ms'], '--cs-timeout-ms', 5_000, 100),
   });
 }
 
@@ -99,6 +108,8 @@ interface NbdDaemonConfig {
   readonly inflightRequestsMax: number;
   readonly inflightBytesMax: number;
   readonly connectionsMax: number;
+  readonly ioTimeoutMs: number;
+  readonly csTimeoutMs: number;
 }
 
 async function startNbd(config: NbdDaemonConfig): Promise<void> {
@@ -106,8 +117,8 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'shoal_nbd_' });
   const mds = new MdsClient({ url: config.mdsUrl, token: clusterRestToken(config.clusterKey) });
-  const pool = new CsConnectionPool({ clusterKey: config.clusterKey, role: 'client' });
-  const provider = new VolumeProvider({ mds, pool, log, holder: config.holder });
+  const pool = new CsConnectionPool({ clusterKey: config.clusterKey, role: 'client', requestTimeoutMs: config.csTimeoutMs });
+  const provider = new VolumeProvider({ mds, pool, log, holder: config.holder, ioTimeoutMs: config.ioTimeoutMs });
   const server = await createNbdServer({
     provider,
     registry,

@@ -95,6 +95,7 @@ export const ChunkServerInfo = Type.Object({
   failureDomain: Type.Object({ host: Type.String(), rack: Type.String() }),
   tier: Uint(),
   state: ChunkServerState,
+  adminState: Type.Union([Type.Literal('active'), Type.Literal('draining'), Type.Literal('removed')]),
   healthy: Type.Boolean({ description: 'false when the server reports disk errors' }),
   lastError: Type.String(),
   capacityBytes: Uint(),
@@ -118,8 +119,19 @@ export const ChunkHealthCounts = Type.Object({
 });
 export type ChunkHealthCounts = Static<typeof ChunkHealthCounts>;
 
+export const RecoveryInfo = Type.Object({
+  running: Uint({ description: 'replica-set changes in flight' }),
+  pending: Uint({ description: 'changes the last plan held: 0 when every chunk is as it should be' }),
+  succeeded: Uint(),
+  failed: Uint(),
+  copiedBytes: Uint({ description: 'bytes copied between chunk servers since the MDS started' }),
+  bytesPerSecondLimit: Uint(),
+});
+export type RecoveryInfo = Static<typeof RecoveryInfo>;
+
 export const ClusterStat = Type.Object({
   chunkServers: Type.Object({ total: Uint(), online: Uint(), offline: Uint() }),
+  recovery: RecoveryInfo,
   space: Type.Object({ capacityBytes: Uint(), usedBytes: Uint(), freeBytes: Uint() }),
   volumes: Type.Object({ count: Uint(), sizeBytes: Uint() }),
   chunks: Type.Object({ total: Uint(), byState: ChunkHealthCounts }),
@@ -225,6 +237,37 @@ export type ChunkMapQuery = Static<typeof ChunkMapQuery>;
 
 export const ChunkMapReply = Type.Object({ chunks: Type.Array(ChunkMapEntry) });
 export type ChunkMapReply = Static<typeof ChunkMapReply>;
+
+export const ChunkFailureBody = Type.Object(
+  {
+    leaseId: Type.String({ maxLength: 64 }),
+    version: Uint({ description: 'the chunk version the writer used' }),
+    failedCsIds: Type.Array(Uint(), { maxItems: 16, description: 'members that failed the change; empty: a version mismatch' }),
+    offsetBytes: Uint({ description: 'the failed change, within the chunk: made the same on the members that stay' }),
+    lengthBytes: Uint(),
+  },
+  { additionalProperties: false },
+);
+export type ChunkFailureBody = Static<typeof ChunkFailureBody>;
+
+export const BadBlocksBody = Type.Object(
+  {
+    csId: Uint(),
+    volumeId: Uint(),
+    chunkIndex: Uint(),
+    chunkId: Uint(),
+    offsetBytes: Uint(),
+    lengthBytes: Uint({ minimum: 1, maximum: 64 * 1024 * 1024 }),
+  },
+  { additionalProperties: false },
+);
+export type BadBlocksBody = Static<typeof BadBlocksBody>;
+
+export const RepairReply = Type.Object({ repairedBlocks: Uint() });
+export type RepairReply = Static<typeof RepairReply>;
+
+export const ChunkServerIdParams = Type.Object({ id: Uint() });
+export type ChunkServerIdParams = Static<typeof ChunkServerIdParams>;
 
 export const ExportList = Type.Object({ names: Type.Array(Type.String()) });
 export type ExportList = Static<typeof ExportList>;

@@ -5,6 +5,10 @@
 
 import { StorageError } from '../errors.ts';
 import type {
+  BadBlocksBody,
+  ChunkFailureBody,
+  ChunkServerInfo,
+  RepairReply,
   ChunkMapEntry,
   ChunkMapReply,
   ChunkServerList,
@@ -92,6 +96,9 @@ export class MdsClient {
   stat(): Promise<ClusterStat> {
     return this.call('GET', '/v1/stat');
   }
+  setChunkServerState(csId: number, action: 'drain' | 'activate' | 'remove'): Promise<ChunkServerInfo> {
+    return this.call('POST', `/v1/chunk-servers/${csId}/${action}`);
+  }
 
   // ---- internal: chunk servers ----------------------------------------------------------------------
 
@@ -121,5 +128,15 @@ export class MdsClient {
   }
   allocateChunk(name: string, chunkIndex: number, leaseId: string): Promise<ChunkMapEntry> {
     return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/chunks/${chunkIndex}`, { leaseId });
+  }
+  /** One chunk's entry, once any replica-set change in progress on it has finished. */
+  getChunk(name: string, chunkIndex: number): Promise<ChunkMapEntry> {
+    return this.call('GET', `/v1/internal/volumes/${encodeURIComponent(name)}/chunks/${chunkIndex}`);
+  }
+  reportChunkFailure(name: string, chunkIndex: number, body: ChunkFailureBody): Promise<ChunkMapEntry> {
+    return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/chunks/${chunkIndex}/failure`, body);
+  }
+  reportBadBlocks(body: BadBlocksBody): Promise<RepairReply> {
+    return this.call('POST', '/v1/internal/bad-blocks', body);
   }
 }

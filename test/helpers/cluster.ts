@@ -1,4 +1,5 @@
 // Integration tests start a real cluster (src/local/cluster.ts) and tear it down with the test.
+// When the test failed, the daemons' recent logs are printed first: that is what a CI reader needs.
 
 import type { Test } from 'tap';
 import { LocalCluster, type ClusterOptions } from '../../src/local/cluster.ts';
@@ -8,6 +9,13 @@ export { LocalCluster } from '../../src/local/cluster.ts';
 /** Starts a cluster; when `t` ends, every process is killed and the folder removed. */
 export async function startCluster(t: Test, options: ClusterOptions = {}): Promise<LocalCluster> {
   const cluster = await LocalCluster.start(options);
-  t.teardown(() => cluster.destroy());
+  t.teardown(async () => {
+    if (!t.passing()) {
+      for (const daemon of [cluster.mds, ...cluster.chunkServers, cluster.nbd]) {
+        if (daemon !== null) process.stderr.write(`\n----- ${daemon.name} log (last lines) -----\n${daemon.log.slice(-6000)}\n`);
+      }
+    }
+    await cluster.destroy();
+  });
   return cluster;
 }

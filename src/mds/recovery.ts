@@ -1,0 +1,187 @@
+// The recovery planner: a pure function from what the MDS knows (chunk servers, their liveness and
+// space, every chunk's members) to what should change, most urgent first. The scheduler
+// (recovery_scheduler.ts) executes the plan within its rate and concurrency limits; the simulation
+// test calls this same function.
+//
+// Rules, per chunk:
+// - a member on a server offline longer than `replaceAfterMs`, or removed, is dropped for good,
+//   as long as a live member remains to copy from;
+// - a chunk with fewer healthy members (live, not draining) than `normal` gets one added, in a
+//   failure domain none of its members use, on the least-full eligible server;
+// - a chunk with more healthy-or-draining members than needed sheds one: draining first, then
+//   offline, then the fullest;
+// - with nothing urgent, a replica moves from the fullest to the emptiest server when their used
+//   fractions differ by more than `rebalanceThreshold` (rebalancing, one move per chunk).
+// Urgency: fewest live members first (a chunk with one live copy before a chunk with two), then
+// fewest relative to min.
+
+import { chooseReplicas, domainKey, type FailureDomain, type PlacementCandidate } from './placement.ts';
+import type { ChunkServerAdminState } from './model.ts';
+
+export interface PlannerServer {
+  readonly id: number;
+  readonly online: boolean;
+  /** How long it has been offline, or 0 while online. */
+  readonly offlineForMs: number;
+  readonly adminState: ChunkServerAdminState;
+  readonly healthy: boolean;
+  readonly host: string;
+  readonly rack: string;
+  readonly capacityBytes: number;
+  readonly freeBytes: number;
+}
+
+export interface PlannerChunk {
+  readonly volumeId: number;
+  readonly chunkIndex: number;
+  readonly chunkId: number;
+  readonly replicas: readonly number[];
+  readonly replicasNormal: number;
+  readonly replicasMin: number;
+  readonly chunkSizeBytes: number;
+}
+
+export interface PlannerConfig {
+  readonly replaceAfterMs: number;
+  readonly failureDomain: FailureDomain;
+  /** Used-fraction gap between servers above which replicas move (0.1 = ten points). */
+  readonly rebalanceThreshold: number;
+  /** Most actions returned by one plan. */
+  readonly actionsMax: number;
+}
+
+export type RecoveryAction =
+  | { readonly kind: 'drop'; readonly chunk: PlannerChunk; readonly csIds: readonly number[]; readonly reason: string; readonly urgency: number }
+  | { readonly kind: 'add'; readonly chunk: PlannerChunk; readonly target: number; readonly reason: string; readonly urgency: number };
+
+export interface PlannerInput {
+  readonly servers: readonly PlannerServer[];
+  readonly chunks: Iterable<PlannerChunk>;
+  /** Chunks with a procedure in flight: left alone this round. */
+  readonly busy: (chunkId: number) => boolean;
+  readonly config: PlannerConfig;
+  readonly random: () => number;
+}
+
+/** Lower is more urgent. */
+function urgencyOf(live: number, min: number): number {
+  return live * 100 + Math.max(0, live - min);
+}
+
+export function planRecovery(input: PlannerInput): RecoveryAction[] {
+  const servers = new Map(input.servers.map((server) => [server.id, server]));
+  const placed = new Map<number, number>(); // targets chosen this round, to spread them
+  const actions: RecoveryAction[] = [];
+  for (const chunk of input.chunks) {
+    if (input.busy(chunk.chunkId)) continue;
+    const action = planChunk(chunk, servers, input, placed);
+    if (action !== null) actions.push(action);
+  }
+  actions.sort((a, b) => a.urgency - b.urgency);
+  if (actions.length === 0) return planRebalance(input, servers);
+  return actions.slice(0, input.config.actionsMax);
+}
+
+function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, input: PlannerInput,
+  placed: Map<number, number>): RecoveryAction | null {
+  const { config } = input;
+  const live = chunk.replicas.filter((csId) => isLive(servers.get(csId)));
+  const urgency = urgencyOf(live.length, chunk.replicasMin);
+  const gone = chunk.replicas.filter((csId) => {
+    const server = servers.get(csId);
+    return server === undefined || server.adminState === 'removed' || (!server.online && server.offlineForMs >= config.replaceAfterMs);
+  });
+  if (gone.length > 0 && live.length > 0) {
+    return { kind: 'drop', chunk, csIds: gone, reason: 'server away too long or removed', urgency };
+  }
+  const healthy = live.filter((csId) => servers.get(csId)?.adminState === 'active');
+  if (healthy.length < chunk.replicasNormal && live.length > 0) {
+    const target = chooseTarget(chunk, servers, input, placed);
+    if (target === null) return null;
+    placed.set(target, (placed.get(target) ?? 0) + 1);
+    const reason = healthy.length < live.length ? 'moving off a draining server' : 'below the normal replica count';
+    return { kind: 'add', chunk, target, reason, urgency };
+  }
+  const keepers = chunk.replicas.filter((csId) => servers.get(csId)?.adminState !== 'removed');
+  if (healthy.length >= chunk.replicasNormal && keepers.length > chunk.replicasNormal) {
+    const victim = chooseVictim(chunk, servers);
+    if (victim !== null) return { kind: 'drop', chunk, csIds: [victim], reason: 'above the normal replica count', urgency: 1_000_000 };
+  }
+  return null;
+}
+
+function isLive(server: PlannerServer | undefined): boolean {
+  return server !== undefined && server.online && server.adminState !== 'removed';
+}
+
+function candidateOf(server: PlannerServer, pendingChunks: number, chunkSizeBytes: number): PlacementCandidate {
+  return {
+    csId: server.id,
+    host: server.host,
+    rack: server.rack,
+    capacityBytes: server.capacityBytes,
+    // Targets already chosen this round count as used, so one plan spreads its copies.
+    freeBytes: Math.max(0, server.freeBytes - pendingChunks * chunkSizeBytes),
+  };
+}
+
+function chooseTarget(chunk: PlannerChunk, servers: Map<number, PlannerServer>, input: PlannerInput,
+  placed: Map<number, number>): number | null {
+  const eligible = [...servers.values()].filter(
+    (s) => s.online && s.healthy && s.adminState === 'active' && !chunk.replicas.includes(s.id),
+  );
+  // Domains of members still counted (live ones, and offline ones not yet given up) are taken.
+  const exclude = chunk.replicas
+    .map((csId) => servers.get(csId))
+    .filter((s): s is PlannerServer => s !== undefined && s.adminState !== 'removed' && (s.online || s.offlineForMs < input.config.replaceAfterMs))
+    .filter((s) => s.adminState === 'active')
+    .map((s) => candidateOf(s, 0, chunk.chunkSizeBytes));
+  try {
+    const [target] = chooseReplicas(
+      eligible.map((s) => candidateOf(s, placed.get(s.id) ?? 0, chunk.chunkSizeBytes)),
+      { count: 1, minimum: 1, chunkSizeBytes: chunk.chunkSizeBytes, failureDomain: input.config.failureDomain, exclude },
+      input.random,
+    );
+    return target ?? null;
+  } catch {
+    return null; // no eligible server in a free domain: the chunk stays degraded until one appears
+  }
+}
+
+function chooseVictim(chunk: PlannerChunk, servers: Map<number, PlannerServer>): number | null {
+  const ranked = chunk.replicas
+    .map((csId) => ({ csId, server: servers.get(csId) }))
+    .filter((entry): entry is { csId: number; server: PlannerServer } => entry.server !== undefined)
+    .sort((a, b) => victimRank(b.server) - victimRank(a.server));
+  return ranked[0]?.csId ?? null;
+}
+
+/** Higher goes first: draining, then offline, then the fullest. */
+function victimRank(server: PlannerServer): number {
+  const used = server.capacityBytes > 0 ? 1 - server.freeBytes / server.capacityBytes : 1;
+  return (server.adminState === 'draining' ? 4 : 0) + (server.online ? 0 : 2) + used;
+}
+
+function usedFraction(server: PlannerServer): number {
+  return server.capacityBytes > 0 ? 1 - server.freeBytes / server.capacityBytes : 1;
+}
+
+/** With nothing urgent: one replica from the fullest server to the emptiest, if far enough apart. */
+function planRebalance(input: PlannerInput, servers: Map<number, PlannerServer>): RecoveryAction[] {
+  const usable = [...servers.values()].filter((s) => s.online && s.healthy && s.adminState === 'active');
+  if (usable.length < 2) return [];
+  const sorted = [...usable].sort((a, b) => usedFraction(a) - usedFraction(b));
+  const emptiest = sorted[0];
+  const fullest = sorted.at(-1);
+  if (emptiest === undefined || fullest === undefined) return [];
+  if (usedFraction(fullest) - usedFraction(emptiest) <= input.config.rebalanceThreshold) return [];
+  for (const chunk of input.chunks) {
+    if (input.busy(chunk.chunkId) || !chunk.replicas.includes(fullest.id) || chunk.replicas.includes(emptiest.id)) continue;
+    const others = chunk.replicas.filter((csId) => csId !== fullest.id).map((csId) => servers.get(csId));
+    const domains = new Set(others.filter((s): s is PlannerServer => s !== undefined).map((s) => domainKey(candidateOf(s, 0, 0), input.config.failureDomain)));
+    if (domains.has(domainKey(candidateOf(emptiest, 0, 0), input.config.failureDomain))) continue;
+    // Adding to the emptiest makes the chunk one above normal; the next plan drops from the fullest.
+    return [{ kind: 'add', chunk, target: emptiest.id, reason: `rebalancing from server ${fullest.id}`, urgency: 2_000_000 }];
+  }
+  return [];
+}

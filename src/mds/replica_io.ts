@@ -1,0 +1,116 @@
+// What the MDS asks of chunk servers to change replica sets: one interface, two implementations.
+// The daemon's talks the chunk-server protocol (CsReplicaIo, here); the simulation's changes
+// in-memory replicas (test/sim). The replication procedures (replicator.ts) see only this.
+
+import { StorageError } from '../errors.ts';
+import { CS_OP, decodeChunkList } from '../protocol/cs_messages.ts';
+import type { CsConnectionPool, CsRequestBody, CsResponse } from '../protocol/cs_connection.ts';
+
+export interface ChunkIdentity {
+  readonly chunkId: number;
+  readonly volumeId: number;
+  readonly chunkIndex: number;
+  readonly sizeBytes: number;
+}
+
+export interface ReplicaIo {
+  /** Creates an empty, incomplete replica (version 0) unless the server has one already. */
+  createChunk(csId: number, chunk: ChunkIdentity, version: number): Promise<void>;
+  deleteChunk(csId: number, chunkId: number): Promise<void>;
+  /** The replica's version, or null if the server has no such replica. */
+  chunkVersion(csId: number, chunkId: number): Promise<number | null>;
+  setVersion(csId: number, chunkId: number, toVersion: number, expectedVersion?: number): Promise<void>;
+  trackChanges(csId: number, chunkId: number): Promise<void>;
+  /** Source (a member at `version`) sends a range to the target; resolves with bytes sent. */
+  copyRange(sourceCsId: number, chunkId: number, version: number, offsetBytes: number, lengthBytes: number,
+    changedOnly: boolean, targetCsId: number): Promise<number>;
+  read(csId: number, chunkId: number, version: number, offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  /** Writes bytes into a replica regardless of version (in-doubt reconciliation while sealed). */
+  fill(csId: number, chunkId: number, offsetBytes: number, data: Buffer): Promise<void>;
+  /** Replaces whole blocks that fail their checksum; resolves with blocks replaced. */
+  repair(csId: number, chunkId: number, version: number, offsetBytes: number, blocks: Buffer): Promise<number>;
+  fence(csId: number, volumeId: number, epoch: number): Promise<void>;
+  listChunks(csId: number): Promise<Array<{ chunkId: number; version: number }>>;
+}
+
+/** ReplicaIo over the chunk-server protocol; `address` resolves a server id to where it listens. */
+export class CsReplicaIo implements ReplicaIo {
+  private readonly pool: CsConnectionPool;
+  private readonly address: (csId: number) => { host: string; port: number };
+
+  constructor(pool: CsConnectionPool, address: (csId: number) => { host: string; port: number }) {
+    this.pool = pool;
+    this.address = address;
+  }
+
+  private async call(csId: number, body: CsRequestBody, payload?: Buffer): Promise<CsResponse> {
+    const { host, port } = this.address(csId);
+    const response = await this.pool.request(host, port, body, payload);
+    if (response.reply.code !== undefined) {
+      throw StorageError.fromWire(response.reply.code, `chunk server ${csId} (${host}:${port}): ${response.reply.message ?? ''}`);
+    }
+    return response;
+  }
+
+  async createChunk(csId: number, chunk: ChunkIdentity, version: number): Promise<void> {
+    await this.call(csId, { op: CS_OP.CREATE_CHUNK, ...chunk, version });
+  }
+
+  async deleteChunk(csId: number, chunkId: number): Promise<void> {
+    await this.call(csId, { op: CS_OP.DELETE_CHUNK, chunkId });
+  }
+
+  async chunkVersion(csId: number, chunkId: number): Promise<number | null> {
+    try {
+      const { reply } = await this.call(csId, { op: CS_OP.CHUNK_INFO, chunkId });
+      return reply.version ?? null;
+    } catch (error) {
+      if (error instanceof StorageError && error.code === 'ERR_CHUNK_NOT_FOUND') return null;
+      throw error;
+    }
+  }
+
+  async setVersion(csId: number, chunkId: number, toVersion: number, expectedVersion?: number): Promise<void> {
+    await this.call(csId, { op: CS_OP.SET_VERSION, chunkId, toVersion, ...(expectedVersion === undefined ? {} : { expectedVersion }) });
+  }
+
+  async trackChanges(csId: number, chunkId: number): Promise<void> {
+    await this.call(csId, { op: CS_OP.TRACK_CHANGES, chunkId });
+  }
+
+  async copyRange(sourceCsId: number, chunkId: number, version: number, offsetBytes: number, lengthBytes: number,
+    changedOnly: boolean, targetCsId: number): Promise<number> {
+    const target = { csId: targetCsId, ...this.address(targetCsId) };
+    const { reply } = await this.call(sourceCsId, { op: CS_OP.COPY_RANGE, chunkId, version, offsetBytes, lengthBytes, changedOnly, target });
+    return reply.doneBytes ?? 0;
+  }
+
+  async read(csId: number, chunkId: number, version: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const { payload } = await this.call(csId, { op: CS_OP.READ, chunkId, version, offsetBytes, lengthBytes });
+    return payload;
+  }
+
+  async fill(csId: number, chunkId: number, offsetBytes: number, data: Buffer): Promise<void> {
+    await this.call(csId, { op: CS_OP.REPLICA_WRITE, chunkId, offsetBytes, lengthBytes: data.length }, data);
+  }
+
+  async repair(csId: number, chunkId: number, version: number, offsetBytes: number, blocks: Buffer): Promise<number> {
+    const { reply } = await this.call(csId, { op: CS_OP.REPAIR, chunkId, version, offsetBytes, lengthBytes: blocks.length }, blocks);
+    return Math.floor((reply.doneBytes ?? 0) / 4096);
+  }
+
+  async fence(csId: number, volumeId: number, epoch: number): Promise<void> {
+    await this.call(csId, { op: CS_OP.FENCE, volumeId, epoch });
+  }
+
+  async listChunks(csId: number): Promise<Array<{ chunkId: number; version: number }>> {
+    const all: Array<{ chunkId: number; version: number }> = [];
+    let fromChunkId: number | undefined = 0;
+    while (fromChunkId !== undefined) {
+      const response: CsResponse = await this.call(csId, { op: CS_OP.LIST_CHUNKS, fromChunkId, limit: 16384 });
+      all.push(...decodeChunkList(response.payload));
+      fromChunkId = response.reply.nextChunkId;
+    }
+    return all;
+  }
+}
