@@ -14,6 +14,8 @@ export interface VolumeProviderDeps {
   readonly log: Logger;
   readonly holder: string;
   readonly ioTimeoutMs: number;
+  /** Take write leases from their holders (fencing them) instead of being refused. */
+  readonly forceOpen?: boolean;
 }
 
 interface Shared {
@@ -39,7 +41,7 @@ export class VolumeProvider implements BlockDeviceProvider {
     const key = `${options.readOnly ? 'ro' : 'rw'}:${name}`;
     let shared = this.open_.get(key);
     if (shared === undefined) {
-      const volume = Volume.open({ ...this.deps, name, readOnly: options.readOnly });
+      const volume = Volume.open({ ...this.deps, name, readOnly: options.readOnly, force: this.deps.forceOpen === true });
       shared = { volume, users: 0 };
       this.open_.set(key, shared);
       volume.catch(() => {

@@ -260,6 +260,7 @@ export class Volume implements BlockDevice {
         failedCsIds,
         offsetBytes: piece.offsetInChunk,
         lengthBytes: piece.lengthBytes,
+        reason: outcome.error.message.slice(0, 2048),
       }).catch((error: unknown) => {
         if (isStorageError(error, 'ERR_LEASE_EXPIRED')) throw this.loseLease(error);
         lastProblem = error instanceof Error ? error.message : String(error);
@@ -283,7 +284,9 @@ export class Volume implements BlockDevice {
     if (reply.code === undefined) return { kind: 'done' };
     const error = StorageError.fromWire(reply.code, `chunk server ${primary.csId}: ${reply.message ?? ''}`);
     if (reply.failedReplicas !== undefined && reply.failedReplicas.length > 0) {
-      return { kind: 'failed', failedCsIds: reply.failedReplicas.map((failure) => failure.csId), error };
+      const detail = reply.failedReplicas.map((f) => `${f.csId}: ${f.code} ${f.message}`).join('; ');
+      return { kind: 'failed', failedCsIds: reply.failedReplicas.map((failure) => failure.csId),
+        error: new StorageError(error.code, `${error.message} [${detail}]`) };
     }
     switch (reply.code) {
       case 'ERR_CHUNK_VERSION':
@@ -411,23 +414,36 @@ export class Volume implements BlockDevice {
     this.chunks.set(chunkIndex, await this.options.mds.getChunk(this.name, chunkIndex));
   }
 
+  /** The chunk's entry, asking the MDS to place it first if it was never written. */
   private async ensureChunk(chunkIndex: number): Promise<ChunkMapEntry> {
     const existing = this.chunks.get(chunkIndex);
     if (existing !== undefined) return existing;
     let pending = this.allocating.get(chunkIndex);
     if (pending === undefined) {
-      assert(this.lease !== null, 'writable volumes hold a lease');
-      pending = this.options.mds
-        .allocateChunk(this.name, chunkIndex, this.lease.leaseId)
-        .then((entry) => {
-          this.chunks.set(chunkIndex, entry);
-          return entry;
-        })
-        .finally(() => this.allocating.delete(chunkIndex));
+      pending = this.allocate(chunkIndex).finally(() => this.allocating.delete(chunkIndex));
       this.allocating.set(chunkIndex, pending);
     }
     return pending;
   }
+
+  /** Allocation waits out an MDS restart or too few servers, up to the I/O timeout. */
+  private async allocate(chunkIndex: number): Promise<ChunkMapEntry> {
+    const deadlineMs = Date.now() + this.ioTimeoutMs;
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        const entry = await this.options.mds.allocateChunk(this.name, chunkIndex, this.leaseId());
+        this.chunks.set(chunkIndex, entry);
+        return entry;
+      } catch (error) {
+        if (isStorageError(error, 'ERR_LEASE_EXPIRED')) throw this.loseLease(error);
+        const waitable = isStorageError(error, 'ERR_UNAVAILABLE') || isStorageError(error, 'ERR_TIMEOUT') ||
+          isStorageError(error, 'ERR_NOT_ENOUGH_SERVERS');
+        if (!waitable) throw error;
+        await this.backoff(attempt + 1, deadlineMs, `allocating chunk ${chunkIndex}: ${(error as Error).message}`);
+      }
+    }
+  }
+
 
   // ---- checks and the lease -----------------------------------------------------------------------
 

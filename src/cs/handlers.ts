@@ -222,7 +222,7 @@ async function fillReplica(
  * checksums, so a bad block stops the copy rather than spreading) and holes as holes.
  */
 async function copyRange(deps: ChunkServerOptions, request: CopyRangeRequest): Promise<number> {
-  const { store, peers } = deps;
+  const { store, bulkPeers: peers } = deps;
   checkRange(checkedMeta(store, request), request.offsetBytes, request.lengthBytes);
   const runs = await store.copyRuns(request.chunkId, request.offsetBytes, request.lengthBytes, request.changedOnly);
   const { host, port } = request.target;

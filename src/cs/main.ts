@@ -14,10 +14,12 @@ import { announceReady, onShutdownSignal, parseHostPort, parseIntegerFlag } from
 import { systemClock } from '../util/clock.ts';
 import { createLogger } from '../util/log.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
+import { RateLimiter } from '../util/rate_limiter.ts';
 import { ChunkStore } from './chunk_store.ts';
 import { lockDataDir, loadIdentity } from './data_dir.ts';
 import { MdsLink } from './mds_link.ts';
 import { CsMetrics } from './metrics.ts';
+import { Scrubber } from './scrubber.ts';
 import { ChunkServer } from './server.ts';
 
 const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [options]
@@ -31,7 +33,11 @@ const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [opti
   --open-chunks-max N         chunk files kept open (default 256)
   --journal-segment-bytes N   journal segment size before a checkpoint (default 64 MiB)
   --peer-timeout-ms N         a peer replica that does not answer a forwarded write within this is
-                              reported failed (default 5000)`;
+                              reported failed (default 4000; keep it below the clients' --cs-timeout-ms,
+                              so the primary names the failed peer before the client gives up on it)
+  --advertise-port N          port clients and peers use, when a proxy or NAT sits in front
+  --scrub-bytes-per-second N  background checksum scrub rate, 0 = off (default 4 MiB/s)
+  --scrub-interval-ms N       pause between scrub passes (default 21600000, six hours)`;
 
 const MiB = 1024 * 1024;
 
@@ -52,6 +58,9 @@ export async function runChunkServer(argv: string[]): Promise<void> {
       'open-chunks-max': { type: 'string' },
       'journal-segment-bytes': { type: 'string' },
       'peer-timeout-ms': { type: 'string' },
+      'advertise-port': { type: 'string' },
+      'scrub-bytes-per-second': { type: 'string' },
+      'scrub-interval-ms': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -78,7 +87,10 @@ export async function runChunkServer(argv: string[]): Promise<void> {
     inflightBytesMax: parseIntegerFlag(values['inflight-bytes-max'], '--inflight-bytes-max', 256 * MiB, MiB),
     openChunksMax: parseIntegerFlag(values['open-chunks-max'], '--open-chunks-max', 256, 1),
     journalSegmentBytes: parseIntegerFlag(values['journal-segment-bytes'], '--journal-segment-bytes', 64 * MiB, MiB),
-    peerTimeoutMs: parseIntegerFlag(values['peer-timeout-ms'], '--peer-timeout-ms', 5_000, 100),
+    peerTimeoutMs: parseIntegerFlag(values['peer-timeout-ms'], '--peer-timeout-ms', 4_000, 100),
+    advertisePort: values['advertise-port'] === undefined ? null : parseIntegerFlag(values['advertise-port'], '--advertise-port', 0, 1),
+    scrubBytesPerSecond: parseIntegerFlag(values['scrub-bytes-per-second'], '--scrub-bytes-per-second', 4 * MiB),
+    scrubIntervalMs: parseIntegerFlag(values['scrub-interval-ms'], '--scrub-interval-ms', 6 * 3_600_000),
   });
 }
 
@@ -96,6 +108,9 @@ interface ChunkServerConfig {
   readonly openChunksMax: number;
   readonly journalSegmentBytes: number;
   readonly peerTimeoutMs: number;
+  readonly advertisePort: number | null;
+  readonly scrubBytesPerSecond: number;
+  readonly scrubIntervalMs: number;
 }
 
 async function startChunkServer(config: ChunkServerConfig): Promise<void> {
@@ -112,10 +127,12 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   let link: MdsLink | null = null;
   const metrics = new CsMetrics(() => store, () => link?.lastSpace ?? null);
   const peers = new CsConnectionPool({ clusterKey: config.clusterKey, role: 'peer', requestTimeoutMs: config.peerTimeoutMs });
+  const bulkPeers = new CsConnectionPool({ clusterKey: config.clusterKey, role: 'peer', requestTimeoutMs: 120_000 });
   const server = new ChunkServer({
     store,
     clusterKey: config.clusterKey,
     peers,
+    bulkPeers,
     inflightBytesMax: config.inflightBytesMax,
     log,
     metrics,
@@ -130,7 +147,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     registration: {
       uuid: identity.uuid,
       host: config.advertiseHost,
-      port,
+      port: config.advertisePort ?? port,
       metricsPort: metricsServer.port,
       failureDomainHost: config.failureDomainHost,
       rack: config.rack,
@@ -140,6 +157,19 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     clock: systemClock,
   });
   link.start();
+  const scrubber = new Scrubber({
+    store,
+    limiter: new RateLimiter(config.scrubBytesPerSecond, systemClock, (ms) => new Promise((resolve) => setTimeout(resolve, ms))),
+    passIntervalMs: config.scrubIntervalMs,
+    log,
+    report: async (blocks) => {
+      const csId = link?.registeredId ?? null;
+      if (csId === null) throw new StorageError('ERR_UNAVAILABLE', 'not registered with the MDS yet');
+      await mds.reportBadBlocks({ csId, ...blocks });
+    },
+  });
+  if (config.scrubBytesPerSecond > 0) scrubber.start();
+  metrics.watchScrubber(scrubber);
   // Chunk files written since the last checkpoint are synced at least this often, which bounds
   // replay work after a crash even when the journal fills slowly.
   const checkpointTimer = setInterval(() => {
@@ -150,9 +180,11 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
 
   onShutdownSignal(log, async () => {
     clearInterval(checkpointTimer);
+    await scrubber.stop();
     await link?.stop();
     await server.close();
     peers.closeAll();
+    bulkPeers.closeAll();
     await metricsServer.close();
     await store.close();
     await lock.release();

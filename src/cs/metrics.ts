@@ -5,6 +5,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { CS_OP, type CsOp } from '../protocol/cs_messages.ts';
 import type { ChunkStore } from './chunk_store.ts';
+import type { Scrubber } from './scrubber.ts';
 
 const OP_NAMES: Record<number, string> = Object.fromEntries(Object.entries(CS_OP).map(([name, op]) => [op, name.toLowerCase()]));
 
@@ -39,6 +40,27 @@ export class CsMetrics {
     storeGauges(registers, store, space);
   }
 
+  /** Exports the scrubber's progress and findings. */
+  watchScrubber(scrubber: Scrubber): void {
+    const registers = [this.registry];
+    const totals: Array<[string, string, () => number]> = [
+      ['shoal_cs_scrub_scanned_bytes_total', 'Bytes the scrubber has checked', () => scrubber.stats.scannedBytesTotal],
+      ['shoal_cs_scrub_bad_blocks_total', 'Blocks the scrubber found failing their checksum', () => scrubber.stats.badBlocksTotal],
+      ['shoal_cs_scrub_passes_total', 'Completed scrub passes over every replica', () => scrubber.stats.passesTotal],
+    ];
+    for (const [name, help, read] of totals) {
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          this.reset();
+          this.inc(read());
+        },
+      });
+    }
+  }
+
   /** Starts timing one request; call the result with the reply's error code (or undefined). */
   startRequest(op: CsOp): (code: string | undefined) => void {
     const startedNs = process.hrtime.bigint();
@@ -56,6 +78,7 @@ function storeGauges(registers: Registry[], store: () => ChunkStore | null, spac
     ['shoal_cs_written_bytes_total', 'Bytes written to chunk replicas', (s) => s.stats.writtenBytesTotal],
     ['shoal_cs_zeroed_bytes_total', 'Bytes zeroed or trimmed', (s) => s.stats.zeroedBytesTotal],
     ['shoal_cs_checksum_errors_total', 'Blocks that failed their checksum on read', (s) => s.stats.checksumErrorsTotal],
+    ['shoal_cs_repaired_blocks_total', 'Blocks replaced from another replica after failing their checksum', (s) => s.stats.repairedBlocksTotal],
     ['shoal_cs_journal_appends_total', 'Records appended to the journal', (s) => s.journal.stats.appendsTotal],
     ['shoal_cs_journal_commits_total', 'Journal group commits (one fdatasync each)', (s) => s.journal.stats.commitsTotal],
     ['shoal_cs_journal_bytes_total', 'Bytes written to the journal', (s) => s.journal.stats.bytesTotal],

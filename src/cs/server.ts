@@ -34,6 +34,8 @@ export interface ChunkServerOptions {
   readonly store: ChunkStore;
   readonly clusterKey: Buffer;
   readonly peers: CsConnectionPool;
+  /** For COPY_RANGE's transfers: a long timeout, where `peers` has a short one to spot failures. */
+  readonly bulkPeers: CsConnectionPool;
   readonly inflightBytesMax: number;
   readonly log: Logger;
   readonly metrics: CsMetrics;

@@ -22,6 +22,11 @@ export interface ClusterOptions {
   readonly nbdArgs?: readonly string[];
 }
 
+export interface ChunkServerOverrides {
+  readonly mdsUrl?: string;
+  readonly extraArgs?: readonly string[];
+}
+
 export class LocalCluster {
   readonly dir: string;
   readonly clusterKey: Buffer;
@@ -34,6 +39,7 @@ export class LocalCluster {
   private readonly options: ClusterOptions;
   private readonly mdsPort: number;
   private nbdPort = 0;
+  private readonly overrides = new Map<number, ChunkServerOverrides>();
 
   private constructor(dir: string, clusterKey: Buffer, adminToken: string, mds: DaemonProcess, options: ClusterOptions) {
     this.dir = dir;
@@ -97,15 +103,39 @@ export class LocalCluster {
     return join(this.dir, `cs${index}`);
   }
 
-  async startChunkServer(index: number): Promise<DaemonProcess> {
+  /**
+   * Starts (or restarts) chunk server `index`. `overrides` stay for later restarts: a server put
+   * behind proxies (another MDS address, an advertised port) keeps them.
+   */
+  async startChunkServer(index: number, overrides?: ChunkServerOverrides): Promise<DaemonProcess> {
+    if (overrides !== undefined) this.overrides.set(index, overrides);
+    const override = this.overrides.get(index);
     const daemon = await DaemonProcess.start({
       name: `cs${index}`,
       stderr: 'collect',
-      args: ['run', 'cs', '--data', this.chunkServerDir(index), '--mds', this.mdsUrl, '--cluster-key', join(this.dir, 'cluster.key'),
-        ...(this.options.csArgs ?? [])],
+      args: ['run', 'cs', '--data', this.chunkServerDir(index), '--mds', override?.mdsUrl ?? this.mdsUrl,
+        '--cluster-key', join(this.dir, 'cluster.key'), ...(this.options.csArgs ?? []), ...(override?.extraArgs ?? [])],
     });
     this.chunkServers[index] = daemon;
     return daemon;
+  }
+
+  /** The MDS's id for chunk server `index` (from its uuid). */
+  async chunkServerId(index: number): Promise<number> {
+    const uuid = this.chunkServers[index]?.ready['uuid'];
+    const { chunkServers } = await this.admin.listChunkServers();
+    const found = chunkServers.find((server) => server.uuid === uuid);
+    if (found === undefined) throw new Error(`chunk server ${index} (${String(uuid)}) is not registered`);
+    return found.id;
+  }
+
+  /** Index of the chunk server the MDS calls `csId`. */
+  async chunkServerIndex(csId: number): Promise<number> {
+    const { chunkServers } = await this.admin.listChunkServers();
+    const uuid = chunkServers.find((server) => server.id === csId)?.uuid;
+    const index = this.chunkServers.findIndex((daemon) => daemon?.ready['uuid'] === uuid);
+    if (index < 0) throw new Error(`no local chunk server has id ${csId}`);
+    return index;
   }
 
   async restartMds(): Promise<void> {

@@ -138,6 +138,11 @@ function adminRoutes(app: TypedApp, service: MetadataService): void {
       return { ok: true };
     },
   );
+  app.post(
+    '/v1/volumes/:name/fence',
+    { schema: { tags, params: VolumeNameParams, response: { 200: VolumeInfo, ...errorResponses } } },
+    async (request) => service.fenceWriter(request.params.name),
+  );
   app.get('/v1/chunk-servers', { schema: { tags, response: { 200: ChunkServerList } } }, async () => ({
     chunkServers: service.listChunkServers(),
   }));

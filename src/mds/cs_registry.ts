@@ -20,6 +20,8 @@ interface Entry {
 
 export class ChunkServerRegistry {
   private readonly entries = new Map<number, Entry>();
+  /** csId -> until when it is avoided for placement. */
+  private readonly suspects = new Map<number, number>();
   readonly heartbeatTimeoutMs: number;
   /** When this MDS started: a server never heard from has been offline at least since then. */
   private readonly startedMs: number;
@@ -38,6 +40,22 @@ export class ChunkServerRegistry {
 
   heartbeat(csId: number, report: ChunkServerReport, nowMs: number): void {
     this.entries.set(csId, { lastHeartbeatMs: nowMs, report });
+  }
+
+  /**
+   * A client just failed to reach this server. Until its heartbeats say otherwise for a whole
+   * timeout, it is not chosen for new replicas (it may be dead and not yet detected).
+   */
+  markSuspect(csId: number, nowMs: number): void {
+    this.suspects.set(csId, nowMs + this.heartbeatTimeoutMs);
+  }
+
+  isSuspect(csId: number, nowMs: number): boolean {
+    const untilMs = this.suspects.get(csId);
+    if (untilMs === undefined) return false;
+    if (untilMs > nowMs) return true;
+    this.suspects.delete(csId);
+    return false;
   }
 
   /** A server is online while its last heartbeat is younger than the timeout. */

@@ -30,6 +30,8 @@ const USAGE = `usage: shoal run mds --data DIR --cluster-key FILE --admin-token 
   --cs-timeout-ms N            a chunk server that does not answer the MDS within this has failed (default 10000)`;
 
 const BACKGROUND_TICK_MS = 1_000;
+/** A copy step (8 MiB through a loaded server) may take seconds; a control request may not. */
+const BULK_TIMEOUT_MS = 120_000;
 
 export async function runMds(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -93,7 +95,8 @@ async function startMds(options: {
   const log = createLogger('mds');
   const store = await MdsStore.open(join(options.dataDir, 'mds.lmdb'));
   const pool = new CsConnectionPool({ clusterKey: options.clusterKey, role: 'mds', requestTimeoutMs: options.csTimeoutMs });
-  const service = new MetadataService({ store, config: options.config, clock: systemClock, random: Math.random, pool, log });
+  const bulkPool = new CsConnectionPool({ clusterKey: options.clusterKey, role: 'mds', requestTimeoutMs: BULK_TIMEOUT_MS });
+  const service = new MetadataService({ store, config: options.config, clock: systemClock, random: Math.random, pool, bulkPool, log });
   const metrics = new MdsMetrics(() => service, store);
   const app = await buildApi({
     service,
@@ -113,7 +116,6 @@ async function startMds(options: {
     background = background
       .then(async () => {
         if (stopping) return;
-        await service.expireLeases();
         service.recoveryTick();
         await service.sweepDeletedReplicas();
       })
@@ -130,6 +132,7 @@ async function startMds(options: {
     await background;
     await service.recovery.drain();
     pool.closeAll();
+    bulkPool.closeAll();
     await store.close();
   });
 }

@@ -33,19 +33,25 @@ export interface ReplicaIo {
   listChunks(csId: number): Promise<Array<{ chunkId: number; version: number }>>;
 }
 
-/** ReplicaIo over the chunk-server protocol; `address` resolves a server id to where it listens. */
+/**
+ * ReplicaIo over the chunk-server protocol; `address` resolves a server id to where it listens.
+ * Control requests (seal, fence, create) go through `pool`, whose short timeout is how a frozen
+ * server is detected; copies move megabytes and go through `bulkPool`, with a long one.
+ */
 export class CsReplicaIo implements ReplicaIo {
   private readonly pool: CsConnectionPool;
+  private readonly bulkPool: CsConnectionPool;
   private readonly address: (csId: number) => { host: string; port: number };
 
-  constructor(pool: CsConnectionPool, address: (csId: number) => { host: string; port: number }) {
+  constructor(pool: CsConnectionPool, bulkPool: CsConnectionPool, address: (csId: number) => { host: string; port: number }) {
     this.pool = pool;
+    this.bulkPool = bulkPool;
     this.address = address;
   }
 
-  private async call(csId: number, body: CsRequestBody, payload?: Buffer): Promise<CsResponse> {
+  private async call(csId: number, body: CsRequestBody, payload?: Buffer, bulk = false): Promise<CsResponse> {
     const { host, port } = this.address(csId);
-    const response = await this.pool.request(host, port, body, payload);
+    const response = await (bulk ? this.bulkPool : this.pool).request(host, port, body, payload);
     if (response.reply.code !== undefined) {
       throw StorageError.fromWire(response.reply.code, `chunk server ${csId} (${host}:${port}): ${response.reply.message ?? ''}`);
     }
@@ -81,21 +87,21 @@ export class CsReplicaIo implements ReplicaIo {
   async copyRange(sourceCsId: number, chunkId: number, version: number, offsetBytes: number, lengthBytes: number,
     changedOnly: boolean, targetCsId: number): Promise<number> {
     const target = { csId: targetCsId, ...this.address(targetCsId) };
-    const { reply } = await this.call(sourceCsId, { op: CS_OP.COPY_RANGE, chunkId, version, offsetBytes, lengthBytes, changedOnly, target });
+    const { reply } = await this.call(sourceCsId, { op: CS_OP.COPY_RANGE, chunkId, version, offsetBytes, lengthBytes, changedOnly, target }, undefined, true);
     return reply.doneBytes ?? 0;
   }
 
   async read(csId: number, chunkId: number, version: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const { payload } = await this.call(csId, { op: CS_OP.READ, chunkId, version, offsetBytes, lengthBytes });
+    const { payload } = await this.call(csId, { op: CS_OP.READ, chunkId, version, offsetBytes, lengthBytes }, undefined, true);
     return payload;
   }
 
   async fill(csId: number, chunkId: number, offsetBytes: number, data: Buffer): Promise<void> {
-    await this.call(csId, { op: CS_OP.REPLICA_WRITE, chunkId, offsetBytes, lengthBytes: data.length }, data);
+    await this.call(csId, { op: CS_OP.REPLICA_WRITE, chunkId, offsetBytes, lengthBytes: data.length }, data, true);
   }
 
   async repair(csId: number, chunkId: number, version: number, offsetBytes: number, blocks: Buffer): Promise<number> {
-    const { reply } = await this.call(csId, { op: CS_OP.REPAIR, chunkId, version, offsetBytes, lengthBytes: blocks.length }, blocks);
+    const { reply } = await this.call(csId, { op: CS_OP.REPAIR, chunkId, version, offsetBytes, lengthBytes: blocks.length }, blocks, true);
     return Math.floor((reply.doneBytes ?? 0) / 4096);
   }
 

@@ -100,6 +100,8 @@ export class MetadataService {
     clock: Clock;
     random: () => number;
     pool: CsConnectionPool;
+    /** For copies: a long request timeout (see CsReplicaIo). */
+    bulkPool?: CsConnectionPool;
     log: Logger;
     /** Replica I/O; the daemon's default talks to chunk servers through `pool`. */
     io?: ReplicaIo;
@@ -110,7 +112,7 @@ export class MetadataService {
     this.random = deps.random;
     this.log = deps.log;
     this.registry = new ChunkServerRegistry(deps.config.heartbeatTimeoutMs, this.clock.nowMs());
-    this.io = deps.io ?? new CsReplicaIo(deps.pool, (csId) => this.serverAddress(csId));
+    this.io = deps.io ?? new CsReplicaIo(deps.pool, deps.bulkPool ?? deps.pool, (csId) => this.serverAddress(csId));
     this.recoveryLimiter = new RateLimiter(deps.config.recoveryBytesPerSecond, this.clock, (ms) => new Promise((resolve) => setTimeout(resolve, ms)));
     this.replicator = new Replicator({
       store: this.store,
@@ -190,7 +192,7 @@ export class MetadataService {
 
   async deleteVolume(name: string, force: boolean): Promise<void> {
     const volume = this.volumeByName(name);
-    if (volume.lease !== null && !force) {
+    if (volume.lease !== null && !this.leaseExpired(volume.lease.leaseId) && !force) {
       throw new StorageError(
         'ERR_VOLUME_LEASED',
         `volume "${name}" is open for write by ${volume.lease.holder}; close it first or delete with force`,
@@ -240,18 +242,23 @@ export class MetadataService {
         nowMs: this.clock.nowMs(),
       });
       assert(result.type === 'volume', 'acquireLease yields a volume');
-      if (volume.lease !== null) {
-        this.leaseExpiryMs.delete(volume.lease.leaseId);
-        this.log.warn('write lease taken over', { name, from: volume.lease.holder, to: body.holder, expired, reclaimed });
+      const previous = volume.lease;
+      if (previous !== null) {
+        this.leaseExpiryMs.delete(previous.leaseId);
+        this.log.warn('write lease taken over', { name, from: previous.holder, to: body.holder, expired, reclaimed });
       }
       volume = result.record;
       this.leaseExpiryMs.set(leaseId, this.clock.nowMs() + this.config.leaseTimeoutMs);
-      // Before the new writer writes, every chunk server rejects the old one's writes.
-      try {
-        await this.fenceVolume(volume);
-      } catch (error) {
-        await this.closeVolume(name, leaseId);
-        throw error;
+      // A lease still on record (expired, reclaimed or forced) may have a live writer behind it:
+      // every chunk server rejects its writes before the new writer writes. A lease released by
+      // its holder's close has no writer left.
+      if (previous !== null) {
+        try {
+          await this.fenceVolume(volume);
+        } catch (error) {
+          await this.closeVolume(name, leaseId);
+          throw error;
+        }
       }
       lease = {
         leaseId,
@@ -264,6 +271,27 @@ export class MetadataService {
       .listChunks(volume.id, 0, this.chunkCountMax(volume))
       .map((chunk) => this.chunkMapEntry(chunk));
     return { volume: this.volumeInfo(volume), lease, chunks };
+  }
+
+  /**
+   * Takes the write lease away from its holder (an admin's forced unlock): the epoch grows, every
+   * chunk server learns it, and the next open for write succeeds. The old holder's writes fail.
+   */
+  async fenceWriter(name: string): Promise<VolumeInfo> {
+    const volume = this.volumeByName(name);
+    const leaseId = randomUUID();
+    const result = await this.store.submit({
+      type: 'acquireLease', volumeId: volume.id, holder: 'admin fence', leaseId, force: true, nowMs: this.clock.nowMs(),
+    });
+    assert(result.type === 'volume', 'acquireLease yields a volume');
+    if (volume.lease !== null) this.leaseExpiryMs.delete(volume.lease.leaseId);
+    try {
+      await this.fenceVolume(result.record);
+    } finally {
+      await this.store.submit({ type: 'releaseLease', volumeId: volume.id, leaseId });
+    }
+    this.log.warn('writer fenced by an admin', { name, previous: volume.lease?.holder ?? null, epoch: result.record.epoch });
+    return this.getVolume(name);
   }
 
   renewLease(name: string, leaseId: string): void {
@@ -314,8 +342,14 @@ export class MetadataService {
       this.random,
     );
     const identity = { chunkId, volumeId: volume.id, chunkIndex, sizeBytes: volume.chunkSizeBytes };
-    await Promise.all(replicas.map((csId) => this.io.createChunk(csId, identity, 1)));
-    const result = await this.store.submit({ type: 'allocateChunk', volumeId: volume.id, chunkIndex, chunkId, replicas });
+    const results = await Promise.allSettled(replicas.map((csId) => this.io.createChunk(csId, identity, 1)));
+    // A server that fails now (frozen, just died) is left out; recovery adds a replica later.
+    const created = replicas.filter((_, index) => results[index]?.status === 'fulfilled');
+    if (created.length < volume.replicasMin) {
+      const reasons = results.flatMap((r) => (r.status === 'rejected' ? [(r.reason as Error).message] : []));
+      throw new StorageError('ERR_UNAVAILABLE', `could not create chunk ${chunkIndex} of "${volume.name}" on enough servers: ${reasons.join('; ')}`);
+    }
+    const result = await this.store.submit({ type: 'allocateChunk', volumeId: volume.id, chunkIndex, chunkId, replicas: created });
     assert(result.type === 'chunk', 'allocateChunk yields a chunk');
     return this.chunkMapEntry(result.record);
   }
@@ -351,16 +385,6 @@ export class MetadataService {
   private leaseExpired(leaseId: string): boolean {
     const expiresAtMs = this.leaseExpiryMs.get(leaseId);
     return expiresAtMs === undefined || expiresAtMs <= this.clock.nowMs();
-  }
-
-  /** Releases leases whose holders stopped renewing them. Called periodically. */
-  async expireLeases(): Promise<void> {
-    for (const volume of this.store.tables.listVolumes()) {
-      if (volume.lease === null || !this.leaseExpired(volume.lease.leaseId)) continue;
-      this.log.warn('write lease expired', { volume: volume.name, holder: volume.lease.holder });
-      this.leaseExpiryMs.delete(volume.lease.leaseId);
-      await this.store.submit({ type: 'releaseLease', volumeId: volume.id, leaseId: volume.lease.leaseId });
-    }
   }
 
   private chunkCountMax(volume: VolumeRecord): number {
@@ -418,7 +442,8 @@ export class MetadataService {
     const candidates: PlacementCandidate[] = [];
     for (const server of this.store.tables.listChunkServers()) {
       const report = this.registry.report(server.id);
-      if (server.adminState !== 'active' || report === undefined || !report.healthy || !this.registry.isOnline(server.id, nowMs)) continue;
+      if (server.adminState !== 'active' || report === undefined || !report.healthy) continue;
+      if (!this.registry.isOnline(server.id, nowMs) || this.registry.isSuspect(server.id, nowMs)) continue;
       candidates.push({
         csId: server.id,
         host: server.failureDomainHost,
@@ -531,7 +556,9 @@ export class MetadataService {
           await this.io.deleteChunk(csId, pending.chunkId);
         } catch (error) {
           if (!(error instanceof StorageError) || error.code !== 'ERR_CHUNK_NOT_FOUND') {
-            this.log.warn('replica delete failed; will retry', { chunkId: pending.chunkId, csId, error });
+            // An unreachable server is retried quietly: it is about to be marked offline.
+            const level = error instanceof StorageError && error.code === 'ERR_UNAVAILABLE' ? 'debug' : 'warn';
+            this.log[level]('replica delete failed; will retry', { chunkId: pending.chunkId, csId, error });
             continue;
           }
         }
@@ -569,7 +596,10 @@ export class MetadataService {
     if (report.failedCsIds.length === 0) {
       record = await this.replicator.reconcileVersion(volume.id, chunkIndex);
     } else {
-      this.log.warn('write failed on replicas; they leave the set', { volume: name, chunkIndex, failed: report.failedCsIds, version: report.version });
+      this.log.warn('write failed on replicas; they leave the set', {
+        volume: name, chunkIndex, failed: report.failedCsIds, version: report.version, reason: report.reason,
+      });
+      for (const csId of report.failedCsIds) this.registry.markSuspect(csId, this.clock.nowMs());
       record = await this.replicator.drop(volume.id, chunkIndex, report.failedCsIds, {
         expectedVersion: report.version,
         inDoubt: { offsetBytes: report.offsetBytes, lengthBytes: report.lengthBytes },
@@ -611,7 +641,7 @@ export class MetadataService {
       const report = this.registry.report(server.id);
       return {
         id: server.id,
-        online: this.registry.isOnline(server.id, nowMs),
+        online: this.registry.isOnline(server.id, nowMs) && !this.registry.isSuspect(server.id, nowMs),
         offlineForMs: this.registry.offlineForMs(server.id, nowMs),
         adminState: server.adminState,
         healthy: report?.healthy ?? false,
@@ -639,10 +669,27 @@ export class MetadataService {
     return { servers, chunks };
   }
 
-  /** Tells every online chunk server about a volume's new lease epoch; fails if one cannot be told. */
+  /**
+   * Tells every chunk server about a volume's new lease epoch before the new writer writes. A
+   * server that cannot be told must be known to have stopped writing: chunk servers stop taking
+   * writes once they have not heard from the MDS for a heartbeat timeout, so one offline for
+   * longer than that (here: twice, for margin) is safe; one offline for less makes the open fail.
+   */
   private async fenceVolume(volume: VolumeRecord): Promise<void> {
     const nowMs = this.clock.nowMs();
-    const online = this.store.tables.listChunkServers().filter((s) => s.adminState !== 'removed' && this.registry.isOnline(s.id, nowMs));
+    const servers = this.store.tables.listChunkServers().filter((s) => s.adminState !== 'removed');
+    const unsure = servers.filter((s) => {
+      const offlineForMs = this.registry.offlineForMs(s.id, nowMs);
+      return offlineForMs > 0 && offlineForMs < 2 * this.config.heartbeatTimeoutMs;
+    });
+    if (unsure.length > 0) {
+      throw new StorageError(
+        'ERR_UNAVAILABLE',
+        `chunk servers ${unsure.map((s) => s.id).join(', ')} went offline moments ago and may still take the previous ` +
+          `writer's writes; try again in ${Math.ceil((2 * this.config.heartbeatTimeoutMs) / 1000)} s`,
+      );
+    }
+    const online = servers.filter((s) => this.registry.isOnline(s.id, nowMs));
     const results = await Promise.allSettled(online.map((server) => this.io.fence(server.id, volume.id, volume.epoch)));
     const failed = online.filter((_, index) => results[index]?.status === 'rejected');
     if (failed.length > 0) {

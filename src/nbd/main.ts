@@ -27,6 +27,8 @@ const USAGE = `usage: shoal run nbd --mds URL --cluster-key FILE [--socket PATH]
   --listen HOST:PORT       NBD over TCP; use a loopback host unless clients are remote
   --default-export NAME    volume served to clients that ask for the empty export name
   --read-only              open every volume read-only (no write lease is taken)
+  --force-open             take write leases held by another host, fencing it (its writes fail):
+                           for moving guests off a host that is gone but still holds leases
   --holder NAME            who holds the write leases, shown to admins (default: nbd@HOSTNAME);
                            a restarted server with the same name takes its leases back at once
   --metrics HOST:PORT      Prometheus /metrics (default 127.0.0.1:0)
@@ -36,7 +38,7 @@ const USAGE = `usage: shoal run nbd --mds URL --cluster-key FILE [--socket PATH]
   --io-timeout-ms N          a read or write keeps trying (failover, waiting for recovery) this long
                              before the guest gets EIO (default 60000)
   --cs-timeout-ms N          a chunk server that does not answer within this is treated as failed
-                             (default 5000)`;
+                             (default 6000; keep it above the chunk servers' --peer-timeout-ms)`;
 
 /** Leaves the daemon's own deadline room to close volumes after connections drain. */
 const CONNECTIONS_DRAIN_MS = 5_000;
@@ -53,6 +55,7 @@ export async function runNbd(argv: string[]): Promise<void> {
       listen: { type: 'string' },
       'default-export': { type: 'string' },
       'read-only': { type: 'boolean' },
+      'force-open': { type: 'boolean' },
       holder: { type: 'string' },
       metrics: { type: 'string', default: '127.0.0.1:0' },
       'inflight-requests-max': { type: 'string' },
@@ -82,6 +85,7 @@ export async function runNbd(argv: string[]): Promise<void> {
     listen: values.listen === undefined ? undefined : parseHostPort(values.listen, '--listen'),
     defaultExport: values['default-export'],
     readOnly: values['read-only'] === true,
+    forceOpen: values['force-open'] === true,
     holder: values.holder ?? `nbd@${hostname()}`,
     metrics: parseHostPort(values.metrics, '--metrics'),
     inflightRequestsMax: parseIntegerFlag(
@@ -91,7 +95,7 @@ export async function runNbd(argv: string[]): Promise<void> {
     connectionsMax: parseIntegerFlag(
       values['connections-max'], '--connections-max', d.connectionsMax, 1),
     ioTimeoutMs: parseIntegerFlag(values['io-timeout-ms'], '--io-timeout-ms', IO_TIMEOUT_MS_DEFAULT, 100),
-    csTimeoutMs: parseIntegerFlag(values['cs-timeout-ms'], '--cs-timeout-ms', 5_000, 100),
+    csTimeoutMs: parseIntegerFlag(values['cs-timeout-ms'], '--cs-timeout-ms', 6_000, 100),
   });
 }
 
@@ -103,6 +107,7 @@ interface NbdDaemonConfig {
   readonly listen: { host: string; port: number } | undefined;
   readonly defaultExport: string | undefined;
   readonly readOnly: boolean;
+  readonly forceOpen: boolean;
   readonly holder: string;
   readonly metrics: { host: string; port: number };
   readonly inflightRequestsMax: number;
@@ -118,7 +123,9 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
   collectDefaultMetrics({ register: registry, prefix: 'shoal_nbd_' });
   const mds = new MdsClient({ url: config.mdsUrl, token: clusterRestToken(config.clusterKey) });
   const pool = new CsConnectionPool({ clusterKey: config.clusterKey, role: 'client', requestTimeoutMs: config.csTimeoutMs });
-  const provider = new VolumeProvider({ mds, pool, log, holder: config.holder, ioTimeoutMs: config.ioTimeoutMs });
+  const provider = new VolumeProvider({
+    mds, pool, log, holder: config.holder, ioTimeoutMs: config.ioTimeoutMs, forceOpen: config.forceOpen,
+  });
   const server = await createNbdServer({
     provider,
     registry,

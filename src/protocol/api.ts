@@ -245,6 +245,7 @@ export const ChunkFailureBody = Type.Object(
     failedCsIds: Type.Array(Uint(), { maxItems: 16, description: 'members that failed the change; empty: a version mismatch' }),
     offsetBytes: Uint({ description: 'the failed change, within the chunk: made the same on the members that stay' }),
     lengthBytes: Uint(),
+    reason: Type.Optional(Type.String({ maxLength: 2048, description: 'what the writer saw, for the log' })),
   },
   { additionalProperties: false },
 );

@@ -90,6 +90,10 @@ export class MdsClient {
   deleteVolume(name: string, force: boolean): Promise<{ ok: boolean }> {
     return this.call('DELETE', `/v1/volumes/${encodeURIComponent(name)}${force ? '?force=true' : ''}`);
   }
+  /** Takes the write lease from its holder; its later writes are rejected. */
+  fenceWriter(name: string): Promise<VolumeInfo> {
+    return this.call('POST', `/v1/volumes/${encodeURIComponent(name)}/fence`);
+  }
   listChunkServers(): Promise<ChunkServerList> {
     return this.call('GET', '/v1/chunk-servers');
   }

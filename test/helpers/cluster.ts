@@ -10,7 +10,7 @@ export { LocalCluster } from '../../src/local/cluster.ts';
 export async function startCluster(t: Test, options: ClusterOptions = {}): Promise<LocalCluster> {
   const cluster = await LocalCluster.start(options);
   t.teardown(async () => {
-    if (!t.passing()) {
+    if (!t.passing() || process.env['SHOAL_TEST_LOGS'] === '1') {
       for (const daemon of [cluster.mds, ...cluster.chunkServers, cluster.nbd]) {
         if (daemon !== null) process.stderr.write(`\n----- ${daemon.name} log (last lines) -----\n${daemon.log.slice(-6000)}\n`);
       }

@@ -1,0 +1,81 @@
+// A TCP proxy that can cut a link the way networks fail: `blackhole()` stops moving bytes in both
+// directions while the connections stay open (a partition: the peers see silence and time out),
+// `heal()` lets the held bytes through again. Used to cut one chunk server off from everyone.
+
+import { createServer, connect, type Server, type Socket } from 'node:net';
+
+export class FaultProxy {
+  private readonly server: Server;
+  private readonly pairs = new Set<[Socket, Socket]>();
+  private target: { host: string; port: number } | null;
+  private holding = false;
+  port = 0;
+
+  private constructor(target: { host: string; port: number } | null) {
+    this.target = target;
+    this.server = createServer((client) => this.accept(client));
+  }
+
+  /** Listens on 127.0.0.1 (a free port); `target` may be set later with `setTarget`. */
+  static async start(target: { host: string; port: number } | null = null): Promise<FaultProxy> {
+    const proxy = new FaultProxy(target);
+    await new Promise<void>((resolve) => proxy.server.listen(0, '127.0.0.1', resolve));
+    const address = proxy.server.address();
+    proxy.port = typeof address === 'object' && address !== null ? address.port : 0;
+    return proxy;
+  }
+
+  setTarget(host: string, port: number): void {
+    this.target = { host, port };
+  }
+
+  /** Partition: nothing passes either way; new connections are accepted and hang. */
+  blackhole(): void {
+    this.holding = true;
+    for (const [a, b] of this.pairs) {
+      a.pause();
+      b.pause();
+    }
+  }
+
+  heal(): void {
+    this.holding = false;
+    for (const [a, b] of this.pairs) {
+      a.resume();
+      b.resume();
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const [a, b] of this.pairs) {
+      a.destroy();
+      b.destroy();
+    }
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+
+  private accept(client: Socket): void {
+    const target = this.target;
+    if (target === null) {
+      client.destroy();
+      return;
+    }
+    const upstream = connect({ host: target.host, port: target.port });
+    const pair: [Socket, Socket] = [client, upstream];
+    this.pairs.add(pair);
+    const end = (): void => {
+      client.destroy();
+      upstream.destroy();
+      this.pairs.delete(pair);
+    };
+    client.on('error', end).on('close', end);
+    upstream.on('error', end).on('close', end);
+    // pipe() respects backpressure; pausing the sources holds the bytes during a blackhole.
+    client.pipe(upstream);
+    upstream.pipe(client);
+    if (this.holding) {
+      client.pause();
+      upstream.pause();
+    }
+  }
+}
