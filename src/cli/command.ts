@@ -23,6 +23,10 @@ export interface CliContext {
   readonly paint: Painter;
   write(text: string): void;
   writeJson(body: unknown): void;
+  /** stdout is a terminal: progress may be re-drawn in place with \r. */
+  readonly interactive: boolean;
+  /** The terminal's width, for lines re-drawn in place (80 when unknown). */
+  columns(): number;
   /** The MDS client, resolved on first use so that help and bad usage never need a cluster. */
   mds(): Promise<MdsClient>;
 }
@@ -71,9 +75,33 @@ export function defineCommand<Params>(spec: CommandSpec<Params>): Command {
       } catch (error) {
         throw withUsage(error, usage);
       }
-      await spec.run(context, params);
+      try {
+        await spec.run(context, params);
+      } catch (error) {
+        throw asRefusal(error);
+      }
     },
   };
+}
+
+/**
+ * The MDS (or the state of the cluster) refused an operation whose arguments passed the local
+ * checks: the operation failed, exit status 1, even when the MDS calls the request invalid
+ * (ERR_INVALID_ARGUMENT: `cs rm` of a server that still holds replicas). Exit status 2 is kept
+ * for mistakes found before anything is sent. The dispatcher prints it like any StorageError.
+ */
+export class OperationRefused extends Error {
+  readonly error: StorageError;
+
+  constructor(error: StorageError) {
+    super(error.message, { cause: error });
+    this.name = 'OperationRefused';
+    this.error = error;
+  }
+}
+
+function asRefusal(error: unknown): unknown {
+  return error instanceof StorageError && error.code === 'ERR_INVALID_ARGUMENT' ? new OperationRefused(error) : error;
 }
 
 function checkPositionals(given: readonly string[], names: readonly string[]): void {

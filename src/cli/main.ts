@@ -2,7 +2,8 @@
 // in the table, parses its flags strictly (an unknown flag is an error, never ignored), builds the
 // context (output, lazily resolved MDS client) and runs it. Errors are StorageErrors and leave
 // through src/bin/shoal.ts, which maps ERR_INVALID_ARGUMENT / ERR_CONFIG to exit status 2 and
-// every other error to 1.
+// every other error to 1; an ERR_INVALID_ARGUMENT from the MDS (a refused operation, not bad
+// usage) is printed here the same way and exits 1.
 //
 // Global flags may stand anywhere: before the command words or among the command's own flags.
 // A new command is one more entry in COMMANDS; dispatch and help follow from its table entry.
@@ -11,7 +12,7 @@ import { createRequire } from 'node:module';
 import { parseArgs } from 'node:util';
 import { StorageError } from '../errors.ts';
 import { MdsClient } from '../protocol/mds_client.ts';
-import { defineCommand, usageError, type CliContext, type Command, type CommandArgs, type FlagOptions } from './command.ts';
+import { defineCommand, OperationRefused, usageError, type CliContext, type Command, type CommandArgs, type FlagOptions } from './command.ts';
 import { csCommands } from './commands/cs.ts';
 import { statCommands } from './commands/stat.ts';
 import { volumeCommands } from './commands/volume.ts';
@@ -81,7 +82,13 @@ export async function runCli(argv: string[]): Promise<void> {
   const rest = argv.filter((_, index) => !commandIndexes.has(index));
   const args = parseCommandArgs(command, rest);
   checkGlobalFlags(command, args.values);
-  await command.execute(createContext(args.values), args);
+  try {
+    await command.execute(createContext(args.values), args);
+  } catch (error) {
+    if (!(error instanceof OperationRefused)) throw error;
+    process.stderr.write(`shoal: ${error.error.code}: ${error.error.message}\n`);
+    process.exitCode = 1;
+  }
 }
 
 /** The command whose words begin the positional arguments; the longest such path wins. */
@@ -158,6 +165,8 @@ function createContext(values: CommandArgs['values']): CliContext {
     paint: useColor ? ansiPainter : plainPainter,
     write: (output) => void process.stdout.write(output),
     writeJson: (body) => void process.stdout.write(`${JSON.stringify(body, null, 2)}\n`),
+    interactive: process.stdout.isTTY === true,
+    columns: () => (process.stdout.isTTY === true && process.stdout.columns > 0 ? process.stdout.columns : 80),
     mds() {
       client ??= resolveConnection({ mds: text('mds'), token: text('token'), tokenFile: text('token-file'), data: text('data') }).then(
         (connection) => new MdsClient(connection),

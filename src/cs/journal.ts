@@ -269,9 +269,11 @@ export class Journal {
     this.stats.checkpointsTotal += 1;
   }
 
+  /** Commits what is queued and checkpoints, so a clean restart has nothing to replay. */
   async close(): Promise<void> {
     await this.barrier();
-    await this.checkpointing;
+    if (this.failure === null) await this.checkpoint();
+    else await this.checkpointing;
     this.closed = true;
     await this.segment?.handle.close();
     this.segment = null;

@@ -1,13 +1,17 @@
 // `shoal cs ...`: the chunk servers as the MDS sees them (state from heartbeats, health and space
-// as each server last reported). The server table's columns are exported because `shoal stat`
-// shows the space part of the same table and must read the same way.
+// as each server last reported), and taking one out of service: drain (the MDS moves its replicas
+// off in the background), activate (cancel a drain), rm (forget an emptied server). The server
+// table's columns are exported because `shoal stat` shows the space part of the same table and
+// must read the same way.
 
 import { StorageError } from '../../errors.ts';
 import type { ChunkServerInfo } from '../../protocol/api.ts';
+import type { MdsClient } from '../../protocol/mds_client.ts';
 import { formatBytes } from '../../util/size.ts';
-import { defineCommand, positional, show, type Command } from '../command.ts';
-import { formatAgeMs, formatPercent, formatTimestamp } from '../format.ts';
-import { renderFields, renderTable, type Column } from '../table.ts';
+import { booleanFlag, defineCommand, positional, show, stringFlag, type CliContext, type Command } from '../command.ts';
+import { formatAgeMs, formatDuration, formatPercent, formatRate, formatTimestamp } from '../format.ts';
+import { CLEAR_LINE, progressBar, RateMeter, redrawLine } from '../progress.ts';
+import { renderFields, renderTable, type Column, type Style } from '../table.ts';
 
 type ServerColumn = Column<ChunkServerInfo>;
 
@@ -22,11 +26,25 @@ function failureDomain(server: ChunkServerInfo): string {
 
 const idColumn: ServerColumn = { header: 'ID', align: 'right', value: (s) => String(s.id) };
 const addressColumn: ServerColumn = { header: 'ADDRESS', value: address };
-const stateColumn: ServerColumn = {
-  header: 'STATE',
-  value: (s) => s.state,
-  style: (s) => (s.state === 'online' ? 'green' : 'red'),
-};
+/** "online", or with the admin state when it is not active: "online/draining", "offline/removed". */
+function serverState(server: ChunkServerInfo): string {
+  return server.adminState === 'active' ? server.state : `${server.state}/${server.adminState}`;
+}
+
+/** Removed servers fade out; a draining one is on its way out; offline is the alarm. */
+function serverStateStyle(server: ChunkServerInfo): Style {
+  if (server.adminState === 'removed') return 'dim';
+  if (server.state !== 'online') return 'red';
+  return server.adminState === 'draining' ? 'yellow' : 'green';
+}
+
+function describeAdminState(server: ChunkServerInfo): string {
+  if (server.adminState === 'draining') return `draining: ${server.mappedReplicaCount} replicas left to move off`;
+  if (server.adminState === 'removed') return 'removed: takes no replicas';
+  return 'active';
+}
+
+const stateColumn: ServerColumn = { header: 'STATE', value: serverState, style: serverStateStyle };
 const spaceColumns: readonly ServerColumn[] = [
   { header: 'CAPACITY', align: 'right', value: (s) => formatBytes(s.capacityBytes) },
   { header: 'USED', align: 'right', value: (s) => formatBytes(s.usedBytes) },
@@ -62,7 +80,8 @@ const list = defineCommand({
   synopsis: '',
   summary: 'list chunk servers: state, health, failure domain, space, replicas',
   details: [
-    'STATE is offline when the MDS has not heard a heartbeat lately; HEALTHY is no after disk errors',
+    'STATE is offline when the MDS has not heard a heartbeat lately, followed by /draining or /removed when an',
+    'admin took the server out of service (shoal cs drain, shoal cs rm). HEALTHY is no after disk errors',
     '(see `shoal cs info ID` for the error). REPLICAS is what the server stores, MAPPED what the MDS placed there.',
   ],
   parse: () => undefined,
@@ -93,6 +112,7 @@ const info = defineCommand({
           { label: 'address', value: address(server) },
           { label: 'metrics', value: server.metricsPort === 0 ? 'off' : `http://${server.host}:${server.metricsPort}/metrics` },
           { label: 'state', value: server.state, style: server.state === 'online' ? 'green' : 'red' },
+          { label: 'admin state', value: describeAdminState(server), style: server.adminState === 'active' ? undefined : serverStateStyle(server) },
           { label: 'last heartbeat', value: formatAgeMs(server.lastHeartbeatAgeMs) },
           {
             label: 'healthy',
@@ -114,4 +134,272 @@ const info = defineCommand({
   },
 });
 
-export const csCommands: readonly Command[] = [list, info];
+// ---- taking a server out of service -------------------------------------------------------------
+
+function parseServerId(text: string): number {
+  const id = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(id)) {
+    throw new StorageError('ERR_INVALID_ARGUMENT', `chunk server ID must be a number (the ID column of shoal cs list), got "${text}"`);
+  }
+  return id;
+}
+
+function parseTimeoutMs(text: string): number {
+  const seconds = Number(text);
+  if (!/^\s*\d+(\.\d+)?\s*$/.test(text) || !(seconds > 0)) {
+    throw new StorageError('ERR_INVALID_ARGUMENT', `--timeout must be a number of seconds greater than 0, got "${text}"`);
+  }
+  return Math.round(seconds * 1000);
+}
+
+function named(server: ChunkServerInfo): string {
+  return `chunk server ${server.id} (${address(server)})`;
+}
+
+function replicas(count: number): string {
+  return count === 1 ? '1 replica' : `${count} replicas`;
+}
+
+function describeDrainStart(server: ChunkServerInfo): string {
+  if (server.mappedReplicaCount === 0) return `${named(server)} is draining and holds no replicas\n`;
+  const source = server.state === 'online' ? '' : `; it is ${server.state}, so the copies are made from the other replicas`;
+  return `${named(server)} is draining: the MDS moves its ${replicas(server.mappedReplicaCount)} to other servers ` +
+    `in the background${source}\n`;
+}
+
+function drainNextSteps(server: ChunkServerInfo): string {
+  if (server.mappedReplicaCount === 0) return `remove it with: shoal cs rm ${server.id}\n`;
+  return `follow it with: shoal cs drain ${server.id} --wait (or shoal cs info ${server.id}); ` +
+    `cancel it with: shoal cs activate ${server.id}\n`;
+}
+
+const POLL_INTERVAL_MS = 1_000;
+const PLAIN_LINE_INTERVAL_MS = 5_000;
+const STALL_NOTE_AFTER_MS = 30_000;
+/** The MDS replans every second: this long with nothing running or planned means it found no move. */
+const IDLE_NOTE_AFTER_MS = 5_000;
+const BAR_WIDTH_MIN = 8;
+const BAR_WIDTH_MAX = 30;
+/** What the figures after the bar usually take: "37/40 moved  148 MiB copied  19.0 MiB/s  0:18". */
+const BAR_COUNTS_ROOM = 48;
+/** Errors worth riding out while following a drain: the MDS restarting or briefly unreachable. */
+const TRANSIENT_CODES: ReadonlySet<string> = new Set(['ERR_UNAVAILABLE', 'ERR_TIMEOUT', 'ERR_SHUTTING_DOWN']);
+
+interface DrainProgress {
+  readonly id: number;
+  /** The most replicas seen on the server since the wait began: the bar's whole. */
+  readonly total: number;
+  readonly left: number;
+  /** Bytes the MDS copied between servers since the wait began (the cluster's, not only this drain's). */
+  readonly copiedBytes: number;
+  readonly elapsedMs: number;
+  readonly bytesPerSecond: number | null;
+  /** Why the numbers may be stale or stuck, or ''. */
+  readonly note: string;
+}
+
+/**
+ * The terminal's line, re-drawn every poll. The bar's width depends only on the terminal's, so it
+ * does not jump about as the numbers change; a note (the drain is stuck, the MDS unreachable)
+ * takes the place of the bar and the copy figures, so that it fits: a line wider than the
+ * terminal wraps and can no longer be re-drawn in place.
+ */
+function drainBar(p: DrainProgress, columns: number): string {
+  const moved = p.total - p.left;
+  const head = `draining cs ${p.id} `;
+  if (p.note !== '') return `${head}${moved}/${p.total} moved  ${formatDuration(p.elapsedMs)}  ${p.note}`;
+  const counts = `${moved}/${p.total} moved  ${formatBytes(p.copiedBytes)} copied  ${formatRate(p.bytesPerSecond)}  ${formatDuration(p.elapsedMs)}`;
+  const barWidth = Math.min(BAR_WIDTH_MAX, columns - 1 - head.length - BAR_COUNTS_ROOM);
+  const bar = barWidth >= BAR_WIDTH_MIN ? `${progressBar(moved, p.total, barWidth)} ` : '';
+  return `${head}${bar}${counts}`;
+}
+
+/** The line printed every few seconds when stdout is a file or a pipe. */
+function drainLine(p: DrainProgress): string {
+  const note = p.note === '' ? '' : `; ${p.note}`;
+  return `chunk server ${p.id}: ${p.left} of ${replicas(p.total)} left, ${formatBytes(p.copiedBytes)} copied, ` +
+    `${formatDuration(p.elapsedMs)} elapsed, copying at ${formatRate(p.bytesPerSecond)}${note}\n`;
+}
+
+/**
+ * Polls the MDS until the server holds no replicas and returns its final state. The rate is the
+ * cluster's recovery copy rate (stat().recovery.copiedBytes): the drain's copies, plus any other
+ * repair running at the same time. The MDS may copy many replicas before it drops the drained
+ * ones, so the bytes copied show progress while the count of replicas left stands still. A drain
+ * the MDS cannot carry out (no server left to take the replicas) plans nothing and runs nothing:
+ * the progress says so rather than waiting silently. Stopping early (timeout, Ctrl-C, an error)
+ * leaves the drain running in the MDS; every message says so.
+ */
+async function followDrain(
+  context: CliContext,
+  mds: MdsClient,
+  start: ChunkServerInfo,
+  timeoutMs: number | null,
+): Promise<{ server: ChunkServerInfo; moved: number; elapsedMs: number }> {
+  const startMs = Date.now();
+  const deadlineMs = timeoutMs === null ? Infinity : startMs + timeoutMs;
+  const meter = new RateMeter();
+  const showProgress = !context.json;
+  let server = start;
+  let total = start.mappedReplicaCount;
+  let lastChange = { left: start.mappedReplicaCount, atMs: startMs };
+  let lastPlainLineMs = startMs;
+  let barShown = false;
+  let note = '';
+  let lastCopiedTotal: number | null = null;
+  let copiedBytes = 0;
+  let idleSinceMs: number | null = null;
+  const goesOn = (): string => `the drain goes on in the MDS (follow it with: shoal cs info ${start.id})`;
+  const endBar = (): void => {
+    if (barShown) context.write('\n');
+    barShown = false;
+  };
+  const onInterrupt = (): void => {
+    endBar();
+    process.stderr.write(`shoal: stopped waiting with ${replicas(server.mappedReplicaCount)} left; ${goesOn()}\n`);
+    process.exit(130);
+  };
+  process.once('SIGINT', onInterrupt);
+  try {
+    for (;;) {
+      try {
+        const stat = await mds.stat();
+        const found = stat.servers.find((s) => s.id === start.id);
+        if (found === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${start.id} is no longer listed by the MDS`);
+        const { copiedBytes: copiedTotal, running, pending } = stat.recovery;
+        meter.add(Date.now(), copiedTotal);
+        // The counter starts over when the MDS restarts: count what it copied since then.
+        copiedBytes += lastCopiedTotal === null ? 0 : copiedTotal >= lastCopiedTotal ? copiedTotal - lastCopiedTotal : copiedTotal;
+        lastCopiedTotal = copiedTotal;
+        idleSinceMs = running > 0 || pending > 0 ? null : (idleSinceMs ?? Date.now());
+        server = found;
+        note = '';
+      } catch (error) {
+        if (!(error instanceof StorageError) || !TRANSIENT_CODES.has(error.code)) throw error;
+        note = `MDS unreachable, retrying (${error.code})`;
+      }
+      const nowMs = Date.now();
+      if (server.adminState !== 'draining') {
+        if (server.adminState === 'removed' && server.mappedReplicaCount === 0) return { server, moved: total, elapsedMs: nowMs - startMs };
+        throw new StorageError(
+          'ERR_INVALID_ARGUMENT',
+          `${named(server)} is ${server.adminState} now, no longer draining (someone ran shoal cs activate ${server.id}?); ` +
+            `stopped waiting with ${replicas(server.mappedReplicaCount)} on it`,
+        );
+      }
+      const left = server.mappedReplicaCount;
+      if (left === 0) return { server, moved: total, elapsedMs: nowMs - startMs };
+      total = Math.max(total, left);
+      if (left !== lastChange.left) lastChange = { left, atMs: nowMs };
+      if (note === '' && idleSinceMs !== null && nowMs - idleSinceMs >= IDLE_NOTE_AFTER_MS) {
+        note = 'MDS plans no moves: too few active servers?';
+      } else if (note === '' && nowMs - lastChange.atMs >= STALL_NOTE_AFTER_MS) {
+        note = `no replica moved for ${formatDuration(nowMs - lastChange.atMs)}: see the MDS log`;
+      }
+      if (nowMs >= deadlineMs) {
+        throw new StorageError(
+          'ERR_TIMEOUT',
+          `${named(server)} still holds ${left} of ${replicas(total)} after ${formatDuration(nowMs - startMs)} (--timeout)` +
+            `${note === '' ? '' : `; ${note}`}; ${goesOn()}`,
+        );
+      }
+      if (showProgress) {
+        const progress: DrainProgress = {
+          id: start.id, total, left, copiedBytes, elapsedMs: nowMs - startMs, bytesPerSecond: meter.bytesPerSecond(), note,
+        };
+        if (context.interactive) {
+          const columns = context.columns();
+          context.write(redrawLine(drainBar(progress, columns), columns));
+          barShown = true;
+        } else if (nowMs - lastPlainLineMs >= PLAIN_LINE_INTERVAL_MS) {
+          context.write(drainLine(progress));
+          lastPlainLineMs = nowMs;
+        }
+      }
+      await sleep(Math.min(POLL_INTERVAL_MS, deadlineMs - nowMs));
+    }
+  } catch (error) {
+    endBar();
+    throw error;
+  } finally {
+    process.removeListener('SIGINT', onInterrupt);
+    if (barShown) context.write(CLEAR_LINE);
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+const drain = defineCommand({
+  path: ['cs', 'drain'],
+  synopsis: 'ID [--wait] [--timeout SECONDS]',
+  summary: 'move every replica off a chunk server (in the background), to remove it or take it down safely',
+  details: [
+    'ID                 the ID column of shoal cs list',
+    '--wait             follow the drain until the server holds no replicas: a progress bar on a terminal, a line',
+    '                   every few seconds otherwise, then a final line (with --json: only the server\'s final state)',
+    '--timeout SECONDS  with --wait: stop waiting after SECONDS and exit 1; the drain itself goes on',
+    'The MDS places no new replicas on a draining server and copies each of its replicas to another server,',
+    'keeping every chunk\'s copies in distinct failure domains, at the recovery rate limit (shoal stat shows it).',
+    'The drain runs in the MDS: it goes on if this command stops waiting, is interrupted or loses its connection.',
+    'Next: shoal cs rm ID once it is empty, or shoal cs activate ID to cancel and keep the server.',
+  ],
+  options: { wait: { type: 'boolean' }, timeout: { type: 'string' } },
+  positionals: ['ID'],
+  parse(args) {
+    const timeout = stringFlag(args, 'timeout');
+    const wait = booleanFlag(args, 'wait');
+    if (timeout !== undefined && !wait) throw new StorageError('ERR_INVALID_ARGUMENT', '--timeout bounds --wait: give both');
+    return { id: parseServerId(positional(args, 0)), wait, timeoutMs: timeout === undefined ? null : parseTimeoutMs(timeout) };
+  },
+  async run(context, { id, wait, timeoutMs }) {
+    const mds = await context.mds();
+    const server = await mds.setChunkServerState(id, 'drain');
+    if (!wait) {
+      if (context.json) return context.writeJson(server);
+      return context.write(describeDrainStart(server) + drainNextSteps(server));
+    }
+    if (!context.json) context.write(describeDrainStart(server));
+    const { server: final, moved, elapsedMs } = await followDrain(context, mds, server, timeoutMs);
+    if (context.json) return context.writeJson(final);
+    const what = moved === 0 ? 'it holds no replicas' : `${replicas(moved)} moved off in ${formatDuration(elapsedMs)}`;
+    context.write(`${named(final)} is drained: ${what}; remove it with: shoal cs rm ${id}\n`);
+  },
+});
+
+const activate = defineCommand({
+  path: ['cs', 'activate'],
+  synopsis: 'ID',
+  summary: 'return a draining chunk server to service: it takes new replicas again',
+  details: [
+    'Cancels a drain: the replicas still on the server stay there, those already moved stay where they went.',
+    'A removed server cannot be activated (wipe its data directory and start it again: it registers as a new server).',
+  ],
+  positionals: ['ID'],
+  parse: (args) => parseServerId(positional(args, 0)),
+  run: (context, id) =>
+    show(context, (mds) => mds.setChunkServerState(id, 'activate'), (server) =>
+      `${named(server)} is active: it takes new replicas and keeps the ${replicas(server.mappedReplicaCount)} it holds\n`,
+    ),
+});
+
+const remove = defineCommand({
+  path: ['cs', 'rm'],
+  synopsis: 'ID',
+  summary: 'remove an emptied chunk server from the cluster for good (drain it first)',
+  details: [
+    'Drain it first: shoal cs drain ID --wait. The MDS refuses while any replica is still placed on the server.',
+    'A removed server is never placed on again and stays listed as removed; stop its process afterwards. Its data',
+    'directory cannot rejoin the cluster: wipe it to use the disk again.',
+  ],
+  positionals: ['ID'],
+  parse: (args) => parseServerId(positional(args, 0)),
+  run: (context, id) =>
+    show(context, (mds) => mds.setChunkServerState(id, 'remove'), (server) => {
+      const running = server.state === 'online' ? '; it is still running: stop its process' : '';
+      return `removed ${named(server)}: no replica will be placed on it again${running}\n`;
+    }),
+});
+
+export const csCommands: readonly Command[] = [list, info, drain, activate, remove];

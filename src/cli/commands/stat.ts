@@ -1,11 +1,11 @@
-// `shoal stat`: the cluster at a glance, for the first look during an incident: are servers
-// missing, is space running out, is any data below its replica count. Then the per-server space
-// table, with the same columns as `shoal cs list`.
+// `shoal stat`: the cluster at a glance, for the first look during an incident: is any data below
+// its replica count (then a warning line comes first), are servers missing, is space running out,
+// is recovery copying. Then the per-server space table, with the same columns as `shoal cs list`.
 
 import type { ClusterStat } from '../../protocol/api.ts';
 import { formatBytes } from '../../util/size.ts';
 import { defineCommand, show, type Command } from '../command.ts';
-import { formatPercent } from '../format.ts';
+import { formatPercent, formatRate } from '../format.ts';
 import { renderFields, renderTable, type Field, type Style } from '../table.ts';
 import { SERVER_SPACE_COLUMNS, sortedById } from './cs.ts';
 
@@ -15,15 +15,55 @@ function chunkStyle(byState: ClusterStat['chunks']['byState']): Style {
   return byState.degraded > 0 ? 'yellow' : 'green';
 }
 
-export function statFields(stat: ClusterStat): Field[] {
-  const { chunkServers, space, volumes, chunks } = stat;
-  const { healthy, degraded, endangered, unavailable } = chunks.byState;
+/**
+ * The first line when any chunk is not healthy, worst first, so that it is not lost among the
+ * fields (with colour off it is the only emphasis there is); null when every chunk is healthy.
+ */
+export function chunkWarning(stat: ClusterStat): string | null {
+  const { total, byState } = stat.chunks;
+  const { degraded, endangered, unavailable } = byState;
+  const notHealthy = degraded + endangered + unavailable;
+  if (notHealthy === 0) return null;
+  const parts = [
+    unavailable > 0 ? `${unavailable} unavailable (no replica online)` : '',
+    endangered > 0 ? `${endangered} endangered (fewer than the minimum online: I/O waits)` : '',
+    degraded > 0 ? `${degraded} degraded (fewer copies than normal)` : '',
+  ].filter((part) => part !== '');
+  return `WARNING: ${notHealthy} of ${total} chunks not healthy: ${parts.join(', ')}`;
+}
+
+function serverCounts(stat: ClusterStat): { value: string; alarm: boolean } {
+  const { total, online, offline } = stat.chunkServers;
+  const draining = stat.servers.filter((s) => s.adminState === 'draining').length;
+  const removed = stat.servers.filter((s) => s.adminState === 'removed').length;
+  const outOfService = [draining > 0 ? `${draining} draining` : '', removed > 0 ? `${removed} removed` : ''].filter((part) => part !== '');
+  const registered = [`${total} registered`, ...outOfService].join(', ');
+  // A removed server that was stopped is offline as it should be: no alarm for it.
+  const alarm = stat.servers.some((s) => s.state !== 'online' && s.adminState !== 'removed');
+  return { value: `${online} online, ${offline} offline (${registered})`, alarm };
+}
+
+function recoveryFields(recovery: ClusterStat['recovery']): Field[] {
+  const { running, pending, succeeded, failed, copiedBytes, bytesPerSecondLimit } = recovery;
+  const history = `${succeeded} succeeded, ${failed} failed since the MDS started`;
+  const busy = running > 0 || pending > 0;
+  const limit = bytesPerSecondLimit === 0 ? 'no rate limit' : `rate limit ${formatRate(bytesPerSecondLimit)}`;
   return [
     {
-      label: 'chunk servers',
-      value: `${chunkServers.online} online, ${chunkServers.offline} offline (${chunkServers.total} registered)`,
-      style: chunkServers.offline > 0 ? 'red' : undefined,
+      label: 'recovery',
+      value: busy ? `${running} replica changes running, ${pending} pending (${history})` : `idle (${history})`,
+      style: busy ? 'yellow' : undefined,
     },
+    { label: 'copied', value: `${formatBytes(copiedBytes)} between chunk servers since the MDS started; ${limit}` },
+  ];
+}
+
+export function statFields(stat: ClusterStat): Field[] {
+  const { space, volumes, chunks } = stat;
+  const { healthy, degraded, endangered, unavailable } = chunks.byState;
+  const servers = serverCounts(stat);
+  return [
+    { label: 'chunk servers', value: servers.value, style: servers.alarm ? 'red' : undefined },
     {
       label: 'space',
       value: `${formatBytes(space.capacityBytes)} capacity, ${formatBytes(space.usedBytes)} used ` +
@@ -35,6 +75,7 @@ export function statFields(stat: ClusterStat): Field[] {
       value: `${chunks.total}: ${healthy} healthy, ${degraded} degraded, ${endangered} endangered, ${unavailable} unavailable`,
       style: chunkStyle(chunks.byState),
     },
+    ...recoveryFields(stat.recovery),
   ];
 }
 
@@ -45,11 +86,16 @@ const stat = defineCommand({
   details: [
     'Chunk states: healthy = every replica online; degraded = fewer than the normal count but at least the minimum;',
     'endangered = fewer than the minimum online, so I/O to them waits; unavailable = no replica online.',
+    'A WARNING line comes first when any chunk is not healthy.',
+    'Recovery: replica changes (re-replication, drains, rebalancing) running and still planned, and the bytes',
+    'copied for them, paced by the MDS\'s --recovery-bytes-per-second.',
   ],
   parse: () => undefined,
   run: (context) =>
     show(context, (mds) => mds.stat(), (body) => {
-      const summary = renderFields(statFields(body), context.paint);
+      const warning = chunkWarning(body);
+      const fields = renderFields(statFields(body), context.paint);
+      const summary = warning === null ? fields : `${context.paint(warning, chunkStyle(body.chunks.byState))}\n\n${fields}`;
       if (body.servers.length === 0) return summary;
       return `${summary}\n${renderTable(SERVER_SPACE_COLUMNS, sortedById(body.servers), context.paint)}`;
     }),

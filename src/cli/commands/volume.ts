@@ -1,4 +1,4 @@
-// `shoal volume ...`: create, list, inspect, grow and delete volumes. Arguments are checked here
+// `shoal volume ...`: create, list, inspect, grow, fence the writer of, and delete volumes. Arguments are checked here
 // against the same limits the MDS enforces (src/limits.ts), so a typo is reported with the usage
 // line before anything is sent; what only the MDS can decide (the name is taken, the volume is
 // open, the new size is smaller) comes back as its error and message.
@@ -228,4 +228,32 @@ const remove = defineCommand({
   },
 });
 
-export const volumeCommands: readonly Command[] = [list, info, create, resize, remove];
+const fence = defineCommand({
+  path: ['volume', 'fence'],
+  synopsis: 'NAME',
+  summary: 'take the write lease from the volume\'s writer (forced unlock, e.g. its hypervisor died holding it)',
+  details: [
+    'The lease epoch grows and every chunk server learns it before this returns: writes from the old holder are',
+    'rejected from then on, and the next open for write succeeds at once instead of waiting for the lease to expire.',
+    'Use it when the writer is gone for good; a writer still running loses its writes (its I/O fails).',
+  ],
+  positionals: ['NAME'],
+  parse: (args) => parseVolumeName(positional(args, 0)),
+  async run(context, name) {
+    const mds = await context.mds();
+    // Read first, so that the message can say whose lease was taken; scripts with --json skip it.
+    const before = context.json ? null : await mds.getVolume(name);
+    const after = await mds.fenceWriter(name);
+    if (context.json || before === null) return context.writeJson(after);
+    const epochs = `lease epoch ${before.epoch} -> ${after.epoch}`;
+    const lease = before.lease;
+    context.write(
+      lease === null
+        ? `volume "${name}" had no writer; fenced anyway (${epochs}): writes from any older lease are rejected\n`
+        : `fenced volume "${name}": took the write lease from ${lease.holder} (held since ${formatTimestamp(lease.acquiredAt)}; ` +
+          `${epochs}); its writes are rejected from now on, and the next open for write succeeds\n`,
+    );
+  },
+});
+
+export const volumeCommands: readonly Command[] = [list, info, create, resize, fence, remove];

@@ -1,0 +1,51 @@
+// Progress display for commands that follow a background operation on the MDS (`cs drain --wait`):
+// a bar re-drawn in place on a terminal, and a copy rate measured from a cumulative byte counter.
+// Pure pieces, so that the command decides what to say and when.
+
+/** "[#########...........]": `done` of `total`, `width` characters between the brackets. */
+export function progressBar(done: number, total: number, width: number): string {
+  const fraction = total <= 0 ? 1 : Math.min(1, Math.max(0, done / total));
+  const filled = Math.round(fraction * width);
+  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}]`;
+}
+
+/**
+ * One line to re-draw in place: back to the line's start, the text cut to the terminal's width
+ * (a line that wraps cannot be re-drawn with \r), then clear what a longer previous line left.
+ */
+export function redrawLine(text: string, columns: number): string {
+  const width = Math.max(10, columns - 1);
+  return `\r${text.length > width ? text.slice(0, width) : text}\u001b[K`;
+}
+
+/** Clears a line re-drawn with redrawLine, so that the next output starts on a clean line. */
+export const CLEAR_LINE = '\r\u001b[K';
+
+/**
+ * Bytes per second over the last `windowMs` of samples of a cumulative counter (the MDS's
+ * recovery.copiedBytes). A counter that goes down (the MDS restarted) starts the window over.
+ */
+export class RateMeter {
+  private readonly windowMs: number;
+  private samples: Array<{ atMs: number; bytes: number }> = [];
+
+  constructor(windowMs = 10_000) {
+    this.windowMs = windowMs;
+  }
+
+  add(atMs: number, bytes: number): void {
+    const last = this.samples.at(-1);
+    if (last !== undefined && bytes < last.bytes) this.samples = [];
+    this.samples.push({ atMs, bytes });
+    // Keep one sample older than the window, so that the rate always spans the whole window.
+    while (this.samples.length > 2 && (this.samples[1]?.atMs ?? atMs) <= atMs - this.windowMs) this.samples.shift();
+  }
+
+  /** null until two samples at least half a second apart. */
+  bytesPerSecond(): number | null {
+    const first = this.samples[0];
+    const last = this.samples.at(-1);
+    if (first === undefined || last === undefined || last.atMs - first.atMs < 500) return null;
+    return ((last.bytes - first.bytes) * 1000) / (last.atMs - first.atMs);
+  }
+}
