@@ -34,6 +34,8 @@ export interface ChunkMeta {
 }
 
 const SUM_BYTES = 8;
+/** How long a failed chunk write keeps the server reported unhealthy (new chunks go elsewhere). */
+const WRITE_ERROR_MEMORY_MS = 60_000;
 const FLAG_WRITTEN = 1;
 
 interface ChunkHandle {
@@ -92,6 +94,7 @@ export class ChunkStore {
   private punchSupported = true;
   /** Set when start-up found data it could not restore; reported as unhealthy to the MDS. */
   damage: string | null = null;
+  private lastWriteError: { message: string; atMs: number } | null = null;
 
   private constructor(options: ChunkStoreOptions, root: RootDatabase) {
     this.options = options;
@@ -460,7 +463,7 @@ export class ChunkStore {
       if (this.punchSupported) await fsx.trim(handle.data.fd, startBytes, lengthBytes);
       else await writeZeroes(handle.data, startBytes, lengthBytes);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EOPNOTSUPP') throw fromSystemError(error, 'punching a hole');
+      if ((error as NodeJS.ErrnoException).code !== 'EOPNOTSUPP') throw this.noteWriteError(fromSystemError(error, 'punching a hole'));
       this.options.log.warn('file system cannot punch holes: zeroing instead (space is not given back)');
       this.punchSupported = false;
       await writeZeroes(handle.data, startBytes, lengthBytes);
@@ -488,8 +491,24 @@ export class ChunkStore {
     try {
       await writeFully(handle.data, bytes, position);
     } catch (error) {
-      throw fromSystemError(error, `writing chunk ${handle.meta.chunkId}`);
+      throw this.noteWriteError(fromSystemError(error, `writing chunk ${handle.meta.chunkId}`));
     }
+  }
+
+  /** A failed write (disk full, disk error) makes the server report itself unhealthy for a while. */
+  private noteWriteError(error: StorageError): StorageError {
+    this.lastWriteError = { message: error.message, atMs: Date.now() };
+    this.options.log.error('chunk write failed', { code: error.code, message: error.message });
+    return error;
+  }
+
+  /** Why this server should not get new replicas now, or null. */
+  get healthProblem(): string | null {
+    const journal = this.journal.healthError;
+    if (journal !== null) return journal.message;
+    if (this.damage !== null) return this.damage;
+    if (this.lastWriteError !== null && Date.now() - this.lastWriteError.atMs < WRITE_ERROR_MEMORY_MS) return this.lastWriteError.message;
+    return null;
   }
 
   private async readLocked(handle: ChunkHandle, offsetBytes: number, lengthBytes: number, version: number | null): Promise<Buffer> {

@@ -115,7 +115,7 @@ export class MdsLink {
       usedBytes: (fs.blocks - fs.bfree) * fs.bsize,
     };
     this.lastSpace = space;
-    const problem = this.options.store.journal.healthError?.message ?? this.options.store.damage;
+    const problem = this.options.store.healthProblem;
     return {
       ...space,
       chunkCount: this.options.store.chunkCount,

@@ -110,6 +110,15 @@ function storeGauges(registers: Registry[], store: () => ChunkStore | null, spac
     },
   });
   new Gauge({
+    name: 'shoal_cs_healthy',
+    help: '1 while the server takes new replicas; 0 after disk errors, a full disk or damage found at start-up',
+    registers,
+    collect() {
+      const current = store();
+      if (current !== null) this.set(current.healthProblem === null ? 1 : 0);
+    },
+  });
+  new Gauge({
     name: 'shoal_cs_journal_healthy',
     help: '1 while the journal accepts writes, 0 after a write error',
     registers,

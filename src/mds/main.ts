@@ -27,7 +27,9 @@ const USAGE = `usage: shoal run mds --data DIR --cluster-key FILE --admin-token 
   --replace-after-ms N         a chunk server offline this long has its replicas replaced (default 300000)
   --recovery-bytes-per-second N  copy rate of re-replication and rebalancing, 0 = unlimited (default 64 MiB/s)
   --recovery-concurrency N     replica copies in flight at once (default 4)
-  --cs-timeout-ms N            a chunk server that does not answer the MDS within this has failed (default 10000)`;
+  --cs-timeout-ms N            a chunk server that does not answer the MDS within this has failed (default 10000)
+  --rebalance-threshold PCT    move replicas when servers' used space differs by more than this
+                               many percentage points (default 10; 100 turns rebalancing off)`;
 
 const BACKGROUND_TICK_MS = 1_000;
 /** A copy step (8 MiB through a loaded server) may take seconds; a control request may not. */
@@ -49,6 +51,7 @@ export async function runMds(argv: string[]): Promise<void> {
       'recovery-bytes-per-second': { type: 'string' },
       'recovery-concurrency': { type: 'string' },
       'cs-timeout-ms': { type: 'string' },
+      'rebalance-threshold': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -73,6 +76,8 @@ export async function runMds(argv: string[]): Promise<void> {
     recoveryBytesPerSecond: parseIntegerFlag(
       values['recovery-bytes-per-second'], '--recovery-bytes-per-second', MDS_CONFIG_DEFAULTS.recoveryBytesPerSecond),
     recoveryConcurrency: parseIntegerFlag(values['recovery-concurrency'], '--recovery-concurrency', MDS_CONFIG_DEFAULTS.recoveryConcurrency, 1),
+    rebalanceThreshold:
+      parseIntegerFlag(values['rebalance-threshold'], '--rebalance-threshold', MDS_CONFIG_DEFAULTS.rebalanceThreshold * 100) / 100,
   };
   if (config.heartbeatTimeoutMs <= config.heartbeatIntervalMs * 2) {
     throw new StorageError('ERR_CONFIG', '--heartbeat-timeout-ms must exceed twice --heartbeat-interval-ms, or one late heartbeat marks a server offline');

@@ -641,10 +641,12 @@ export class MetadataService {
       const report = this.registry.report(server.id);
       return {
         id: server.id,
-        online: this.registry.isOnline(server.id, nowMs) && !this.registry.isSuspect(server.id, nowMs),
+        online: this.registry.isOnline(server.id, nowMs),
+        // A server a client just failed to reach keeps counting as a live member until its
+        // heartbeats stop, but it gets no new replicas meanwhile.
+        healthy: (report?.healthy ?? false) && !this.registry.isSuspect(server.id, nowMs),
         offlineForMs: this.registry.offlineForMs(server.id, nowMs),
         adminState: server.adminState,
-        healthy: report?.healthy ?? false,
         host: server.failureDomainHost,
         rack: server.rack,
         capacityBytes: report?.capacityBytes ?? 0,
