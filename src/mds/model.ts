@@ -21,6 +21,12 @@ export interface VolumeRecord {
   readonly lease: LeaseRecord | null;
 }
 
+/** A byte range within a chunk that a failed write may have changed on some members only. */
+export interface InDoubtRange {
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+}
+
 export interface ChunkRecord {
   readonly volumeId: number;
   readonly chunkIndex: number;
@@ -29,6 +35,11 @@ export interface ChunkRecord {
   readonly version: number;
   /** Chunk-server ids; replicas[0] is the primary that forwards writes to the others. */
   readonly replicas: readonly number[];
+  /**
+   * Ranges a failed write may have left different on the members, recorded when no member could
+   * be reached to settle them at once; the next change of the set makes them equal and clears them.
+   */
+  readonly inDoubt?: readonly InDoubtRange[];
 }
 
 /** What the admin wants of a chunk server: serve, be emptied, or be gone (never placed on again). */

@@ -9,7 +9,7 @@
 import { StorageError } from '../errors.ts';
 import { assert, assertNever } from '../util/assert.ts';
 import { formatBytes } from '../util/size.ts';
-import type { ChunkRecord, ChunkServerAdminState, ChunkServerRecord, MdsTables, VolumeRecord } from './model.ts';
+import type { ChunkRecord, ChunkServerAdminState, ChunkServerRecord, InDoubtRange, MdsTables, VolumeRecord } from './model.ts';
 
 export type MdsOp =
   | { readonly type: 'reserveChunkIds'; readonly count: number }
@@ -61,7 +61,10 @@ export type MdsOp =
       readonly replicas: readonly number[];
       /** Members that leave and whose replica should be deleted from their server. */
       readonly deleteFrom: readonly number[];
+      /** In-doubt ranges still not settled among the new members (usually none). */
+      readonly inDoubt: readonly InDoubtRange[];
     }
+  | { readonly type: 'markInDoubt'; readonly volumeId: number; readonly chunkIndex: number; readonly ranges: readonly InDoubtRange[] }
   | { readonly type: 'setChunkServerState'; readonly csId: number; readonly adminState: ChunkServerAdminState };
 
 export type MdsOpType = MdsOp['type'];
@@ -100,6 +103,8 @@ export function applyOp(tables: MdsTables, op: MdsOp): MdsOpResult {
       return setChunkReplicas(tables, op);
     case 'setChunkServerState':
       return setChunkServerState(tables, op.csId, op.adminState);
+    case 'markInDoubt':
+      return markInDoubt(tables, op);
     default:
       return assertNever(op, 'op type');
   }
@@ -263,7 +268,7 @@ function setChunkReplicas(tables: MdsTables, op: Extract<MdsOp, { type: 'setChun
   assert(new Set(op.replicas).size === op.replicas.length, 'replicas sit on distinct chunk servers');
   for (const csId of op.replicas) assert(tables.getChunkServer(csId) !== undefined, 'replicas sit on known servers');
   for (const csId of op.deleteFrom) assert(!op.replicas.includes(csId), 'a replica deleted from its server is not a member');
-  const record: ChunkRecord = { ...chunk, version: op.version, replicas: [...op.replicas] };
+  const record: ChunkRecord = { ...chunk, version: op.version, replicas: [...op.replicas], inDoubt: [...op.inDoubt] };
   tables.putChunk(record);
   // Members (new ones included) are never deleted; servers that left are, once reachable.
   const pending = (tables.getPendingDelete(chunk.chunkId)?.csIds ?? []).filter((csId) => !op.replicas.includes(csId));
@@ -289,4 +294,20 @@ function setChunkServerState(tables: MdsTables, csId: number, adminState: ChunkS
   const record: ChunkServerRecord = { ...server, adminState };
   tables.putChunkServer(record);
   return { type: 'chunkServer', record };
+}
+
+/** At most this many separate ranges are kept; more become one range over the whole chunk. */
+const IN_DOUBT_RANGES_MAX = 16;
+
+function markInDoubt(tables: MdsTables, op: Extract<MdsOp, { type: 'markInDoubt' }>): MdsOpResult {
+  const chunk = tables.getChunk(op.volumeId, op.chunkIndex);
+  if (chunk === undefined) return NONE;
+  let ranges = [...(chunk.inDoubt ?? []), ...op.ranges];
+  if (ranges.length > IN_DOUBT_RANGES_MAX) {
+    const volume = tables.getVolume(op.volumeId);
+    ranges = [{ offsetBytes: 0, lengthBytes: volume?.chunkSizeBytes ?? Math.max(...ranges.map((r) => r.offsetBytes + r.lengthBytes)) }];
+  }
+  const record: ChunkRecord = { ...chunk, inDoubt: ranges };
+  tables.putChunk(record);
+  return { type: 'chunk', record };
 }

@@ -4,6 +4,7 @@
 // test calls this same function.
 //
 // Rules, per chunk:
+// - ranges a failed write left in doubt are settled before anything else;
 // - a member on a server offline longer than `replaceAfterMs`, or removed, is dropped for good,
 //   as long as a live member remains to copy from;
 // - a chunk with fewer healthy members (live, not draining) than `normal` gets one added, in a
@@ -39,6 +40,8 @@ export interface PlannerChunk {
   readonly replicasNormal: number;
   readonly replicasMin: number;
   readonly chunkSizeBytes: number;
+  /** A failed write left ranges that may differ between members: settle them first. */
+  readonly inDoubt: boolean;
 }
 
 export interface PlannerConfig {
@@ -51,6 +54,7 @@ export interface PlannerConfig {
 }
 
 export type RecoveryAction =
+  | { readonly kind: 'settle'; readonly chunk: PlannerChunk; readonly reason: string; readonly urgency: number }
   | { readonly kind: 'drop'; readonly chunk: PlannerChunk; readonly csIds: readonly number[]; readonly reason: string; readonly urgency: number }
   | { readonly kind: 'add'; readonly chunk: PlannerChunk; readonly target: number; readonly reason: string; readonly urgency: number };
 
@@ -87,6 +91,9 @@ function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, inp
   const { config } = input;
   const live = chunk.replicas.filter((csId) => isLive(servers.get(csId)));
   const urgency = urgencyOf(live.length, chunk.replicasMin);
+  if (chunk.inDoubt && live.length > 0) {
+    return { kind: 'settle', chunk, reason: 'ranges left in doubt by a failed write', urgency: -1 };
+  }
   const gone = chunk.replicas.filter((csId) => {
     const server = servers.get(csId);
     return server === undefined || server.adminState === 'removed' || (!server.online && server.offlineForMs >= config.replaceAfterMs);

@@ -84,10 +84,16 @@ export class RecoveryScheduler {
   private async execute(action: RecoveryAction): Promise<void> {
     const { replicator } = this.options;
     const { chunk } = action;
-    if (action.kind === 'drop') {
-      await replicator.drop(chunk.volumeId, chunk.chunkIndex, action.csIds, { reason: action.reason });
-    } else {
-      await replicator.add(chunk.volumeId, chunk.chunkIndex, action.target);
+    switch (action.kind) {
+      case 'settle':
+        await replicator.settle(chunk.volumeId, chunk.chunkIndex);
+        return;
+      case 'drop':
+        await replicator.drop(chunk.volumeId, chunk.chunkIndex, action.csIds, { reason: action.reason });
+        return;
+      case 'add':
+        await replicator.add(chunk.volumeId, chunk.chunkIndex, action.target);
+        return;
     }
   }
 

@@ -1,16 +1,20 @@
 // Changing a chunk's replica set without losing or mixing data. Every change ends in one op,
-// `setChunkReplicas`, under a higher version; before it, the surviving members are *sealed*: moved
+// `setChunkReplicas`, under a higher version; before it, the members that stay are *sealed*: moved
 // to the new version on their servers, which waits for their in-flight writes and rejects writes
 // still carrying the old version. So a replica that leaves can never be read or written again at
-// the current version, and no two members hold different bytes at the same version:
+// the current version, and the members that stay hold the same bytes:
 //
-// - drop: seal the survivors; if a failed write left a range in doubt (applied on some members,
-//   not others), copy that range from one survivor to the rest while sealed; commit.
+// - drop: seal the members that stay; if a failed write left a range in doubt (applied on some
+//   members, not others), copy that range from one of them to the rest while sealed; commit.
 // - add: the target is filled from a member while writes go on (the member records which blocks
-//   change meanwhile); then seal, copy the changed blocks, move the target to the new version and
-//   commit. Writers wait only for that last step.
+//   change meanwhile); then seal, settle, copy the changed blocks, move the target to the new
+//   version and commit. Writers wait only for that last step.
+// - settle: seal every member and make the recorded in-doubt ranges equal (used when an earlier
+//   drop could reach no member and had to leave the ranges recorded on the chunk).
 // - repair: blocks that fail their checksum on one member are replaced with a good member's.
 //
+// Once members are sealed there is no way back: whatever fails afterwards, the new version is
+// committed with the members that made it, and ranges that could not be settled stay recorded.
 // Procedures on one chunk run one at a time (a per-chunk lock); the bulk copy of `add` runs
 // outside it, so a failing write never waits for a long copy. Time and I/O come in through the
 // options, so the simulation tests run exactly this code.
@@ -19,7 +23,7 @@ import { StorageError } from '../errors.ts';
 import { BLOCK_BYTES, CS_PAYLOAD_BYTES_MAX } from '../limits.ts';
 import { assert } from '../util/assert.ts';
 import type { Logger } from '../util/log.ts';
-import type { ChunkRecord, MdsTables, VolumeRecord } from './model.ts';
+import type { ChunkRecord, InDoubtRange, MdsTables, VolumeRecord } from './model.ts';
 import type { MdsOp, MdsOpResult } from './ops.ts';
 import type { ReplicaIo } from './replica_io.ts';
 
@@ -40,10 +44,7 @@ export interface ReplicatorOptions {
   readonly copyStepBytes: number;
 }
 
-export interface InDoubtRange {
-  readonly offsetBytes: number;
-  readonly lengthBytes: number;
-}
+export type { InDoubtRange };
 
 export class Replicator {
   private readonly options: ReplicatorOptions;
@@ -96,8 +97,9 @@ export class Replicator {
   }
 
   /**
-   * Removes `drop` from the chunk's members under a new version. `expectedVersion`: do nothing if
-   * the chunk has moved past the version the caller saw (someone handled it already).
+   * Removes `drop` from the chunk's members under a new version. `expectedVersion`: if the chunk
+   * has moved past the version the caller saw, the set is left alone (someone handled it) and only
+   * the in-doubt range is made equal on the members there are now.
    */
   async drop(volumeId: number, chunkIndex: number, drop: readonly number[],
     options: { inDoubt?: InDoubtRange; expectedVersion?: number; reason: string }): Promise<ChunkRecord> {
@@ -106,61 +108,54 @@ export class Replicator {
       const chunk = this.chunk(volumeId, chunkIndex);
       const leaving = chunk.replicas.filter((csId) => drop.includes(csId));
       if ((options.expectedVersion !== undefined && chunk.version !== options.expectedVersion) || leaving.length === 0) {
-        // Handled already (the set moved on). The failed change may still have landed on some
-        // members and not others: make its range equal on the members there are now.
-        if (options.inDoubt !== undefined) await this.reconcileMembers(chunk, options.inDoubt);
+        if (options.inDoubt !== undefined) await this.settleRangeOnMembers(chunk, options.inDoubt);
         return chunk;
       }
       const staying = chunk.replicas.filter((csId) => !drop.includes(csId));
-      return this.sealAndCommit(chunk, staying, { ...options, leaving });
+      return this.sealAndCommit(chunk, staying, options.inDoubt === undefined ? [] : [options.inDoubt], options.reason);
+    });
+  }
+
+  /** Seals every member and settles the chunk's recorded in-doubt ranges. */
+  async settle(volumeId: number, chunkIndex: number): Promise<ChunkRecord> {
+    const chunkId = this.chunk(volumeId, chunkIndex).chunkId;
+    return this.withChunk(chunkId, async () => {
+      const chunk = this.chunk(volumeId, chunkIndex);
+      if ((chunk.inDoubt ?? []).length === 0) return chunk;
+      return this.sealAndCommit(chunk, chunk.replicas, [], 'settling ranges left in doubt by a failed write');
     });
   }
 
   /**
-   * Seals `staying` at version + 1, reconciles the in-doubt range among them, commits. Members
-   * that cannot be sealed leave too. With no member left reachable nothing changes and the
-   * chunk is unavailable until one returns.
+   * Seals `staying` at version + 1, settles the in-doubt ranges (the chunk's and `extra`) among the
+   * sealed, and commits. Members that cannot be sealed or settled leave. When none can be sealed,
+   * the set stays as it is, the ranges are recorded on the chunk, and ERR_UNAVAILABLE is thrown.
    */
-  private async sealAndCommit(chunk: ChunkRecord, staying: readonly number[],
-    options: { inDoubt?: InDoubtRange; leaving: readonly number[]; reason: string; joining?: number }): Promise<ChunkRecord> {
-    const { log } = this.options;
+  private async sealAndCommit(chunk: ChunkRecord, staying: readonly number[], extra: readonly InDoubtRange[],
+    reason: string): Promise<ChunkRecord> {
     const version = chunk.version + 1;
+    const ranges = [...(chunk.inDoubt ?? []), ...extra];
     const sealed = await this.seal(chunk, staying, version);
     if (sealed.length === 0) {
+      if (extra.length > 0) {
+        await this.options.store.submit({ type: 'markInDoubt', volumeId: chunk.volumeId, chunkIndex: chunk.chunkIndex, ranges: extra });
+      }
       throw new StorageError('ERR_UNAVAILABLE', `chunk ${chunk.chunkId}: no member could be reached to continue at version ${version}`);
     }
-    if (options.inDoubt !== undefined && sealed.length > 1) {
-      const [source, ...others] = sealed;
-      assert(source !== undefined, 'a sealed member to copy from');
-      const unreconciled = await this.reconcile(chunk.chunkId, version, source, others, options.inDoubt);
-      for (const csId of unreconciled) sealed.splice(sealed.indexOf(csId), 1);
-    }
-    const members = options.joining === undefined ? sealed : [...sealed, options.joining];
-    const leaving = chunk.replicas.filter((csId) => !members.includes(csId));
-    const result = await this.options.store.submit({
-      type: 'setChunkReplicas', volumeId: chunk.volumeId, chunkIndex: chunk.chunkIndex, version, replicas: members,
-      deleteFrom: leaving,
-    });
-    assert(result.type === 'chunk', 'setChunkReplicas yields a chunk');
-    const volume = this.options.store.tables.getVolume(chunk.volumeId);
-    if (volume !== undefined && members.length < volume.replicasMin) {
-      log.error('chunk below its minimum replica count: writes wait for recovery', {
-        chunkId: chunk.chunkId, members, min: volume.replicasMin, reason: options.reason,
-      });
-    }
-    log.info('replica set changed', { chunkId: chunk.chunkId, version, members, leaving, reason: options.reason });
-    return result.record;
+    const { members, unsettled } = await this.settleRanges(chunk.chunkId, version, sealed, ranges);
+    return this.commit(chunk, members, version, unsettled, reason);
   }
 
   /** Moves members to `version`; returns those that made it, in the order given. */
   private async seal(chunk: ChunkRecord, members: readonly number[], version: number): Promise<number[]> {
-    const usable = members.filter((csId) => this.options.isUsable(csId));
+    // Every member is asked, whatever the MDS believes of its liveness: a writer may just have
+    // reached one the MDS has not heard from, and only a seal fences it properly.
     const results = await Promise.allSettled(
-      usable.map((csId) => this.options.io.setVersion(csId, chunk.chunkId, version, chunk.version)),
+      members.map((csId) => this.options.io.setVersion(csId, chunk.chunkId, version, chunk.version)),
     );
     const sealed: number[] = [];
     for (const [index, result] of results.entries()) {
-      const csId = usable[index];
+      const csId = members[index];
       assert(csId !== undefined, 'seal result index');
       if (result.status === 'fulfilled') sealed.push(csId);
       else this.options.log.warn('member could not be sealed; it leaves the set', { chunkId: chunk.chunkId, csId, error: result.reason });
@@ -168,31 +163,76 @@ export class Replicator {
     return sealed;
   }
 
-  /** Makes a range equal on a chunk's reachable members (copied from the first of them). */
-  private async reconcileMembers(chunk: ChunkRecord, range: InDoubtRange): Promise<void> {
-    const [source, ...others] = chunk.replicas.filter((csId) => this.options.isUsable(csId));
-    if (source === undefined || others.length === 0) return;
-    const failed = await this.reconcile(chunk.chunkId, chunk.version, source, others, range);
-    if (failed.length > 0) this.options.log.warn('in-doubt range not reconciled on some members', { chunkId: chunk.chunkId, failed });
+  /**
+   * Makes each range equal on `members` (sealed at `version`), copying from the first member that
+   * can be read. Members that cannot be written leave; ranges no member could be read for stay in
+   * doubt.
+   */
+  private async settleRanges(chunkId: number, version: number, members: readonly number[],
+    ranges: readonly InDoubtRange[]): Promise<{ members: number[]; unsettled: InDoubtRange[] }> {
+    let current = [...members];
+    const unsettled: InDoubtRange[] = [];
+    for (const range of ranges) {
+      if (current.length < 2) break;
+      const result = await this.settleRange(chunkId, version, current, range);
+      if (result === null) unsettled.push(range);
+      else current = result;
+    }
+    return { members: current, unsettled };
   }
 
-  /** Copies an in-doubt range from `source` to `targets`; returns the targets that failed. */
-  private async reconcile(chunkId: number, version: number, source: number, targets: readonly number[], range: InDoubtRange): Promise<number[]> {
-    const failed: number[] = [];
-    for (let offset = range.offsetBytes; offset < range.offsetBytes + range.lengthBytes; offset += CS_PAYLOAD_BYTES_MAX) {
-      const lengthBytes = Math.min(CS_PAYLOAD_BYTES_MAX, range.offsetBytes + range.lengthBytes - offset);
-      const bytes = await this.options.io.read(source, chunkId, version, offset, lengthBytes);
-      for (const target of targets) {
-        if (failed.includes(target)) continue;
-        try {
-          await this.options.io.fill(target, chunkId, offset, bytes);
-        } catch (error) {
-          this.options.log.warn('in-doubt range could not be reconciled; member leaves', { chunkId, target, error });
-          failed.push(target);
+  /** One range: returns the members that hold it equal now, or null if no member could be read. */
+  private async settleRange(chunkId: number, version: number, members: readonly number[], range: InDoubtRange): Promise<number[] | null> {
+    for (const source of members) {
+      const left = new Set<number>();
+      try {
+        for (let offset = range.offsetBytes; offset < range.offsetBytes + range.lengthBytes; offset += CS_PAYLOAD_BYTES_MAX) {
+          const lengthBytes = Math.min(CS_PAYLOAD_BYTES_MAX, range.offsetBytes + range.lengthBytes - offset);
+          const bytes = await this.options.io.read(source, chunkId, version, offset, lengthBytes);
+          for (const target of members) {
+            if (target === source || left.has(target)) continue;
+            await this.options.io.fill(target, chunkId, offset, bytes).catch((error: unknown) => {
+              this.options.log.warn('in-doubt range could not be written on a member; it leaves the set', { chunkId, target, error });
+              left.add(target);
+            });
+          }
         }
+      } catch (error) {
+        this.options.log.warn('in-doubt range could not be read from a member; trying another', { chunkId, source, error });
+        continue;
       }
+      return members.filter((csId) => !left.has(csId));
     }
-    return failed;
+    return null;
+  }
+
+  /** Makes an in-doubt range equal on a chunk's members without changing the set. */
+  private async settleRangeOnMembers(chunk: ChunkRecord, range: InDoubtRange): Promise<void> {
+    if (chunk.replicas.length < 2) return;
+    const settled = await this.settleRange(chunk.chunkId, chunk.version, chunk.replicas, range);
+    if (settled !== null && settled.length === chunk.replicas.length) return;
+    // A member could not take the range, or none could be read: record it; the planner settles it.
+    this.options.log.warn('in-doubt range not settled on every member; recorded for later', { chunkId: chunk.chunkId, range });
+    await this.options.store.submit({ type: 'markInDoubt', volumeId: chunk.volumeId, chunkIndex: chunk.chunkIndex, ranges: [range] });
+  }
+
+  private async commit(chunk: ChunkRecord, members: readonly number[], version: number, inDoubt: readonly InDoubtRange[],
+    reason: string): Promise<ChunkRecord> {
+    assert(members.length > 0, 'a commit keeps at least one member');
+    const leaving = chunk.replicas.filter((csId) => !members.includes(csId));
+    const result = await this.options.store.submit({
+      type: 'setChunkReplicas', volumeId: chunk.volumeId, chunkIndex: chunk.chunkIndex, version, replicas: [...members],
+      deleteFrom: leaving, inDoubt,
+    });
+    assert(result.type === 'chunk', 'setChunkReplicas yields a chunk');
+    const volume = this.options.store.tables.getVolume(chunk.volumeId);
+    if (volume !== undefined && members.length < volume.replicasMin) {
+      this.options.log.error('chunk below its minimum replica count: writes wait for recovery', {
+        chunkId: chunk.chunkId, members, min: volume.replicasMin, reason,
+      });
+    }
+    this.options.log.info('replica set changed', { chunkId: chunk.chunkId, version, members, leaving, inDoubt: inDoubt.length, reason });
+    return result.record;
   }
 
   /**
@@ -206,19 +246,21 @@ export class Replicator {
     assert(!this.filling.has(key), 'one fill of a replica at a time');
     this.filling.add(key);
     try {
-      return await this.fill(volumeId, chunkIndex, target, initial, onProgress);
+      const source = await this.bulkCopy(volumeId, chunkIndex, target, initial, onProgress);
+      return await this.withChunk(initial.chunkId, () => this.join(volumeId, chunkIndex, target, source));
     } finally {
       this.filling.delete(key);
     }
   }
 
-  private async fill(volumeId: number, chunkIndex: number, target: number, initial: ChunkRecord,
-    onProgress: ((bytes: number) => void) | undefined): Promise<ChunkRecord> {
+  /** Copies the whole chunk from a member to the target while writes go on; returns the source. */
+  private async bulkCopy(volumeId: number, chunkIndex: number, target: number, initial: ChunkRecord,
+    onProgress: ((bytes: number) => void) | undefined): Promise<number> {
     const { io } = this.options;
     const volume = this.volume(volumeId);
-    const source = this.sourceFor(initial, target);
-    const identity = { chunkId: initial.chunkId, volumeId, chunkIndex, sizeBytes: volume.chunkSizeBytes };
-    await io.createChunk(target, identity, 0);
+    const source = initial.replicas.find((csId) => csId !== target && this.options.isUsable(csId));
+    if (source === undefined) throw new StorageError('ERR_UNAVAILABLE', `chunk ${initial.chunkId}: no reachable member to copy from`);
+    await io.createChunk(target, { chunkId: initial.chunkId, volumeId, chunkIndex, sizeBytes: volume.chunkSizeBytes }, 0);
     await io.trackChanges(source, initial.chunkId);
     let copied = 0;
     for (let offset = 0; offset < volume.chunkSizeBytes; offset += this.options.copyStepBytes) {
@@ -232,43 +274,34 @@ export class Replicator {
       this.copiedBytesTotal += lengthBytes;
       onProgress?.(copied);
     }
-    return this.withChunk(initial.chunkId, async () => {
-      const chunk = this.chunk(volumeId, chunkIndex);
-      if (chunk.replicas.includes(target)) return chunk;
-      const version = chunk.version + 1;
-      const sealed = await this.seal(chunk, chunk.replicas, version);
-      if (!sealed.includes(source) || sealed.length === 0) {
-        // The seal is the point of no return: commit it even though the target cannot join.
-        return this.commitSealed(chunk, sealed, version, 'add aborted: copy source lost while sealing');
-      }
-      try {
-        const changed = await io.copyRange(source, chunk.chunkId, version, 0, volume.chunkSizeBytes, true, target);
-        this.copiedBytesTotal += changed;
-        await io.setVersion(target, chunk.chunkId, version);
-      } catch (error) {
-        await this.commitSealed(chunk, sealed, version, 'add aborted: final copy failed');
-        throw error;
-      }
-      return this.commitSealed(chunk, [...sealed, target], version, 'replica added');
-    });
-  }
-
-  private async commitSealed(chunk: ChunkRecord, members: readonly number[], version: number, reason: string): Promise<ChunkRecord> {
-    if (members.length === 0) throw new StorageError('ERR_UNAVAILABLE', `chunk ${chunk.chunkId}: ${reason}; no member reachable`);
-    const leaving = chunk.replicas.filter((csId) => !members.includes(csId));
-    const result = await this.options.store.submit({
-      type: 'setChunkReplicas', volumeId: chunk.volumeId, chunkIndex: chunk.chunkIndex, version, replicas: [...members],
-      deleteFrom: leaving,
-    });
-    assert(result.type === 'chunk', 'setChunkReplicas yields a chunk');
-    this.options.log.info('replica set changed', { chunkId: chunk.chunkId, version, members, leaving, reason });
-    return result.record;
-  }
-
-  private sourceFor(chunk: ChunkRecord, target: number): number {
-    const source = chunk.replicas.find((csId) => csId !== target && this.options.isUsable(csId));
-    if (source === undefined) throw new StorageError('ERR_UNAVAILABLE', `chunk ${chunk.chunkId}: no reachable member to copy from`);
     return source;
+  }
+
+  /** The final step of `add`, under the chunk lock: seal, settle, copy what changed, commit. */
+  private async join(volumeId: number, chunkIndex: number, target: number, source: number): Promise<ChunkRecord> {
+    const { io } = this.options;
+    const chunk = this.chunk(volumeId, chunkIndex);
+    if (chunk.replicas.includes(target)) return chunk;
+    const version = chunk.version + 1;
+    const sealed = await this.seal(chunk, chunk.replicas, version);
+    if (sealed.length === 0) {
+      throw new StorageError('ERR_UNAVAILABLE', `chunk ${chunk.chunkId}: no member could be sealed to add a replica`);
+    }
+    // The seal is the point of no return: from here on, the new version is committed.
+    const { members, unsettled } = await this.settleRanges(chunk.chunkId, version, sealed, chunk.inDoubt ?? []);
+    if (!members.includes(source) || unsettled.length > 0) {
+      return this.commit(chunk, members, version, unsettled, 'add aborted: copy source lost, or ranges still in doubt');
+    }
+    try {
+      const volume = this.volume(volumeId);
+      const changed = await io.copyRange(source, chunk.chunkId, version, 0, volume.chunkSizeBytes, true, target);
+      this.copiedBytesTotal += changed;
+      await io.setVersion(target, chunk.chunkId, version);
+    } catch (error) {
+      await this.commit(chunk, members, version, [], 'add aborted: final copy failed');
+      throw error;
+    }
+    return this.commit(chunk, [...members, target], version, [], 'replica added');
   }
 
   /**
@@ -314,13 +347,11 @@ export class Replicator {
     const chunkId = this.chunk(volumeId, chunkIndex).chunkId;
     return this.withChunk(chunkId, async () => {
       const chunk = this.chunk(volumeId, chunkIndex);
-      const usable = chunk.replicas.filter((csId) => this.options.isUsable(csId));
-      const versions = await Promise.all(usable.map((csId) => this.options.io.chunkVersion(csId, chunkId).catch(() => null)));
+      const versions = await Promise.all(chunk.replicas.map((csId) => this.options.io.chunkVersion(csId, chunkId).catch(() => null)));
       if (versions.every((version) => version === chunk.version)) return chunk;
-      const highest = Math.max(chunk.version, ...versions.map((v) => v ?? 0));
-      const version = highest + 1;
+      const version = Math.max(chunk.version, ...versions.map((v) => v ?? 0)) + 1;
       const sealed: number[] = [];
-      for (const [index, csId] of usable.entries()) {
+      for (const [index, csId] of chunk.replicas.entries()) {
         if (versions[index] === null) continue;
         try {
           await this.options.io.setVersion(csId, chunkId, version);
@@ -329,7 +360,8 @@ export class Replicator {
           this.options.log.warn('member could not be moved to the reconciled version', { chunkId, csId, error });
         }
       }
-      return this.commitSealed(chunk, sealed, version, `versions reconciled (members reported ${versions.join(', ')})`);
+      if (sealed.length === 0) throw new StorageError('ERR_UNAVAILABLE', `chunk ${chunkId}: no member reachable to reconcile versions`);
+      return this.commit(chunk, sealed, version, chunk.inDoubt ?? [], `versions reconciled (members reported ${versions.join(', ')})`);
     });
   }
 }

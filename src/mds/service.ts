@@ -666,6 +666,7 @@ export class MetadataService {
         replicasNormal: volume.replicasNormal,
         replicasMin: volume.replicasMin,
         chunkSizeBytes: volume.chunkSizeBytes,
+        inDoubt: (chunk.inDoubt ?? []).length > 0,
       });
     });
     return { servers, chunks };
