@@ -24,8 +24,6 @@ function failureDomain(server: ChunkServerInfo): string {
   return rack === '' ? host : `${rack}/${host}`;
 }
 
-const idColumn: ServerColumn = { header: 'ID', align: 'right', value: (s) => String(s.id) };
-const addressColumn: ServerColumn = { header: 'ADDRESS', value: address };
 /** "online", or with the admin state when it is not active: "online/draining", "offline/removed". */
 function serverState(server: ChunkServerInfo): string {
   return server.adminState === 'active' ? server.state : `${server.state}/${server.adminState}`;
@@ -39,11 +37,13 @@ function serverStateStyle(server: ChunkServerInfo): Style {
 }
 
 function describeAdminState(server: ChunkServerInfo): string {
-  if (server.adminState === 'draining') return `draining: ${server.mappedReplicaCount} replicas left to move off`;
+  if (server.adminState === 'draining') return `draining: ${replicas(server.mappedReplicaCount)} left to move off`;
   if (server.adminState === 'removed') return 'removed: takes no replicas';
   return 'active';
 }
 
+const idColumn: ServerColumn = { header: 'ID', align: 'right', value: (s) => String(s.id) };
+const addressColumn: ServerColumn = { header: 'ADDRESS', value: address };
 const stateColumn: ServerColumn = { header: 'STATE', value: serverState, style: serverStateStyle };
 const spaceColumns: readonly ServerColumn[] = [
   { header: 'CAPACITY', align: 'right', value: (s) => formatBytes(s.capacityBytes) },
@@ -242,7 +242,8 @@ async function followDrain(
   const showProgress = !context.json;
   let server = start;
   let total = start.mappedReplicaCount;
-  let lastChange = { left: start.mappedReplicaCount, atMs: startMs };
+  // Progress is a replica moved off or a byte copied: the MDS may copy for a long time first.
+  let lastChange = { left: start.mappedReplicaCount, copiedBytes: 0, atMs: startMs };
   let lastPlainLineMs = startMs;
   let barShown = false;
   let note = '';
@@ -290,11 +291,11 @@ async function followDrain(
       const left = server.mappedReplicaCount;
       if (left === 0) return { server, moved: total, elapsedMs: nowMs - startMs };
       total = Math.max(total, left);
-      if (left !== lastChange.left) lastChange = { left, atMs: nowMs };
+      if (left !== lastChange.left || copiedBytes !== lastChange.copiedBytes) lastChange = { left, copiedBytes, atMs: nowMs };
       if (note === '' && idleSinceMs !== null && nowMs - idleSinceMs >= IDLE_NOTE_AFTER_MS) {
         note = 'MDS plans no moves: too few active servers?';
       } else if (note === '' && nowMs - lastChange.atMs >= STALL_NOTE_AFTER_MS) {
-        note = `no replica moved for ${formatDuration(nowMs - lastChange.atMs)}: see the MDS log`;
+        note = `no progress for ${formatDuration(nowMs - lastChange.atMs)}: see the MDS log`;
       }
       if (nowMs >= deadlineMs) {
         throw new StorageError(
@@ -379,9 +380,10 @@ const activate = defineCommand({
   positionals: ['ID'],
   parse: (args) => parseServerId(positional(args, 0)),
   run: (context, id) =>
-    show(context, (mds) => mds.setChunkServerState(id, 'activate'), (server) =>
-      `${named(server)} is active: it takes new replicas and keeps the ${replicas(server.mappedReplicaCount)} it holds\n`,
-    ),
+    show(context, (mds) => mds.setChunkServerState(id, 'activate'), (server) => {
+      const kept = server.mappedReplicaCount === 0 ? '' : ` and keeps the ${replicas(server.mappedReplicaCount)} it holds`;
+      return `${named(server)} is active: it takes new replicas${kept}\n`;
+    }),
 });
 
 const remove = defineCommand({

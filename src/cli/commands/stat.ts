@@ -82,7 +82,7 @@ export function statFields(stat: ClusterStat): Field[] {
 const stat = defineCommand({
   path: ['stat'],
   synopsis: '',
-  summary: 'cluster summary: servers, space, volumes, chunk health; space per server',
+  summary: 'cluster summary: chunk health, servers, space, volumes, recovery; space per server',
   details: [
     'Chunk states: healthy = every replica online; degraded = fewer than the normal count but at least the minimum;',
     'endangered = fewer than the minimum online, so I/O to them waits; unavailable = no replica online.',
