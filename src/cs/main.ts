@@ -15,7 +15,9 @@ import { systemClock } from '../util/clock.ts';
 import { createLogger } from '../util/log.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
 import { RateLimiter } from '../util/rate_limiter.ts';
+import { parseSizeBytes } from '../util/size.ts';
 import { ChunkStore } from './chunk_store.ts';
+import { DiskUsage } from './disk_usage.ts';
 import { lockDataDir, loadIdentity } from './data_dir.ts';
 import { MdsLink } from './mds_link.ts';
 import { CsMetrics } from './metrics.ts';
@@ -37,9 +39,12 @@ const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [opti
                               so the primary names the failed peer before the client gives up on it)
   --advertise-port N          port clients and peers use, when a proxy or NAT sits in front
   --scrub-bytes-per-second N  background checksum scrub rate, 0 = off (default 4 MiB/s)
-  --scrub-interval-ms N       pause between scrub passes (default 21600000, six hours)`;
+  --scrub-interval-ms N       pause between scrub passes (default 21600000, six hours)
+  --capacity-bytes N          use at most this much of the disk (default: all of it)`;
 
 const MiB = 1024 * 1024;
+/** How often the server re-measures its own files (a directory walk). */
+const USAGE_REFRESH_MS = 5_000;
 
 export async function runChunkServer(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -61,6 +66,7 @@ export async function runChunkServer(argv: string[]): Promise<void> {
       'advertise-port': { type: 'string' },
       'scrub-bytes-per-second': { type: 'string' },
       'scrub-interval-ms': { type: 'string' },
+      'capacity-bytes': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -91,6 +97,7 @@ export async function runChunkServer(argv: string[]): Promise<void> {
     advertisePort: values['advertise-port'] === undefined ? null : parseIntegerFlag(values['advertise-port'], '--advertise-port', 0, 1),
     scrubBytesPerSecond: parseIntegerFlag(values['scrub-bytes-per-second'], '--scrub-bytes-per-second', 4 * MiB),
     scrubIntervalMs: parseIntegerFlag(values['scrub-interval-ms'], '--scrub-interval-ms', 6 * 3_600_000),
+    capacityBytes: values['capacity-bytes'] === undefined ? null : parseSizeBytes(values['capacity-bytes'], '--capacity-bytes'),
   });
 }
 
@@ -111,6 +118,7 @@ interface ChunkServerConfig {
   readonly advertisePort: number | null;
   readonly scrubBytesPerSecond: number;
   readonly scrubIntervalMs: number;
+  readonly capacityBytes: number | null;
 }
 
 async function startChunkServer(config: ChunkServerConfig): Promise<void> {
@@ -140,10 +148,16 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   });
   const port = await server.listen(config.listen.host, config.listen.port);
   const metricsServer = await serveMetrics(metrics.registry, config.metrics.host, config.metrics.port);
+  const usage = new DiskUsage(config.dataDir, config.capacityBytes);
+  await usage.refresh();
+  const usageTimer = setInterval(() => {
+    usage.refresh().catch((error: unknown) => log.warn('measuring disk usage failed', { error }));
+  }, USAGE_REFRESH_MS);
+  usageTimer.unref();
   link = new MdsLink({
     mds,
     store,
-    dataDir: config.dataDir,
+    usage,
     registration: {
       uuid: identity.uuid,
       host: config.advertiseHost,
@@ -180,6 +194,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
 
   onShutdownSignal(log, async () => {
     clearInterval(checkpointTimer);
+    clearInterval(usageTimer);
     await scrubber.stop();
     await link?.stop();
     await server.close();

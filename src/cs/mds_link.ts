@@ -4,13 +4,13 @@
 // the link is fresh: a server cut off from the MDS longer than the heartbeat timeout may have
 // missed a fence (a forced takeover of a volume), so it stops writing until it registers again.
 
-import { statfs } from 'node:fs/promises';
 import { StorageError, isStorageError } from '../errors.ts';
 import type { RegisterChunkServerBody } from '../protocol/api.ts';
 import type { MdsClient } from '../protocol/mds_client.ts';
 import type { Clock } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
 import type { ChunkStore } from './chunk_store.ts';
+import type { DiskUsage } from './disk_usage.ts';
 import type { SpaceReport } from './metrics.ts';
 
 const RETRY_MS_MIN = 250;
@@ -19,10 +19,10 @@ const RETRY_MS_MAX = 2_000;
 export interface MdsLinkOptions {
   readonly mds: MdsClient;
   readonly store: ChunkStore;
-  readonly dataDir: string;
   readonly registration: Omit<RegisterChunkServerBody, 'capacityBytes' | 'freeBytes' | 'usedBytes' | 'chunkCount' | 'healthy' | 'lastError'>;
   readonly log: Logger;
   readonly clock: Clock;
+  readonly usage: DiskUsage;
 }
 
 export class MdsLink {
@@ -108,12 +108,7 @@ export class MdsLink {
   }
 
   private async report(): Promise<SpaceReport & { chunkCount: number; healthy: boolean; lastError: string }> {
-    const fs = await statfs(this.options.dataDir);
-    const space: SpaceReport = {
-      capacityBytes: fs.blocks * fs.bsize,
-      freeBytes: fs.bavail * fs.bsize,
-      usedBytes: (fs.blocks - fs.bfree) * fs.bsize,
-    };
+    const space = await this.options.usage.report();
     this.lastSpace = space;
     const problem = this.options.store.healthProblem;
     return {

@@ -122,10 +122,13 @@ export class LocalCluster {
 
   /** The MDS's id for chunk server `index` (from its uuid). */
   async chunkServerId(index: number): Promise<number> {
-    const uuid = this.chunkServers[index]?.ready['uuid'];
+    return this.chunkServerIdByUuid(String(this.chunkServers[index]?.ready['uuid']));
+  }
+
+  async chunkServerIdByUuid(uuid: string): Promise<number> {
     const { chunkServers } = await this.admin.listChunkServers();
     const found = chunkServers.find((server) => server.uuid === uuid);
-    if (found === undefined) throw new Error(`chunk server ${index} (${String(uuid)}) is not registered`);
+    if (found === undefined) throw new Error(`chunk server ${uuid} is not registered`);
     return found.id;
   }
 

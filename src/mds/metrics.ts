@@ -37,27 +37,54 @@ export class MdsMetrics {
   }
 
   private clusterGauges(service: () => MetadataService | null): void {
-    const servers = new Gauge({ name: 'shoal_mds_chunk_servers', help: 'Chunk servers by state', labelNames: ['state'], registers: [this.registry] });
-    const space = new Gauge({ name: 'shoal_mds_space_bytes', help: 'Space of online chunk servers', labelNames: ['kind'], registers: [this.registry] });
-    const chunks = new Gauge({ name: 'shoal_mds_chunks', help: 'Chunks by replica health', labelNames: ['state'], registers: [this.registry] });
-    const volumes = new Gauge({ name: 'shoal_mds_volumes', help: 'Volumes', registers: [this.registry] });
-    // One scrape computes the cluster stat once and fills every gauge from it.
+    const registers = [this.registry];
+    // One scrape computes the cluster stat once, in the first gauge's collect (the registry
+    // collects in registration order), and every gauge after it reads that snapshot.
+    let snapshot: ReturnType<MetadataService['stat']> | null = null;
     new Gauge({
       name: 'shoal_mds_up',
       help: 'The MDS is serving',
-      registers: [this.registry],
+      registers,
       collect() {
         const current = service();
+        snapshot = current === null ? null : current.stat();
         this.set(current === null ? 0 : 1);
-        if (current === null) return;
-        const stat = current.stat();
-        servers.set({ state: 'online' }, stat.chunkServers.online);
-        servers.set({ state: 'offline' }, stat.chunkServers.offline);
-        space.set({ kind: 'capacity' }, stat.space.capacityBytes);
-        space.set({ kind: 'used' }, stat.space.usedBytes);
-        space.set({ kind: 'free' }, stat.space.freeBytes);
-        for (const [state, count] of Object.entries(stat.chunks.byState)) chunks.set({ state }, count);
-        volumes.set(stat.volumes.count);
+      },
+    });
+    const fromSnapshot = (name: string, help: string, labelNames: string[], fill: (gauge: Gauge, stat: NonNullable<typeof snapshot>) => void) =>
+      new Gauge({
+        name, help, labelNames, registers,
+        collect() {
+          if (snapshot !== null) fill(this, snapshot);
+        },
+      });
+    fromSnapshot('shoal_mds_chunk_servers', 'Chunk servers by state (removed ones not counted)', ['state'], (g, stat) => {
+      g.set({ state: 'online' }, stat.chunkServers.online);
+      g.set({ state: 'offline' }, stat.chunkServers.offline);
+    });
+    fromSnapshot('shoal_mds_space_bytes', 'Space of online chunk servers', ['kind'], (g, stat) => {
+      g.set({ kind: 'capacity' }, stat.space.capacityBytes);
+      g.set({ kind: 'used' }, stat.space.usedBytes);
+      g.set({ kind: 'free' }, stat.space.freeBytes);
+    });
+    fromSnapshot('shoal_mds_chunks', 'Chunks by replica health', ['state'], (g, stat) => {
+      for (const [state, count] of Object.entries(stat.chunks.byState)) g.set({ state }, count);
+    });
+    fromSnapshot('shoal_mds_volumes', 'Volumes', [], (g, stat) => g.set(stat.volumes.count));
+    fromSnapshot('shoal_mds_recovery_actions', 'Replica-set changes: running, planned, and chunks blocked for lack of servers',
+      ['state'], (g, stat) => {
+        g.set({ state: 'running' }, stat.recovery.running);
+        g.set({ state: 'pending' }, stat.recovery.pending);
+        g.set({ state: 'blocked' }, stat.recovery.blocked);
+      });
+    new Counter({
+      name: 'shoal_mds_recovery_copied_bytes_total',
+      help: 'Bytes copied between chunk servers by re-replication, rebalancing and drains',
+      registers,
+      collect() {
+        if (snapshot === null) return;
+        this.reset();
+        this.inc(snapshot.recovery.copiedBytes);
       },
     });
   }

@@ -281,14 +281,14 @@ function setChunkReplicas(tables: MdsTables, op: Extract<MdsOp, { type: 'setChun
 function setChunkServerState(tables: MdsTables, csId: number, adminState: ChunkServerAdminState): MdsOpResult {
   const server = tables.getChunkServer(csId);
   if (server === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${csId} does not exist`);
-  if (server.adminState === 'removed') throw new StorageError('ERR_INVALID_ARGUMENT', `chunk server ${csId} was removed already`);
+  if (server.adminState === 'removed') throw new StorageError('ERR_CONFLICT', `chunk server ${csId} was removed already`);
   if (adminState === 'removed') {
     let held = 0;
     tables.forEachChunk((chunk) => {
       if (chunk.replicas.includes(csId)) held += 1;
     });
     if (held > 0) {
-      throw new StorageError('ERR_INVALID_ARGUMENT', `chunk server ${csId} still holds ${held} replicas: drain it first (shoal cs drain ${csId})`);
+      throw new StorageError('ERR_CONFLICT', `chunk server ${csId} still holds ${held} replicas: drain it first (shoal cs drain ${csId})`);
     }
   }
   const record: ChunkServerRecord = { ...server, adminState };

@@ -56,7 +56,21 @@ export interface PlannerConfig {
 export type RecoveryAction =
   | { readonly kind: 'settle'; readonly chunk: PlannerChunk; readonly reason: string; readonly urgency: number }
   | { readonly kind: 'drop'; readonly chunk: PlannerChunk; readonly csIds: readonly number[]; readonly reason: string; readonly urgency: number }
-  | { readonly kind: 'add'; readonly chunk: PlannerChunk; readonly target: number; readonly reason: string; readonly urgency: number };
+  | {
+      readonly kind: 'add';
+      readonly chunk: PlannerChunk;
+      readonly target: number;
+      /** A move: once the target has joined, this member leaves (drain, rebalancing). */
+      readonly thenDrop: number | null;
+      readonly reason: string;
+      readonly urgency: number;
+    };
+
+export interface RecoveryPlan {
+  readonly actions: RecoveryAction[];
+  /** Chunks that need a new replica but have no eligible server in a free failure domain. */
+  readonly blocked: number;
+}
 
 export interface PlannerInput {
   readonly servers: readonly PlannerServer[];
@@ -72,22 +86,24 @@ function urgencyOf(live: number, min: number): number {
   return live * 100 + Math.max(0, live - min);
 }
 
-export function planRecovery(input: PlannerInput): RecoveryAction[] {
+export function planRecovery(input: PlannerInput): RecoveryPlan {
   const servers = new Map(input.servers.map((server) => [server.id, server]));
   const placed = new Map<number, number>(); // targets chosen this round, to spread them
   const actions: RecoveryAction[] = [];
+  let blocked = 0;
   for (const chunk of input.chunks) {
     if (input.busy(chunk.chunkId)) continue;
     const action = planChunk(chunk, servers, input, placed);
-    if (action !== null) actions.push(action);
+    if (action === 'blocked') blocked += 1;
+    else if (action !== null) actions.push(action);
   }
   actions.sort((a, b) => a.urgency - b.urgency);
-  if (actions.length === 0) return planRebalance(input, servers);
-  return actions.slice(0, input.config.actionsMax);
+  if (actions.length === 0 && blocked === 0) return { actions: planRebalance(input, servers), blocked };
+  return { actions: actions.slice(0, input.config.actionsMax), blocked };
 }
 
 function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, input: PlannerInput,
-  placed: Map<number, number>): RecoveryAction | null {
+  placed: Map<number, number>): RecoveryAction | 'blocked' | null {
   const { config } = input;
   const live = chunk.replicas.filter((csId) => isLive(servers.get(csId)));
   const urgency = urgencyOf(live.length, chunk.replicasMin);
@@ -104,10 +120,14 @@ function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, inp
   const healthy = live.filter((csId) => servers.get(csId)?.adminState === 'active');
   if (healthy.length < chunk.replicasNormal && live.length > 0) {
     const target = chooseTarget(chunk, servers, input, placed);
-    if (target === null) return null;
+    if (target === null) return 'blocked';
     placed.set(target, (placed.get(target) ?? 0) + 1);
-    const reason = healthy.length < live.length ? 'moving off a draining server' : 'below the normal replica count';
-    return { kind: 'add', chunk, target, reason, urgency };
+    // Enough live copies, one of them on a draining server: move that one (add, then drop).
+    const draining = live.find((csId) => servers.get(csId)?.adminState === 'draining');
+    if (draining !== undefined && live.length >= chunk.replicasNormal) {
+      return { kind: 'add', chunk, target, thenDrop: draining, reason: `moving off draining server ${draining}`, urgency };
+    }
+    return { kind: 'add', chunk, target, thenDrop: null, reason: 'below the normal replica count', urgency };
   }
   const keepers = chunk.replicas.filter((csId) => servers.get(csId)?.adminState !== 'removed');
   if (healthy.length >= chunk.replicasNormal && keepers.length > chunk.replicasNormal) {
@@ -187,8 +207,7 @@ function planRebalance(input: PlannerInput, servers: Map<number, PlannerServer>)
     const others = chunk.replicas.filter((csId) => csId !== fullest.id).map((csId) => servers.get(csId));
     const domains = new Set(others.filter((s): s is PlannerServer => s !== undefined).map((s) => domainKey(candidateOf(s, 0, 0), input.config.failureDomain)));
     if (domains.has(domainKey(candidateOf(emptiest, 0, 0), input.config.failureDomain))) continue;
-    // Adding to the emptiest makes the chunk one above normal; the next plan drops from the fullest.
-    return [{ kind: 'add', chunk, target: emptiest.id, reason: `rebalancing from server ${fullest.id}`, urgency: 2_000_000 }];
+    return [{ kind: 'add', chunk, target: emptiest.id, thenDrop: fullest.id, reason: `rebalancing from server ${fullest.id}`, urgency: 2_000_000 }];
   }
   return [];
 }

@@ -24,13 +24,16 @@ export interface RecoveryStats {
   failed: number;
   /** Actions the last plan held (0 = nothing to do: every chunk as it should be). */
   pending: number;
+  /** Chunks the last plan could not help: no eligible server in a free failure domain. */
+  blocked: number;
 }
 
 export class RecoveryScheduler {
-  readonly stats: RecoveryStats = { running: 0, started: 0, succeeded: 0, failed: 0, pending: 0 };
+  readonly stats: RecoveryStats = { running: 0, started: 0, succeeded: 0, failed: 0, pending: 0, blocked: 0 };
   private readonly options: RecoverySchedulerOptions;
   private readonly inFlight = new Set<number>();
   private readonly running = new Set<Promise<void>>();
+  private stopped = false;
 
   constructor(options: RecoverySchedulerOptions) {
     this.options = options;
@@ -38,6 +41,7 @@ export class RecoveryScheduler {
 
   /** Plans and starts what fits; returns the number of actions started. */
   tick(): number {
+    if (this.stopped) return 0;
     const { replicator } = this.options;
     const view = this.options.view();
     const plan = planRecovery({
@@ -47,9 +51,10 @@ export class RecoveryScheduler {
       config: this.options.planner,
       random: this.options.random,
     });
-    this.stats.pending = plan.length;
+    this.stats.pending = plan.actions.length;
+    this.stats.blocked = plan.blocked;
     let started = 0;
-    for (const action of plan) {
+    for (const action of plan.actions) {
       if (this.inFlight.size >= this.options.concurrency) break;
       if (this.inFlight.has(action.chunk.chunkId)) continue;
       this.start(action);
@@ -63,9 +68,11 @@ export class RecoveryScheduler {
     this.inFlight.add(chunk.chunkId);
     this.stats.running += 1;
     this.stats.started += 1;
+    let succeeded = false;
     const work = this.execute(action)
       .then(() => {
         this.stats.succeeded += 1;
+        succeeded = true;
       })
       .catch((error: unknown) => {
         this.stats.failed += 1;
@@ -77,6 +84,9 @@ export class RecoveryScheduler {
         this.inFlight.delete(chunk.chunkId);
         this.stats.running -= 1;
         this.running.delete(work);
+        // A finished action makes room: plan again now rather than at the next tick. After a
+        // failure, wait for the tick: retrying at once would spin on a server that is down.
+        if (succeeded && !this.stopped) this.tick();
       });
     this.running.add(work);
   }
@@ -93,12 +103,16 @@ export class RecoveryScheduler {
         return;
       case 'add':
         await replicator.add(chunk.volumeId, chunk.chunkIndex, action.target);
+        if (action.thenDrop !== null) {
+          await replicator.drop(chunk.volumeId, chunk.chunkIndex, [action.thenDrop], { reason: action.reason });
+        }
         return;
     }
   }
 
-  /** Waits for the actions in flight (shutdown). */
+  /** Stops planning and waits for the actions in flight (shutdown). */
   async drain(): Promise<void> {
+    this.stopped = true;
     await Promise.allSettled([...this.running]);
   }
 }

@@ -504,7 +504,9 @@ export class MetadataService {
 
   stat(): ClusterStat {
     const nowMs = this.clock.nowMs();
-    const servers = this.listChunkServers();
+    // Removed servers are history: listed, but not counted in the cluster's totals.
+    const listed = this.listChunkServers();
+    const servers = listed.filter((s) => s.adminState !== 'removed');
     const online = servers.filter((s) => s.state === 'online');
     const byState: { -readonly [K in keyof ChunkHealthCounts]: number } = { healthy: 0, degraded: 0, endangered: 0, unavailable: 0 };
     let total = 0;
@@ -526,6 +528,7 @@ export class MetadataService {
       recovery: {
         running: this.recovery.stats.running,
         pending: this.recovery.stats.pending,
+        blocked: this.recovery.stats.blocked,
         succeeded: this.recovery.stats.succeeded,
         failed: this.recovery.stats.failed,
         copiedBytes: this.replicator.copiedBytesTotal,
@@ -538,7 +541,7 @@ export class MetadataService {
       },
       volumes: { count: volumes.length, sizeBytes: sum(volumes.map((v) => v.sizeBytes)) },
       chunks: { total, byState },
-      servers,
+      servers: listed,
     };
   }
 

@@ -122,6 +122,7 @@ export type ChunkHealthCounts = Static<typeof ChunkHealthCounts>;
 export const RecoveryInfo = Type.Object({
   running: Uint({ description: 'replica-set changes in flight' }),
   pending: Uint({ description: 'changes the last plan held: 0 when every chunk is as it should be' }),
+  blocked: Uint({ description: 'chunks that need a replica but have no eligible server in a free failure domain' }),
   succeeded: Uint(),
   failed: Uint(),
   copiedBytes: Uint({ description: 'bytes copied between chunk servers since the MDS started' }),

@@ -143,6 +143,10 @@ export class SimWorld {
 
   /** The planner's picture, as the MDS builds it. */
   plan(replaceAfterMs: number): RecoveryAction[] {
+    return this.planFull(replaceAfterMs).actions;
+  }
+
+  planFull(replaceAfterMs: number): ReturnType<typeof planRecovery> {
     const servers: PlannerServer[] = this.servers.map((s) => ({
       id: s.id,
       online: this.mdsView.get(s.id) === true,

@@ -44,7 +44,7 @@ function serverCounts(stat: ClusterStat): { value: string; alarm: boolean } {
 }
 
 function recoveryFields(recovery: ClusterStat['recovery']): Field[] {
-  const { running, pending, succeeded, failed, copiedBytes, bytesPerSecondLimit } = recovery;
+  const { running, pending, blocked, succeeded, failed, copiedBytes, bytesPerSecondLimit } = recovery;
   const history = `${succeeded} succeeded, ${failed} failed since the MDS started`;
   const busy = running > 0 || pending > 0;
   const limit = bytesPerSecondLimit === 0 ? 'no rate limit' : `rate limit ${formatRate(bytesPerSecondLimit)}`;
@@ -54,6 +54,11 @@ function recoveryFields(recovery: ClusterStat['recovery']): Field[] {
       value: busy ? `${running} replica changes running, ${pending} pending (${history})` : `idle (${history})`,
       style: busy ? 'yellow' : undefined,
     },
+    ...(blocked === 0 ? [] : [{
+      label: 'blocked',
+      value: `${blocked} chunks need a replica but no eligible server is left in a free failure domain: add or activate servers`,
+      style: 'red' as const,
+    }]),
     { label: 'copied', value: `${formatBytes(copiedBytes)} between chunk servers since the MDS started; ${limit}` },
   ];
 }
