@@ -1,0 +1,182 @@
+// The things fio measures, each an NBD export on a unix socket: shoal (a real LocalCluster with
+// three chunk servers and its NBD server) and the qemu-nbd baselines serving a raw file. Here they
+// are started, described (the exact command lines, read back from /proc) and stopped.
+//
+// Invariants: every target lives under the one run folder, so shoal's chunk files and the raw
+// files share a file system and a disk; a target's stop() is idempotent and never throws, so the
+// harness can call every stop() on any exit path (normal end, error, Ctrl-C).
+//
+// Why two qemu-nbd baselines: shoal acknowledges a write only after every replica's journal
+// fdatasync, so `--cache=directsync` (O_DIRECT|O_DSYNC: each write is on stable storage before its
+// reply) is the equally durable comparison. `--cache=writeback` (qemu-nbd's default) acknowledges
+// from the page cache and shows what a non-durable server gets on this machine.
+//
+// Non-goals: TCP exports (the unix socket is the cheaper path for both), multi-connection clients.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFile, truncate, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { LocalCluster } from '../../src/local/cluster.ts';
+
+export type TargetId = 'shoal' | 'qemu-directsync' | 'qemu-writeback';
+
+export interface Target {
+  readonly id: TargetId;
+  /** Label for tables, e.g. `qemu-nbd(directsync)`. */
+  readonly label: string;
+  readonly uri: string;
+  /** Process name -> pid, for CPU accounting (e.g. `cs0`, `nbd`, `qemu-nbd`). */
+  readonly pids: ReadonlyMap<string, number>;
+  /** Daemon name -> Prometheus /metrics URL (shoal only). */
+  readonly metricsUrls: ReadonlyMap<string, string>;
+  /** The command lines that serve this target, as run. */
+  commandLines(): Promise<string[]>;
+  /** The end of the serving processes' logs, to show when a job against this target fails. */
+  logTail(): string;
+  stop(): Promise<void>;
+}
+
+const VOLUME_NAME = 'bench';
+
+export interface ShoalTargetOptions {
+  readonly runDir: string;
+  readonly volumeBytes: number;
+  readonly chunkServers: number;
+}
+
+export async function startShoal(options: ShoalTargetOptions): Promise<Target> {
+  const { runDir, chunkServers, volumeBytes } = options;
+  const cluster = await LocalCluster.start({ parentDir: runDir, chunkServers, nbd: true });
+  const stop = onceAsync(() => cluster.destroy().catch(() => undefined));
+  try {
+    await cluster.admin.createVolume({ name: VOLUME_NAME, sizeBytes: volumeBytes });
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  const pids = new Map<string, number>([['mds', cluster.mds.pid]]);
+  const metricsUrls = new Map<string, string>();
+  for (const [index, cs] of cluster.chunkServers.entries()) {
+    if (cs === null) continue;
+    pids.set(`cs${index}`, cs.pid);
+    metricsUrls.set(`cs${index}`, `http://127.0.0.1:${Number(cs.ready['metricsPort'])}/metrics`);
+  }
+  if (cluster.nbd !== null) {
+    pids.set('nbd', cluster.nbd.pid);
+    metricsUrls.set('nbd', `http://127.0.0.1:${Number(cluster.nbd.ready['metricsPort'])}/metrics`);
+  }
+  return {
+    id: 'shoal',
+    label: 'shoal',
+    uri: cluster.nbdUnixUri(VOLUME_NAME),
+    pids,
+    metricsUrls,
+    logTail: () => {
+      const daemons = [cluster.mds, ...cluster.chunkServers, cluster.nbd];
+      return daemons.filter((daemon) => daemon !== null)
+        .map((daemon) => `--- ${daemon.name} log (end) ---\n${daemon.log.slice(-2048)}`).join('\n');
+    },
+    commandLines: async () => [
+      `LocalCluster.start({ chunkServers: ${chunkServers}, nbd: true }); ` +
+        `createVolume({ name: '${VOLUME_NAME}', sizeBytes: ${volumeBytes} }) ` +
+        '(default chunk size and replica count)',
+      ...(await Promise.all([...pids.values()].map(processCommandLine))),
+    ],
+    stop,
+  };
+}
+
+export type QemuCache = 'directsync' | 'writeback';
+
+export interface QemuTargetOptions {
+  readonly runDir: string;
+  readonly volumeBytes: number;
+  readonly cache: QemuCache;
+}
+
+export async function startQemuNbd(options: QemuTargetOptions): Promise<Target> {
+  const imagePath = join(options.runDir, `qemu-${options.cache}.raw`);
+  const socketPath = join(options.runDir, `qemu-${options.cache}.sock`);
+  // A sparse file the size of the shoal volume; the prefill allocates the measured region.
+  await writeFile(imagePath, '');
+  await truncate(imagePath, options.volumeBytes);
+  // aio=native needs O_DIRECT, which directsync has and writeback has not (it uses threads).
+  const aio = options.cache === 'directsync' ? ['--aio=native'] : [];
+  const args = ['-f', 'raw', `--cache=${options.cache}`, ...aio, '--discard=unmap', '--persistent',
+    '--shared=8', '-x', VOLUME_NAME, '-k', socketPath, imagePath];
+  const child = spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (text: string) => {
+    stderr = (stderr + text).slice(-8192);
+  });
+  const stop = onceAsync(() => stopChild(child));
+  try {
+    await waitForSocket(socketPath, child, () => stderr);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return {
+    id: options.cache === 'directsync' ? 'qemu-directsync' : 'qemu-writeback',
+    label: `qemu-nbd(${options.cache})`,
+    uri: `nbd+unix:///${VOLUME_NAME}?socket=${socketPath}`,
+    pids: new Map([['qemu-nbd', child.pid ?? -1]]),
+    metricsUrls: new Map(),
+    commandLines: async () => [['qemu-nbd', ...args].map(shellQuote).join(' ')],
+    logTail: () => `--- qemu-nbd stderr (end) ---\n${stderr}`,
+    stop,
+  };
+}
+
+/** Connects until the server accepts; qemu-nbd binds and listens a moment after it starts. */
+async function waitForSocket(socketPath: string, child: ChildProcess, stderr: () => string,
+): Promise<void> {
+  const deadlineMs = Date.now() + 10_000;
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`qemu-nbd exited during start-up (code ${child.exitCode})\n${stderr()}`);
+    }
+    const accepted = await new Promise<boolean>((resolve) => {
+      const socket = connect(socketPath);
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (accepted) return;
+    if (Date.now() > deadlineMs) {
+      throw new Error(`qemu-nbd did not listen on ${socketPath} within 10 s\n${stderr()}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+async function processCommandLine(pid: number): Promise<string> {
+  const raw = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+  const argv = raw.split('\0').filter((part) => part.length > 0);
+  return argv.length === 0 ? `(pid ${pid} gone)` : argv.map(shellQuote).join(' ');
+}
+
+export function shellQuote(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", "'\\''")}'`;
+}
+
+function onceAsync(action: () => Promise<unknown>): () => Promise<void> {
+  let done: Promise<void> | null = null;
+  return () => {
+    done ??= action().then(() => undefined);
+    return done;
+  };
+}
