@@ -37,7 +37,8 @@ function serverCounts(stat: ClusterStat): { value: string; alarm: boolean } {
   const draining = stat.servers.filter((s) => s.adminState === 'draining').length;
   const removed = stat.servers.filter((s) => s.adminState === 'removed').length;
   const outOfService = [draining > 0 ? `${draining} draining` : '', removed > 0 ? `${removed} removed` : ''].filter((part) => part !== '');
-  const registered = [`${total} registered`, ...outOfService].join(', ');
+  // The MDS's totals leave removed servers out; the count of registrations includes them.
+  const registered = [`${total + removed} registered`, ...outOfService].join(', ');
   // A removed server that was stopped is offline as it should be: no alarm for it.
   const alarm = stat.servers.some((s) => s.state !== 'online' && s.adminState !== 'removed');
   return { value: `${online} online, ${offline} offline (${registered})`, alarm };
