@@ -26,7 +26,8 @@ t.test('a chunk server whose disk fills up', async (t) => {
   });
   const small = cluster.chunkServerDir(3);
   await mkdir(small, { recursive: true });
-  const mounted = await run('mount', ['-t', 'tmpfs', '-o', 'size=28m', 'tmpfs', small]);
+  // Room for the journal's preallocated segments (2 x 8 MiB), the first chunk, and not much more.
+  const mounted = await run('mount', ['-t', 'tmpfs', '-o', 'size=32m', 'tmpfs', small]);
   if (mounted.code !== 0) {
     t.skip(`cannot mount a tmpfs here: ${mounted.stderr.trim()}`, () => undefined);
     return;
@@ -39,10 +40,16 @@ t.test('a chunk server whose disk fills up', async (t) => {
   await cluster.startChunkServer(3);
   await cluster.waitOnline(4);
   const smallId = await cluster.chunkServerId(3);
-  await cluster.admin.createVolume({ name: 'fill', sizeBytes: 128 * MiB, chunkSizeBytes: 8 * MiB });
+  // Four replicas on four servers: the small server holds every chunk, so it must fill up.
+  await cluster.admin.createVolume({ name: 'fill', sizeBytes: 128 * MiB, chunkSizeBytes: 8 * MiB, replicas: { normal: 4, min: 2 } });
 
-  // The emptiest server gets replicas first: the small one holds the first chunk, written while
-  // there is room, and never written again.
+  // Thin provisioning: eight chunks are placed while the small server has room for each (a first
+  // small write allocates them), then filled, which is more than it has. The first chunk is
+  // filled while there is room, and never written again.
+  const touches = Array.from({ length: 8 }, (_, index) => ['-c', `write -P 0x01 ${index * 8}M 4k`]).flat();
+  await runOk('qemu-io', ['-f', 'raw', ...touches, cluster.nbdUnixUri('fill')]);
+  const placed = await cluster.internal.chunkMap('fill', 0, 16);
+  t.ok(placed.chunks.every((chunk) => chunk.replicas.some((r) => r.csId === smallId)), 'every chunk has a replica on the small server');
   await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 8M', cluster.nbdUnixUri('fill')]);
   const rest = randomBytes(56 * MiB);
   const restFile = join(cluster.dir, 'rest');

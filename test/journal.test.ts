@@ -51,8 +51,7 @@ t.test('acknowledged records replay in order after a crash', async (t) => {
     t.ok(replayed[i]?.payload.equals(payload), `payload ${i} intact`);
   }
   t.match(replayed[200], { type: JOURNAL_RECORD_TYPE.ZERO, chunkId: 5, offsetBytes: 4096, lengthBytes: 8192 });
-  const seqs = replayed.map((r) => r.seq);
-  t.same(seqs, [...seqs].sort((a, b) => a - b), 'in sequence order');
+  t.same(replayed.map((r) => r.index), replayed.map((_, i) => i), 'in order: consecutive indexes of one segment');
   await reopened.close();
 });
 
@@ -60,7 +59,7 @@ t.test('a torn tail and a corrupted record end replay there', async (t) => {
   const dir = await scratch(t);
   const journal = await openJournal(dir);
   for (let i = 0; i < 10; i += 1) await appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, i + 1, 0, 100, Buffer.alloc(100, i));
-  const [segment] = (await readdir(dir)).filter((n) => n.endsWith('.log'));
+  const [segment] = (await readdir(dir)).filter((n) => /^\d{16}\.log$/.test(n));
   const path = join(dir, segment!);
   const recordBytes = JOURNAL_HEADER_BYTES + 100;
   await truncate(path, recordBytes * 9 + 50); // the tenth record is cut in half
@@ -84,10 +83,11 @@ t.test('checkpoints drop old segments once chunk files are synced', async (t) =>
     async () => undefined,
   );
   for (let i = 0; i < 40; i += 1) await appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, 1, 0, 4096, Buffer.alloc(4096));
-  t.ok((await readdir(dir)).filter((n) => n.endsWith('.log')).length >= 1);
+  t.ok((await readdir(dir)).filter((n) => /^\d{16}\.log$/.test(n)).length >= 1);
   await journal.checkpoint();
-  const segments = (await readdir(dir)).filter((n) => n.endsWith('.log'));
+  const segments = (await readdir(dir)).filter((n) => /^\d{16}\.log$/.test(n));
   t.equal(segments.length, 1, 'only the current segment remains');
+  t.ok((await readdir(dir)).some((n) => n.startsWith('spare-')), 'the old one is kept as a spare for reuse');
   t.ok(syncs >= 1, 'chunk files synced before segments were dropped');
   await journal.close();
 });
@@ -96,7 +96,7 @@ t.test('a torn tail alone is not damage', async (t) => {
   const dir = await scratch(t);
   const journal = await openJournal(dir);
   for (let i = 0; i < 3; i += 1) await appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, i + 1, 0, 10, Buffer.alloc(10, i));
-  const [segment] = (await readdir(dir)).filter((n) => n.endsWith('.log'));
+  const [segment] = (await readdir(dir)).filter((n) => /^\d{16}\.log$/.test(n));
   await truncate(join(dir, segment!), (JOURNAL_HEADER_BYTES + 10) * 2 + 7);
   const replayed: JournalRecord[] = [];
   const reopened = await openJournal(dir, replayed);
@@ -122,4 +122,24 @@ t.test('a checkpoint waits until records of the old segment reach the chunk file
   await checkpoint;
   t.same(events, ['applied', 'sync', 'checkpoint done']);
   await journal.close();
+});
+
+t.test('recycled segments: records of a file\'s earlier life are never replayed', async (t) => {
+  const dir = await scratch(t);
+  // Small segments, so that several checkpoints recycle files.
+  const open = (replayed: JournalRecord[]) => Journal.open(
+    { directory: dir, segmentBytesMax: 16 * 1024, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined },
+    async (record) => { replayed.push({ ...record, payload: Buffer.from(record.payload) }); },
+  );
+  const first = await open([]);
+  for (let i = 0; i < 60; i += 1) await appendApplied(first, JOURNAL_RECORD_TYPE.WRITE, 1, 0, 1000, Buffer.alloc(1000, i));
+  await first.checkpoint();
+  for (let i = 0; i < 3; i += 1) await appendApplied(first, JOURNAL_RECORD_TYPE.WRITE, 2, 0, 10, Buffer.alloc(10, 100 + i));
+  t.ok((await readdir(dir)).some((n) => n.startsWith('spare-')), 'spares exist');
+  // Crash: the current segment is a recycled file holding old records after the three new ones.
+  const replayed: JournalRecord[] = [];
+  const second = await open(replayed);
+  t.same(replayed.map((r) => r.payload[0]), [100, 101, 102], 'only the three records written since the checkpoint');
+  t.equal(second.damagedRecordsTotal, 0, 'old records are not taken for damage');
+  await second.close();
 });

@@ -6,7 +6,7 @@
 // waits. Replicas apply a chunk's writes in arrival order, so without this two overlapping writes
 // could land in different orders on different replicas and leave them different.
 
-import { hostname } from 'node:os';
+import { hostname, networkInterfaces } from 'node:os';
 import { StorageError, isStorageError } from '../errors.ts';
 import { BLOCK_BYTES, CS_PAYLOAD_BYTES_MAX } from '../limits.ts';
 import type { ChunkMapEntry, LeaseGrant, VolumeInfo } from '../protocol/api.ts';
@@ -50,6 +50,12 @@ type AttemptOutcome =
   | { readonly kind: 'stale'; readonly error: StorageError }
   | { readonly kind: 'fatal'; readonly error: StorageError };
 
+/** Addresses of this host: replicas listening on them are read first. */
+const LOCAL_HOSTS = new Set<string>([
+  'localhost',
+  ...Object.values(networkInterfaces()).flatMap((addresses) => (addresses ?? []).map((address) => address.address)),
+]);
+
 /** How long a read or write keeps trying (failover, waiting for recovery) before ERR_IO. */
 export const IO_TIMEOUT_MS_DEFAULT = 60_000;
 
@@ -66,6 +72,7 @@ export class Volume implements BlockDevice {
   private renewTimer: NodeJS.Timeout | null = null;
   private closed = false;
   private readonly ioTimeoutMs: number;
+  private readRotation = 0;
 
   private constructor(options: VolumeOpenOptions, info: VolumeInfo, lease: LeaseGrant | null, chunks: ChunkMapEntry[]) {
     this.options = options;
@@ -374,7 +381,7 @@ export class Volume implements BlockDevice {
       }
       const entry = this.chunks.get(chunkIndex);
       assert(entry !== undefined, 'reads of unallocated chunks never reach chunk servers');
-      for (const replica of entry.replicas) {
+      for (const replica of this.readOrder(entry)) {
         try {
           return await attempt({ entry, replica });
         } catch (error) {
@@ -384,6 +391,18 @@ export class Volume implements BlockDevice {
         }
       }
     }
+  }
+
+  /**
+   * The order in which to try a chunk's members for a read: replicas on this host first (no
+   * network hop), and among equals a rotation, so reads spread over the members instead of all
+   * landing on the primary.
+   */
+  private readOrder(entry: ChunkMapEntry): ReplicaLocation[] {
+    const start = this.readRotation;
+    this.readRotation = (this.readRotation + 1) % 0x40000000;
+    const rotated = entry.replicas.map((_, index) => entry.replicas[(start + index) % entry.replicas.length]!);
+    return [...rotated.filter((r) => LOCAL_HOSTS.has(r.host)), ...rotated.filter((r) => !LOCAL_HOSTS.has(r.host))];
   }
 
   private reportBadBlocks(entry: ChunkMapEntry, csId: number, range: { offsetBytes: number; lengthBytes: number }): void {

@@ -552,7 +552,7 @@ export class ChunkStore {
     const meta = this.getMeta(record.chunkId);
     if (meta === undefined) return; // deleted after the record was written
     if (record.offsetBytes + record.lengthBytes > meta.sizeBytes) {
-      this.options.log.error('journal record outside its chunk: skipped', { chunkId: record.chunkId, seq: record.seq });
+      this.options.log.error('journal record outside its chunk: skipped', { chunkId: record.chunkId, segment: record.segmentNumber, index: record.index });
       return;
     }
     try {
@@ -562,9 +562,9 @@ export class ChunkStore {
       });
     } catch (error) {
       // The server still starts, to serve what it has, but it says it is damaged.
-      const failure = fromSystemError(error, `replaying journal record ${record.seq} into chunk ${record.chunkId}`);
+      const failure = fromSystemError(error, `replaying journal record ${record.segmentNumber}/${record.index} into chunk ${record.chunkId}`);
       this.damage = failure.message;
-      this.options.log.error('journal replay failed for a record', { seq: record.seq, chunkId: record.chunkId, error: failure });
+      this.options.log.error('journal replay failed for a record', { segment: record.segmentNumber, index: record.index, chunkId: record.chunkId, error: failure });
     }
   }
 

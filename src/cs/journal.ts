@@ -1,23 +1,30 @@
 // The chunk server's write journal: every data change is appended here and made durable with one
-// fdatasync per batch (group commit) before it is acknowledged. Chunk files are written in place
-// at the same time through the page cache and synced only at checkpoints, so random writes to many
+// fdatasync per batch (group commit) before it is acknowledged. Chunk files change only after
+// their record is durable (write-ahead) and are synced at checkpoints, so random writes to many
 // chunks cost one sequential append and one sync, not a sync per file.
 //
-// Layout: journal/<segment number>.log segments, each a sequence of records (big-endian):
+// Layout: journal/<segment number>.log segments (16 digits), each a sequence of records
+// (big-endian), and journal/spare-<n>.log files waiting to become segments:
 //
-//   0 u32 magic | 4 u32 recordBytes | 8 u32 crc32c of bytes [12, recordBytes) | 12 u8 type |
-//   13 3 zero bytes | 16 u32 seq high | 20 u32 seq low | 24 u32 chunkId high | 28 u32 chunkId low |
-//   32 u32 offsetBytes | 36 u32 lengthBytes | 40 payload (WRITE only, lengthBytes)
+//   0 u32 magic | 4 u32 recordBytes | 8 u32 crc32c of payload then bytes [12, 40) | 12 u8 type |
+//   13 3 zero bytes | 16 u32 segment number | 20 u32 index in segment | 24 u32 chunkId high |
+//   28 u32 chunkId low | 32 u32 offsetBytes | 36 u32 lengthBytes | 40 payload (WRITE only)
+//
+// Segments are preallocated (zero-filled once, then recycled after checkpoints), so a commit
+// overwrites blocks the file already has: its fdatasync flushes data only, never the file's size
+// through the file system's own journal, which is what makes one sync cheap. A recycled file still
+// holds records of its earlier life; they carry an older segment number, so replay, which accepts
+// only the segment's own number with consecutive indexes, stops there as it stops at zeroes.
 //
 // Records are replayed in order after a crash; each one sets the bytes of its range, so replaying
 // a record twice, or a record whose effect already reached the chunk file, is harmless. Replay
-// stops at the first record that is torn or fails its checksum (the tail a crash cut off).
+// stops at the first record that is torn, corrupt or not the next one (the tail a crash cut off).
 //
-// Checkpoint: switch to a new segment, sync every chunk file written since the last checkpoint,
-// then delete the older segments.
+// Checkpoint: switch to the next segment, wait until every record of the older ones is applied,
+// sync every chunk file written since the last checkpoint, then recycle the older segments.
 
 import { crc32c } from '@node-rs/crc32';
-import { open, readdir, readFile, rm, mkdir, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { StorageError, fromSystemError } from '../errors.ts';
 import { CHUNK_BYTES_MAX } from '../limits.ts';
@@ -28,13 +35,19 @@ import type { Logger } from '../util/log.ts';
 export const JOURNAL_RECORD_TYPE = { WRITE: 1, ZERO: 2 } as const;
 export type JournalRecordType = (typeof JOURNAL_RECORD_TYPE)[keyof typeof JOURNAL_RECORD_TYPE];
 
-const MAGIC = 0x53484a31; // "SHJ1"
+const MAGIC = 0x53484a32; // "SHJ2"
 export const JOURNAL_HEADER_BYTES = 40;
 const TWO_32 = 2 ** 32;
+/** Recycled segments kept for reuse; more are deleted. */
+const SPARES_MAX = 2;
+const ZERO_FILL = Buffer.alloc(1024 * 1024);
+const SEGMENT_NAME = /^(\d{16})\.log$/;
+const SPARE_NAME = /^spare-(\d{16})\.log$/;
 
 export interface JournalRecord {
   readonly type: JournalRecordType;
-  readonly seq: number;
+  readonly segmentNumber: number;
+  readonly index: number;
   readonly chunkId: number;
   readonly offsetBytes: number;
   readonly lengthBytes: number;
@@ -43,7 +56,7 @@ export interface JournalRecord {
 
 export interface JournalOptions {
   readonly directory: string;
-  /** Start a new segment (and a checkpoint) past this size. */
+  /** Segment size: preallocated, and past it the journal checkpoints into the next segment. */
   readonly segmentBytesMax: number;
   /** Largest batch written with one writev + fdatasync. */
   readonly batchBytesMax: number;
@@ -53,8 +66,13 @@ export interface JournalOptions {
 }
 
 interface PendingRecord {
-  readonly head: Buffer;
+  readonly type: JournalRecordType;
+  readonly chunkId: number;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
   readonly payload: Buffer | undefined;
+  /** crc32c of the payload, computed when appended; the header is folded in at commit. */
+  readonly payloadCrc: number;
   readonly bytes: number;
   readonly resolve: () => void;
   readonly reject: (error: StorageError) => void;
@@ -74,13 +92,19 @@ export interface JournalStats {
   commitSecondsTotal: number;
 }
 
+interface Segment {
+  readonly handle: FileHandle;
+  readonly number: number;
+  readonly name: string;
+  sizeBytes: number;
+  nextIndex: number;
+}
+
 export class Journal {
   readonly stats: JournalStats = { appendsTotal: 0, commitsTotal: 0, bytesTotal: 0, checkpointsTotal: 0, commitSecondsTotal: 0 };
   private readonly options: JournalOptions;
-  private segment: { handle: FileHandle; name: string; sizeBytes: number } | null = null;
-  private nextSeq = 1;
+  private segment: Segment | null = null;
   private queue: PendingRecord[] = [];
-  private segmentNumber = 0;
   private readonly idleWaiters: Array<() => void> = [];
   /** Segment number -> records appended while it was current and not yet applied to chunk files. */
   private readonly unapplied = new Map<number, number>();
@@ -88,7 +112,10 @@ export class Journal {
   private committing = false;
   private scheduled = false;
   private checkpointing: Promise<void> | null = null;
+  private preparingSpare: Promise<void> | null = null;
   private failure: StorageError | null = null;
+  /** Highest segment number seen in the directory, spares included: new segments go above it. */
+  private highestNumber = 0;
   /** Replay found damage (not just a torn tail) in this start-up's journal. */
   damagedRecordsTotal = 0;
   private closed = false;
@@ -99,23 +126,28 @@ export class Journal {
 
   /**
    * Opens the journal: replays every record left by the previous run through `apply` (in order),
-   * syncs the chunk files, deletes the old segments and starts a fresh one.
+   * syncs the chunk files, recycles the old segments and starts the next one.
    */
   static async open(options: JournalOptions, apply: (record: JournalRecord) => Promise<void>): Promise<Journal> {
     await mkdir(options.directory, { recursive: true });
+    // A spare half zero-filled when the server stopped is of no use.
+    for (const name of await readdir(options.directory)) {
+      if (name.endsWith('.tmp')) await rm(join(options.directory, name), { force: true });
+    }
     const journal = new Journal(options);
-    const segments = await journal.listSegments();
+    const { segments, spares } = await journal.listFiles();
+    journal.highestNumber = Math.max(0, ...segments.map((s) => s.number), ...spares.map((s) => s.number));
     let replayed = 0;
-    for (const [index, name] of segments.entries()) {
-      const isLast = index === segments.length - 1;
-      replayed += await journal.replaySegment(name, isLast, apply);
+    for (const [index, segment] of segments.entries()) {
+      replayed += await journal.replaySegment(segment, index === segments.length - 1, apply);
     }
     if (segments.length > 0) {
       await options.syncChunkFiles();
-      for (const name of segments) await rm(join(options.directory, name), { force: true });
+      await journal.recycle(segments.map((s) => s.name));
       options.log.info('journal replayed', { segments: segments.length, records: replayed });
     }
-    await journal.startSegment();
+    journal.segment = await journal.nextSegment(true);
+    journal.prepareSpare();
     return journal;
   }
 
@@ -130,10 +162,10 @@ export class Journal {
     assert(type !== JOURNAL_RECORD_TYPE.WRITE || payload?.length === lengthBytes, 'write records carry their bytes');
     assert(type !== JOURNAL_RECORD_TYPE.ZERO || payload === undefined, 'zero records carry no bytes');
     assert(offsetBytes + lengthBytes <= CHUNK_BYTES_MAX, 'journal record within a chunk');
-    const segmentNumber = this.segmentNumber;
+    const segmentNumber = this.segment?.number ?? 0;
     this.unapplied.set(segmentNumber, (this.unapplied.get(segmentNumber) ?? 0) + 1);
     let applied = false;
-    const ticket: JournalTicket = {
+    return {
       durable: this.enqueue(type, chunkId, offsetBytes, lengthBytes, payload),
       applied: () => {
         assert(!applied, 'a journal record is applied once');
@@ -145,18 +177,15 @@ export class Journal {
         if (left === 0) for (const wake of this.appliedWaiters.splice(0)) wake();
       },
     };
-    return ticket;
   }
 
   private enqueue(type: JournalRecordType, chunkId: number, offsetBytes: number, lengthBytes: number, payload?: Buffer): Promise<void> {
     if (this.failure !== null) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new StorageError('ERR_SHUTTING_DOWN', 'journal closed'));
-    const seq = this.nextSeq;
-    this.nextSeq += 1;
-    const head = encodeRecordHead(type, seq, chunkId, offsetBytes, lengthBytes, payload);
-    const bytes = head.length + (payload?.length ?? 0);
+    const payloadCrc = payload === undefined ? 0 : crc32c(payload);
+    const bytes = JOURNAL_HEADER_BYTES + (payload?.length ?? 0);
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ head, payload, bytes, resolve, reject });
+      this.queue.push({ type, chunkId, offsetBytes, lengthBytes, payload, payloadCrc, bytes, resolve, reject });
       this.stats.appendsTotal += 1;
       this.schedule();
     });
@@ -166,7 +195,10 @@ export class Journal {
   barrier(): Promise<void> {
     if (this.queue.length === 0 && !this.committing) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      this.queue.push({ head: Buffer.alloc(0), payload: undefined, bytes: 0, resolve, reject });
+      this.queue.push({
+        type: JOURNAL_RECORD_TYPE.ZERO, chunkId: 0, offsetBytes: 0, lengthBytes: 0, payload: undefined, payloadCrc: 0, bytes: 0,
+        resolve, reject,
+      });
       this.schedule();
     });
   }
@@ -191,11 +223,13 @@ export class Journal {
     const batch = this.takeBatch();
     const segment = this.segment;
     assert(segment !== null, 'journal has an open segment');
+    // Records take their place (segment and index) only now, in the segment they are written to.
     const buffers: Buffer[] = [];
     let bytes = 0;
     for (const record of batch) {
       if (record.bytes === 0) continue;
-      buffers.push(record.head);
+      buffers.push(encodeRecordHead(record, segment.number, segment.nextIndex));
+      segment.nextIndex += 1;
       if (record.payload !== undefined) buffers.push(record.payload);
       bytes += record.bytes;
     }
@@ -238,7 +272,7 @@ export class Journal {
     return this.queue.splice(0, count);
   }
 
-  /** Starts a new segment, syncs chunk files, then drops the segments before it. One at a time. */
+  /** Starts the next segment, syncs chunk files, then recycles the segments before it. One at a time. */
   checkpoint(): Promise<void> {
     this.checkpointing ??= this.runCheckpoint().finally(() => {
       this.checkpointing = null;
@@ -251,22 +285,21 @@ export class Journal {
       await this.options.syncChunkFiles();
       return;
     }
-    const next = await this.openSegment(this.segmentNumber + 1);
+    const next = await this.nextSegment(false);
     // Switch only while no batch is being written, so the old segment is complete when closed.
     while (this.committing) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     const old = this.segment;
     this.segment = next;
-    this.segmentNumber += 1;
     // Records of the old segments must be in the chunk files before those are synced.
-    while ([...this.unapplied.keys()].some((number) => number < this.segmentNumber)) {
+    while ([...this.unapplied.keys()].some((number) => number < next.number)) {
       await new Promise<void>((resolve) => this.appliedWaiters.push(resolve));
     }
     await this.options.syncChunkFiles();
     await old.handle.close();
-    for (const name of await this.listSegments()) {
-      if (name < next.name) await rm(join(this.options.directory, name), { force: true });
-    }
+    const { segments } = await this.listFiles();
+    await this.recycle(segments.filter((s) => s.number < next.number).map((s) => s.name));
     this.stats.checkpointsTotal += 1;
+    this.prepareSpare();
   }
 
   /** Commits what is queued and checkpoints, so a clean restart has nothing to replay. */
@@ -274,79 +307,137 @@ export class Journal {
     await this.barrier();
     if (this.failure === null) await this.checkpoint();
     else await this.checkpointing;
+    await this.preparingSpare;
     this.closed = true;
     await this.segment?.handle.close();
     this.segment = null;
   }
 
-  private async startSegment(): Promise<void> {
-    const existing = await this.listSegments();
-    const last = existing.at(-1);
-    this.segmentNumber = last === undefined ? 1 : Number(last.slice(0, 16)) + 1;
-    this.segment = await this.openSegment(this.segmentNumber);
-  }
-
-  private async openSegment(segmentNumber: number): Promise<{ handle: FileHandle; name: string; sizeBytes: number }> {
-    const name = `${String(segmentNumber).padStart(16, '0')}.log`;
-    const handle = await open(join(this.options.directory, name), 'wx');
+  /**
+   * Opens the next segment: a prepared spare renamed to the next number, or, when none is ready, a
+   * new file (preallocated first if `preallocate`, else growing as it is written).
+   */
+  private async nextSegment(preallocate: boolean): Promise<Segment> {
+    const number = this.highestNumber + 1;
+    this.highestNumber = number;
+    const name = segmentName(number);
+    const path = join(this.options.directory, name);
+    const { spares } = await this.listFiles();
+    const spare = spares[0];
+    if (spare !== undefined) {
+      await rename(join(this.options.directory, spare.name), path);
+    } else if (preallocate) {
+      await zeroFill(path, this.options.segmentBytesMax);
+    }
+    const handle = await open(path, spare !== undefined || preallocate ? 'r+' : 'wx');
     // The segment's directory entry must survive a crash as surely as the records in it.
     await syncDirectory(this.options.directory);
-    return { handle, name, sizeBytes: 0 };
+    return { handle, number, name, sizeBytes: 0, nextIndex: 0 };
   }
 
-  private async listSegments(): Promise<string[]> {
-    const names = await readdir(this.options.directory);
-    return names.filter((name) => /^\d{16}\.log$/.test(name)).sort();
-  }
-
-  private async replaySegment(name: string, isLast: boolean, apply: (record: JournalRecord) => Promise<void>): Promise<number> {
-    const bytes = await readFile(join(this.options.directory, name));
-    let position = 0;
-    let count = 0;
-    for (;;) {
-      const parsed = parseRecord(bytes, position);
-      if (parsed === null) break;
-      await apply(parsed.record);
-      this.nextSeq = Math.max(this.nextSeq, parsed.record.seq + 1);
-      position = parsed.end;
-      count += 1;
-    }
-    if (position < bytes.length) {
-      const detail = { segment: name, offset: position, bytes: bytes.length - position };
-      // A torn tail of the newest segment is the expected trace of a crash. Valid records after a
-      // bad one, or a bad one in an older segment, mean damage: say so loudly.
-      if (isLast && !hasValidRecordAfter(bytes, position)) {
-        this.options.log.warn('journal tail ignored (incomplete record)', detail);
+  /** Keeps up to SPARES_MAX old segments as spares for reuse; deletes the rest. */
+  private async recycle(names: readonly string[]): Promise<void> {
+    const { spares } = await this.listFiles();
+    let kept = spares.length;
+    for (const name of names) {
+      const number = Number(SEGMENT_NAME.exec(name)?.[1] ?? 0);
+      if (kept < SPARES_MAX) {
+        await rename(join(this.options.directory, name), join(this.options.directory, spareName(number)));
+        kept += 1;
       } else {
-        this.damagedRecordsTotal += 1;
-        this.options.log.error('journal damaged: replay stopped at a bad record; later records were not applied', detail);
+        await rm(join(this.options.directory, name), { force: true });
       }
     }
-    return count;
+  }
+
+  /** Zero-fills a spare in the background when there is none, so the next checkpoint finds one. */
+  private prepareSpare(): void {
+    if (this.preparingSpare !== null || this.closed) return;
+    this.preparingSpare = (async () => {
+      const { spares } = await this.listFiles();
+      if (spares.length > 0) return;
+      this.highestNumber += 1;
+      const temporary = join(this.options.directory, `preparing-${this.highestNumber}.tmp`);
+      await zeroFill(temporary, this.options.segmentBytesMax);
+      await rename(temporary, join(this.options.directory, spareName(this.highestNumber)));
+    })()
+      .catch((error: unknown) => this.options.log.warn('could not prepare a journal spare; segments will grow as written', { error }))
+      .finally(() => {
+        this.preparingSpare = null;
+      });
+  }
+
+  private async listFiles(): Promise<{ segments: Array<{ name: string; number: number }>; spares: Array<{ name: string; number: number }> }> {
+    const names = (await readdir(this.options.directory)).sort();
+    const pick = (pattern: RegExp) => names.flatMap((name) => {
+      const match = pattern.exec(name);
+      return match === null ? [] : [{ name, number: Number(match[1]) }];
+    });
+    return { segments: pick(SEGMENT_NAME), spares: pick(SPARE_NAME) };
+  }
+
+  private async replaySegment(segment: { name: string; number: number }, isLast: boolean,
+    apply: (record: JournalRecord) => Promise<void>): Promise<number> {
+    const bytes = await readFile(join(this.options.directory, segment.name));
+    let position = 0;
+    let index = 0;
+    for (;;) {
+      const parsed = parseRecord(bytes, position);
+      if (parsed === null || parsed.record.segmentNumber !== segment.number || parsed.record.index !== index) break;
+      await apply(parsed.record);
+      position = parsed.end;
+      index += 1;
+    }
+    // Where replay stops is normally the end: a torn tail after a crash, zeroes, or the records of
+    // a recycled file's earlier life. Only a valid record of this very segment further on proves
+    // that something in between was lost: damage, said loudly.
+    if (hasLaterRecord(bytes, position, segment.number, index)) {
+      this.damagedRecordsTotal += 1;
+      this.options.log.error('journal damaged: replay stopped at a bad record; later records were not applied', {
+        segment: segment.name, offset: position, index, isLast,
+      });
+    }
+    return index;
+  }
+}
+
+function segmentName(number: number): string {
+  return `${String(number).padStart(16, '0')}.log`;
+}
+
+function spareName(number: number): string {
+  return `spare-${String(number).padStart(16, '0')}.log`;
+}
+
+async function zeroFill(path: string, sizeBytes: number): Promise<void> {
+  const handle = await open(path, 'w');
+  try {
+    for (let offset = 0; offset < sizeBytes; offset += ZERO_FILL.length) {
+      await handle.write(ZERO_FILL, 0, Math.min(ZERO_FILL.length, sizeBytes - offset), offset);
+    }
+    await handle.sync();
+  } finally {
+    await handle.close();
   }
 }
 
 export function encodeRecordHead(
-  type: JournalRecordType,
-  seq: number,
-  chunkId: number,
-  offsetBytes: number,
-  lengthBytes: number,
-  payload: Buffer | undefined,
+  record: Pick<PendingRecord, 'type' | 'chunkId' | 'offsetBytes' | 'lengthBytes' | 'payload' | 'payloadCrc'>,
+  segmentNumber: number,
+  index: number,
 ): Buffer {
   const head = Buffer.allocUnsafe(JOURNAL_HEADER_BYTES);
   head.writeUInt32BE(MAGIC, 0);
-  head.writeUInt32BE(JOURNAL_HEADER_BYTES + (payload?.length ?? 0), 4);
-  head.writeUInt8(type, 12);
+  head.writeUInt32BE(JOURNAL_HEADER_BYTES + (record.payload?.length ?? 0), 4);
+  head.writeUInt8(record.type, 12);
   head.fill(0, 13, 16);
-  head.writeUInt32BE(Math.floor(seq / TWO_32), 16);
-  head.writeUInt32BE(seq >>> 0, 20);
-  head.writeUInt32BE(Math.floor(chunkId / TWO_32), 24);
-  head.writeUInt32BE(chunkId >>> 0, 28);
-  head.writeUInt32BE(offsetBytes, 32);
-  head.writeUInt32BE(lengthBytes, 36);
-  const headCrc = crc32c(head.subarray(12));
-  head.writeUInt32BE(payload === undefined ? headCrc : crc32c(payload, headCrc), 8);
+  head.writeUInt32BE(segmentNumber, 16);
+  head.writeUInt32BE(index, 20);
+  head.writeUInt32BE(Math.floor(record.chunkId / TWO_32), 24);
+  head.writeUInt32BE(record.chunkId >>> 0, 28);
+  head.writeUInt32BE(record.offsetBytes, 32);
+  head.writeUInt32BE(record.lengthBytes, 36);
+  head.writeUInt32BE(crc32c(head.subarray(12), record.payloadCrc), 8);
   return head;
 }
 
@@ -357,24 +448,35 @@ export function parseRecord(bytes: Buffer, position: number): { record: JournalR
   const recordBytes = bytes.readUInt32BE(position + 4);
   if (recordBytes < JOURNAL_HEADER_BYTES || recordBytes > JOURNAL_HEADER_BYTES + CHUNK_BYTES_MAX) return null;
   if (position + recordBytes > bytes.length) return null;
-  if (crc32c(bytes.subarray(position + 12, position + recordBytes)) !== bytes.readUInt32BE(position + 8)) return null;
+  const payload = bytes.subarray(position + JOURNAL_HEADER_BYTES, position + recordBytes);
+  const expectedCrc = crc32c(bytes.subarray(position + 12, position + JOURNAL_HEADER_BYTES), payload.length === 0 ? 0 : crc32c(payload));
+  if (expectedCrc !== bytes.readUInt32BE(position + 8)) return null;
   const type = bytes.readUInt8(position + 12);
   if (type !== JOURNAL_RECORD_TYPE.WRITE && type !== JOURNAL_RECORD_TYPE.ZERO) return null;
-  const seq = bytes.readUInt32BE(position + 16) * TWO_32 + bytes.readUInt32BE(position + 20);
-  const chunkId = bytes.readUInt32BE(position + 24) * TWO_32 + bytes.readUInt32BE(position + 28);
-  const offsetBytes = bytes.readUInt32BE(position + 32);
   const lengthBytes = bytes.readUInt32BE(position + 36);
-  const payload = bytes.subarray(position + JOURNAL_HEADER_BYTES, position + recordBytes);
   if (type === JOURNAL_RECORD_TYPE.WRITE && payload.length !== lengthBytes) return null;
   if (type === JOURNAL_RECORD_TYPE.ZERO && payload.length !== 0) return null;
-  return { record: { type, seq, chunkId, offsetBytes, lengthBytes, payload }, end: position + recordBytes };
+  return {
+    record: {
+      type,
+      segmentNumber: bytes.readUInt32BE(position + 16),
+      index: bytes.readUInt32BE(position + 20),
+      chunkId: bytes.readUInt32BE(position + 24) * TWO_32 + bytes.readUInt32BE(position + 28),
+      offsetBytes: bytes.readUInt32BE(position + 32),
+      lengthBytes,
+      payload,
+    },
+    end: position + recordBytes,
+  };
 }
 
-function hasValidRecordAfter(bytes: Buffer, position: number): boolean {
+/** A valid record of this segment with a higher index somewhere after `position`: damage. */
+function hasLaterRecord(bytes: Buffer, position: number, segmentNumber: number, index: number): boolean {
   const magic = Buffer.alloc(4);
   magic.writeUInt32BE(MAGIC, 0);
   for (let at = bytes.indexOf(magic, position + 1); at >= 0; at = bytes.indexOf(magic, at + 1)) {
-    if (parseRecord(bytes, at) !== null) return true;
+    const parsed = parseRecord(bytes, at);
+    if (parsed !== null && parsed.record.segmentNumber === segmentNumber && parsed.record.index > index) return true;
   }
   return false;
 }

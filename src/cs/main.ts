@@ -33,7 +33,7 @@ const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [opti
   --tier N                    storage tier 0-3 (default 0)
   --inflight-bytes-max N      payload bytes in flight before reads pause (default 256 MiB)
   --open-chunks-max N         chunk files kept open (default 256)
-  --journal-segment-bytes N   journal segment size before a checkpoint (default 64 MiB)
+  --journal-segment-bytes N   journal segment size, preallocated; a checkpoint when one is full (default 64M)
   --peer-timeout-ms N         a peer replica that does not answer a forwarded write within this is
                               reported failed (default 4000; keep it below the clients' --cs-timeout-ms,
                               so the primary names the failed peer before the client gives up on it)
@@ -92,7 +92,8 @@ export async function runChunkServer(argv: string[]): Promise<void> {
     tier,
     inflightBytesMax: parseIntegerFlag(values['inflight-bytes-max'], '--inflight-bytes-max', 256 * MiB, MiB),
     openChunksMax: parseIntegerFlag(values['open-chunks-max'], '--open-chunks-max', 256, 1),
-    journalSegmentBytes: parseIntegerFlag(values['journal-segment-bytes'], '--journal-segment-bytes', 64 * MiB, MiB),
+    journalSegmentBytes: values['journal-segment-bytes'] === undefined
+      ? 64 * MiB : Math.max(MiB, parseSizeBytes(values['journal-segment-bytes'], '--journal-segment-bytes')),
     peerTimeoutMs: parseIntegerFlag(values['peer-timeout-ms'], '--peer-timeout-ms', 4_000, 100),
     advertisePort: values['advertise-port'] === undefined ? null : parseIntegerFlag(values['advertise-port'], '--advertise-port', 0, 1),
     scrubBytesPerSecond: parseIntegerFlag(values['scrub-bytes-per-second'], '--scrub-bytes-per-second', 4 * MiB),

@@ -16,7 +16,7 @@
 // Urgency: fewest live members first (a chunk with one live copy before a chunk with two), then
 // fewest relative to min.
 
-import { chooseReplicas, domainKey, type FailureDomain, type PlacementCandidate } from './placement.ts';
+import { RESERVE_FRACTION, chooseReplicas, domainKey, type FailureDomain, type PlacementCandidate } from './placement.ts';
 import type { ChunkServerAdminState } from './model.ts';
 
 export interface PlannerServer {
@@ -189,25 +189,39 @@ function victimRank(server: PlannerServer): number {
   return (server.adminState === 'draining' ? 4 : 0) + (server.online ? 0 : 2) + used;
 }
 
-function usedFraction(server: PlannerServer): number {
-  return server.capacityBytes > 0 ? 1 - server.freeBytes / server.capacityBytes : 1;
-}
 
-/** With nothing urgent: one replica from the fullest server to the emptiest, if far enough apart. */
+/**
+ * With nothing urgent: one replica from the fullest server to the emptiest, if their shares differ
+ * by more than the threshold. Fullness here is the replicas the map places on a server over its
+ * capacity: it changes the moment a move commits, where the servers' own reports of used space lag
+ * (space is freed only once a left replica is deleted), which would make moves overshoot.
+ */
 function planRebalance(input: PlannerInput, servers: Map<number, PlannerServer>): RecoveryAction[] {
-  const usable = [...servers.values()].filter((s) => s.online && s.healthy && s.adminState === 'active');
+  const usable = [...servers.values()].filter((s) => s.online && s.healthy && s.adminState === 'active' && s.capacityBytes > 0);
   if (usable.length < 2) return [];
-  const sorted = [...usable].sort((a, b) => usedFraction(a) - usedFraction(b));
+  const mappedBytes = new Map<number, number>();
+  for (const chunk of input.chunks) {
+    for (const csId of chunk.replicas) mappedBytes.set(csId, (mappedBytes.get(csId) ?? 0) + chunk.chunkSizeBytes);
+  }
+  const share = (server: PlannerServer): number => (mappedBytes.get(server.id) ?? 0) / server.capacityBytes;
+  const sorted = [...usable].sort((a, b) => share(a) - share(b));
   const emptiest = sorted[0];
   const fullest = sorted.at(-1);
   if (emptiest === undefined || fullest === undefined) return [];
-  if (usedFraction(fullest) - usedFraction(emptiest) <= input.config.rebalanceThreshold) return [];
+  if (share(fullest) - share(emptiest) <= input.config.rebalanceThreshold) return [];
   for (const chunk of input.chunks) {
     if (input.busy(chunk.chunkId) || !chunk.replicas.includes(fullest.id) || chunk.replicas.includes(emptiest.id)) continue;
+    // The move must leave the chunk no fuller on the emptiest than on the fullest, or it flips back.
+    if (share(emptiest) + chunk.chunkSizeBytes / emptiest.capacityBytes > share(fullest) - chunk.chunkSizeBytes / fullest.capacityBytes) continue;
     const others = chunk.replicas.filter((csId) => csId !== fullest.id).map((csId) => servers.get(csId));
     const domains = new Set(others.filter((s): s is PlannerServer => s !== undefined).map((s) => domainKey(candidateOf(s, 0, 0), input.config.failureDomain)));
     if (domains.has(domainKey(candidateOf(emptiest, 0, 0), input.config.failureDomain))) continue;
+    if (!hasRoomFor(emptiest, chunk.chunkSizeBytes)) continue;
     return [{ kind: 'add', chunk, target: emptiest.id, thenDrop: fullest.id, reason: `rebalancing from server ${fullest.id}`, urgency: 2_000_000 }];
   }
   return [];
+}
+
+function hasRoomFor(server: PlannerServer, bytes: number): boolean {
+  return server.freeBytes >= bytes + server.capacityBytes * RESERVE_FRACTION;
 }

@@ -8,7 +8,8 @@ export { LocalCluster } from '../../src/local/cluster.ts';
 
 /** Starts a cluster; when `t` ends, every process is killed and the folder removed. */
 export async function startCluster(t: Test, options: ClusterOptions = {}): Promise<LocalCluster> {
-  const cluster = await LocalCluster.start(options);
+  // Small journal segments: each chunk server preallocates two, and the suite starts many.
+  const cluster = await LocalCluster.start({ ...options, csArgs: ['--journal-segment-bytes', '8M', ...(options.csArgs ?? [])] });
   t.teardown(async () => {
     if (!t.passing() || process.env['SHOAL_TEST_LOGS'] === '1') {
       for (const daemon of [cluster.mds, ...cluster.chunkServers, cluster.nbd]) {
