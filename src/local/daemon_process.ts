@@ -43,7 +43,9 @@ export class DaemonProcess {
 
   static start(options: DaemonOptions): Promise<DaemonProcess> {
     const readyTimeoutMs = options.readyTimeoutMs ?? 30_000;
-    const child = spawn(process.execPath, ['--enable-source-maps', SHOAL_ENTRY, ...options.args], {
+    // SHOAL_NODE_ARGS passes extra options to node for every daemon (e.g. --cpu-prof when profiling).
+    const nodeArgs = (process.env['SHOAL_NODE_ARGS'] ?? '').split(' ').filter((arg) => arg !== '');
+    const child = spawn(process.execPath, ['--enable-source-maps', ...nodeArgs, SHOAL_ENTRY, ...options.args], {
       stdio: ['ignore', 'pipe', options.stderr === 'collect' ? 'pipe' : 'inherit'],
       detached: options.detached ?? false,
       env: { ...process.env, UV_THREADPOOL_SIZE: process.env['UV_THREADPOOL_SIZE'] ?? '16', ...options.env },
