@@ -42,7 +42,7 @@ t.test('acknowledged records replay in order after a crash', async (t) => {
   await Promise.all(payloads.map((payload, i) => appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, 1000 + i, i * 10, payload.length, payload)));
   await appendApplied(journal, JOURNAL_RECORD_TYPE.ZERO, 5, 4096, 8192);
   t.ok(journal.stats.commitsTotal < journal.stats.appendsTotal, `group commit: ${journal.stats.appendsTotal} appends in ${journal.stats.commitsTotal} commits`);
-  // No close: the process "crashed" here.
+  await journal.abandon(); // the process "crashed" here
   const replayed: JournalRecord[] = [];
   const reopened = await openJournal(dir, replayed);
   t.equal(replayed.length, 201, 'every acknowledged record comes back');
@@ -59,6 +59,7 @@ t.test('a torn tail and a corrupted record end replay there', async (t) => {
   const dir = await scratch(t);
   const journal = await openJournal(dir);
   for (let i = 0; i < 10; i += 1) await appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, i + 1, 0, 100, Buffer.alloc(100, i));
+  await journal.abandon();
   const [segment] = (await readdir(dir)).filter((n) => /^\d{16}\.log$/.test(n));
   const path = join(dir, segment!);
   const recordBytes = JOURNAL_HEADER_BYTES + 100;
@@ -96,6 +97,7 @@ t.test('a torn tail alone is not damage', async (t) => {
   const dir = await scratch(t);
   const journal = await openJournal(dir);
   for (let i = 0; i < 3; i += 1) await appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, i + 1, 0, 10, Buffer.alloc(10, i));
+  await journal.abandon();
   const [segment] = (await readdir(dir)).filter((n) => /^\d{16}\.log$/.test(n));
   await truncate(join(dir, segment!), (JOURNAL_HEADER_BYTES + 10) * 2 + 7);
   const replayed: JournalRecord[] = [];
@@ -137,6 +139,7 @@ t.test('recycled segments: records of a file\'s earlier life are never replayed'
   for (let i = 0; i < 3; i += 1) await appendApplied(first, JOURNAL_RECORD_TYPE.WRITE, 2, 0, 10, Buffer.alloc(10, 100 + i));
   t.ok((await readdir(dir)).some((n) => n.startsWith('spare-')), 'spares exist');
   // Crash: the current segment is a recycled file holding old records after the three new ones.
+  await first.abandon();
   const replayed: JournalRecord[] = [];
   const second = await open(replayed);
   t.same(replayed.map((r) => r.payload[0]), [100, 101, 102], 'only the three records written since the checkpoint');

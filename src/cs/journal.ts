@@ -314,6 +314,20 @@ export class Journal {
   }
 
   /**
+   * Closes at once, as a crash would leave the journal: no commit of what is queued (those appends
+   * fail), no checkpoint. For shutting down after a disk failure, and for crash tests.
+   */
+  async abandon(): Promise<void> {
+    this.closed = true;
+    const failure = new StorageError('ERR_SHUTTING_DOWN', 'journal abandoned');
+    for (const record of this.queue.splice(0)) record.reject(failure);
+    while (this.committing) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    await this.preparingSpare;
+    await this.segment?.handle.close();
+    this.segment = null;
+  }
+
+  /**
    * Opens the next segment: a prepared spare renamed to the next number, or, when none is ready, a
    * new file (preallocated first if `preallocate`, else growing as it is written).
    */

@@ -6,6 +6,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { CS_OP, type CsOp } from '../protocol/cs_messages.ts';
 import type { ChunkStore } from './chunk_store.ts';
 import type { Scrubber } from './scrubber.ts';
+import { counterFromTotal } from '../util/metrics.ts';
 
 const OP_NAMES: Record<number, string> = Object.fromEntries(Object.entries(CS_OP).map(([name, op]) => [op, name.toLowerCase()]));
 
@@ -48,17 +49,7 @@ export class CsMetrics {
       ['shoal_cs_scrub_bad_blocks_total', 'Blocks the scrubber found failing their checksum', () => scrubber.stats.badBlocksTotal],
       ['shoal_cs_scrub_passes_total', 'Completed scrub passes over every replica', () => scrubber.stats.passesTotal],
     ];
-    for (const [name, help, read] of totals) {
-      new Counter({
-        name,
-        help,
-        registers,
-        collect() {
-          this.reset();
-          this.inc(read());
-        },
-      });
-    }
+    for (const [name, help, read] of totals) counterFromTotal(registers, name, help, read);
   }
 
   /** Starts timing one request; call the result with the reply's error code (or undefined). */
@@ -87,17 +78,9 @@ function storeGauges(registers: Registry[], store: () => ChunkStore | null, spac
     ['shoal_cs_journal_damaged_records_total', 'Damaged journal records found at start-up (data after them not replayed)', (s) => s.journal.damagedRecordsTotal],
   ];
   for (const [name, help, read] of totals) {
-    // Totals kept by the store are copied into the counter at scrape time.
-    new Counter({
-      name,
-      help,
-      registers,
-      collect() {
-        const current = store();
-        if (current === null) return;
-        this.reset();
-        this.inc(read(current));
-      },
+    counterFromTotal(registers, name, help, () => {
+      const current = store();
+      return current === null ? null : read(current);
     });
   }
   new Gauge({

@@ -144,20 +144,20 @@ function adminRoutes(app: TypedApp, service: MetadataService): void {
     async (request) => service.fenceWriter(request.params.name),
   );
   app.get('/v1/chunk-servers', { schema: { tags, response: { 200: ChunkServerList } } }, async () => ({
-    chunkServers: service.listChunkServers(),
+    chunkServers: service.cluster.listChunkServers(),
   }));
   const serverState = (path: string, adminState: 'active' | 'draining' | 'removed') =>
     app.post(
       path,
       { schema: { tags, params: ChunkServerIdParams, response: { 200: ChunkServerInfo, ...errorResponses } } },
-      async (request) => service.setChunkServerState(request.params.id, adminState),
+      async (request) => service.cluster.setChunkServerState(request.params.id, adminState),
     );
   // Drain: replicas move off (rate-limited), progress shows in `mappedReplicaCount`.
   serverState('/v1/chunk-servers/:id/drain', 'draining');
   serverState('/v1/chunk-servers/:id/activate', 'active');
   // Remove: only an emptied server; it is never placed on again.
   serverState('/v1/chunk-servers/:id/remove', 'removed');
-  app.get('/v1/stat', { schema: { tags, response: { 200: ClusterStat } } }, async () => service.stat());
+  app.get('/v1/stat', { schema: { tags, response: { 200: ClusterStat } } }, async () => service.cluster.stat());
 }
 
 function internalRoutes(app: TypedApp, service: MetadataService): void {
@@ -165,13 +165,13 @@ function internalRoutes(app: TypedApp, service: MetadataService): void {
   app.post(
     '/v1/internal/chunk-servers/register',
     { schema: { tags, body: RegisterChunkServerBody, response: { 200: RegisterChunkServerReply, ...errorResponses } } },
-    async (request) => service.registerChunkServer(request.body),
+    async (request) => service.cluster.registerChunkServer(request.body),
   );
   app.post(
     '/v1/internal/chunk-servers/heartbeat',
     { schema: { tags, body: HeartbeatBody, response: { 200: HeartbeatReply, ...errorResponses } } },
     async (request) => {
-      service.heartbeat(request.body);
+      service.cluster.heartbeat(request.body);
       return { ok: true };
     },
   );
@@ -224,7 +224,7 @@ function internalRoutes(app: TypedApp, service: MetadataService): void {
   app.post(
     '/v1/internal/bad-blocks',
     { schema: { tags, body: BadBlocksBody, response: { 200: RepairReply, ...errorResponses } } },
-    async (request) => ({ repairedBlocks: await service.reportBadBlocks(request.body) }),
+    async (request) => ({ repairedBlocks: await service.cluster.reportBadBlocks(request.body) }),
   );
 }
 

@@ -15,7 +15,8 @@ import { createLogger } from '../util/log.ts';
 import { buildApi } from './api.ts';
 import { MdsMetrics } from './metrics.ts';
 import { FAILURE_DOMAINS, type FailureDomain } from './placement.ts';
-import { MDS_CONFIG_DEFAULTS, MetadataService, type MdsConfig } from './service.ts';
+import { MDS_CONFIG_DEFAULTS, type MdsConfig } from './config.ts';
+import { MetadataService } from './service.ts';
 import { MdsStore } from './store.ts';
 
 const USAGE = `usage: shoal run mds --data DIR --cluster-key FILE --admin-token FILE [options]
@@ -121,8 +122,8 @@ async function startMds(options: {
     background = background
       .then(async () => {
         if (stopping) return;
-        service.recoveryTick();
-        await service.sweepDeletedReplicas();
+        service.cluster.recoveryTick();
+        await service.cluster.sweepDeletedReplicas();
       })
       .catch((error: unknown) => log.error('background loop failed', { error }));
   }, BACKGROUND_TICK_MS);
@@ -135,7 +136,7 @@ async function startMds(options: {
     clearInterval(tick);
     await app.close();
     await background;
-    await service.recovery.drain();
+    await service.cluster.recovery.drain();
     pool.closeAll();
     bulkPool.closeAll();
     await store.close();

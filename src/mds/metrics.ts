@@ -4,6 +4,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { MetadataService } from './service.ts';
 import type { MdsStore } from './store.ts';
+import { counterFromTotal } from '../util/metrics.ts';
 
 export class MdsMetrics {
   readonly registry = new Registry();
@@ -40,14 +41,14 @@ export class MdsMetrics {
     const registers = [this.registry];
     // One scrape computes the cluster stat once, in the first gauge's collect (the registry
     // collects in registration order), and every gauge after it reads that snapshot.
-    let snapshot: ReturnType<MetadataService['stat']> | null = null;
+    let snapshot: ReturnType<MetadataService['cluster']['stat']> | null = null;
     new Gauge({
       name: 'shoal_mds_up',
       help: 'The MDS is serving',
       registers,
       collect() {
         const current = service();
-        snapshot = current === null ? null : current.stat();
+        snapshot = current === null ? null : current.cluster.stat();
         this.set(current === null ? 0 : 1);
       },
     });
@@ -77,16 +78,8 @@ export class MdsMetrics {
         g.set({ state: 'pending' }, stat.recovery.pending);
         g.set({ state: 'blocked' }, stat.recovery.blocked);
       });
-    new Counter({
-      name: 'shoal_mds_recovery_copied_bytes_total',
-      help: 'Bytes copied between chunk servers by re-replication, rebalancing and drains',
-      registers,
-      collect() {
-        if (snapshot === null) return;
-        this.reset();
-        this.inc(snapshot.recovery.copiedBytes);
-      },
-    });
+    counterFromTotal(registers, 'shoal_mds_recovery_copied_bytes_total',
+      'Bytes copied between chunk servers by re-replication, rebalancing and drains', () => snapshot?.recovery.copiedBytes ?? null);
   }
 
   observeHttp(route: string, method: string, status: number, seconds: number): void {

@@ -13,17 +13,7 @@ import type { ChunkRecord, ChunkServerAdminState, ChunkServerRecord, InDoubtRang
 
 export type MdsOp =
   | { readonly type: 'reserveChunkIds'; readonly count: number }
-  | {
-      readonly type: 'registerChunkServer';
-      readonly uuid: string;
-      readonly host: string;
-      readonly port: number;
-      readonly metricsPort: number;
-      readonly failureDomainHost: string;
-      readonly rack: string;
-      readonly tier: number;
-      readonly nowMs: number;
-    }
+  | ({ readonly type: 'registerChunkServer'; readonly nowMs: number } & Omit<ChunkServerRecord, 'id' | 'registeredAtMs' | 'adminState'>)
   | {
       readonly type: 'createVolume';
       readonly name: string;

@@ -1,0 +1,36 @@
+// The MDS's settings, with their defaults (the daemon's flags override them; see main.ts).
+
+import { CHUNK_BYTES_DEFAULT } from '../limits.ts';
+import type { FailureDomain } from './placement.ts';
+
+export interface MdsConfig {
+  readonly failureDomain: FailureDomain;
+  readonly heartbeatIntervalMs: number;
+  readonly heartbeatTimeoutMs: number;
+  readonly leaseTimeoutMs: number;
+  readonly replicasNormalDefault: number;
+  readonly replicasMinDefault: number;
+  readonly chunkSizeBytesDefault: number;
+  /** A server offline this long has its replicas replaced for good. */
+  readonly replaceAfterMs: number;
+  /** Copy rate of re-replication and rebalancing together (0 = unlimited). */
+  readonly recoveryBytesPerSecond: number;
+  readonly recoveryConcurrency: number;
+  readonly rebalanceThreshold: number;
+}
+
+const MiB = 1024 * 1024;
+
+export const MDS_CONFIG_DEFAULTS: MdsConfig = {
+  failureDomain: 'host',
+  heartbeatIntervalMs: 1_000,
+  heartbeatTimeoutMs: 5_000,
+  leaseTimeoutMs: 20_000,
+  replicasNormalDefault: 3,
+  replicasMinDefault: 2,
+  chunkSizeBytesDefault: CHUNK_BYTES_DEFAULT,
+  replaceAfterMs: 5 * 60_000,
+  recoveryBytesPerSecond: 64 * MiB,
+  recoveryConcurrency: 4,
+  rebalanceThreshold: 0.1,
+};
