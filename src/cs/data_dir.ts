@@ -12,6 +12,8 @@ export interface DataDirIdentity {
   readonly format: 1;
   readonly uuid: string;
   readonly createdAt: string;
+  /** The cluster this directory joined at its first registration; it never joins another. */
+  readonly clusterId?: string;
 }
 
 export interface DataDirLock {
@@ -60,10 +62,16 @@ export async function loadIdentity(directory: string): Promise<DataDirIdentity> 
   }
   if (text !== null) return parseIdentity(text, path);
   const identity: DataDirIdentity = { format: 1, uuid: randomUUID(), createdAt: new Date().toISOString() };
+  await saveIdentity(directory, identity);
+  return identity;
+}
+
+/** Writes the identity file atomically (write, rename, sync the directory). */
+export async function saveIdentity(directory: string, identity: DataDirIdentity): Promise<void> {
+  const path = join(directory, 'cs.json');
   await writeFile(`${path}.tmp`, `${JSON.stringify(identity, null, 2)}\n`, { flag: 'w' });
   await rename(`${path}.tmp`, path);
   await syncDirectory(directory);
-  return identity;
 }
 
 function parseIdentity(text: string, path: string): DataDirIdentity {
@@ -77,5 +85,10 @@ function parseIdentity(text: string, path: string): DataDirIdentity {
   if (record?.format !== 1 || typeof record.uuid !== 'string' || !/^[0-9a-f-]{36}$/.test(record.uuid)) {
     throw new StorageError('ERR_CONFIG', `${path} does not describe a chunk server data directory (format 1 with a uuid)`);
   }
-  return { format: 1, uuid: record.uuid, createdAt: String(record.createdAt ?? '') };
+  return {
+    format: 1,
+    uuid: record.uuid,
+    createdAt: String(record.createdAt ?? ''),
+    ...(typeof record.clusterId === 'string' ? { clusterId: record.clusterId } : {}),
+  };
 }

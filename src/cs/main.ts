@@ -18,7 +18,7 @@ import { RateLimiter } from '../util/rate_limiter.ts';
 import { parseSizeBytes } from '../util/size.ts';
 import { ChunkStore } from './chunk_store.ts';
 import { DiskUsage } from './disk_usage.ts';
-import { lockDataDir, loadIdentity } from './data_dir.ts';
+import { lockDataDir, loadIdentity, saveIdentity } from './data_dir.ts';
 import { MdsLink } from './mds_link.ts';
 import { CsMetrics } from './metrics.ts';
 import { Scrubber } from './scrubber.ts';
@@ -125,7 +125,7 @@ interface ChunkServerConfig {
 async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   const log = createLogger('cs');
   const lock = await lockDataDir(config.dataDir);
-  const identity = await loadIdentity(config.dataDir);
+  let identity = await loadIdentity(config.dataDir);
   const store = await ChunkStore.open({
     directory: config.dataDir,
     openChunksMax: config.openChunksMax,
@@ -170,6 +170,20 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     },
     log,
     clock: systemClock,
+    clusterId: () => identity.clusterId,
+    adoptCluster: async (clusterId) => {
+      if (identity.clusterId === clusterId) return;
+      if (identity.clusterId !== undefined) {
+        throw new StorageError(
+          'ERR_CONFIG',
+          `data directory ${config.dataDir} belongs to cluster ${identity.clusterId}, but the MDS at ${config.mdsUrl} runs ` +
+            `cluster ${clusterId}: not joining (there its replicas would count as orphans). Point --mds at the right cluster.`,
+        );
+      }
+      identity = { ...identity, clusterId };
+      await saveIdentity(config.dataDir, identity);
+      log.info('joined cluster', { clusterId });
+    },
   });
   link.start();
   const scrubber = new Scrubber({

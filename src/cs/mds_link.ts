@@ -23,6 +23,14 @@ export interface MdsLinkOptions {
   readonly log: Logger;
   readonly clock: Clock;
   readonly usage: DiskUsage;
+  /**
+   * Checks the MDS's cluster id against the one this directory joined (recording it on the first
+   * registration); throws ERR_CONFIG when they differ, so the server never joins another cluster,
+   * which would take its replicas for orphans and delete them.
+   */
+  readonly adoptCluster: (clusterId: string) => Promise<void>;
+  /** The cluster this directory joined, sent with each registration so the MDS can refuse. */
+  readonly clusterId: () => string | undefined;
 }
 
 export class MdsLink {
@@ -91,7 +99,11 @@ export class MdsLink {
         return 0;
       }
       const message = error instanceof StorageError ? error.message : String(error);
-      this.options.log.warn('MDS unreachable; retrying', { inMs: this.retryDelayMs, message });
+      if (isStorageError(error, 'ERR_CONFIG') || isStorageError(error, 'ERR_CONFLICT')) {
+        this.options.log.error('not registering: this data directory belongs to another cluster', { message });
+      } else {
+        this.options.log.warn('MDS unreachable; retrying', { inMs: this.retryDelayMs, message });
+      }
       const delay = this.retryDelayMs;
       this.retryDelayMs = Math.min(RETRY_MS_MAX, this.retryDelayMs * 2);
       return delay;
@@ -99,7 +111,11 @@ export class MdsLink {
   }
 
   private async register(report: Awaited<ReturnType<MdsLink['report']>>): Promise<void> {
-    const reply = await this.options.mds.registerChunkServer({ ...this.options.registration, ...report });
+    const clusterId = this.options.clusterId();
+    const reply = await this.options.mds.registerChunkServer({
+      ...this.options.registration, ...report, ...(clusterId === undefined ? {} : { clusterId }),
+    });
+    await this.options.adoptCluster(reply.clusterId);
     for (const fence of reply.fences) await this.options.store.raiseFence(fence.volumeId, fence.epoch);
     this.csId = reply.csId;
     this.heartbeatIntervalMs = reply.heartbeatIntervalMs;

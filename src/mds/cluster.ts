@@ -46,6 +46,7 @@ export interface ClusterDeps {
   readonly log: Logger;
   /** Replica I/O; the daemon's default talks to chunk servers through `pool`. */
   readonly io?: ReplicaIo;
+  readonly clusterId: string;
 }
 
 export class Cluster {
@@ -58,8 +59,12 @@ export class Cluster {
   private readonly config: MdsConfig;
   private readonly clock: Clock;
   private readonly log: Logger;
+  private readonly clusterId: string;
+  /** Chunk ids being allocated (created on servers, not yet in the map): not leftovers. */
+  readonly allocating = new Set<number>();
 
   constructor(deps: ClusterDeps) {
+    this.clusterId = deps.clusterId;
     this.store = deps.store;
     this.config = deps.config;
     this.clock = deps.clock;
@@ -93,6 +98,14 @@ export class Cluster {
   // ---- chunk servers --------------------------------------------------------------------------
 
   async registerChunkServer(body: RegisterChunkServerBody): Promise<RegisterChunkServerReply> {
+    // A directory that joined another cluster must not be taken in: its replicas would all look
+    // like leftovers here, and be deleted.
+    if (body.clusterId !== undefined && body.clusterId !== this.clusterId) {
+      throw new StorageError(
+        'ERR_CONFLICT',
+        `chunk server ${body.uuid} belongs to cluster ${body.clusterId}; this MDS runs cluster ${this.clusterId}: not registering it`,
+      );
+    }
     const result = await this.store.submit({
       type: 'registerChunkServer',
       uuid: body.uuid,
@@ -107,7 +120,10 @@ export class Cluster {
     assert(result.type === 'chunkServer', 'registerChunkServer yields a server');
     this.registry.heartbeat(result.record.id, body, this.clock.nowMs());
     this.log.info('chunk server registered', { csId: result.record.id, host: body.host, port: body.port });
+    // What the server holds is compared with the map in the background: leftovers get deleted.
+    void this.reconcileHeld(result.record.id);
     return {
+      clusterId: this.clusterId,
       csId: result.record.id,
       heartbeatIntervalMs: this.config.heartbeatIntervalMs,
       heartbeatTimeoutMs: this.config.heartbeatTimeoutMs,
@@ -256,6 +272,31 @@ export class Cluster {
       }
     }
     return removed;
+  }
+
+  /**
+   * Compares the replicas a server holds with the map: a replica of a chunk the map does not know
+   * (an allocation that crashed before it was recorded, a volume deleted while the server was
+   * away) or of a chunk the server is no longer a member of is queued for deletion.
+   */
+  private async reconcileHeld(csId: number): Promise<void> {
+    try {
+      const held = await this.io.listChunks(csId);
+      const byId = new Map<number, { volumeId: number; chunkIndex: number; replicas: readonly number[] }>();
+      this.store.tables.forEachChunk((chunk) => byId.set(chunk.chunkId, chunk));
+      const entries: Array<{ chunkId: number; csId: number; volumeId?: number; chunkIndex?: number }> = [];
+      for (const { chunkId } of held) {
+        if (this.allocating.has(chunkId) || this.replicator.isFilling(chunkId, csId)) continue;
+        const chunk = byId.get(chunkId);
+        if (chunk === undefined) entries.push({ chunkId, csId });
+        else if (!chunk.replicas.includes(csId)) entries.push({ chunkId, csId, volumeId: chunk.volumeId, chunkIndex: chunk.chunkIndex });
+      }
+      if (entries.length === 0) return;
+      await this.store.submit({ type: 'queueReplicaDeletes', entries });
+      this.log.info('leftover replicas queued for deletion', { csId, count: entries.length });
+    } catch (error) {
+      this.log.warn('could not compare a chunk server\'s replicas with the map; next registration retries', { csId, error });
+    }
   }
 
   // ---- repairs, admin states, recovery ----------------------------------------------------------

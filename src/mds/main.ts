@@ -4,6 +4,8 @@
 // On start-up it prints one JSON line on stdout, {"event":"ready","service":"mds","port":N},
 // which is how `shoal start` and the tests learn the port when they asked for port 0.
 
+import { randomUUID } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { StorageError } from '../errors.ts';
@@ -100,9 +102,12 @@ async function startMds(options: {
 }): Promise<void> {
   const log = createLogger('mds');
   const store = await MdsStore.open(join(options.dataDir, 'mds.lmdb'));
+  const clusterId = await ensureClusterId(options.dataDir);
   const pool = new CsConnectionPool({ clusterKey: options.clusterKey, role: 'mds', requestTimeoutMs: options.csTimeoutMs });
   const bulkPool = new CsConnectionPool({ clusterKey: options.clusterKey, role: 'mds', requestTimeoutMs: BULK_TIMEOUT_MS });
-  const service = new MetadataService({ store, config: options.config, clock: systemClock, random: Math.random, pool, bulkPool, log });
+  const service = new MetadataService({
+    store, config: options.config, clock: systemClock, random: Math.random, pool, bulkPool, log, clusterId,
+  });
   const metrics = new MdsMetrics(() => service, store);
   const app = await buildApi({
     service,
@@ -141,4 +146,18 @@ async function startMds(options: {
     bulkPool.closeAll();
     await store.close();
   });
+}
+
+/** The cluster's identity, made once when the MDS first starts in this directory. */
+async function ensureClusterId(dataDir: string): Promise<string> {
+  const path = join(dataDir, 'cluster-id');
+  await mkdir(dataDir, { recursive: true });
+  try {
+    await writeFile(path, `${randomUUID()}\n`, { flag: 'wx' });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+  }
+  const clusterId = (await readFile(path, 'utf8')).trim();
+  if (!/^[0-9a-f-]{36}$/.test(clusterId)) throw new StorageError('ERR_CONFIG', `${path} does not hold a cluster id`);
+  return clusterId;
 }

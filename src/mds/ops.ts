@@ -55,7 +55,12 @@ export type MdsOp =
       readonly inDoubt: readonly InDoubtRange[];
     }
   | { readonly type: 'markInDoubt'; readonly volumeId: number; readonly chunkIndex: number; readonly ranges: readonly InDoubtRange[] }
-  | { readonly type: 'setChunkServerState'; readonly csId: number; readonly adminState: ChunkServerAdminState };
+  | { readonly type: 'setChunkServerState'; readonly csId: number; readonly adminState: ChunkServerAdminState }
+  | {
+      /** Replicas found on servers that the map does not count as members: to be deleted. */
+      readonly type: 'queueReplicaDeletes';
+      readonly entries: ReadonlyArray<{ chunkId: number; csId: number; volumeId?: number; chunkIndex?: number }>;
+    };
 
 export type MdsOpType = MdsOp['type'];
 
@@ -95,6 +100,8 @@ export function applyOp(tables: MdsTables, op: MdsOp): MdsOpResult {
       return setChunkServerState(tables, op.csId, op.adminState);
     case 'markInDoubt':
       return markInDoubt(tables, op);
+    case 'queueReplicaDeletes':
+      return queueReplicaDeletes(tables, op.entries);
     default:
       return assertNever(op, 'op type');
   }
@@ -300,4 +307,17 @@ function markInDoubt(tables: MdsTables, op: Extract<MdsOp, { type: 'markInDoubt'
   const record: ChunkRecord = { ...chunk, inDoubt: ranges };
   tables.putChunk(record);
   return { type: 'chunk', record };
+}
+
+function queueReplicaDeletes(tables: MdsTables, entries: Extract<MdsOp, { type: 'queueReplicaDeletes' }>['entries']): MdsOpResult {
+  for (const entry of entries) {
+    // A replica that became a member since it was listed is kept: members are never deleted.
+    if (entry.volumeId !== undefined && entry.chunkIndex !== undefined) {
+      const chunk = tables.getChunk(entry.volumeId, entry.chunkIndex);
+      if (chunk !== undefined && chunk.replicas.includes(entry.csId)) continue;
+    }
+    const pending = tables.getPendingDelete(entry.chunkId)?.csIds ?? [];
+    if (!pending.includes(entry.csId)) tables.putPendingDelete({ chunkId: entry.chunkId, csIds: [...pending, entry.csId] });
+  }
+  return NONE;
 }

@@ -244,6 +244,15 @@ export class MetadataService {
 
   private async placeChunk(volume: VolumeRecord, chunkIndex: number): Promise<ChunkMapEntry> {
     const chunkId = await this.takeChunkId();
+    this.cluster.allocating.add(chunkId);
+    try {
+      return await this.placeChunkWithId(volume, chunkIndex, chunkId);
+    } finally {
+      this.cluster.allocating.delete(chunkId);
+    }
+  }
+
+  private async placeChunkWithId(volume: VolumeRecord, chunkIndex: number, chunkId: number): Promise<ChunkMapEntry> {
     const replicas = chooseReplicas(
       this.cluster.placementCandidates(),
       {

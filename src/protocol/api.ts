@@ -160,6 +160,7 @@ export const RegisterChunkServerBody = Type.Object(
     failureDomainHost: Type.String({ minLength: 1, maxLength: 255 }),
     rack: Type.String({ maxLength: 255 }),
     tier: Uint({ maximum: 3 }),
+    clusterId: Type.Optional(Type.String({ pattern: '^[0-9a-f-]{36}$', description: 'the cluster the directory joined, if any' })),
     ...ChunkServerSpace,
   },
   { additionalProperties: false },
@@ -170,6 +171,7 @@ export const VolumeFence = Type.Object({ volumeId: Uint(), epoch: Uint() });
 export type VolumeFence = Static<typeof VolumeFence>;
 
 export const RegisterChunkServerReply = Type.Object({
+  clusterId: Type.String({ description: 'the cluster this MDS runs; a data directory joins one cluster only' }),
   csId: Uint(),
   heartbeatIntervalMs: Uint(),
   heartbeatTimeoutMs: Uint({ description: 'a chunk server that cannot reach the MDS this long stops taking writes' }),

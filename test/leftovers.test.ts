@@ -1,0 +1,69 @@
+// A chunk server never keeps replicas nobody counts on, and never joins another cluster: replicas
+// the map does not know are deleted when their server registers, and a data directory that
+// joined one cluster refuses an MDS of another (which would take all its replicas for leftovers).
+
+import t from 'tap';
+import { join } from 'node:path';
+import { DaemonProcess } from '../src/local/daemon_process.ts';
+import { CsConnection } from '../src/protocol/cs_connection.ts';
+import { CS_OP } from '../src/protocol/cs_messages.ts';
+import { MdsClient } from '../src/protocol/mds_client.ts';
+import { startCluster } from './helpers/cluster.ts';
+import { FAST_MDS_ARGS } from './helpers/faults.ts';
+import { runOk } from './helpers/run.ts';
+
+const MiB = 1024 * 1024;
+
+t.test('leftover replicas are deleted; a directory stays in its cluster', async (t) => {
+  t.setTimeout(120_000);
+  const cluster = await startCluster(t, { mdsArgs: FAST_MDS_ARGS });
+  await cluster.admin.createVolume({ name: 'v', sizeBytes: 64 * MiB, chunkSizeBytes: 8 * MiB });
+  await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x44 0 1M', cluster.nbdUnixUri('v')]);
+  const [chunk] = (await cluster.internal.chunkMap('v', 0, 1)).chunks;
+  const member = chunk!.replicas[0]!;
+  const index = await cluster.chunkServerIndex(member.csId);
+  const asMds = async (): Promise<CsConnection> => {
+    const port = Number(cluster.chunkServers[index]!.ready['port']);
+    const connection = await CsConnection.connect({ host: '127.0.0.1', port, clusterKey: cluster.clusterKey, role: 'mds' });
+    t.teardown(() => connection.close());
+    return connection;
+  };
+  const info = async (chunkId: number): Promise<string> =>
+    (await (await asMds()).request({ op: CS_OP.CHUNK_INFO, chunkId })).reply.code ?? 'present';
+
+  // A replica the map has never heard of, as an allocation that crashed would leave.
+  const created = await (await asMds()).request({ op: CS_OP.CREATE_CHUNK, chunkId: 987_654, volumeId: 1, chunkIndex: 5, sizeBytes: MiB, version: 1 });
+  t.equal(created.reply.code, undefined, 'a leftover replica exists on the server');
+  await cluster.chunkServers[index]!.stop('SIGTERM');
+  await cluster.startChunkServer(index);
+  let leftover = 'present';
+  for (let wait = 0; wait < 60 && leftover === 'present'; wait += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    leftover = await info(987_654);
+  }
+  t.equal(leftover, 'ERR_CHUNK_NOT_FOUND', 'after the server registers again, the leftover is deleted');
+  t.equal(await info(chunk!.chunkId), 'present', 'its real replica stays');
+
+  // The same directory pointed at the MDS of another cluster.
+  const other = await DaemonProcess.start({
+    name: 'other-mds',
+    stderr: 'collect',
+    args: ['run', 'mds', '--data', join(cluster.dir, 'other-mds'), '--listen', '127.0.0.1:0', '--cluster-key', join(cluster.dir, 'cluster.key'),
+      '--admin-token', join(cluster.dir, 'admin.token'), '--failure-domain', 'disk'],
+  });
+  t.teardown(() => other.stop('SIGKILL'));
+  await cluster.chunkServers[index]!.stop('SIGTERM');
+  await cluster.startChunkServer(index, { mdsUrl: `http://127.0.0.1:${String(other.ready['port'])}` });
+  await new Promise((resolve) => setTimeout(resolve, 2_000));
+  t.match(cluster.chunkServers[index]!.log, /belongs to cluster .*this MDS runs cluster .*not registering/, 'the MDS refuses the server, saying why');
+  const otherAdmin = new MdsClient({
+    url: `http://127.0.0.1:${String(other.ready['port'])}`, token: cluster.adminToken,
+  });
+  t.equal((await otherAdmin.listChunkServers()).chunkServers.length, 0, 'the other MDS has no server registered');
+  t.equal(await info(chunk!.chunkId), 'present', 'and the replica is untouched');
+  await cluster.chunkServers[index]!.stop('SIGTERM');
+  await cluster.startChunkServer(index, { mdsUrl: cluster.mdsUrl });
+  await cluster.waitOnline(3);
+  const { stdout } = await runOk('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x44 0 1M', cluster.nbdUnixUri('v')]);
+  t.notMatch(stdout, /verification failed/, 'back in its own cluster, the data reads');
+});
