@@ -32,7 +32,8 @@ export class Scrubber {
   private readonly options: ScrubberOptions;
   private stopped = false;
   private running: Promise<void> = Promise.resolve();
-  private timer: NodeJS.Timeout | null = null;
+  /** Ends the pause between passes early (on stop). */
+  private wake: (() => void) | null = null;
 
   constructor(options: ScrubberOptions) {
     this.options = options;
@@ -44,7 +45,7 @@ export class Scrubber {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.timer !== null) clearTimeout(this.timer);
+    this.wake?.();
     await this.running;
   }
 
@@ -58,8 +59,13 @@ export class Scrubber {
         this.options.log.warn('scrub pass stopped early', { error });
       }
       await new Promise<void>((resolve) => {
-        this.timer = setTimeout(resolve, this.options.passIntervalMs);
+        const timer = setTimeout(resolve, this.options.passIntervalMs);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
       });
+      this.wake = null;
     }
   }
 
