@@ -131,5 +131,15 @@ t.test('real clients against a three-replica cluster', async (t) => {
     t.equal(identical, expected, `${identical} chunks, each with three identical replicas`);
   });
 
+  await t.test('a discard of the whole volume makes it one hole, reading as zeroes', async (t) => {
+    const uri = cluster.nbdUnixUri('copy');
+    await runOk('qemu-io', ['-f', 'raw', '-c', `discard 0 ${IMAGE_BYTES}`, uri]);
+    const { stdout } = await runOk('nbdinfo', ['--map', '--json', uri]);
+    const extents = JSON.parse(stdout) as Array<{ offset: number; length: number; type: number }>;
+    t.ok(extents.every((e) => (e.type & 3) === 3), `every extent is a hole that reads as zeroes (${extents.length} extents)`);
+    const read = await runOk('qemu-io', ['-r', '-f', 'raw', '-c', `read -P 0 0 ${IMAGE_BYTES}`, uri], { timeoutMs: 60_000 });
+    t.notMatch(read.stdout, /verification failed/, 'and the bytes are zeroes');
+  });
+
   await writeFile(join(work, 'done'), '');
 });

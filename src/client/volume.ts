@@ -136,7 +136,8 @@ export class Volume implements BlockDevice {
     this.checkRange(offsetBytes, lengthBytes);
     await this.ordered(offsetBytes, lengthBytes, () =>
       Promise.all(
-        this.split(offsetBytes, lengthBytes).map(async (piece) => {
+        // A zeroing carries no data: one request per chunk, whatever its length (TRIM of a whole disk).
+        this.split(offsetBytes, lengthBytes, this.info.chunkSizeBytes).map(async (piece) => {
           // A chunk never written reads as zeroes already.
           if (!this.chunks.has(piece.chunkIndex)) return;
           await this.mutatePiece(piece, CS_OP.ZERO, undefined);
@@ -189,7 +190,7 @@ export class Volume implements BlockDevice {
 
   // ---- pieces -----------------------------------------------------------------------------------
 
-  private split(offsetBytes: number, lengthBytes: number): Piece[] {
+  private split(offsetBytes: number, lengthBytes: number, pieceBytesMax: number = CS_PAYLOAD_BYTES_MAX): Piece[] {
     const chunkSizeBytes = this.info.chunkSizeBytes;
     const pieces: Piece[] = [];
     let position = offsetBytes;
@@ -197,7 +198,7 @@ export class Volume implements BlockDevice {
     while (position < endBytes) {
       const chunkIndex = Math.floor(position / chunkSizeBytes);
       const offsetInChunk = position - chunkIndex * chunkSizeBytes;
-      const pieceBytes = Math.min(endBytes - position, chunkSizeBytes - offsetInChunk, CS_PAYLOAD_BYTES_MAX);
+      const pieceBytes = Math.min(endBytes - position, chunkSizeBytes - offsetInChunk, pieceBytesMax);
       pieces.push({ chunkIndex, offsetInChunk, lengthBytes: pieceBytes, bufferOffset: position - offsetBytes });
       position += pieceBytes;
     }
