@@ -4,7 +4,9 @@
 
 import t, { type Test } from 'tap';
 import { randomBytes } from 'node:crypto';
+import { execFile } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { JOURNAL_HEADER_BYTES, JOURNAL_RECORD_TYPE, Journal, type JournalRecord } from '../src/cs/journal.ts';
@@ -18,6 +20,8 @@ async function openJournal(directory: string, replayed: JournalRecord[] = []): P
     },
   );
 }
+
+const execFileAsync = promisify(execFile);
 
 /** Appends, waits until durable, and marks the record applied, as the chunk store does. */
 async function appendApplied(journal: Journal, ...args: Parameters<Journal['append']>): Promise<void> {
@@ -145,4 +149,48 @@ t.test('recycled segments: records of a file\'s earlier life are never replayed'
   t.same(replayed.map((r) => r.payload[0]), [100, 101, 102], 'only the three records written since the checkpoint');
   t.equal(second.damagedRecordsTotal, 0, 'old records are not taken for damage');
   await second.close();
+});
+
+t.test('a journal on a full disk fails its writes, then takes writes again once there is room', async (t) => {
+  if (process.getuid?.() !== 0) {
+    t.skip('needs root to mount a small file system', () => undefined);
+    return;
+  }
+  const dir = await scratch(t);
+  const mounted = await execFileAsync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', dir]).then(() => true, () => false);
+  if (!mounted) {
+    t.skip('cannot mount a tmpfs here', () => undefined);
+    return;
+  }
+  t.teardown(() => execFileAsync('umount', ['-l', dir]).then(() => undefined, () => undefined));
+  const filler = join(dir, 'filler');
+  await writeFile(filler, Buffer.alloc(700 * 1024));
+  const options = { directory: join(dir, 'j'), segmentBytesMax: 64 * 1024, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined };
+  const journal = await Journal.open(options, async () => undefined);
+  let acked = 0;
+  let failure: unknown = null;
+  for (let i = 0; i < 200 && failure === null; i += 1) {
+    try {
+      await appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, 1, 0, 4096, Buffer.alloc(4096, i % 250));
+      acked += 1;
+    } catch (error) {
+      failure = error;
+    }
+  }
+  t.match(failure, { code: 'ERR_NO_SPACE' }, `the disk fills after ${acked} records`);
+  t.match(journal.healthError, { code: 'ERR_NO_SPACE' }, 'and the journal says so');
+  await rm(filler);
+  await new Promise((resolve) => setTimeout(resolve, 1_100));
+  await appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, 2, 0, 4096, Buffer.alloc(4096, 0xee));
+  t.equal(journal.healthError, null, 'with room again, writes are taken');
+  await journal.abandon();
+  const replayed: JournalRecord[] = [];
+  const reopened = await Journal.open(options, async (record) => { replayed.push({ ...record, payload: Buffer.from(record.payload) }); });
+  // Checkpoints recycled the older segments: what is left to replay is the tail since the last one.
+  t.ok(replayed.length >= 1, `replay finds the records since the last checkpoint (${replayed.length})`);
+  t.ok(replayed.every((record, index) => index === 0 || record.index === (replayed[index - 1]?.index ?? 0) + 1 || record.segmentNumber !== replayed[index - 1]?.segmentNumber),
+    'in order, with no gap');
+  t.equal(replayed.at(-1)?.payload[0], 0xee, 'the last record is the one written after the disk had room');
+  t.equal(reopened.damagedRecordsTotal, 0);
+  await reopened.abandon();
 });

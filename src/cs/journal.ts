@@ -38,6 +38,8 @@ export type JournalRecordType = (typeof JOURNAL_RECORD_TYPE)[keyof typeof JOURNA
 const MAGIC = 0x53484a32; // "SHJ2"
 export const JOURNAL_HEADER_BYTES = 40;
 const TWO_32 = 2 ** 32;
+/** After a full disk, how long the journal waits before it tries writes again. */
+const NO_SPACE_RETRY_MS = 1_000;
 /** Recycled segments kept for reuse; more are deleted. */
 const SPARES_MAX = 2;
 const ZERO_FILL = Buffer.alloc(1024 * 1024);
@@ -114,6 +116,8 @@ export class Journal {
   private checkpointing: Promise<void> | null = null;
   private preparingSpare: Promise<void> | null = null;
   private failure: StorageError | null = null;
+  private failedAtMs = 0;
+  private truncateFailed = false;
   /** Highest segment number seen in the directory, spares included: new segments go above it. */
   private highestNumber = 0;
   /** Replay found damage (not just a torn tail) in this start-up's journal. */
@@ -180,6 +184,10 @@ export class Journal {
   }
 
   private enqueue(type: JournalRecordType, chunkId: number, offsetBytes: number, lengthBytes: number, payload?: Buffer): Promise<void> {
+    if (this.failure !== null && this.mayRetry()) {
+      this.options.log.info('journal takes writes again (retrying after a full disk)');
+      this.failure = null;
+    }
     if (this.failure !== null) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new StorageError('ERR_SHUTTING_DOWN', 'journal closed'));
     const payloadCrc = payload === undefined ? 0 : crc32c(payload);
@@ -207,6 +215,14 @@ export class Journal {
     return this.failure;
   }
 
+  /**
+   * A full disk may have room again: writes are tried again a while after the failure. A disk
+   * error (EIO), or a failure the journal could not clean up after, keeps it failed until restart.
+   */
+  private mayRetry(): boolean {
+    return this.failure?.code === 'ERR_NO_SPACE' && !this.truncateFailed && Date.now() - this.failedAtMs >= NO_SPACE_RETRY_MS;
+  }
+
   private schedule(): void {
     if (this.committing || this.scheduled) return;
     this.scheduled = true;
@@ -224,6 +240,7 @@ export class Journal {
     const segment = this.segment;
     assert(segment !== null, 'journal has an open segment');
     // Records take their place (segment and index) only now, in the segment they are written to.
+    const indexBefore = segment.nextIndex;
     const buffers: Buffer[] = [];
     let bytes = 0;
     for (const record of batch) {
@@ -246,9 +263,17 @@ export class Journal {
       for (const record of batch) record.resolve();
     } catch (error) {
       this.failure = fromSystemError(error, 'journal write failed');
-      this.options.log.error('journal write failed: the chunk server stops accepting writes', { error: this.failure });
+      this.failedAtMs = Date.now();
+      this.options.log.error('journal write failed: the chunk server takes no writes for now', { error: this.failure });
       for (const record of batch) record.reject(this.failure);
       for (const record of this.queue.splice(0)) record.reject(this.failure);
+      // Nothing of the failed batch may survive to be replayed: cut the segment back to the last
+      // good record, and give its indexes to the next batch.
+      segment.nextIndex = indexBefore;
+      await segment.handle.truncate(segment.sizeBytes).catch((cause: unknown) => {
+        this.options.log.error('could not cut the journal back after a failed write', { error: cause });
+        this.truncateFailed = true;
+      });
     } finally {
       this.committing = false;
       for (const wake of this.idleWaiters.splice(0)) wake();
