@@ -669,11 +669,6 @@ export class ChunkStore {
     }
   }
 
-  /** Absolute paths of a chunk's files, for tests and tools that inspect replicas directly. */
-  chunkFilePaths(chunkId: number): { data: string; sums: string } {
-    const { data, sums } = this.paths(chunkId);
-    return { data, sums };
-  }
 }
 
 function blockSpan(offsetBytes: number, lengthBytes: number): { first: number; last: number } {
