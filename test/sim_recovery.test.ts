@@ -2,7 +2,9 @@
 // planner on the real state machine, test/sim/world.ts) through many seeds of random failures,
 // returns, writes and drains. After every step, safety: every member of a chunk holds it at the
 // map's version, members agree byte for byte, no replica anywhere is ahead of the map, and every
-// acknowledged write is what the members hold (or a later write in doubt). At the end, liveness:
+// acknowledged write is what the members hold (or a later write in doubt). Writers also die
+// mid-write, alone (the primary reports) or with their primary (nobody does: the members may
+// differ at that version, and must agree from the next). At the end, liveness:
 // with every server back, recovery brings every chunk to its normal replica count.
 //
 // A failure prints the seed; replay one with SIM_SEED=<seed> (and SIM_STEPS=<n>).
@@ -29,6 +31,52 @@ class Writer {
 
   constructor(world: SimWorld) {
     this.world = world;
+  }
+
+  /** `chunkId:version:block` written on some members only, by a writer that died with its primary. */
+  readonly unreported = new Set<string>();
+
+  /**
+   * A write whose writer dies part-way: some members apply it, the others not, and it is never
+   * acknowledged. If the primary lives, it reports the members that failed (as a chunk server
+   * does); if `primaryDies`, it crashes too and nobody reports anything.
+   */
+  async dieMidWrite(chunkIndex: number, block: number, primaryDies: boolean): Promise<void> {
+    const { world } = this;
+    const entry = world.tables.getChunk(world.volumeId, chunkIndex);
+    if (entry === undefined || entry.replicas.length < 2) return;
+    // The change goes through the primary: one that is down or behind takes it nowhere.
+    const primary = entry.replicas[0] ?? 0;
+    const primaryReplica = world.server(primary).replicas.get(entry.chunkId);
+    if (!world.server(primary).online || primaryReplica?.version !== entry.version) return;
+    const value = this.nextValue;
+    this.nextValue += 1;
+    const key = `${chunkIndex}:${block}`;
+    this.allowed.set(key, new Set([...(this.allowed.get(key) ?? new Set([0])), value]));
+    const failed: number[] = [];
+    for (const csId of entry.replicas) {
+      const server = world.server(csId);
+      const replica = server.replicas.get(entry.chunkId);
+      if (!server.online || replica === undefined || replica.version !== entry.version || world.random() < 0.5) {
+        failed.push(csId);
+        continue;
+      }
+      replica.blocks.set(block, value);
+      replica.changes?.add(block);
+    }
+    if (primaryDies) {
+      this.unreported.add(`${entry.chunkId}:${entry.version}:${block}`);
+      world.crash(primary);
+      return;
+    }
+    if (failed.length === 0) return;
+    try {
+      await world.replicator.drop(world.volumeId, chunkIndex, failed, {
+        expectedVersion: entry.version, inDoubt: { offsetBytes: block * BLOCK, lengthBytes: BLOCK }, reason: 'sim primary report',
+      });
+    } catch {
+      // no member reachable: recorded in doubt for the planner
+    }
   }
 
   /** One guest write, as the client library does it: send to every member, on failure report and retry. */
@@ -80,6 +128,10 @@ function checkSafety(world: SimWorld, writer: Writer): string | null {
     const doubtful = new Set<number>();
     for (const range of chunk.inDoubt ?? []) {
       for (let block = range.offsetBytes / BLOCK; block < (range.offsetBytes + range.lengthBytes) / BLOCK; block += 1) doubtful.add(block);
+    }
+    // A write that died with its primary may differ until the chunk's next version, not after.
+    for (let block = 0; block < BLOCKS_PER_CHUNK; block += 1) {
+      if (writer.unreported.has(`${chunk.chunkId}:${chunk.version}:${block}`)) doubtful.add(block);
     }
     const contents: string[] = [];
     for (const csId of chunk.replicas) {
@@ -133,7 +185,8 @@ async function runSeed(seed: number, steps: number): Promise<{ problem: string |
     const pick = (list: number[]): number | undefined => list[Math.floor(random() * list.length)];
     const online = world.servers.filter((s) => s.online).map((s) => s.id);
     const offline = world.servers.filter((s) => !s.online).map((s) => s.id);
-    if (roll < 0.45) await writer.write(Math.floor(random() * CHUNKS), Math.floor(random() * BLOCKS_PER_CHUNK));
+    if (roll < 0.42) await writer.write(Math.floor(random() * CHUNKS), Math.floor(random() * BLOCKS_PER_CHUNK));
+    else if (roll < 0.45) await writer.dieMidWrite(Math.floor(random() * CHUNKS), Math.floor(random() * BLOCKS_PER_CHUNK), random() < 0.5 && online.length > 2);
     else if (roll < 0.55 && online.length > 2) world.crash(pick(online) ?? 0);
     else if (roll < 0.65 && offline.length > 0) world.revive(pick(offline) ?? 0);
     else if (roll < 0.68) await drainOrActivate(world, pick(world.servers.map((s) => s.id)) ?? 1, random);

@@ -37,6 +37,8 @@ const SUM_BYTES = 8;
 /** How long a failed chunk write keeps the server reported unhealthy (new chunks go elsewhere). */
 const WRITE_ERROR_MEMORY_MS = 60_000;
 const FLAG_WRITTEN = 1;
+/** What a hole's block sums to: it reads as zeroes, so it equals a written block of zeroes. */
+const ZERO_BLOCK_SUM = crc32c(Buffer.alloc(BLOCK_BYTES));
 
 interface ChunkHandle {
   readonly meta: ChunkMeta;
@@ -205,6 +207,28 @@ export class ChunkStore {
     const bytes = await this.withHandle(chunkId, (handle) => this.readLocked(handle, offsetBytes, lengthBytes, version));
     this.stats.readBytesTotal += lengthBytes;
     return bytes;
+  }
+
+  /**
+   * The crc32c of each block the range touches, as u32 LE, a hole counted as a block of zeroes:
+   * what the MDS compares between members to find where they differ without reading the data.
+   * Taken under a read lock at `version`, so no change is half-applied in it.
+   */
+  async blockSums(chunkId: number, version: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    return this.withHandle(chunkId, async (handle) => {
+      const { first, last } = blockSpan(offsetBytes, lengthBytes);
+      const release = await handle.lock.acquire(first, last, false);
+      try {
+        this.checkVersion(handle.meta.chunkId, { kind: 'live', version });
+        const out = Buffer.allocUnsafe((last - first + 1) * 4);
+        for (let block = first; block <= last; block += 1) {
+          out.writeUInt32LE(isWritten(handle.sums, block) ? handle.sums.readUInt32LE(block * SUM_BYTES) : ZERO_BLOCK_SUM, (block - first) * 4);
+        }
+        return out;
+      } finally {
+        release();
+      }
+    });
   }
 
   /**

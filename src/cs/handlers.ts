@@ -102,6 +102,11 @@ async function handleMdsRequest(deps: ChunkServerOptions, request: CsRequest, pa
       const repaired = await store.repair(request.chunkId, request.version, request.offsetBytes, payload);
       return ok(request.id, { doneBytes: repaired * BLOCK_BYTES });
     }
+    case CS_OP.BLOCK_SUMS: {
+      checkRange(requireMeta(store, request.chunkId), request.offsetBytes, request.lengthBytes);
+      const sums = await store.blockSums(request.chunkId, request.version, request.offsetBytes, request.lengthBytes);
+      return { reply: { op: CS_OP.REPLY, id: request.id }, payload: sums };
+    }
     default:
       throw new StorageError('ERR_PROTOCOL', `op ${request.op} is not served here`);
   }
@@ -164,8 +169,20 @@ async function mutate(deps: ChunkServerOptions, request: WriteRequest | ZeroRequ
   const forwarded = request.forward.map((target) => forward(deps, request, target, payload));
   const [localResult, ...peerResults] = await Promise.allSettled([Promise.all([local, fenced]), ...forwarded]);
   const failedReplicas = peerResults.flatMap((result) => (result.status === 'fulfilled' && result.value !== null ? [result.value] : []));
-  if (localResult?.status === 'rejected') {
-    const error = asStorageError(localResult.reason);
+  const localError = localResult?.status === 'rejected' ? asStorageError(localResult.reason) : null;
+  if (localError !== null || failedReplicas.length > 0) {
+    const self = deps.partialWrites.selfId();
+    deps.partialWrites.reporter.consider({
+      volumeId: meta.volumeId, chunkIndex: meta.chunkIndex, chunkId: meta.chunkId, version: request.version,
+      offsetBytes: request.offsetBytes, lengthBytes: request.lengthBytes,
+      results: [
+        ...(self === null ? [] : [{ csId: self, code: localError?.code ?? null }]),
+        ...request.forward.map((target) => ({ csId: target.csId, code: failedReplicas.find((f) => f.csId === target.csId)?.code ?? null })),
+      ],
+    });
+  }
+  if (localError !== null) {
+    const error = localError;
     return { reply: errorReply(request.id, error, failedReplicas.length > 0 ? { failedReplicas } : {}) };
   }
   const firstFailure = failedReplicas[0];

@@ -8,6 +8,7 @@
 import { StorageError } from '../errors.ts';
 import type {
   BadBlocksBody,
+  PartialWriteBody,
   ChunkHealthCounts,
   ChunkServerInfo,
   ClusterStat,
@@ -118,8 +119,13 @@ export class Cluster {
       nowMs: this.clock.nowMs(),
     });
     assert(result.type === 'chunkServer', 'registerChunkServer yields a server');
+    // A server registers when it starts and when it regains the MDS after a silence: either way it
+    // may have died while forwarding a write whose writer died too. Its chunks are compared with
+    // their other members (checksums only; differing blocks copied) before anything else.
+    await this.store.submit({ type: 'markServerChunksInDoubt', csId: result.record.id });
     this.registry.heartbeat(result.record.id, body, this.clock.nowMs());
     this.log.info('chunk server registered', { csId: result.record.id, host: body.host, port: body.port });
+    this.recovery.tick();
     // What the server holds is compared with the map in the background: leftovers get deleted.
     void this.reconcileHeld(result.record.id);
     return {
@@ -234,6 +240,7 @@ export class Cluster {
         succeeded: this.recovery.stats.succeeded,
         failed: this.recovery.stats.failed,
         copiedBytes: this.replicator.copiedBytesTotal,
+        settledBytes: this.replicator.settledBytesTotal,
         bytesPerSecondLimit: this.recoveryLimiter.rate,
       },
       space: {
@@ -308,6 +315,26 @@ export class Cluster {
     const repaired = await this.replicator.repair(report.volumeId, report.chunkIndex, report.csId, report.offsetBytes, report.lengthBytes);
     this.log.warn('bad blocks reported', { ...report, repaired });
     return repaired;
+  }
+
+  /**
+   * A primary could not complete a change on every member. Its writer reports the same unless it
+   * died: the failed members leave under a new version and the rest are made equal, as for the
+   * writer's report. Whichever report comes second finds the version moved on and does nothing.
+   */
+  async reportPartialWrite(report: PartialWriteBody): Promise<void> {
+    const chunk = this.store.tables.getChunk(report.volumeId, report.chunkIndex);
+    if (chunk === undefined || chunk.chunkId !== report.chunkId || chunk.version !== report.version) return;
+    this.log.warn('a primary reports a change incomplete on members', { ...report });
+    for (const csId of report.failedCsIds) {
+      if (csId !== report.csId) this.registry.markSuspect(csId, this.clock.nowMs());
+    }
+    await this.replicator.drop(report.volumeId, report.chunkIndex, report.failedCsIds, {
+      expectedVersion: report.version,
+      inDoubt: { offsetBytes: report.offsetBytes, lengthBytes: report.lengthBytes },
+      reason: `chunk server ${report.csId} could not complete a change on these members`,
+    });
+    this.recovery.tick();
   }
 
   /** Drain (move every replica off), return to service, or remove (only once empty). */

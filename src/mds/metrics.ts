@@ -78,6 +78,8 @@ export class MdsMetrics {
         g.set({ state: 'pending' }, stat.recovery.pending);
         g.set({ state: 'blocked' }, stat.recovery.blocked);
       });
+    counterFromTotal(registers, 'shoal_mds_settled_bytes_total',
+      'Bytes copied between members of a chunk whose checksums differed (writes that died half-done)', () => snapshot?.recovery.settledBytes ?? null);
     counterFromTotal(registers, 'shoal_mds_recovery_copied_bytes_total',
       'Bytes copied between chunk servers by re-replication, rebalancing and drains', () => snapshot?.recovery.copiedBytes ?? null);
   }

@@ -55,6 +55,15 @@ export type MdsOp =
       readonly inDoubt: readonly InDoubtRange[];
     }
   | { readonly type: 'markInDoubt'; readonly volumeId: number; readonly chunkIndex: number; readonly ranges: readonly InDoubtRange[] }
+  | {
+      /**
+       * A server came back (restarted, or reachable again): it may have died while forwarding a
+       * write whose writer died too, leaving members different with nobody to report it. Every
+       * chunk it is a member of is put in doubt as a whole, so the planner makes the members equal.
+       */
+      readonly type: 'markServerChunksInDoubt';
+      readonly csId: number;
+    }
   | { readonly type: 'setChunkServerState'; readonly csId: number; readonly adminState: ChunkServerAdminState }
   | {
       /** Replicas found on servers that the map does not count as members: to be deleted. */
@@ -100,6 +109,8 @@ export function applyOp(tables: MdsTables, op: MdsOp): MdsOpResult {
       return setChunkServerState(tables, op.csId, op.adminState);
     case 'markInDoubt':
       return markInDoubt(tables, op);
+    case 'markServerChunksInDoubt':
+      return markServerChunksInDoubt(tables, op.csId);
     case 'queueReplicaDeletes':
       return queueReplicaDeletes(tables, op.entries);
     default:
@@ -307,6 +318,18 @@ function markInDoubt(tables: MdsTables, op: Extract<MdsOp, { type: 'markInDoubt'
   const record: ChunkRecord = { ...chunk, inDoubt: ranges };
   tables.putChunk(record);
   return { type: 'chunk', record };
+}
+
+function markServerChunksInDoubt(tables: MdsTables, csId: number): MdsOpResult {
+  const marked: ChunkRecord[] = [];
+  tables.forEachChunk((chunk) => {
+    if (chunk.replicas.length < 2 || !chunk.replicas.includes(csId)) return;
+    const volume = tables.getVolume(chunk.volumeId);
+    if (volume === undefined) return;
+    marked.push({ ...chunk, inDoubt: [{ offsetBytes: 0, lengthBytes: volume.chunkSizeBytes }] });
+  });
+  for (const record of marked) tables.putChunk(record);
+  return NONE;
 }
 
 function queueReplicaDeletes(tables: MdsTables, entries: Extract<MdsOp, { type: 'queueReplicaDeletes' }>['entries']): MdsOpResult {

@@ -25,6 +25,8 @@ export interface ReplicaIo {
   copyRange(sourceCsId: number, chunkId: number, version: number, offsetBytes: number, lengthBytes: number,
     changedOnly: boolean, targetCsId: number): Promise<number>;
   read(csId: number, chunkId: number, version: number, offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  /** crc32c of each block of the range (u32 LE each; a hole sums as zeroes), at `version`. */
+  blockSums(csId: number, chunkId: number, version: number, offsetBytes: number, lengthBytes: number): Promise<Buffer>;
   /** Writes bytes into a replica regardless of version (in-doubt reconciliation while sealed). */
   fill(csId: number, chunkId: number, offsetBytes: number, data: Buffer): Promise<void>;
   /** Replaces whole blocks that fail their checksum; resolves with blocks replaced. */
@@ -93,6 +95,11 @@ export class CsReplicaIo implements ReplicaIo {
 
   async read(csId: number, chunkId: number, version: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     const { payload } = await this.call(csId, { op: CS_OP.READ, chunkId, version, offsetBytes, lengthBytes }, undefined, true);
+    return payload;
+  }
+
+  async blockSums(csId: number, chunkId: number, version: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const { payload } = await this.call(csId, { op: CS_OP.BLOCK_SUMS, chunkId, version, offsetBytes, lengthBytes }, undefined, true);
     return payload;
   }
 

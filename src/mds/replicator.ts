@@ -4,13 +4,19 @@
 // still carrying the old version. So a replica that leaves can never be read or written again at
 // the current version, and the members that stay hold the same bytes:
 //
-// - drop: seal the members that stay; if a failed write left a range in doubt (applied on some
-//   members, not others), copy that range from one of them to the rest while sealed; commit.
+// - drop: seal the members that stay, make them equal while sealed (a failed write may have left
+//   blocks applied on some members, not others), commit.
 // - add: the target is filled from a member while writes go on (the member records which blocks
 //   change meanwhile); then seal, settle, copy the changed blocks, move the target to the new
 //   version and commit. Writers wait only for that last step.
-// - settle: seal every member and make the recorded in-doubt ranges equal (used when an earlier
-//   drop could reach no member and had to leave the ranges recorded on the chunk).
+// - settle: seal every member and make them equal (used when an earlier procedure could read no
+//   member and left ranges recorded on the chunk, and when a server returns: it may have died in
+//   the middle of forwarding a write, with its writer).
+//
+// "Make equal" compares the members' per-block checksums over the whole chunk and copies only the
+// blocks that differ from the first member that can be read. Every version change goes through it,
+// so members at one version never hold different bytes, whoever died mid-write and whatever was
+// reported: an unacknowledged write ends up wholly on every member or on none.
 // - repair: blocks that fail their checksum on one member are replaced with a good member's.
 //
 // Once members are sealed there is no way back: whatever fails afterwards, the new version is
@@ -21,6 +27,7 @@
 
 import { StorageError } from '../errors.ts';
 import { BLOCK_BYTES, CS_PAYLOAD_BYTES_MAX } from '../limits.ts';
+import { BLOCK_SUMS_BYTES_MAX } from '../protocol/cs_messages.ts';
 import { assert } from '../util/assert.ts';
 import type { Logger } from '../util/log.ts';
 import type { ChunkRecord, InDoubtRange, MdsTables, VolumeRecord } from './model.ts';
@@ -53,6 +60,8 @@ export class Replicator {
   private readonly filling = new Set<string>();
   /** Bytes sent by copies since start, for metrics and the closing figures. */
   copiedBytesTotal = 0;
+  /** Bytes copied between sealed members because their checksums differed. */
+  settledBytesTotal = 0;
 
   constructor(options: ReplicatorOptions) {
     this.options = options;
@@ -107,9 +116,11 @@ export class Replicator {
     return this.withChunk(chunkId, async () => {
       const chunk = this.chunk(volumeId, chunkIndex);
       const leaving = chunk.replicas.filter((csId) => drop.includes(csId));
-      if ((options.expectedVersion !== undefined && chunk.version !== options.expectedVersion) || leaving.length === 0) {
-        if (options.inDoubt !== undefined) await this.settleRangeOnMembers(chunk, options.inDoubt);
-        return chunk;
+      // The version moved on: the seal that moved it made the members equal, this range included.
+      if (options.expectedVersion !== undefined && chunk.version !== options.expectedVersion) return chunk;
+      if (leaving.length === 0) {
+        if (options.inDoubt === undefined) return chunk;
+        return this.sealAndCommit(chunk, chunk.replicas, [options.inDoubt], options.reason);
       }
       const staying = chunk.replicas.filter((csId) => !drop.includes(csId));
       return this.sealAndCommit(chunk, staying, options.inDoubt === undefined ? [] : [options.inDoubt], options.reason);
@@ -127,14 +138,13 @@ export class Replicator {
   }
 
   /**
-   * Seals `staying` at version + 1, settles the in-doubt ranges (the chunk's and `extra`) among the
-   * sealed, and commits. Members that cannot be sealed or settled leave. When none can be sealed,
-   * the set stays as it is, the ranges are recorded on the chunk, and ERR_UNAVAILABLE is thrown.
+   * Seals `staying` at version + 1, makes the sealed members equal, and commits. Members that cannot
+   * be sealed or made equal leave. When none can be sealed, the set stays as it is, `extra` (ranges
+   * a failed write left in doubt) is recorded on the chunk, and ERR_UNAVAILABLE is thrown.
    */
   private async sealAndCommit(chunk: ChunkRecord, staying: readonly number[], extra: readonly InDoubtRange[],
     reason: string): Promise<ChunkRecord> {
     const version = chunk.version + 1;
-    const ranges = [...(chunk.inDoubt ?? []), ...extra];
     const sealed = await this.seal(chunk, staying, version);
     if (sealed.length === 0) {
       if (extra.length > 0) {
@@ -142,7 +152,7 @@ export class Replicator {
       }
       throw new StorageError('ERR_UNAVAILABLE', `chunk ${chunk.chunkId}: no member could be reached to continue at version ${version}`);
     }
-    const { members, unsettled } = await this.settleRanges(chunk.chunkId, version, sealed, ranges);
+    const { members, unsettled } = await this.makeEqual(chunk, version, sealed);
     return this.commit(chunk, members, version, unsettled, reason);
   }
 
@@ -164,56 +174,68 @@ export class Replicator {
   }
 
   /**
-   * Makes each range equal on `members` (sealed at `version`), copying from the first member that
-   * can be read. Members that cannot be written leave; ranges no member could be read for stay in
-   * doubt.
+   * Makes the sealed members equal over the whole chunk. Members that cannot be compared or
+   * written leave; if no member can be read, the whole chunk stays recorded in doubt.
    */
-  private async settleRanges(chunkId: number, version: number, members: readonly number[],
-    ranges: readonly InDoubtRange[]): Promise<{ members: number[]; unsettled: InDoubtRange[] }> {
-    let current = [...members];
-    const unsettled: InDoubtRange[] = [];
-    for (const range of ranges) {
-      if (current.length < 2) break;
-      const result = await this.settleRange(chunkId, version, current, range);
-      if (result === null) unsettled.push(range);
-      else current = result;
-    }
-    return { members: current, unsettled };
+  private async makeEqual(chunk: ChunkRecord, version: number, members: readonly number[]): Promise<{ members: number[]; unsettled: InDoubtRange[] }> {
+    const whole: InDoubtRange = { offsetBytes: 0, lengthBytes: this.volume(chunk.volumeId).chunkSizeBytes };
+    if (members.length < 2) return { members: [...members], unsettled: [] };
+    const equal = await this.settleRange(chunk.chunkId, version, members, whole);
+    return equal === null ? { members: [...members], unsettled: [whole] } : { members: equal, unsettled: [] };
   }
 
-  /** One range: returns the members that hold it equal now, or null if no member could be read. */
+  /**
+   * Makes `range` equal on `members` (sealed at `version`): compares block checksums with the first
+   * member that can be read and copies it the blocks that differ. Returns the members that hold the
+   * range equal now (a member that cannot be compared or written leaves), or null if no member
+   * could be read.
+   */
   private async settleRange(chunkId: number, version: number, members: readonly number[], range: InDoubtRange): Promise<number[] | null> {
+    const { io, log } = this.options;
+    const start = Math.floor(range.offsetBytes / BLOCK_BYTES) * BLOCK_BYTES;
+    const end = Math.ceil((range.offsetBytes + range.lengthBytes) / BLOCK_BYTES) * BLOCK_BYTES;
     for (const source of members) {
       const left = new Set<number>();
       try {
-        for (let offset = range.offsetBytes; offset < range.offsetBytes + range.lengthBytes; offset += CS_PAYLOAD_BYTES_MAX) {
-          const lengthBytes = Math.min(CS_PAYLOAD_BYTES_MAX, range.offsetBytes + range.lengthBytes - offset);
-          const bytes = await this.options.io.read(source, chunkId, version, offset, lengthBytes);
+        for (let offset = start; offset < end; offset += BLOCK_SUMS_BYTES_MAX) {
+          const stepBytes = Math.min(BLOCK_SUMS_BYTES_MAX, end - offset);
+          const sourceSums = await io.blockSums(source, chunkId, version, offset, stepBytes);
           for (const target of members) {
             if (target === source || left.has(target)) continue;
-            await this.options.io.fill(target, chunkId, offset, bytes).catch((error: unknown) => {
-              this.options.log.warn('in-doubt range could not be written on a member; it leaves the set', { chunkId, target, error });
+            let targetSums: Buffer;
+            try {
+              targetSums = await io.blockSums(target, chunkId, version, offset, stepBytes);
+            } catch (error) {
+              log.warn('member could not be compared; it leaves the set', { chunkId, target, error });
               left.add(target);
-            });
+              continue;
+            }
+            for (const [runOffset, runBytes] of differingRuns(sourceSums, targetSums, offset)) {
+              if (left.has(target)) break;
+              for (let piece = runOffset; piece < runOffset + runBytes; piece += CS_PAYLOAD_BYTES_MAX) {
+                const pieceBytes = Math.min(CS_PAYLOAD_BYTES_MAX, runOffset + runBytes - piece);
+                // A failed read of the source goes to the outer catch: the next member becomes the source.
+                const bytes = await io.read(source, chunkId, version, piece, pieceBytes);
+                const filled = await io.fill(target, chunkId, piece, bytes).then(() => true, (error: unknown) => {
+                  log.warn('differing blocks could not be written on a member; it leaves the set', { chunkId, target, error });
+                  return false;
+                });
+                if (!filled) {
+                  left.add(target);
+                  break;
+                }
+                this.settledBytesTotal += pieceBytes;
+              }
+            }
           }
         }
       } catch (error) {
-        this.options.log.warn('in-doubt range could not be read from a member; trying another', { chunkId, source, error });
+        log.warn('member could not be read to make the others equal; trying another', { chunkId, source, error });
         continue;
       }
       return members.filter((csId) => !left.has(csId));
     }
     return null;
-  }
-
-  /** Makes an in-doubt range equal on a chunk's members without changing the set. */
-  private async settleRangeOnMembers(chunk: ChunkRecord, range: InDoubtRange): Promise<void> {
-    if (chunk.replicas.length < 2) return;
-    const settled = await this.settleRange(chunk.chunkId, chunk.version, chunk.replicas, range);
-    if (settled !== null && settled.length === chunk.replicas.length) return;
-    // A member could not take the range, or none could be read: record it; the planner settles it.
-    this.options.log.warn('in-doubt range not settled on every member; recorded for later', { chunkId: chunk.chunkId, range });
-    await this.options.store.submit({ type: 'markInDoubt', volumeId: chunk.volumeId, chunkIndex: chunk.chunkIndex, ranges: [range] });
   }
 
   private async commit(chunk: ChunkRecord, members: readonly number[], version: number, inDoubt: readonly InDoubtRange[],
@@ -288,7 +310,7 @@ export class Replicator {
       throw new StorageError('ERR_UNAVAILABLE', `chunk ${chunk.chunkId}: no member could be sealed to add a replica`);
     }
     // The seal is the point of no return: from here on, the new version is committed.
-    const { members, unsettled } = await this.settleRanges(chunk.chunkId, version, sealed, chunk.inDoubt ?? []);
+    const { members, unsettled } = await this.makeEqual(chunk, version, sealed);
     if (!members.includes(source) || unsettled.length > 0) {
       return this.commit(chunk, members, version, unsettled, 'add aborted: copy source lost, or ranges still in doubt');
     }
@@ -361,7 +383,22 @@ export class Replicator {
         }
       }
       if (sealed.length === 0) throw new StorageError('ERR_UNAVAILABLE', `chunk ${chunkId}: no member reachable to reconcile versions`);
-      return this.commit(chunk, sealed, version, chunk.inDoubt ?? [], `versions reconciled (members reported ${versions.join(', ')})`);
+      const { members, unsettled } = await this.makeEqual(chunk, version, sealed);
+      return this.commit(chunk, members, version, unsettled, `versions reconciled (members reported ${versions.join(', ')})`);
     });
   }
+}
+
+/** Runs of blocks, as [offsetBytes, lengthBytes], whose sums (u32 each, from `offsetBytes`) differ. */
+function differingRuns(a: Buffer, b: Buffer, offsetBytes: number): Array<[number, number]> {
+  assert(a.length === b.length && a.length % 4 === 0, 'block sums of one range have one length');
+  const runs: Array<[number, number]> = [];
+  for (let index = 0; index < a.length / 4; index += 1) {
+    if (a.readUInt32LE(index * 4) === b.readUInt32LE(index * 4)) continue;
+    const blockOffset = offsetBytes + index * BLOCK_BYTES;
+    const previous = runs.at(-1);
+    if (previous !== undefined && previous[0] + previous[1] === blockOffset) previous[1] += BLOCK_BYTES;
+    else runs.push([blockOffset, BLOCK_BYTES]);
+  }
+  return runs;
 }

@@ -126,6 +126,7 @@ export const RecoveryInfo = Type.Object({
   succeeded: Uint(),
   failed: Uint(),
   copiedBytes: Uint({ description: 'bytes copied between chunk servers since the MDS started' }),
+  settledBytes: Uint({ description: 'bytes copied between members found different by their checksums (writes that died half-done)' }),
   bytesPerSecondLimit: Uint(),
 });
 export type RecoveryInfo = Static<typeof RecoveryInfo>;
@@ -266,6 +267,22 @@ export const BadBlocksBody = Type.Object(
   { additionalProperties: false },
 );
 export type BadBlocksBody = Static<typeof BadBlocksBody>;
+
+export const PartialWriteBody = Type.Object(
+  {
+    csId: Uint({ description: 'the primary that forwarded the change' }),
+    volumeId: Uint(),
+    chunkIndex: Uint(),
+    chunkId: Uint(),
+    version: Uint({ description: 'the chunk version the change carried' }),
+    failedCsIds: Type.Array(Uint(), { minItems: 1, maxItems: 16, description: 'members that failed the change (the primary itself if its own write failed)' }),
+    offsetBytes: Uint({ description: 'the change, within the chunk' }),
+    lengthBytes: Uint({ minimum: 1, maximum: 1024 * 1024 * 1024 }),
+    reason: Type.String({ maxLength: 2048 }),
+  },
+  { additionalProperties: false },
+);
+export type PartialWriteBody = Static<typeof PartialWriteBody>;
 
 export const RepairReply = Type.Object({ repairedBlocks: Uint() });
 export type RepairReply = Static<typeof RepairReply>;

@@ -33,6 +33,7 @@ export const CS_OP = {
   REPLICA_WRITE: 25,
   REPLICA_ZERO: 26,
   REPAIR: 27,
+  BLOCK_SUMS: 28,
 } as const;
 export type CsOp = (typeof CS_OP)[keyof typeof CS_OP];
 
@@ -197,7 +198,24 @@ export interface RepairRequest {
   readonly lengthBytes: number;
 }
 
+/**
+ * MDS: the crc32c of each block the range touches (u32 LE each, a hole as a block of zeroes), to
+ * find where members differ. The range covers at most BLOCK_SUMS_BYTES_MAX bytes.
+ */
+export interface BlockSumsRequest {
+  readonly op: typeof CS_OP.BLOCK_SUMS;
+  readonly id: number;
+  readonly chunkId: number;
+  readonly version: number;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+}
+
+/** Largest range one BLOCK_SUMS covers: its answer, 4 bytes a block, stays well inside a frame. */
+export const BLOCK_SUMS_BYTES_MAX = (CS_PAYLOAD_BYTES_MAX / 4) * BLOCK_BYTES;
+
 export type CsRequest =
+  | BlockSumsRequest
   | CreateChunkRequest
   | DeleteChunkRequest
   | ChunkInfoRequest
@@ -416,6 +434,14 @@ export function parseRequest(frame: RawFrame): CsRequest {
     case CS_OP.REPLICA_ZERO:
       expectNoPayload();
       return { op, id, chunkId: uintField(header, 'chunkId'), ...rangeFields(header) };
+    case CS_OP.BLOCK_SUMS: {
+      expectNoPayload();
+      const range = rangeFields(header);
+      if (range.lengthBytes > BLOCK_SUMS_BYTES_MAX) {
+        throw new StorageError('ERR_TOO_LARGE', `block sums of ${range.lengthBytes} bytes exceed ${BLOCK_SUMS_BYTES_MAX}`);
+      }
+      return { op, id, chunkId: uintField(header, 'chunkId'), version: uintField(header, 'version'), ...range };
+    }
     default:
       throw protocolError(`unknown op ${String(op)}`);
   }

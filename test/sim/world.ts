@@ -95,8 +95,12 @@ export class SimWorld {
     for (const replica of server.replicas.values()) replica.changes = null; // memory is lost
   }
 
+  /** Back up; it registers again, and the MDS puts its chunks in doubt (cluster.ts does the same). */
   revive(csId: number): void {
-    this.server(csId).online = true;
+    const server = this.server(csId);
+    if (server.online) return;
+    server.online = true;
+    this.tables.submit({ type: 'markServerChunksInDoubt', csId });
   }
 
   /** Called by SimReplicaIo before each request: maybe a crash, then the target must be up. */
@@ -240,6 +244,14 @@ export class SimReplicaIo implements ReplicaIo {
     const bytes = Buffer.alloc((lengthBytes / BLOCK) * 4);
     for (let index = 0; index < lengthBytes / BLOCK; index += 1) bytes.writeUInt32BE(replica.blocks.get(offsetBytes / BLOCK + index) ?? 0, index * 4);
     return bytes;
+  }
+
+  /** A block's "sum" here is its value: equal values, equal blocks. */
+  async blockSums(csId: number, chunkId: number, version: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
+    const replica = this.member(csId, chunkId, version);
+    const sums = Buffer.alloc((lengthBytes / BLOCK) * 4);
+    for (let index = 0; index < lengthBytes / BLOCK; index += 1) sums.writeUInt32LE(replica.blocks.get(offsetBytes / BLOCK + index) ?? 0, index * 4);
+    return sums;
   }
 
   async fill(csId: number, chunkId: number, offsetBytes: number, data: Buffer): Promise<void> {
