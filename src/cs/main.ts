@@ -19,6 +19,7 @@ import { parseSizeBytes } from '../util/size.ts';
 import { ChunkStore } from './chunk_store.ts';
 import { DiskUsage } from './disk_usage.ts';
 import { lockDataDir, loadIdentity, saveIdentity } from './data_dir.ts';
+import { PartialWriteReporter } from './partial_writes.ts';
 import { MdsLink } from './mds_link.ts';
 import { CsMetrics } from './metrics.ts';
 import { Scrubber } from './scrubber.ts';
@@ -137,6 +138,12 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   const metrics = new CsMetrics(() => store, () => link?.lastSpace ?? null);
   const peers = new CsConnectionPool({ clusterKey: config.clusterKey, role: 'peer', requestTimeoutMs: config.peerTimeoutMs });
   const bulkPeers = new CsConnectionPool({ clusterKey: config.clusterKey, role: 'peer', requestTimeoutMs: 120_000 });
+  const partialWrites = new PartialWriteReporter({
+    send: (report) => mds.reportPartialWrite(report),
+    csId: () => link?.registeredId ?? null,
+    log,
+  });
+  metrics.watchPartialWrites(partialWrites);
   const server = new ChunkServer({
     store,
     clusterKey: config.clusterKey,
@@ -146,6 +153,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     log,
     metrics,
     writeBlocker: () => (link === null ? new StorageError('ERR_UNAVAILABLE', 'chunk server is starting') : link.writeBlocker()),
+    partialWrites: { reporter: partialWrites, selfId: () => link?.registeredId ?? null },
   });
   const port = await server.listen(config.listen.host, config.listen.port);
   const metricsServer = await serveMetrics(metrics.registry, config.metrics.host, config.metrics.port);

@@ -5,6 +5,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { CS_OP, type CsOp } from '../protocol/cs_messages.ts';
 import type { ChunkStore } from './chunk_store.ts';
+import type { PartialWriteReporter } from './partial_writes.ts';
 import type { Scrubber } from './scrubber.ts';
 import { counterFromTotal } from '../util/metrics.ts';
 
@@ -48,6 +49,17 @@ export class CsMetrics {
       ['shoal_cs_scrub_scanned_bytes_total', 'Bytes the scrubber has checked', () => scrubber.stats.scannedBytesTotal],
       ['shoal_cs_scrub_bad_blocks_total', 'Blocks the scrubber found failing their checksum', () => scrubber.stats.badBlocksTotal],
       ['shoal_cs_scrub_passes_total', 'Completed scrub passes over every replica', () => scrubber.stats.passesTotal],
+    ];
+    for (const [name, help, read] of totals) counterFromTotal(registers, name, help, read);
+  }
+
+  /** Exports how often this server, as a primary, reported changes incomplete on members. */
+  watchPartialWrites(reporter: PartialWriteReporter): void {
+    const registers = [this.registry];
+    const totals: Array<[string, string, () => number]> = [
+      ['shoal_cs_partial_writes_reported_total', 'Changes incomplete on members that this primary reported to the MDS', () => reporter.stats.reportedTotal],
+      ['shoal_cs_partial_writes_report_failures_total', 'Reports of incomplete changes the MDS did not take', () => reporter.stats.failedTotal],
+      ['shoal_cs_partial_writes_unreported_total', 'Incomplete changes not reported (not registered, or too many in flight)', () => reporter.stats.skippedTotal],
     ];
     for (const [name, help, read] of totals) counterFromTotal(registers, name, help, read);
   }

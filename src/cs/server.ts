@@ -24,6 +24,7 @@ import type { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { FrameReader, writeFrame, type RawFrame } from '../protocol/frame.ts';
 import { assert } from '../util/assert.ts';
 import type { Logger } from '../util/log.ts';
+import type { PartialWriteReporter } from './partial_writes.ts';
 import type { ChunkStore } from './chunk_store.ts';
 import { asStorageError, handleRequest, type Reply } from './handlers.ts';
 import type { CsMetrics } from './metrics.ts';
@@ -41,6 +42,8 @@ export interface ChunkServerOptions {
   readonly metrics: CsMetrics;
   /** Null once writes may be accepted: the server has registered and loaded the volumes' fences. */
   readonly writeBlocker: () => StorageError | null;
+  /** Where a primary reports changes it could not complete on every member (its writer may be dead). */
+  readonly partialWrites: { readonly reporter: PartialWriteReporter; readonly selfId: () => number | null };
 }
 
 

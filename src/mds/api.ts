@@ -38,6 +38,7 @@ import {
   HeartbeatBody,
   HeartbeatReply,
   LeaseBody,
+  PartialWriteBody,
   OkReply,
   OpenVolumeBody,
   OpenVolumeReply,
@@ -225,6 +226,14 @@ function internalRoutes(app: TypedApp, service: MetadataService): void {
     '/v1/internal/bad-blocks',
     { schema: { tags, body: BadBlocksBody, response: { 200: RepairReply, ...errorResponses } } },
     async (request) => ({ repairedBlocks: await service.cluster.reportBadBlocks(request.body) }),
+  );
+  app.post(
+    '/v1/internal/partial-writes',
+    { schema: { tags, body: PartialWriteBody, response: { 200: OkReply, ...errorResponses } } },
+    async (request) => {
+      await service.cluster.reportPartialWrite(request.body);
+      return { ok: true };
+    },
   );
 }
 

@@ -17,7 +17,9 @@ import type {
   ExportList,
   HeartbeatBody,
   OpenVolumeBody,
+  OkReply,
   OpenVolumeReply,
+  PartialWriteBody,
   RegisterChunkServerBody,
   RegisterChunkServerReply,
   VolumeInfo,
@@ -142,5 +144,9 @@ export class MdsClient {
   }
   reportBadBlocks(body: BadBlocksBody): Promise<RepairReply> {
     return this.call('POST', '/v1/internal/bad-blocks', body);
+  }
+  /** A primary could not complete a change on every member; its writer may be gone. */
+  reportPartialWrite(body: PartialWriteBody): Promise<OkReply> {
+    return this.call('POST', '/v1/internal/partial-writes', body);
   }
 }

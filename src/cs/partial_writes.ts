@@ -1,0 +1,85 @@
+// Reports of changes a primary could not complete on every member. The writer reports these
+// itself, but a writer that died (a crashed hypervisor, a killed NBD server) never will, and the
+// members would be left holding different bytes at one version; so the primary tells the MDS too.
+// Fire and forget, bounded: past REPORTS_INFLIGHT_MAX the report is not sent (and counted), which
+// leaves the writer's report and the compare-on-return as the safety nets.
+
+import { isStorageError } from '../errors.ts';
+import type { PartialWriteBody } from '../protocol/api.ts';
+import type { Logger } from '../util/log.ts';
+
+const REPORTS_INFLIGHT_MAX = 64;
+
+/** Failures that mean the member refused the change before applying any of it. */
+const REFUSALS = new Set(['ERR_CHUNK_VERSION', 'ERR_LEASE_FENCED', 'ERR_OUT_OF_RANGE', 'ERR_INVALID_ARGUMENT', 'ERR_CHUNK_NOT_FOUND']);
+
+export interface PartialWriteReporterOptions {
+  readonly send: (report: PartialWriteBody) => Promise<unknown>;
+  /** This server's id once registered, else null (then nothing can be reported). */
+  readonly csId: () => number | null;
+  readonly log: Logger;
+}
+
+export interface ChangeOutcome {
+  readonly volumeId: number;
+  readonly chunkIndex: number;
+  readonly chunkId: number;
+  readonly version: number;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+  /** Per member (the primary first): null if it applied the change, else its error code. */
+  readonly results: ReadonlyArray<{ readonly csId: number; readonly code: string | null }>;
+}
+
+export class PartialWriteReporter {
+  private readonly options: PartialWriteReporterOptions;
+  private inflight = 0;
+  readonly stats = { reportedTotal: 0, failedTotal: 0, skippedTotal: 0 };
+
+  constructor(options: PartialWriteReporterOptions) {
+    this.options = options;
+  }
+
+  /**
+   * Reports the change if members may now differ: some failed, and not every failure is a plain
+   * refusal on every member (where nothing was applied anywhere).
+   */
+  consider(outcome: ChangeOutcome): void {
+    const failed = outcome.results.filter((result) => result.code !== null);
+    if (failed.length === 0) return;
+    const applied = failed.length < outcome.results.length;
+    if (!applied && failed.every((result) => REFUSALS.has(result.code ?? ''))) return;
+    const csId = this.options.csId();
+    if (csId === null || this.inflight >= REPORTS_INFLIGHT_MAX) {
+      this.stats.skippedTotal += 1;
+      this.options.log.error('a change incomplete on members could not be reported to the MDS', {
+        chunkId: outcome.chunkId, why: csId === null ? 'not registered' : 'too many reports in flight',
+      });
+      return;
+    }
+    const report: PartialWriteBody = {
+      csId,
+      volumeId: outcome.volumeId,
+      chunkIndex: outcome.chunkIndex,
+      chunkId: outcome.chunkId,
+      version: outcome.version,
+      failedCsIds: failed.map((result) => result.csId).slice(0, 16),
+      offsetBytes: outcome.offsetBytes,
+      lengthBytes: outcome.lengthBytes,
+      reason: failed.map((result) => `${result.csId}: ${result.code}`).join('; ').slice(0, 2048),
+    };
+    this.inflight += 1;
+    this.options.send(report).then(
+      () => {
+        this.stats.reportedTotal += 1;
+      },
+      (error: unknown) => {
+        this.stats.failedTotal += 1;
+        const level = isStorageError(error, 'ERR_UNAVAILABLE') ? 'warn' : 'error';
+        this.options.log[level]('reporting a change incomplete on members failed', { chunkId: outcome.chunkId, error });
+      },
+    ).finally(() => {
+      this.inflight -= 1;
+    });
+  }
+}
