@@ -15,8 +15,17 @@ import { run, runOk } from './helpers/run.ts';
 
 const KiB = 1024;
 
+async function eventually(check: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check()) return true;
+    await sleep(200);
+  }
+  return false;
+}
+
 t.test('a writer killed mid-write leaves no member different', async (t) => {
-  t.setTimeout(120_000);
+  t.setTimeout(180_000);
   // A long heartbeat timeout keeps the frozen member "online": only the primary's report can tell
   // the MDS that it missed a write. The primary gives up on it after 1.5 s.
   const cluster = await startCluster(t, {
@@ -36,21 +45,27 @@ t.test('a writer killed mid-write leaves no member different', async (t) => {
   const primaryIndex = await cluster.chunkServerIndex(primary.csId);
   const missingIndex = await cluster.chunkServerIndex(missing.csId);
 
+  const primaryMetrics = Number(cluster.chunkServers[primaryIndex]?.ready['metricsPort']);
+  const writtenBefore = await metricValue(primaryMetrics, 'shoal_cs_written_bytes_total');
   cluster.chunkServers[missingIndex]?.kill('SIGSTOP');
   const writer = run('qemu-io', ['-f', 'raw', '-c', 'write -P 0xab 0 64k', uri], { timeoutMs: 30_000 });
-  await sleep(500);
+  // Once the primary has applied the write itself, its forward to the frozen member hangs: the
+  // writer dies now, before the primary can answer it.
+  const applied = await eventually(async () => (await metricValue(primaryMetrics, 'shoal_cs_written_bytes_total')) > writtenBefore, 20_000);
+  t.ok(applied, 'the primary applied the write');
   cluster.nbd?.kill('SIGKILL');
   const written = await writer;
   t.not(written.code, 0, 'the writer died before its write was acknowledged');
-  await sleep(3_000); // the primary's forward times out, it reports, the MDS seals without the frozen member
-  cluster.chunkServers[missingIndex]?.kill('SIGCONT');
-
-  const primaryMetrics = Number(cluster.chunkServers[primaryIndex]?.ready['metricsPort']);
-  t.ok((await metricValue(primaryMetrics, 'shoal_cs_partial_writes_reported_total')) >= 1, 'the primary reported the incomplete write');
+  // The primary's forward times out (1.5 s), it reports, the MDS seals without the frozen member
+  // (whose seal times out after 2 s): all while the member is still frozen.
+  const reported = await eventually(async () => (await metricValue(primaryMetrics, 'shoal_cs_partial_writes_reported_total')) >= 1, 20_000);
+  t.ok(reported, 'the primary reported the incomplete write');
   const after = (await cluster.internal.chunkMap(VOLUME, 0, 1)).chunks[0];
   t.ok(after !== undefined && after.version > before.version, `the chunk moved to a new version (${before.version} -> ${after?.version})`);
+  t.ok(after !== undefined && !after.replicas.some((member) => member.csId === missing.csId), 'without the member that missed the write');
+  cluster.chunkServers[missingIndex]?.kill('SIGCONT');
 
-  const { waitedMs } = await waitHealthy(cluster, 60_000);
+  const { waitedMs } = await waitHealthy(cluster, 90_000);
   t.pass(`three members again ${waitedMs} ms later`);
   await checkReplicasIdentical(t, cluster);
 
