@@ -7,6 +7,7 @@ import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { LocalCluster } from '../src/local/cluster.ts';
 import { startCluster } from './helpers/cluster.ts';
+import { eventually } from './helpers/faults.ts';
 import { metricValue } from './helpers/metrics.ts';
 import { runOk } from './helpers/run.ts';
 
@@ -31,14 +32,6 @@ async function damage(path: string, offset: number): Promise<void> {
   await handle.close();
 }
 
-async function eventually(check: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return true;
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-  return false;
-}
 
 t.test('damaged replicas are read around, found and repaired', async (t) => {
   t.setTimeout(120_000);

@@ -9,20 +9,12 @@ import t from 'tap';
 import { join } from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { startCluster } from './helpers/cluster.ts';
-import { CHUNK_BYTES, VOLUME, VOLUME_BYTES, checkReplicasIdentical, sleep, waitHealthy } from './helpers/faults.ts';
+import { CHUNK_BYTES, VOLUME, VOLUME_BYTES, checkReplicasIdentical, eventually, waitHealthy } from './helpers/faults.ts';
 import { metricValue } from './helpers/metrics.ts';
 import { run, runOk } from './helpers/run.ts';
 
 const KiB = 1024;
 
-async function eventually(check: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await check()) return true;
-    await sleep(200);
-  }
-  return false;
-}
 
 t.test('a writer killed mid-write leaves no member different', async (t) => {
   t.setTimeout(180_000);

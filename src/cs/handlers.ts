@@ -171,19 +171,15 @@ async function mutate(deps: ChunkServerOptions, request: WriteRequest | ZeroRequ
   const failedReplicas = peerResults.flatMap((result) => (result.status === 'fulfilled' && result.value !== null ? [result.value] : []));
   const localError = localResult?.status === 'rejected' ? asStorageError(localResult.reason) : null;
   if (localError !== null || failedReplicas.length > 0) {
-    const self = deps.partialWrites.selfId();
-    deps.partialWrites.reporter.consider({
+    deps.partialWrites.consider({
       volumeId: meta.volumeId, chunkIndex: meta.chunkIndex, chunkId: meta.chunkId, version: request.version,
       offsetBytes: request.offsetBytes, lengthBytes: request.lengthBytes,
-      results: [
-        ...(self === null ? [] : [{ csId: self, code: localError?.code ?? null }]),
-        ...request.forward.map((target) => ({ csId: target.csId, code: failedReplicas.find((f) => f.csId === target.csId)?.code ?? null })),
-      ],
+      localCode: localError?.code ?? null,
+      peers: request.forward.map((target) => ({ csId: target.csId, code: failedReplicas.find((f) => f.csId === target.csId)?.code ?? null })),
     });
   }
   if (localError !== null) {
-    const error = localError;
-    return { reply: errorReply(request.id, error, failedReplicas.length > 0 ? { failedReplicas } : {}) };
+    return { reply: errorReply(request.id, localError, failedReplicas.length > 0 ? { failedReplicas } : {}) };
   }
   const firstFailure = failedReplicas[0];
   if (firstFailure !== undefined) {

@@ -153,7 +153,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     log,
     metrics,
     writeBlocker: () => (link === null ? new StorageError('ERR_UNAVAILABLE', 'chunk server is starting') : link.writeBlocker()),
-    partialWrites: { reporter: partialWrites, selfId: () => link?.registeredId ?? null },
+    partialWrites,
   });
   const port = await server.listen(config.listen.host, config.listen.port);
   const metricsServer = await serveMetrics(metrics.registry, config.metrics.host, config.metrics.port);

@@ -44,24 +44,25 @@ export class CsMetrics {
 
   /** Exports the scrubber's progress and findings. */
   watchScrubber(scrubber: Scrubber): void {
-    const registers = [this.registry];
-    const totals: Array<[string, string, () => number]> = [
+    this.exportTotals([
       ['shoal_cs_scrub_scanned_bytes_total', 'Bytes the scrubber has checked', () => scrubber.stats.scannedBytesTotal],
       ['shoal_cs_scrub_bad_blocks_total', 'Blocks the scrubber found failing their checksum', () => scrubber.stats.badBlocksTotal],
       ['shoal_cs_scrub_passes_total', 'Completed scrub passes over every replica', () => scrubber.stats.passesTotal],
-    ];
-    for (const [name, help, read] of totals) counterFromTotal(registers, name, help, read);
+    ]);
   }
 
   /** Exports how often this server, as a primary, reported changes incomplete on members. */
   watchPartialWrites(reporter: PartialWriteReporter): void {
-    const registers = [this.registry];
-    const totals: Array<[string, string, () => number]> = [
+    this.exportTotals([
       ['shoal_cs_partial_writes_reported_total', 'Changes incomplete on members that this primary reported to the MDS', () => reporter.stats.reportedTotal],
       ['shoal_cs_partial_writes_report_failures_total', 'Reports of incomplete changes the MDS did not take', () => reporter.stats.failedTotal],
       ['shoal_cs_partial_writes_unreported_total', 'Incomplete changes not reported (not registered, or too many in flight)', () => reporter.stats.skippedTotal],
-    ];
-    for (const [name, help, read] of totals) counterFromTotal(registers, name, help, read);
+    ]);
+  }
+
+  /** Exports each [name, help, read] as a counter that follows a running total. */
+  private exportTotals(totals: ReadonlyArray<[string, string, () => number]>): void {
+    for (const [name, help, read] of totals) counterFromTotal([this.registry], name, help, read);
   }
 
   /** Starts timing one request; call the result with the reply's error code (or undefined). */

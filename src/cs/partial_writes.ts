@@ -27,8 +27,10 @@ export interface ChangeOutcome {
   readonly version: number;
   readonly offsetBytes: number;
   readonly lengthBytes: number;
-  /** Per member (the primary first): null if it applied the change, else its error code. */
-  readonly results: ReadonlyArray<{ readonly csId: number; readonly code: string | null }>;
+  /** This primary's own result: null if it applied the change, else its error code. */
+  readonly localCode: string | null;
+  /** Per member it forwarded to: null if it applied the change, else its error code. */
+  readonly peers: ReadonlyArray<{ readonly csId: number; readonly code: string | null }>;
 }
 
 export class PartialWriteReporter {
@@ -45,11 +47,12 @@ export class PartialWriteReporter {
    * refusal on every member (where nothing was applied anywhere).
    */
   consider(outcome: ChangeOutcome): void {
-    const failed = outcome.results.filter((result) => result.code !== null);
-    if (failed.length === 0) return;
-    const applied = failed.length < outcome.results.length;
-    if (!applied && failed.every((result) => REFUSALS.has(result.code ?? ''))) return;
     const csId = this.options.csId();
+    const results = [{ csId: csId ?? -1, code: outcome.localCode }, ...outcome.peers];
+    const failed = results.filter((result) => result.code !== null);
+    if (failed.length === 0) return;
+    const applied = failed.length < results.length;
+    if (!applied && failed.every((result) => REFUSALS.has(result.code ?? ''))) return;
     if (csId === null || this.inflight >= REPORTS_INFLIGHT_MAX) {
       this.stats.skippedTotal += 1;
       this.options.log.error('a change incomplete on members could not be reported to the MDS', {

@@ -43,7 +43,7 @@ export interface ChunkServerOptions {
   /** Null once writes may be accepted: the server has registered and loaded the volumes' fences. */
   readonly writeBlocker: () => StorageError | null;
   /** Where a primary reports changes it could not complete on every member (its writer may be dead). */
-  readonly partialWrites: { readonly reporter: PartialWriteReporter; readonly selfId: () => number | null };
+  readonly partialWrites: PartialWriteReporter;
 }
 
 

@@ -118,3 +118,13 @@ export async function checkReplicasIdentical(t: Test, cluster: LocalCluster): Pr
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/** Polls `check` every 200 ms until it holds or `timeoutMs` passes; resolves with whether it held. */
+export async function eventually(check: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await check()) return true;
+    await sleep(200);
+  }
+  return false;
+}
