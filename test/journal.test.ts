@@ -11,10 +11,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { JOURNAL_HEADER_BYTES, JOURNAL_RECORD_TYPE, Journal, type JournalRecord } from '../src/cs/journal.ts';
 import { createLogger } from '../src/util/log.ts';
+import { systemClock } from '../src/util/clock.ts';
+import { realDisk } from '../src/cs/disk/real_disk.ts';
 
 async function openJournal(directory: string, replayed: JournalRecord[] = []): Promise<Journal> {
   return Journal.open(
-    { directory, segmentBytesMax: 1 << 20, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined },
+    { disk: realDisk, clock: systemClock, directory, segmentBytesMax: 1 << 20, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined },
     async (record) => {
       replayed.push({ ...record, payload: Buffer.from(record.payload) });
     },
@@ -84,7 +86,7 @@ t.test('checkpoints drop old segments once chunk files are synced', async (t) =>
   const dir = await scratch(t);
   let syncs = 0;
   const journal = await Journal.open(
-    { directory: dir, segmentBytesMax: 64 * 1024, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => { syncs += 1; } },
+    { disk: realDisk, clock: systemClock, directory: dir, segmentBytesMax: 64 * 1024, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => { syncs += 1; } },
     async () => undefined,
   );
   for (let i = 0; i < 40; i += 1) await appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, 1, 0, 4096, Buffer.alloc(4096));
@@ -115,7 +117,7 @@ t.test('a checkpoint waits until records of the old segment reach the chunk file
   const dir = await scratch(t);
   const events: string[] = [];
   const journal = await Journal.open(
-    { directory: dir, segmentBytesMax: 1 << 30, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => { events.push('sync'); } },
+    { disk: realDisk, clock: systemClock, directory: dir, segmentBytesMax: 1 << 30, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => { events.push('sync'); } },
     async () => undefined,
   );
   const ticket = journal.append(JOURNAL_RECORD_TYPE.WRITE, 1, 0, 10, Buffer.alloc(10));
@@ -134,7 +136,7 @@ t.test('recycled segments: records of a file\'s earlier life are never replayed'
   const dir = await scratch(t);
   // Small segments, so that several checkpoints recycle files.
   const open = (replayed: JournalRecord[]) => Journal.open(
-    { directory: dir, segmentBytesMax: 16 * 1024, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined },
+    { disk: realDisk, clock: systemClock, directory: dir, segmentBytesMax: 16 * 1024, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined },
     async (record) => { replayed.push({ ...record, payload: Buffer.from(record.payload) }); },
   );
   const first = await open([]);
@@ -165,7 +167,7 @@ t.test('a journal on a full disk fails its writes, then takes writes again once 
   t.teardown(() => execFileAsync('umount', ['-l', dir]).then(() => undefined, () => undefined));
   const filler = join(dir, 'filler');
   await writeFile(filler, Buffer.alloc(700 * 1024));
-  const options = { directory: join(dir, 'j'), segmentBytesMax: 64 * 1024, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined };
+  const options = { disk: realDisk, clock: systemClock, directory: join(dir, 'j'), segmentBytesMax: 64 * 1024, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined };
   const journal = await Journal.open(options, async () => undefined);
   let acked = 0;
   let failure: unknown = null;

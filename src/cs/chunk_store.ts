@@ -5,33 +5,32 @@
 //   chunks/<hh>/<chunkId>.sums   8 bytes per 4 KiB block: u32 crc32c of the block, u32 flags
 //                                (bit 0: written). Flags 0 = hole: reads as zeroes, never checked.
 //                                Kept in memory while the chunk is open, written at checkpoints.
-//   meta/                        LMDB: chunkId -> ChunkMeta, volumeId -> fence epoch
+//   meta/                        the catalog (LMDB): chunkId -> ChunkMeta, volumeId -> fence epoch
 //
 // Invariants: a written block's checksum matches its bytes (checked on every read, and on the
 // edge blocks of a partial write before they are merged, so a bad block is never re-blessed with
 // a fresh checksum); a replica's version only grows; a change reaches the journal while its block
-// range is locked, so journal order equals file order for overlapping changes.
+// range is locked, so journal order equals file order for overlapping changes; a journal segment
+// is recycled only after every chunk file its records went to was synced without error (a failed
+// sync stops the disk for writes and keeps the journal for replay).
+//
+// All file I/O goes through a Disk (disk/disk.ts) and all records through a Catalog, so seeded
+// tests run this very code on a simulated disk that loses, tears and fails writes.
 
 import { crc32c } from '@node-rs/crc32';
-import fsx from 'fs-native-extensions';
-import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
-import { mkdir, open, readdir, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { StorageError, fromSystemError } from '../errors.ts';
 import { BLOCK_BYTES, CS_EXTENTS_MAX } from '../limits.ts';
 import { assert } from '../util/assert.ts';
-import { syncDirectory } from '../util/fs.ts';
+import { systemClock, type Clock } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
 import { RangeLock } from '../util/range_lock.ts';
+import { LmdbCatalog, type Catalog, type ChunkMeta } from './catalog.ts';
+import { isUnsupported, type Disk, type DiskFile } from './disk/disk.ts';
+import { realDisk } from './disk/real_disk.ts';
 import { JOURNAL_RECORD_TYPE, Journal, type JournalRecord, type JournalTicket } from './journal.ts';
 
-export interface ChunkMeta {
-  readonly chunkId: number;
-  readonly volumeId: number;
-  readonly chunkIndex: number;
-  readonly sizeBytes: number;
-  readonly version: number;
-}
+export type { ChunkMeta } from './catalog.ts';
 
 const SUM_BYTES = 8;
 /** How long a failed chunk write keeps the server reported unhealthy (new chunks go elsewhere). */
@@ -42,12 +41,14 @@ const ZERO_BLOCK_SUM = crc32c(Buffer.alloc(BLOCK_BYTES));
 
 interface ChunkHandle {
   readonly meta: ChunkMeta;
-  readonly data: FileHandle;
-  readonly sumsFile: FileHandle;
+  readonly data: DiskFile;
+  readonly sumsFile: DiskFile;
   /** The whole .sums file, kept in memory while the chunk is open. */
   readonly sums: Buffer;
   readonly lock: RangeLock;
   users: number;
+  /** Woken when `users` drops to zero (a delete waits for that). */
+  readonly unusedWaiters: Array<() => void>;
   /** The data file changed since its last sync. */
   dirty: boolean;
   /** Blocks whose checksums changed in memory since the .sums file was last written. */
@@ -59,6 +60,10 @@ export interface ChunkStoreOptions {
   readonly openChunksMax: number;
   readonly journalSegmentBytesMax: number;
   readonly log: Logger;
+  readonly disk: Disk;
+  readonly clock: Clock;
+  /** Opens the catalog; the daemon's is LMDB in `<directory>/meta`. */
+  readonly openCatalog: (path: string) => Catalog;
 }
 
 export interface ChunkStoreStats {
@@ -73,6 +78,13 @@ export interface ChunkStoreStats {
  * How a change is checked and recorded: live changes carry the writer's version (null for a
  * replica being filled) and go through the journal; replayed ones come from the journal.
  */
+/** What the daemon runs the store on: the real disk, the system clock, LMDB. */
+export const REAL_STORE_ENV: Pick<ChunkStoreOptions, 'disk' | 'clock' | 'openCatalog'> = {
+  disk: realDisk,
+  clock: systemClock,
+  openCatalog: (path) => new LmdbCatalog(path),
+};
+
 type Mode = { readonly kind: 'live'; readonly version: number | null } | { readonly kind: 'replay' };
 const REPLAY: Mode = { kind: 'replay' };
 
@@ -85,11 +97,18 @@ export class ChunkStore {
     repairedBlocksTotal: 0,
   };
   private readonly options: ChunkStoreOptions;
-  private readonly root: RootDatabase;
-  private readonly metas: Database<ChunkMeta, number>;
-  private readonly fences: Database<number, number>;
+  private readonly disk: Disk;
+  private readonly catalog: Catalog;
   private readonly handles = new Map<number, ChunkHandle>();
   private readonly opening = new Map<number, Promise<ChunkHandle>>();
+  /**
+   * Handles evicted from `handles` whose sync and close are still running. A checkpoint waits for
+   * them as for the open ones (their data may be what the journal is about to give up), and a
+   * chunk is not opened again until its previous handle has written its checksums and closed.
+   */
+  private readonly closing = new Map<number, Promise<void>>();
+  /** chunks/<hh> directories known to exist with their entry synced (at most 256). */
+  private readonly durableDirectories = new Set<string>();
   /** Chunk id -> bitmap of blocks changed since TRACK_CHANGES (only chunks being copied). */
   private readonly changes = new Map<number, Uint8Array>();
   private journalInstance: Journal | null = null;
@@ -97,22 +116,32 @@ export class ChunkStore {
   /** Set when start-up found data it could not restore; reported as unhealthy to the MDS. */
   damage: string | null = null;
   private lastWriteError: { message: string; atMs: number } | null = null;
+  /**
+   * False when the previous run did not stop cleanly (a crash, a power cut, a kill): it may have
+   * died while forwarding a write, leaving members of a chunk different, so the MDS compares them.
+   */
+  readonly previousStopClean: boolean;
 
-  private constructor(options: ChunkStoreOptions, root: RootDatabase) {
+  private constructor(options: ChunkStoreOptions, catalog: Catalog) {
     this.options = options;
-    this.root = root;
-    this.metas = root.openDB<ChunkMeta, number>({ name: 'chunks', encoding: 'msgpack', keyEncoding: 'ordered-binary' });
-    this.fences = root.openDB<number, number>({ name: 'fences', encoding: 'msgpack', keyEncoding: 'ordered-binary' });
+    this.disk = options.disk;
+    this.catalog = catalog;
+    this.previousStopClean = catalog.getState('cleanStop') === 1;
   }
 
   static async open(options: ChunkStoreOptions): Promise<ChunkStore> {
-    await mkdir(join(options.directory, 'chunks'), { recursive: true });
-    const root = openLmdb({ path: join(options.directory, 'meta'), compression: false, maxDbs: 4 });
-    const store = new ChunkStore(options, root);
+    const { disk, directory } = options;
+    await disk.mkdir(join(directory, 'chunks'));
+    await disk.syncDirectory(directory);
+    const store = new ChunkStore(options, options.openCatalog(join(directory, 'meta')));
+    // From here until a clean close, a crash counts as an unclean stop.
+    if (store.previousStopClean) await store.catalog.putState('cleanStop', 0);
     await store.removeOrphanFiles();
     store.journalInstance = await Journal.open(
       {
-        directory: join(options.directory, 'journal'),
+        disk,
+        clock: options.clock,
+        directory: join(directory, 'journal'),
         segmentBytesMax: options.journalSegmentBytesMax,
         batchBytesMax: 16 * 1024 * 1024,
         log: options.log,
@@ -129,23 +158,23 @@ export class ChunkStore {
   }
 
   get chunkCount(): number {
-    return this.metas.getCount();
+    return this.catalog.chunkCount();
   }
 
   // ---- metadata -----------------------------------------------------------------------------------
 
   getMeta(chunkId: number): ChunkMeta | undefined {
-    return this.metas.get(chunkId);
+    return this.catalog.getChunk(chunkId);
   }
 
   fenceEpoch(volumeId: number): number {
-    return this.fences.get(volumeId) ?? 0;
+    return this.catalog.getFence(volumeId);
   }
 
   /** Records that writers of `volumeId` below `epoch` are fenced. Epochs only grow. */
   async raiseFence(volumeId: number, epoch: number): Promise<void> {
     if (epoch <= this.fenceEpoch(volumeId)) return;
-    await this.fences.put(volumeId, epoch);
+    await this.catalog.putFence(volumeId, epoch);
   }
 
   async createChunk(meta: ChunkMeta): Promise<ChunkMeta> {
@@ -157,12 +186,22 @@ export class ChunkStore {
       throw new StorageError('ERR_INVALID_ARGUMENT', `chunk ${meta.chunkId} exists here for another volume or size`);
     }
     const paths = this.paths(meta.chunkId);
-    await mkdir(paths.directory, { recursive: true });
-    await createSparseFile(paths.data, meta.sizeBytes);
-    await createSparseFile(paths.sums, (meta.sizeBytes / BLOCK_BYTES) * SUM_BYTES);
-    await syncDirectory(paths.directory);
-    // The metadata record is the commit point: files without one are removed at the next start.
-    await this.metas.put(meta.chunkId, meta);
+    try {
+      if (!this.durableDirectories.has(paths.directory)) {
+        await this.disk.mkdir(paths.directory);
+        await this.disk.syncDirectory(join(this.options.directory, 'chunks'));
+        this.durableDirectories.add(paths.directory);
+      }
+      await Promise.all([
+        createSparseFile(this.disk, paths.data, meta.sizeBytes),
+        createSparseFile(this.disk, paths.sums, (meta.sizeBytes / BLOCK_BYTES) * SUM_BYTES),
+      ]);
+      await this.disk.syncDirectory(paths.directory);
+    } catch (error) {
+      throw this.noteWriteError(fromSystemError(error, `creating chunk ${meta.chunkId}`));
+    }
+    // The catalog record is the commit point: files without one are removed at the next start.
+    await this.catalog.putChunk(meta);
     return meta;
   }
 
@@ -170,17 +209,19 @@ export class ChunkStore {
     if (this.getMeta(chunkId) === undefined) {
       throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
     }
-    await this.metas.remove(chunkId);
+    await this.catalog.removeChunk(chunkId);
     this.changes.delete(chunkId);
     const handle = this.handles.get(chunkId);
     if (handle !== undefined) {
       this.handles.delete(chunkId);
-      await this.waitUnused(handle);
+      await waitUnused(handle);
       await closeHandle(handle);
     }
+    await this.closing.get(chunkId);
+    // Files left behind by a crash before the removal is durable go at the next start (no record).
     const paths = this.paths(chunkId);
-    await rm(paths.data, { force: true });
-    await rm(paths.sums, { force: true });
+    await this.disk.remove(paths.data);
+    await this.disk.remove(paths.sums);
   }
 
   // ---- data -------------------------------------------------------------------------------------
@@ -250,7 +291,7 @@ export class ChunkStore {
         }
         assert(toVersion > meta.version, 'replica versions only grow');
         const updated: ChunkMeta = { ...meta, version: toVersion };
-        await this.metas.put(chunkId, updated);
+        await this.catalog.putChunk(updated);
         return updated;
       } finally {
         release();
@@ -352,7 +393,7 @@ export class ChunkStore {
 
   /** Replicas held, by ascending chunk id. */
   listChunks(fromChunkId: number, limit: number): ChunkMeta[] {
-    return [...this.metas.getRange({ start: fromChunkId, limit }).map(({ value }) => value)];
+    return this.catalog.listChunks(fromChunkId, limit);
   }
 
   private requireMeta(chunkId: number): ChunkMeta {
@@ -484,13 +525,18 @@ export class ChunkStore {
     const startBytes = first * BLOCK_BYTES;
     const lengthBytes = (last - first + 1) * BLOCK_BYTES;
     try {
-      if (this.punchSupported) await fsx.trim(handle.data.fd, startBytes, lengthBytes);
-      else await writeZeroes(handle.data, startBytes, lengthBytes);
+      if (this.punchSupported) {
+        try {
+          await handle.data.punchHole(startBytes, lengthBytes);
+        } catch (error) {
+          if (!isUnsupported(error)) throw error;
+          this.options.log.warn('file system cannot punch holes: zeroing instead (space is not given back)');
+          this.punchSupported = false;
+        }
+      }
+      if (!this.punchSupported) await writeZeroes(handle.data, startBytes, lengthBytes);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EOPNOTSUPP') throw this.noteWriteError(fromSystemError(error, 'punching a hole'));
-      this.options.log.warn('file system cannot punch holes: zeroing instead (space is not given back)');
-      this.punchSupported = false;
-      await writeZeroes(handle.data, startBytes, lengthBytes);
+      throw this.noteWriteError(fromSystemError(error, `zeroing blocks of chunk ${handle.meta.chunkId}`));
     }
     handle.sums.fill(0, first * SUM_BYTES, (last + 1) * SUM_BYTES);
     markDirty(handle, first, last);
@@ -521,7 +567,7 @@ export class ChunkStore {
 
   /** A failed write (disk full, disk error) makes the server report itself unhealthy for a while. */
   private noteWriteError(error: StorageError): StorageError {
-    this.lastWriteError = { message: error.message, atMs: Date.now() };
+    this.lastWriteError = { message: error.message, atMs: this.options.clock.nowMs() };
     this.options.log.error('chunk write failed', { code: error.code, message: error.message });
     return error;
   }
@@ -531,7 +577,9 @@ export class ChunkStore {
     const journal = this.journal.healthError;
     if (journal !== null) return journal.message;
     if (this.damage !== null) return this.damage;
-    if (this.lastWriteError !== null && Date.now() - this.lastWriteError.atMs < WRITE_ERROR_MEMORY_MS) return this.lastWriteError.message;
+    if (this.lastWriteError !== null && this.options.clock.nowMs() - this.lastWriteError.atMs < WRITE_ERROR_MEMORY_MS) {
+      return this.lastWriteError.message;
+    }
     return null;
   }
 
@@ -592,18 +640,45 @@ export class ChunkStore {
     }
   }
 
-  /** Makes every chunk file written since the last call durable, checksums included. */
+  /**
+   * Makes every chunk file written since the last call durable, checksums included: the open
+   * handles and those being evicted. Rejects if any sync failed; the journal then stops for good.
+   */
   async syncDirty(): Promise<void> {
     const dirty = [...this.handles.values()].filter((handle) => handle.dirty);
-    await Promise.all(dirty.map((handle) => syncHandle(handle)));
+    const results = await Promise.allSettled([
+      ...dirty.map((handle) => syncHandle(handle)),
+      ...this.closing.values(),
+    ]);
+    const failed = results.find((result) => result.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
   }
 
+  /**
+   * Stops in order: the journal commits and checkpoints (every chunk file synced), handles close,
+   * and only then is the stop recorded as clean. After a disk failure the journal is kept for
+   * replay and the stop is not clean.
+   */
   async close(): Promise<void> {
     await this.journal.close();
-    await this.syncDirty();
+    let clean = this.journal.healthError === null;
+    await this.syncDirty().catch((error: unknown) => {
+      clean = false;
+      this.options.log.error('chunk files could not be synced at shutdown; the journal replays at the next start', { error });
+    });
     for (const handle of this.handles.values()) await closeHandle(handle);
     this.handles.clear();
-    await this.root.close();
+    if (clean && this.damage === null) await this.catalog.putState('cleanStop', 1);
+    await this.catalog.close();
+  }
+
+  /** Closes at once, as a crash would (for tests that cut power to a store in this process). */
+  async abandon(): Promise<void> {
+    await this.journal.abandon();
+    await Promise.allSettled(this.closing.values());
+    for (const handle of this.handles.values()) await closeHandle(handle).catch(() => undefined);
+    this.handles.clear();
+    await this.catalog.close();
   }
 
   // ---- open chunk handles -----------------------------------------------------------------------------
@@ -615,6 +690,7 @@ export class ChunkStore {
     } finally {
       handle.users -= 1;
       assert(handle.users >= 0, 'chunk handle users never negative');
+      if (handle.users === 0) for (const wake of handle.unusedWaiters.splice(0)) wake();
     }
   }
 
@@ -634,45 +710,70 @@ export class ChunkStore {
     }
     const handle = await opening;
     handle.users += 1;
-    await this.evictIfNeeded();
+    this.evictIfNeeded();
     return handle;
   }
 
   private async openHandle(chunkId: number): Promise<ChunkHandle> {
+    // The previous handle of this chunk may still be writing its checksums.
+    await this.closing.get(chunkId)?.catch(() => undefined);
     const meta = this.getMeta(chunkId);
     if (meta === undefined) throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
     const paths = this.paths(chunkId);
+    let data: DiskFile | null = null;
     try {
-      const data = await open(paths.data, 'r+');
-      const sumsFile = await open(paths.sums, 'r+');
+      data = await this.disk.open(paths.data, 'readWrite');
+      const sumsFile = await this.disk.open(paths.sums, 'readWrite');
       const sums = Buffer.alloc((meta.sizeBytes / BLOCK_BYTES) * SUM_BYTES);
-      await readFully(sumsFile, sums, 0);
-      const handle: ChunkHandle = { meta, data, sumsFile, sums, lock: new RangeLock(), users: 0, dirty: false, sumsDirty: null };
+      await readFully(sumsFile, sums, 0).catch(async (error: unknown) => {
+        await sumsFile.close();
+        throw error;
+      });
+      const handle: ChunkHandle = {
+        meta, data, sumsFile, sums, lock: new RangeLock(), users: 0, unusedWaiters: [], dirty: false, sumsDirty: null,
+      };
       this.handles.set(chunkId, handle);
       return handle;
     } catch (error) {
+      await data?.close().catch(() => undefined);
       throw fromSystemError(error, `opening chunk ${chunkId}`);
     }
   }
 
-  private async evictIfNeeded(): Promise<void> {
+  /**
+   * Closes the least recently used idle handles past the limit. Their sync runs in the background
+   * (never inside the request that opened a new handle), tracked in `closing` so that a
+   * checkpoint waits for it. A failed sync there is a failed chunk sync: the journal stops.
+   */
+  private evictIfNeeded(): void {
     while (this.handles.size > this.options.openChunksMax) {
       let victim: ChunkHandle | undefined;
       for (const handle of this.handles.values()) {
-        if (handle.users === 0 && handle.lock.idle) {
+        if (handle.users === 0 && handle.lock.idle && !this.closing.has(handle.meta.chunkId)) {
           victim = handle;
           break;
         }
       }
       if (victim === undefined) return; // everything is in use: go over the limit until it is not
-      this.handles.delete(victim.meta.chunkId);
-      if (victim.dirty) await syncHandle(victim);
-      await closeHandle(victim);
+      const chunkId = victim.meta.chunkId;
+      this.handles.delete(chunkId);
+      const closed = this.syncAndClose(victim).finally(() => {
+        if (this.closing.get(chunkId) === closed) this.closing.delete(chunkId);
+      });
+      this.closing.set(chunkId, closed);
+      closed.catch(() => undefined); // reported through the journal; awaited by the next checkpoint
     }
   }
 
-  private async waitUnused(handle: ChunkHandle): Promise<void> {
-    while (handle.users > 0 || !handle.lock.idle) await new Promise((resolve) => setTimeout(resolve, 5));
+  private async syncAndClose(handle: ChunkHandle): Promise<void> {
+    try {
+      if (handle.dirty || handle.sumsDirty !== null) await syncHandle(handle);
+    } catch (error) {
+      this.journal.failChunkSync(error);
+      throw error;
+    } finally {
+      await closeHandle(handle).catch((error: unknown) => this.options.log.warn('closing a chunk file failed', { error }));
+    }
   }
 
   private paths(chunkId: number): { directory: string; data: string; sums: string } {
@@ -683,16 +784,15 @@ export class ChunkStore {
   /** Files of chunks whose creation never committed (a crash between files and metadata). */
   private async removeOrphanFiles(): Promise<void> {
     const chunksDir = join(this.options.directory, 'chunks');
-    for (const sub of await readdir(chunksDir)) {
-      for (const name of await readdir(join(chunksDir, sub))) {
+    for (const sub of await this.disk.readdir(chunksDir)) {
+      for (const name of await this.disk.readdir(join(chunksDir, sub))) {
         const match = /^(\d+)\.(data|sums)$/.exec(name);
         if (match === null || this.getMeta(Number(match[1])) !== undefined) continue;
         this.options.log.warn('removing chunk file without metadata', { file: join(sub, name) });
-        await rm(join(chunksDir, sub, name), { force: true });
+        await this.disk.remove(join(chunksDir, sub, name));
       }
     }
   }
-
 }
 
 function blockSpan(offsetBytes: number, lengthBytes: number): { first: number; last: number } {
@@ -734,19 +834,26 @@ function markDirty(handle: ChunkHandle, first: number, last: number): void {
 
 /**
  * Writes the changed checksums and syncs both files. Checksums reach the .sums file only here
- * (checkpoints, eviction, shutdown): between checkpoints the journal can rebuild them.
+ * (checkpoints, eviction, shutdown): between checkpoints the journal can rebuild them. The dirty
+ * marks are taken before the I/O (a change made meanwhile marks them again) and given back if it
+ * fails, though a failed sync is fatal anyway (the journal is kept, see Journal.failChunkSync).
  */
 async function syncHandle(handle: ChunkHandle): Promise<void> {
   const range = handle.sumsDirty;
   handle.sumsDirty = null;
   handle.dirty = false;
-  if (range !== null) {
-    const start = range.first * SUM_BYTES;
-    const bytes = (range.last - range.first + 1) * SUM_BYTES;
-    await handle.sumsFile.write(handle.sums, start, bytes, start);
+  try {
+    if (range !== null) {
+      const start = range.first * SUM_BYTES;
+      await writeFully(handle.sumsFile, handle.sums.subarray(start, (range.last + 1) * SUM_BYTES), start);
+    }
+    await handle.data.datasync();
+    await handle.sumsFile.datasync();
+  } catch (error) {
+    handle.dirty = true;
+    if (range !== null) markDirty(handle, range.first, range.last);
+    throw error;
   }
-  await handle.data.datasync();
-  await handle.sumsFile.datasync();
 }
 
 function setSum(sums: Buffer, block: number, crc: number, flags: number): void {
@@ -754,8 +861,8 @@ function setSum(sums: Buffer, block: number, crc: number, flags: number): void {
   sums.writeUInt32LE(flags, block * SUM_BYTES + 4);
 }
 
-async function createSparseFile(path: string, sizeBytes: number): Promise<void> {
-  const handle = await open(path, 'w');
+async function createSparseFile(disk: Disk, path: string, sizeBytes: number): Promise<void> {
+  const handle = await disk.open(path, 'create');
   try {
     await handle.truncate(sizeBytes);
     await handle.sync();
@@ -764,10 +871,10 @@ async function createSparseFile(path: string, sizeBytes: number): Promise<void> 
   }
 }
 
-async function readFully(handle: FileHandle, target: Buffer, position: number): Promise<void> {
+async function readFully(handle: DiskFile, target: Buffer, position: number): Promise<void> {
   let done = 0;
   while (done < target.length) {
-    const { bytesRead } = await handle.read(target, done, target.length - done, position + done);
+    const bytesRead = await handle.read(target, done, target.length - done, position + done);
     if (bytesRead === 0) {
       // Past the end of a file we sized ourselves: the file was truncated behind our back.
       throw new StorageError('ERR_IO', `short read at ${position + done}: chunk file is shorter than its chunk`);
@@ -776,17 +883,16 @@ async function readFully(handle: FileHandle, target: Buffer, position: number): 
   }
 }
 
-async function writeFully(handle: FileHandle, source: Buffer, position: number): Promise<void> {
+async function writeFully(handle: DiskFile, source: Buffer, position: number): Promise<void> {
   let done = 0;
   while (done < source.length) {
-    const { bytesWritten } = await handle.write(source, done, source.length - done, position + done);
-    done += bytesWritten;
+    done += await handle.write(source, done, source.length - done, position + done);
   }
 }
 
 const ZERO_BLOCK = Buffer.alloc(256 * 1024);
 
-async function writeZeroes(handle: FileHandle, startBytes: number, lengthBytes: number): Promise<void> {
+async function writeZeroes(handle: DiskFile, startBytes: number, lengthBytes: number): Promise<void> {
   for (let done = 0; done < lengthBytes; done += ZERO_BLOCK.length) {
     await writeFully(handle, ZERO_BLOCK.subarray(0, Math.min(ZERO_BLOCK.length, lengthBytes - done)), startBytes + done);
   }
@@ -795,4 +901,9 @@ async function writeZeroes(handle: FileHandle, startBytes: number, lengthBytes: 
 async function closeHandle(handle: ChunkHandle): Promise<void> {
   await handle.data.close();
   await handle.sumsFile.close();
+}
+
+/** Resolves once nobody uses the handle (its range locks are all taken inside a use). */
+async function waitUnused(handle: ChunkHandle): Promise<void> {
+  while (handle.users > 0) await new Promise<void>((resolve) => handle.unusedWaiters.push(resolve));
 }

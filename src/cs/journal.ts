@@ -24,13 +24,13 @@
 // sync every chunk file written since the last checkpoint, then recycle the older segments.
 
 import { crc32c } from '@node-rs/crc32';
-import { mkdir, open, readdir, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { StorageError, fromSystemError } from '../errors.ts';
 import { CHUNK_BYTES_MAX } from '../limits.ts';
 import { assert } from '../util/assert.ts';
-import { syncDirectory } from '../util/fs.ts';
+import type { Clock } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
+import type { Disk, DiskFile } from './disk/disk.ts';
 
 export const JOURNAL_RECORD_TYPE = { WRITE: 1, ZERO: 2 } as const;
 export type JournalRecordType = (typeof JOURNAL_RECORD_TYPE)[keyof typeof JOURNAL_RECORD_TYPE];
@@ -57,6 +57,8 @@ export interface JournalRecord {
 }
 
 export interface JournalOptions {
+  readonly disk: Disk;
+  readonly clock: Clock;
   readonly directory: string;
   /** Segment size: preallocated, and past it the journal checkpoints into the next segment. */
   readonly segmentBytesMax: number;
@@ -95,7 +97,7 @@ export interface JournalStats {
 }
 
 interface Segment {
-  readonly handle: FileHandle;
+  readonly handle: DiskFile;
   readonly number: number;
   readonly name: string;
   sizeBytes: number;
@@ -116,6 +118,12 @@ export class Journal {
   private checkpointing: Promise<void> | null = null;
   private preparingSpare: Promise<void> | null = null;
   private failure: StorageError | null = null;
+  /**
+   * Set when chunk files could not be synced: the kernel may already have dropped the data the
+   * journal still holds, and a retried sync can "succeed" without it. From then on no record is
+   * taken and no segment is recycled, so a restart replays everything.
+   */
+  private fatal: StorageError | null = null;
   private failedAtMs = 0;
   private truncateFailed = false;
   /** Highest segment number seen in the directory, spares included: new segments go above it. */
@@ -133,10 +141,12 @@ export class Journal {
    * syncs the chunk files, recycles the old segments and starts the next one.
    */
   static async open(options: JournalOptions, apply: (record: JournalRecord) => Promise<void>): Promise<Journal> {
-    await mkdir(options.directory, { recursive: true });
+    const { disk } = options;
+    await disk.mkdir(options.directory);
+    await disk.syncDirectory(dirname(options.directory));
     // A spare half zero-filled when the server stopped is of no use.
-    for (const name of await readdir(options.directory)) {
-      if (name.endsWith('.tmp')) await rm(join(options.directory, name), { force: true });
+    for (const name of await disk.readdir(options.directory)) {
+      if (name.endsWith('.tmp')) await disk.remove(join(options.directory, name));
     }
     const journal = new Journal(options);
     const { segments, spares } = await journal.listFiles();
@@ -188,6 +198,7 @@ export class Journal {
       this.options.log.info('journal takes writes again (retrying after a full disk)');
       this.failure = null;
     }
+    if (this.fatal !== null) return Promise.reject(this.fatal);
     if (this.failure !== null) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new StorageError('ERR_SHUTTING_DOWN', 'journal closed'));
     const payloadCrc = payload === undefined ? 0 : crc32c(payload);
@@ -212,7 +223,25 @@ export class Journal {
   }
 
   get healthError(): StorageError | null {
-    return this.failure;
+    return this.fatal ?? this.failure;
+  }
+
+  /**
+   * Chunk files this journal's records went to could not be made durable: stop for good (see
+   * `fatal`). Queued appends fail; what is in the segments stays for the replay at restart.
+   */
+  failChunkSync(cause: unknown): StorageError {
+    if (this.fatal === null) {
+      const detail = cause instanceof Error ? cause.message : String(cause);
+      this.fatal = new StorageError(
+        'ERR_IO',
+        `chunk files could not be synced (${detail}): this disk takes no more writes; its journal is kept and replayed at the next start`,
+        { cause },
+      );
+      this.options.log.error('chunk file sync failed: no more writes on this disk, journal kept for replay', { error: this.fatal });
+      for (const record of this.queue.splice(0)) record.reject(this.fatal);
+    }
+    return this.fatal;
   }
 
   /**
@@ -220,7 +249,7 @@ export class Journal {
    * error (EIO), or a failure the journal could not clean up after, keeps it failed until restart.
    */
   private mayRetry(): boolean {
-    return this.failure?.code === 'ERR_NO_SPACE' && !this.truncateFailed && Date.now() - this.failedAtMs >= NO_SPACE_RETRY_MS;
+    return this.failure?.code === 'ERR_NO_SPACE' && !this.truncateFailed && this.options.clock.nowMs() - this.failedAtMs >= NO_SPACE_RETRY_MS;
   }
 
   private schedule(): void {
@@ -263,7 +292,7 @@ export class Journal {
       for (const record of batch) record.resolve();
     } catch (error) {
       this.failure = fromSystemError(error, 'journal write failed');
-      this.failedAtMs = Date.now();
+      this.failedAtMs = this.options.clock.nowMs();
       this.options.log.error('journal write failed: the chunk server takes no writes for now', { error: this.failure });
       for (const record of batch) record.reject(this.failure);
       for (const record of this.queue.splice(0)) record.reject(this.failure);
@@ -278,7 +307,7 @@ export class Journal {
       this.committing = false;
       for (const wake of this.idleWaiters.splice(0)) wake();
     }
-    if (segment.sizeBytes >= this.options.segmentBytesMax && this.checkpointing === null && this.failure === null) {
+    if (segment.sizeBytes >= this.options.segmentBytesMax && this.checkpointing === null && this.failure === null && this.fatal === null) {
       this.checkpoint().catch((error: unknown) => this.options.log.error('checkpoint failed', { error }));
     }
     if (this.queue.length > 0) this.schedule();
@@ -306,8 +335,9 @@ export class Journal {
   }
 
   private async runCheckpoint(): Promise<void> {
+    if (this.fatal !== null) throw this.fatal;
     if (this.segment === null || this.segment.sizeBytes === 0) {
-      await this.options.syncChunkFiles();
+      await this.syncChunkFiles();
       return;
     }
     const next = await this.nextSegment(false);
@@ -319,7 +349,7 @@ export class Journal {
     while ([...this.unapplied.keys()].some((number) => number < next.number)) {
       await new Promise<void>((resolve) => this.appliedWaiters.push(resolve));
     }
-    await this.options.syncChunkFiles();
+    await this.syncChunkFiles();
     await old.handle.close();
     const { segments } = await this.listFiles();
     await this.recycle(segments.filter((s) => s.number < next.number).map((s) => s.name));
@@ -327,11 +357,20 @@ export class Journal {
     this.prepareSpare();
   }
 
+  /** Syncs the chunk files; a failure is fatal (see `fatal`) and is rethrown. */
+  private async syncChunkFiles(): Promise<void> {
+    try {
+      await this.options.syncChunkFiles();
+    } catch (error) {
+      throw this.failChunkSync(error);
+    }
+  }
+
   /** Commits what is queued and checkpoints, so a clean restart has nothing to replay. */
   async close(): Promise<void> {
-    await this.barrier();
-    if (this.failure === null) await this.checkpoint();
-    else await this.checkpointing;
+    await this.barrier().catch(() => undefined); // a failed commit is already reported and recorded
+    if (this.failure === null && this.fatal === null) await this.checkpoint();
+    else await this.checkpointing?.catch(() => undefined);
     await this.preparingSpare;
     this.closed = true;
     await this.segment?.handle.close();
@@ -364,13 +403,14 @@ export class Journal {
     const { spares } = await this.listFiles();
     const spare = spares[0];
     if (spare !== undefined) {
-      await rename(join(this.options.directory, spare.name), path);
+      await this.options.disk.rename(join(this.options.directory, spare.name), path);
     } else if (preallocate) {
-      await zeroFill(path, this.options.segmentBytesMax);
+      await zeroFill(this.options.disk, path, this.options.segmentBytesMax);
     }
-    const handle = await open(path, spare !== undefined || preallocate ? 'r+' : 'wx');
-    // The segment's directory entry must survive a crash as surely as the records in it.
-    await syncDirectory(this.options.directory);
+    const handle = await this.options.disk.open(path, spare !== undefined || preallocate ? 'readWrite' : 'createExclusive');
+    // The segment's directory entry must survive a crash as surely as the records in it (and the
+    // renames of recycled segments to spares go with it).
+    await this.options.disk.syncDirectory(this.options.directory);
     return { handle, number, name, sizeBytes: 0, nextIndex: 0 };
   }
 
@@ -381,10 +421,10 @@ export class Journal {
     for (const name of names) {
       const number = Number(SEGMENT_NAME.exec(name)?.[1] ?? 0);
       if (kept < SPARES_MAX) {
-        await rename(join(this.options.directory, name), join(this.options.directory, spareName(number)));
+        await this.options.disk.rename(join(this.options.directory, name), join(this.options.directory, spareName(number)));
         kept += 1;
       } else {
-        await rm(join(this.options.directory, name), { force: true });
+        await this.options.disk.remove(join(this.options.directory, name));
       }
     }
   }
@@ -397,8 +437,8 @@ export class Journal {
       if (spares.length > 0) return;
       this.highestNumber += 1;
       const temporary = join(this.options.directory, `preparing-${this.highestNumber}.tmp`);
-      await zeroFill(temporary, this.options.segmentBytesMax);
-      await rename(temporary, join(this.options.directory, spareName(this.highestNumber)));
+      await zeroFill(this.options.disk, temporary, this.options.segmentBytesMax);
+      await this.options.disk.rename(temporary, join(this.options.directory, spareName(this.highestNumber)));
     })()
       .catch((error: unknown) => this.options.log.warn('could not prepare a journal spare; segments will grow as written', { error }))
       .finally(() => {
@@ -407,7 +447,7 @@ export class Journal {
   }
 
   private async listFiles(): Promise<{ segments: Array<{ name: string; number: number }>; spares: Array<{ name: string; number: number }> }> {
-    const names = (await readdir(this.options.directory)).sort();
+    const names = (await this.options.disk.readdir(this.options.directory)).sort();
     const pick = (pattern: RegExp) => names.flatMap((name) => {
       const match = pattern.exec(name);
       return match === null ? [] : [{ name, number: Number(match[1]) }];
@@ -417,7 +457,7 @@ export class Journal {
 
   private async replaySegment(segment: { name: string; number: number }, isLast: boolean,
     apply: (record: JournalRecord) => Promise<void>): Promise<number> {
-    const bytes = await readFile(join(this.options.directory, segment.name));
+    const bytes = await this.options.disk.readFile(join(this.options.directory, segment.name));
     let position = 0;
     let index = 0;
     for (;;) {
@@ -448,8 +488,8 @@ function spareName(number: number): string {
   return `spare-${String(number).padStart(16, '0')}.log`;
 }
 
-async function zeroFill(path: string, sizeBytes: number): Promise<void> {
-  const handle = await open(path, 'w');
+async function zeroFill(disk: Disk, path: string, sizeBytes: number): Promise<void> {
+  const handle = await disk.open(path, 'create');
   try {
     for (let offset = 0; offset < sizeBytes; offset += ZERO_FILL.length) {
       await handle.write(ZERO_FILL, 0, Math.min(ZERO_FILL.length, sizeBytes - offset), offset);
@@ -520,11 +560,11 @@ function hasLaterRecord(bytes: Buffer, position: number, segmentNumber: number, 
   return false;
 }
 
-async function writevAll(handle: FileHandle, buffers: Buffer[], position: number): Promise<void> {
+async function writevAll(handle: DiskFile, buffers: Buffer[], position: number): Promise<void> {
   let offset = position;
   let remaining = buffers;
   while (remaining.length > 0) {
-    const { bytesWritten } = await handle.writev(remaining, offset);
+    const bytesWritten = await handle.writev(remaining, offset);
     offset += bytesWritten;
     remaining = dropWritten(remaining, bytesWritten);
   }

@@ -16,7 +16,7 @@ import { createLogger } from '../util/log.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
 import { RateLimiter } from '../util/rate_limiter.ts';
 import { parseSizeBytes } from '../util/size.ts';
-import { ChunkStore } from './chunk_store.ts';
+import { ChunkStore, REAL_STORE_ENV } from './chunk_store.ts';
 import { DiskUsage } from './disk_usage.ts';
 import { lockDataDir, loadIdentity, saveIdentity } from './data_dir.ts';
 import { PartialWriteReporter } from './partial_writes.ts';
@@ -128,6 +128,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   const lock = await lockDataDir(config.dataDir);
   let identity = await loadIdentity(config.dataDir);
   const store = await ChunkStore.open({
+    ...REAL_STORE_ENV,
     directory: config.dataDir,
     openChunksMax: config.openChunksMax,
     journalSegmentBytesMax: config.journalSegmentBytes,

@@ -1,0 +1,71 @@
+// The real disk: the Disk interface over node:fs, with hole punching from fs-native-extensions
+// (fallocate PUNCH_HOLE | KEEP_SIZE). Nothing here retries or hides an error: a failed fsync is
+// reported to the caller, which must treat the data it covered as possibly lost.
+
+import fsx from 'fs-native-extensions';
+import { mkdir, open, readdir, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
+import type { Disk, DiskFile, OpenMode } from './disk.ts';
+
+const FLAGS: Record<OpenMode, string> = { read: 'r', readWrite: 'r+', create: 'w', createExclusive: 'wx' };
+
+class RealFile implements DiskFile {
+  private readonly handle: FileHandle;
+
+  constructor(handle: FileHandle) {
+    this.handle = handle;
+  }
+
+  async read(target: Buffer, targetOffset: number, lengthBytes: number, positionBytes: number): Promise<number> {
+    return (await this.handle.read(target, targetOffset, lengthBytes, positionBytes)).bytesRead;
+  }
+
+  async write(source: Buffer, sourceOffset: number, lengthBytes: number, positionBytes: number): Promise<number> {
+    return (await this.handle.write(source, sourceOffset, lengthBytes, positionBytes)).bytesWritten;
+  }
+
+  async writev(buffers: readonly Buffer[], positionBytes: number): Promise<number> {
+    return (await this.handle.writev([...buffers], positionBytes)).bytesWritten;
+  }
+
+  datasync(): Promise<void> {
+    return this.handle.datasync();
+  }
+
+  sync(): Promise<void> {
+    return this.handle.sync();
+  }
+
+  truncate(sizeBytes: number): Promise<void> {
+    return this.handle.truncate(sizeBytes);
+  }
+
+  punchHole(offsetBytes: number, lengthBytes: number): Promise<void> {
+    return fsx.trim(this.handle.fd, offsetBytes, lengthBytes);
+  }
+
+  close(): Promise<void> {
+    return this.handle.close();
+  }
+}
+
+export const realDisk: Disk = {
+  async open(path: string, mode: OpenMode): Promise<DiskFile> {
+    // Chunk data, checksums and journals are nobody's business but this server's.
+    return new RealFile(await open(path, FLAGS[mode], 0o600));
+  },
+  readFile: (path) => readFile(path),
+  readdir: (path) => readdir(path),
+  async mkdir(path: string): Promise<void> {
+    await mkdir(path, { recursive: true, mode: 0o700 });
+  },
+  rename: (fromPath, toPath) => rename(fromPath, toPath),
+  remove: (path) => rm(path, { force: true }),
+  async syncDirectory(path: string): Promise<void> {
+    const handle = await open(path, 'r');
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  },
+};
