@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# The tests drive real third-party NBD clients. Install them when missing (as root, with apt-get),
-# or stop with the one command that installs them.
+# The tests drive real third-party NBD clients, and the power-cut disk (test/helpers/power_cut.ts)
+# runs a FUSE file system with Debian's Python and python3-fusepy. Install them when missing (as
+# root, with apt-get), or stop with the one command that installs them.
 set -euo pipefail
 
-PACKAGES="qemu-utils libnbd-bin fio"
+PACKAGES="qemu-utils libnbd-bin fio python3-fusepy"
 missing=()
 for tool in qemu-img qemu-io nbdinfo nbdcopy fio; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if command -v fio >/dev/null 2>&1 && ! fio --enghelp=nbd >/dev/null 2>&1; then
   missing+=("fio-nbd-engine")
+fi
+# Debian's own Python: a pyenv python3 first on PATH does not see Debian's python3-fusepy.
+if ! /usr/bin/python3 -c 'import fusepy' >/dev/null 2>&1; then
+  missing+=("python3-fusepy")
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

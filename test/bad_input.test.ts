@@ -81,7 +81,7 @@ t.test('bad input is refused with a clear error and harms nothing', async (t) =>
     t.equal(reply.code, 'ERR_CHUNK_NOT_FOUND', 'a good client still gets answers');
     const bad = await good.request({ op: CS_OP.READ, chunkId: 1, version: 1, offsetBytes: 0, lengthBytes: 64 * MiB });
     t.equal(bad.reply.code, 'ERR_TOO_LARGE', 'an oversized read is refused by name; the connection goes on');
-    const created = await good.request({ op: CS_OP.CREATE_CHUNK, chunkId: 424242, volumeId: 1, chunkIndex: 0, sizeBytes: MiB, version: 1 });
+    const created = await good.request({ op: CS_OP.CREATE_CHUNK, chunkId: 424242, volumeId: 1, chunkIndex: 0, sizeBytes: MiB, version: 1, generation: 1 });
     t.equal(created.reply.code, 'ERR_UNAUTHORIZED', 'a client may not create chunks');
     good.close();
     t.ok(cs.running, 'the chunk server is still up');

@@ -1,6 +1,7 @@
-// A chunk server never keeps replicas nobody counts on, and never joins another cluster: replicas
-// the map does not know are deleted when their server registers, and a data directory that
-// joined one cluster refuses an MDS of another (which would take all its replicas for leftovers).
+// A chunk server never loses replicas to a map that does not know them, and never joins another
+// cluster: replicas the map does not know are quarantined when their server registers (kept,
+// shown in stat, deleted on an admin's word), and a data directory that joined one cluster refuses
+// an MDS of another (which would take all its replicas for leftovers).
 
 import t from 'tap';
 import { join } from 'node:path';
@@ -14,7 +15,7 @@ import { runOk } from './helpers/run.ts';
 
 const MiB = 1024 * 1024;
 
-t.test('leftover replicas are deleted; a directory stays in its cluster', async (t) => {
+t.test('leftover replicas are quarantined, not deleted; a directory stays in its cluster', async (t) => {
   t.setTimeout(120_000);
   const cluster = await startCluster(t, { mdsArgs: FAST_MDS_ARGS });
   await cluster.admin.createVolume({ name: 'v', sizeBytes: 64 * MiB, chunkSizeBytes: 8 * MiB });
@@ -31,18 +32,34 @@ t.test('leftover replicas are deleted; a directory stays in its cluster', async 
   const info = async (chunkId: number): Promise<string> =>
     (await (await asMds()).request({ op: CS_OP.CHUNK_INFO, chunkId })).reply.code ?? 'present';
 
-  // A replica the map has never heard of, as an allocation that crashed would leave.
-  const created = await (await asMds()).request({ op: CS_OP.CREATE_CHUNK, chunkId: 987_654, volumeId: 1, chunkIndex: 5, sizeBytes: MiB, version: 1 });
+  // A replica the map has never heard of, as an allocation that crashed would leave: made under
+  // the map's own generation (one allocation so far), so not newer than the map.
+  const created = await (await asMds()).request({
+    op: CS_OP.CREATE_CHUNK, chunkId: 987_654, volumeId: 1, chunkIndex: 5, sizeBytes: MiB, version: 1, generation: 1,
+  });
   t.equal(created.reply.code, undefined, 'a leftover replica exists on the server');
   await cluster.chunkServers[index]!.stop('SIGTERM');
   await cluster.startChunkServer(index);
-  let leftover = 'present';
-  for (let wait = 0; wait < 60 && leftover === 'present'; wait += 1) {
+  let quarantined = 0;
+  for (let wait = 0; wait < 60 && quarantined === 0; wait += 1) {
     await new Promise((resolve) => setTimeout(resolve, 250));
-    leftover = await info(987_654);
+    quarantined = (await cluster.admin.stat()).quarantine.replicas;
   }
-  t.equal(leftover, 'ERR_CHUNK_NOT_FOUND', 'after the server registers again, the leftover is deleted');
+  t.equal(quarantined, 1, 'after the server registers again, the leftover is quarantined (shown in stat)');
+  const { replicas } = await cluster.admin.listQuarantine(10);
+  t.match(replicas, [{ chunkId: 987_654, csId: member.csId, volumeId: 1, chunkIndex: 5, newerThanMap: false }], 'and listed, not newer than the map');
+  await new Promise((resolve) => setTimeout(resolve, 3_000));
+  t.equal(await info(987_654), 'present', 'quarantined, it is still on its server seconds later');
   t.equal(await info(chunk!.chunkId), 'present', 'its real replica stays');
+  const released = await cluster.admin.deleteQuarantined({ replicas: [{ chunkId: 987_654, csId: member.csId }] });
+  t.same(released, { queued: 1, keptNewer: 0 }, 'an admin confirms its deletion');
+  let gone = 'present';
+  for (let wait = 0; wait < 60 && gone === 'present'; wait += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    gone = await info(987_654);
+  }
+  t.equal(gone, 'ERR_CHUNK_NOT_FOUND', 'and then it is deleted from its server');
+  t.equal((await cluster.admin.stat()).quarantine.replicas, 0, 'the quarantine is empty again');
 
   // The same directory pointed at the MDS of another cluster.
   const other = await DaemonProcess.start({

@@ -14,6 +14,8 @@ import { StorageError } from '../errors.ts';
 import { MdsClient } from '../protocol/mds_client.ts';
 import { defineCommand, OperationRefused, usageError, type CliContext, type Command, type CommandArgs, type FlagOptions } from './command.ts';
 import { csCommands } from './commands/cs.ts';
+import { mdsCommands } from './commands/mds.ts';
+import { quarantineCommands } from './commands/quarantine.ts';
 import { statCommands } from './commands/stat.ts';
 import { volumeCommands } from './commands/volume.ts';
 import { resolveConnection } from './config.ts';
@@ -54,7 +56,7 @@ const versionCommand = defineCommand({
   },
 });
 
-const COMMANDS: readonly Command[] = [...volumeCommands, ...csCommands, ...statCommands, helpCommand, versionCommand];
+const COMMANDS: readonly Command[] = [...volumeCommands, ...csCommands, ...statCommands, ...quarantineCommands, ...mdsCommands, helpCommand, versionCommand];
 
 export async function runCli(argv: string[]): Promise<void> {
   // A reader that went away (`shoal volume list | head -1`) is not an error worth a stack trace.

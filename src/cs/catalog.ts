@@ -8,6 +8,7 @@
 // a power cut; a put that had not resolved may or may not survive.
 
 import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
+import type { VolumeDescription } from '../protocol/cs_messages.ts';
 
 export interface ChunkMeta {
   readonly chunkId: number;
@@ -15,6 +16,12 @@ export interface ChunkMeta {
   readonly chunkIndex: number;
   readonly sizeBytes: number;
   readonly version: number;
+  /**
+   * The highest MDS generation the replica was created or changed under: a replica the MDS does
+   * not know, with a generation above the MDS's own, was made by a newer MDS state than the one
+   * now running (a database restored from an old copy): it is kept, never deleted on sight.
+   */
+  readonly generation: number;
 }
 
 /** Server state words kept in the catalog. */
@@ -29,6 +36,10 @@ export interface Catalog {
   chunkCount(): number;
   getFence(volumeId: number): number;
   putFence(volumeId: number, epoch: number): Promise<void>;
+  /** Every volume id with a fence epoch or a description here. */
+  listVolumeIds(): number[];
+  getVolume(volumeId: number): VolumeDescription | undefined;
+  putVolume(volumeId: number, description: VolumeDescription): Promise<void>;
   getState(key: CatalogStateKey): number | undefined;
   putState(key: CatalogStateKey, value: number): Promise<void>;
   close(): Promise<void>;
@@ -39,16 +50,20 @@ export class LmdbCatalog implements Catalog {
   private readonly metas: Database<ChunkMeta, number>;
   private readonly fences: Database<number, number>;
   private readonly state: Database<number, string>;
+  private readonly volumes: Database<VolumeDescription, number>;
 
   constructor(path: string) {
-    this.root = openLmdb({ path, compression: false, maxDbs: 4 });
+    this.root = openLmdb({ path, compression: false, maxDbs: 8 });
     this.metas = this.root.openDB<ChunkMeta, number>({ name: 'chunks', encoding: 'msgpack', keyEncoding: 'ordered-binary' });
     this.fences = this.root.openDB<number, number>({ name: 'fences', encoding: 'msgpack', keyEncoding: 'ordered-binary' });
     this.state = this.root.openDB<number, string>({ name: 'state', encoding: 'msgpack', keyEncoding: 'ordered-binary' });
+    this.volumes = this.root.openDB<VolumeDescription, number>({ name: 'volumes', encoding: 'msgpack', keyEncoding: 'ordered-binary' });
   }
 
   getChunk(chunkId: number): ChunkMeta | undefined {
-    return this.metas.get(chunkId);
+    const meta = this.metas.get(chunkId);
+    // Records written before generations existed count as generation 0: older than any MDS state.
+    return meta === undefined ? undefined : { ...meta, generation: meta.generation ?? 0 };
   }
 
   async putChunk(meta: ChunkMeta): Promise<void> {
@@ -60,7 +75,7 @@ export class LmdbCatalog implements Catalog {
   }
 
   listChunks(fromChunkId: number, limit: number): ChunkMeta[] {
-    return [...this.metas.getRange({ start: fromChunkId, limit }).map(({ value }) => value)];
+    return [...this.metas.getRange({ start: fromChunkId, limit }).map(({ value }) => ({ ...value, generation: value.generation ?? 0 }))];
   }
 
   chunkCount(): number {
@@ -73,6 +88,21 @@ export class LmdbCatalog implements Catalog {
 
   async putFence(volumeId: number, epoch: number): Promise<void> {
     await this.fences.put(volumeId, epoch);
+  }
+
+  listVolumeIds(): number[] {
+    const ids = new Set<number>();
+    for (const { key } of this.fences.getRange({})) ids.add(key);
+    for (const { key } of this.volumes.getRange({})) ids.add(key);
+    return [...ids].sort((a, b) => a - b);
+  }
+
+  getVolume(volumeId: number): VolumeDescription | undefined {
+    return this.volumes.get(volumeId);
+  }
+
+  async putVolume(volumeId: number, description: VolumeDescription): Promise<void> {
+    await this.volumes.put(volumeId, description);
   }
 
   getState(key: CatalogStateKey): number | undefined {

@@ -23,6 +23,7 @@ import { StorageError, fromSystemError } from '../errors.ts';
 import { BLOCK_BYTES, CS_EXTENTS_MAX } from '../limits.ts';
 import { assert } from '../util/assert.ts';
 import { systemClock, type Clock } from '../util/clock.ts';
+import type { VolumeListEntry, VolumeDescription } from '../protocol/cs_messages.ts';
 import type { Logger } from '../util/log.ts';
 import { RangeLock } from '../util/range_lock.ts';
 import { LmdbCatalog, type Catalog, type ChunkMeta } from './catalog.ts';
@@ -72,6 +73,8 @@ export interface ChunkStoreStats {
   writtenBytesTotal: number;
   zeroedBytesTotal: number;
   repairedBlocksTotal: number;
+  /** Data bytes written into replicas that are not members yet or are being settled (version null): copies. */
+  filledBytesTotal: number;
 }
 
 /**
@@ -95,6 +98,7 @@ export class ChunkStore {
     writtenBytesTotal: 0,
     zeroedBytesTotal: 0,
     repairedBlocksTotal: 0,
+    filledBytesTotal: 0,
   };
   private readonly options: ChunkStoreOptions;
   private readonly disk: Disk;
@@ -132,8 +136,10 @@ export class ChunkStore {
   static async open(options: ChunkStoreOptions): Promise<ChunkStore> {
     const { disk, directory } = options;
     await disk.mkdir(join(directory, 'chunks'));
-    await disk.syncDirectory(directory);
     const store = new ChunkStore(options, options.openCatalog(join(directory, 'meta')));
+    // The entries just created (chunks/, the catalog's files) must survive a power cut: LMDB
+    // syncs its data, never the directory that names it.
+    await disk.syncDirectory(directory);
     // From here until a clean close, a crash counts as an unclean stop.
     if (store.previousStopClean) await store.catalog.putState('cleanStop', 0);
     await store.removeOrphanFiles();
@@ -177,7 +183,12 @@ export class ChunkStore {
     await this.catalog.putFence(volumeId, epoch);
   }
 
-  async createChunk(meta: ChunkMeta): Promise<ChunkMeta> {
+  /**
+   * Creates an empty replica (idempotent for the same chunk). `volume` describes the volume it
+   * belongs to, kept for rebuilding the chunk map from the chunk servers if the MDS's is lost.
+   */
+  async createChunk(meta: ChunkMeta, volume?: VolumeDescription): Promise<ChunkMeta> {
+    if (volume !== undefined) await this.describeVolume(meta.volumeId, volume);
     const existing = this.getMeta(meta.chunkId);
     if (existing !== undefined) {
       if (existing.volumeId === meta.volumeId && existing.chunkIndex === meta.chunkIndex && existing.sizeBytes === meta.sizeBytes) {
@@ -203,6 +214,23 @@ export class ChunkStore {
     // The catalog record is the commit point: files without one are removed at the next start.
     await this.catalog.putChunk(meta);
     return meta;
+  }
+
+  /** Keeps the latest description of a volume (its size only grows). */
+  private async describeVolume(volumeId: number, volume: VolumeDescription): Promise<void> {
+    const known = this.catalog.getVolume(volumeId);
+    if (known !== undefined && known.name === volume.name && known.sizeBytes >= volume.sizeBytes &&
+      known.replicasNormal === volume.replicasNormal && known.replicasMin === volume.replicasMin) return;
+    await this.catalog.putVolume(volumeId, { ...volume, sizeBytes: Math.max(volume.sizeBytes, known?.sizeBytes ?? 0) });
+  }
+
+  /** The volumes this server holds replicas of or has fences for, with what it knows of them. */
+  listVolumes(limit: number): VolumeListEntry[] {
+    return this.catalog.listVolumeIds().slice(0, limit).map((volumeId) => ({
+      volumeId,
+      description: this.catalog.getVolume(volumeId) ?? null,
+      fenceEpoch: this.catalog.getFence(volumeId),
+    }));
   }
 
   async deleteChunk(chunkId: number): Promise<void> {
@@ -235,6 +263,7 @@ export class ChunkStore {
   async write(chunkId: number, version: number | null, offsetBytes: number, data: Buffer): Promise<void> {
     await this.withHandle(chunkId, (handle) => this.applyWrite(handle, offsetBytes, data, { kind: 'live', version }));
     this.stats.writtenBytesTotal += data.length;
+    if (version === null) this.stats.filledBytesTotal += data.length;
   }
 
   /** Zeroes a range (whole blocks become holes) and resolves when the change is durable. */
@@ -276,7 +305,7 @@ export class ChunkStore {
    * Moves the replica to `toVersion` after every change in flight on it has finished (the whole
    * chunk is locked meanwhile). With `expectedVersion`, the replica must be exactly there.
    */
-  async setVersion(chunkId: number, toVersion: number, expectedVersion: number | undefined): Promise<ChunkMeta> {
+  async setVersion(chunkId: number, toVersion: number, expectedVersion: number | undefined, generation: number): Promise<ChunkMeta> {
     return this.withHandle(chunkId, async (handle) => {
       const release = await handle.lock.acquire(0, blockCount(handle) - 1, true);
       try {
@@ -290,7 +319,7 @@ export class ChunkStore {
           );
         }
         assert(toVersion > meta.version, 'replica versions only grow');
-        const updated: ChunkMeta = { ...meta, version: toVersion };
+        const updated: ChunkMeta = { ...meta, version: toVersion, generation: Math.max(meta.generation, generation) };
         await this.catalog.putChunk(updated);
         return updated;
       } finally {

@@ -9,6 +9,8 @@ import {
   CS_OP,
   encodeChunkList,
   encodeExtents,
+  encodeVolumeList,
+  LIST_VOLUMES_MAX,
   errorReply,
   type CopyRangeRequest,
   type CsReply,
@@ -72,15 +74,15 @@ async function handleMdsRequest(deps: ChunkServerOptions, request: CsRequest, pa
   requireRole(role, 'mds', `send op ${request.op}`);
   switch (request.op) {
     case CS_OP.CREATE_CHUNK: {
-      const { chunkId, volumeId, chunkIndex, sizeBytes, version } = request;
-      const meta = await store.createChunk({ chunkId, volumeId, chunkIndex, sizeBytes, version });
+      const { chunkId, volumeId, chunkIndex, sizeBytes, version, generation } = request;
+      const meta = await store.createChunk({ chunkId, volumeId, chunkIndex, sizeBytes, version, generation }, request.volume);
       return ok(request.id, { version: meta.version, sizeBytes: meta.sizeBytes });
     }
     case CS_OP.DELETE_CHUNK:
       await store.deleteChunk(request.chunkId);
       return ok(request.id);
     case CS_OP.SET_VERSION: {
-      const meta = await store.setVersion(request.chunkId, request.toVersion, request.expectedVersion);
+      const meta = await store.setVersion(request.chunkId, request.toVersion, request.expectedVersion, request.generation);
       return ok(request.id, { version: meta.version, sizeBytes: meta.sizeBytes });
     }
     case CS_OP.FENCE:
@@ -92,6 +94,8 @@ async function handleMdsRequest(deps: ChunkServerOptions, request: CsRequest, pa
       const next = metas[request.limit];
       return { reply: { op: CS_OP.REPLY, id: request.id, ...(next === undefined ? {} : { nextChunkId: next.chunkId }) }, payload: encodeChunkList(page) };
     }
+    case CS_OP.LIST_VOLUMES:
+      return { reply: { op: CS_OP.REPLY, id: request.id }, payload: encodeVolumeList(store.listVolumes(LIST_VOLUMES_MAX)) };
     case CS_OP.TRACK_CHANGES:
       store.trackChanges(request.chunkId);
       return ok(request.id);

@@ -179,6 +179,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     },
     log,
     clock: systemClock,
+    partialWrites,
     clusterId: () => identity.clusterId,
     adoptCluster: async (clusterId) => {
       if (identity.clusterId === clusterId) return;

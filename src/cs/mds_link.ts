@@ -31,6 +31,8 @@ export interface MdsLinkOptions {
   readonly adoptCluster: (clusterId: string) => Promise<void>;
   /** The cluster this directory joined, sent with each registration so the MDS can refuse. */
   readonly clusterId: () => string | undefined;
+  /** Lost reports of writes a primary could not complete on every member (see partial_writes.ts). */
+  readonly partialWrites: { takeLost(): boolean };
 }
 
 export class MdsLink {
@@ -44,10 +46,17 @@ export class MdsLink {
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> = Promise.resolve();
   private retryDelayMs = RETRY_MS_MIN;
+  /**
+   * The MDS must compare this server's chunks with their other members: set after an unclean stop
+   * (a crash may have cut a forwarded write half-way) and after a lost partial-write report;
+   * cleared once the MDS has acknowledged it.
+   */
+  private divergencePossible: boolean;
   lastSpace: SpaceReport | null = null;
 
   constructor(options: MdsLinkOptions) {
     this.options = options;
+    this.divergencePossible = !options.store.previousStopClean;
   }
 
   get registeredId(): number | null {
@@ -87,9 +96,12 @@ export class MdsLink {
   private async beat(): Promise<number> {
     try {
       const report = await this.report();
+      if (this.options.partialWrites.takeLost()) this.divergencePossible = true;
+      const divergencePossible = this.divergencePossible;
       // After losing contact, register again: that reloads fences set while we were away.
-      if (this.csId === null || this.writeBlocker() !== null) await this.register(report);
-      else await this.options.mds.heartbeat({ csId: this.csId, uuid: this.options.registration.uuid, ...report });
+      if (this.csId === null || this.writeBlocker() !== null) await this.register(report, divergencePossible);
+      else await this.options.mds.heartbeat({ csId: this.csId, uuid: this.options.registration.uuid, divergencePossible, ...report });
+      if (divergencePossible) this.divergencePossible = false;
       this.lastContactMs = this.options.clock.nowMs();
       this.retryDelayMs = RETRY_MS_MIN;
       return this.heartbeatIntervalMs;
@@ -110,13 +122,14 @@ export class MdsLink {
     }
   }
 
-  private async register(report: Awaited<ReturnType<MdsLink['report']>>): Promise<void> {
+  private async register(report: Awaited<ReturnType<MdsLink['report']>>, divergencePossible: boolean): Promise<void> {
     const clusterId = this.options.clusterId();
     const reply = await this.options.mds.registerChunkServer({
-      ...this.options.registration, ...report, ...(clusterId === undefined ? {} : { clusterId }),
+      ...this.options.registration, ...report, divergencePossible, ...(clusterId === undefined ? {} : { clusterId }),
     });
     await this.options.adoptCluster(reply.clusterId);
     for (const fence of reply.fences) await this.options.store.raiseFence(fence.volumeId, fence.epoch);
+
     this.csId = reply.csId;
     this.heartbeatIntervalMs = reply.heartbeatIntervalMs;
     this.heartbeatTimeoutMs = reply.heartbeatTimeoutMs;

@@ -81,6 +81,8 @@ function storeGauges(registers: Registry[], store: () => ChunkStore | null, spac
     ['shoal_cs_read_bytes_total', 'Bytes read from chunk replicas', (s) => s.stats.readBytesTotal],
     ['shoal_cs_written_bytes_total', 'Bytes written to chunk replicas', (s) => s.stats.writtenBytesTotal],
     ['shoal_cs_zeroed_bytes_total', 'Bytes zeroed or trimmed', (s) => s.stats.zeroedBytesTotal],
+    ['shoal_cs_replica_fill_bytes_total', 'Data bytes copied into replicas from other servers (re-replication, resync, settling); holes are not counted',
+      (s) => s.stats.filledBytesTotal],
     ['shoal_cs_checksum_errors_total', 'Blocks that failed their checksum on read', (s) => s.stats.checksumErrorsTotal],
     ['shoal_cs_repaired_blocks_total', 'Blocks replaced from another replica after failing their checksum', (s) => s.stats.repairedBlocksTotal],
     ['shoal_cs_journal_appends_total', 'Records appended to the journal', (s) => s.journal.stats.appendsTotal],

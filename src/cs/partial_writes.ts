@@ -36,6 +36,8 @@ export interface ChangeOutcome {
 export class PartialWriteReporter {
   private readonly options: PartialWriteReporterOptions;
   private inflight = 0;
+  /** A report was skipped or failed since the last `takeLost`: the MDS must compare our chunks. */
+  private lost = false;
   readonly stats = { reportedTotal: 0, failedTotal: 0, skippedTotal: 0 };
 
   constructor(options: PartialWriteReporterOptions) {
@@ -55,6 +57,7 @@ export class PartialWriteReporter {
     if (!applied && failed.every((result) => REFUSALS.has(result.code ?? ''))) return;
     if (csId === null || this.inflight >= REPORTS_INFLIGHT_MAX) {
       this.stats.skippedTotal += 1;
+      this.lost = true;
       this.options.log.error('a change incomplete on members could not be reported to the MDS', {
         chunkId: outcome.chunkId, why: csId === null ? 'not registered' : 'too many reports in flight',
       });
@@ -78,11 +81,22 @@ export class PartialWriteReporter {
       },
       (error: unknown) => {
         this.stats.failedTotal += 1;
+        this.lost = true;
         const level = isStorageError(error, 'ERR_UNAVAILABLE') ? 'warn' : 'error';
         this.options.log[level]('reporting a change incomplete on members failed', { chunkId: outcome.chunkId, error });
       },
     ).finally(() => {
       this.inflight -= 1;
     });
+  }
+
+  /**
+   * Whether a report was lost since the last call (and forgets it): the MDS link then asks the MDS
+   * to compare every chunk of this server with its other members, the net under the net.
+   */
+  takeLost(): boolean {
+    const lost = this.lost;
+    this.lost = false;
+    return lost;
   }
 }

@@ -15,10 +15,13 @@ import Fastify, {
   type FastifyRequest,
   type RawServerDefault,
 } from 'fastify';
+import { createReadStream } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { Readable } from 'node:stream';
 import type { Registry } from 'prom-client';
 import { StorageError } from '../errors.ts';
 import { API_BODY_BYTES_MAX } from '../limits.ts';
+import { encodeBackupPrefix } from './backup.ts';
 import {
   BadBlocksBody,
   ChunkFailureBody,
@@ -31,6 +34,11 @@ import {
   ChunkMapReply,
   ChunkServerList,
   ClusterStat,
+  RebuildReply,
+  QuarantineDeleteBody,
+  QuarantineDeleteReply,
+  QuarantineList,
+  QuarantineListQuery,
   CreateVolumeBody,
   DeleteVolumeQuery,
   ErrorBody,
@@ -159,6 +167,32 @@ function adminRoutes(app: TypedApp, service: MetadataService): void {
   // Remove: only an emptied server; it is never placed on again.
   serverState('/v1/chunk-servers/:id/remove', 'removed');
   app.get('/v1/stat', { schema: { tags, response: { 200: ClusterStat } } }, async () => service.cluster.stat());
+  app.get('/v1/mds/backup', { schema: { tags } }, async (_request, reply) => {
+    const backup = await service.cluster.backup();
+    const body = Readable.from((async function* () {
+      yield encodeBackupPrefix(backup.header);
+      yield* createReadStream(backup.path);
+    })());
+    reply.raw.once('close', () => void backup.discard());
+    reply.header('content-type', 'application/octet-stream');
+    reply.header('content-length', String(encodeBackupPrefix(backup.header).length + backup.header.lmdbBytes));
+    return reply.send(body);
+  });
+  app.post(
+    '/v1/mds/rebuild',
+    { schema: { tags, response: { 200: RebuildReply, ...errorResponses } } },
+    async () => service.cluster.rebuild(),
+  );
+  app.get(
+    '/v1/quarantine',
+    { schema: { tags, querystring: QuarantineListQuery, response: { 200: QuarantineList, ...errorResponses } } },
+    async (request) => service.cluster.listQuarantine(request.query.limit ?? 1000),
+  );
+  app.post(
+    '/v1/quarantine/delete',
+    { schema: { tags, body: QuarantineDeleteBody, response: { 200: QuarantineDeleteReply, ...errorResponses } } },
+    async (request) => service.cluster.deleteQuarantined(request.body),
+  );
 }
 
 function internalRoutes(app: TypedApp, service: MetadataService): void {
@@ -172,7 +206,7 @@ function internalRoutes(app: TypedApp, service: MetadataService): void {
     '/v1/internal/chunk-servers/heartbeat',
     { schema: { tags, body: HeartbeatBody, response: { 200: HeartbeatReply, ...errorResponses } } },
     async (request) => {
-      service.cluster.heartbeat(request.body);
+      await service.cluster.heartbeat(request.body);
       return { ok: true };
     },
   );

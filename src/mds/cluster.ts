@@ -5,8 +5,14 @@
 // sets. The volume side of the MDS (service.ts) uses it; the REST routes reach it as
 // `service.cluster`.
 
+import { tmpdir } from 'node:os';
 import { StorageError } from '../errors.ts';
 import type {
+  RebuildReply,
+  QuarantineDeleteBody,
+  QuarantineDeleteReply,
+  QuarantineList,
+  QuarantineSummary,
   BadBlocksBody,
   PartialWriteBody,
   ChunkHealthCounts,
@@ -17,12 +23,16 @@ import type {
   RegisterChunkServerReply,
 } from '../protocol/api.ts';
 import type { CsConnectionPool } from '../protocol/cs_connection.ts';
+import type { ChunkListEntry } from '../protocol/cs_messages.ts';
 import { assert } from '../util/assert.ts';
 import type { Clock } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
 import { RateLimiter } from '../util/rate_limiter.ts';
 import { ChunkServerRegistry } from './cs_registry.ts';
-import type { ChunkServerAdminState, ChunkServerRecord, VolumeRecord } from './model.ts';
+import { isNewerThanMap, lostRange, proposedGeneration } from './generations.ts';
+import { planRebuild, type ServerHoldings } from './rebuild.ts';
+import { takeBackup, type TakenBackup } from './backup.ts';
+import type { ChunkServerAdminState, ChunkServerRecord, PendingDeleteRecord, QuarantineRecord, VolumeRecord } from './model.ts';
 import type { PlacementCandidate } from './placement.ts';
 import type { PlannerChunk, PlannerServer } from './recovery.ts';
 import { RecoveryScheduler } from './recovery_scheduler.ts';
@@ -35,6 +45,12 @@ const MiB = 1024 * 1024;
 /** Bytes of one COPY_RANGE request during a bulk copy (paced by the rate limit). */
 const COPY_STEP_BYTES = 8 * MiB;
 const DELETE_BATCH_MAX = 256;
+/** Quarantine entries per op: one LMDB transaction stays small. */
+const QUARANTINE_BATCH_MAX = 1024;
+/** After replicas newer than the map are found, the rebuild waits this long for other servers' scans. */
+const AUTO_REBUILD_DELAY_MS = 3_000;
+/** How often the quarantine is checked for replicas past their grace. */
+const QUARANTINE_CHECK_INTERVAL_MS = 60_000;
 
 export interface ClusterDeps {
   readonly store: MdsStore;
@@ -48,6 +64,8 @@ export interface ClusterDeps {
   /** Replica I/O; the daemon's default talks to chunk servers through `pool`. */
   readonly io?: ReplicaIo;
   readonly clusterId: string;
+  /** The MDS's data directory: backups are staged there (default: the system's temporary folder). */
+  readonly dataDir?: string;
 }
 
 export class Cluster {
@@ -60,18 +78,26 @@ export class Cluster {
   private readonly config: MdsConfig;
   private readonly clock: Clock;
   private readonly log: Logger;
-  private readonly clusterId: string;
+  readonly clusterId: string;
+  readonly dataDir: string;
   /** Chunk ids being allocated (created on servers, not yet in the map): not leftovers. */
   readonly allocating = new Set<number>();
+  /** The latest comparison of each server's replicas with the map, since this MDS started. */
+  private readonly scans = new Map<number, Promise<void>>();
+  /** A rebuild scheduled after replicas newer than the map were found (debounced). */
+  private autoRebuild: NodeJS.Timeout | null = null;
+  private quarantineCheckedMs = Number.NEGATIVE_INFINITY;
 
   constructor(deps: ClusterDeps) {
     this.clusterId = deps.clusterId;
+    this.dataDir = deps.dataDir ?? tmpdir();
     this.store = deps.store;
     this.config = deps.config;
     this.clock = deps.clock;
     this.log = deps.log;
     this.registry = new ChunkServerRegistry(deps.config.heartbeatTimeoutMs, this.clock.nowMs());
-    this.io = deps.io ?? new CsReplicaIo(deps.pool, deps.bulkPool ?? deps.pool, (csId) => this.serverAddress(csId));
+    this.io = deps.io ?? new CsReplicaIo(deps.pool, deps.bulkPool ?? deps.pool, (csId) => this.serverAddress(csId),
+      () => proposedGeneration(this.store.tables));
     this.recoveryLimiter = new RateLimiter(deps.config.recoveryBytesPerSecond, this.clock, (ms) => new Promise((resolve) => setTimeout(resolve, ms)));
     this.replicator = new Replicator({
       store: this.store,
@@ -88,11 +114,13 @@ export class Cluster {
       concurrency: deps.config.recoveryConcurrency,
       planner: {
         replaceAfterMs: deps.config.replaceAfterMs,
+        replaceEndangeredAfterMs: deps.config.replaceEndangeredAfterMs,
         failureDomain: deps.config.failureDomain,
         rebalanceThreshold: deps.config.rebalanceThreshold,
         actionsMax: 256,
       },
       view: () => this.recoveryView(),
+      nowMs: () => this.clock.nowMs(),
     });
   }
 
@@ -119,15 +147,16 @@ export class Cluster {
       nowMs: this.clock.nowMs(),
     });
     assert(result.type === 'chunkServer', 'registerChunkServer yields a server');
-    // A server registers when it starts and when it regains the MDS after a silence: either way it
-    // may have died while forwarding a write whose writer died too. Its chunks are compared with
-    // their other members (checksums only; differing blocks copied) before anything else.
-    await this.store.submit({ type: 'markServerChunksInDoubt', csId: result.record.id });
+    // A server that stopped uncleanly may have died while forwarding a write whose writer died too:
+    // its chunks are compared with their other members (checksums only; differing blocks copied)
+    // once they are all online. After a clean stop there is nothing to compare: a restart of the
+    // whole cluster must not turn into a storm of comparisons and copies.
+    if (body.divergencePossible !== false) await this.store.submit({ type: 'markServerChunksInDoubt', csId: result.record.id });
     this.registry.heartbeat(result.record.id, body, this.clock.nowMs());
     this.log.info('chunk server registered', { csId: result.record.id, host: body.host, port: body.port });
     this.recovery.tick();
-    // What the server holds is compared with the map in the background: leftovers get deleted.
-    void this.reconcileHeld(result.record.id);
+    // What the server holds is compared with the map in the background.
+    this.startScan(result.record.id);
     return {
       clusterId: this.clusterId,
       csId: result.record.id,
@@ -137,12 +166,49 @@ export class Cluster {
     };
   }
 
-  heartbeat(body: HeartbeatBody): void {
+  async heartbeat(body: HeartbeatBody): Promise<void> {
     const server = this.store.tables.getChunkServer(body.csId);
     if (server === undefined || server.uuid !== body.uuid) {
       throw new StorageError('ERR_NOT_FOUND', `chunk server ${body.csId} (${body.uuid}) is not registered; register again`);
     }
+    // A forwarded write it could not report: its members may differ, compare them (once).
+    if (body.divergencePossible === true) await this.store.submit({ type: 'markServerChunksInDoubt', csId: body.csId });
     this.registry.heartbeat(body.csId, body, this.clock.nowMs());
+    // A server this MDS has not heard from since it started (an MDS restart, perhaps onto an
+    // older database) is compared with the map as on a registration.
+    if (!this.scans.has(body.csId)) this.startScan(body.csId);
+  }
+
+  /**
+   * Compares what a server holds with the map, in the background (see reconcileHeld). One per
+   * server per registration; a write open waits for the scans of the online servers (awaitScans),
+   * so that epochs the map lost are known before a new writer gets one.
+   */
+  private startScan(csId: number): void {
+    const scan = this.reconcileHeld(csId);
+    this.scans.set(csId, scan);
+  }
+
+  /**
+   * Resolves once every online server has been compared with the map since this MDS started (or
+   * after `timeoutMs`): a volume's epoch may lag the fences servers hold when the database is
+   * older than the cluster, and a writer given a lagging epoch would be refused as a stale one.
+   */
+  async awaitScans(timeoutMs: number): Promise<void> {
+    const nowMs = this.clock.nowMs();
+    const pending = this.store.tables.listChunkServers()
+      .filter((server) => this.registry.isOnline(server.id, nowMs))
+      .map((server) => this.scans.get(server.id))
+      .filter((scan): scan is Promise<void> => scan !== undefined);
+    if (pending.length === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(pending),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
   }
 
   placementCandidates(): PlacementCandidate[] {
@@ -237,6 +303,7 @@ export class Cluster {
         running: this.recovery.stats.running,
         pending: this.recovery.stats.pending,
         blocked: this.recovery.stats.blocked,
+        waiting: this.recovery.stats.waiting,
         succeeded: this.recovery.stats.succeeded,
         failed: this.recovery.stats.failed,
         copiedBytes: this.replicator.copiedBytesTotal,
@@ -250,20 +317,155 @@ export class Cluster {
       },
       volumes: { count: volumes.length, sizeBytes: sum(volumes.map((v) => v.sizeBytes)) },
       chunks: { total, byState },
+      quarantine: this.quarantineSummary(),
       servers: listed,
     };
+  }
+
+  // ---- backups ------------------------------------------------------------------------------------
+
+  /** A consistent copy of the database, staged in the data directory (the caller streams and discards it). */
+  backup(): Promise<TakenBackup> {
+    return takeBackup(this.store, this.clusterId, this.dataDir, this.clock.nowMs());
+  }
+
+  // ---- rebuilding the map from the chunk servers -----------------------------------------------------
+
+  /**
+   * Takes back into the map what the online chunk servers hold and the map lacks (see
+   * rebuild.ts): after the MDS's database was lost, or restored from a copy older than the
+   * cluster. Servers that are offline are not asked: run it again once they are back.
+   */
+  async rebuild(): Promise<RebuildReply> {
+    const nowMs = this.clock.nowMs();
+    const servers = this.store.tables.listChunkServers().filter((server) => server.adminState !== 'removed');
+    const online = servers.filter((server) => this.registry.isOnline(server.id, nowMs));
+    const holdings: ServerHoldings[] = [];
+    const unreachable: number[] = servers.filter((server) => !online.includes(server)).map((server) => server.id);
+    for (const server of online) {
+      try {
+        holdings.push({ csId: server.id, chunks: await this.io.listChunks(server.id), volumes: await this.io.listVolumes(server.id) });
+      } catch (error) {
+        this.log.warn('rebuild could not list a chunk server\'s replicas', { csId: server.id, error });
+        unreachable.push(server.id);
+      }
+    }
+    const plan = planRebuild(this.store.tables, holdings, nowMs);
+    for (const op of plan.ops) await this.store.submit(op);
+    this.log.warn('chunk map rebuilt from the chunk servers', {
+      volumes: plan.volumesAdopted, chunks: plan.chunksAdopted, conflicts: plan.conflicts, unreachable,
+    });
+    this.recovery.tick();
+    return {
+      serversAsked: holdings.length,
+      serversUnreachable: unreachable.sort((a, b) => a - b),
+      volumesAdopted: plan.volumesAdopted,
+      chunksAdopted: plan.chunksAdopted,
+      conflicts: plan.conflicts,
+    };
+  }
+
+  // ---- quarantine ---------------------------------------------------------------------------------
+
+  private quarantineSummary(): QuarantineSummary {
+    let replicas = 0;
+    let newerThanMap = 0;
+    let bytes = 0;
+    this.forEachQuarantined((record) => {
+      replicas += 1;
+      if (record.newerThanMap) newerThanMap += 1;
+      bytes += record.sizeBytes;
+    });
+    return { replicas, newerThanMap, bytes, graceMs: this.config.quarantineGraceMs };
+  }
+
+  /** Visits every quarantined replica, a page at a time. */
+  private forEachQuarantined(visit: (record: QuarantineRecord) => void): void {
+    for (let page = this.store.tables.listQuarantined(QUARANTINE_BATCH_MAX); page.length > 0;) {
+      for (const record of page) visit(record);
+      const last = page.at(-1);
+      page = last === undefined ? [] : this.store.tables.listQuarantined(QUARANTINE_BATCH_MAX, last);
+    }
+  }
+
+  /** A quarantined replica newer than the map holds this chunk index: its data must not be shadowed. */
+  newerReplicaAt(volumeId: number, chunkIndex: number): boolean {
+    let found = false;
+    this.forEachQuarantined((record) => {
+      if (record.newerThanMap && record.volumeId === volumeId && record.chunkIndex === chunkIndex) found = true;
+    });
+    return found;
+  }
+
+  listQuarantine(limit: number): QuarantineList {
+    const records = this.store.tables.listQuarantined(limit + 1);
+    return {
+      replicas: records.slice(0, limit).map((record) => ({
+        chunkId: record.chunkId,
+        csId: record.csId,
+        volumeId: record.volumeId,
+        chunkIndex: record.chunkIndex,
+        version: record.version,
+        generation: record.generation,
+        sizeBytes: record.sizeBytes,
+        newerThanMap: record.newerThanMap,
+        reason: record.reason,
+        since: new Date(record.sinceMs).toISOString(),
+        deleteAfter: record.newerThanMap ? null : new Date(record.sinceMs + this.config.quarantineGraceMs).toISOString(),
+      })),
+      truncated: records.length > limit,
+    };
+  }
+
+  /**
+   * An admin's word: the named quarantined replicas (or all) are queued for deletion. Replicas
+   * newer than the map are left unless `includeNewer`: their data may exist nowhere else.
+   */
+  async deleteQuarantined(body: QuarantineDeleteBody): Promise<QuarantineDeleteReply> {
+    const chosen: QuarantineRecord[] = [];
+    if (body.all === true) this.forEachQuarantined((record) => chosen.push(record));
+    for (const { chunkId, csId } of body.replicas ?? []) {
+      const record = this.store.tables.getQuarantined(chunkId, csId);
+      if (record === undefined) throw new StorageError('ERR_NOT_FOUND', `no quarantined replica of chunk ${chunkId} on chunk server ${csId}`);
+      chosen.push(record);
+    }
+    const released = chosen.filter((record) => !record.newerThanMap || body.includeNewer === true);
+    for (let start = 0; start < released.length; start += QUARANTINE_BATCH_MAX) {
+      await this.store.submit({ type: 'releaseQuarantined', entries: released.slice(start, start + QUARANTINE_BATCH_MAX) });
+    }
+    this.log.warn('quarantined replicas released for deletion by an admin', { count: released.length, includeNewer: body.includeNewer === true });
+    return { queued: released.length, keptNewer: chosen.length - released.length };
+  }
+
+  /** Quarantined replicas not newer than the map, past their grace: queued for deletion. */
+  private async expireQuarantine(): Promise<void> {
+    const nowMs = this.clock.nowMs();
+    if (nowMs - this.quarantineCheckedMs < QUARANTINE_CHECK_INTERVAL_MS) return;
+    this.quarantineCheckedMs = nowMs;
+    const expired: QuarantineRecord[] = [];
+    this.forEachQuarantined((record) => {
+      if (!record.newerThanMap && nowMs - record.sinceMs >= this.config.quarantineGraceMs) expired.push(record);
+    });
+    for (let start = 0; start < expired.length; start += QUARANTINE_BATCH_MAX) {
+      await this.store.submit({ type: 'releaseQuarantined', entries: expired.slice(start, start + QUARANTINE_BATCH_MAX) });
+    }
+    if (expired.length > 0) this.log.info('quarantined replicas past their grace queued for deletion', { count: expired.length });
   }
 
   // ---- background: replicas of deleted chunks ----------------------------------------------------
 
   /** Removes queued replicas of deleted chunks from online servers. Called periodically. */
   async sweepDeletedReplicas(): Promise<number> {
+    await this.expireQuarantine();
     const nowMs = this.clock.nowMs();
     let removed = 0;
     for (const pending of this.store.tables.listPendingDeletes(DELETE_BATCH_MAX)) {
+      const degraded = this.degradedChunk(pending);
       for (const csId of pending.csIds) {
         if (!this.registry.isOnline(csId, nowMs)) continue;
         if (this.replicator.isFilling(pending.chunkId, csId)) continue;
+        // An older copy of a chunk that lacks members is what makes bringing it back cheap.
+        if (degraded && this.store.tables.getChunkServer(csId)?.adminState === 'active') continue;
         try {
           await this.io.deleteChunk(csId, pending.chunkId);
         } catch (error) {
@@ -281,28 +483,142 @@ export class Cluster {
     return removed;
   }
 
+  /** The chunk a left member's copy belongs to still exists and has fewer members than normal. */
+  private degradedChunk(pending: PendingDeleteRecord): boolean {
+    if (pending.volumeId === undefined || pending.chunkIndex === undefined) return false;
+    const chunk = this.store.tables.getChunk(pending.volumeId, pending.chunkIndex);
+    const volume = this.store.tables.getVolume(pending.volumeId);
+    return chunk !== undefined && volume !== undefined && chunk.chunkId === pending.chunkId && chunk.replicas.length < volume.replicasNormal;
+  }
+
   /**
-   * Compares the replicas a server holds with the map: a replica of a chunk the map does not know
-   * (an allocation that crashed before it was recorded, a volume deleted while the server was
-   * away) or of a chunk the server is no longer a member of is queued for deletion.
+   * Compares the replicas a server holds with the map, and never deletes on sight what the map
+   * does not know, since the map itself may be the one that lost something (a database restored
+   * from an old copy, or rebuilt):
+   * - a member at another version than the map: versions are reconciled from the newest member;
+   * - an older copy of a known chunk on a server that is not a member: queued for deletion (kept
+   *   while the chunk lacks members: it is cheap to bring back);
+   * - a copy of a known chunk ahead of the map's version, or a replica of a chunk the map does not
+   *   know: quarantined (shown in stat; deleted on an admin's word, or after the grace period
+   *   unless it was made by an MDS state newer than this map).
+   * A server holding replicas above the map's generation shows that the map was rolled back: the
+   * lost range is recorded first, so that every such replica counts as newer from then on.
    */
   private async reconcileHeld(csId: number): Promise<void> {
     try {
+      await this.catchUpEpochs(csId);
       const held = await this.io.listChunks(csId);
-      const byId = new Map<number, { volumeId: number; chunkIndex: number; replicas: readonly number[] }>();
-      this.store.tables.forEachChunk((chunk) => byId.set(chunk.chunkId, chunk));
-      const entries: Array<{ chunkId: number; csId: number; volumeId?: number; chunkIndex?: number }> = [];
-      for (const { chunkId } of held) {
+      await this.noteLostGenerations(csId, held);
+      // Chunk ids on the server beyond the map's counter (its database is older): never reused.
+      const highestChunkId = held.reduce((max, replica) => Math.max(max, replica.chunkId), 0);
+      if (highestChunkId >= this.store.tables.getMeta('nextChunkId')) {
+        await this.store.submit({ type: 'reserveChunkIdsAbove', chunkId: highestChunkId });
+      }
+      const tables = this.store.tables;
+      const byId = new Map<number, { volumeId: number; chunkIndex: number; version: number; replicas: readonly number[] }>();
+      tables.forEachChunk((chunk) => byId.set(chunk.chunkId, chunk));
+      const olderCopies: Array<{ chunkId: number; csId: number; volumeId: number; chunkIndex: number }> = [];
+      const quarantine: Array<Omit<QuarantineRecord, 'sinceMs'>> = [];
+      const versionMismatches: Array<{ volumeId: number; chunkIndex: number }> = [];
+      for (const replica of held) {
+        const { chunkId, version } = replica;
         if (this.allocating.has(chunkId) || this.replicator.isFilling(chunkId, csId)) continue;
         const chunk = byId.get(chunkId);
-        if (chunk === undefined) entries.push({ chunkId, csId });
-        else if (!chunk.replicas.includes(csId)) entries.push({ chunkId, csId, volumeId: chunk.volumeId, chunkIndex: chunk.chunkIndex });
+        const newerThanMap = isNewerThanMap(tables, replica.generation);
+        const aside = (reason: string, newer: boolean): void => {
+          quarantine.push({ ...replica, csId, newerThanMap: newer, reason });
+        };
+        if (chunk === undefined) {
+          // A deleted volume's replica whose removal is queued goes as planned.
+          if (tables.getPendingDelete(chunkId)?.csIds.includes(csId) === true && !newerThanMap) continue;
+          aside(newerThanMap ? 'made by an MDS state newer than this map' : 'not in the map (a crashed allocation, or a deleted volume)', newerThanMap);
+        } else if (chunk.replicas.includes(csId)) {
+          // The MDS died between a seal and its commit, or its database is older than the cluster.
+          if (version !== chunk.version) versionMismatches.push({ volumeId: chunk.volumeId, chunkIndex: chunk.chunkIndex });
+        } else if (version > chunk.version) {
+          aside(`a copy at version ${version}, ahead of the map's ${chunk.version}`, true);
+        } else {
+          olderCopies.push({ chunkId, csId, volumeId: chunk.volumeId, chunkIndex: chunk.chunkIndex });
+        }
       }
-      if (entries.length === 0) return;
-      await this.store.submit({ type: 'queueReplicaDeletes', entries });
-      this.log.info('leftover replicas queued for deletion', { csId, count: entries.length });
+      void this.reconcileVersions(versionMismatches);
+      await this.forgetVanishedQuarantine(csId, new Set(held.map((replica) => replica.chunkId)));
+      if (olderCopies.length > 0) {
+        await this.store.submit({ type: 'queueReplicaDeletes', entries: olderCopies });
+        this.log.info('older copies of chunks queued for deletion', { csId, count: olderCopies.length });
+      }
+      for (let start = 0; start < quarantine.length; start += QUARANTINE_BATCH_MAX) {
+        await this.store.submit({ type: 'quarantineReplicas', entries: quarantine.slice(start, start + QUARANTINE_BATCH_MAX), nowMs: this.clock.nowMs() });
+      }
+      if (quarantine.some((entry) => entry.newerThanMap)) this.scheduleAutoRebuild();
+      if (quarantine.length > 0) {
+        const newer = quarantine.filter((entry) => entry.newerThanMap).length;
+        this.log[newer > 0 ? 'error' : 'warn']('replicas the map does not count on are quarantined (kept, shown in stat)', {
+          csId, count: quarantine.length, newerThanMap: newer,
+        });
+      }
     } catch (error) {
       this.log.warn('could not compare a chunk server\'s replicas with the map; next registration retries', { csId, error });
+    }
+  }
+
+  /**
+   * Fences a server holds above the map's epochs (the database is older than the cluster): the
+   * epochs catch up, or every new writer of those volumes would be refused as a stale one.
+   */
+  private async catchUpEpochs(csId: number): Promise<void> {
+    const volumes = await this.io.listVolumes(csId);
+    const ahead = volumes
+      .filter((volume) => volume.fenceEpoch > (this.store.tables.getVolume(volume.volumeId)?.epoch ?? Number.POSITIVE_INFINITY))
+      .map((volume) => ({ volumeId: volume.volumeId, epoch: volume.fenceEpoch }));
+    if (ahead.length === 0) return;
+    await this.store.submit({ type: 'raiseEpochs', entries: ahead });
+    this.log.warn('volume epochs raised to the fences a chunk server holds (the MDS database is older than the cluster)', { csId, volumes: ahead.length });
+  }
+
+  /**
+   * Replicas newer than the map were found: once the servers have had a moment to be scanned, what
+   * the map lacks is taken back by itself (the same as `shoal mds rebuild`), so that data the map
+   * lost does not read as zeroes a moment longer than needed.
+   */
+  private scheduleAutoRebuild(): void {
+    if (this.autoRebuild !== null) clearTimeout(this.autoRebuild);
+    this.autoRebuild = setTimeout(() => {
+      this.autoRebuild = null;
+      this.rebuild().catch((error: unknown) => this.log.error('automatic rebuild of the chunk map failed; run shoal mds rebuild', { error }));
+    }, AUTO_REBUILD_DELAY_MS);
+    this.autoRebuild.unref();
+  }
+
+  /** Quarantined replicas of this server that it no longer holds (its disk was replaced): forgotten. */
+  private async forgetVanishedQuarantine(csId: number, held: ReadonlySet<number>): Promise<void> {
+    const vanished: Array<{ chunkId: number; csId: number }> = [];
+    this.forEachQuarantined((record) => {
+      if (record.csId === csId && !held.has(record.chunkId)) vanished.push(record);
+    });
+    if (vanished.length > 0) await this.store.submit({ type: 'releaseQuarantined', entries: vanished });
+  }
+
+  /** Records the generations a server proves this map lacks (see generations.ts). */
+  private async noteLostGenerations(csId: number, held: readonly ChunkListEntry[]): Promise<void> {
+    const highest = held.reduce((max, replica) => Math.max(max, replica.generation), 0);
+    const range = lostRange(this.store.tables, highest, this.clock.nowMs());
+    if (range === null) return;
+    await this.store.submit({ type: 'recordLostGenerations', ...range, nowMs: this.clock.nowMs() });
+    const inFlight = range.highInclusive === range.lowExclusive + 1;
+    this.log[inFlight ? 'warn' : 'error'](inFlight
+      ? 'a chunk server holds a replica of a change the MDS made as it stopped; it is kept in quarantine'
+      : 'this MDS\'s database is older than the cluster (restored from an old copy?): replicas it does not know are kept in quarantine; ' +
+        'see `shoal mds rebuild` to take them back into the map', { csId, ...range });
+  }
+
+  private async reconcileVersions(chunks: ReadonlyArray<{ volumeId: number; chunkIndex: number }>): Promise<void> {
+    for (const { volumeId, chunkIndex } of chunks) {
+      try {
+        await this.replicator.reconcileVersion(volumeId, chunkIndex);
+      } catch (error) {
+        this.log.warn('could not reconcile a chunk\'s versions; the next registration or client report retries', { volumeId, chunkIndex, error });
+      }
     }
   }
 
@@ -385,6 +701,7 @@ export class Cluster {
         replicasMin: volume.replicasMin,
         chunkSizeBytes: volume.chunkSizeBytes,
         inDoubt: (chunk.inDoubt ?? []).length > 0,
+        detached: this.store.tables.getPendingDelete(chunk.chunkId)?.csIds ?? [],
       });
     });
     return { servers, chunks };

@@ -13,6 +13,14 @@ export interface MdsConfig {
   readonly chunkSizeBytesDefault: number;
   /** A server offline this long has its replicas replaced for good. */
   readonly replaceAfterMs: number;
+  /**
+   * A chunk with fewer than its minimum of members online gets a replacement after this long (at
+   * most replaceAfterMs); with its minimum online it waits replaceAfterMs for the missing ones.
+   * Also the grace after an MDS start, during which servers come back and nothing is replaced.
+   */
+  readonly replaceEndangeredAfterMs: number;
+  /** A quarantined replica not newer than the map is deleted after this long (see cluster.ts). */
+  readonly quarantineGraceMs: number;
   /** Copy rate of re-replication and rebalancing together (0 = unlimited). */
   readonly recoveryBytesPerSecond: number;
   readonly recoveryConcurrency: number;
@@ -30,6 +38,8 @@ export const MDS_CONFIG_DEFAULTS: MdsConfig = {
   replicasMinDefault: 2,
   chunkSizeBytesDefault: CHUNK_BYTES_DEFAULT,
   replaceAfterMs: 5 * 60_000,
+  replaceEndangeredAfterMs: 30_000,
+  quarantineGraceMs: 7 * 24 * 3_600_000,
   recoveryBytesPerSecond: 64 * MiB,
   recoveryConcurrency: 4,
   rebalanceThreshold: 0.1,

@@ -2,7 +2,9 @@
 // tests that apply thousands of ops per second and for checking `applyOp` without a disk.
 // `snapshot`/`restore` give transactions: an op that throws leaves no trace, as in LMDB.
 
-import type { ChunkRecord, ChunkServerRecord, MdsTables, MetaKey, PendingDeleteRecord, VolumeRecord } from './model.ts';
+import type {
+  ChunkRecord, ChunkServerRecord, LostGenerations, MdsTables, MetaKey, PendingDeleteRecord, QuarantineRecord, VolumeRecord,
+} from './model.ts';
 import { applyOp, type MdsOp, type MdsOpResult } from './ops.ts';
 
 interface State {
@@ -13,6 +15,8 @@ interface State {
   chunkServers: Map<number, ChunkServerRecord>;
   csUuids: Map<string, number>;
   pendingDeletes: Map<number, PendingDeleteRecord>;
+  quarantine: Map<string, QuarantineRecord>;
+  lostGenerations: LostGenerations[];
 }
 
 const chunkKey = (volumeId: number, chunkIndex: number): string => `${volumeId}:${chunkIndex}`;
@@ -26,6 +30,8 @@ export class MemoryTables implements MdsTables {
     chunkServers: new Map(),
     csUuids: new Map(),
     pendingDeletes: new Map(),
+    quarantine: new Map(),
+    lostGenerations: [],
   };
 
   /** Applies an op atomically: on an error the tables are as they were. */
@@ -48,6 +54,8 @@ export class MemoryTables implements MdsTables {
       chunkServers: new Map(this.state.chunkServers),
       csUuids: new Map(this.state.csUuids),
       pendingDeletes: new Map(this.state.pendingDeletes),
+      quarantine: new Map(this.state.quarantine),
+      lostGenerations: [...this.state.lostGenerations],
     };
   }
 
@@ -125,5 +133,28 @@ export class MemoryTables implements MdsTables {
   }
   listPendingDeletes(limit: number): PendingDeleteRecord[] {
     return [...this.state.pendingDeletes.values()].slice(0, limit);
+  }
+
+  getQuarantined(chunkId: number, csId: number): QuarantineRecord | undefined {
+    return this.state.quarantine.get(`${chunkId}:${csId}`);
+  }
+  putQuarantined(record: QuarantineRecord): void {
+    this.state.quarantine.set(`${record.chunkId}:${record.csId}`, record);
+  }
+  deleteQuarantined(chunkId: number, csId: number): void {
+    this.state.quarantine.delete(`${chunkId}:${csId}`);
+  }
+  listQuarantined(limit: number, after?: { chunkId: number; csId: number }): QuarantineRecord[] {
+    return [...this.state.quarantine.values()]
+      .sort((a, b) => a.chunkId - b.chunkId || a.csId - b.csId)
+      .filter((r) => after === undefined || r.chunkId > after.chunkId || (r.chunkId === after.chunkId && r.csId > after.csId))
+      .slice(0, limit);
+  }
+
+  listLostGenerations(): LostGenerations[] {
+    return [...this.state.lostGenerations];
+  }
+  putLostGenerations(range: LostGenerations): void {
+    this.state.lostGenerations.push(range);
   }
 }

@@ -2,6 +2,8 @@
 // implementations exist: LMDB (store.ts) for the daemon and plain maps (memory_tables.ts) for
 // simulation tests, so the same apply code runs in both.
 
+import type { VolumeDescription } from '../protocol/cs_messages.ts';
+
 export interface LeaseRecord {
   readonly holder: string;
   readonly leaseId: string;
@@ -19,6 +21,11 @@ export interface VolumeRecord {
   /** Grows with every write open; chunk servers reject writes carrying an older epoch. */
   readonly epoch: number;
   readonly lease: LeaseRecord | null;
+}
+
+/** What chunk servers keep of a volume with each of its replicas (for rebuilding a lost map). */
+export function describeVolume(volume: VolumeRecord): VolumeDescription {
+  return { name: volume.name, sizeBytes: volume.sizeBytes, replicasNormal: volume.replicasNormal, replicasMin: volume.replicasMin };
 }
 
 /** A byte range within a chunk that a failed write may have changed on some members only. */
@@ -59,13 +66,49 @@ export interface ChunkServerRecord {
   readonly adminState: ChunkServerAdminState;
 }
 
-/** Replicas of a deleted chunk still to be removed from their chunk servers. */
+/**
+ * Replicas outside a chunk's set still to be removed from their chunk servers: of a deleted chunk,
+ * or of members that left (then `volumeId`/`chunkIndex` name the chunk, whose older copies are
+ * kept while it is below its normal replica count: bringing one back copies only what changed).
+ */
 export interface PendingDeleteRecord {
   readonly chunkId: number;
   readonly csIds: readonly number[];
+  readonly volumeId?: number;
+  readonly chunkIndex?: number;
 }
 
-export const META_KEYS = ['nextVolumeId', 'nextChunkId', 'nextCsId', 'opSeq'] as const;
+/**
+ * A replica a chunk server holds that the map does not count on: kept, shown, and deleted only
+ * when an admin confirms or, unless it is newer than the map, after a grace period.
+ */
+export interface QuarantineRecord {
+  readonly chunkId: number;
+  readonly csId: number;
+  readonly volumeId: number;
+  readonly chunkIndex: number;
+  readonly version: number;
+  readonly generation: number;
+  readonly sizeBytes: number;
+  /** Made by an MDS state this map does not include (a restored or lost database): never deleted automatically. */
+  readonly newerThanMap: boolean;
+  readonly reason: string;
+  readonly sinceMs: number;
+}
+
+/** Generations (lowExclusive, highInclusive] that an MDS state this map does not include handed out. */
+export interface LostGenerations {
+  readonly lowExclusive: number;
+  readonly highInclusive: number;
+  readonly foundAtMs: number;
+}
+
+/**
+ * Counters of the state. `chunkIdFloor`: chunk ids below it may exist on chunk servers unknown to
+ * this map (seen there after a restore or rebuild): never handed out, even from a block reserved
+ * before it was raised.
+ */
+export const META_KEYS = ['nextVolumeId', 'nextChunkId', 'nextCsId', 'opSeq', 'generation', 'chunkIdFloor'] as const;
 export type MetaKey = (typeof META_KEYS)[number];
 
 /** Everything the state machine reads and writes; each call is part of the current transaction. */
@@ -95,4 +138,13 @@ export interface MdsTables {
   putPendingDelete(record: PendingDeleteRecord): void;
   deletePendingDelete(chunkId: number): void;
   listPendingDeletes(limit: number): PendingDeleteRecord[];
+
+  getQuarantined(chunkId: number, csId: number): QuarantineRecord | undefined;
+  putQuarantined(record: QuarantineRecord): void;
+  deleteQuarantined(chunkId: number, csId: number): void;
+  /** In (chunkId, csId) order, from `after` (exclusive) if given. */
+  listQuarantined(limit: number, after?: { chunkId: number; csId: number }): QuarantineRecord[];
+
+  listLostGenerations(): LostGenerations[];
+  putLostGenerations(range: LostGenerations): void;
 }

@@ -9,7 +9,9 @@
 import { StorageError } from '../errors.ts';
 import { assert, assertNever } from '../util/assert.ts';
 import { formatBytes } from '../util/size.ts';
-import type { ChunkRecord, ChunkServerAdminState, ChunkServerRecord, InDoubtRange, MdsTables, VolumeRecord } from './model.ts';
+import type {
+  ChunkRecord, ChunkServerAdminState, ChunkServerRecord, InDoubtRange, MdsTables, QuarantineRecord, VolumeRecord,
+} from './model.ts';
 
 export type MdsOp =
   | { readonly type: 'reserveChunkIds'; readonly count: number }
@@ -66,9 +68,63 @@ export type MdsOp =
     }
   | { readonly type: 'setChunkServerState'; readonly csId: number; readonly adminState: ChunkServerAdminState }
   | {
-      /** Replicas found on servers that the map does not count as members: to be deleted. */
+      /** Older copies of known chunks found on servers that are not members: to be deleted. */
       readonly type: 'queueReplicaDeletes';
       readonly entries: ReadonlyArray<{ chunkId: number; csId: number; volumeId?: number; chunkIndex?: number }>;
+    }
+  | {
+      /** A chunk server holds replicas of an MDS state this map does not include: record the gap. */
+      readonly type: 'recordLostGenerations';
+      readonly lowExclusive: number;
+      readonly highInclusive: number;
+      readonly nowMs: number;
+    }
+  | {
+      /** Replicas the map does not count on, kept aside (see QuarantineRecord). */
+      readonly type: 'quarantineReplicas';
+      readonly entries: ReadonlyArray<Omit<QuarantineRecord, 'sinceMs'>>;
+      readonly nowMs: number;
+    }
+  | {
+      /**
+       * Chunk servers hold fences above these volumes' epochs (the map was restored from an old
+       * copy): the epochs catch up, or every new writer would be rejected as stale.
+       */
+      readonly type: 'raiseEpochs';
+      readonly entries: ReadonlyArray<{ volumeId: number; epoch: number }>;
+    }
+  | {
+      /** Rebuild: a volume the chunk servers hold replicas of, taken back into the map under its id. */
+      readonly type: 'adoptVolume';
+      readonly volumeId: number;
+      readonly name: string;
+      readonly sizeBytes: number;
+      readonly chunkSizeBytes: number;
+      readonly replicasNormal: number;
+      readonly replicasMin: number;
+      readonly epoch: number;
+      readonly nowMs: number;
+    }
+  | {
+      /** Rebuild: a chunk taken back into the map, its newest copies as members (compared first). */
+      readonly type: 'adoptChunk';
+      readonly volumeId: number;
+      readonly chunkIndex: number;
+      readonly chunkId: number;
+      readonly version: number;
+      readonly replicas: readonly number[];
+      /** Servers holding older versions: outside the set, kept while the chunk lacks members. */
+      readonly olderCopies: readonly number[];
+    }
+  | {
+      /** Chunk servers hold this chunk id (unknown to the map, or adopted): it is never handed out again. */
+      readonly type: 'reserveChunkIdsAbove';
+      readonly chunkId: number;
+    }
+  | {
+      /** Quarantined replicas an admin confirmed, or whose grace ran out: queued for deletion. */
+      readonly type: 'releaseQuarantined';
+      readonly entries: ReadonlyArray<{ chunkId: number; csId: number }>;
     };
 
 export type MdsOpType = MdsOp['type'];
@@ -113,6 +169,22 @@ export function applyOp(tables: MdsTables, op: MdsOp): MdsOpResult {
       return markServerChunksInDoubt(tables, op.csId);
     case 'queueReplicaDeletes':
       return queueReplicaDeletes(tables, op.entries);
+    case 'recordLostGenerations':
+      return recordLostGenerations(tables, op);
+    case 'quarantineReplicas':
+      return quarantineReplicas(tables, op);
+    case 'releaseQuarantined':
+      return releaseQuarantined(tables, op.entries);
+    case 'raiseEpochs':
+      return raiseEpochs(tables, op.entries);
+    case 'adoptVolume':
+      return adoptVolume(tables, op);
+    case 'adoptChunk':
+      return adoptChunk(tables, op);
+    case 'reserveChunkIdsAbove':
+      tables.putMeta('nextChunkId', Math.max(tables.getMeta('nextChunkId'), op.chunkId + 1));
+      tables.putMeta('chunkIdFloor', Math.max(tables.getMeta('chunkIdFloor'), op.chunkId + 1));
+      return NONE;
     default:
       return assertNever(op, 'op type');
   }
@@ -226,6 +298,7 @@ function allocateChunk(tables: MdsTables, op: Extract<MdsOp, { type: 'allocateCh
     replicas: [...op.replicas],
   };
   tables.putChunk(record);
+  bumpGeneration(tables);
   return { type: 'chunk', record };
 }
 
@@ -262,7 +335,7 @@ function replicaDeleted(tables: MdsTables, chunkId: number, csId: number): MdsOp
   if (pending === undefined) return NONE;
   const csIds = pending.csIds.filter((id) => id !== csId);
   if (csIds.length === 0) tables.deletePendingDelete(chunkId);
-  else tables.putPendingDelete({ chunkId, csIds });
+  else tables.putPendingDelete({ ...pending, csIds });
   return NONE;
 }
 
@@ -278,10 +351,11 @@ function setChunkReplicas(tables: MdsTables, op: Extract<MdsOp, { type: 'setChun
   for (const csId of op.deleteFrom) assert(!op.replicas.includes(csId), 'a replica deleted from its server is not a member');
   const record: ChunkRecord = { ...chunk, version: op.version, replicas: [...op.replicas], inDoubt: [...op.inDoubt] };
   tables.putChunk(record);
+  bumpGeneration(tables);
   // Members (new ones included) are never deleted; servers that left are, once reachable.
   const pending = (tables.getPendingDelete(chunk.chunkId)?.csIds ?? []).filter((csId) => !op.replicas.includes(csId));
   const csIds = [...new Set([...pending, ...op.deleteFrom])];
-  if (csIds.length > 0) tables.putPendingDelete({ chunkId: chunk.chunkId, csIds });
+  if (csIds.length > 0) tables.putPendingDelete({ chunkId: chunk.chunkId, csIds, volumeId: chunk.volumeId, chunkIndex: chunk.chunkIndex });
   else tables.deletePendingDelete(chunk.chunkId);
   return { type: 'chunk', record };
 }
@@ -339,8 +413,108 @@ function queueReplicaDeletes(tables: MdsTables, entries: Extract<MdsOp, { type: 
       const chunk = tables.getChunk(entry.volumeId, entry.chunkIndex);
       if (chunk !== undefined && chunk.replicas.includes(entry.csId)) continue;
     }
-    const pending = tables.getPendingDelete(entry.chunkId)?.csIds ?? [];
-    if (!pending.includes(entry.csId)) tables.putPendingDelete({ chunkId: entry.chunkId, csIds: [...pending, entry.csId] });
+    const existing = tables.getPendingDelete(entry.chunkId);
+    const pending = existing?.csIds ?? [];
+    if (pending.includes(entry.csId)) continue;
+    const where = entry.volumeId !== undefined && entry.chunkIndex !== undefined ? { volumeId: entry.volumeId, chunkIndex: entry.chunkIndex } : {};
+    tables.putPendingDelete({ ...existing, ...where, chunkId: entry.chunkId, csIds: [...pending, entry.csId] });
   }
   return NONE;
+}
+
+/** Ops that give chunk servers new replica state move the generation on (see generations.ts). */
+function bumpGeneration(tables: MdsTables): void {
+  tables.putMeta('generation', tables.getMeta('generation') + 1);
+}
+
+function recordLostGenerations(tables: MdsTables, op: Extract<MdsOp, { type: 'recordLostGenerations' }>): MdsOpResult {
+  const current = tables.getMeta('generation');
+  // Another server may have revealed (part of) the gap first: record only what is still above.
+  if (op.highInclusive <= current) return NONE;
+  assert(op.lowExclusive <= current, 'a lost range starts at or below the current generation');
+  tables.putLostGenerations({ lowExclusive: Math.max(op.lowExclusive, 0), highInclusive: op.highInclusive, foundAtMs: op.nowMs });
+  // New commands must never reuse a generation of the lost range.
+  tables.putMeta('generation', op.highInclusive);
+  return NONE;
+}
+
+function quarantineReplicas(tables: MdsTables, op: Extract<MdsOp, { type: 'quarantineReplicas' }>): MdsOpResult {
+  for (const entry of op.entries) {
+    // A replica that became a member meanwhile is not quarantined: members are never set aside.
+    const chunk = tables.getChunk(entry.volumeId, entry.chunkIndex);
+    if (chunk !== undefined && chunk.chunkId === entry.chunkId && chunk.replicas.includes(entry.csId)) continue;
+    const existing = tables.getQuarantined(entry.chunkId, entry.csId);
+    tables.putQuarantined({
+      ...entry,
+      // Once newer, always newer: a later look at it must not downgrade it to deletable.
+      newerThanMap: entry.newerThanMap || (existing?.newerThanMap ?? false),
+      sinceMs: existing?.sinceMs ?? op.nowMs,
+    });
+  }
+  return NONE;
+}
+
+function releaseQuarantined(tables: MdsTables, entries: Extract<MdsOp, { type: 'releaseQuarantined' }>['entries']): MdsOpResult {
+  for (const { chunkId, csId } of entries) {
+    if (tables.getQuarantined(chunkId, csId) === undefined) continue;
+    tables.deleteQuarantined(chunkId, csId);
+    const pending = tables.getPendingDelete(chunkId);
+    if (pending?.csIds.includes(csId) === true) continue;
+    tables.putPendingDelete({ ...pending, chunkId, csIds: [...(pending?.csIds ?? []), csId] });
+  }
+  return NONE;
+}
+
+function raiseEpochs(tables: MdsTables, entries: Extract<MdsOp, { type: 'raiseEpochs' }>['entries']): MdsOpResult {
+  for (const { volumeId, epoch } of entries) {
+    const volume = tables.getVolume(volumeId);
+    if (volume === undefined || epoch <= volume.epoch) continue;
+    tables.putVolume({ ...volume, epoch });
+  }
+  return NONE;
+}
+
+function adoptVolume(tables: MdsTables, op: Extract<MdsOp, { type: 'adoptVolume' }>): MdsOpResult {
+  if (tables.getVolume(op.volumeId) !== undefined) return NONE;
+  if (tables.getVolumeIdByName(op.name) !== undefined) {
+    throw new StorageError('ERR_VOLUME_EXISTS', `volume "${op.name}" already exists; cannot take volume ${op.volumeId} back under that name`);
+  }
+  assert(op.replicasMin >= 1 && op.replicasMin <= op.replicasNormal, 'replicas min within 1..normal');
+  const record: VolumeRecord = {
+    id: op.volumeId,
+    name: op.name,
+    sizeBytes: op.sizeBytes,
+    chunkSizeBytes: op.chunkSizeBytes,
+    replicasNormal: op.replicasNormal,
+    replicasMin: op.replicasMin,
+    createdAtMs: op.nowMs,
+    epoch: op.epoch,
+    lease: null,
+  };
+  tables.putVolume(record);
+  tables.putMeta('nextVolumeId', Math.max(tables.getMeta('nextVolumeId'), op.volumeId + 1));
+  return { type: 'volume', record };
+}
+
+function adoptChunk(tables: MdsTables, op: Extract<MdsOp, { type: 'adoptChunk' }>): MdsOpResult {
+  const volume = requireVolume(tables, op.volumeId);
+  if (tables.getChunk(op.volumeId, op.chunkIndex) !== undefined) return NONE;
+  assert(op.replicas.length >= 1 && new Set(op.replicas).size === op.replicas.length, 'an adopted chunk has distinct members');
+  for (const csId of [...op.replicas, ...op.olderCopies]) assert(tables.getChunkServer(csId) !== undefined, 'adopted replicas sit on known servers');
+  const record: ChunkRecord = {
+    volumeId: op.volumeId,
+    chunkIndex: op.chunkIndex,
+    chunkId: op.chunkId,
+    version: op.version,
+    replicas: [...op.replicas],
+    // A write may have died half-done on these members: they are compared before anything else.
+    ...(op.replicas.length > 1 ? { inDoubt: [{ offsetBytes: 0, lengthBytes: volume.chunkSizeBytes }] } : {}),
+  };
+  tables.putChunk(record);
+  for (const csId of [...op.replicas, ...op.olderCopies]) tables.deleteQuarantined(op.chunkId, csId);
+  if (op.olderCopies.length > 0) {
+    tables.putPendingDelete({ chunkId: op.chunkId, csIds: [...op.olderCopies], volumeId: op.volumeId, chunkIndex: op.chunkIndex });
+  }
+  tables.putMeta('nextChunkId', Math.max(tables.getMeta('nextChunkId'), op.chunkId + 1));
+  return { type: 'chunk', record };
 }

@@ -4,11 +4,16 @@
 // test calls this same function.
 //
 // Rules, per chunk:
-// - ranges a failed write left in doubt are settled before anything else;
+// - ranges a failed write left in doubt are settled before anything else, once every member is
+//   online (a member that is only restarting must not be taken out of the set for it);
 // - a member on a server offline longer than `replaceAfterMs`, or removed, is dropped for good,
 //   as long as a live member remains to copy from;
 // - a chunk with fewer healthy members (live, not draining) than `normal` gets one added, in a
-//   failure domain none of its members use, on the least-full eligible server;
+//   failure domain none of its members use, preferring a server that still holds an older copy
+//   (only what changed is copied then), else the least-full eligible server; but while a member
+//   is merely away (offline for less than `replaceAfterMs`) the chunk waits for it, since
+//   replacing it would copy whole chunks it brings back: unless fewer than `min` members are live
+//   and that has lasted `replaceEndangeredAfterMs` (data at risk goes first);
 // - a chunk with more healthy-or-draining members than needed sheds one: draining first, then
 //   offline, then the fullest;
 // - with nothing urgent, a replica moves from the fullest to the emptiest server when their used
@@ -42,10 +47,17 @@ export interface PlannerChunk {
   readonly chunkSizeBytes: number;
   /** A failed write left ranges that may differ between members: settle them first. */
   readonly inDoubt: boolean;
+  /** Servers holding an older copy of the chunk (members that left): cheap to bring back. */
+  readonly detached: readonly number[];
 }
 
 export interface PlannerConfig {
   readonly replaceAfterMs: number;
+  /**
+   * With fewer than `min` members live, a missing member is replaced after this long (at most
+   * `replaceAfterMs`); with at least `min` live, the chunk waits `replaceAfterMs` for it.
+   */
+  readonly replaceEndangeredAfterMs: number;
   readonly failureDomain: FailureDomain;
   /** Used-fraction gap between servers above which replicas move (0.1 = ten points). */
   readonly rebalanceThreshold: number;
@@ -70,6 +82,8 @@ export interface RecoveryPlan {
   readonly actions: RecoveryAction[];
   /** Chunks that need a new replica but have no eligible server in a free failure domain. */
   readonly blocked: number;
+  /** Chunks missing members that are expected back (offline, not yet given up): left as they are. */
+  readonly waiting: number;
 }
 
 export interface PlannerInput {
@@ -77,6 +91,8 @@ export interface PlannerInput {
   readonly chunks: Iterable<PlannerChunk>;
   /** Chunks with a procedure in flight: left alone this round. */
   readonly busy: (chunkId: number) => boolean;
+  /** Servers not to pick as a new member of this chunk now (a recent add to them failed). */
+  readonly avoidTargets?: (chunkId: number) => readonly number[];
   readonly config: PlannerConfig;
   readonly random: () => number;
 }
@@ -91,34 +107,55 @@ export function planRecovery(input: PlannerInput): RecoveryPlan {
   const placed = new Map<number, number>(); // targets chosen this round, to spread them
   const actions: RecoveryAction[] = [];
   let blocked = 0;
+  let waiting = 0;
+  let waitingRebalance = false;
   for (const chunk of input.chunks) {
     if (input.busy(chunk.chunkId)) continue;
     const action = planChunk(chunk, servers, input, placed);
     if (action === 'blocked') blocked += 1;
+    else if (action === 'waiting') waiting += 1;
     else if (action !== null) actions.push(action);
+    // A chunk missing a member that is away is not balanced: moving replicas now would be undone.
+    if (action === 'waiting') waitingRebalance = true;
   }
   actions.sort((a, b) => a.urgency - b.urgency);
-  if (actions.length === 0 && blocked === 0) return { actions: planRebalance(input, servers), blocked };
-  return { actions: actions.slice(0, input.config.actionsMax), blocked };
+  if (actions.length === 0 && blocked === 0 && !waitingRebalance) return { actions: planRebalance(input, servers), blocked, waiting };
+  return { actions: actions.slice(0, input.config.actionsMax), blocked, waiting };
 }
 
 function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, input: PlannerInput,
-  placed: Map<number, number>): RecoveryAction | 'blocked' | null {
+  placed: Map<number, number>): RecoveryAction | 'blocked' | 'waiting' | null {
   const { config } = input;
   const live = chunk.replicas.filter((csId) => isLive(servers.get(csId)));
+  if (live.length === 0) return null; // nothing to copy from: wait for a member to return
   const urgency = urgencyOf(live.length, chunk.replicasMin);
-  if (chunk.inDoubt && live.length > 0) {
+  if (chunk.inDoubt && live.length === chunk.replicas.length) {
     return { kind: 'settle', chunk, reason: 'ranges left in doubt by a failed write', urgency: -1 };
   }
   const gone = chunk.replicas.filter((csId) => {
     const server = servers.get(csId);
     return server === undefined || server.adminState === 'removed' || (!server.online && server.offlineForMs >= config.replaceAfterMs);
   });
-  if (gone.length > 0 && live.length > 0) {
+  if (gone.length > 0) {
     return { kind: 'drop', chunk, csIds: gone, reason: 'server away too long or removed', urgency };
   }
   const healthy = live.filter((csId) => servers.get(csId)?.adminState === 'active');
-  if (healthy.length < chunk.replicasNormal && live.length > 0) {
+  // Away: members offline but not given up, and servers holding an older copy of a member that
+  // left while they were unreachable (a write failed on them): both come back with their copy.
+  const away = [
+    ...chunk.replicas.filter((csId) => !isLive(servers.get(csId))),
+    ...chunk.detached.filter((csId) => {
+      const server = servers.get(csId);
+      return server !== undefined && !server.online && server.adminState === 'active' && server.offlineForMs < config.replaceAfterMs;
+    }),
+  ];
+  if (away.length > 0 && healthy.length < chunk.replicasNormal) {
+    // Replacing a member that is only restarting copies whole chunks it brings back with it.
+    const awayForMs = Math.min(...away.map((csId) => servers.get(csId)?.offlineForMs ?? 0));
+    const endangered = live.length < chunk.replicasMin;
+    if (!endangered || awayForMs < Math.min(config.replaceEndangeredAfterMs, config.replaceAfterMs)) return 'waiting';
+  }
+  if (healthy.length < chunk.replicasNormal) {
     const target = chooseTarget(chunk, servers, input, placed);
     if (target === null) return 'blocked';
     placed.set(target, (placed.get(target) ?? 0) + 1);
@@ -154,9 +191,21 @@ function candidateOf(server: PlannerServer, pendingChunks: number, chunkSizeByte
 
 function chooseTarget(chunk: PlannerChunk, servers: Map<number, PlannerServer>, input: PlannerInput,
   placed: Map<number, number>): number | null {
+  const avoid = input.avoidTargets?.(chunk.chunkId) ?? [];
   const eligible = [...servers.values()].filter(
-    (s) => s.online && s.healthy && s.adminState === 'active' && !chunk.replicas.includes(s.id),
+    (s) => s.online && s.healthy && s.adminState === 'active' && !chunk.replicas.includes(s.id) && !avoid.includes(s.id),
   );
+  // A server that still holds an older copy gets only what changed: it goes first.
+  const holders = eligible.filter((s) => chunk.detached.includes(s.id));
+  if (holders.length > 0) {
+    const target = pickTarget(chunk, holders, servers, input, placed);
+    if (target !== null) return target;
+  }
+  return pickTarget(chunk, eligible, servers, input, placed);
+}
+
+function pickTarget(chunk: PlannerChunk, eligible: readonly PlannerServer[], servers: Map<number, PlannerServer>,
+  input: PlannerInput, placed: Map<number, number>): number | null {
   // Domains of members still counted (live ones, and offline ones not yet given up) are taken.
   const exclude = chunk.replicas
     .map((csId) => servers.get(csId))

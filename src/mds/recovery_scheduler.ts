@@ -15,7 +15,12 @@ export interface RecoverySchedulerOptions {
   readonly planner: PlannerConfig;
   /** The current picture: servers and every chunk with its volume's replica settings. */
   readonly view: () => { servers: PlannerServer[]; chunks: Iterable<PlannerChunk> };
+  readonly nowMs: () => number;
 }
+
+/** How long a server that failed to take a chunk's new replica is passed over for that chunk. */
+const FAILED_TARGET_BACKOFF_MS = 60_000;
+const FAILED_TARGETS_MAX = 10_000;
 
 export interface RecoveryStats {
   running: number;
@@ -26,12 +31,19 @@ export interface RecoveryStats {
   pending: number;
   /** Chunks the last plan could not help: no eligible server in a free failure domain. */
   blocked: number;
+  /** Chunks missing members that are expected back: left alone until they return or are given up. */
+  waiting: number;
 }
 
 export class RecoveryScheduler {
-  readonly stats: RecoveryStats = { running: 0, started: 0, succeeded: 0, failed: 0, pending: 0, blocked: 0 };
+  readonly stats: RecoveryStats = { running: 0, started: 0, succeeded: 0, failed: 0, pending: 0, blocked: 0, waiting: 0 };
   private readonly options: RecoverySchedulerOptions;
   private readonly inFlight = new Set<number>();
+  /**
+   * chunkId -> servers an add to which failed lately, with when to try them again: the planner
+   * picks another target meanwhile rather than failing on the same one every tick. Bounded.
+   */
+  private readonly failedTargets = new Map<number, Array<{ csId: number; untilMs: number }>>();
   private readonly running = new Set<Promise<void>>();
   private stopped = false;
 
@@ -48,11 +60,13 @@ export class RecoveryScheduler {
       servers: view.servers,
       chunks: view.chunks,
       busy: (chunkId) => this.inFlight.has(chunkId) || replicator.isBusy(chunkId),
+      avoidTargets: (chunkId) => this.avoidTargets(chunkId),
       config: this.options.planner,
       random: this.options.random,
     });
     this.stats.pending = plan.actions.length;
     this.stats.blocked = plan.blocked;
+    this.stats.waiting = plan.waiting;
     let started = 0;
     for (const action of plan.actions) {
       if (this.inFlight.size >= this.options.concurrency) break;
@@ -76,6 +90,7 @@ export class RecoveryScheduler {
       })
       .catch((error: unknown) => {
         this.stats.failed += 1;
+        if (action.kind === 'add') this.rememberFailedTarget(chunk.chunkId, action.target);
         this.options.log.warn('recovery action failed; it will be planned again', {
           kind: action.kind, chunkId: chunk.chunkId, reason: action.reason, error,
         });
@@ -89,6 +104,26 @@ export class RecoveryScheduler {
         if (succeeded && !this.stopped) this.tick();
       });
     this.running.add(work);
+  }
+
+  private avoidTargets(chunkId: number): number[] {
+    const entries = this.failedTargets.get(chunkId);
+    if (entries === undefined) return [];
+    const nowMs = this.options.nowMs();
+    const live = entries.filter((entry) => entry.untilMs > nowMs);
+    if (live.length === 0) this.failedTargets.delete(chunkId);
+    else this.failedTargets.set(chunkId, live);
+    return live.map((entry) => entry.csId);
+  }
+
+  private rememberFailedTarget(chunkId: number, csId: number): void {
+    if (this.failedTargets.size >= FAILED_TARGETS_MAX && !this.failedTargets.has(chunkId)) {
+      const oldest = this.failedTargets.keys().next().value;
+      if (oldest !== undefined) this.failedTargets.delete(oldest);
+    }
+    const entries = (this.failedTargets.get(chunkId) ?? []).filter((entry) => entry.csId !== csId);
+    entries.push({ csId, untilMs: this.options.nowMs() + FAILED_TARGET_BACKOFF_MS });
+    this.failedTargets.set(chunkId, entries);
   }
 
   private async execute(action: RecoveryAction): Promise<void> {

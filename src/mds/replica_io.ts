@@ -3,7 +3,7 @@
 // in-memory replicas (test/sim). The replication procedures (replicator.ts) see only this.
 
 import { StorageError } from '../errors.ts';
-import { CS_OP, decodeChunkList } from '../protocol/cs_messages.ts';
+import { CS_OP, decodeChunkList, decodeVolumeList, type ChunkListEntry, type VolumeDescription, type VolumeListEntry } from '../protocol/cs_messages.ts';
 import type { CsConnectionPool, CsRequestBody, CsResponse } from '../protocol/cs_connection.ts';
 
 export interface ChunkIdentity {
@@ -11,6 +11,8 @@ export interface ChunkIdentity {
   readonly volumeId: number;
   readonly chunkIndex: number;
   readonly sizeBytes: number;
+  /** Kept by the chunk server, for rebuilding the map from the servers if the MDS's is lost. */
+  readonly volume?: VolumeDescription;
 }
 
 export interface ReplicaIo {
@@ -32,7 +34,8 @@ export interface ReplicaIo {
   /** Replaces whole blocks that fail their checksum; resolves with blocks replaced. */
   repair(csId: number, chunkId: number, version: number, offsetBytes: number, blocks: Buffer): Promise<number>;
   fence(csId: number, volumeId: number, epoch: number): Promise<void>;
-  listChunks(csId: number): Promise<Array<{ chunkId: number; version: number }>>;
+  listChunks(csId: number): Promise<ChunkListEntry[]>;
+  listVolumes(csId: number): Promise<VolumeListEntry[]>;
 }
 
 /**
@@ -44,11 +47,15 @@ export class CsReplicaIo implements ReplicaIo {
   private readonly pool: CsConnectionPool;
   private readonly bulkPool: CsConnectionPool;
   private readonly address: (csId: number) => { host: string; port: number };
+  /** The generation commands carry: the one the op that follows them will commit. */
+  private readonly generation: () => number;
 
-  constructor(pool: CsConnectionPool, bulkPool: CsConnectionPool, address: (csId: number) => { host: string; port: number }) {
+  constructor(pool: CsConnectionPool, bulkPool: CsConnectionPool, address: (csId: number) => { host: string; port: number },
+    generation: () => number) {
     this.pool = pool;
     this.bulkPool = bulkPool;
     this.address = address;
+    this.generation = generation;
   }
 
   private async call(csId: number, body: CsRequestBody, payload?: Buffer, bulk = false): Promise<CsResponse> {
@@ -61,7 +68,7 @@ export class CsReplicaIo implements ReplicaIo {
   }
 
   async createChunk(csId: number, chunk: ChunkIdentity, version: number): Promise<void> {
-    await this.call(csId, { op: CS_OP.CREATE_CHUNK, ...chunk, version });
+    await this.call(csId, { op: CS_OP.CREATE_CHUNK, ...chunk, version, generation: this.generation() });
   }
 
   async deleteChunk(csId: number, chunkId: number): Promise<void> {
@@ -79,7 +86,9 @@ export class CsReplicaIo implements ReplicaIo {
   }
 
   async setVersion(csId: number, chunkId: number, toVersion: number, expectedVersion?: number): Promise<void> {
-    await this.call(csId, { op: CS_OP.SET_VERSION, chunkId, toVersion, ...(expectedVersion === undefined ? {} : { expectedVersion }) });
+    await this.call(csId, {
+      op: CS_OP.SET_VERSION, chunkId, toVersion, generation: this.generation(), ...(expectedVersion === undefined ? {} : { expectedVersion }),
+    });
   }
 
   async trackChanges(csId: number, chunkId: number): Promise<void> {
@@ -116,8 +125,13 @@ export class CsReplicaIo implements ReplicaIo {
     await this.call(csId, { op: CS_OP.FENCE, volumeId, epoch });
   }
 
-  async listChunks(csId: number): Promise<Array<{ chunkId: number; version: number }>> {
-    const all: Array<{ chunkId: number; version: number }> = [];
+  async listVolumes(csId: number): Promise<VolumeListEntry[]> {
+    const { payload } = await this.call(csId, { op: CS_OP.LIST_VOLUMES });
+    return decodeVolumeList(payload);
+  }
+
+  async listChunks(csId: number): Promise<ChunkListEntry[]> {
+    const all: ChunkListEntry[] = [];
     let fromChunkId: number | undefined = 0;
     while (fromChunkId !== undefined) {
       const response: CsResponse = await this.call(csId, { op: CS_OP.LIST_CHUNKS, fromChunkId, limit: 16384 });

@@ -30,7 +30,7 @@ import { BLOCK_BYTES, CS_PAYLOAD_BYTES_MAX } from '../limits.ts';
 import { BLOCK_SUMS_BYTES_MAX } from '../protocol/cs_messages.ts';
 import { assert } from '../util/assert.ts';
 import type { Logger } from '../util/log.ts';
-import type { ChunkRecord, InDoubtRange, MdsTables, VolumeRecord } from './model.ts';
+import { describeVolume, type ChunkRecord, type InDoubtRange, type MdsTables, type VolumeRecord } from './model.ts';
 import type { MdsOp, MdsOpResult } from './ops.ts';
 import type { ReplicaIo } from './replica_io.ts';
 
@@ -275,27 +275,54 @@ export class Replicator {
     }
   }
 
-  /** Copies the whole chunk from a member to the target while writes go on; returns the source. */
+  /**
+   * Copies the chunk from a member to the target while writes go on; returns the source. A target
+   * that still holds an older copy (it left the set, or was away) gets only the blocks whose
+   * checksums differ from the source's: a server back from a restart catches up by what changed.
+   */
   private async bulkCopy(volumeId: number, chunkIndex: number, target: number, initial: ChunkRecord,
     onProgress: ((bytes: number) => void) | undefined): Promise<number> {
     const { io } = this.options;
     const volume = this.volume(volumeId);
     const source = initial.replicas.find((csId) => csId !== target && this.options.isUsable(csId));
     if (source === undefined) throw new StorageError('ERR_UNAVAILABLE', `chunk ${initial.chunkId}: no reachable member to copy from`);
-    await io.createChunk(target, { chunkId: initial.chunkId, volumeId, chunkIndex, sizeBytes: volume.chunkSizeBytes }, 0);
+    let heldVersion = await io.chunkVersion(target, initial.chunkId);
+    if (heldVersion !== null && heldVersion > initial.version) {
+      // Never overwrite a copy newer than the map while it is quarantined: it may be the only one
+      // of acknowledged data. Once an admin has let it go, it is replaced like any other.
+      if (this.options.store.tables.getQuarantined(initial.chunkId, target) !== undefined) {
+        throw new StorageError('ERR_CONFLICT', `chunk ${initial.chunkId}: server ${target} holds a quarantined copy at version ${heldVersion}, newer than the map's ${initial.version}`);
+      }
+      await io.deleteChunk(target, initial.chunkId);
+      heldVersion = null;
+    }
+    if (heldVersion === null) {
+      await io.createChunk(target, { chunkId: initial.chunkId, volumeId, chunkIndex, sizeBytes: volume.chunkSizeBytes, volume: describeVolume(volume) }, 0);
+    }
     await io.trackChanges(source, initial.chunkId);
     let copied = 0;
     for (let offset = 0; offset < volume.chunkSizeBytes; offset += this.options.copyStepBytes) {
       const lengthBytes = Math.min(this.options.copyStepBytes, volume.chunkSizeBytes - offset);
-      await this.options.pace(lengthBytes);
       const current = this.chunk(volumeId, chunkIndex);
       if (!current.replicas.includes(source)) {
         throw new StorageError('ERR_UNAVAILABLE', `chunk ${initial.chunkId}: copy source ${source} left the set`);
       }
-      copied += await io.copyRange(source, initial.chunkId, current.version, offset, lengthBytes, false, target);
-      this.copiedBytesTotal += lengthBytes;
-      onProgress?.(copied);
+      const runs = heldVersion === null
+        ? [[offset, lengthBytes] as [number, number]]
+        : differingRuns(
+          await io.blockSums(source, initial.chunkId, current.version, offset, lengthBytes),
+          await io.blockSums(target, initial.chunkId, heldVersion, offset, lengthBytes),
+          offset,
+        );
+      for (const [runOffset, runBytes] of runs) {
+        await this.options.pace(runBytes);
+        const sent = await io.copyRange(source, initial.chunkId, current.version, runOffset, runBytes, false, target);
+        copied += sent;
+        this.copiedBytesTotal += sent;
+      }
+      onProgress?.(offset + lengthBytes);
     }
+    if (heldVersion !== null) this.options.log.info('older copy brought up to date', { chunkId: initial.chunkId, target, copiedBytes: copied });
     return source;
   }
 
@@ -383,6 +410,10 @@ export class Replicator {
         }
       }
       if (sealed.length === 0) throw new StorageError('ERR_UNAVAILABLE', `chunk ${chunkId}: no member reachable to reconcile versions`);
+      // The member that went furthest holds the newest acknowledged data: it is the one the others
+      // are made equal to (makeEqual copies from the first member it can read).
+      const versionOf = (csId: number): number => versions[chunk.replicas.indexOf(csId)] ?? 0;
+      sealed.sort((a, b) => versionOf(b) - versionOf(a));
       const { members, unsettled } = await this.makeEqual(chunk, version, sealed);
       return this.commit(chunk, members, version, unsettled, `versions reconciled (members reported ${versions.join(', ')})`);
     });

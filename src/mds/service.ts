@@ -23,10 +23,13 @@ import { Cluster, type ClusterDeps } from './cluster.ts';
 import type { ChunkRecord, VolumeRecord } from './model.ts';
 import type { MdsConfig } from './config.ts';
 import { chooseReplicas } from './placement.ts';
+import { describeVolume } from './model.ts';
 import type { MdsStore } from './store.ts';
 
 /** Chunk ids are reserved durably in blocks, so a crash never hands out an id twice. */
 const CHUNK_ID_BLOCK = 1024;
+/** Longest a write open waits for the comparison of the servers' replicas with the map. */
+const SCAN_WAIT_MS = 10_000;
 
 export class MetadataService {
   readonly cluster: Cluster;
@@ -142,6 +145,9 @@ export class MetadataService {
     let volume = this.volumeByName(name);
     let lease: OpenVolumeReply['lease'] = null;
     if (body.mode === 'write') {
+      // Epochs are final only once the servers' fences have been seen (see Cluster.awaitScans).
+      await this.cluster.awaitScans(SCAN_WAIT_MS);
+      volume = this.volumeByName(name);
       const leaseId = randomUUID();
       const expired = volume.lease !== null && this.leaseExpired(volume.lease.leaseId);
       // The same holder opening again is that client restarted (its old process crashed): it
@@ -233,6 +239,14 @@ export class MetadataService {
     }
     const existing = this.store.tables.getChunk(volume.id, chunkIndex);
     if (existing !== undefined) return this.chunkMapEntry(existing);
+    if (this.cluster.newerReplicaAt(volume.id, chunkIndex)) {
+      // A new, empty chunk here would shadow data the map lost: it is being taken back first.
+      throw new StorageError(
+        'ERR_UNAVAILABLE',
+        `chunk ${chunkIndex} of volume "${name}" has data on chunk servers that the map lacks (its database is older than the cluster); ` +
+          'it is being taken back into the map (shoal mds rebuild): retry',
+      );
+    }
     const key = `${volume.id}:${chunkIndex}`;
     let allocation = this.allocations.get(key);
     if (allocation === undefined) {
@@ -264,7 +278,7 @@ export class MetadataService {
       },
       this.random,
     );
-    const identity = { chunkId, volumeId: volume.id, chunkIndex, sizeBytes: volume.chunkSizeBytes };
+    const identity = { chunkId, volumeId: volume.id, chunkIndex, sizeBytes: volume.chunkSizeBytes, volume: describeVolume(volume) };
     const results = await Promise.allSettled(replicas.map((csId) => this.cluster.io.createChunk(csId, identity, 1)));
     // A server that fails now (frozen, just died) is left out; recovery adds a replica later.
     const created = replicas.filter((_, index) => results[index]?.status === 'fulfilled');
@@ -278,6 +292,8 @@ export class MetadataService {
   }
 
   private async takeChunkId(): Promise<number> {
+    // Ids found on chunk servers since this block was reserved are never reused.
+    this.chunkIds.next = Math.max(this.chunkIds.next, this.store.tables.getMeta('chunkIdFloor'));
     while (this.chunkIds.next >= this.chunkIds.end) {
       this.chunkIdReservation ??= this.store
         .submit({ type: 'reserveChunkIds', count: CHUNK_ID_BLOCK })

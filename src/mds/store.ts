@@ -8,16 +8,22 @@
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { syncDirectory } from '../util/fs.ts';
 import { assert } from '../util/assert.ts';
 import type {
   ChunkRecord,
   ChunkServerRecord,
+  LostGenerations,
   MdsTables,
   MetaKey,
   PendingDeleteRecord,
+  QuarantineRecord,
   VolumeRecord,
 } from './model.ts';
 import { applyOp, type MdsOp, type MdsOpResult } from './ops.ts';
+
+/** The database file in an MDS's data directory (LMDB adds `<name>-lock` beside it). */
+export const MDS_DB_FILE = 'mds.lmdb';
 
 /** Operation-log entries kept for inspection and, later, replication catch-up. */
 const OPLOG_ENTRIES_KEPT = 100_000;
@@ -36,6 +42,8 @@ class LmdbTables implements MdsTables {
   readonly csUuids: Database<number, string>;
   readonly pendingDeletes: Database<PendingDeleteRecord, number>;
   readonly oplog: Database<OplogEntry, number>;
+  readonly quarantine: Database<QuarantineRecord, [number, number]>;
+  readonly lostGenerations: Database<LostGenerations, number>;
 
   constructor(root: RootDatabase) {
     const db = <V, K extends string | number | [number, number]>(name: string, keyEncoding: 'uint32' | 'ordered-binary') =>
@@ -48,6 +56,8 @@ class LmdbTables implements MdsTables {
     this.csUuids = db('cs-uuids', 'ordered-binary');
     this.pendingDeletes = db('pending-deletes', 'ordered-binary');
     this.oplog = db('oplog', 'ordered-binary');
+    this.quarantine = db('quarantine', 'ordered-binary');
+    this.lostGenerations = db('lost-generations', 'ordered-binary');
   }
 
   getMeta(key: MetaKey): number {
@@ -124,6 +134,29 @@ class LmdbTables implements MdsTables {
     return [...this.pendingDeletes.getRange({ limit }).map(({ value }) => value)];
   }
 
+  getQuarantined(chunkId: number, csId: number): QuarantineRecord | undefined {
+    return this.quarantine.get([chunkId, csId]);
+  }
+  putQuarantined(record: QuarantineRecord): void {
+    void this.quarantine.put([record.chunkId, record.csId], record);
+  }
+  deleteQuarantined(chunkId: number, csId: number): void {
+    void this.quarantine.remove([chunkId, csId]);
+  }
+  listQuarantined(limit: number, after?: { chunkId: number; csId: number }): QuarantineRecord[] {
+    const range = after === undefined
+      ? this.quarantine.getRange({ limit })
+      : this.quarantine.getRange({ start: [after.chunkId, after.csId + 1], limit });
+    return [...range.map(({ value }) => value)];
+  }
+
+  listLostGenerations(): LostGenerations[] {
+    return [...this.lostGenerations.getRange({}).map(({ value }) => value)];
+  }
+  putLostGenerations(range: LostGenerations): void {
+    void this.lostGenerations.put(range.lowExclusive, range);
+  }
+
   appendOplog(op: MdsOp): void {
     const seq = this.getMeta('opSeq') + 1;
     this.putMeta('opSeq', seq);
@@ -150,6 +183,9 @@ export class MdsStore {
     await mkdir(dirname(path), { recursive: true });
     // No compression: records are small; no caching: childTransaction needs it off.
     const root = open({ path, compression: false, maxDbs: 16, mapSize: 4 * 1024 * 1024 * 1024 });
+    // LMDB syncs its data files, never the directory entries that name them: without this, a
+    // power cut soon after the first start could take the whole database away.
+    await syncDirectory(dirname(path));
     return new MdsStore(root);
   }
 
@@ -167,6 +203,26 @@ export class MdsStore {
 
   get opSeq(): number {
     return this.lmdb.getMeta('opSeq');
+  }
+
+  /** A consistent, compacted copy of the database (one read transaction) written to `path`. */
+  async copyTo(path: string): Promise<void> {
+    await this.root.backup(path, true);
+  }
+
+  /** What a copy made by copyTo holds: its generation, op sequence, volume and chunk counts. */
+  async describeCopy(path: string): Promise<{ generation: number; opSeq: number; volumes: number; chunks: number }> {
+    const root = open({ path, compression: false, maxDbs: 16, readOnly: true });
+    try {
+      const tables = new LmdbTables(root);
+      let chunks = 0;
+      tables.forEachChunk(() => {
+        chunks += 1;
+      });
+      return { generation: tables.getMeta('generation'), opSeq: tables.getMeta('opSeq'), volumes: tables.listVolumes().length, chunks };
+    } finally {
+      await root.close();
+    }
   }
 
   async close(): Promise<void> {

@@ -123,6 +123,7 @@ export const RecoveryInfo = Type.Object({
   running: Uint({ description: 'replica-set changes in flight' }),
   pending: Uint({ description: 'changes the last plan held: 0 when every chunk is as it should be' }),
   blocked: Uint({ description: 'chunks that need a replica but have no eligible server in a free failure domain' }),
+  waiting: Uint({ description: 'chunks missing members that are expected back (restarting servers): nothing is copied for them meanwhile' }),
   succeeded: Uint(),
   failed: Uint(),
   copiedBytes: Uint({ description: 'bytes copied between chunk servers since the MDS started' }),
@@ -131,9 +132,70 @@ export const RecoveryInfo = Type.Object({
 });
 export type RecoveryInfo = Static<typeof RecoveryInfo>;
 
+export const QuarantineSummary = Type.Object({
+  replicas: Uint({ description: 'replicas on chunk servers that the map does not count on, kept aside' }),
+  newerThanMap: Uint({ description: 'of them, made by an MDS state newer than this map (a restored or lost database): never deleted automatically' }),
+  bytes: Uint({ description: 'their size (chunk size each)' }),
+  graceMs: Uint({ description: 'after this long a quarantined replica that is not newer than the map is deleted' }),
+});
+export type QuarantineSummary = Static<typeof QuarantineSummary>;
+
+export const QuarantinedReplica = Type.Object({
+  chunkId: Uint(),
+  csId: Uint(),
+  volumeId: Uint(),
+  chunkIndex: Uint(),
+  version: Uint(),
+  generation: Uint(),
+  sizeBytes: Uint(),
+  newerThanMap: Type.Boolean(),
+  reason: Type.String(),
+  since: Type.String(),
+  deleteAfter: Type.Union([Type.String(), Type.Null()], { description: 'when the grace runs out; null: only on an admin\'s word' }),
+});
+export type QuarantinedReplica = Static<typeof QuarantinedReplica>;
+
+export const QuarantineList = Type.Object({
+  replicas: Type.Array(QuarantinedReplica),
+  truncated: Type.Boolean({ description: 'more replicas are quarantined than listed' }),
+});
+export type QuarantineList = Static<typeof QuarantineList>;
+
+export const QuarantineListQuery = Type.Object(
+  { limit: Type.Optional(Uint({ minimum: 1, maximum: 100_000 })) },
+  { additionalProperties: false },
+);
+export type QuarantineListQuery = Static<typeof QuarantineListQuery>;
+
+export const QuarantineDeleteBody = Type.Object(
+  {
+    replicas: Type.Optional(Type.Array(Type.Object({ chunkId: Uint(), csId: Uint() }, { additionalProperties: false }), { maxItems: 100_000 })),
+    all: Type.Optional(Type.Boolean({ description: 'every quarantined replica (those newer than the map only with includeNewer)' })),
+    includeNewer: Type.Optional(Type.Boolean({ description: 'also delete replicas newer than the map: their data may exist nowhere else' })),
+  },
+  { additionalProperties: false },
+);
+export type QuarantineDeleteBody = Static<typeof QuarantineDeleteBody>;
+
+export const QuarantineDeleteReply = Type.Object({
+  queued: Uint({ description: 'replicas queued for deletion' }),
+  keptNewer: Uint({ description: 'replicas newer than the map left alone (pass includeNewer to delete them)' }),
+});
+export type QuarantineDeleteReply = Static<typeof QuarantineDeleteReply>;
+
+export const RebuildReply = Type.Object({
+  serversAsked: Uint({ description: 'chunk servers whose replicas were listed' }),
+  serversUnreachable: Type.Array(Uint(), { description: 'registered servers not asked (offline): run the rebuild again once they are back' }),
+  volumesAdopted: Uint({ description: 'volumes the map lacked, taken back from the chunk servers' }),
+  chunksAdopted: Uint({ description: 'chunks the map lacked, taken back (their members are compared first)' }),
+  conflicts: Uint({ description: 'chunk indexes the map has under another chunk id: the map\'s is kept, the servers\' copies stay quarantined' }),
+});
+export type RebuildReply = Static<typeof RebuildReply>;
+
 export const ClusterStat = Type.Object({
   chunkServers: Type.Object({ total: Uint(), online: Uint(), offline: Uint() }),
   recovery: RecoveryInfo,
+  quarantine: QuarantineSummary,
   space: Type.Object({ capacityBytes: Uint(), usedBytes: Uint(), freeBytes: Uint() }),
   volumes: Type.Object({ count: Uint(), sizeBytes: Uint() }),
   chunks: Type.Object({ total: Uint(), byState: ChunkHealthCounts }),
@@ -162,6 +224,9 @@ export const RegisterChunkServerBody = Type.Object(
     rack: Type.String({ maxLength: 255 }),
     tier: Uint({ maximum: 3 }),
     clusterId: Type.Optional(Type.String({ pattern: '^[0-9a-f-]{36}$', description: 'the cluster the directory joined, if any' })),
+    divergencePossible: Type.Optional(Type.Boolean({
+      description: 'the server stopped uncleanly or could not report a write it forwarded: its chunks are compared with their other members (absent: true)',
+    })),
     ...ChunkServerSpace,
   },
   { additionalProperties: false },
@@ -181,7 +246,12 @@ export const RegisterChunkServerReply = Type.Object({
 export type RegisterChunkServerReply = Static<typeof RegisterChunkServerReply>;
 
 export const HeartbeatBody = Type.Object(
-  { csId: Uint(), uuid: Type.String({ maxLength: 36 }), ...ChunkServerSpace },
+  {
+    csId: Uint(),
+    uuid: Type.String({ maxLength: 36 }),
+    divergencePossible: Type.Optional(Type.Boolean({ description: 'a write it forwarded could not be reported: compare its chunks' })),
+    ...ChunkServerSpace,
+  },
   { additionalProperties: false },
 );
 export type HeartbeatBody = Static<typeof HeartbeatBody>;

@@ -7,11 +7,14 @@
 // Headers are msgpack maps; block data travels as the frame payload.
 
 import { StorageError, isErrorCode, type ErrorCode } from '../errors.ts';
-import { BLOCK_BYTES, CHUNK_BYTES_MAX, CS_EXTENTS_MAX, CS_PAYLOAD_BYTES_MAX, REPLICAS_MAX } from '../limits.ts';
+import { BLOCK_BYTES, CHUNK_BYTES_MAX, CS_EXTENTS_MAX, CS_PAYLOAD_BYTES_MAX, REPLICAS_MAX, VOLUME_BYTES_MAX, VOLUME_NAME_REGEX } from '../limits.ts';
+import { Packr } from 'msgpackr';
 import { isUint } from '../util/assert.ts';
 import type { RawFrame } from './frame.ts';
 
-export const CS_PROTOCOL_VERSION = 1;
+// 2: chunk records carry the MDS generation and their volume (CREATE_CHUNK, SET_VERSION,
+// LIST_CHUNKS entries of 32 bytes); LIST_VOLUMES.
+export const CS_PROTOCOL_VERSION = 2;
 
 export const CS_OP = {
   HELLO: 1,
@@ -34,6 +37,7 @@ export const CS_OP = {
   REPLICA_ZERO: 26,
   REPAIR: 27,
   BLOCK_SUMS: 28,
+  LIST_VOLUMES: 29,
 } as const;
 export type CsOp = (typeof CS_OP)[keyof typeof CS_OP];
 
@@ -61,6 +65,17 @@ export interface AuthRequest {
   readonly mac: Buffer;
 }
 
+/**
+ * What a chunk server keeps of the volume a replica belongs to, so the chunk map can be rebuilt
+ * from the chunk servers alone the day the MDS's database is lost.
+ */
+export interface VolumeDescription {
+  readonly name: string;
+  readonly sizeBytes: number;
+  readonly replicasNormal: number;
+  readonly replicasMin: number;
+}
+
 export interface CreateChunkRequest {
   readonly op: typeof CS_OP.CREATE_CHUNK;
   readonly id: number;
@@ -69,6 +84,9 @@ export interface CreateChunkRequest {
   readonly chunkIndex: number;
   readonly sizeBytes: number;
   readonly version: number;
+  /** The MDS generation this replica is created under (see src/mds/generations.ts). */
+  readonly generation: number;
+  readonly volume?: VolumeDescription;
 }
 
 export interface DeleteChunkRequest {
@@ -138,6 +156,8 @@ export interface SetVersionRequest {
   readonly chunkId: number;
   readonly toVersion: number;
   readonly expectedVersion?: number;
+  /** The MDS generation of the change; the replica keeps the highest it was given. */
+  readonly generation: number;
 }
 
 /** MDS: writers of the volume with a lease epoch below `epoch` are rejected from now on. */
@@ -148,7 +168,7 @@ export interface FenceRequest {
   readonly epoch: number;
 }
 
-/** MDS: replicas held, by ascending chunk id; the payload lists (chunkId u64, version u32) entries. */
+/** MDS: replicas held, by ascending chunk id; the payload lists ChunkListEntry records (encodeChunkList). */
 export interface ListChunksRequest {
   readonly op: typeof CS_OP.LIST_CHUNKS;
   readonly id: number;
@@ -211,6 +231,12 @@ export interface BlockSumsRequest {
   readonly lengthBytes: number;
 }
 
+/** MDS: the volumes this server holds replicas of, as they were described to it, with its fence epochs. */
+export interface ListVolumesRequest {
+  readonly op: typeof CS_OP.LIST_VOLUMES;
+  readonly id: number;
+}
+
 /** Largest range one BLOCK_SUMS covers: its answer, 4 bytes a block, stays well inside a frame. */
 export const BLOCK_SUMS_BYTES_MAX = (CS_PAYLOAD_BYTES_MAX / 4) * BLOCK_BYTES;
 
@@ -230,7 +256,8 @@ export type CsRequest =
   | BlockStatusRequest
   | FlushRequest
   | ReplicaWriteRequest
-  | RepairRequest;
+  | RepairRequest
+  | ListVolumesRequest;
 
 /** A replica that failed while the primary forwarded to it. */
 export interface ReplicaFailure {
@@ -297,6 +324,17 @@ function forwardField(header: Record<string, unknown>): ReplicaAddress[] {
     }
     return { csId: uintField(entry, 'csId', 0xffffffff), host, port: uintField(entry, 'port', 65535) };
   });
+}
+
+function volumeDescriptionField(value: unknown): VolumeDescription {
+  if (typeof value !== 'object' || value === null) throw protocolError('field "volume" must be a map');
+  const entry = value as Record<string, unknown>;
+  const name = entry['name'];
+  if (typeof name !== 'string' || !VOLUME_NAME_REGEX.test(name)) throw protocolError('field "volume.name" must be a volume name');
+  const replicasNormal = uintField(entry, 'replicasNormal', REPLICAS_MAX);
+  const replicasMin = uintField(entry, 'replicasMin', REPLICAS_MAX);
+  if (replicasMin < 1 || replicasMin > replicasNormal) throw protocolError('field "volume.replicasMin" must be within 1..replicasNormal');
+  return { name, sizeBytes: uintField(entry, 'sizeBytes', VOLUME_BYTES_MAX), replicasNormal, replicasMin };
 }
 
 function rangeFields(header: Record<string, unknown>): { offsetBytes: number; lengthBytes: number } {
@@ -373,6 +411,7 @@ export function parseRequest(frame: RawFrame): CsRequest {
       return { op, id, chunkId: uintField(header, 'chunkId'), version: uintField(header, 'version'), ...range };
     }
     case CS_OP.FLUSH:
+    case CS_OP.LIST_VOLUMES:
       expectNoPayload();
       return { op, id };
     case CS_OP.CREATE_CHUNK: {
@@ -381,6 +420,7 @@ export function parseRequest(frame: RawFrame): CsRequest {
       if (sizeBytes === 0 || sizeBytes % BLOCK_BYTES !== 0) {
         throw protocolError(`chunk size ${sizeBytes} must be a positive multiple of ${BLOCK_BYTES}`);
       }
+      const volume = header['volume'] === undefined ? {} : { volume: volumeDescriptionField(header['volume']) };
       return {
         op,
         id,
@@ -389,6 +429,8 @@ export function parseRequest(frame: RawFrame): CsRequest {
         chunkIndex: uintField(header, 'chunkIndex'),
         sizeBytes,
         version: uintField(header, 'version'),
+        generation: uintField(header, 'generation'),
+        ...volume,
       };
     }
     case CS_OP.DELETE_CHUNK:
@@ -399,7 +441,10 @@ export function parseRequest(frame: RawFrame): CsRequest {
     case CS_OP.SET_VERSION: {
       expectNoPayload();
       const expected = header['expectedVersion'] === undefined ? {} : { expectedVersion: uintField(header, 'expectedVersion') };
-      return { op, id, chunkId: uintField(header, 'chunkId'), toVersion: uintField(header, 'toVersion'), ...expected };
+      return {
+        op, id, chunkId: uintField(header, 'chunkId'), toVersion: uintField(header, 'toVersion'), generation: uintField(header, 'generation'),
+        ...expected,
+      };
     }
     case CS_OP.FENCE:
       expectNoPayload();
@@ -470,30 +515,94 @@ export function parseReply(frame: RawFrame): CsReply {
   return reply;
 }
 
-/** Largest LIST_CHUNKS page: 12 bytes an entry keeps it well inside one frame. */
+/** One replica a chunk server holds, as LIST_CHUNKS reports it. */
+export interface ChunkListEntry {
+  readonly chunkId: number;
+  readonly version: number;
+  /** The highest MDS generation the replica was created or changed under. */
+  readonly generation: number;
+  readonly volumeId: number;
+  readonly chunkIndex: number;
+  readonly sizeBytes: number;
+}
+
+const CHUNK_LIST_ENTRY_BYTES = 32;
+
+/** Largest LIST_CHUNKS page: 32 bytes an entry, 2 MiB a page, well inside one frame. */
 export const LIST_CHUNKS_MAX = 65536;
 
-/** LIST_CHUNKS payload: (chunkId u64 as two u32, version u32) entries. */
-export function encodeChunkList(entries: ReadonlyArray<{ chunkId: number; version: number }>): Buffer {
-  const bytes = Buffer.allocUnsafe(entries.length * 12);
+/**
+ * LIST_CHUNKS payload: 32-byte big-endian entries: chunkId u64 (as two u32), version u32,
+ * generation u64 (two u32), volumeId u32, chunkIndex u32, sizeBytes u32.
+ */
+export function encodeChunkList(entries: readonly ChunkListEntry[]): Buffer {
+  const bytes = Buffer.allocUnsafe(entries.length * CHUNK_LIST_ENTRY_BYTES);
   for (const [index, entry] of entries.entries()) {
-    bytes.writeUInt32BE(Math.floor(entry.chunkId / 2 ** 32), index * 12);
-    bytes.writeUInt32BE(entry.chunkId >>> 0, index * 12 + 4);
-    bytes.writeUInt32BE(entry.version, index * 12 + 8);
+    const at = index * CHUNK_LIST_ENTRY_BYTES;
+    bytes.writeUInt32BE(Math.floor(entry.chunkId / 2 ** 32), at);
+    bytes.writeUInt32BE(entry.chunkId >>> 0, at + 4);
+    bytes.writeUInt32BE(entry.version, at + 8);
+    bytes.writeUInt32BE(Math.floor(entry.generation / 2 ** 32), at + 12);
+    bytes.writeUInt32BE(entry.generation >>> 0, at + 16);
+    bytes.writeUInt32BE(entry.volumeId, at + 20);
+    bytes.writeUInt32BE(entry.chunkIndex, at + 24);
+    bytes.writeUInt32BE(entry.sizeBytes, at + 28);
   }
   return bytes;
 }
 
-export function decodeChunkList(payload: Buffer): Array<{ chunkId: number; version: number }> {
-  if (payload.length % 12 !== 0 || payload.length / 12 > LIST_CHUNKS_MAX) throw protocolError('chunk list payload is malformed');
-  const entries: Array<{ chunkId: number; version: number }> = [];
-  for (let offset = 0; offset < payload.length; offset += 12) {
+export function decodeChunkList(payload: Buffer): ChunkListEntry[] {
+  if (payload.length % CHUNK_LIST_ENTRY_BYTES !== 0 || payload.length / CHUNK_LIST_ENTRY_BYTES > LIST_CHUNKS_MAX) {
+    throw protocolError('chunk list payload is malformed');
+  }
+  const entries: ChunkListEntry[] = [];
+  for (let at = 0; at < payload.length; at += CHUNK_LIST_ENTRY_BYTES) {
     entries.push({
-      chunkId: payload.readUInt32BE(offset) * 2 ** 32 + payload.readUInt32BE(offset + 4),
-      version: payload.readUInt32BE(offset + 8),
+      chunkId: payload.readUInt32BE(at) * 2 ** 32 + payload.readUInt32BE(at + 4),
+      version: payload.readUInt32BE(at + 8),
+      generation: payload.readUInt32BE(at + 12) * 2 ** 32 + payload.readUInt32BE(at + 16),
+      volumeId: payload.readUInt32BE(at + 20),
+      chunkIndex: payload.readUInt32BE(at + 24),
+      sizeBytes: payload.readUInt32BE(at + 28),
     });
   }
   return entries;
+}
+
+/** A volume a chunk server holds replicas of: its description (if it was given one) and fence epoch. */
+export interface VolumeListEntry {
+  readonly volumeId: number;
+  readonly description: VolumeDescription | null;
+  readonly fenceEpoch: number;
+}
+
+/** Most volumes one LIST_VOLUMES answer carries. */
+export const LIST_VOLUMES_MAX = 65536;
+
+const volumeListCodec = new Packr({ useRecords: false, mapsAsObjects: true, moreTypes: false });
+
+/** LIST_VOLUMES payload: a msgpack list of entries (control plane, small). */
+export function encodeVolumeList(entries: readonly VolumeListEntry[]): Buffer {
+  return volumeListCodec.pack(entries.map((entry) => ({ ...entry })));
+}
+
+export function decodeVolumeList(payload: Buffer): VolumeListEntry[] {
+  let value: unknown;
+  try {
+    value = volumeListCodec.unpack(payload);
+  } catch {
+    throw protocolError('volume list payload is not msgpack');
+  }
+  if (!Array.isArray(value) || value.length > LIST_VOLUMES_MAX) throw protocolError('volume list payload must be a bounded list');
+  return value.map((item: unknown) => {
+    if (typeof item !== 'object' || item === null) throw protocolError('volume list entry must be a map');
+    const entry = item as Record<string, unknown>;
+    return {
+      volumeId: uintField(entry, 'volumeId', 0xffffffff),
+      description: entry['description'] === null || entry['description'] === undefined ? null : volumeDescriptionField(entry['description']),
+      fenceEpoch: uintField(entry, 'fenceEpoch'),
+    };
+  });
 }
 
 /** Extents as u32 pairs (lengthBytes, flags); flags bit 0 = allocated. */

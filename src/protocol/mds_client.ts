@@ -13,6 +13,10 @@ import type {
   ChunkMapReply,
   ChunkServerList,
   ClusterStat,
+  QuarantineDeleteBody,
+  QuarantineDeleteReply,
+  QuarantineList,
+  RebuildReply,
   CreateVolumeBody,
   ExportList,
   HeartbeatBody,
@@ -45,22 +49,42 @@ export class MdsClient {
     this.timeoutMs = options.timeoutMs ?? REQUEST_TIMEOUT_MS_DEFAULT;
   }
 
-  async call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown): Promise<T> {
-    const headers: Record<string, string> = { authorization: `Bearer ${this.token}` };
-    if (body !== undefined) headers['content-type'] = 'application/json';
-    let response: Response;
+  /** fetch, with a failure to connect or a timeout turned into ERR_UNAVAILABLE / ERR_TIMEOUT. */
+  private async fetch(path: string, init: RequestInit): Promise<Response> {
     try {
-      response = await fetch(`${this.url}${path}`, {
-        method,
-        headers,
-        body: body === undefined ? null : JSON.stringify(body),
-        signal: AbortSignal.timeout(this.timeoutMs),
-      });
+      return await fetch(`${this.url}${path}`, init);
     } catch (error) {
       const reason = error instanceof Error ? ((error.cause as Error | undefined)?.message ?? error.message) : String(error);
       const code = error instanceof Error && error.name === 'TimeoutError' ? 'ERR_TIMEOUT' : 'ERR_UNAVAILABLE';
       throw new StorageError(code, `cannot reach the MDS at ${this.url}: ${reason}`);
     }
+  }
+
+  /** GET of a binary body (an MDS backup), streamed into `sink`; the whole transfer may take `timeoutMs`. */
+  async download(path: string, sink: (chunk: Uint8Array) => Promise<void>, timeoutMs: number): Promise<void> {
+    const response = await this.fetch(path, { headers: { authorization: `Bearer ${this.token}` }, signal: AbortSignal.timeout(timeoutMs) });
+    if (!response.ok || response.body === null) {
+      const text = await response.text();
+      let error: { code?: unknown; message?: unknown } | null = null;
+      try {
+        error = JSON.parse(text) as { code?: unknown; message?: unknown };
+      } catch {
+        // not an error body: report the status
+      }
+      throw StorageError.fromWire(error?.code, error?.message ?? `HTTP ${response.status}`);
+    }
+    for await (const chunk of response.body) await sink(chunk);
+  }
+
+  async call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown): Promise<T> {
+    const headers: Record<string, string> = { authorization: `Bearer ${this.token}` };
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    const response = await this.fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? null : JSON.stringify(body),
+      signal: AbortSignal.timeout(this.timeoutMs),
+    });
     const text = await response.text();
     let parsed: unknown = null;
     try {
@@ -101,6 +125,15 @@ export class MdsClient {
   }
   stat(): Promise<ClusterStat> {
     return this.call('GET', '/v1/stat');
+  }
+  rebuildMap(): Promise<RebuildReply> {
+    return this.call('POST', '/v1/mds/rebuild');
+  }
+  listQuarantine(limit: number): Promise<QuarantineList> {
+    return this.call('GET', `/v1/quarantine?limit=${limit}`);
+  }
+  deleteQuarantined(body: QuarantineDeleteBody): Promise<QuarantineDeleteReply> {
+    return this.call('POST', '/v1/quarantine/delete', body);
   }
   setChunkServerState(csId: number, action: 'drain' | 'activate' | 'remove'): Promise<ChunkServerInfo> {
     return this.call('POST', `/v1/chunk-servers/${csId}/${action}`);

@@ -14,6 +14,7 @@ import type { MdsOp, MdsOpResult } from '../../src/mds/ops.ts';
 import { chooseReplicas } from '../../src/mds/placement.ts';
 import { planRecovery, type PlannerChunk, type PlannerServer, type RecoveryAction } from '../../src/mds/recovery.ts';
 import type { ChunkIdentity, ReplicaIo } from '../../src/mds/replica_io.ts';
+import type { ChunkListEntry, VolumeListEntry } from '../../src/protocol/cs_messages.ts';
 import { Replicator } from '../../src/mds/replicator.ts';
 import type { Logger } from '../../src/util/log.ts';
 
@@ -164,10 +165,13 @@ export class SimWorld {
     }));
     const chunks: PlannerChunk[] = [];
     this.tables.forEachChunk((chunk) =>
-      chunks.push({ ...chunk, replicasNormal: 3, replicasMin: 2, chunkSizeBytes: CHUNK_BYTES, inDoubt: (chunk.inDoubt ?? []).length > 0 }));
+      chunks.push({
+        ...chunk, replicasNormal: 3, replicasMin: 2, chunkSizeBytes: CHUNK_BYTES, inDoubt: (chunk.inDoubt ?? []).length > 0,
+        detached: this.tables.getPendingDelete(chunk.chunkId)?.csIds ?? [],
+      }));
     return planRecovery({
       servers, chunks, busy: (chunkId) => this.replicator.isBusy(chunkId),
-      config: { replaceAfterMs, failureDomain: 'disk', rebalanceThreshold: 0.5, actionsMax: 64 },
+      config: { replaceAfterMs, replaceEndangeredAfterMs: replaceAfterMs / 2, failureDomain: 'disk', rebalanceThreshold: 0.5, actionsMax: 64 },
       random: this.random,
     });
   }
@@ -273,7 +277,14 @@ export class SimReplicaIo implements ReplicaIo {
     this.world.beforeIo(csId);
   }
 
-  async listChunks(csId: number): Promise<Array<{ chunkId: number; version: number }>> {
-    return [...this.world.beforeIo(csId).replicas.entries()].map(([chunkId, replica]) => ({ chunkId, version: replica.version }));
+  async listChunks(csId: number): Promise<ChunkListEntry[]> {
+    return [...this.world.beforeIo(csId).replicas.entries()].map(([chunkId, replica]) => ({
+      chunkId, version: replica.version, generation: 0, volumeId: this.world.volumeId, chunkIndex: 0, sizeBytes: CHUNK_BYTES,
+    }));
+  }
+
+  async listVolumes(csId: number): Promise<VolumeListEntry[]> {
+    this.world.beforeIo(csId);
+    return [];
   }
 }

@@ -55,6 +55,11 @@ function recoveryFields(recovery: ClusterStat['recovery']): Field[] {
       value: busy ? `${running} replica changes running, ${pending} pending (${history})` : `idle (${history})`,
       style: busy ? 'yellow' : undefined,
     },
+    ...(recovery.waiting === 0 ? [] : [{
+      label: 'waiting',
+      value: `${recovery.waiting} chunks miss members that are expected back (restarting or unreachable servers): nothing is copied for them yet`,
+      style: 'yellow' as const,
+    }]),
     ...(blocked === 0 ? [] : [{
       label: 'blocked',
       value: `${blocked} chunks need a replica but no eligible server is left in a free failure domain: add or activate servers`,
@@ -82,7 +87,19 @@ export function statFields(stat: ClusterStat): Field[] {
       style: chunkStyle(chunks.byState),
     },
     ...recoveryFields(stat.recovery),
+    ...quarantineFields(stat.quarantine),
   ];
+}
+
+function quarantineFields(quarantine: ClusterStat['quarantine']): Field[] {
+  const { replicas, newerThanMap, bytes } = quarantine;
+  if (replicas === 0) return [];
+  const newer = newerThanMap === 0 ? '' : `; ${newerThanMap} newer than the map (kept until shoal mds rebuild or an admin decides)`;
+  return [{
+    label: 'quarantine',
+    value: `${replicas} replicas (${formatBytes(bytes)}) the map does not count on, kept aside${newer}: shoal quarantine list`,
+    style: newerThanMap > 0 ? 'red' : 'yellow',
+  }];
 }
 
 const stat = defineCommand({
