@@ -29,7 +29,7 @@ function percentiles(samplesUs: number[]): Percentiles {
   const sorted = [...samplesUs].sort((a, b) => a - b);
   const at = (fraction: number): number => sorted[Math.min(sorted.length - 1, Math.floor(fraction * sorted.length))] ?? 0;
   const mean = sorted.reduce((sum, value) => sum + value, 0) / Math.max(1, sorted.length);
-  return { p50Us: at(0.5), p90Us: at(0.9), p99Us: at(0.99), meanUs: Math.round(mean) };
+  return { p50Us: Math.round(at(0.5)), p90Us: Math.round(at(0.9)), p99Us: Math.round(at(0.99)), meanUs: Math.round(mean) };
 }
 
 async function timeWrites(volume: Volume, offsets: readonly number[]): Promise<number[]> {

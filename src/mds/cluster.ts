@@ -29,7 +29,7 @@ import type { Clock } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
 import { RateLimiter } from '../util/rate_limiter.ts';
 import { ChunkServerRegistry } from './cs_registry.ts';
-import { isNewerThanMap, lostRange, proposedGeneration } from './generations.ts';
+import { lostRange, newerThanMapTest, proposedGeneration } from './generations.ts';
 import { planRebuild, type ServerHoldings } from './rebuild.ts';
 import { takeBackup, type TakenBackup } from './backup.ts';
 import type { ChunkServerAdminState, ChunkServerRecord, PendingDeleteRecord, QuarantineRecord, VolumeRecord } from './model.ts';
@@ -520,11 +520,12 @@ export class Cluster {
       const olderCopies: Array<{ chunkId: number; csId: number; volumeId: number; chunkIndex: number }> = [];
       const quarantine: Array<Omit<QuarantineRecord, 'sinceMs'>> = [];
       const versionMismatches: Array<{ volumeId: number; chunkIndex: number }> = [];
+      const isNewerThanMap = newerThanMapTest(tables);
       for (const replica of held) {
         const { chunkId, version } = replica;
         if (this.allocating.has(chunkId) || this.replicator.isFilling(chunkId, csId)) continue;
         const chunk = byId.get(chunkId);
-        const newerThanMap = isNewerThanMap(tables, replica.generation);
+        const newerThanMap = isNewerThanMap(replica.generation);
         const aside = (reason: string, newer: boolean): void => {
           quarantine.push({ ...replica, csId, newerThanMap: newer, reason });
         };
