@@ -148,6 +148,7 @@ export class RecoveryScheduler {
   /** Stops planning and waits for the actions in flight (shutdown). */
   async drain(): Promise<void> {
     this.stopped = true;
+    this.options.replicator.stop();
     await Promise.allSettled([...this.running]);
   }
 }

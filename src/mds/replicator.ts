@@ -62,9 +62,16 @@ export class Replicator {
   copiedBytesTotal = 0;
   /** Bytes copied between sealed members because their checksums differed. */
   settledBytesTotal = 0;
+  /** Set at shutdown: bulk copies stop between steps (never after a seal: that one commits). */
+  private stopping = false;
 
   constructor(options: ReplicatorOptions) {
     this.options = options;
+  }
+
+  /** Stops bulk copies at their next step, so that a shutdown does not wait for whole chunks. */
+  stop(): void {
+    this.stopping = true;
   }
 
   isBusy(chunkId: number): boolean {
@@ -302,6 +309,7 @@ export class Replicator {
     await io.trackChanges(source, initial.chunkId);
     let copied = 0;
     for (let offset = 0; offset < volume.chunkSizeBytes; offset += this.options.copyStepBytes) {
+      if (this.stopping) throw new StorageError('ERR_SHUTTING_DOWN', `chunk ${initial.chunkId}: copy stopped, the MDS is stopping`);
       const lengthBytes = Math.min(this.options.copyStepBytes, volume.chunkSizeBytes - offset);
       const current = this.chunk(volumeId, chunkIndex);
       if (!current.replicas.includes(source)) {
