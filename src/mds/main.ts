@@ -5,7 +5,7 @@
 // which is how `shoal start` and the tests learn the port when they asked for port 0.
 
 import { randomUUID } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { StorageError } from '../errors.ts';
@@ -13,6 +13,7 @@ import { CLUSTER_KEY_BYTES, clusterRestToken, readSecretFile } from '../protocol
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { systemClock } from '../util/clock.ts';
 import { announceReady, onShutdownSignal, parseHostPort, parseIntegerFlag } from '../util/daemon.ts';
+import { mkdirDurable, syncDirectory, writeFileDurable } from '../util/fs.ts';
 import { createLogger } from '../util/log.ts';
 import { buildApi } from './api.ts';
 import { MdsMetrics } from './metrics.ts';
@@ -37,6 +38,8 @@ const USAGE = `usage: shoal run mds --data DIR --cluster-key FILE --admin-token 
 const BACKGROUND_TICK_MS = 1_000;
 /** A copy step (8 MiB through a loaded server) may take seconds; a control request may not. */
 const BULK_TIMEOUT_MS = 120_000;
+/** A shutdown that waits longer than this for background work says so in the log. */
+const SLOW_DRAIN_LOG_MS = 200;
 
 export async function runMds(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -101,7 +104,10 @@ async function startMds(options: {
   csTimeoutMs: number;
 }): Promise<void> {
   const log = createLogger('mds');
+  await mkdirDurable(options.dataDir);
   const store = await MdsStore.open(join(options.dataDir, 'mds.lmdb'));
+  // LMDB syncs its files on commit, not the directory entries of files it just created.
+  await syncDirectory(options.dataDir);
   const clusterId = await ensureClusterId(options.dataDir);
   const pool = new CsConnectionPool({ clusterKey: options.clusterKey, role: 'mds', requestTimeoutMs: options.csTimeoutMs });
   const bulkPool = new CsConnectionPool({ clusterKey: options.clusterKey, role: 'mds', requestTimeoutMs: BULK_TIMEOUT_MS });
@@ -140,24 +146,36 @@ async function startMds(options: {
     stopping = true;
     clearInterval(tick);
     await app.close();
+    // Recovery copies in flight are waited for; when that is what makes a stop slow, the log says so.
+    const drainStartedMs = Date.now();
     await background;
     await service.cluster.recovery.drain();
+    const drainMs = Date.now() - drainStartedMs;
+    if (drainMs >= SLOW_DRAIN_LOG_MS) log.info('waited for background work (recovery copies) to finish', { drainMs });
     pool.closeAll();
     bulkPool.closeAll();
     await store.close();
   });
 }
 
-/** The cluster's identity, made once when the MDS first starts in this directory. */
+/**
+ * The cluster's identity, made once when the MDS first starts in this directory: complete and
+ * durable before it is used, because chunk servers record it and refuse any other afterwards.
+ */
 async function ensureClusterId(dataDir: string): Promise<string> {
   const path = join(dataDir, 'cluster-id');
-  await mkdir(dataDir, { recursive: true });
   try {
-    await writeFile(path, `${randomUUID()}\n`, { flag: 'wx' });
+    await writeFileDurable(path, `${randomUUID()}\n`, { exclusive: true });
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
   }
   const clusterId = (await readFile(path, 'utf8')).trim();
-  if (!/^[0-9a-f-]{36}$/.test(clusterId)) throw new StorageError('ERR_CONFIG', `${path} does not hold a cluster id`);
+  if (!/^[0-9a-f-]{36}$/.test(clusterId)) {
+    throw new StorageError(
+      'ERR_CONFIG',
+      `${path} does not hold a cluster id${clusterId === '' ? ' (it is empty: cut short by a crash?)' : ''}; ` +
+        'write back the "clusterId" recorded in any of this cluster\'s chunk servers\' cs.json files',
+    );
+  }
   return clusterId;
 }

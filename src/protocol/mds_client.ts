@@ -38,6 +38,8 @@ export class MdsClient {
   readonly url: string;
   private readonly token: string;
   private readonly timeoutMs: number;
+  /** Aborted by close(): a daemon that is stopping must not wait out a slow or vanished MDS. */
+  private readonly closing = new AbortController();
 
   constructor(options: MdsClientOptions) {
     this.url = options.url.replace(/\/+$/, '');
@@ -45,23 +47,28 @@ export class MdsClient {
     this.timeoutMs = options.timeoutMs ?? REQUEST_TIMEOUT_MS_DEFAULT;
   }
 
+  /** Ends every call in flight (they fail with ERR_SHUTTING_DOWN) and refuses new ones. */
+  close(): void {
+    this.closing.abort();
+  }
+
   async call<T>(method: 'GET' | 'POST' | 'PATCH' | 'DELETE', path: string, body?: unknown): Promise<T> {
+    if (this.closing.signal.aborted) throw new StorageError('ERR_SHUTTING_DOWN', `not calling the MDS at ${this.url}: stopping`);
     const headers: Record<string, string> = { authorization: `Bearer ${this.token}` };
     if (body !== undefined) headers['content-type'] = 'application/json';
     let response: Response;
+    let text: string;
     try {
       response = await fetch(`${this.url}${path}`, {
         method,
         headers,
         body: body === undefined ? null : JSON.stringify(body),
-        signal: AbortSignal.timeout(this.timeoutMs),
+        signal: AbortSignal.any([AbortSignal.timeout(this.timeoutMs), this.closing.signal]),
       });
+      text = await response.text();
     } catch (error) {
-      const reason = error instanceof Error ? ((error.cause as Error | undefined)?.message ?? error.message) : String(error);
-      const code = error instanceof Error && error.name === 'TimeoutError' ? 'ERR_TIMEOUT' : 'ERR_UNAVAILABLE';
-      throw new StorageError(code, `cannot reach the MDS at ${this.url}: ${reason}`);
+      throw this.unreachable(error);
     }
-    const text = await response.text();
     let parsed: unknown = null;
     try {
       parsed = text === '' ? null : JSON.parse(text);
@@ -73,6 +80,13 @@ export class MdsClient {
       throw StorageError.fromWire(error?.code, error?.message ?? `HTTP ${response.status}`);
     }
     return parsed as T;
+  }
+
+  private unreachable(error: unknown): StorageError {
+    if (this.closing.signal.aborted) return new StorageError('ERR_SHUTTING_DOWN', `call to the MDS at ${this.url} ended: stopping`);
+    const reason = error instanceof Error ? ((error.cause as Error | undefined)?.message ?? error.message) : String(error);
+    const code = error instanceof Error && error.name === 'TimeoutError' ? 'ERR_TIMEOUT' : 'ERR_UNAVAILABLE';
+    return new StorageError(code, `cannot reach the MDS at ${this.url}: ${reason}`);
   }
 
   // ---- admin ------------------------------------------------------------------------------------
