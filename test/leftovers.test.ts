@@ -17,7 +17,7 @@ const MiB = 1024 * 1024;
 
 t.test('leftover replicas are quarantined, not deleted; a directory stays in its cluster', async (t) => {
   t.setTimeout(120_000);
-  const cluster = await startCluster(t, { mdsArgs: FAST_MDS_ARGS });
+  const cluster = await startCluster(t, { mdsArgs: [...FAST_MDS_ARGS, '--quarantine-grace-ms', '12000'] });
   await cluster.admin.createVolume({ name: 'v', sizeBytes: 64 * MiB, chunkSizeBytes: 8 * MiB });
   await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x44 0 1M', cluster.nbdUnixUri('v')]);
   const [chunk] = (await cluster.internal.chunkMap('v', 0, 1)).chunks;
@@ -38,6 +38,10 @@ t.test('leftover replicas are quarantined, not deleted; a directory stays in its
     op: CS_OP.CREATE_CHUNK, chunkId: 987_654, volumeId: 1, chunkIndex: 5, sizeBytes: MiB, version: 1, generation: 1,
   });
   t.equal(created.reply.code, undefined, 'a leftover replica exists on the server');
+  const second = await (await asMds()).request({
+    op: CS_OP.CREATE_CHUNK, chunkId: 987_655, volumeId: 1, chunkIndex: 6, sizeBytes: MiB, version: 1, generation: 1,
+  });
+  t.equal(second.reply.code, undefined, 'and a second one, that nobody will confirm');
   await cluster.chunkServers[index]!.stop('SIGTERM');
   await cluster.startChunkServer(index);
   let quarantined = 0;
@@ -45,9 +49,11 @@ t.test('leftover replicas are quarantined, not deleted; a directory stays in its
     await new Promise((resolve) => setTimeout(resolve, 250));
     quarantined = (await cluster.admin.stat()).quarantine.replicas;
   }
-  t.equal(quarantined, 1, 'after the server registers again, the leftover is quarantined (shown in stat)');
+  t.equal(quarantined, 2, 'after the server registers again, the leftovers are quarantined (shown in stat)');
   const { replicas } = await cluster.admin.listQuarantine(10);
-  t.match(replicas, [{ chunkId: 987_654, csId: member.csId, volumeId: 1, chunkIndex: 5, newerThanMap: false }], 'and listed, not newer than the map');
+  t.match(replicas, [{ chunkId: 987_654, csId: member.csId, volumeId: 1, chunkIndex: 5, newerThanMap: false }, { chunkId: 987_655 }],
+    'and listed, not newer than the map, with when their grace runs out');
+  t.ok(replicas.every((replica) => replica.deleteAfter !== null), 'each has a deletion time');
   await new Promise((resolve) => setTimeout(resolve, 3_000));
   t.equal(await info(987_654), 'present', 'quarantined, it is still on its server seconds later');
   t.equal(await info(chunk!.chunkId), 'present', 'its real replica stays');
@@ -59,6 +65,13 @@ t.test('leftover replicas are quarantined, not deleted; a directory stays in its
     gone = await info(987_654);
   }
   t.equal(gone, 'ERR_CHUNK_NOT_FOUND', 'and then it is deleted from its server');
+  t.equal(await info(987_655), 'present', 'the other is still kept');
+  let expired = 'present';
+  for (let wait = 0; wait < 120 && expired === 'present'; wait += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    expired = await info(987_655);
+  }
+  t.equal(expired, 'ERR_CHUNK_NOT_FOUND', 'once its grace (12 s here) runs out, it is deleted too');
   t.equal((await cluster.admin.stat()).quarantine.replicas, 0, 'the quarantine is empty again');
 
   // The same directory pointed at the MDS of another cluster.

@@ -42,9 +42,12 @@ t.test('backup online, restore offline, everything back', async (t) => {
   await write(0x62, 20 * MiB, 5 * MiB);
   await write(0x63, 1 * MiB, 4096);
 
+  const mdsDir = join(cluster.dir, 'mds');
+  const busy = await shoal('mds', 'restore', file, '--mds-data', mdsDir);
+  t.equal(busy.code, 1, 'a restore under a running MDS is refused: exit 1');
+  t.match(busy.stderr, /in use by a running MDS \(pid \d+\)/, 'naming the running MDS');
   await cluster.nbd?.stop('SIGTERM');
   await cluster.mds.stop('SIGTERM');
-  const mdsDir = join(cluster.dir, 'mds');
 
   const garbage = join(cluster.dir, 'garbage');
   await writeFile(garbage, 'not a backup at all');

@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 // The one command: daemons (`shoal run mds|cs|nbd`), the local cluster (`shoal start`) and the
 // admin CLI (everything else). Operating errors print their code and message and exit non-zero;
-// anything else is a bug and prints its stack.
+// anything else is a bug and prints its stack. A daemon under `shoal start` also reports the error
+// to its supervisor in a stdout line.
 
 import { StorageError } from '../errors.ts';
+import { announceFailure, isSupervised } from '../util/daemon.ts';
 
 const DAEMON_USAGE = 'usage: shoal run mds|cs|nbd [options]   (each takes --help)';
 
@@ -27,5 +29,11 @@ main(process.argv.slice(2)).catch((error: unknown) => {
   } else {
     process.stderr.write(`shoal: internal error: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
     process.exitCode = 70;
+  }
+  // A daemon under `shoal start` also tells its supervisor, which names it beside the reason.
+  if (isSupervised()) {
+    announceFailure(error instanceof StorageError
+      ? { code: error.code, message: error.message }
+      : { code: 'ERR_INTERNAL', message: error instanceof Error ? error.message : String(error) });
   }
 });

@@ -1,12 +1,11 @@
 // A chunk server's data directory: the exclusive lock that keeps a second server off it, and the
 // identity file that names the disk to the MDS across restarts (and across address changes).
 
-import fsExt from 'fs-ext';
 import { randomUUID } from 'node:crypto';
-import { mkdir, open, readFile, rename, writeFile, type FileHandle } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { StorageError } from '../errors.ts';
-import { syncDirectory } from '../util/fs.ts';
+import { lockFile, mkdirDurable, writeFileDurable, type FileLockOptions } from '../util/fs.ts';
 
 export interface DataDirIdentity {
   readonly format: 1;
@@ -21,34 +20,24 @@ export interface DataDirLock {
 }
 
 /**
- * Takes flock(LOCK_EX|LOCK_NB) on <dir>/lock and writes our pid into it. Fails with
- * ERR_DATA_DIR_LOCKED naming the holder's pid when another process has it. The lock dies with the
- * process, so a crashed server never leaves the directory locked.
+ * Takes the exclusive lock on <dir>/lock (flock, our pid written in it). A server that is
+ * stopping (its supervisor died, or it was just told to stop) lets go within seconds, so a start
+ * may wait up to `waitMs` for it; a live server never lets go, and then this fails with
+ * ERR_DATA_DIR_LOCKED naming the holder's pid. The lock dies with the process, so a crashed server
+ * never leaves the directory locked.
  */
-export async function lockDataDir(directory: string): Promise<DataDirLock> {
-  await mkdir(directory, { recursive: true });
-  const path = join(directory, 'lock');
-  const handle: FileHandle = await open(path, 'a+');
-  try {
-    fsExt.flockSync(handle.fd, 'exnb');
-  } catch (error) {
-    await handle.close();
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code !== 'EAGAIN' && code !== 'EWOULDBLOCK') throw error;
-    const holder = (await readFile(path, 'utf8').catch(() => '')).trim() || 'unknown';
+export async function lockDataDir(directory: string, options: FileLockOptions = {}): Promise<DataDirLock> {
+  await mkdirDurable(directory);
+  const lock = await lockFile(join(directory, 'lock'), options);
+  if ('heldBy' in lock) {
+    const waited = (options.waitMs ?? 0) > 0 ? ` (waited ${options.waitMs} ms for it to exit)` : '';
     throw new StorageError(
       'ERR_DATA_DIR_LOCKED',
-      `data directory ${directory} is in use by another chunk server (pid ${holder}); ` +
+      `data directory ${directory} is in use by another chunk server (pid ${lock.heldBy})${waited}; ` +
         'stop that one first, or give this one another --data directory',
     );
   }
-  await handle.truncate(0);
-  await handle.write(`${process.pid}\n`, 0);
-  return {
-    release: async () => {
-      await handle.close();
-    },
-  };
+  return lock;
 }
 
 /** Reads the directory's identity, creating it on first start. */
@@ -66,12 +55,9 @@ export async function loadIdentity(directory: string): Promise<DataDirIdentity> 
   return identity;
 }
 
-/** Writes the identity file atomically (write, rename, sync the directory). */
+/** Writes the identity file durably and atomically: a power cut leaves the old one or the new. */
 export async function saveIdentity(directory: string, identity: DataDirIdentity): Promise<void> {
-  const path = join(directory, 'cs.json');
-  await writeFile(`${path}.tmp`, `${JSON.stringify(identity, null, 2)}\n`, { flag: 'w' });
-  await rename(`${path}.tmp`, path);
-  await syncDirectory(directory);
+  await writeFileDurable(join(directory, 'cs.json'), `${JSON.stringify(identity, null, 2)}\n`);
 }
 
 function parseIdentity(text: string, path: string): DataDirIdentity {
@@ -79,11 +65,12 @@ function parseIdentity(text: string, path: string): DataDirIdentity {
   try {
     value = JSON.parse(text);
   } catch {
-    throw new StorageError('ERR_CONFIG', `${path} is not valid JSON; restore it from a backup or move the directory aside`);
+    const what = text.trim() === '' ? 'is empty (cut short by a crash?)' : 'is not valid JSON';
+    throw new StorageError('ERR_CONFIG', `${path} ${what}; ${IDENTITY_REPAIR}`);
   }
   const record = value as Partial<DataDirIdentity> | null;
   if (record?.format !== 1 || typeof record.uuid !== 'string' || !/^[0-9a-f-]{36}$/.test(record.uuid)) {
-    throw new StorageError('ERR_CONFIG', `${path} does not describe a chunk server data directory (format 1 with a uuid)`);
+    throw new StorageError('ERR_CONFIG', `${path} does not describe a chunk server data directory (format 1 with a uuid); ${IDENTITY_REPAIR}`);
   }
   return {
     format: 1,
@@ -92,3 +79,9 @@ function parseIdentity(text: string, path: string): DataDirIdentity {
     ...(typeof record.clusterId === 'string' ? { clusterId: record.clusterId } : {}),
   };
 }
+
+/** What an admin can do about a damaged identity file: both keep the cluster whole. */
+const IDENTITY_REPAIR =
+  'restore it from a backup, or write {"format":1,"uuid":"UUID"} into it with the uuid the MDS knows for this ' +
+  'server (`shoal cs list`, then `shoal cs info ID`), or move the directory aside to start this disk empty ' +
+  '(its replicas are then copied afresh from the other servers)';

@@ -46,6 +46,8 @@ const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [opti
 const MiB = 1024 * 1024;
 /** How often the server re-measures its own files (a directory walk). */
 const USAGE_REFRESH_MS = 5_000;
+/** How long a start waits for a previous server on the same directory that is still stopping. */
+const LOCK_WAIT_MS = 3_000;
 
 export async function runChunkServer(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -125,7 +127,10 @@ interface ChunkServerConfig {
 
 async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   const log = createLogger('cs');
-  const lock = await lockDataDir(config.dataDir);
+  const lock = await lockDataDir(config.dataDir, {
+    waitMs: LOCK_WAIT_MS,
+    onWait: (holder, waitMs) => log.warn('data directory locked by another chunk server; waiting for it to exit', { holder, waitMs }),
+  });
   let identity = await loadIdentity(config.dataDir);
   const store = await ChunkStore.open({
     ...REAL_STORE_ENV,
@@ -220,12 +225,17 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   onShutdownSignal(log, async () => {
     clearInterval(checkpointTimer);
     clearInterval(usageTimer);
-    await scrubber.stop();
-    await link?.stop();
+    // Closing the listener and every connection ends what callers wait for: a client's write
+    // without a reply was not acknowledged, and the MDS retries an unfinished COPY_RANGE. Waiting
+    // for a long paced copy here would hold the stop past any deadline.
     await server.close();
+    // A slow or vanished MDS must not hold the stop either: its calls in flight end now.
+    mds.close();
+    await Promise.all([scrubber.stop(), link?.stop()]);
     peers.closeAll();
     bulkPeers.closeAll();
     await metricsServer.close();
+    // Checkpoints the journal: not needed for the data (it replays), but the next start is quicker.
     await store.close();
     await lock.release();
   });

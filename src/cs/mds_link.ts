@@ -106,6 +106,7 @@ export class MdsLink {
       this.retryDelayMs = RETRY_MS_MIN;
       return this.heartbeatIntervalMs;
     } catch (error) {
+      if (this.stopped) return 0; // the call was ended by the stop; nothing to report or retry
       if (isStorageError(error, 'ERR_NOT_FOUND')) {
         this.csId = null; // the MDS forgot us (new cluster state): register again at once
         return 0;

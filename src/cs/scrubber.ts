@@ -58,6 +58,9 @@ export class Scrubber {
         if (!(error instanceof StorageError)) throw error;
         this.options.log.warn('scrub pass stopped early', { error });
       }
+      // A stop during the pass found no pause to cut short: without this check the loop would
+      // sleep a whole pass interval (hours) before it saw the stop, and hold the shutdown.
+      if (this.stopped) return;
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, this.options.passIntervalMs);
         this.wake = () => {

@@ -4,12 +4,13 @@
 // replica's files directly. Unlike `shoal start` it restarts nothing by itself.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { clusterRestToken } from '../protocol/auth.ts';
 import { MdsClient } from '../protocol/mds_client.ts';
+import { writeFileDurable } from '../util/fs.ts';
 import { DaemonProcess } from './daemon_process.ts';
 
 export interface ClusterOptions {
@@ -58,8 +59,8 @@ export class LocalCluster {
     const dir = await mkdtemp(join(options.parentDir ?? tmpdir(), 'shoal-cluster-'));
     const clusterKey = randomBytes(32);
     const adminToken = randomBytes(32).toString('hex');
-    await writeFile(join(dir, 'cluster.key'), `${clusterKey.toString('hex')}\n`, { mode: 0o600 });
-    await writeFile(join(dir, 'admin.token'), `${adminToken}\n`, { mode: 0o600 });
+    await writeFileDurable(join(dir, 'cluster.key'), `${clusterKey.toString('hex')}\n`, { mode: 0o600, exclusive: true });
+    await writeFileDurable(join(dir, 'admin.token'), `${adminToken}\n`, { mode: 0o600, exclusive: true });
     const mds = await startMds(dir, 0, options.mdsArgs ?? []);
     const cluster = new LocalCluster(dir, clusterKey, adminToken, mds, options);
     try {

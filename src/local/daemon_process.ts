@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { StorageError } from '../errors.ts';
+import { StorageError, isErrorCode, type ErrorCode } from '../errors.ts';
 
 export const SHOAL_ENTRY = fileURLToPath(new URL('../bin/shoal.js', import.meta.url));
 
@@ -16,6 +16,14 @@ export interface DaemonOptions {
   /** Own process group: a terminal's Ctrl-C then reaches only the parent. */
   readonly detached?: boolean;
   readonly env?: Readonly<Record<string, string>>;
+  /**
+   * Run under a supervisor (`shoal start`): the daemon gets a pipe from this process as its stdin
+   * and stops by itself the moment this process dies and the pipe closes (src/util/daemon.ts), and
+   * it reports why it could not start in a stdout line, which the start error then carries.
+   */
+  readonly supervised?: boolean;
+  /** Called once the process exists, before it is ready: a supervisor records it at once. */
+  readonly onSpawn?: (child: ChildProcess) => void;
   /** Where the daemon's stderr (its log) goes: inherited, or collected in memory (last 64 KiB). */
   readonly stderr?: 'inherit' | 'collect';
   /** Lines the daemon prints on stdout that are not its ready line. */
@@ -45,11 +53,22 @@ export class DaemonProcess {
     const readyTimeoutMs = options.readyTimeoutMs ?? 30_000;
     // SHOAL_NODE_ARGS passes extra options to node for every daemon (e.g. --cpu-prof when profiling).
     const nodeArgs = (process.env['SHOAL_NODE_ARGS'] ?? '').split(' ').filter((arg) => arg !== '');
+    const supervised = options.supervised === true;
     const child = spawn(process.execPath, ['--enable-source-maps', ...nodeArgs, SHOAL_ENTRY, ...options.args], {
-      stdio: ['ignore', 'pipe', options.stderr === 'collect' ? 'pipe' : 'inherit'],
+      stdio: [supervised ? 'pipe' : 'ignore', 'pipe', options.stderr === 'collect' ? 'pipe' : 'inherit'],
       detached: options.detached ?? false,
-      env: { ...process.env, UV_THREADPOOL_SIZE: process.env['UV_THREADPOOL_SIZE'] ?? '16', ...options.env },
+      env: {
+        ...process.env,
+        UV_THREADPOOL_SIZE: process.env['UV_THREADPOOL_SIZE'] ?? '16',
+        ...(supervised ? { SHOAL_SUPERVISED: '1' } : {}),
+        ...options.env,
+      },
     });
+    // Nothing is ever written to the lifeline; it only has to stay open while we and the daemon
+    // live (closed after its exit, it no longer keeps our event loop running).
+    child.stdin?.on('error', () => undefined);
+    child.once('exit', () => child.stdin?.destroy());
+    options.onSpawn?.(child);
     let tail = '';
     child.stderr?.setEncoding('utf8');
     child.stderr?.on('data', (text: string) => {
@@ -57,13 +76,19 @@ export class DaemonProcess {
     });
     return new Promise((resolve, reject) => {
       let daemon: DaemonProcess | null = null;
+      let failure: { code: ErrorCode; message: string } | null = null;
       const timer = setTimeout(() => {
         child.kill('SIGKILL');
         reject(new StorageError('ERR_TIMEOUT', `${options.name} did not start within ${readyTimeoutMs} ms\n${tail}`));
       }, readyTimeoutMs);
       const lines = createInterface({ input: child.stdout! });
       lines.on('line', (line) => {
-        const ready = daemon === null ? parseReady(line) : null;
+        const event = daemon === null ? parseEvent(line) : null;
+        if (event?.['event'] === 'failed') {
+          failure = { code: isErrorCode(event['code']) ? event['code'] : 'ERR_INTERNAL', message: String(event['message']) };
+          return;
+        }
+        const ready = event?.['event'] === 'ready' ? event : null;
         if (ready === null) {
           options.onLine?.(line);
           return;
@@ -76,11 +101,15 @@ export class DaemonProcess {
         });
         resolve(daemon);
       });
-      child.once('exit', (code, signal) => {
+      // 'close', not 'exit': by then every stdout line (a failure report) has been read.
+      child.once('close', (code, signal) => {
         clearTimeout(timer);
-        if (daemon === null) {
-          reject(new StorageError('ERR_UNAVAILABLE', `${options.name} exited during start-up (code ${code}, signal ${signal})\n${tail}`));
-        }
+        if (daemon !== null) return;
+        const exit = signal === null ? `exit code ${code}` : `killed by ${signal}`;
+        // The reason the daemon gave, under its own code: ERR_CONFIG stays a configuration error.
+        reject(failure === null
+          ? new StorageError('ERR_UNAVAILABLE', `${options.name} exited during start-up (${exit})\n${tail}`)
+          : new StorageError(failure.code, `${options.name} could not start (${exit}): ${failure.message}\n${tail}`));
       });
     });
   }
@@ -117,11 +146,12 @@ export class DaemonProcess {
   }
 }
 
-function parseReady(line: string): Record<string, unknown> | null {
+/** A daemon's machine-readable stdout line ({"event":"ready"|"failed",...}), or null. */
+function parseEvent(line: string): Record<string, unknown> | null {
   if (!line.startsWith('{')) return null;
   try {
     const parsed = JSON.parse(line) as Record<string, unknown>;
-    return parsed['event'] === 'ready' ? parsed : null;
+    return parsed['event'] === 'ready' || parsed['event'] === 'failed' ? parsed : null;
   } catch {
     return null;
   }

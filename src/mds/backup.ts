@@ -15,10 +15,10 @@
 
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { StorageError } from '../errors.ts';
-import { syncDirectory } from '../util/fs.ts';
+import { syncDirectory, writeFileDurable } from '../util/fs.ts';
 import { MDS_DB_FILE, type MdsStore } from './store.ts';
 
 const MAGIC = Buffer.from('SHOALMDS', 'latin1');
@@ -147,24 +147,10 @@ export async function restoreBackup(file: string, dataDir: string, force: boolea
         'restoring it there would orphan every chunk server; pass --force only if you mean to',
     );
   }
-  await writeDurably(join(dataDir, `${MDS_DB_FILE}.restoring`), data);
-  await rename(join(dataDir, `${MDS_DB_FILE}.restoring`), join(dataDir, MDS_DB_FILE));
+  await writeFileDurable(join(dataDir, MDS_DB_FILE), data, { mode: 0o600 });
   // The lock file belongs to the database that was replaced; LMDB makes a new one.
   await rm(join(dataDir, `${MDS_DB_FILE}-lock`), { force: true });
-  if (currentId !== header.clusterId) {
-    await writeDurably(join(dataDir, 'cluster-id.restoring'), Buffer.from(`${header.clusterId}\n`));
-    await rename(join(dataDir, 'cluster-id.restoring'), idPath);
-  }
+  if (currentId !== header.clusterId) await writeFileDurable(idPath, `${header.clusterId}\n`, { mode: 0o600 });
   await syncDirectory(dataDir);
   return header;
-}
-
-async function writeDurably(path: string, data: Buffer): Promise<void> {
-  const handle = await open(path, 'w', 0o600);
-  try {
-    await handle.writeFile(data);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }

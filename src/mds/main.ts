@@ -5,7 +5,7 @@
 // which is how `shoal start` and the tests learn the port when they asked for port 0.
 
 import { randomUUID } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { StorageError } from '../errors.ts';
@@ -13,13 +13,14 @@ import { CLUSTER_KEY_BYTES, clusterRestToken, readSecretFile } from '../protocol
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { systemClock } from '../util/clock.ts';
 import { announceReady, onShutdownSignal, parseHostPort, parseIntegerFlag } from '../util/daemon.ts';
+import { lockFile, mkdirDurable, writeFileDurable } from '../util/fs.ts';
 import { createLogger } from '../util/log.ts';
 import { buildApi } from './api.ts';
 import { MdsMetrics } from './metrics.ts';
 import { FAILURE_DOMAINS, type FailureDomain } from './placement.ts';
 import { MDS_CONFIG_DEFAULTS, type MdsConfig } from './config.ts';
 import { MetadataService } from './service.ts';
-import { MdsStore } from './store.ts';
+import { MDS_DB_FILE, MdsStore } from './store.ts';
 
 const USAGE = `usage: shoal run mds --data DIR --cluster-key FILE --admin-token FILE [options]
   --listen HOST:PORT           REST API address (default 127.0.0.1:9630)
@@ -32,11 +33,21 @@ const USAGE = `usage: shoal run mds --data DIR --cluster-key FILE --admin-token 
   --recovery-concurrency N     replica copies in flight at once (default 4)
   --cs-timeout-ms N            a chunk server that does not answer the MDS within this has failed (default 10000)
   --rebalance-threshold PCT    move replicas when servers' used space differs by more than this
-                               many percentage points (default 10; 100 turns rebalancing off)`;
+                               many percentage points (default 10; 100 turns rebalancing off)
+  --replace-endangered-after-ms N  a chunk with fewer than its minimum of copies online gets a new
+                               replica after this long (default 30000; at most --replace-after-ms);
+                               with its minimum online it waits --replace-after-ms for the others
+  --quarantine-grace-ms N      replicas the map does not know, not newer than it, are deleted after
+                               this long in quarantine (default 604800000, seven days)
+  --cluster-id ID              the cluster's id, for an empty data directory: start an MDS whose
+                               disk was lost with the id its chunk servers know (their cs.json)`;
 
 const BACKGROUND_TICK_MS = 1_000;
+const CLUSTER_ID_PATTERN = /^[0-9a-f-]{36}$/;
 /** A copy step (8 MiB through a loaded server) may take seconds; a control request may not. */
 const BULK_TIMEOUT_MS = 120_000;
+/** A shutdown that waits longer than this for background work says so in the log. */
+const SLOW_DRAIN_LOG_MS = 200;
 
 export async function runMds(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -55,6 +66,9 @@ export async function runMds(argv: string[]): Promise<void> {
       'recovery-concurrency': { type: 'string' },
       'cs-timeout-ms': { type: 'string' },
       'rebalance-threshold': { type: 'string' },
+      'replace-endangered-after-ms': { type: 'string' },
+      'quarantine-grace-ms': { type: 'string' },
+      'cluster-id': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -81,7 +95,14 @@ export async function runMds(argv: string[]): Promise<void> {
     recoveryConcurrency: parseIntegerFlag(values['recovery-concurrency'], '--recovery-concurrency', MDS_CONFIG_DEFAULTS.recoveryConcurrency, 1),
     rebalanceThreshold:
       parseIntegerFlag(values['rebalance-threshold'], '--rebalance-threshold', MDS_CONFIG_DEFAULTS.rebalanceThreshold * 100) / 100,
+    replaceEndangeredAfterMs: parseIntegerFlag(
+      values['replace-endangered-after-ms'], '--replace-endangered-after-ms', MDS_CONFIG_DEFAULTS.replaceEndangeredAfterMs),
+    quarantineGraceMs: parseIntegerFlag(values['quarantine-grace-ms'], '--quarantine-grace-ms', MDS_CONFIG_DEFAULTS.quarantineGraceMs),
   };
+  const givenClusterId = values['cluster-id'];
+  if (givenClusterId !== undefined && !CLUSTER_ID_PATTERN.test(givenClusterId)) {
+    throw new StorageError('ERR_CONFIG', `--cluster-id must be a cluster id (a uuid, as in a chunk server's cs.json), got "${givenClusterId}"`);
+  }
   if (config.heartbeatTimeoutMs <= config.heartbeatIntervalMs * 2) {
     throw new StorageError('ERR_CONFIG', '--heartbeat-timeout-ms must exceed twice --heartbeat-interval-ms, or one late heartbeat marks a server offline');
   }
@@ -89,7 +110,7 @@ export async function runMds(argv: string[]): Promise<void> {
   const clusterKey = await readSecretFile(values['cluster-key'], CLUSTER_KEY_BYTES);
   const adminToken = (await readSecretFile(values['admin-token'], 32)).toString('hex');
   const csTimeoutMs = parseIntegerFlag(values['cs-timeout-ms'], '--cs-timeout-ms', 10_000, 100);
-  await startMds({ dataDir: values.data, listen, clusterKey, adminToken, config, csTimeoutMs });
+  await startMds({ dataDir: values.data, listen, clusterKey, adminToken, config, csTimeoutMs, givenClusterId });
 }
 
 async function startMds(options: {
@@ -99,14 +120,22 @@ async function startMds(options: {
   adminToken: string;
   config: MdsConfig;
   csTimeoutMs: number;
+  givenClusterId: string | undefined;
 }): Promise<void> {
   const log = createLogger('mds');
-  const store = await MdsStore.open(join(options.dataDir, 'mds.lmdb'));
-  const clusterId = await ensureClusterId(options.dataDir);
+  await mkdirDurable(options.dataDir);
+  // One MDS per data directory; `shoal mds restore` takes the same lock, so it never writes under a running one.
+  const lock = await lockFile(join(options.dataDir, 'lock'));
+  if ('heldBy' in lock) {
+    throw new StorageError('ERR_DATA_DIR_LOCKED', `MDS data directory ${options.dataDir} is in use by another process (pid ${lock.heldBy}): stop it first`);
+  }
+  const clusterId = await ensureClusterId(options.dataDir, options.givenClusterId);
+  // Syncs the directory entry of the database file it may have just created (see MdsStore.open).
+  const store = await MdsStore.open(join(options.dataDir, MDS_DB_FILE));
   const pool = new CsConnectionPool({ clusterKey: options.clusterKey, role: 'mds', requestTimeoutMs: options.csTimeoutMs });
   const bulkPool = new CsConnectionPool({ clusterKey: options.clusterKey, role: 'mds', requestTimeoutMs: BULK_TIMEOUT_MS });
   const service = new MetadataService({
-    store, config: options.config, clock: systemClock, random: Math.random, pool, bulkPool, log, clusterId,
+    store, config: options.config, clock: systemClock, random: Math.random, pool, bulkPool, log, clusterId, dataDir: options.dataDir,
   });
   const metrics = new MdsMetrics(() => service, store);
   const app = await buildApi({
@@ -140,24 +169,40 @@ async function startMds(options: {
     stopping = true;
     clearInterval(tick);
     await app.close();
+    // Recovery copies in flight are waited for; when that is what makes a stop slow, the log says so.
+    const drainStartedMs = Date.now();
     await background;
     await service.cluster.recovery.drain();
+    const drainMs = Date.now() - drainStartedMs;
+    if (drainMs >= SLOW_DRAIN_LOG_MS) log.info('waited for background work (recovery copies) to finish', { drainMs });
     pool.closeAll();
     bulkPool.closeAll();
     await store.close();
+    await lock.release();
   });
 }
 
-/** The cluster's identity, made once when the MDS first starts in this directory. */
-async function ensureClusterId(dataDir: string): Promise<string> {
+/**
+ * The cluster's identity, made once when the MDS first starts in this directory: complete and
+ * durable before it is used, because chunk servers record it and refuse any other afterwards.
+ */
+async function ensureClusterId(dataDir: string, given: string | undefined): Promise<string> {
   const path = join(dataDir, 'cluster-id');
-  await mkdir(dataDir, { recursive: true });
   try {
-    await writeFile(path, `${randomUUID()}\n`, { flag: 'wx' });
+    await writeFileDurable(path, `${given ?? randomUUID()}\n`, { exclusive: true });
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
   }
   const clusterId = (await readFile(path, 'utf8')).trim();
-  if (!/^[0-9a-f-]{36}$/.test(clusterId)) throw new StorageError('ERR_CONFIG', `${path} does not hold a cluster id`);
+  if (given !== undefined && clusterId !== given) {
+    throw new StorageError('ERR_CONFIG', `${path} holds cluster ${clusterId}, not the --cluster-id ${given} given: remove the flag or the directory's contents`);
+  }
+  if (!CLUSTER_ID_PATTERN.test(clusterId)) {
+    throw new StorageError(
+      'ERR_CONFIG',
+      `${path} does not hold a cluster id${clusterId === '' ? ' (it is empty: cut short by a crash?)' : ''}; ` +
+        'write back the "clusterId" recorded in any of this cluster\'s chunk servers\' cs.json files',
+    );
+  }
   return clusterId;
 }

@@ -10,9 +10,10 @@
 // The admin API uses a separate token (admin.token) so that operators never need the cluster key.
 
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { StorageError } from '../errors.ts';
+import { mkdirDurable, writeFileDurable } from '../util/fs.ts';
 import type { PeerRole } from './cs_messages.ts';
 
 export const CLUSTER_KEY_BYTES = 32;
@@ -54,16 +55,25 @@ export async function readSecretFile(path: string, bytes: number): Promise<Buffe
     throw new StorageError('ERR_CONFIG', `cannot read secret file ${path}: ${(error as Error).message}`);
   }
   if (!new RegExp(`^[0-9a-f]{${bytes * 2}}$`).test(text)) {
-    throw new StorageError('ERR_CONFIG', `secret file ${path} must hold ${bytes * 2} hex digits`);
+    // An empty file is what a crash leaves of a secret written without fsync (older versions did).
+    const hint = text === ''
+      ? ', but it is empty (cut short by a crash?): copy it back from another host of this cluster, or, for a ' +
+        'local `shoal start` cluster whose daemons all read it from here, delete it and a new one is made'
+      : '';
+    throw new StorageError('ERR_CONFIG', `secret file ${path} must hold ${bytes * 2} hex digits${hint}`);
   }
   return Buffer.from(text, 'hex');
 }
 
-/** Creates a random hex secret file (mode 0600) unless it exists; returns its contents. */
+/**
+ * Creates a random hex secret file (mode 0600) unless it exists; returns its contents. The file
+ * is complete and durable before anyone can see it, and of two processes creating it at once one
+ * wins and both return the winner's secret.
+ */
 export async function ensureSecretFile(path: string, bytes: number): Promise<Buffer> {
-  await mkdir(dirname(path), { recursive: true });
+  await mkdirDurable(dirname(path));
   try {
-    await writeFile(path, `${randomBytes(bytes).toString('hex')}\n`, { mode: 0o600, flag: 'wx' });
+    await writeFileDurable(path, `${randomBytes(bytes).toString('hex')}\n`, { mode: 0o600, exclusive: true });
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
   }

@@ -42,6 +42,8 @@ export class MdsClient {
   readonly url: string;
   private readonly token: string;
   private readonly timeoutMs: number;
+  /** Aborted by close(): a daemon that is stopping must not wait out a slow or vanished MDS. */
+  private readonly closing = new AbortController();
 
   constructor(options: MdsClientOptions) {
     this.url = options.url.replace(/\/+$/, '');
@@ -49,20 +51,27 @@ export class MdsClient {
     this.timeoutMs = options.timeoutMs ?? REQUEST_TIMEOUT_MS_DEFAULT;
   }
 
-  /** fetch, with a failure to connect or a timeout turned into ERR_UNAVAILABLE / ERR_TIMEOUT. */
+  /** Ends every call in flight (they fail with ERR_SHUTTING_DOWN) and refuses new ones. */
+  close(): void {
+    this.closing.abort();
+  }
+
+  /** fetch, with a failure to connect, a timeout or a close turned into an operating error. */
   private async fetch(path: string, init: RequestInit): Promise<Response> {
+    if (this.closing.signal.aborted) throw new StorageError('ERR_SHUTTING_DOWN', `not calling the MDS at ${this.url}: stopping`);
     try {
       return await fetch(`${this.url}${path}`, init);
     } catch (error) {
-      const reason = error instanceof Error ? ((error.cause as Error | undefined)?.message ?? error.message) : String(error);
-      const code = error instanceof Error && error.name === 'TimeoutError' ? 'ERR_TIMEOUT' : 'ERR_UNAVAILABLE';
-      throw new StorageError(code, `cannot reach the MDS at ${this.url}: ${reason}`);
+      throw this.unreachable(error);
     }
   }
 
   /** GET of a binary body (an MDS backup), streamed into `sink`; the whole transfer may take `timeoutMs`. */
   async download(path: string, sink: (chunk: Uint8Array) => Promise<void>, timeoutMs: number): Promise<void> {
-    const response = await this.fetch(path, { headers: { authorization: `Bearer ${this.token}` }, signal: AbortSignal.timeout(timeoutMs) });
+    const response = await this.fetch(path, {
+      headers: { authorization: `Bearer ${this.token}` },
+      signal: AbortSignal.any([AbortSignal.timeout(timeoutMs), this.closing.signal]),
+    });
     if (!response.ok || response.body === null) {
       const text = await response.text();
       let error: { code?: unknown; message?: unknown } | null = null;
@@ -83,9 +92,14 @@ export class MdsClient {
       method,
       headers,
       body: body === undefined ? null : JSON.stringify(body),
-      signal: AbortSignal.timeout(this.timeoutMs),
+      signal: AbortSignal.any([AbortSignal.timeout(this.timeoutMs), this.closing.signal]),
     });
-    const text = await response.text();
+    let text: string;
+    try {
+      text = await response.text();
+    } catch (error) {
+      throw this.unreachable(error);
+    }
     let parsed: unknown = null;
     try {
       parsed = text === '' ? null : JSON.parse(text);
@@ -97,6 +111,13 @@ export class MdsClient {
       throw StorageError.fromWire(error?.code, error?.message ?? `HTTP ${response.status}`);
     }
     return parsed as T;
+  }
+
+  private unreachable(error: unknown): StorageError {
+    if (this.closing.signal.aborted) return new StorageError('ERR_SHUTTING_DOWN', `call to the MDS at ${this.url} ended: stopping`);
+    const reason = error instanceof Error ? ((error.cause as Error | undefined)?.message ?? error.message) : String(error);
+    const code = error instanceof Error && error.name === 'TimeoutError' ? 'ERR_TIMEOUT' : 'ERR_UNAVAILABLE';
+    return new StorageError(code, `cannot reach the MDS at ${this.url}: ${reason}`);
   }
 
   // ---- admin ------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-// What every daemon shares: its ready line on stdout, orderly shutdown on SIGINT/SIGTERM, and
-// parsing of the flags that every daemon has.
+// What every daemon shares: its ready (or failed) line on stdout, orderly shutdown on SIGINT/SIGTERM
+// or when its supervisor dies, and parsing of the flags that every daemon has.
 
 import { StorageError } from '../errors.ts';
 import type { Logger } from './log.ts';
@@ -9,16 +9,16 @@ export function announceReady(fields: { service: string; [key: string]: unknown 
   process.stdout.write(`${JSON.stringify({ event: 'ready', ...fields })}\n`);
 }
 
-/** Runs `stop` once on the first SIGINT/SIGTERM; a second signal exits at once. */
+/**
+ * Runs `stop` once: on the first SIGINT/SIGTERM, or when the supervisor that started the daemon
+ * dies. A second signal exits at once; `deadlineMs` after the start of the stop, the process exits
+ * whatever is left.
+ */
 export function onShutdownSignal(log: Logger, stop: () => Promise<void>, deadlineMs = 10_000): void {
   let stopping = false;
-  const handler = (signal: NodeJS.Signals): void => {
-    if (stopping) {
-      log.warn('second signal: exiting now', { signal });
-      process.exit(130);
-    }
+  const begin = (reason: Record<string, unknown>): void => {
     stopping = true;
-    log.info('stopping', { signal });
+    log.info('stopping', reason);
     const deadline = setTimeout(() => {
       log.error('shutdown took too long: exiting', { deadlineMs });
       process.exit(1);
@@ -35,26 +35,54 @@ export function onShutdownSignal(log: Logger, stop: () => Promise<void>, deadlin
       },
     );
   };
+  const handler = (signal: NodeJS.Signals): void => {
+    if (stopping) {
+      log.warn('second signal: exiting now', { signal });
+      process.exit(130);
+    }
+    begin({ signal });
+  };
   process.on('SIGINT', handler);
   process.on('SIGTERM', handler);
-  watchSupervisor(log, handler);
+  // A supervisor that dies while we already stop changes nothing: the stop goes on.
+  watchSupervisor(log, (reason) => {
+    if (!stopping) begin({ reason });
+  });
 }
 
 /**
  * Under `shoal start` daemons run in their own process group (so one Ctrl-C reaches only the
  * supervisor, which stops them in order). If the supervisor itself dies, they must not live on as
- * orphans holding ports and data directories: they notice the parent change and stop.
+ * orphans holding ports and data directories. Each gets a pipe from the supervisor as its stdin,
+ * which the kernel closes the moment the supervisor dies, however it dies: end of stdin means stop,
+ * in the same orderly way as SIGTERM. The supervisor never writes to it.
  */
-function watchSupervisor(log: Logger, stop: (signal: NodeJS.Signals) => void): void {
-  if (process.env['SHOAL_SUPERVISED'] !== '1') return;
-  const parentPid = process.ppid;
-  const timer = setInterval(() => {
-    if (process.ppid === parentPid) return;
-    clearInterval(timer);
-    log.warn('supervisor is gone: stopping', { parentPid });
-    stop('SIGTERM');
-  }, 1_000);
-  timer.unref();
+function watchSupervisor(log: Logger, stop: (reason: string) => void): void {
+  if (!isSupervised()) return;
+  process.stdin.on('end', () => {
+    log.warn('supervisor is gone (its pipe closed): stopping');
+    stop('supervisor gone');
+  });
+  process.stdin.on('error', (error) => {
+    log.warn('supervisor pipe failed: stopping', { error });
+    stop('supervisor pipe failed');
+  });
+  process.stdin.resume();
+  // Its stdout pipe died with it: a later write there must not crash a daemon that is stopping.
+  process.stdout.on('error', (error) => log.debug('stdout is gone with the supervisor', { error }));
+}
+
+/** True when the process runs under `shoal start`, which reads `announceFailure` lines. */
+export function isSupervised(): boolean {
+  return process.env['SHOAL_SUPERVISED'] === '1';
+}
+
+/**
+ * Tells the supervisor, in one machine-readable stdout line, why the daemon could not start, so
+ * that it can repeat the reason beside the daemon's name (its own log only has the reason).
+ */
+export function announceFailure(fields: { code: string; message: string }): void {
+  process.stdout.write(`${JSON.stringify({ event: 'failed', ...fields })}\n`);
 }
 
 export function parseHostPort(text: string, flag: string): { host: string; port: number } {

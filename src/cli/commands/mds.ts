@@ -10,10 +10,9 @@
 import { createHash } from 'node:crypto';
 import { open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { lockDataDir } from '../../cs/data_dir.ts';
 import { StorageError } from '../../errors.ts';
 import { decodeBackupPrefix, restoreBackup, type BackupHeader } from '../../mds/backup.ts';
-import { syncDirectory } from '../../util/fs.ts';
+import { lockFile, mkdirDurable, syncDirectory } from '../../util/fs.ts';
 import { formatBytes } from '../../util/size.ts';
 import { booleanFlag, defineCommand, positional, show, stringFlag, type Command } from '../command.ts';
 import { renderFields } from '../table.ts';
@@ -114,12 +113,9 @@ const restore = defineCommand({
   },
   async run(context, { file, dataDir, force }) {
     // The MDS holds this lock while it runs: a restore under a running MDS would be lost or worse.
-    const lock = await lockDataDir(dataDir).catch((error: unknown) => {
-      if (error instanceof StorageError && error.code === 'ERR_DATA_DIR_LOCKED') {
-        throw new StorageError('ERR_CONFLICT', `${dataDir} is in use: stop the MDS before restoring into it (${error.message})`);
-      }
-      throw error;
-    });
+    await mkdirDurable(dataDir);
+    const lock = await lockFile(join(dataDir, 'lock'));
+    if ('heldBy' in lock) throw new StorageError('ERR_CONFLICT', `${dataDir} is in use by a running MDS (pid ${lock.heldBy}): stop it before restoring into it`);
     try {
       const header = await restoreBackup(file, dataDir, force);
       if (context.json) context.writeJson({ restoredInto: dataDir, ...header });
