@@ -8,6 +8,8 @@
 // a power cut; a put that had not resolved may or may not survive.
 
 import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
+import { dirname } from 'node:path';
+import { syncDirectory } from '../util/fs.ts';
 import type { VolumeDescription } from '../protocol/cs_messages.ts';
 
 export interface ChunkMeta {
@@ -52,7 +54,20 @@ export class LmdbCatalog implements Catalog {
   private readonly state: Database<number, string>;
   private readonly volumes: Database<VolumeDescription, number>;
 
-  constructor(path: string) {
+  /**
+   * Opens (or creates) the catalog at `path`: LMDB keeps it as a directory holding data.mdb and
+   * lock.mdb. LMDB syncs its data file on every commit but never the directory entries that name
+   * it, so both the catalog's directory and its parent are synced here: without that, a power cut
+   * soon after the first start takes the whole catalog (every replica's record) away.
+   */
+  static async open(path: string): Promise<LmdbCatalog> {
+    const catalog = new LmdbCatalog(path);
+    await syncDirectory(path);
+    await syncDirectory(dirname(path));
+    return catalog;
+  }
+
+  private constructor(path: string) {
     this.root = openLmdb({ path, compression: false, maxDbs: 8 });
     this.metas = this.root.openDB<ChunkMeta, number>({ name: 'chunks', encoding: 'msgpack', keyEncoding: 'ordered-binary' });
     this.fences = this.root.openDB<number, number>({ name: 'fences', encoding: 'msgpack', keyEncoding: 'ordered-binary' });

@@ -63,8 +63,8 @@ export interface ChunkStoreOptions {
   readonly log: Logger;
   readonly disk: Disk;
   readonly clock: Clock;
-  /** Opens the catalog; the daemon's is LMDB in `<directory>/meta`. */
-  readonly openCatalog: (path: string) => Catalog;
+  /** Opens the catalog, durably created; the daemon's is LMDB in `<directory>/meta`. */
+  readonly openCatalog: (path: string) => Catalog | Promise<Catalog>;
 }
 
 export interface ChunkStoreStats {
@@ -85,7 +85,7 @@ export interface ChunkStoreStats {
 export const REAL_STORE_ENV: Pick<ChunkStoreOptions, 'disk' | 'clock' | 'openCatalog'> = {
   disk: realDisk,
   clock: systemClock,
-  openCatalog: (path) => new LmdbCatalog(path),
+  openCatalog: (path) => LmdbCatalog.open(path),
 };
 
 type Mode = { readonly kind: 'live'; readonly version: number | null } | { readonly kind: 'replay' };
@@ -136,9 +136,8 @@ export class ChunkStore {
   static async open(options: ChunkStoreOptions): Promise<ChunkStore> {
     const { disk, directory } = options;
     await disk.mkdir(join(directory, 'chunks'));
-    const store = new ChunkStore(options, options.openCatalog(join(directory, 'meta')));
-    // The entries just created (chunks/, the catalog's files) must survive a power cut: LMDB
-    // syncs its data, never the directory that names it.
+    const store = new ChunkStore(options, await options.openCatalog(join(directory, 'meta')));
+    // The entry of chunks/ just created must survive a power cut like the catalog's.
     await disk.syncDirectory(directory);
     // From here until a clean close, a crash counts as an unclean stop.
     if (store.previousStopClean) await store.catalog.putState('cleanStop', 0);
@@ -810,18 +809,61 @@ export class ChunkStore {
     return { directory, data: join(directory, `${chunkId}.data`), sums: join(directory, `${chunkId}.sums`) };
   }
 
-  /** Files of chunks whose creation never committed (a crash between files and metadata). */
+  /**
+   * Files of chunks without a catalog record. A crash between creating a chunk's files and its
+   * record leaves them empty: removed. Files that hold written blocks are never removed on sight
+   * (a lost or damaged catalog must not destroy data): they are moved to `orphaned/`, and the
+   * server reports itself damaged until an admin looks.
+   */
   private async removeOrphanFiles(): Promise<void> {
     const chunksDir = join(this.options.directory, 'chunks');
+    const kept: string[] = [];
     for (const sub of await this.disk.readdir(chunksDir)) {
       for (const name of await this.disk.readdir(join(chunksDir, sub))) {
-        const match = /^(\d+)\.(data|sums)$/.exec(name);
+        const match = /^(\d+)\.sums$/.exec(name);
         if (match === null || this.getMeta(Number(match[1])) !== undefined) continue;
-        this.options.log.warn('removing chunk file without metadata', { file: join(sub, name) });
-        await this.disk.remove(join(chunksDir, sub, name));
+        const chunkId = Number(match[1]);
+        const paths = this.paths(chunkId);
+        if (await holdsWrittenBlocks(this.disk, paths.sums)) {
+          await this.setAside(chunkId);
+          kept.push(String(chunkId));
+          continue;
+        }
+        this.options.log.warn('removing the files of a chunk whose creation never completed', { chunkId });
+        await this.disk.remove(paths.data);
+        await this.disk.remove(paths.sums);
+      }
+      for (const name of await this.disk.readdir(join(chunksDir, sub))) {
+        const match = /^(\d+)\.data$/.exec(name);
+        // A data file whose checksums are gone holds nothing this server could vouch for.
+        if (match !== null && this.getMeta(Number(match[1])) === undefined) await this.disk.remove(join(chunksDir, sub, name));
       }
     }
+    if (kept.length > 0) {
+      this.damage = `${kept.length} chunk files hold data but have no catalog record (moved to orphaned/): chunks ${kept.slice(0, 10).join(', ')}`;
+      this.options.log.error('chunk files with data but no catalog record were set aside in orphaned/, not deleted', { chunks: kept });
+    }
   }
+
+  private async setAside(chunkId: number): Promise<void> {
+    const orphaned = join(this.options.directory, 'orphaned');
+    await this.disk.mkdir(orphaned);
+    const paths = this.paths(chunkId);
+    await this.disk.rename(paths.sums, join(orphaned, `${chunkId}.sums`));
+    await this.disk.rename(paths.data, join(orphaned, `${chunkId}.data`)).catch(() => undefined);
+    await this.disk.syncDirectory(orphaned);
+    await this.disk.syncDirectory(this.options.directory);
+    await this.disk.syncDirectory(paths.directory);
+  }
+}
+
+/** Whether a checksum file marks any block as written (flag bit 0 of each entry's second word). */
+async function holdsWrittenBlocks(disk: Disk, sumsPath: string): Promise<boolean> {
+  const sums = await disk.readFile(sumsPath);
+  for (let offset = 4; offset + 4 <= sums.length; offset += SUM_BYTES) {
+    if ((sums.readUInt32LE(offset) & FLAG_WRITTEN) !== 0) return true;
+  }
+  return false;
 }
 
 function blockSpan(offsetBytes: number, lengthBytes: number): { first: number; last: number } {
