@@ -84,6 +84,9 @@ export class Cluster {
   readonly allocating = new Set<number>();
   /** The latest comparison of each server's replicas with the map, since this MDS started. */
   private readonly scans = new Map<number, Promise<void>>();
+  /** Chunks whose members' versions differ from the map's, waiting for their members (bounded by the map). */
+  private readonly versionMismatches = new Map<string, { volumeId: number; chunkIndex: number }>();
+  private reconciling = false;
   /** A rebuild scheduled after replicas newer than the map were found (debounced). */
   private autoRebuild: NodeJS.Timeout | null = null;
   private quarantineCheckedMs = Number.NEGATIVE_INFINITY;
@@ -544,7 +547,7 @@ export class Cluster {
           olderCopies.push({ chunkId, csId, volumeId: chunk.volumeId, chunkIndex: chunk.chunkIndex });
         }
       }
-      void this.reconcileVersions(versionMismatches);
+      this.reconcileVersions(versionMismatches);
       await this.forgetVanishedQuarantine(csId, new Set(held.map((replica) => replica.chunkId)));
       if (olderCopies.length > 0) {
         await this.store.submit({ type: 'queueReplicaDeletes', entries: olderCopies });
@@ -615,13 +618,42 @@ export class Cluster {
         'see `shoal mds rebuild` to take them back into the map', { csId, ...range });
   }
 
-  private async reconcileVersions(chunks: ReadonlyArray<{ volumeId: number; chunkIndex: number }>): Promise<void> {
-    for (const { volumeId, chunkIndex } of chunks) {
-      try {
-        await this.replicator.reconcileVersion(volumeId, chunkIndex);
-      } catch (error) {
-        this.log.warn('could not reconcile a chunk\'s versions; the next registration or client report retries', { volumeId, chunkIndex, error });
+  /**
+   * Chunks whose members hold another version than the map, to be reconciled once every member is
+   * online (or given up): reconciling seals the members, and one that has not registered yet
+   * would leave the set for it. Retried at every recovery tick.
+   */
+  private reconcileVersions(chunks: ReadonlyArray<{ volumeId: number; chunkIndex: number }>): void {
+    for (const chunk of chunks) this.versionMismatches.set(`${chunk.volumeId}:${chunk.chunkIndex}`, chunk);
+    void this.reconcileReady();
+  }
+
+  private async reconcileReady(): Promise<void> {
+    if (this.reconciling) return;
+    this.reconciling = true;
+    try {
+      const nowMs = this.clock.nowMs();
+      for (const [key, { volumeId, chunkIndex }] of [...this.versionMismatches]) {
+        const chunk = this.store.tables.getChunk(volumeId, chunkIndex);
+        if (chunk === undefined) {
+          this.versionMismatches.delete(key);
+          continue;
+        }
+        const waiting = chunk.replicas.some((csId) => {
+          const server = this.store.tables.getChunkServer(csId);
+          const gone = server === undefined || server.adminState === 'removed' || this.registry.offlineForMs(csId, nowMs) >= this.config.replaceAfterMs;
+          return !gone && !this.registry.isOnline(csId, nowMs);
+        });
+        if (waiting) continue;
+        try {
+          await this.replicator.reconcileVersion(volumeId, chunkIndex);
+          this.versionMismatches.delete(key);
+        } catch (error) {
+          this.log.warn('could not reconcile a chunk\'s versions; retrying', { volumeId, chunkIndex, error });
+        }
       }
+    } finally {
+      this.reconciling = false;
     }
   }
 
@@ -669,6 +701,7 @@ export class Cluster {
 
   /** Plans recovery and starts what fits. Called periodically and after failures. */
   recoveryTick(): number {
+    if (this.versionMismatches.size > 0) void this.reconcileReady();
     return this.recovery.tick();
   }
 
