@@ -258,7 +258,12 @@ export class Volume implements BlockDevice {
       const failedCsIds = outcome.kind === 'failed' ? [...outcome.failedCsIds] : [];
       if (outcome.kind === 'stale') {
         const before = entry.version;
-        await this.refreshChunk(piece.chunkIndex);
+        // An MDS that cannot be reached (restarting) is waited out like any other failure.
+        const refreshed = await this.refreshChunk(piece.chunkIndex).then(() => true, (error: unknown) => {
+          lastProblem = error instanceof Error ? error.message : String(error);
+          return false;
+        });
+        if (!refreshed) continue;
         if ((this.chunks.get(piece.chunkIndex)?.version ?? before) !== before) continue;
       }
       // Members failed, or a member disagrees with the map about the version: the MDS settles it.

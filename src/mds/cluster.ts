@@ -467,6 +467,9 @@ export class Cluster {
     for (const pending of this.store.tables.listPendingDeletes(DELETE_BATCH_MAX)) {
       const degraded = this.degradedChunk(pending);
       for (const csId of pending.csIds) {
+        // The list was read before the deletes above were awaited: a copy that has become a member
+        // again since (an older copy brought up to date) has left the queue, and is never deleted.
+        if (this.store.tables.getPendingDelete(pending.chunkId)?.csIds.includes(csId) !== true) continue;
         if (!this.registry.isOnline(csId, nowMs)) continue;
         if (this.replicator.isFilling(pending.chunkId, csId)) continue;
         // An older copy of a chunk that lacks members is what makes bringing it back cheap.

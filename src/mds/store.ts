@@ -6,9 +6,8 @@
 // Reads outside a submit see committed state only.
 
 import { open, type Database, type RootDatabase } from 'lmdb';
-import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { syncDirectory } from '../util/fs.ts';
+import { mkdirDurable, syncDirectory } from '../util/fs.ts';
 import { assert } from '../util/assert.ts';
 import type {
   ChunkRecord,
@@ -180,7 +179,7 @@ export class MdsStore {
   }
 
   static async open(path: string): Promise<MdsStore> {
-    await mkdir(dirname(path), { recursive: true });
+    await mkdirDurable(dirname(path));
     // No compression: records are small; no caching: childTransaction needs it off.
     const root = open({ path, compression: false, maxDbs: 16, mapSize: 4 * 1024 * 1024 * 1024 });
     // LMDB syncs its data files, never the directory entries that name them: without this, a
