@@ -116,6 +116,8 @@ export class ChunkStore {
   /** Chunk id -> bitmap of blocks changed since TRACK_CHANGES (only chunks being copied). */
   private readonly changes = new Map<number, Uint8Array>();
   private journalInstance: Journal | null = null;
+  /** An evicted handle's sync failed: no later syncDirty succeeds (see syncAndClose). */
+  private chunkSyncFailure: unknown = null;
   private punchSupported = true;
   /** Set when start-up found data it could not restore; reported as unhealthy to the MDS. */
   damage: string | null = null;
@@ -238,13 +240,14 @@ export class ChunkStore {
     }
     await this.catalog.removeChunk(chunkId);
     this.changes.delete(chunkId);
+    // An evicted handle may still be syncing, and is kept open if its sync failed (syncAndClose).
+    await this.closing.get(chunkId)?.catch(() => undefined);
     const handle = this.handles.get(chunkId);
     if (handle !== undefined) {
       this.handles.delete(chunkId);
       await waitUnused(handle);
       await closeHandle(handle);
     }
-    await this.closing.get(chunkId);
     // Files left behind by a crash before the removal is durable go at the next start (no record).
     const paths = this.paths(chunkId);
     await this.disk.remove(paths.data);
@@ -661,10 +664,12 @@ export class ChunkStore {
         else await this.applyZero(handle, record.offsetBytes, record.lengthBytes, REPLAY);
       });
     } catch (error) {
-      // The server still starts, to serve what it has, but it says it is damaged.
+      // The server still starts, to serve what it has, but it says it is damaged; the journal,
+      // told by the rejection, keeps its segments for the next start and takes no writes.
       const failure = fromSystemError(error, `replaying journal record ${record.segmentNumber}/${record.index} into chunk ${record.chunkId}`);
       this.damage = failure.message;
       this.options.log.error('journal replay failed for a record', { segment: record.segmentNumber, index: record.index, chunkId: record.chunkId, error: failure });
+      throw failure;
     }
   }
 
@@ -674,12 +679,16 @@ export class ChunkStore {
    */
   async syncDirty(): Promise<void> {
     const dirty = [...this.handles.values()].filter((handle) => handle.dirty);
+    // Each is in use while it syncs: an eviction must not close it under this sync, nor find it
+    // clean (this sync took its dirty marks) and close it before its checksums are written.
+    for (const handle of dirty) handle.users += 1;
     const results = await Promise.allSettled([
-      ...dirty.map((handle) => syncHandle(handle)),
+      ...dirty.map((handle) => syncHandle(handle).finally(() => releaseUse(handle))),
       ...this.closing.values(),
     ]);
     const failed = results.find((result) => result.status === 'rejected');
     if (failed !== undefined) throw failed.reason;
+    if (this.chunkSyncFailure !== null) throw this.chunkSyncFailure;
   }
 
   /**
@@ -716,35 +725,41 @@ export class ChunkStore {
     try {
       return await use(handle);
     } finally {
-      handle.users -= 1;
-      assert(handle.users >= 0, 'chunk handle users never negative');
-      if (handle.users === 0) for (const wake of handle.unusedWaiters.splice(0)) wake();
+      releaseUse(handle);
     }
   }
 
   private async acquire(chunkId: number): Promise<ChunkHandle> {
-    const cached = this.handles.get(chunkId);
-    if (cached !== undefined) {
-      // Map order is the LRU order: move to the back.
-      this.handles.delete(chunkId);
-      this.handles.set(chunkId, cached);
-      cached.users += 1;
-      return cached;
+    for (;;) {
+      const cached = this.handles.get(chunkId);
+      if (cached !== undefined) {
+        // Map order is the LRU order: move to the back.
+        this.handles.delete(chunkId);
+        this.handles.set(chunkId, cached);
+        cached.users += 1;
+        return cached;
+      }
+      let opening = this.opening.get(chunkId);
+      if (opening === undefined) {
+        opening = this.openHandle(chunkId).finally(() => this.opening.delete(chunkId));
+        this.opening.set(chunkId, opening);
+      }
+      const handle = await opening;
+      // Between the open and this moment the new handle was idle: another request's eviction may
+      // have taken it. Using it would write through a closing file, whose dirty marks and
+      // checksums nobody syncs any more: open the chunk again instead.
+      if (this.handles.get(chunkId) !== handle) continue;
+      handle.users += 1;
+      this.evictIfNeeded();
+      return handle;
     }
-    let opening = this.opening.get(chunkId);
-    if (opening === undefined) {
-      opening = this.openHandle(chunkId).finally(() => this.opening.delete(chunkId));
-      this.opening.set(chunkId, opening);
-    }
-    const handle = await opening;
-    handle.users += 1;
-    this.evictIfNeeded();
-    return handle;
   }
 
   private async openHandle(chunkId: number): Promise<ChunkHandle> {
-    // The previous handle of this chunk may still be writing its checksums.
+    // The previous handle of this chunk may still be writing its checksums, and is kept if it failed.
     await this.closing.get(chunkId)?.catch(() => undefined);
+    const kept = this.handles.get(chunkId);
+    if (kept !== undefined) return kept;
     const meta = this.getMeta(chunkId);
     if (meta === undefined) throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
     const paths = this.paths(chunkId);
@@ -797,11 +812,17 @@ export class ChunkStore {
     try {
       if (handle.dirty || handle.sumsDirty !== null) await syncHandle(handle);
     } catch (error) {
-      this.journal.failChunkSync(error);
+      // Remembered for every later syncDirty (this promise may be gone from `closing` before one
+      // looks), and the journal stops; while it replays at start-up it is not there yet, and the
+      // syncDirty that ends the replay reports the failure instead.
+      this.chunkSyncFailure ??= error;
+      this.journalInstance?.failChunkSync(error);
+      // Kept open: its checksums in memory are the only ones that match the file's bytes now (the
+      // .sums file missed them), so reads go on through it until a restart replays the journal.
+      this.handles.set(handle.meta.chunkId, handle);
       throw error;
-    } finally {
-      await closeHandle(handle).catch((error: unknown) => this.options.log.warn('closing a chunk file failed', { error }));
     }
+    await closeHandle(handle).catch((error: unknown) => this.options.log.warn('closing a chunk file failed', { error }));
   }
 
   private paths(chunkId: number): { directory: string; data: string; sums: string } {
@@ -972,6 +993,13 @@ async function writeZeroes(handle: DiskFile, startBytes: number, lengthBytes: nu
 async function closeHandle(handle: ChunkHandle): Promise<void> {
   await handle.data.close();
   await handle.sumsFile.close();
+}
+
+/** Ends one use of a handle (a request, or a sync that pinned it); wakes a delete waiting for none. */
+function releaseUse(handle: ChunkHandle): void {
+  handle.users -= 1;
+  assert(handle.users >= 0, 'chunk handle users never negative');
+  if (handle.users === 0) for (const wake of handle.unusedWaiters.splice(0)) wake();
 }
 
 /** Resolves once nobody uses the handle (its range locks are all taken inside a use). */

@@ -120,8 +120,9 @@ export class Journal {
   private failure: StorageError | null = null;
   /**
    * Set when chunk files could not be synced: the kernel may already have dropped the data the
-   * journal still holds, and a retried sync can "succeed" without it. From then on no record is
-   * taken and no segment is recycled, so a restart replays everything.
+   * journal still holds, and a retried sync can "succeed" without it; or when start-up could not
+   * replay a record into its chunk. From then on no record is taken and no segment is recycled,
+   * so a restart replays everything.
    */
   private fatal: StorageError | null = null;
   private failedAtMs = 0;
@@ -130,6 +131,8 @@ export class Journal {
   private highestNumber = 0;
   /** Replay found damage (not just a torn tail) in this start-up's journal. */
   damagedRecordsTotal = 0;
+  /** Records whose `apply` failed at this start-up (their segments are kept, see open). */
+  replayFailuresTotal = 0;
   private closed = false;
 
   private constructor(options: JournalOptions) {
@@ -138,7 +141,9 @@ export class Journal {
 
   /**
    * Opens the journal: replays every record left by the previous run through `apply` (in order),
-   * syncs the chunk files, recycles the old segments and starts the next one.
+   * syncs the chunk files, recycles the old segments and starts the next one. If `apply` rejected
+   * a record with a StorageError, or the chunk files could not be synced, nothing is recycled and
+   * the journal takes no records (see `fatal`): the next start replays it all again.
    */
   static async open(options: JournalOptions, apply: (record: JournalRecord) => Promise<void>): Promise<Journal> {
     const { disk } = options;
@@ -155,10 +160,23 @@ export class Journal {
     for (const [index, segment] of segments.entries()) {
       replayed += await journal.replaySegment(segment, index === segments.length - 1, apply);
     }
-    if (segments.length > 0) {
-      await options.syncChunkFiles();
-      await journal.recycle(segments.map((s) => s.name));
-      options.log.info('journal replayed', { segments: segments.length, records: replayed });
+    if (journal.replayFailuresTotal > 0) {
+      // Records whose change could not be made (a full disk, a disk error) are still owed to the
+      // chunk files: keep every segment for the next start, and take no records meanwhile.
+      journal.fatal = new StorageError(
+        'ERR_IO',
+        `${journal.replayFailuresTotal} journal records could not be replayed: this disk takes no more writes; its journal is kept and replayed at the next start`,
+      );
+      options.log.error('journal replay failed: no more writes on this disk, journal kept for the next start', { records: replayed, failed: journal.replayFailuresTotal });
+    } else if (segments.length > 0) {
+      // The replayed changes must be in the chunk files before their records go. If a chunk file
+      // cannot be synced, the journal stops as it would later on (see failChunkSync): the server
+      // starts, to serve what it has, and the next start replays it all again.
+      await options.syncChunkFiles().catch((error: unknown) => void journal.failChunkSync(error));
+      if (journal.fatal === null) {
+        await journal.recycle(segments.map((s) => s.name));
+        options.log.info('journal replayed', { segments: segments.length, records: replayed });
+      }
     }
     journal.segment = await journal.nextSegment(true);
     journal.prepareSpare();
@@ -350,6 +368,9 @@ export class Journal {
       await new Promise<void>((resolve) => this.appliedWaiters.push(resolve));
     }
     await this.syncChunkFiles();
+    // A chunk sync that failed elsewhere while this one ran (an evicted handle's, which finished
+    // before syncChunkFiles could wait for it) stopped the journal: its data may be only here.
+    if (this.fatal !== null) throw this.fatal;
     await old.handle.close();
     const { segments } = await this.listFiles();
     await this.recycle(segments.filter((s) => s.number < next.number).map((s) => s.name));
@@ -463,7 +484,13 @@ export class Journal {
     for (;;) {
       const parsed = parseRecord(bytes, position);
       if (parsed === null || parsed.record.segmentNumber !== segment.number || parsed.record.index !== index) break;
-      await apply(parsed.record);
+      // A record that could not be applied (an operating error: the caller reports it) is counted
+      // and replay goes on, as the later records are still owed to the chunk files. A programmer
+      // error stops the start.
+      await apply(parsed.record).catch((error: unknown) => {
+        if (!(error instanceof StorageError)) throw error;
+        this.replayFailuresTotal += 1;
+      });
       position = parsed.end;
       index += 1;
     }
