@@ -117,7 +117,7 @@ t.test('a checkpoint waits until records of the old segment reach the chunk file
   const dir = await scratch(t);
   const events: string[] = [];
   const journal = await Journal.open(
-    { disk: realDisk, clock: systemClock, directory: dir, segmentBytesMax: 1 << 30, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => { events.push('sync'); } },
+    { disk: realDisk, clock: systemClock, directory: dir, segmentBytesMax: 1 << 20, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => { events.push('sync'); } },
     async () => undefined,
   );
   const ticket = journal.append(JOURNAL_RECORD_TYPE.WRITE, 1, 0, 10, Buffer.alloc(10));

@@ -7,8 +7,9 @@
 // is checked first, and the checker is shown to catch a lost write and a rotten block. Seeds run in
 // worker threads (test/sim/seed_worker.ts).
 //
-// Known issue, kept visible as TODO assertions: the journal reports "damage" when a cut tears a
-// batch that was never acknowledged and a later record of it landed (nothing acknowledged is lost).
+// A cut that tears a batch that was never synced, while a later record of it landed, is not
+// damage: each record knows its position in its batch (see journal.ts), and these groups check
+// that replay tells it from a record lost after it was durable.
 //
 // A failing seed prints SEED=<n> and the command that reruns just that seed (in every group):
 //   SHOAL_SIM_SEED=<n> npx tap build/test/sim_chunk_store.test.js
@@ -172,8 +173,8 @@ t.test('the simulated disk keeps Linux\'s durability rules', async (t) => {
 
   t.test('a catalog put is durable once it resolves; a reopened catalog has only those', async (t) => {
     const catalog = new SimCatalog({ latency: () => new Promise<void>((resolve) => setImmediate(resolve)) });
-    await catalog.putChunk({ chunkId: 1, volumeId: 1, chunkIndex: 0, sizeBytes: 65536, version: 1 });
-    const inFlight = catalog.putChunk({ chunkId: 2, volumeId: 1, chunkIndex: 1, sizeBytes: 65536, version: 1 });
+    await catalog.putChunk({ chunkId: 1, volumeId: 1, chunkIndex: 0, sizeBytes: 65536, version: 1, generation: 1 });
+    const inFlight = catalog.putChunk({ chunkId: 2, volumeId: 1, chunkIndex: 1, sizeBytes: 65536, version: 1, generation: 1 });
     const after = catalog.powerCut();
     await t.rejects(inFlight, { code: 'EIO' });
     t.same(after.listChunks(0, 10).map((meta) => meta.chunkId), [1]);
@@ -188,8 +189,7 @@ t.test('random workloads, faults and power cuts: nothing acknowledged is lost', 
   const stats = (key: string): number => results.reduce((sum, result) => sum + (result.stats[key] ?? 0), 0);
   if (ONLY === undefined) t.ok(stats('acked') > results.length * 10 && stats('powerCuts') > results.length, 'the seeds did real work');
   const falseDamage = seedsWith(results, 'falseJournalDamage');
-  t.equal(falseDamage.length, 0, `the journal reports no damage after benign cuts (seeds ${falseDamage.slice(0, 10).join(', ')})`,
-    { todo: 'known issue: a torn, never-acknowledged batch whose later record landed is reported as damage (see the journal groups)' });
+  t.equal(falseDamage.length, 0, `the journal reports no damage after benign cuts (seeds ${falseDamage.slice(0, 10).join(', ')})`);
 });
 
 t.test('(A) a chunk sync that fails during a checkpoint stops writes and keeps the journal', async (t) => {
@@ -268,13 +268,11 @@ t.test('journal: random appends, faults and power cuts replay every acknowledged
   t.setTimeout(600_000);
   const results = await group(t, 'journal', 'journal', JOURNAL_SEEDS);
   const damage = seedsWith(results, 'benignDamageReports');
-  t.equal(damage.length, 0, `no damage reported after benign cuts (reported in ${damage.length} seeds: ${damage.slice(0, 10).join(', ')})`,
-    { todo: 'known issue: a torn, never-acknowledged batch whose later record landed is reported as damage' });
+  t.equal(damage.length, 0, `no damage reported after benign cuts (reported in ${damage.length} seeds: ${damage.slice(0, 10).join(', ')})`);
 });
 
 t.test('journal: a cut inside an unsynced batch skips nothing acknowledged', async (t) => {
   const results = await group(t, 'torn batch', 'tornBatch', SCENARIO_SEEDS);
   const damage = seedsWith(results, 'damageReported');
-  t.equal(damage.length, 0, `the torn batch is not reported as damage (reported in ${damage.length} of ${results.length}: seeds ${damage.slice(0, 5).join(', ')})`,
-    { todo: 'known issue: replay cannot tell a batch that never synced from damage; a batch marker in the reserved header bytes would' });
+  t.equal(damage.length, 0, `the torn batch is not reported as damage (reported in ${damage.length} of ${results.length}: seeds ${damage.slice(0, 5).join(', ')})`);
 });

@@ -7,7 +7,7 @@
 // (big-endian), and journal/spare-<n>.log files waiting to become segments:
 //
 //   0 u32 magic | 4 u32 recordBytes | 8 u32 crc32c of payload then bytes [12, 40) | 12 u8 type |
-//   13 3 zero bytes | 16 u32 segment number | 20 u32 index in segment | 24 u32 chunkId high |
+//   13 u24 position in its batch | 16 u32 segment number | 20 u32 index in segment | 24 u32 chunkId high |
 //   28 u32 chunkId low | 32 u32 offsetBytes | 36 u32 lengthBytes | 40 payload (WRITE only)
 //
 // Segments are preallocated (zero-filled once, then recycled after checkpoints), so a commit
@@ -19,6 +19,11 @@
 // Records are replayed in order after a crash; each one sets the bytes of its range, so replaying
 // a record twice, or a record whose effect already reached the chunk file, is harmless. Replay
 // stops at the first record that is torn, corrupt or not the next one (the tail a crash cut off).
+// Each record knows its position in its batch (the records written with one writev and synced
+// with one fdatasync): a valid record after the stop point whose batch began at or before it is
+// the rest of a batch that was never synced (a power cut lets the disk keep any part of it), not
+// damage. Only a record of a later batch proves that a synced record was lost. Journals written
+// before the position existed hold zeroes there: every record then counts as its batch's first.
 //
 // Checkpoint: switch to the next segment, wait until every record of the older ones is applied,
 // sync every chunk file written since the last checkpoint, then recycle the older segments.
@@ -37,6 +42,8 @@ export type JournalRecordType = (typeof JOURNAL_RECORD_TYPE)[keyof typeof JOURNA
 
 const MAGIC = 0x53484a32; // "SHJ2"
 export const JOURNAL_HEADER_BYTES = 40;
+/** Largest position of a record in its batch that the header's 24 bits hold. */
+const BATCH_POSITION_MAX = 0xffffff;
 const TWO_32 = 2 ** 32;
 /** After a full disk, how long the journal waits before it tries writes again. */
 const NO_SPACE_RETRY_MS = 1_000;
@@ -292,7 +299,7 @@ export class Journal {
     let bytes = 0;
     for (const record of batch) {
       if (record.bytes === 0) continue;
-      buffers.push(encodeRecordHead(record, segment.number, segment.nextIndex));
+      buffers.push(encodeRecordHead(record, segment.number, segment.nextIndex, segment.nextIndex - indexBefore));
       segment.nextIndex += 1;
       if (record.payload !== undefined) buffers.push(record.payload);
       bytes += record.bytes;
@@ -531,12 +538,14 @@ export function encodeRecordHead(
   record: Pick<PendingRecord, 'type' | 'chunkId' | 'offsetBytes' | 'lengthBytes' | 'payload' | 'payloadCrc'>,
   segmentNumber: number,
   index: number,
+  positionInBatch: number,
 ): Buffer {
+  assert(positionInBatch >= 0 && positionInBatch <= BATCH_POSITION_MAX, 'a batch holds at most 2^24 records');
   const head = Buffer.allocUnsafe(JOURNAL_HEADER_BYTES);
   head.writeUInt32BE(MAGIC, 0);
   head.writeUInt32BE(JOURNAL_HEADER_BYTES + (record.payload?.length ?? 0), 4);
   head.writeUInt8(record.type, 12);
-  head.fill(0, 13, 16);
+  head.writeUIntBE(positionInBatch, 13, 3);
   head.writeUInt32BE(segmentNumber, 16);
   head.writeUInt32BE(index, 20);
   head.writeUInt32BE(Math.floor(record.chunkId / TWO_32), 24);
@@ -548,7 +557,7 @@ export function encodeRecordHead(
 }
 
 /** Parses the record at `position`, or returns null if it is missing, torn or corrupt. */
-export function parseRecord(bytes: Buffer, position: number): { record: JournalRecord; end: number } | null {
+export function parseRecord(bytes: Buffer, position: number): { record: JournalRecord; positionInBatch: number; end: number } | null {
   if (bytes.length - position < JOURNAL_HEADER_BYTES) return null;
   if (bytes.readUInt32BE(position) !== MAGIC) return null;
   const recordBytes = bytes.readUInt32BE(position + 4);
@@ -572,17 +581,23 @@ export function parseRecord(bytes: Buffer, position: number): { record: JournalR
       lengthBytes,
       payload,
     },
+    positionInBatch: bytes.readUIntBE(position + 13, 3),
     end: position + recordBytes,
   };
 }
 
-/** A valid record of this segment with a higher index somewhere after `position`: damage. */
+/**
+ * A valid record of this segment after `position`, of a batch that began after the record replay
+ * stopped at (`index`): that batch was written only once the one holding `index` had been synced,
+ * so the record at `index` was lost after it was durable: damage.
+ */
 function hasLaterRecord(bytes: Buffer, position: number, segmentNumber: number, index: number): boolean {
   const magic = Buffer.alloc(4);
   magic.writeUInt32BE(MAGIC, 0);
   for (let at = bytes.indexOf(magic, position + 1); at >= 0; at = bytes.indexOf(magic, at + 1)) {
     const parsed = parseRecord(bytes, at);
-    if (parsed !== null && parsed.record.segmentNumber === segmentNumber && parsed.record.index > index) return true;
+    if (parsed === null || parsed.record.segmentNumber !== segmentNumber || parsed.record.index <= index) continue;
+    if (parsed.record.index - parsed.positionInBatch > index) return true;
   }
   return false;
 }

@@ -12,6 +12,7 @@
 // copy-on-write commits are atomic).
 
 import { assert } from '../util/assert.ts';
+import type { VolumeDescription } from '../protocol/cs_messages.ts';
 import type { Catalog, CatalogStateKey, ChunkMeta } from './catalog.ts';
 
 export interface SimCatalogOptions {
@@ -23,6 +24,7 @@ interface CatalogContents {
   readonly chunks: Map<number, ChunkMeta>;
   readonly fences: Map<number, number>;
   readonly state: Map<CatalogStateKey, number>;
+  readonly volumes: Map<number, VolumeDescription>;
 }
 
 export class SimCatalog implements Catalog {
@@ -35,7 +37,7 @@ export class SimCatalog implements Catalog {
 
   constructor(options: SimCatalogOptions = {}, contents?: CatalogContents) {
     this.options = options;
-    this.contents = contents ?? { chunks: new Map(), fences: new Map(), state: new Map() };
+    this.contents = contents ?? { chunks: new Map(), fences: new Map(), state: new Map(), volumes: new Map() };
   }
 
   getChunk(chunkId: number): ChunkMeta | undefined {
@@ -68,6 +70,19 @@ export class SimCatalog implements Catalog {
 
   putFence(volumeId: number, epoch: number): Promise<void> {
     return this.commit(() => this.contents.fences.set(volumeId, epoch));
+  }
+
+  listVolumeIds(): number[] {
+    return [...new Set([...this.contents.fences.keys(), ...this.contents.volumes.keys()])].sort((a, b) => a - b);
+  }
+
+  getVolume(volumeId: number): VolumeDescription | undefined {
+    return this.contents.volumes.get(volumeId);
+  }
+
+  putVolume(volumeId: number, description: VolumeDescription): Promise<void> {
+    const record = Object.freeze({ ...description });
+    return this.commit(() => this.contents.volumes.set(volumeId, record));
   }
 
   getState(key: CatalogStateKey): number | undefined {
@@ -116,5 +131,7 @@ function powerCutError(): Error {
 }
 
 function copyContents(contents: CatalogContents): CatalogContents {
-  return { chunks: new Map(contents.chunks), fences: new Map(contents.fences), state: new Map(contents.state) };
+  return {
+    chunks: new Map(contents.chunks), fences: new Map(contents.fences), state: new Map(contents.state), volumes: new Map(contents.volumes),
+  };
 }

@@ -354,7 +354,7 @@ export class StoreSim {
     chunk.versionChanging = true;
     chunk.versionsInDoubt.add(toVersion);
     try {
-      const meta = await this.store.setVersion(chunk.chunkId, toVersion, expected);
+      const meta = await this.store.setVersion(chunk.chunkId, toVersion, expected, toVersion);
       if (meta.version !== toVersion) this.fail(`setVersion(${toVersion}) on chunk ${chunk.chunkId} returned version ${meta.version}`);
       chunk.version = Math.max(chunk.version, toVersion);
       chunk.versionsInDoubt.delete(toVersion);
@@ -375,7 +375,7 @@ export class StoreSim {
     };
     this.chunks.set(chunkId, chunk);
     try {
-      await this.store.createChunk({ chunkId, volumeId: VOLUME_ID, chunkIndex: chunkId, sizeBytes: this.config.chunkBytes, version: 1 });
+      await this.store.createChunk({ chunkId, volumeId: VOLUME_ID, chunkIndex: chunkId, sizeBytes: this.config.chunkBytes, version: 1, generation: 1 });
       chunk.exists = 'acked';
     } catch (error) {
       if (generation === this.generation) this.expectFaultBehind(`creating chunk ${chunkId}`, error);
