@@ -103,7 +103,15 @@ async function steadyCut(t: Test, run: PowerCutRun, mode: CutMode, blocks: numbe
   await writer.waitAcknowledged(writes, 120_000);
   const cuts = await run.cluster.cutAll(mode);
   await writer.stop();
-  t.ok(run.model.doubtfulBlocks > 0, `the cut came after ${writer.acknowledgedWrites} acknowledged writes with ${run.model.doubtfulBlocks} blocks in flight; ` +
+  const inFlightBlocks = run.model.doubtfulBlocks;
+  t.ok(inFlightBlocks > 0, `the cut came after ${writer.acknowledgedWrites} acknowledged writes with ${inFlightBlocks} blocks in flight; ` +
     `${describeCuts(cuts)}; phases: ${run.cluster.lastCutPhases}`);
   await run.checkRecovered(t, `steady writes, ${describeMode(mode)}`);
+  // Every daemon restarted after the cut: their counters hold only what was copied since. Members
+  // may differ only where writes were in flight; nothing else is copied (no whole chunks).
+  const filled = (await Promise.all(run.cluster.chunkServers.map((_, index) => run.cluster.csMetric(index, 'shoal_cs_replica_fill_bytes_total'))))
+    .reduce((sum, bytes) => sum + bytes, 0);
+  t.ok(filled <= inFlightBlocks * BLOCK_BYTES * 2,
+    `after the cut of everything only blocks in flight were copied between chunk servers: ${filled} bytes for ${inFlightBlocks} blocks in flight ` +
+      `(at most two other members each); a whole chunk is ${CHUNK_BYTES} bytes`);
 }

@@ -27,7 +27,7 @@ import type { VolumeListEntry, VolumeDescription } from '../protocol/cs_messages
 import type { Logger } from '../util/log.ts';
 import { RangeLock } from '../util/range_lock.ts';
 import { LmdbCatalog, type Catalog, type ChunkMeta } from './catalog.ts';
-import { isUnsupported, type Disk, type DiskFile } from './disk/disk.ts';
+import { errnoCode, isUnsupported, type Disk, type DiskFile } from './disk/disk.ts';
 import { realDisk } from './disk/real_disk.ts';
 import { JOURNAL_RECORD_TYPE, Journal, type JournalRecord, type JournalTicket } from './journal.ts';
 
@@ -111,6 +111,8 @@ export class ChunkStore {
    * chunk is not opened again until its previous handle has written its checksums and closed.
    */
   private readonly closing = new Map<number, Promise<void>>();
+  /** Chunks being removed: no new use of them (see deleteChunk). */
+  private readonly deleting = new Set<number>();
   /** chunks/<hh> directories known to exist with their entry synced (at most 256). */
   private readonly durableDirectories = new Set<string>();
   /** Chunk id -> bitmap of blocks changed since TRACK_CHANGES (only chunks being copied). */
@@ -234,24 +236,40 @@ export class ChunkStore {
     }));
   }
 
+  /**
+   * Removes a replica: no new use of it from the start, its files removed and their removal made
+   * durable, and only then its catalog record. A crash in between leaves a record without files,
+   * which the next open of the chunk finishes removing; the other order would leave files full of
+   * data without a record, which look like a lost catalog's and are never deleted on sight.
+   */
   async deleteChunk(chunkId: number): Promise<void> {
-    if (this.getMeta(chunkId) === undefined) {
+    if (this.getMeta(chunkId) === undefined || this.deleting.has(chunkId)) {
       throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
     }
-    await this.catalog.removeChunk(chunkId);
-    this.changes.delete(chunkId);
-    // An evicted handle may still be syncing, and is kept open if its sync failed (syncAndClose).
-    await this.closing.get(chunkId)?.catch(() => undefined);
-    const handle = this.handles.get(chunkId);
-    if (handle !== undefined) {
-      this.handles.delete(chunkId);
-      await waitUnused(handle);
-      await closeHandle(handle);
+    this.deleting.add(chunkId);
+    try {
+      this.changes.delete(chunkId);
+      await this.opening.get(chunkId)?.catch(() => undefined);
+      // An evicted handle may still be syncing, and is kept open if its sync failed (syncAndClose).
+      await this.closing.get(chunkId)?.catch(() => undefined);
+      const handle = this.handles.get(chunkId);
+      if (handle !== undefined) {
+        this.handles.delete(chunkId);
+        await waitUnused(handle);
+        await closeHandle(handle);
+      }
+      await this.removeFiles(chunkId);
+      await this.catalog.removeChunk(chunkId);
+    } finally {
+      this.deleting.delete(chunkId);
     }
-    // Files left behind by a crash before the removal is durable go at the next start (no record).
+  }
+
+  private async removeFiles(chunkId: number): Promise<void> {
     const paths = this.paths(chunkId);
     await this.disk.remove(paths.data);
     await this.disk.remove(paths.sums);
+    await this.disk.syncDirectory(paths.directory);
   }
 
   // ---- data -------------------------------------------------------------------------------------
@@ -761,7 +779,7 @@ export class ChunkStore {
     const kept = this.handles.get(chunkId);
     if (kept !== undefined) return kept;
     const meta = this.getMeta(chunkId);
-    if (meta === undefined) throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
+    if (meta === undefined || this.deleting.has(chunkId)) throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
     const paths = this.paths(chunkId);
     let data: DiskFile | null = null;
     try {
@@ -779,8 +797,20 @@ export class ChunkStore {
       return handle;
     } catch (error) {
       await data?.close().catch(() => undefined);
+      if (errnoCode(error) === 'ENOENT') return this.finishDelete(chunkId);
       throw fromSystemError(error, `opening chunk ${chunkId}`);
     }
+  }
+
+  /**
+   * A record whose files are gone: a delete that a crash cut short after its files went (files
+   * are made durable before their record, see createChunk). The record goes too.
+   */
+  private async finishDelete(chunkId: number): Promise<never> {
+    this.options.log.warn('finishing the removal of a chunk whose files were already removed', { chunkId });
+    await this.removeFiles(chunkId);
+    await this.catalog.removeChunk(chunkId);
+    throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server (its removal was cut short and is now finished)`);
   }
 
   /**
@@ -833,8 +863,7 @@ export class ChunkStore {
   /**
    * Files of chunks without a catalog record. A crash between creating a chunk's files and its
    * record leaves them empty: removed. Files that hold written blocks are never removed on sight
-   * (a lost or damaged catalog must not destroy data): they are moved to `orphaned/`, and the
-   * server reports itself damaged until an admin looks.
+   * (a lost or damaged catalog must not destroy data): they are moved to `orphaned/` and logged.
    */
   private async removeOrphanFiles(): Promise<void> {
     const chunksDir = join(this.options.directory, 'chunks');
@@ -860,10 +889,8 @@ export class ChunkStore {
         if (match !== null && this.getMeta(Number(match[1])) === undefined) await this.disk.remove(join(chunksDir, sub, name));
       }
     }
-    if (kept.length > 0) {
-      this.damage = `${kept.length} chunk files hold data but have no catalog record (moved to orphaned/): chunks ${kept.slice(0, 10).join(', ')}`;
-      this.options.log.error('chunk files with data but no catalog record were set aside in orphaned/, not deleted', { chunks: kept });
-    }
+    // Not a reason to stop taking replicas: the data is kept aside for an admin to look at.
+    if (kept.length > 0) this.options.log.error('chunk files with data but no catalog record were set aside in orphaned/, not deleted', { chunks: kept });
   }
 
   private async setAside(chunkId: number): Promise<void> {

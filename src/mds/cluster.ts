@@ -45,6 +45,8 @@ const MiB = 1024 * 1024;
 /** Bytes of one COPY_RANGE request during a bulk copy (paced by the rate limit). */
 const COPY_STEP_BYTES = 8 * MiB;
 const DELETE_BATCH_MAX = 256;
+/** Members are given up only while at least half the active servers are online (see recovery.ts). */
+const REPLACE_QUORUM_FRACTION = 0.5;
 /** Quarantine entries per op: one LMDB transaction stays small. */
 const QUARANTINE_BATCH_MAX = 1024;
 /** After replicas newer than the map are found, the rebuild waits this long for other servers' scans. */
@@ -118,6 +120,7 @@ export class Cluster {
       planner: {
         replaceAfterMs: deps.config.replaceAfterMs,
         replaceEndangeredAfterMs: deps.config.replaceEndangeredAfterMs,
+        replaceQuorumFraction: REPLACE_QUORUM_FRACTION,
         failureDomain: deps.config.failureDomain,
         rebalanceThreshold: deps.config.rebalanceThreshold,
         actionsMax: 256,

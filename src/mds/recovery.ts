@@ -58,6 +58,12 @@ export interface PlannerConfig {
    * `replaceAfterMs`); with at least `min` live, the chunk waits `replaceAfterMs` for it.
    */
   readonly replaceEndangeredAfterMs: number;
+  /**
+   * No member is given up, nor replaced, while fewer than this fraction of the active servers are
+   * online: that is a power cut, a partition of the MDS, or the cluster starting, and the servers
+   * are coming back (Ceph's mon_osd_min_in_ratio plays the same part).
+   */
+  readonly replaceQuorumFraction: number;
   readonly failureDomain: FailureDomain;
   /** Used-fraction gap between servers above which replicas move (0.1 = ten points). */
   readonly rebalanceThreshold: number;
@@ -104,6 +110,8 @@ function urgencyOf(live: number, min: number): number {
 
 export function planRecovery(input: PlannerInput): RecoveryPlan {
   const servers = new Map(input.servers.map((server) => [server.id, server]));
+  const active = input.servers.filter((server) => server.adminState !== 'removed');
+  const quorum = active.filter((server) => server.online).length >= input.config.replaceQuorumFraction * active.length;
   const placed = new Map<number, number>(); // targets chosen this round, to spread them
   const actions: RecoveryAction[] = [];
   let blocked = 0;
@@ -111,7 +119,7 @@ export function planRecovery(input: PlannerInput): RecoveryPlan {
   let waitingRebalance = false;
   for (const chunk of input.chunks) {
     if (input.busy(chunk.chunkId)) continue;
-    const action = planChunk(chunk, servers, input, placed);
+    const action = planChunk(chunk, servers, input, placed, quorum);
     if (action === 'blocked') blocked += 1;
     else if (action === 'waiting') waiting += 1;
     else if (action !== null) actions.push(action);
@@ -124,7 +132,7 @@ export function planRecovery(input: PlannerInput): RecoveryPlan {
 }
 
 function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, input: PlannerInput,
-  placed: Map<number, number>): RecoveryAction | 'blocked' | 'waiting' | null {
+  placed: Map<number, number>, quorum: boolean): RecoveryAction | 'blocked' | 'waiting' | null {
   const { config } = input;
   const live = chunk.replicas.filter((csId) => isLive(servers.get(csId)));
   if (live.length === 0) return null; // nothing to copy from: wait for a member to return
@@ -134,7 +142,7 @@ function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, inp
   }
   const gone = chunk.replicas.filter((csId) => {
     const server = servers.get(csId);
-    return server === undefined || server.adminState === 'removed' || (!server.online && server.offlineForMs >= config.replaceAfterMs);
+    return server === undefined || server.adminState === 'removed' || (quorum && !server.online && server.offlineForMs >= config.replaceAfterMs);
   });
   if (gone.length > 0) {
     return { kind: 'drop', chunk, csIds: gone, reason: 'server away too long or removed', urgency };
@@ -153,7 +161,7 @@ function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, inp
     // Replacing a member that is only restarting copies whole chunks it brings back with it.
     const awayForMs = Math.min(...away.map((csId) => servers.get(csId)?.offlineForMs ?? 0));
     const endangered = live.length < chunk.replicasMin;
-    if (!endangered || awayForMs < Math.min(config.replaceEndangeredAfterMs, config.replaceAfterMs)) return 'waiting';
+    if (!quorum || !endangered || awayForMs < Math.min(config.replaceEndangeredAfterMs, config.replaceAfterMs)) return 'waiting';
   }
   if (healthy.length < chunk.replicasNormal) {
     const target = chooseTarget(chunk, servers, input, placed);

@@ -171,7 +171,7 @@ export class SimWorld {
       }));
     return planRecovery({
       servers, chunks, busy: (chunkId) => this.replicator.isBusy(chunkId),
-      config: { replaceAfterMs, replaceEndangeredAfterMs: replaceAfterMs / 2, failureDomain: 'disk', rebalanceThreshold: 0.5, actionsMax: 64 },
+      config: { replaceAfterMs, replaceEndangeredAfterMs: replaceAfterMs / 2, replaceQuorumFraction: 0.5, failureDomain: 'disk', rebalanceThreshold: 0.5, actionsMax: 64 },
       random: this.random,
     });
   }
