@@ -4,22 +4,14 @@
 import t from 'tap';
 import { StorageError } from '../src/errors.ts';
 import { MemoryTables } from '../src/mds/memory_tables.ts';
+import { tablesWithServers } from './helpers/mds_tables.ts';
 import { chooseReplicas, type PlacementCandidate } from '../src/mds/placement.ts';
 import { seededRandom } from '../src/util/clock.ts';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
 
-function cluster(servers = 3): MemoryTables {
-  const tables = new MemoryTables();
-  for (let i = 1; i <= servers; i += 1) {
-    tables.submit({
-      type: 'registerChunkServer', uuid: `00000000-0000-0000-0000-00000000000${i}`, host: '127.0.0.1', port: 9630 + i,
-      metricsPort: 0, failureDomainHost: `h${i}`, rack: 'r', tier: 0, nowMs: 1,
-    });
-  }
-  return tables;
-}
+const cluster = tablesWithServers;
 
 function createVolume(tables: MemoryTables, name = 'vol'): number {
   const result = tables.submit({ type: 'createVolume', name, sizeBytes: 10 * GiB, chunkSizeBytes: 64 * MiB, replicasNormal: 3, replicasMin: 2, nowMs: 2 });

@@ -5,19 +5,14 @@
 import t from 'tap';
 import { lostRange, newerThanMapTest, proposedGeneration } from '../src/mds/generations.ts';
 import { MemoryTables } from '../src/mds/memory_tables.ts';
+import { tablesWithServers } from './helpers/mds_tables.ts';
 import { planRebuild, type ServerHoldings } from '../src/mds/rebuild.ts';
 import type { ChunkListEntry } from '../src/protocol/cs_messages.ts';
 
 const MiB = 1024 ** 2;
 
 function cluster(servers = 3): MemoryTables {
-  const tables = new MemoryTables();
-  for (let i = 1; i <= servers; i += 1) {
-    tables.submit({
-      type: 'registerChunkServer', uuid: `00000000-0000-0000-0000-00000000000${i}`, host: '127.0.0.1', port: 9630 + i,
-      metricsPort: 0, failureDomainHost: `h${i}`, rack: 'r', tier: 0, nowMs: 1,
-    });
-  }
+  const tables = tablesWithServers(servers);
   tables.submit({ type: 'reserveChunkIds', count: 100 });
   return tables;
 }

@@ -14,7 +14,7 @@ import t from 'tap';
 import type { CutMode } from './helpers/power_cut.ts';
 import { FAST_CS_ARGS, FAST_MDS_ARGS, FAST_NBD_ARGS, eventually } from './helpers/faults.ts';
 import { MiB, PowerCutRun, VOLUME, cutSeeds, describeCuts, describeMode, waitFor } from './helpers/power_cut_run.ts';
-import { seededRandom } from './helpers/write_model.ts';
+import { seededRandom } from '../src/util/clock.ts';
 
 const CHUNK_BYTES = 1 * MiB;
 const VOLUME_BYTES = 32 * MiB;

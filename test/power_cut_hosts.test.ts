@@ -22,7 +22,7 @@ import t from 'tap';
 import type { CutMode } from './helpers/power_cut.ts';
 import { FAST_CS_ARGS, FAST_MDS_ARGS, FAST_NBD_ARGS, eventually } from './helpers/faults.ts';
 import { MiB, PowerCutRun, cutSeeds, describeCuts, describeMode, waitFor } from './helpers/power_cut_run.ts';
-import { seededRandom } from './helpers/write_model.ts';
+import { seededRandom } from '../src/util/clock.ts';
 
 const CHUNK_BYTES = 1 * MiB;
 /** Chunks written in the first subtest; the rest stay new until the MDS's host is cut. */

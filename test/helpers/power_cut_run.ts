@@ -20,7 +20,8 @@ import type { ClusterStat } from '../../src/protocol/api.ts';
 import type { CutMode } from './power_cut.ts';
 import { PowerCutCluster, type HostCut, type PowerCutClusterOptions } from './power_cut_cluster.ts';
 import { PipelinedNbdClient } from './nbd_pipelined.ts';
-import { BLOCK_BYTES, WriteModel, Writer, identifyBlock, readBlocks, seededRandom, type WriterOptions } from './write_model.ts';
+import { seededRandom } from '../../src/util/clock.ts';
+import { BLOCK_BYTES, WriteModel, Writer, identifyBlock, readBlocks, type WriterOptions } from './write_model.ts';
 
 export const MiB = 1024 * 1024;
 export const VOLUME = 'pcut';

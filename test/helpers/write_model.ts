@@ -21,18 +21,6 @@ import type { PipelinedNbdClient } from './nbd_pipelined.ts';
 export const BLOCK_BYTES = 4096;
 const MAGIC = 0x50435554; // "PCUT"
 
-/** Deterministic 32-bit PRNG (mulberry32): the same seed gives the same sequence. */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let z = state;
-    z = Math.imul(z ^ (z >>> 15), z | 1);
-    z ^= z + Math.imul(z ^ (z >>> 7), z | 61);
-    return ((z ^ (z >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** The 4 KiB that write `writeId` puts in block `block`. */
 export function blockContent(writeId: number, block: number): Buffer {
   const bytes = Buffer.allocUnsafe(BLOCK_BYTES);
