@@ -186,12 +186,12 @@ function adminRoutes(app: TypedApp, service: MetadataService): void {
   app.get(
     '/v1/quarantine',
     { schema: { tags, querystring: QuarantineListQuery, response: { 200: QuarantineList, ...errorResponses } } },
-    async (request) => service.cluster.listQuarantine(request.query.limit ?? 1000),
+    async (request) => service.cluster.quarantine.list(request.query.limit ?? 1000),
   );
   app.post(
     '/v1/quarantine/delete',
     { schema: { tags, body: QuarantineDeleteBody, response: { 200: QuarantineDeleteReply, ...errorResponses } } },
-    async (request) => service.cluster.deleteQuarantined(request.body),
+    async (request) => service.cluster.quarantine.delete(request.body),
   );
 }
 

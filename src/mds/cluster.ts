@@ -2,17 +2,16 @@
 // admin state), the cluster-wide stat, and everything that moves replicas between servers:
 // placement candidates, the replicator and the recovery scheduler, repairs of bad blocks,
 // fencing of old writers on every server, and the background removal of replicas that left their
-// sets. The volume side of the MDS (service.ts) uses it; the REST routes reach it as
-// `service.cluster`.
+// sets. At each server's registration (and its first heartbeat to a restarted MDS) what it holds
+// is compared with the map: versions reconciled, older copies queued for deletion, the rest
+// quarantined (quarantine.ts), epochs and generations caught up with what the servers saw, and
+// what the map lost taken back (rebuild.ts). The volume side of the MDS (service.ts) uses it; the
+// REST routes reach it as `service.cluster`.
 
 import { tmpdir } from 'node:os';
 import { StorageError } from '../errors.ts';
 import type {
   RebuildReply,
-  QuarantineDeleteBody,
-  QuarantineDeleteReply,
-  QuarantineList,
-  QuarantineSummary,
   BadBlocksBody,
   PartialWriteBody,
   ChunkHealthCounts,
@@ -32,6 +31,7 @@ import { ChunkServerRegistry } from './cs_registry.ts';
 import { lostRange, newerThanMapTest, proposedGeneration } from './generations.ts';
 import { planRebuild, type ServerHoldings } from './rebuild.ts';
 import { takeBackup, type TakenBackup } from './backup.ts';
+import { Quarantine } from './quarantine.ts';
 import type { ChunkServerAdminState, ChunkServerRecord, PendingDeleteRecord, QuarantineRecord, VolumeRecord } from './model.ts';
 import type { PlacementCandidate } from './placement.ts';
 import type { PlannerChunk, PlannerServer } from './recovery.ts';
@@ -47,12 +47,10 @@ const COPY_STEP_BYTES = 8 * MiB;
 const DELETE_BATCH_MAX = 256;
 /** Members are given up only while at least half the active servers are online (see recovery.ts). */
 const REPLACE_QUORUM_FRACTION = 0.5;
-/** Quarantine entries per op: one LMDB transaction stays small. */
-const QUARANTINE_BATCH_MAX = 1024;
+
 /** After replicas newer than the map are found, the rebuild waits this long for other servers' scans. */
 const AUTO_REBUILD_DELAY_MS = 3_000;
-/** How often the quarantine is checked for replicas past their grace. */
-const QUARANTINE_CHECK_INTERVAL_MS = 60_000;
+
 
 export interface ClusterDeps {
   readonly store: MdsStore;
@@ -74,6 +72,8 @@ export class Cluster {
   readonly registry: ChunkServerRegistry;
   readonly io: ReplicaIo;
   readonly replicator: Replicator;
+  /** Replicas the map does not count on, kept aside (see quarantine.ts). */
+  readonly quarantine: Quarantine;
   readonly recovery: RecoveryScheduler;
   readonly recoveryLimiter: RateLimiter;
   private readonly store: MdsStore;
@@ -91,7 +91,6 @@ export class Cluster {
   private reconciling = false;
   /** A rebuild scheduled after replicas newer than the map were found (debounced). */
   private autoRebuild: NodeJS.Timeout | null = null;
-  private quarantineCheckedMs = Number.NEGATIVE_INFINITY;
 
   constructor(deps: ClusterDeps) {
     this.clusterId = deps.clusterId;
@@ -112,6 +111,7 @@ export class Cluster {
       pace: (bytes) => this.recoveryLimiter.take(bytes),
       copyStepBytes: COPY_STEP_BYTES,
     });
+    this.quarantine = new Quarantine({ store: this.store, graceMs: deps.config.quarantineGraceMs, clock: this.clock, log: this.log });
     this.recovery = new RecoveryScheduler({
       replicator: this.replicator,
       log: this.log,
@@ -323,7 +323,7 @@ export class Cluster {
       },
       volumes: { count: volumes.length, sizeBytes: sum(volumes.map((v) => v.sizeBytes)) },
       chunks: { total, byState },
-      quarantine: this.quarantineSummary(),
+      quarantine: this.quarantine.summary(),
       servers: listed,
     };
   }
@@ -371,100 +371,11 @@ export class Cluster {
     };
   }
 
-  // ---- quarantine ---------------------------------------------------------------------------------
-
-  private quarantineSummary(): QuarantineSummary {
-    let replicas = 0;
-    let newerThanMap = 0;
-    let bytes = 0;
-    this.forEachQuarantined((record) => {
-      replicas += 1;
-      if (record.newerThanMap) newerThanMap += 1;
-      bytes += record.sizeBytes;
-    });
-    return { replicas, newerThanMap, bytes, graceMs: this.config.quarantineGraceMs };
-  }
-
-  /** Visits every quarantined replica, a page at a time. */
-  private forEachQuarantined(visit: (record: QuarantineRecord) => void): void {
-    for (let page = this.store.tables.listQuarantined(QUARANTINE_BATCH_MAX); page.length > 0;) {
-      for (const record of page) visit(record);
-      const last = page.at(-1);
-      page = last === undefined ? [] : this.store.tables.listQuarantined(QUARANTINE_BATCH_MAX, last);
-    }
-  }
-
-  /** A quarantined replica newer than the map holds this chunk index: its data must not be shadowed. */
-  newerReplicaAt(volumeId: number, chunkIndex: number): boolean {
-    let found = false;
-    this.forEachQuarantined((record) => {
-      if (record.newerThanMap && record.volumeId === volumeId && record.chunkIndex === chunkIndex) found = true;
-    });
-    return found;
-  }
-
-  listQuarantine(limit: number): QuarantineList {
-    const records = this.store.tables.listQuarantined(limit + 1);
-    return {
-      replicas: records.slice(0, limit).map((record) => ({
-        chunkId: record.chunkId,
-        csId: record.csId,
-        volumeId: record.volumeId,
-        chunkIndex: record.chunkIndex,
-        version: record.version,
-        generation: record.generation,
-        sizeBytes: record.sizeBytes,
-        newerThanMap: record.newerThanMap,
-        reason: record.reason,
-        since: new Date(record.sinceMs).toISOString(),
-        deleteAfter: record.newerThanMap ? null : new Date(record.sinceMs + this.config.quarantineGraceMs).toISOString(),
-      })),
-      truncated: records.length > limit,
-    };
-  }
-
-  /**
-   * An admin's word: the named quarantined replicas (or all) are queued for deletion. Replicas
-   * newer than the map are left unless `includeNewer`: their data may exist nowhere else.
-   */
-  async deleteQuarantined(body: QuarantineDeleteBody): Promise<QuarantineDeleteReply> {
-    const chosen: QuarantineRecord[] = [];
-    if (body.all === true) this.forEachQuarantined((record) => chosen.push(record));
-    for (const { chunkId, csId } of body.replicas ?? []) {
-      const record = this.store.tables.getQuarantined(chunkId, csId);
-      if (record === undefined) throw new StorageError('ERR_NOT_FOUND', `no quarantined replica of chunk ${chunkId} on chunk server ${csId}`);
-      chosen.push(record);
-    }
-    const released = chosen.filter((record) => !record.newerThanMap || body.includeNewer === true);
-    for (let start = 0; start < released.length; start += QUARANTINE_BATCH_MAX) {
-      await this.store.submit({ type: 'releaseQuarantined', entries: released.slice(start, start + QUARANTINE_BATCH_MAX) });
-    }
-    this.log.warn('quarantined replicas released for deletion by an admin', { count: released.length, includeNewer: body.includeNewer === true });
-    return { queued: released.length, keptNewer: chosen.length - released.length };
-  }
-
-  /** Quarantined replicas not newer than the map, past their grace: queued for deletion. */
-  private async expireQuarantine(): Promise<void> {
-    const nowMs = this.clock.nowMs();
-    // A short grace (tests, impatient admins) is checked more often, never more than once a second.
-    const intervalMs = Math.min(QUARANTINE_CHECK_INTERVAL_MS, Math.max(1_000, this.config.quarantineGraceMs / 4));
-    if (nowMs - this.quarantineCheckedMs < intervalMs) return;
-    this.quarantineCheckedMs = nowMs;
-    const expired: QuarantineRecord[] = [];
-    this.forEachQuarantined((record) => {
-      if (!record.newerThanMap && nowMs - record.sinceMs >= this.config.quarantineGraceMs) expired.push(record);
-    });
-    for (let start = 0; start < expired.length; start += QUARANTINE_BATCH_MAX) {
-      await this.store.submit({ type: 'releaseQuarantined', entries: expired.slice(start, start + QUARANTINE_BATCH_MAX) });
-    }
-    if (expired.length > 0) this.log.info('quarantined replicas past their grace queued for deletion', { count: expired.length });
-  }
-
   // ---- background: replicas of deleted chunks ----------------------------------------------------
 
   /** Removes queued replicas of deleted chunks from online servers. Called periodically. */
   async sweepDeletedReplicas(): Promise<number> {
-    await this.expireQuarantine();
+    await this.quarantine.expire();
     const nowMs = this.clock.nowMs();
     let removed = 0;
     for (const pending of this.store.tables.listPendingDeletes(DELETE_BATCH_MAX)) {
@@ -554,14 +465,12 @@ export class Cluster {
         }
       }
       this.reconcileVersions(versionMismatches);
-      await this.forgetVanishedQuarantine(csId, new Set(held.map((replica) => replica.chunkId)));
+      await this.quarantine.forgetVanished(csId, new Set(held.map((replica) => replica.chunkId)));
       if (olderCopies.length > 0) {
         await this.store.submit({ type: 'queueReplicaDeletes', entries: olderCopies });
         this.log.info('older copies of chunks queued for deletion', { csId, count: olderCopies.length });
       }
-      for (let start = 0; start < quarantine.length; start += QUARANTINE_BATCH_MAX) {
-        await this.store.submit({ type: 'quarantineReplicas', entries: quarantine.slice(start, start + QUARANTINE_BATCH_MAX), nowMs: this.clock.nowMs() });
-      }
+      await this.quarantine.add(quarantine);
       if (quarantine.some((entry) => entry.newerThanMap)) this.scheduleAutoRebuild();
       if (quarantine.length > 0) {
         const newer = quarantine.filter((entry) => entry.newerThanMap).length;
@@ -600,15 +509,6 @@ export class Cluster {
       this.rebuild().catch((error: unknown) => this.log.error('automatic rebuild of the chunk map failed; run shoal mds rebuild', { error }));
     }, AUTO_REBUILD_DELAY_MS);
     this.autoRebuild.unref();
-  }
-
-  /** Quarantined replicas of this server that it no longer holds (its disk was replaced): forgotten. */
-  private async forgetVanishedQuarantine(csId: number, held: ReadonlySet<number>): Promise<void> {
-    const vanished: Array<{ chunkId: number; csId: number }> = [];
-    this.forEachQuarantined((record) => {
-      if (record.csId === csId && !held.has(record.chunkId)) vanished.push(record);
-    });
-    if (vanished.length > 0) await this.store.submit({ type: 'releaseQuarantined', entries: vanished });
   }
 
   /** Records the generations a server proves this map lacks (see generations.ts). */

@@ -239,7 +239,7 @@ export class MetadataService {
     }
     const existing = this.store.tables.getChunk(volume.id, chunkIndex);
     if (existing !== undefined) return this.chunkMapEntry(existing);
-    if (this.cluster.newerReplicaAt(volume.id, chunkIndex)) {
+    if (this.cluster.quarantine.newerReplicaAt(volume.id, chunkIndex)) {
       // A new, empty chunk here would shadow data the map lost: it is being taken back first.
       throw new StorageError(
         'ERR_UNAVAILABLE',
