@@ -4,7 +4,8 @@
 //   chunks/<hh>/<chunkId>.data   the chunk's bytes; sparse, holes read as zeroes
 //   chunks/<hh>/<chunkId>.sums   8 bytes per 4 KiB block: u32 crc32c of the block, u32 flags
 //                                (bit 0: written). Flags 0 = hole: reads as zeroes, never checked.
-//                                Kept in memory while the chunk is open, written at checkpoints.
+//                                Kept in memory while the chunk is open, written at checkpoints
+//                                (the layout: block_sums.ts).
 //   meta/                        the catalog (LMDB): chunkId -> ChunkMeta, volumeId -> fence epoch
 //
 // Invariants: a written block's checksum matches its bytes (checked on every read, and on the
@@ -13,6 +14,10 @@
 // range is locked, so journal order equals file order for overlapping changes; a journal segment
 // is recycled only after every chunk file its records went to was synced without error (a failed
 // sync stops the disk for writes and keeps the journal for replay).
+//
+// This module says what each operation means: the catalog records, the data path under the
+// range locks, journal replay, the files left over from a crash. When a chunk's files are opened,
+// synced and closed is the handle cache's business (handle_cache.ts).
 //
 // All file I/O goes through a Disk (disk/disk.ts) and all records through a Catalog, so seeded
 // tests run this very code on a simulated disk that loses, tears and fails writes.
@@ -25,36 +30,20 @@ import { assert } from '../util/assert.ts';
 import { systemClock, type Clock } from '../util/clock.ts';
 import type { VolumeListEntry, VolumeDescription } from '../protocol/cs_messages.ts';
 import type { Logger } from '../util/log.ts';
-import { RangeLock } from '../util/range_lock.ts';
+import {
+  FLAG_WRITTEN, ZERO_BLOCK_SUM, blockCount, blockSums, clearSums, holdsWrittenBlocks, isWritten, setSum, storedSum, sumsBytes,
+} from './block_sums.ts';
 import { LmdbCatalog, type Catalog, type ChunkMeta } from './catalog.ts';
-import { errnoCode, isUnsupported, type Disk, type DiskFile } from './disk/disk.ts';
+import { createSparseFile, readFully, writeFully, writeZeroes } from './chunk_file_io.ts';
+import { isUnsupported, type Disk } from './disk/disk.ts';
 import { realDisk } from './disk/real_disk.ts';
+import { HandleCache, markDirty, type ChunkHandle } from './handle_cache.ts';
 import { JOURNAL_RECORD_TYPE, Journal, type JournalRecord, type JournalTicket } from './journal.ts';
 
 export type { ChunkMeta } from './catalog.ts';
 
-const SUM_BYTES = 8;
 /** How long a failed chunk write keeps the server reported unhealthy (new chunks go elsewhere). */
 const WRITE_ERROR_MEMORY_MS = 60_000;
-const FLAG_WRITTEN = 1;
-/** What a hole's block sums to: it reads as zeroes, so it equals a written block of zeroes. */
-const ZERO_BLOCK_SUM = crc32c(Buffer.alloc(BLOCK_BYTES));
-
-interface ChunkHandle {
-  readonly meta: ChunkMeta;
-  readonly data: DiskFile;
-  readonly sumsFile: DiskFile;
-  /** The whole .sums file, kept in memory while the chunk is open. */
-  readonly sums: Buffer;
-  readonly lock: RangeLock;
-  users: number;
-  /** Woken when `users` drops to zero (a delete waits for that). */
-  readonly unusedWaiters: Array<() => void>;
-  /** The data file changed since its last sync. */
-  dirty: boolean;
-  /** Blocks whose checksums changed in memory since the .sums file was last written. */
-  sumsDirty: { first: number; last: number } | null;
-}
 
 export interface ChunkStoreOptions {
   readonly directory: string;
@@ -77,10 +66,6 @@ export interface ChunkStoreStats {
   filledBytesTotal: number;
 }
 
-/**
- * How a change is checked and recorded: live changes carry the writer's version (null for a
- * replica being filled) and go through the journal; replayed ones come from the journal.
- */
 /** What the daemon runs the store on: the real disk, the system clock, LMDB. */
 export const REAL_STORE_ENV: Pick<ChunkStoreOptions, 'disk' | 'clock' | 'openCatalog'> = {
   disk: realDisk,
@@ -88,6 +73,10 @@ export const REAL_STORE_ENV: Pick<ChunkStoreOptions, 'disk' | 'clock' | 'openCat
   openCatalog: (path) => LmdbCatalog.open(path),
 };
 
+/**
+ * How a change is checked and recorded: live changes carry the writer's version (null for a
+ * replica being filled) and go through the journal; replayed ones come from the journal.
+ */
 type Mode = { readonly kind: 'live'; readonly version: number | null } | { readonly kind: 'replay' };
 const REPLAY: Mode = { kind: 'replay' };
 
@@ -103,23 +92,12 @@ export class ChunkStore {
   private readonly options: ChunkStoreOptions;
   private readonly disk: Disk;
   private readonly catalog: Catalog;
-  private readonly handles = new Map<number, ChunkHandle>();
-  private readonly opening = new Map<number, Promise<ChunkHandle>>();
-  /**
-   * Handles evicted from `handles` whose sync and close are still running. A checkpoint waits for
-   * them as for the open ones (their data may be what the journal is about to give up), and a
-   * chunk is not opened again until its previous handle has written its checksums and closed.
-   */
-  private readonly closing = new Map<number, Promise<void>>();
-  /** Chunks being removed: no new use of them (see deleteChunk). */
-  private readonly deleting = new Set<number>();
+  private readonly handles: HandleCache;
   /** chunks/<hh> directories known to exist with their entry synced (at most 256). */
   private readonly durableDirectories = new Set<string>();
   /** Chunk id -> bitmap of blocks changed since TRACK_CHANGES (only chunks being copied). */
   private readonly changes = new Map<number, Uint8Array>();
   private journalInstance: Journal | null = null;
-  /** An evicted handle's sync failed: no later syncDirty succeeds (see syncAndClose). */
-  private chunkSyncFailure: unknown = null;
   private punchSupported = true;
   /** Set when start-up found data it could not restore; reported as unhealthy to the MDS. */
   damage: string | null = null;
@@ -135,6 +113,17 @@ export class ChunkStore {
     this.disk = options.disk;
     this.catalog = catalog;
     this.previousStopClean = catalog.getState('cleanStop') === 1;
+    this.handles = new HandleCache({
+      disk: options.disk,
+      openChunksMax: options.openChunksMax,
+      log: options.log,
+      getMeta: (chunkId) => this.getMeta(chunkId),
+      paths: (chunkId) => this.paths(chunkId),
+      finishDelete: (chunkId) => this.finishDelete(chunkId),
+      // While the journal replays at start-up it is not there yet: the syncDirty that ends the
+      // replay reports the failure instead (the cache remembers it for every later syncDirty).
+      failChunkSync: (error) => void this.journalInstance?.failChunkSync(error),
+    });
   }
 
   static async open(options: ChunkStoreOptions): Promise<ChunkStore> {
@@ -208,7 +197,7 @@ export class ChunkStore {
       }
       await Promise.all([
         createSparseFile(this.disk, paths.data, meta.sizeBytes),
-        createSparseFile(this.disk, paths.sums, (meta.sizeBytes / BLOCK_BYTES) * SUM_BYTES),
+        createSparseFile(this.disk, paths.sums, sumsBytes(meta.sizeBytes)),
       ]);
       await this.disk.syncDirectory(paths.directory);
     } catch (error) {
@@ -237,32 +226,21 @@ export class ChunkStore {
   }
 
   /**
-   * Removes a replica: no new use of it from the start, its files removed and their removal made
-   * durable, and only then its catalog record. A crash in between leaves a record without files,
-   * which the next open of the chunk finishes removing; the other order would leave files full of
-   * data without a record, which look like a lost catalog's and are never deleted on sight.
+   * Removes a replica: no new use of it from the start (the handle cache refuses any until the
+   * record is gone), its files removed and their removal made durable, and only then its catalog
+   * record. A crash in between leaves a record without files, which the next open of the chunk
+   * finishes removing; the other order would leave files full of data without a record, which
+   * look like a lost catalog's and are never deleted on sight.
    */
   async deleteChunk(chunkId: number): Promise<void> {
-    if (this.getMeta(chunkId) === undefined || this.deleting.has(chunkId)) {
+    if (this.getMeta(chunkId) === undefined || this.handles.isDeleting(chunkId)) {
       throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
     }
-    this.deleting.add(chunkId);
-    try {
-      this.changes.delete(chunkId);
-      await this.opening.get(chunkId)?.catch(() => undefined);
-      // An evicted handle may still be syncing, and is kept open if its sync failed (syncAndClose).
-      await this.closing.get(chunkId)?.catch(() => undefined);
-      const handle = this.handles.get(chunkId);
-      if (handle !== undefined) {
-        this.handles.delete(chunkId);
-        await waitUnused(handle);
-        await closeHandle(handle);
-      }
+    this.changes.delete(chunkId);
+    await this.handles.closeForDelete(chunkId, async () => {
       await this.removeFiles(chunkId);
       await this.catalog.removeChunk(chunkId);
-    } finally {
-      this.deleting.delete(chunkId);
-    }
+    });
   }
 
   private async removeFiles(chunkId: number): Promise<void> {
@@ -281,20 +259,20 @@ export class ChunkStore {
    * replica being filled, which is not a member yet.
    */
   async write(chunkId: number, version: number | null, offsetBytes: number, data: Buffer): Promise<void> {
-    await this.withHandle(chunkId, (handle) => this.applyWrite(handle, offsetBytes, data, { kind: 'live', version }));
+    await this.handles.withHandle(chunkId, (handle) => this.applyWrite(handle, offsetBytes, data, { kind: 'live', version }));
     this.stats.writtenBytesTotal += data.length;
     if (version === null) this.stats.filledBytesTotal += data.length;
   }
 
   /** Zeroes a range (whole blocks become holes) and resolves when the change is durable. */
   async zero(chunkId: number, version: number | null, offsetBytes: number, lengthBytes: number): Promise<void> {
-    await this.withHandle(chunkId, (handle) => this.applyZero(handle, offsetBytes, lengthBytes, { kind: 'live', version }));
+    await this.handles.withHandle(chunkId, (handle) => this.applyZero(handle, offsetBytes, lengthBytes, { kind: 'live', version }));
     this.stats.zeroedBytesTotal += lengthBytes;
   }
 
   /** Reads a range, every written block checked against its checksum (ERR_CHECKSUM if one fails). */
   async read(chunkId: number, version: number | null, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const bytes = await this.withHandle(chunkId, (handle) => this.readLocked(handle, offsetBytes, lengthBytes, version));
+    const bytes = await this.handles.withHandle(chunkId, (handle) => this.readLocked(handle, offsetBytes, lengthBytes, version));
     this.stats.readBytesTotal += lengthBytes;
     return bytes;
   }
@@ -305,14 +283,14 @@ export class ChunkStore {
    * Taken under a read lock at `version`, so no change is half-applied in it.
    */
   async blockSums(chunkId: number, version: number, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    return this.withHandle(chunkId, async (handle) => {
+    return this.handles.withHandle(chunkId, async (handle) => {
       const { first, last } = blockSpan(offsetBytes, lengthBytes);
       const release = await handle.lock.acquire(first, last, false);
       try {
         this.checkVersion(handle.meta.chunkId, { kind: 'live', version });
         const out = Buffer.allocUnsafe((last - first + 1) * 4);
         for (let block = first; block <= last; block += 1) {
-          out.writeUInt32LE(isWritten(handle.sums, block) ? handle.sums.readUInt32LE(block * SUM_BYTES) : ZERO_BLOCK_SUM, (block - first) * 4);
+          out.writeUInt32LE(isWritten(handle.sums, block) ? storedSum(handle.sums, block) : ZERO_BLOCK_SUM, (block - first) * 4);
         }
         return out;
       } finally {
@@ -326,8 +304,8 @@ export class ChunkStore {
    * chunk is locked meanwhile). With `expectedVersion`, the replica must be exactly there.
    */
   async setVersion(chunkId: number, toVersion: number, expectedVersion: number | undefined, generation: number): Promise<ChunkMeta> {
-    return this.withHandle(chunkId, async (handle) => {
-      const release = await handle.lock.acquire(0, blockCount(handle) - 1, true);
+    return this.handles.withHandle(chunkId, async (handle) => {
+      const release = await handle.lock.acquire(0, blockCount(handle.sums) - 1, true);
       try {
         const meta = this.requireMeta(chunkId);
         if (meta.version === toVersion) return meta;
@@ -364,7 +342,7 @@ export class ChunkStore {
     if (changedOnly && changed === undefined) {
       throw new StorageError('ERR_INVALID_ARGUMENT', `chunk ${chunkId} has no change tracking; send TRACK_CHANGES first`);
     }
-    return this.withHandle(chunkId, async (handle) => {
+    return this.handles.withHandle(chunkId, async (handle) => {
       const runs: Array<[number, number, boolean]> = [];
       const { first, last } = blockSpan(offsetBytes, lengthBytes);
       for (let block = first; block <= last; block += 1) {
@@ -390,7 +368,7 @@ export class ChunkStore {
    * (now good) is left alone.
    */
   async repair(chunkId: number, version: number, offsetBytes: number, blocks: Buffer): Promise<number> {
-    const repaired = await this.withHandle(chunkId, async (handle) => {
+    const repaired = await this.handles.withHandle(chunkId, async (handle) => {
       const replaced: number[] = [];
       const first = offsetBytes / BLOCK_BYTES;
       for (let block = first; block < first + blocks.length / BLOCK_BYTES; block += 1) {
@@ -415,13 +393,13 @@ export class ChunkStore {
     if (!isWritten(handle.sums, block)) return false;
     const bytes = Buffer.allocUnsafe(BLOCK_BYTES);
     await readFully(handle.data, bytes, block * BLOCK_BYTES);
-    return crc32c(bytes) !== handle.sums.readUInt32LE(block * SUM_BYTES);
+    return crc32c(bytes) !== storedSum(handle.sums, block);
   }
 
 
   /** Written blocks of a range whose bytes no longer match their checksum (the scrubber's check). */
   async findBadBlocks(chunkId: number, offsetBytes: number, lengthBytes: number): Promise<number[]> {
-    return this.withHandle(chunkId, async (handle) => {
+    return this.handles.withHandle(chunkId, async (handle) => {
       const { first, last } = blockSpan(offsetBytes, lengthBytes);
       const release = await handle.lock.acquire(first, last, false);
       try {
@@ -431,7 +409,7 @@ export class ChunkStore {
         for (let block = first; block <= last; block += 1) {
           if (!isWritten(handle.sums, block)) continue;
           const start = (block - first) * BLOCK_BYTES;
-          if (crc32c(bytes.subarray(start, start + BLOCK_BYTES)) !== handle.sums.readUInt32LE(block * SUM_BYTES)) bad.push(block);
+          if (crc32c(bytes.subarray(start, start + BLOCK_BYTES)) !== storedSum(handle.sums, block)) bad.push(block);
         }
         return bad;
       } finally {
@@ -474,7 +452,7 @@ export class ChunkStore {
    * most CS_EXTENTS_MAX pairs, covering a prefix of the range when it is fragmented.
    */
   async blockStatus(chunkId: number, offsetBytes: number, lengthBytes: number): Promise<number[]> {
-    return this.withHandle(chunkId, async (handle) => {
+    return this.handles.withHandle(chunkId, async (handle) => {
       const extents: number[] = [];
       const endBytes = offsetBytes + lengthBytes;
       let position = offsetBytes;
@@ -587,7 +565,7 @@ export class ChunkStore {
     } catch (error) {
       throw this.noteWriteError(fromSystemError(error, `zeroing blocks of chunk ${handle.meta.chunkId}`));
     }
-    handle.sums.fill(0, first * SUM_BYTES, (last + 1) * SUM_BYTES);
+    clearSums(handle.sums, first, last);
     markDirty(handle, first, last);
   }
 
@@ -656,7 +634,7 @@ export class ChunkStore {
   }
 
   private verifyBlock(handle: ChunkHandle, block: number, bytes: Buffer): void {
-    const expected = handle.sums.readUInt32LE(block * SUM_BYTES);
+    const expected = storedSum(handle.sums, block);
     const actual = crc32c(bytes);
     if (expected === actual) return;
     this.stats.checksumErrorsTotal += 1;
@@ -677,7 +655,7 @@ export class ChunkStore {
       return;
     }
     try {
-      await this.withHandle(record.chunkId, async (handle) => {
+      await this.handles.withHandle(record.chunkId, async (handle) => {
         if (record.type === JOURNAL_RECORD_TYPE.WRITE) await this.applyWrite(handle, record.offsetBytes, record.payload, REPLAY);
         else await this.applyZero(handle, record.offsetBytes, record.lengthBytes, REPLAY);
       });
@@ -692,21 +670,11 @@ export class ChunkStore {
   }
 
   /**
-   * Makes every chunk file written since the last call durable, checksums included: the open
-   * handles and those being evicted. Rejects if any sync failed; the journal then stops for good.
+   * Makes every chunk file written since the last call durable, checksums included (the journal's
+   * checkpoints call it). Rejects if any sync failed; the journal then stops for good.
    */
-  async syncDirty(): Promise<void> {
-    const dirty = [...this.handles.values()].filter((handle) => handle.dirty);
-    // Each is in use while it syncs: an eviction must not close it under this sync, nor find it
-    // clean (this sync took its dirty marks) and close it before its checksums are written.
-    for (const handle of dirty) handle.users += 1;
-    const results = await Promise.allSettled([
-      ...dirty.map((handle) => syncHandle(handle).finally(() => releaseUse(handle))),
-      ...this.closing.values(),
-    ]);
-    const failed = results.find((result) => result.status === 'rejected');
-    if (failed !== undefined) throw failed.reason;
-    if (this.chunkSyncFailure !== null) throw this.chunkSyncFailure;
+  syncDirty(): Promise<void> {
+    return this.handles.syncDirty();
   }
 
   /**
@@ -721,8 +689,7 @@ export class ChunkStore {
       clean = false;
       this.options.log.error('chunk files could not be synced at shutdown; the journal replays at the next start', { error });
     });
-    for (const handle of this.handles.values()) await closeHandle(handle);
-    this.handles.clear();
+    await this.handles.closeAll();
     if (clean && this.damage === null) await this.catalog.putState('cleanStop', 1);
     await this.catalog.close();
   }
@@ -730,129 +697,22 @@ export class ChunkStore {
   /** Closes at once, as a crash would (for tests that cut power to a store in this process). */
   async abandon(): Promise<void> {
     await this.journal.abandon();
-    await Promise.allSettled(this.closing.values());
-    for (const handle of this.handles.values()) await closeHandle(handle).catch(() => undefined);
-    this.handles.clear();
+    await this.handles.abandon();
     await this.catalog.close();
   }
 
-  // ---- open chunk handles -----------------------------------------------------------------------------
-
-  private async withHandle<T>(chunkId: number, use: (handle: ChunkHandle) => Promise<T>): Promise<T> {
-    const handle = await this.acquire(chunkId);
-    try {
-      return await use(handle);
-    } finally {
-      releaseUse(handle);
-    }
-  }
-
-  private async acquire(chunkId: number): Promise<ChunkHandle> {
-    for (;;) {
-      const cached = this.handles.get(chunkId);
-      if (cached !== undefined) {
-        // Map order is the LRU order: move to the back.
-        this.handles.delete(chunkId);
-        this.handles.set(chunkId, cached);
-        cached.users += 1;
-        return cached;
-      }
-      let opening = this.opening.get(chunkId);
-      if (opening === undefined) {
-        opening = this.openHandle(chunkId).finally(() => this.opening.delete(chunkId));
-        this.opening.set(chunkId, opening);
-      }
-      const handle = await opening;
-      // Between the open and this moment the new handle was idle: another request's eviction may
-      // have taken it. Using it would write through a closing file, whose dirty marks and
-      // checksums nobody syncs any more: open the chunk again instead.
-      if (this.handles.get(chunkId) !== handle) continue;
-      handle.users += 1;
-      this.evictIfNeeded();
-      return handle;
-    }
-  }
-
-  private async openHandle(chunkId: number): Promise<ChunkHandle> {
-    // The previous handle of this chunk may still be writing its checksums, and is kept if it failed.
-    await this.closing.get(chunkId)?.catch(() => undefined);
-    const kept = this.handles.get(chunkId);
-    if (kept !== undefined) return kept;
-    const meta = this.getMeta(chunkId);
-    if (meta === undefined || this.deleting.has(chunkId)) throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
-    const paths = this.paths(chunkId);
-    let data: DiskFile | null = null;
-    try {
-      data = await this.disk.open(paths.data, 'readWrite');
-      const sumsFile = await this.disk.open(paths.sums, 'readWrite');
-      const sums = Buffer.alloc((meta.sizeBytes / BLOCK_BYTES) * SUM_BYTES);
-      await readFully(sumsFile, sums, 0).catch(async (error: unknown) => {
-        await sumsFile.close();
-        throw error;
-      });
-      const handle: ChunkHandle = {
-        meta, data, sumsFile, sums, lock: new RangeLock(), users: 0, unusedWaiters: [], dirty: false, sumsDirty: null,
-      };
-      this.handles.set(chunkId, handle);
-      return handle;
-    } catch (error) {
-      await data?.close().catch(() => undefined);
-      if (errnoCode(error) === 'ENOENT') return this.finishDelete(chunkId);
-      throw fromSystemError(error, `opening chunk ${chunkId}`);
-    }
-  }
+  // ---- chunk files: where they are, deletes a crash cut short, leftovers at start ----------------------
 
   /**
-   * A record whose files are gone: a delete that a crash cut short after its files went (files
-   * are made durable before their record, see createChunk). The record goes too.
+   * A record whose files are gone (the handle cache found them missing when it opened the chunk):
+   * a delete that a crash cut short after its files went (files are made durable before their
+   * record, see createChunk). The record goes too.
    */
   private async finishDelete(chunkId: number): Promise<never> {
     this.options.log.warn('finishing the removal of a chunk whose files were already removed', { chunkId });
     await this.removeFiles(chunkId);
     await this.catalog.removeChunk(chunkId);
     throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server (its removal was cut short and is now finished)`);
-  }
-
-  /**
-   * Closes the least recently used idle handles past the limit. Their sync runs in the background
-   * (never inside the request that opened a new handle), tracked in `closing` so that a
-   * checkpoint waits for it. A failed sync there is a failed chunk sync: the journal stops.
-   */
-  private evictIfNeeded(): void {
-    while (this.handles.size > this.options.openChunksMax) {
-      let victim: ChunkHandle | undefined;
-      for (const handle of this.handles.values()) {
-        if (handle.users === 0 && handle.lock.idle && !this.closing.has(handle.meta.chunkId)) {
-          victim = handle;
-          break;
-        }
-      }
-      if (victim === undefined) return; // everything is in use: go over the limit until it is not
-      const chunkId = victim.meta.chunkId;
-      this.handles.delete(chunkId);
-      const closed = this.syncAndClose(victim).finally(() => {
-        if (this.closing.get(chunkId) === closed) this.closing.delete(chunkId);
-      });
-      this.closing.set(chunkId, closed);
-      closed.catch(() => undefined); // reported through the journal; awaited by the next checkpoint
-    }
-  }
-
-  private async syncAndClose(handle: ChunkHandle): Promise<void> {
-    try {
-      if (handle.dirty || handle.sumsDirty !== null) await syncHandle(handle);
-    } catch (error) {
-      // Remembered for every later syncDirty (this promise may be gone from `closing` before one
-      // looks), and the journal stops; while it replays at start-up it is not there yet, and the
-      // syncDirty that ends the replay reports the failure instead.
-      this.chunkSyncFailure ??= error;
-      this.journalInstance?.failChunkSync(error);
-      // Kept open: its checksums in memory are the only ones that match the file's bytes now (the
-      // .sums file missed them), so reads go on through it until a restart replays the journal.
-      this.handles.set(handle.meta.chunkId, handle);
-      throw error;
-    }
-    await closeHandle(handle).catch((error: unknown) => this.options.log.warn('closing a chunk file failed', { error }));
   }
 
   private paths(chunkId: number): { directory: string; data: string; sums: string } {
@@ -874,7 +734,7 @@ export class ChunkStore {
         if (match === null || this.getMeta(Number(match[1])) !== undefined) continue;
         const chunkId = Number(match[1]);
         const paths = this.paths(chunkId);
-        if (await holdsWrittenBlocks(this.disk, paths.sums)) {
+        if (holdsWrittenBlocks(await this.disk.readFile(paths.sums))) {
           await this.setAside(chunkId);
           kept.push(String(chunkId));
           continue;
@@ -905,26 +765,9 @@ export class ChunkStore {
   }
 }
 
-/** Whether a checksum file marks any block as written (flag bit 0 of each entry's second word). */
-async function holdsWrittenBlocks(disk: Disk, sumsPath: string): Promise<boolean> {
-  const sums = await disk.readFile(sumsPath);
-  for (let offset = 4; offset + 4 <= sums.length; offset += SUM_BYTES) {
-    if ((sums.readUInt32LE(offset) & FLAG_WRITTEN) !== 0) return true;
-  }
-  return false;
-}
-
 function blockSpan(offsetBytes: number, lengthBytes: number): { first: number; last: number } {
   assert(lengthBytes > 0, 'block span of a non-empty range');
   return { first: Math.floor(offsetBytes / BLOCK_BYTES), last: Math.floor((offsetBytes + lengthBytes - 1) / BLOCK_BYTES) };
-}
-
-function isWritten(sums: Buffer, block: number): boolean {
-  return (sums.readUInt32LE(block * SUM_BYTES + 4) & FLAG_WRITTEN) !== 0;
-}
-
-function blockCount(handle: ChunkHandle): number {
-  return handle.sums.length / SUM_BYTES;
 }
 
 function testBit(bits: Uint8Array, index: number): boolean {
@@ -937,99 +780,4 @@ function setBit(bits: Uint8Array, index: number): void {
 
 function clearBit(bits: Uint8Array, index: number): void {
   bits[index >> 3] = (bits[index >> 3] ?? 0) & ~(1 << (index & 7));
-}
-
-function blockSums(blocks: Buffer): number[] {
-  const sums: number[] = [];
-  for (let start = 0; start < blocks.length; start += BLOCK_BYTES) sums.push(crc32c(blocks.subarray(start, start + BLOCK_BYTES)));
-  return sums;
-}
-
-function markDirty(handle: ChunkHandle, first: number, last: number): void {
-  handle.dirty = true;
-  const range = handle.sumsDirty;
-  handle.sumsDirty = range === null ? { first, last } : { first: Math.min(range.first, first), last: Math.max(range.last, last) };
-}
-
-/**
- * Writes the changed checksums and syncs both files. Checksums reach the .sums file only here
- * (checkpoints, eviction, shutdown): between checkpoints the journal can rebuild them. The dirty
- * marks are taken before the I/O (a change made meanwhile marks them again) and given back if it
- * fails, though a failed sync is fatal anyway (the journal is kept, see Journal.failChunkSync).
- */
-async function syncHandle(handle: ChunkHandle): Promise<void> {
-  const range = handle.sumsDirty;
-  handle.sumsDirty = null;
-  handle.dirty = false;
-  try {
-    if (range !== null) {
-      const start = range.first * SUM_BYTES;
-      await writeFully(handle.sumsFile, handle.sums.subarray(start, (range.last + 1) * SUM_BYTES), start);
-    }
-    await handle.data.datasync();
-    await handle.sumsFile.datasync();
-  } catch (error) {
-    handle.dirty = true;
-    if (range !== null) markDirty(handle, range.first, range.last);
-    throw error;
-  }
-}
-
-function setSum(sums: Buffer, block: number, crc: number, flags: number): void {
-  sums.writeUInt32LE(crc, block * SUM_BYTES);
-  sums.writeUInt32LE(flags, block * SUM_BYTES + 4);
-}
-
-async function createSparseFile(disk: Disk, path: string, sizeBytes: number): Promise<void> {
-  const handle = await disk.open(path, 'create');
-  try {
-    await handle.truncate(sizeBytes);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-async function readFully(handle: DiskFile, target: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < target.length) {
-    const bytesRead = await handle.read(target, done, target.length - done, position + done);
-    if (bytesRead === 0) {
-      // Past the end of a file we sized ourselves: the file was truncated behind our back.
-      throw new StorageError('ERR_IO', `short read at ${position + done}: chunk file is shorter than its chunk`);
-    }
-    done += bytesRead;
-  }
-}
-
-async function writeFully(handle: DiskFile, source: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < source.length) {
-    done += await handle.write(source, done, source.length - done, position + done);
-  }
-}
-
-const ZERO_BLOCK = Buffer.alloc(256 * 1024);
-
-async function writeZeroes(handle: DiskFile, startBytes: number, lengthBytes: number): Promise<void> {
-  for (let done = 0; done < lengthBytes; done += ZERO_BLOCK.length) {
-    await writeFully(handle, ZERO_BLOCK.subarray(0, Math.min(ZERO_BLOCK.length, lengthBytes - done)), startBytes + done);
-  }
-}
-
-async function closeHandle(handle: ChunkHandle): Promise<void> {
-  await handle.data.close();
-  await handle.sumsFile.close();
-}
-
-/** Ends one use of a handle (a request, or a sync that pinned it); wakes a delete waiting for none. */
-function releaseUse(handle: ChunkHandle): void {
-  handle.users -= 1;
-  assert(handle.users >= 0, 'chunk handle users never negative');
-  if (handle.users === 0) for (const wake of handle.unusedWaiters.splice(0)) wake();
-}
-
-/** Resolves once nobody uses the handle (its range locks are all taken inside a use). */
-async function waitUnused(handle: ChunkHandle): Promise<void> {
-  while (handle.users > 0) await new Promise<void>((resolve) => handle.unusedWaiters.push(resolve));
 }
