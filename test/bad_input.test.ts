@@ -72,17 +72,17 @@ t.test('bad input is refused with a clear error and harms nothing', async (t) =>
     t.match(unauthenticated.header, { code: 'ERR_PROTOCOL' }, 'a request before AUTH is refused');
     t.ok(unauthenticated.closed);
     await t.rejects(
-      CsConnection.connect({ host: '127.0.0.1', port, clusterKey: randomBytes(32), role: 'client' }),
+      CsConnection.connect({ host: '127.0.0.1', port, credential: { role: 'peer', clusterKey: randomBytes(32) } }),
       { code: 'ERR_UNAUTHORIZED' },
-      'a caller without the cluster key is refused',
+      'a caller claiming to be a chunk server without the cluster key is refused',
     );
-    const good = await CsConnection.connect({ host: '127.0.0.1', port, clusterKey: cluster.clusterKey, role: 'client' });
+    const good = await CsConnection.connect({ host: '127.0.0.1', port, credential: { role: 'peer', clusterKey: cluster.clusterKey } });
     const { reply } = await good.request({ op: CS_OP.CHUNK_INFO, chunkId: 999_999 });
     t.equal(reply.code, 'ERR_CHUNK_NOT_FOUND', 'a good client still gets answers');
     const bad = await good.request({ op: CS_OP.READ, chunkId: 1, version: 1, offsetBytes: 0, lengthBytes: 64 * MiB });
     t.equal(bad.reply.code, 'ERR_TOO_LARGE', 'an oversized read is refused by name; the connection goes on');
     const created = await good.request({ op: CS_OP.CREATE_CHUNK, chunkId: 424242, volumeId: 1, chunkIndex: 0, sizeBytes: MiB, version: 1, generation: 1 });
-    t.equal(created.reply.code, 'ERR_UNAUTHORIZED', 'a client may not create chunks');
+    t.equal(created.reply.code, 'ERR_UNAUTHORIZED', 'a chunk server may not create chunks on another: only the MDS may');
     good.close();
     t.ok(cs.running, 'the chunk server is still up');
     await stillServes('bad chunk-server frames');

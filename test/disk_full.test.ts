@@ -75,7 +75,7 @@ t.test('a chunk server whose disk fills up', async (t) => {
 
   const firstChunk = chunks.find((chunk) => chunk.chunkIndex === 0);
   const port = Number(cluster.chunkServers[3]!.ready['port']);
-  const direct = await CsConnection.connect({ host: '127.0.0.1', port, clusterKey: cluster.clusterKey, role: 'client' });
+  const direct = await CsConnection.connect({ host: '127.0.0.1', port, credential: { role: 'peer', clusterKey: cluster.clusterKey } });
   t.teardown(() => direct.close());
   const info = await direct.request({ op: CS_OP.CHUNK_INFO, chunkId: firstChunk!.chunkId });
   t.equal(info.reply.code, undefined, 'the full server still holds the first chunk');

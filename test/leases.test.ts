@@ -18,7 +18,7 @@ async function startNbd(t: Test, cluster: LocalCluster, name: string, extra: str
   const daemon = await DaemonProcess.start({
     name,
     stderr: 'collect',
-    args: ['run', 'nbd', '--mds', cluster.mdsUrl, '--cluster-key', join(cluster.dir, 'cluster.key'), '--socket', socket, ...extra],
+    args: ['run', 'nbd', '--mds', cluster.mdsUrl, '--credential', cluster.hypervisorCredentialPath, '--socket', socket, ...extra],
   });
   t.teardown(() => daemon.stop('SIGKILL'));
   return { daemon, uri: `nbd+unix:///v?socket=${socket}` };

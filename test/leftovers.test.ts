@@ -6,6 +6,7 @@
 import t from 'tap';
 import { join } from 'node:path';
 import { DaemonProcess } from '../src/local/daemon_process.ts';
+import { readMdsPrivateKey } from '../src/protocol/auth.ts';
 import { CsConnection } from '../src/protocol/cs_connection.ts';
 import { CS_OP } from '../src/protocol/cs_messages.ts';
 import { MdsClient } from '../src/protocol/mds_client.ts';
@@ -25,7 +26,8 @@ t.test('leftover replicas are quarantined, not deleted; a directory stays in its
   const index = await cluster.chunkServerIndex(member.csId);
   const asMds = async (): Promise<CsConnection> => {
     const port = Number(cluster.chunkServers[index]!.ready['port']);
-    const connection = await CsConnection.connect({ host: '127.0.0.1', port, clusterKey: cluster.clusterKey, role: 'mds' });
+    const privateKey = await readMdsPrivateKey(join(cluster.dir, 'mds.key'));
+    const connection = await CsConnection.connect({ host: '127.0.0.1', port, credential: { role: 'mds', clusterKey: cluster.clusterKey, privateKey, term: 1 } });
     t.teardown(() => connection.close());
     return connection;
   };

@@ -15,6 +15,7 @@ import { MdsClient } from '../protocol/mds_client.ts';
 import { defineCommand, OperationRefused, usageError, type CliContext, type Command, type CommandArgs, type FlagOptions } from './command.ts';
 import { csCommands } from './commands/cs.ts';
 import { mdsCommands } from './commands/mds.ts';
+import { hypervisorCommands } from './commands/hypervisor.ts';
 import { quarantineCommands } from './commands/quarantine.ts';
 import { statCommands } from './commands/stat.ts';
 import { volumeCommands } from './commands/volume.ts';
@@ -56,7 +57,7 @@ const versionCommand = defineCommand({
   },
 });
 
-const COMMANDS: readonly Command[] = [...volumeCommands, ...csCommands, ...statCommands, ...quarantineCommands, ...mdsCommands, helpCommand, versionCommand];
+const COMMANDS: readonly Command[] = [...volumeCommands, ...csCommands, ...statCommands, ...quarantineCommands, ...hypervisorCommands, ...mdsCommands, helpCommand, versionCommand];
 
 export async function runCli(argv: string[]): Promise<void> {
   // A reader that went away (`shoal volume list | head -1`) is not an error worth a stack trace.

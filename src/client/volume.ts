@@ -1,6 +1,9 @@
 // An open volume: the client library's BlockDevice. It maps byte ranges to chunks, asks the MDS to
 // allocate a chunk on its first write, talks to chunk servers directly (the primary forwards
 // writes to the other replicas), and holds the volume's write lease, renewing it in the background.
+// Chunk servers serve it on the capability the MDS issued with the open (presented on each
+// connection before the first request for the volume), which it renews well before it expires;
+// each write carries its chunk's ticket, which lets the primary check the forward list.
 //
 // Ordering: writes whose 4 KiB blocks overlap are never in flight at the same time; the later one
 // waits. Replicas apply a chunk's writes in arrival order, so without this two overlapping writes
@@ -9,7 +12,8 @@
 import { hostname, networkInterfaces } from 'node:os';
 import { StorageError, isStorageError } from '../errors.ts';
 import { BLOCK_BYTES, CS_PAYLOAD_BYTES_MAX } from '../limits.ts';
-import type { ChunkMapEntry, LeaseGrant, VolumeInfo } from '../protocol/api.ts';
+import type { CapabilityReply, ChunkMapEntry, LeaseGrant, VolumeInfo } from '../protocol/api.ts';
+import { decodeCapability, type CapabilityGrant } from '../protocol/capability.ts';
 import { CS_OP, decodeExtents } from '../protocol/cs_messages.ts';
 import type { CsConnectionPool, CsRequestBody, CsResponse } from '../protocol/cs_connection.ts';
 import type { MdsClient } from '../protocol/mds_client.ts';
@@ -59,6 +63,26 @@ const LOCAL_HOSTS = new Set<string>([
 /** How long a read or write keeps trying (failover, waiting for recovery) before ERR_IO. */
 export const IO_TIMEOUT_MS_DEFAULT = 60_000;
 
+/** A capability is renewed once this share of its lifetime has passed. */
+const CAPABILITY_RENEW_AT = 1 / 3;
+const CAPABILITY_RETRY_MS = 1_000;
+
+function capabilityGrant(reply: CapabilityReply): CapabilityGrant {
+  const encoded = Buffer.from(reply.capability, 'hex');
+  return { capability: decodeCapability(encoded), encoded, sessionKey: Buffer.from(reply.sessionKey, 'hex') };
+}
+
+/** Each entry's ticket as bytes, decoded once per entry (entries are replaced, never changed). */
+const tickets = new WeakMap<ChunkMapEntry, Buffer>();
+function ticketOf(entry: ChunkMapEntry): Buffer {
+  let ticket = tickets.get(entry);
+  if (ticket === undefined) {
+    ticket = Buffer.from(entry.ticket, 'hex');
+    tickets.set(entry, ticket);
+  }
+  return ticket;
+}
+
 export class Volume implements BlockDevice {
   readonly name: string;
   readonly readOnly: boolean;
@@ -70,12 +94,16 @@ export class Volume implements BlockDevice {
   private readonly writeOrder = new RangeLock();
   private readonly options: VolumeOpenOptions;
   private renewTimer: NodeJS.Timeout | null = null;
+  private capabilityTimer: NodeJS.Timeout | null = null;
+  /** What chunk servers serve this volume on; replaced before it expires. */
+  private grant: CapabilityGrant;
   private closed = false;
   private readonly ioTimeoutMs: number;
   private readRotation = 0;
 
-  private constructor(options: VolumeOpenOptions, info: VolumeInfo, lease: LeaseGrant | null, chunks: ChunkMapEntry[]) {
+  private constructor(options: VolumeOpenOptions, info: VolumeInfo, lease: LeaseGrant | null, grant: CapabilityGrant, chunks: ChunkMapEntry[]) {
     this.options = options;
+    this.grant = grant;
     this.name = options.name;
     this.readOnly = options.readOnly;
     this.info = info;
@@ -90,8 +118,9 @@ export class Volume implements BlockDevice {
       holder: options.holder ?? `${hostname()} pid ${process.pid}`,
       ...(options.force === true ? { force: true } : {}),
     });
-    const volume = new Volume(options, opened.volume, opened.lease, opened.chunks);
+    const volume = new Volume(options, opened.volume, opened.lease, capabilityGrant(opened.capability), opened.chunks);
     volume.startRenewing();
+    volume.scheduleCapabilityRenewal();
     return volume;
   }
 
@@ -181,6 +210,7 @@ export class Volume implements BlockDevice {
     if (this.closed) return;
     this.closed = true;
     if (this.renewTimer !== null) clearInterval(this.renewTimer);
+    if (this.capabilityTimer !== null) clearTimeout(this.capabilityTimer);
     if (this.lease !== null && this.leaseLost === null) {
       await this.options.mds.closeVolume(this.name, this.lease.leaseId).catch((error: unknown) => {
         this.options.log.warn('could not release the lease; it will expire', { volume: this.name, error });
@@ -250,6 +280,7 @@ export class Volume implements BlockDevice {
         offsetBytes: piece.offsetInChunk,
         lengthBytes: piece.lengthBytes,
         forward: others,
+        ticket: ticketOf(entry),
       };
       const outcome = await this.attempt(primary, body, data);
       if (outcome.kind === 'done') return;
@@ -287,7 +318,7 @@ export class Volume implements BlockDevice {
   private async attempt(primary: ReplicaLocation, body: CsRequestBody, data: Buffer | undefined): Promise<AttemptOutcome> {
     let response: CsResponse;
     try {
-      response = await this.options.pool.request(primary.host, primary.port, body, data);
+      response = await this.options.pool.request(primary.host, primary.port, body, data, this.grant);
     } catch (error) {
       // The primary cannot be reached: it is the member that failed.
       const failure = error instanceof StorageError ? error : new StorageError('ERR_UNAVAILABLE', String(error));
@@ -358,7 +389,7 @@ export class Volume implements BlockDevice {
     body: CsRequestBody,
     payload?: Buffer,
   ): Promise<CsResponse> {
-    const response = await this.options.pool.request(target.replica.host, target.replica.port, body, payload);
+    const response = await this.options.pool.request(target.replica.host, target.replica.port, body, payload, this.grant);
     if (response.reply.code !== undefined) {
       throw StorageError.fromWire(
         response.reply.code,
@@ -413,7 +444,7 @@ export class Volume implements BlockDevice {
 
   private reportBadBlocks(entry: ChunkMapEntry, csId: number, range: { offsetBytes: number; lengthBytes: number }): void {
     this.options.mds
-      .reportBadBlocks({ csId, volumeId: this.info.id, chunkIndex: entry.chunkIndex, chunkId: entry.chunkId, ...range })
+      .reportVolumeBadBlocks(this.name, { csId, volumeId: this.info.id, chunkIndex: entry.chunkIndex, chunkId: entry.chunkId, ...range })
       .catch((error: unknown) => this.options.log.warn('could not report bad blocks', { chunkId: entry.chunkId, csId, error }));
   }
 
@@ -425,7 +456,7 @@ export class Volume implements BlockDevice {
   private loseLease(error: StorageError): StorageError {
     if (this.leaseLost === null) {
       this.leaseLost = error;
-      this.options.log.error('write lease lost: another client opened this volume for write', { volume: this.name, message: error.message });
+      this.options.log.error('write lease lost (taken over, or this hypervisor was revoked): writes fail', { volume: this.name, message: error.message });
     }
     return error;
   }
@@ -495,12 +526,38 @@ export class Volume implements BlockDevice {
     }
   }
 
+  /**
+   * Renews the capability a third of the way through its life, so that an MDS away for a while
+   * (restarting) does not stop I/O; a lost lease ends it (writes fail, as they must).
+   */
+  private scheduleCapabilityRenewal(delayMs?: number): void {
+    if (this.closed) return;
+    const { issuedAtMs, expiresAtMs } = this.grant.capability;
+    const waitMs = delayMs ?? Math.max(CAPABILITY_RETRY_MS, Math.floor((expiresAtMs - issuedAtMs) * CAPABILITY_RENEW_AT));
+    this.capabilityTimer = setTimeout(() => {
+      const leaseId = this.lease === null ? undefined : this.lease.leaseId;
+      this.options.mds.capability(this.name, leaseId).then((reply) => {
+        this.grant = capabilityGrant(reply);
+        this.scheduleCapabilityRenewal();
+      }, (error: unknown) => {
+        if (isStorageError(error, 'ERR_LEASE_EXPIRED') || isStorageError(error, 'ERR_UNAUTHORIZED')) {
+          // The lease was taken, or this hypervisor's credential was revoked: nothing to renew.
+          this.loseLease(error as StorageError);
+          return;
+        }
+        this.options.log.warn('capability renewal failed; retrying', { volume: this.name, error });
+        this.scheduleCapabilityRenewal(CAPABILITY_RETRY_MS);
+      });
+    }, waitMs);
+    this.capabilityTimer.unref();
+  }
+
   private startRenewing(): void {
     if (this.lease === null) return;
     const { leaseId, renewIntervalMs } = this.lease;
     this.renewTimer = setInterval(() => {
       this.options.mds.renewLease(this.name, leaseId).catch((error: unknown) => {
-        if (isStorageError(error, 'ERR_LEASE_EXPIRED') || isStorageError(error, 'ERR_NOT_FOUND')) {
+        if (isStorageError(error, 'ERR_LEASE_EXPIRED') || isStorageError(error, 'ERR_NOT_FOUND') || isStorageError(error, 'ERR_UNAUTHORIZED')) {
           this.leaseLost ??= error;
           this.options.log.error('write lease lost; writes will fail', { volume: this.name, message: error.message });
           if (this.renewTimer !== null) clearInterval(this.renewTimer);

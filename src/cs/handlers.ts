@@ -2,8 +2,15 @@
 // from the connection handling in server.ts. Client data ops check the replica's version; writes
 // check the writer's lease epoch and are forwarded to the chunk's other replicas by the primary;
 // replication ops (SET_VERSION, COPY_RANGE, FENCE, ...) are the MDS's alone.
+//
+// Who may do what: the MDS anything but client writes; a peer (chunk server) forwarded writes,
+// replica fills, reads and flushes; a client only what a capability it presented allows, for that
+// capability's volume: reads with any, writes with a write capability whose epoch the write carries,
+// sent to the chunk's primary with the forward list its ticket vouches for.
 
+import { timingSafeEqual } from 'node:crypto';
 import { StorageError, fromSystemError } from '../errors.ts';
+import { chunkTicket, type Capability } from '../protocol/capability.ts';
 import { BLOCK_BYTES, CS_PAYLOAD_BYTES_MAX } from '../limits.ts';
 import {
   CS_OP,
@@ -29,6 +36,13 @@ export interface Reply {
   readonly payload?: Buffer;
 }
 
+/** The connection a request came on: its role and, for a client, the capabilities it presented. */
+export interface Caller {
+  readonly role: PeerRole;
+  /** The client's unexpired, unrevoked capability for the volume, or null. */
+  capability(volumeId: number): Capability | null;
+}
+
 export function asStorageError(error: unknown): StorageError {
   return fromSystemError(error, 'chunk server');
 }
@@ -37,19 +51,25 @@ function ok(id: number, extra?: Partial<CsReply>): Reply {
   return { reply: { op: CS_OP.REPLY, id, ...extra } };
 }
 
-export async function handleRequest(deps: ChunkServerOptions, request: CsRequest, payload: Buffer, role: PeerRole): Promise<Reply> {
+export async function handleRequest(deps: ChunkServerOptions, request: CsRequest, payload: Buffer, caller: Caller): Promise<Reply> {
   const { store } = deps;
+  const { role } = caller;
   switch (request.op) {
     case CS_OP.WRITE:
     case CS_OP.ZERO:
+      authorizeMutation(deps, request, caller);
       return mutate(deps, request, payload);
     case CS_OP.READ: {
-      checkRange(requireMeta(store, request.chunkId), request.offsetBytes, request.lengthBytes);
+      const meta = requireMeta(store, request.chunkId);
+      authorizeRead(caller, meta);
+      checkRange(meta, request.offsetBytes, request.lengthBytes);
       const bytes = await store.read(request.chunkId, request.version, request.offsetBytes, request.lengthBytes);
       return { reply: { op: CS_OP.REPLY, id: request.id }, payload: bytes };
     }
     case CS_OP.BLOCK_STATUS: {
-      checkRange(checkedMeta(store, request), request.offsetBytes, request.lengthBytes);
+      const meta = checkedMeta(store, request);
+      authorizeRead(caller, meta);
+      checkRange(meta, request.offsetBytes, request.lengthBytes);
       const extents = await store.blockStatus(request.chunkId, request.offsetBytes, request.lengthBytes);
       return { reply: { op: CS_OP.REPLY, id: request.id }, payload: encodeExtents(extents) };
     }
@@ -58,6 +78,7 @@ export async function handleRequest(deps: ChunkServerOptions, request: CsRequest
       return ok(request.id);
     case CS_OP.CHUNK_INFO: {
       const meta = requireMeta(store, request.chunkId);
+      authorizeRead(caller, meta);
       return ok(request.id, { version: meta.version, sizeBytes: meta.sizeBytes });
     }
     case CS_OP.REPLICA_WRITE:
@@ -118,6 +139,42 @@ async function handleMdsRequest(deps: ChunkServerOptions, request: CsRequest, pa
 
 function requireRole(role: PeerRole, needed: PeerRole, what: string): void {
   if (role !== needed) throw new StorageError('ERR_UNAUTHORIZED', `only the ${needed} may ${what}; this connection is a ${role}`);
+}
+
+function authorizeRead(caller: Caller, meta: ChunkMeta): void {
+  if (caller.role !== 'client' || caller.capability(meta.volumeId) !== null) return;
+  throw new StorageError('ERR_UNAUTHORIZED',
+    `no capability for volume ${meta.volumeId} on this connection (it expired, was revoked or was never presented)`);
+}
+
+/**
+ * A peer forwards a write it took as primary (to nobody further); a client writes with a write
+ * capability for the volume at exactly the epoch it carries, to the chunk's primary, forwarding to
+ * the members its ticket names. The MDS never writes through here.
+ */
+function authorizeMutation(deps: ChunkServerOptions, request: WriteRequest | ZeroRequest, caller: Caller): void {
+  if (caller.role === 'peer') {
+    if (request.forward.length > 0) throw new StorageError('ERR_UNAUTHORIZED', 'a forwarded change is not forwarded again');
+    return;
+  }
+  if (caller.role !== 'client') throw new StorageError('ERR_UNAUTHORIZED', `a ${caller.role} connection does not write data`);
+  const capability = caller.capability(request.volumeId);
+  if (capability === null || capability.mode !== 'write') {
+    throw new StorageError('ERR_UNAUTHORIZED',
+      `no write capability for volume ${request.volumeId} on this connection (it expired, was revoked or was never presented)`);
+  }
+  if (capability.epoch !== request.epoch) {
+    throw new StorageError('ERR_UNAUTHORIZED',
+      `the write carries epoch ${request.epoch}, but its capability is for epoch ${capability.epoch}`);
+  }
+  const self = deps.self();
+  if (self === null) throw new StorageError('ERR_UNAVAILABLE', 'chunk server has not registered with the MDS yet: it takes no writes');
+  const expected = chunkTicket(deps.capabilityKey, request.chunkId, request.version, request.volumeId, [self, ...request.forward]);
+  if (request.ticket === undefined || !timingSafeEqual(expected, request.ticket)) {
+    throw new StorageError('ERR_UNAUTHORIZED',
+      `chunk ${request.chunkId} at version ${request.version}: this server is not its primary with these members ` +
+      '(the chunk ticket does not match the forward list): refresh the chunk map');
+  }
 }
 
 function requireMeta(store: ChunkStore, chunkId: number): ChunkMeta {

@@ -4,10 +4,13 @@
 //
 // Ready line on stdout: {"event":"ready","service":"cs","port":N,"metricsPort":M,"uuid":"..."}.
 
+import type { KeyObject } from 'node:crypto';
 import { hostname } from 'node:os';
+import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { StorageError } from '../errors.ts';
-import { CLUSTER_KEY_BYTES, clusterRestToken, readSecretFile } from '../protocol/auth.ts';
+import { CLUSTER_KEY_BYTES, clusterRestToken, readMdsPublicKey, readSecretFile } from '../protocol/auth.ts';
+import { capabilityKey } from '../protocol/capability.ts';
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { MdsClient } from '../protocol/mds_client.ts';
 import { announceReady, onShutdownSignal, parseHostPort, parseIntegerFlag } from '../util/daemon.ts';
@@ -26,6 +29,7 @@ import { Scrubber } from './scrubber.ts';
 import { ChunkServer } from './server.ts';
 
 const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [options]
+  --mds-public-key FILE       the MDS's public key, mds.pub (default: mds.pub beside the cluster key)
   --listen HOST:PORT          chunk protocol address (default 127.0.0.1:0)
   --advertise-host HOST       address clients and peers use (default: the listen host)
   --metrics HOST:PORT         Prometheus /metrics (default 127.0.0.1:0)
@@ -56,6 +60,7 @@ export async function runChunkServer(argv: string[]): Promise<void> {
       data: { type: 'string' },
       mds: { type: 'string' },
       'cluster-key': { type: 'string' },
+      'mds-public-key': { type: 'string' },
       listen: { type: 'string', default: '127.0.0.1:0' },
       'advertise-host': { type: 'string' },
       metrics: { type: 'string', default: '127.0.0.1:0' },
@@ -87,6 +92,7 @@ export async function runChunkServer(argv: string[]): Promise<void> {
     dataDir: values.data,
     mdsUrl: values.mds,
     clusterKey: await readSecretFile(values['cluster-key'], CLUSTER_KEY_BYTES),
+    mdsPublicKey: await readMdsPublicKey(values['mds-public-key'] ?? join(dirname(values['cluster-key']), 'mds.pub')),
     listen,
     advertiseHost: values['advertise-host'] ?? listen.host,
     metrics: parseHostPort(values.metrics, '--metrics'),
@@ -109,6 +115,7 @@ interface ChunkServerConfig {
   readonly dataDir: string;
   readonly mdsUrl: string;
   readonly clusterKey: Buffer;
+  readonly mdsPublicKey: KeyObject;
   readonly listen: { host: string; port: number };
   readonly advertiseHost: string;
   readonly metrics: { host: string; port: number };
@@ -142,17 +149,25 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   const mds = new MdsClient({ url: config.mdsUrl, token: clusterRestToken(config.clusterKey) });
   let link: MdsLink | null = null;
   const metrics = new CsMetrics(() => store, () => link?.lastSpace ?? null);
-  const peers = new CsConnectionPool({ clusterKey: config.clusterKey, role: 'peer', requestTimeoutMs: config.peerTimeoutMs });
-  const bulkPeers = new CsConnectionPool({ clusterKey: config.clusterKey, role: 'peer', requestTimeoutMs: 120_000 });
+  const peerCredential = { role: 'peer', clusterKey: config.clusterKey } as const;
+  const peers = new CsConnectionPool({ credential: peerCredential, requestTimeoutMs: config.peerTimeoutMs });
+  const bulkPeers = new CsConnectionPool({ credential: peerCredential, requestTimeoutMs: 120_000 });
   const partialWrites = new PartialWriteReporter({
     send: (report) => mds.reportPartialWrite(report),
     csId: () => link?.registeredId ?? null,
     log,
   });
   metrics.watchPartialWrites(partialWrites);
+  let advertisedPort = 0;
   const server = new ChunkServer({
     store,
     clusterKey: config.clusterKey,
+    capabilityKey: capabilityKey(config.clusterKey),
+    mdsPublicKey: config.mdsPublicKey,
+    self: () => {
+      const csId = link?.registeredId ?? null;
+      return csId === null ? null : { csId, host: config.advertiseHost, port: advertisedPort };
+    },
     peers,
     bulkPeers,
     inflightBytesMax: config.inflightBytesMax,
@@ -162,6 +177,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     partialWrites,
   });
   const port = await server.listen(config.listen.host, config.listen.port);
+  advertisedPort = config.advertisePort ?? port;
   const metricsServer = await serveMetrics(metrics.registry, config.metrics.host, config.metrics.port);
   const usage = new DiskUsage(config.dataDir, config.capacityBytes);
   await usage.refresh();
@@ -185,6 +201,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     log,
     clock: systemClock,
     partialWrites,
+    revoke: (hypervisorId, issuedBeforeMs) => server.revoke(hypervisorId, issuedBeforeMs),
     clusterId: () => identity.clusterId,
     adoptCluster: async (clusterId) => {
       if (identity.clusterId === clusterId) return;

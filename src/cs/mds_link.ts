@@ -33,6 +33,8 @@ export interface MdsLinkOptions {
   readonly clusterId: () => string | undefined;
   /** Lost reports of writes a primary could not complete on every member (see partial_writes.ts). */
   readonly partialWrites: { takeLost(): boolean };
+  /** Revocations the MDS made while this server was away: applied before writes are taken. */
+  readonly revoke: (hypervisorId: number, issuedBeforeMs: number) => void;
 }
 
 export class MdsLink {
@@ -130,6 +132,7 @@ export class MdsLink {
     });
     await this.options.adoptCluster(reply.clusterId);
     for (const fence of reply.fences) await this.options.store.raiseFence(fence.volumeId, fence.epoch);
+    for (const revocation of reply.revocations) this.options.revoke(revocation.hypervisorId, revocation.issuedBeforeMs);
 
     this.csId = reply.csId;
     this.heartbeatIntervalMs = reply.heartbeatIntervalMs;

@@ -10,7 +10,9 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { StorageError } from '../errors.ts';
 import { CS_CONNECTION_INFLIGHT_MAX } from '../limits.ts';
-import { macEqual, newNonce, callerMac, serverMac } from '../protocol/auth.ts';
+import type { KeyObject } from 'node:crypto';
+import { macEqual, newNonce, callerMac, serverMac, verifyMdsProof } from '../protocol/auth.ts';
+import { grantProof, verifyCapability, type Capability, type TicketMember } from '../protocol/capability.ts';
 import {
   CS_OP,
   CS_PROTOCOL_VERSION,
@@ -18,6 +20,7 @@ import {
   parseAuth,
   parseRequest,
   type CsRequest,
+  type GrantRequest,
   type PeerRole,
 } from '../protocol/cs_messages.ts';
 import type { CsConnectionPool } from '../protocol/cs_connection.ts';
@@ -26,7 +29,7 @@ import { assert } from '../util/assert.ts';
 import type { Logger } from '../util/log.ts';
 import type { PartialWriteReporter } from './partial_writes.ts';
 import type { ChunkStore } from './chunk_store.ts';
-import { asStorageError, handleRequest, type Reply } from './handlers.ts';
+import { asStorageError, handleRequest, type Caller, type Reply } from './handlers.ts';
 import type { CsMetrics } from './metrics.ts';
 
 const AUTH_TIMEOUT_MS = 5_000;
@@ -34,6 +37,12 @@ const AUTH_TIMEOUT_MS = 5_000;
 export interface ChunkServerOptions {
   readonly store: ChunkStore;
   readonly clusterKey: Buffer;
+  /** capabilityKey(clusterKey): checks capabilities and chunk tickets. */
+  readonly capabilityKey: Buffer;
+  /** Verifies the MDS's signature at AUTH (mds.pub); only the MDS holds the private key. */
+  readonly mdsPublicKey: KeyObject;
+  /** This server as the MDS's map names it, once registered: a write's ticket must name it first. */
+  readonly self: () => TicketMember | null;
   readonly peers: CsConnectionPool;
   /** For COPY_RANGE's transfers: a long timeout, where `peers` has a short one to spot failures. */
   readonly bulkPeers: CsConnectionPool;
@@ -47,10 +56,17 @@ export interface ChunkServerOptions {
 }
 
 
+/** Hypervisors whose capabilities were revoked, kept at most this many (hypervisors are few). */
+const REVOCATIONS_MAX = 65_536;
+
 export class ChunkServer {
   private readonly options: ChunkServerOptions;
   private readonly server: Server;
   private readonly connections = new Set<Connection>();
+  /** hypervisorId -> capabilities issued before this time are void. */
+  private readonly revokedBeforeMs = new Map<number, number>();
+  /** The highest MDS term seen: an MDS with a lower term (a deposed leader) is refused. */
+  private mdsTerm = 0;
   private inflightBytes = 0;
   private throttled = false;
 
@@ -114,17 +130,50 @@ export class ChunkServer {
     return this.throttled;
   }
 
+  /**
+   * Voids the hypervisor's capabilities issued before `issuedBeforeMs`: they are dropped from every
+   * connection at once, and refused when presented again.
+   */
+  revoke(hypervisorId: number, issuedBeforeMs: number): void {
+    const known = this.revokedBeforeMs.get(hypervisorId) ?? 0;
+    if (issuedBeforeMs <= known) return;
+    if (!this.revokedBeforeMs.has(hypervisorId) && this.revokedBeforeMs.size >= REVOCATIONS_MAX) {
+      // The oldest revocation goes: its capabilities have long expired.
+      const oldest = this.revokedBeforeMs.keys().next().value;
+      if (oldest !== undefined) this.revokedBeforeMs.delete(oldest);
+    }
+    this.revokedBeforeMs.set(hypervisorId, issuedBeforeMs);
+    for (const connection of this.connections) connection.dropRevoked(hypervisorId, issuedBeforeMs);
+    this.options.log.warn('capabilities of a hypervisor revoked', { hypervisorId, issuedBefore: new Date(issuedBeforeMs).toISOString() });
+  }
+
+  isRevoked(capability: Capability): boolean {
+    return capability.issuedAtMs < (this.revokedBeforeMs.get(capability.hypervisorId) ?? 0);
+  }
+
+  /** Checks an MDS's term: it may only stay or grow. */
+  admitMdsTerm(term: number): void {
+    if (term < this.mdsTerm) {
+      throw new StorageError('ERR_UNAUTHORIZED', `MDS term ${term} is older than term ${this.mdsTerm} already seen: a deposed MDS is refused`);
+    }
+    this.mdsTerm = term;
+  }
+
   get deps(): ChunkServerOptions {
     return this.options;
   }
 }
 
-class Connection {
+class Connection implements Caller {
   readonly socket: Socket;
   private readonly owner: ChunkServer;
   private readonly reader = new FrameReader();
   private readonly nonce = newNonce();
-  private role: PeerRole | null = null;
+  private callerNonce: Buffer | null = null;
+  role: PeerRole = 'client';
+  private authenticated = false;
+  /** Capabilities this client presented, by volume (a client connection serves a few volumes). */
+  private readonly grants = new Map<number, Capability>();
   private inflight = 0;
   private writable = true;
   private closed = false;
@@ -144,7 +193,7 @@ class Connection {
       this.updateFlow();
     });
     this.authTimer = setTimeout(() => {
-      if (this.role === null) this.fail(new StorageError('ERR_UNAUTHORIZED', `no AUTH within ${AUTH_TIMEOUT_MS} ms`), 0);
+      if (!this.authenticated) this.fail(new StorageError('ERR_UNAUTHORIZED', `no AUTH within ${AUTH_TIMEOUT_MS} ms`), 0);
     }, AUTH_TIMEOUT_MS);
     writeFrame(socket, { op: CS_OP.HELLO, protocolVersion: CS_PROTOCOL_VERSION, nonce: this.nonce });
   }
@@ -167,21 +216,31 @@ class Connection {
         return;
       }
       if (frame === null || this.closed) return;
-      if (this.role === null) this.authenticate(frame);
+      if (!this.authenticated) this.authenticate(frame);
       else this.dispatch(frame);
     }
   }
 
   private authenticate(frame: RawFrame): void {
-    const { clusterKey } = this.owner.deps;
+    const { clusterKey, mdsPublicKey } = this.owner.deps;
     try {
       const auth = parseAuth(frame);
-      if (!macEqual(callerMac(clusterKey, auth.role, this.nonce, auth.nonce), auth.mac)) {
+      if (auth.role === 'peer' && !macEqual(callerMac(clusterKey, auth.role, this.nonce, auth.nonce), auth.mac)) {
         throw new StorageError('ERR_UNAUTHORIZED', 'authentication failed: the caller does not hold this cluster\'s key');
       }
+      if (auth.role === 'mds') {
+        if (!verifyMdsProof(mdsPublicKey, auth.term, this.nonce, auth.nonce, auth.proof)) {
+          throw new StorageError('ERR_UNAUTHORIZED', 'authentication failed: the caller is not the MDS (its signature does not match mds.pub)');
+        }
+        this.owner.admitMdsTerm(auth.term);
+      }
       this.role = auth.role;
+      this.callerNonce = auth.nonce;
+      this.authenticated = true;
       clearTimeout(this.authTimer);
-      this.send({ reply: { op: CS_OP.REPLY, id: auth.id, mac: serverMac(clusterKey, this.nonce, auth.nonce) } });
+      // A client has no key to check this against: it checks the server at its first GRANT.
+      const mac = auth.role === 'client' ? {} : { mac: serverMac(clusterKey, this.nonce, auth.nonce) };
+      this.send({ reply: { op: CS_OP.REPLY, id: auth.id, ...mac } });
     } catch (error) {
       this.owner.deps.metrics.authFailures.inc();
       this.fail(asStorageError(error), 0);
@@ -198,12 +257,26 @@ class Connection {
       this.send({ reply: errorReply(id, asStorageError(error)) });
       return;
     }
+    // Synchronous, so that the requests pipelined right behind see their outcome.
+    if (request.op === CS_OP.GRANT) {
+      this.send(this.grant(request));
+      return;
+    }
+    if (request.op === CS_OP.REVOKE) {
+      if (this.role !== 'mds') {
+        this.send({ reply: errorReply(request.id, new StorageError('ERR_UNAUTHORIZED', `only the MDS may revoke; this connection is a ${this.role}`)) });
+        return;
+      }
+      this.owner.revoke(request.hypervisorId, request.issuedBeforeMs);
+      this.send({ reply: { op: CS_OP.REPLY, id: request.id } });
+      return;
+    }
     const payloadBytes = frame.payload.length;
     this.inflight += 1;
     this.owner.reserveBytes(payloadBytes);
     this.updateFlow();
     const timer = this.owner.deps.metrics.startRequest(request.op);
-    handleRequest(this.owner.deps, request, frame.payload, this.role ?? 'client').then(
+    handleRequest(this.owner.deps, request, frame.payload, this).then(
       (reply) => {
         timer(reply.reply.code);
         this.finish(reply, payloadBytes);
@@ -214,6 +287,42 @@ class Connection {
         this.finish({ reply: errorReply(request.id, failure) }, payloadBytes);
       },
     );
+  }
+
+  /** GRANT: checks the capability, the caller's proof of its session key, and answers with ours. */
+  private grant(request: GrantRequest): Reply {
+    try {
+      if (this.role !== 'client') throw new StorageError('ERR_PROTOCOL', `a ${this.role} connection presents no capabilities`);
+      const { capability, sessionKey } = verifyCapability(this.owner.deps.capabilityKey, request.capability, Date.now());
+      const callerNonce = this.callerNonce;
+      if (callerNonce === null || !macEqual(grantProof(sessionKey, 'client', this.nonce, callerNonce), request.proof)) {
+        throw new StorageError('ERR_UNAUTHORIZED', 'the capability was presented without its session key');
+      }
+      if (this.owner.isRevoked(capability)) {
+        throw new StorageError('ERR_UNAUTHORIZED', `the capabilities of hypervisor ${capability.hypervisorId} were revoked`);
+      }
+      this.grants.set(capability.volumeId, capability);
+      return { reply: { op: CS_OP.REPLY, id: request.id, mac: grantProof(sessionKey, 'server', this.nonce, callerNonce) } };
+    } catch (error) {
+      this.owner.deps.metrics.authFailures.inc();
+      return { reply: errorReply(request.id, asStorageError(error)) };
+    }
+  }
+
+  capability(volumeId: number): Capability | null {
+    const capability = this.grants.get(volumeId);
+    if (capability === undefined) return null;
+    if (capability.expiresAtMs <= Date.now()) {
+      this.grants.delete(volumeId);
+      return null;
+    }
+    return capability;
+  }
+
+  dropRevoked(hypervisorId: number, issuedBeforeMs: number): void {
+    for (const [volumeId, capability] of this.grants) {
+      if (capability.hypervisorId === hypervisorId && capability.issuedAtMs < issuedBeforeMs) this.grants.delete(volumeId);
+    }
   }
 
   private finish(reply: Reply, payloadBytes: number): void {

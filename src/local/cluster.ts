@@ -2,13 +2,18 @@
 // separate process on loopback with ports chosen by the kernel, in a folder of its own. The tests
 // and the benchmark harness use it; they reach each daemon (to kill, freeze or restart it) and each
 // replica's files directly. Unlike `shoal start` it restarts nothing by itself.
+//
+// Its folder holds every credential, as separate hosts would: cluster.key (MDS and chunk
+// servers), mds.key / mds.pub (made by the MDS; the public half for the chunk servers),
+// admin.token, and hypervisor.cred, the credential of a hypervisor "local" that may serve every
+// volume (the NBD server's, and `internal`'s).
 
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
-import { clusterRestToken } from '../protocol/auth.ts';
+import { clusterRestToken, readMdsPrivateKey } from '../protocol/auth.ts';
 import { MdsClient } from '../protocol/mds_client.ts';
 import { writeFileDurable } from '../util/fs.ts';
 import { DaemonProcess } from './daemon_process.ts';
@@ -33,7 +38,11 @@ export class LocalCluster {
   readonly clusterKey: Buffer;
   readonly adminToken: string;
   readonly admin: MdsClient;
+  /** The client routes, as the local hypervisor (every volume). */
   readonly internal: MdsClient;
+  /** The chunk-server routes, with the cluster token. */
+  readonly csApi: MdsClient;
+  readonly hypervisorCredential: string;
   mds: DaemonProcess;
   readonly chunkServers: Array<DaemonProcess | null>;
   nbd: DaemonProcess | null = null;
@@ -42,15 +51,17 @@ export class LocalCluster {
   private nbdPort = 0;
   private readonly overrides = new Map<number, ChunkServerOverrides>();
 
-  private constructor(dir: string, clusterKey: Buffer, adminToken: string, mds: DaemonProcess, options: ClusterOptions) {
+  private constructor(dir: string, clusterKey: Buffer, adminToken: string, credential: string, mds: DaemonProcess, options: ClusterOptions) {
     this.dir = dir;
     this.clusterKey = clusterKey;
     this.adminToken = adminToken;
+    this.hypervisorCredential = credential;
     this.mds = mds;
     this.options = options;
     this.mdsPort = Number(mds.ready['port']);
     this.admin = new MdsClient({ url: this.mdsUrl, token: adminToken });
-    this.internal = new MdsClient({ url: this.mdsUrl, token: clusterRestToken(clusterKey) });
+    this.internal = new MdsClient({ url: this.mdsUrl, token: credential });
+    this.csApi = new MdsClient({ url: this.mdsUrl, token: clusterRestToken(clusterKey) });
     this.chunkServers = [];
   }
 
@@ -62,7 +73,18 @@ export class LocalCluster {
     await writeFileDurable(join(dir, 'cluster.key'), `${clusterKey.toString('hex')}\n`, { mode: 0o600, exclusive: true });
     await writeFileDurable(join(dir, 'admin.token'), `${adminToken}\n`, { mode: 0o600, exclusive: true });
     const mds = await startMds(dir, 0, options.mdsArgs ?? []);
-    const cluster = new LocalCluster(dir, clusterKey, adminToken, mds, options);
+    let credential: string;
+    try {
+      const admin = new MdsClient({ url: `http://127.0.0.1:${Number(mds.ready['port'])}`, token: adminToken });
+      credential = (await admin.addHypervisor({ name: 'local', allVolumes: true })).credential;
+      admin.close();
+      await writeFileDurable(join(dir, 'hypervisor.cred'), `${credential}\n`, { mode: 0o600, exclusive: true });
+    } catch (error) {
+      await mds.stop('SIGKILL', 5_000);
+      await rm(dir, { recursive: true, force: true });
+      throw error;
+    }
+    const cluster = new LocalCluster(dir, clusterKey, adminToken, credential, mds, options);
     try {
       await cluster.startRest();
     } catch (error) {
@@ -151,7 +173,7 @@ export class LocalCluster {
     this.nbd = await DaemonProcess.start({
       name: 'nbd',
       stderr: 'collect',
-      args: ['run', 'nbd', '--mds', this.mdsUrl, '--cluster-key', join(this.dir, 'cluster.key'), '--socket', this.nbdSocket,
+      args: ['run', 'nbd', '--mds', this.mdsUrl, '--credential', this.hypervisorCredentialPath, '--socket', this.nbdSocket,
         '--listen', `127.0.0.1:${this.nbdPort}`, ...(this.options.nbdArgs ?? [])],
     });
     this.nbdPort = Number(this.nbd.ready['port']);
@@ -184,9 +206,24 @@ export class LocalCluster {
     if (this.options.nbd ?? true) await this.startNbd();
   }
 
-  /** A connection pool for talking to chunk servers directly; the caller closes it. */
+  get hypervisorCredentialPath(): string {
+    return join(this.dir, 'hypervisor.cred');
+  }
+
+  /** A client's connection pool (for Volume.open with `internal`); the caller closes it. */
   pool(): CsConnectionPool {
-    return new CsConnectionPool({ clusterKey: this.clusterKey, role: 'client' });
+    return new CsConnectionPool({ credential: { role: 'client' } });
+  }
+
+  /** A pool that talks to chunk servers as one of them (a peer); the caller closes it. */
+  peerPool(): CsConnectionPool {
+    return new CsConnectionPool({ credential: { role: 'peer', clusterKey: this.clusterKey } });
+  }
+
+  /** A pool that talks to chunk servers as the MDS, with its private key; the caller closes it. */
+  async mdsPool(): Promise<CsConnectionPool> {
+    const privateKey = await readMdsPrivateKey(join(this.dir, 'mds.key'));
+    return new CsConnectionPool({ credential: { role: 'mds', clusterKey: this.clusterKey, privateKey, term: 1 } });
   }
 
   /**

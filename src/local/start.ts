@@ -14,6 +14,7 @@
 // worst kills) those still stopping before it starts its own (daemon_record.ts).
 
 import type { ChildProcess } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { StorageError, isStorageError } from '../errors.ts';
@@ -165,6 +166,28 @@ export async function runLocalCluster(argv: string[]): Promise<void> {
   }
 }
 
+/**
+ * The local NBD server is a hypervisor like any other: it gets its own credential (every volume),
+ * kept in the cluster folder. One the MDS no longer knows (its database was replaced) is replaced.
+ */
+async function ensureHypervisorCredential(admin: MdsClient, mdsUrl: string, path: string, log: Logger): Promise<void> {
+  const existing = await readFile(path, 'utf8').then((text) => text.trim(), () => null);
+  if (existing !== null) {
+    const probe = new MdsClient({ url: mdsUrl, token: existing });
+    try {
+      await probe.exports();
+      return;
+    } catch (error) {
+      if (!isStorageError(error, 'ERR_UNAUTHORIZED')) throw error;
+      log.warn('the MDS does not accept the local hypervisor credential any more; making a new one', { path });
+    } finally {
+      probe.close();
+    }
+  }
+  const { credential } = await admin.addHypervisor({ name: `local-${Date.now()}`, allVolumes: true });
+  await writeFileDurable(path, `${credential}\n`, { mode: 0o600 });
+}
+
 async function bringUp(supervisor: Supervisor, config: StartConfig, log: Logger): Promise<void> {
   const { dataDir, clusterKeyFile } = config;
   const mds = await supervisor.startEssential({
@@ -179,11 +202,13 @@ async function bringUp(supervisor: Supervisor, config: StartConfig, log: Logger)
   const admin = new MdsClient({ url: mdsUrl, token: config.adminToken });
   await waitForChunkServers(admin, running);
   await ensureVolume(admin, config.volume, config.volumeSizeBytes, log);
+  const credentialFile = join(dataDir, 'hypervisor.cred');
+  await ensureHypervisorCredential(admin, mdsUrl, credentialFile, log);
   const nbd = await supervisor.startEssential({
     name: 'nbd',
     role: 'nbd',
     dataDir,
-    args: ['run', 'nbd', '--mds', mdsUrl, '--cluster-key', clusterKeyFile, '--socket', config.nbdSocket,
+    args: ['run', 'nbd', '--mds', mdsUrl, '--credential', credentialFile, '--socket', config.nbdSocket,
       '--listen', `${config.nbdListen.host}:${config.nbdListen.port}`, '--default-export', config.volume,
       '--metrics', config.nbdMetrics],
   }, 'the NBD server');

@@ -1,6 +1,8 @@
-// The MDS REST API on fastify: schema-first routes (src/protocol/api.ts) in two scopes, each a
-// plugin with its own bearer-token hook: admin routes for people and scripts, internal routes for
-// chunk servers and clients. /metrics, /v1/health and /v1/openapi.json are open.
+// The MDS REST API on fastify: schema-first routes (src/protocol/api.ts) in three scopes, each a
+// plugin with its own bearer-token hook: admin routes for people and scripts (admin token), routes
+// for chunk servers (cluster token), and routes for hypervisors' clients (each hypervisor's own
+// credential, and only for the volumes attached to it). /metrics, /v1/health and
+// /v1/openapi.json are open.
 //
 // Every error leaves as { statusCode, code, message }: StorageErrors keep their code; schema
 // violations become ERR_INVALID_ARGUMENT naming the field.
@@ -23,7 +25,16 @@ import { StorageError } from '../errors.ts';
 import { API_BODY_BYTES_MAX } from '../limits.ts';
 import { encodeBackupPrefix } from './backup.ts';
 import {
+  AddHypervisorBody,
+  AddHypervisorReply,
   BadBlocksBody,
+  CapabilityBody,
+  CapabilityReply,
+  HypervisorInfo,
+  HypervisorList,
+  HypervisorNameParams,
+  HypervisorVolumesBody,
+  RevokeHypervisorReply,
   ChunkFailureBody,
   ChunkIndexParams,
   ChunkServerIdParams,
@@ -59,6 +70,7 @@ import {
 } from '../protocol/api.ts';
 import { tokenEqual } from '../protocol/auth.ts';
 import type { Logger } from '../util/log.ts';
+import type { HypervisorRecord } from './model.ts';
 import type { MdsMetrics } from './metrics.ts';
 import type { MetadataService } from './service.ts';
 
@@ -72,6 +84,13 @@ export interface ApiOptions {
 }
 
 const errorResponses = { 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 409: ErrorBody, 503: ErrorBody };
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** On client routes: the hypervisor whose credential came with the request. */
+    hypervisor: HypervisorRecord | null;
+  }
+}
 
 export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   const app = Fastify({
@@ -112,7 +131,19 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
   });
   await app.register(async (scope) => {
     scope.addHook('onRequest', bearerHook(options.clusterToken, 'cluster'));
-    internalRoutes(scope.withTypeProvider<TypeBoxTypeProvider>(), options.service);
+    chunkServerRoutes(scope.withTypeProvider<TypeBoxTypeProvider>(), options.service);
+  });
+  await app.register(async (scope) => {
+    scope.decorateRequest('hypervisor', null);
+    scope.addHook('onRequest', async (request) => {
+      request.hypervisor = options.service.hypervisors.authenticate(bearerToken(request));
+    });
+    // Every route about one volume: only a volume attached to this hypervisor.
+    scope.addHook('preHandler', async (request) => {
+      const name = (request.params as { name?: unknown } | undefined)?.name;
+      if (typeof name === 'string') options.service.hypervisors.requireVolume(hypervisorOf(request), name);
+    });
+    clientRoutes(scope.withTypeProvider<TypeBoxTypeProvider>(), options.service);
   });
   return app;
 }
@@ -167,6 +198,25 @@ function adminRoutes(app: TypedApp, service: MetadataService): void {
   // Remove: only an emptied server; it is never placed on again.
   serverState('/v1/chunk-servers/:id/remove', 'removed');
   app.get('/v1/stat', { schema: { tags, response: { 200: ClusterStat } } }, async () => service.cluster.stat());
+  app.get('/v1/hypervisors', { schema: { tags, response: { 200: HypervisorList } } }, async () => ({
+    hypervisors: service.hypervisors.list(),
+  }));
+  app.post(
+    '/v1/hypervisors',
+    { schema: { tags, body: AddHypervisorBody, response: { 201: AddHypervisorReply, ...errorResponses } } },
+    async (request, reply) => reply.code(201).send(
+      await service.hypervisors.add(request.body.name, request.body.allVolumes === true, request.body.volumes ?? [])),
+  );
+  app.post(
+    '/v1/hypervisors/:name/volumes',
+    { schema: { tags, params: HypervisorNameParams, body: HypervisorVolumesBody, response: { 200: HypervisorInfo, ...errorResponses } } },
+    async (request) => service.hypervisors.setVolumes(request.params.name, request.body),
+  );
+  app.post(
+    '/v1/hypervisors/:name/revoke',
+    { schema: { tags, params: HypervisorNameParams, response: { 200: RevokeHypervisorReply, ...errorResponses } } },
+    async (request) => service.hypervisors.revoke(request.params.name),
+  );
   app.get('/v1/mds/backup', { schema: { tags } }, async (_request, reply) => {
     const backup = await service.cluster.backup();
     const body = Readable.from((async function* () {
@@ -195,8 +245,8 @@ function adminRoutes(app: TypedApp, service: MetadataService): void {
   );
 }
 
-function internalRoutes(app: TypedApp, service: MetadataService): void {
-  const tags = ['internal'];
+function chunkServerRoutes(app: TypedApp, service: MetadataService): void {
+  const tags = ['chunk servers'];
   app.post(
     '/v1/internal/chunk-servers/register',
     { schema: { tags, body: RegisterChunkServerBody, response: { 200: RegisterChunkServerReply, ...errorResponses } } },
@@ -210,13 +260,45 @@ function internalRoutes(app: TypedApp, service: MetadataService): void {
       return { ok: true };
     },
   );
-  app.get('/v1/internal/exports', { schema: { tags, response: { 200: ExportList } } }, async () => ({
-    names: service.exportNames(),
+  app.post(
+    '/v1/internal/bad-blocks',
+    { schema: { tags, body: BadBlocksBody, response: { 200: RepairReply, ...errorResponses } } },
+    async (request) => ({ repairedBlocks: await service.cluster.reportBadBlocks(request.body) }),
+  );
+  app.post(
+    '/v1/internal/partial-writes',
+    { schema: { tags, body: PartialWriteBody, response: { 200: OkReply, ...errorResponses } } },
+    async (request) => {
+      await service.cluster.reportPartialWrite(request.body);
+      return { ok: true };
+    },
+  );
+}
+
+function clientRoutes(app: TypedApp, service: MetadataService): void {
+  const tags = ['clients'];
+  app.get('/v1/internal/exports', { schema: { tags, response: { 200: ExportList } } }, async (request) => ({
+    names: service.exportNames(hypervisorOf(request)),
   }));
   app.post(
     '/v1/internal/volumes/:name/open',
     { schema: { tags, params: VolumeNameParams, body: OpenVolumeBody, response: { 200: OpenVolumeReply, ...errorResponses } } },
-    async (request) => service.openVolume(request.params.name, request.body),
+    async (request) => service.openVolume(request.params.name, request.body, hypervisorOf(request)),
+  );
+  app.post(
+    '/v1/internal/volumes/:name/capability',
+    { schema: { tags, params: VolumeNameParams, body: CapabilityBody, response: { 200: CapabilityReply, ...errorResponses } } },
+    async (request) => service.capabilityFor(request.params.name, hypervisorOf(request), request.body.leaseId),
+  );
+  app.post(
+    '/v1/internal/volumes/:name/bad-blocks',
+    { schema: { tags, params: VolumeNameParams, body: BadBlocksBody, response: { 200: RepairReply, ...errorResponses } } },
+    async (request) => {
+      if (service.volumeByName(request.params.name).id !== request.body.volumeId) {
+        throw new StorageError('ERR_INVALID_ARGUMENT', `volume "${request.params.name}" is not volume ${request.body.volumeId}`);
+      }
+      return { repairedBlocks: await service.cluster.reportBadBlocks(request.body) };
+    },
   );
   app.post(
     '/v1/internal/volumes/:name/lease/renew',
@@ -256,25 +338,22 @@ function internalRoutes(app: TypedApp, service: MetadataService): void {
     { schema: { tags, params: ChunkIndexParams, body: ChunkFailureBody, response: { 200: ChunkMapEntry, ...errorResponses } } },
     async (request) => service.reportChunkFailure(request.params.name, request.params.chunkIndex, request.body),
   );
-  app.post(
-    '/v1/internal/bad-blocks',
-    { schema: { tags, body: BadBlocksBody, response: { 200: RepairReply, ...errorResponses } } },
-    async (request) => ({ repairedBlocks: await service.cluster.reportBadBlocks(request.body) }),
-  );
-  app.post(
-    '/v1/internal/partial-writes',
-    { schema: { tags, body: PartialWriteBody, response: { 200: OkReply, ...errorResponses } } },
-    async (request) => {
-      await service.cluster.reportPartialWrite(request.body);
-      return { ok: true };
-    },
-  );
+}
+
+function hypervisorOf(request: FastifyRequest): HypervisorRecord {
+  const hypervisor = request.hypervisor;
+  if (hypervisor === null) throw new StorageError('ERR_UNAUTHORIZED', 'this route needs a hypervisor credential');
+  return hypervisor;
+}
+
+function bearerToken(request: FastifyRequest): string {
+  const header = request.headers.authorization ?? '';
+  return header.startsWith('Bearer ') ? header.slice('Bearer '.length).trim() : '';
 }
 
 function bearerHook(expected: string, scope: string) {
   return async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
-    const header = request.headers.authorization ?? '';
-    const token = header.startsWith('Bearer ') ? header.slice('Bearer '.length).trim() : '';
+    const token = bearerToken(request);
     if (token === '' || !tokenEqual(expected, token)) {
       await reply.code(401).send({
         statusCode: 401,

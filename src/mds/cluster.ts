@@ -36,6 +36,7 @@ import type { ChunkServerAdminState, ChunkServerRecord, PendingDeleteRecord, Qua
 import type { PlacementCandidate } from './placement.ts';
 import type { PlannerChunk, PlannerServer } from './recovery.ts';
 import { RecoveryScheduler } from './recovery_scheduler.ts';
+import { revocationsOf } from './hypervisors.ts';
 import { CsReplicaIo, type ReplicaIo } from './replica_io.ts';
 import { Replicator } from './replicator.ts';
 import type { MdsConfig } from './config.ts';
@@ -66,6 +67,8 @@ export interface ClusterDeps {
   readonly clusterId: string;
   /** The MDS's data directory: backups are staged there (default: the system's temporary folder). */
   readonly dataDir?: string;
+  /** capabilityKey(clusterKey): tags capabilities and chunk tickets (default: a random key, for simulations). */
+  readonly capabilityKey?: Buffer;
 }
 
 export class Cluster {
@@ -169,6 +172,7 @@ export class Cluster {
       heartbeatIntervalMs: this.config.heartbeatIntervalMs,
       heartbeatTimeoutMs: this.config.heartbeatTimeoutMs,
       fences: this.store.tables.listVolumes().map((volume) => ({ volumeId: volume.id, epoch: volume.epoch })),
+      revocations: revocationsOf(this.store.tables),
     };
   }
 

@@ -25,6 +25,8 @@ export interface MdsConfig {
   readonly recoveryBytesPerSecond: number;
   readonly recoveryConcurrency: number;
   readonly rebalanceThreshold: number;
+  /** How long a capability the MDS issues to a hypervisor's client is valid (it renews well before). */
+  readonly capabilityTtlMs: number;
 }
 
 const MiB = 1024 * 1024;
@@ -43,4 +45,5 @@ export const MDS_CONFIG_DEFAULTS: MdsConfig = {
   recoveryBytesPerSecond: 64 * MiB,
   recoveryConcurrency: 4,
   rebalanceThreshold: 0.1,
+  capabilityTtlMs: 3_600_000,
 };

@@ -6,10 +6,12 @@
 
 import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { StorageError } from '../errors.ts';
-import { CLUSTER_KEY_BYTES, clusterRestToken, readSecretFile } from '../protocol/auth.ts';
+import type { KeyObject } from 'node:crypto';
+import { CLUSTER_KEY_BYTES, clusterRestToken, ensureMdsKeyPair, readSecretFile } from '../protocol/auth.ts';
+import { capabilityKey } from '../protocol/capability.ts';
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { systemClock } from '../util/clock.ts';
 import { announceReady, onShutdownSignal, parseHostPort, parseIntegerFlag } from '../util/daemon.ts';
@@ -40,7 +42,12 @@ const USAGE = `usage: shoal run mds --data DIR --cluster-key FILE --admin-token 
   --quarantine-grace-ms N      replicas the map does not know, not newer than it, are deleted after
                                this long in quarantine (default 604800000, seven days)
   --cluster-id ID              the cluster's id, for an empty data directory: start an MDS whose
-                               disk was lost with the id its chunk servers know (their cs.json)`;
+                               disk was lost with the id its chunk servers know (their cs.json)
+  --mds-key FILE               the MDS's private key, made on first start, with its public half
+                               FILE's name ending .pub for the chunk servers (default: mds.key and
+                               mds.pub beside the cluster key); it never leaves this host
+  --capability-ttl-ms N        how long a capability issued to a hypervisor's client is valid
+                               (default 3600000; clients renew it well before)`;
 
 const BACKGROUND_TICK_MS = 1_000;
 const CLUSTER_ID_PATTERN = /^[0-9a-f-]{36}$/;
@@ -69,6 +76,8 @@ export async function runMds(argv: string[]): Promise<void> {
       'replace-endangered-after-ms': { type: 'string' },
       'quarantine-grace-ms': { type: 'string' },
       'cluster-id': { type: 'string' },
+      'mds-key': { type: 'string' },
+      'capability-ttl-ms': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -98,6 +107,7 @@ export async function runMds(argv: string[]): Promise<void> {
     replaceEndangeredAfterMs: parseIntegerFlag(
       values['replace-endangered-after-ms'], '--replace-endangered-after-ms', MDS_CONFIG_DEFAULTS.replaceEndangeredAfterMs),
     quarantineGraceMs: parseIntegerFlag(values['quarantine-grace-ms'], '--quarantine-grace-ms', MDS_CONFIG_DEFAULTS.quarantineGraceMs),
+    capabilityTtlMs: parseIntegerFlag(values['capability-ttl-ms'], '--capability-ttl-ms', MDS_CONFIG_DEFAULTS.capabilityTtlMs, 1_000),
   };
   const givenClusterId = values['cluster-id'];
   if (givenClusterId !== undefined && !CLUSTER_ID_PATTERN.test(givenClusterId)) {
@@ -109,14 +119,17 @@ export async function runMds(argv: string[]): Promise<void> {
   const listen = parseHostPort(values.listen, '--listen');
   const clusterKey = await readSecretFile(values['cluster-key'], CLUSTER_KEY_BYTES);
   const adminToken = (await readSecretFile(values['admin-token'], 32)).toString('hex');
+  const mdsKeyPath = values['mds-key'] ?? join(dirname(values['cluster-key']), 'mds.key');
+  const mdsKey = await ensureMdsKeyPair(mdsKeyPath, mdsKeyPath.replace(/(\.key)?$/, '.pub'));
   const csTimeoutMs = parseIntegerFlag(values['cs-timeout-ms'], '--cs-timeout-ms', 10_000, 100);
-  await startMds({ dataDir: values.data, listen, clusterKey, adminToken, config, csTimeoutMs, givenClusterId });
+  await startMds({ dataDir: values.data, listen, clusterKey, mdsKey, adminToken, config, csTimeoutMs, givenClusterId });
 }
 
 async function startMds(options: {
   dataDir: string;
   listen: { host: string; port: number };
   clusterKey: Buffer;
+  mdsKey: KeyObject;
   adminToken: string;
   config: MdsConfig;
   csTimeoutMs: number;
@@ -132,10 +145,13 @@ async function startMds(options: {
   const clusterId = await ensureClusterId(options.dataDir, options.givenClusterId);
   // Syncs the directory entry of the database file it may have just created (see MdsStore.open).
   const store = await MdsStore.open(join(options.dataDir, MDS_DB_FILE));
-  const pool = new CsConnectionPool({ clusterKey: options.clusterKey, role: 'mds', requestTimeoutMs: options.csTimeoutMs });
-  const bulkPool = new CsConnectionPool({ clusterKey: options.clusterKey, role: 'mds', requestTimeoutMs: BULK_TIMEOUT_MS });
+  // One MDS today: term 1. Several later: the leader's term from the consensus engine.
+  const credential = { role: 'mds', clusterKey: options.clusterKey, privateKey: options.mdsKey, term: 1 } as const;
+  const pool = new CsConnectionPool({ credential, requestTimeoutMs: options.csTimeoutMs });
+  const bulkPool = new CsConnectionPool({ credential, requestTimeoutMs: BULK_TIMEOUT_MS });
   const service = new MetadataService({
     store, config: options.config, clock: systemClock, random: Math.random, pool, bulkPool, log, clusterId, dataDir: options.dataDir,
+    capabilityKey: capabilityKey(options.clusterKey),
   });
   const metrics = new MdsMetrics(() => service, store);
   const app = await buildApi({

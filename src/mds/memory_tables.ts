@@ -3,7 +3,7 @@
 // `snapshot`/`restore` give transactions: an op that throws leaves no trace, as in LMDB.
 
 import type {
-  ChunkRecord, ChunkServerRecord, LostGenerations, MdsTables, MetaKey, PendingDeleteRecord, QuarantineRecord, VolumeRecord,
+  ChunkRecord, ChunkServerRecord, HypervisorRecord, LostGenerations, MdsTables, MetaKey, PendingDeleteRecord, QuarantineRecord, VolumeRecord,
 } from './model.ts';
 import { applyOp, type MdsOp, type MdsOpResult } from './ops.ts';
 
@@ -17,6 +17,7 @@ interface State {
   pendingDeletes: Map<number, PendingDeleteRecord>;
   quarantine: Map<string, QuarantineRecord>;
   lostGenerations: LostGenerations[];
+  hypervisors: Map<number, HypervisorRecord>;
 }
 
 const chunkKey = (volumeId: number, chunkIndex: number): string => `${volumeId}:${chunkIndex}`;
@@ -32,6 +33,7 @@ export class MemoryTables implements MdsTables {
     pendingDeletes: new Map(),
     quarantine: new Map(),
     lostGenerations: [],
+    hypervisors: new Map(),
   };
 
   /** Applies an op atomically: on an error the tables are as they were. */
@@ -56,11 +58,26 @@ export class MemoryTables implements MdsTables {
       pendingDeletes: new Map(this.state.pendingDeletes),
       quarantine: new Map(this.state.quarantine),
       lostGenerations: [...this.state.lostGenerations],
+      hypervisors: new Map(this.state.hypervisors),
     };
   }
 
   getMeta(key: MetaKey): number {
     return this.state.meta.get(key) ?? 0;
+  }
+
+  getHypervisor(id: number): HypervisorRecord | undefined {
+    return this.state.hypervisors.get(id);
+  }
+  getHypervisorIdByName(name: string): number | undefined {
+    for (const record of this.state.hypervisors.values()) if (record.name === name) return record.id;
+    return undefined;
+  }
+  putHypervisor(record: HypervisorRecord): void {
+    this.state.hypervisors.set(record.id, record);
+  }
+  listHypervisors(): HypervisorRecord[] {
+    return [...this.state.hypervisors.values()].sort((a, b) => a.id - b.id);
   }
   putMeta(key: MetaKey, value: number): void {
     this.state.meta.set(key, value);

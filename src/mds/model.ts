@@ -104,11 +104,30 @@ export interface LostGenerations {
 }
 
 /**
+ * A hypervisor allowed to serve volumes: its credential's secret is kept only as a digest. It
+ * serves every volume, or the volumes named (by name, so that a volume recreated under the same
+ * name stays attached), until revoked.
+ */
+export interface HypervisorRecord {
+  readonly id: number;
+  readonly name: string;
+  readonly secretDigest: string;
+  readonly allVolumes: boolean;
+  readonly volumes: readonly string[];
+  readonly createdAtMs: number;
+  /** Set once revoked: the credential is refused from then on, and capabilities issued before are void. */
+  readonly revokedAtMs: number | null;
+}
+
+/** A hypervisor may name at most this many volumes one by one (beyond, use allVolumes). */
+export const HYPERVISOR_VOLUMES_MAX = 4096;
+
+/**
  * Counters of the state. `chunkIdFloor`: chunk ids below it may exist on chunk servers unknown to
  * this map (seen there after a restore or rebuild): never handed out, even from a block reserved
  * before it was raised.
  */
-export const META_KEYS = ['nextVolumeId', 'nextChunkId', 'nextCsId', 'opSeq', 'generation', 'chunkIdFloor'] as const;
+export const META_KEYS = ['nextVolumeId', 'nextChunkId', 'nextCsId', 'opSeq', 'generation', 'chunkIdFloor', 'nextHypervisorId'] as const;
 export type MetaKey = (typeof META_KEYS)[number];
 
 /** Everything the state machine reads and writes; each call is part of the current transaction. */
@@ -147,4 +166,9 @@ export interface MdsTables {
 
   listLostGenerations(): LostGenerations[];
   putLostGenerations(range: LostGenerations): void;
+
+  getHypervisor(id: number): HypervisorRecord | undefined;
+  getHypervisorIdByName(name: string): number | undefined;
+  putHypervisor(record: HypervisorRecord): void;
+  listHypervisors(): HypervisorRecord[];
 }

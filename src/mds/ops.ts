@@ -10,11 +10,29 @@ import { StorageError } from '../errors.ts';
 import { assert, assertNever } from '../util/assert.ts';
 import { formatBytes } from '../util/size.ts';
 import type {
-  ChunkRecord, ChunkServerAdminState, ChunkServerRecord, InDoubtRange, MdsTables, QuarantineRecord, VolumeRecord,
+  ChunkRecord, ChunkServerAdminState, ChunkServerRecord, HypervisorRecord, InDoubtRange, MdsTables, QuarantineRecord, VolumeRecord,
 } from './model.ts';
+import { HYPERVISOR_VOLUMES_MAX } from './model.ts';
 
 export type MdsOp =
   | { readonly type: 'reserveChunkIds'; readonly count: number }
+  | {
+      /** A hypervisor gets a credential (only the digest of its secret is kept). */
+      readonly type: 'addHypervisor';
+      readonly name: string;
+      readonly secretDigest: string;
+      readonly allVolumes: boolean;
+      readonly volumes: readonly string[];
+      readonly nowMs: number;
+    }
+  | {
+      /** The volumes a hypervisor may serve change. */
+      readonly type: 'setHypervisorVolumes';
+      readonly hypervisorId: number;
+      readonly allVolumes: boolean;
+      readonly volumes: readonly string[];
+    }
+  | { readonly type: 'revokeHypervisor'; readonly hypervisorId: number; readonly nowMs: number }
   | ({ readonly type: 'registerChunkServer'; readonly nowMs: number } & Omit<ChunkServerRecord, 'id' | 'registeredAtMs' | 'adminState'>)
   | {
       readonly type: 'createVolume';
@@ -132,6 +150,7 @@ export type MdsOpType = MdsOp['type'];
 /** What an op produced, for the caller that submitted it. */
 export type MdsOpResult =
   | { readonly type: 'none' }
+  | { readonly type: 'hypervisor'; readonly record: HypervisorRecord }
   | { readonly type: 'chunkIdRange'; readonly firstChunkId: number; readonly count: number }
   | { readonly type: 'chunkServer'; readonly record: ChunkServerRecord }
   | { readonly type: 'volume'; readonly record: VolumeRecord }
@@ -141,6 +160,12 @@ const NONE: MdsOpResult = { type: 'none' };
 
 export function applyOp(tables: MdsTables, op: MdsOp): MdsOpResult {
   switch (op.type) {
+    case 'addHypervisor':
+      return addHypervisor(tables, op);
+    case 'setHypervisorVolumes':
+      return setHypervisorVolumes(tables, op);
+    case 'revokeHypervisor':
+      return revokeHypervisor(tables, op.hypervisorId, op.nowMs);
     case 'reserveChunkIds':
       return reserveChunkIds(tables, op.count);
     case 'registerChunkServer':
@@ -188,6 +213,50 @@ export function applyOp(tables: MdsTables, op: MdsOp): MdsOpResult {
     default:
       return assertNever(op, 'op type');
   }
+}
+
+function checkHypervisorVolumes(volumes: readonly string[]): void {
+  if (volumes.length > HYPERVISOR_VOLUMES_MAX) {
+    throw new StorageError('ERR_INVALID_ARGUMENT', `a hypervisor names at most ${HYPERVISOR_VOLUMES_MAX} volumes; give it every volume instead`);
+  }
+}
+
+function addHypervisor(tables: MdsTables, op: Extract<MdsOp, { type: 'addHypervisor' }>): MdsOpResult {
+  if (tables.getHypervisorIdByName(op.name) !== undefined) {
+    throw new StorageError('ERR_CONFLICT', `hypervisor "${op.name}" exists already; revoke it and add it under another name for a new credential`);
+  }
+  checkHypervisorVolumes(op.volumes);
+  const id = Math.max(1, tables.getMeta('nextHypervisorId'));
+  tables.putMeta('nextHypervisorId', id + 1);
+  const record: HypervisorRecord = {
+    id, name: op.name, secretDigest: op.secretDigest, allVolumes: op.allVolumes, volumes: [...new Set(op.volumes)].sort(),
+    createdAtMs: op.nowMs, revokedAtMs: null,
+  };
+  tables.putHypervisor(record);
+  return { type: 'hypervisor', record };
+}
+
+function requireHypervisor(tables: MdsTables, id: number): HypervisorRecord {
+  const record = tables.getHypervisor(id);
+  if (record === undefined) throw new StorageError('ERR_NOT_FOUND', `hypervisor ${id} does not exist`);
+  return record;
+}
+
+function setHypervisorVolumes(tables: MdsTables, op: Extract<MdsOp, { type: 'setHypervisorVolumes' }>): MdsOpResult {
+  const existing = requireHypervisor(tables, op.hypervisorId);
+  if (existing.revokedAtMs !== null) throw new StorageError('ERR_CONFLICT', `hypervisor "${existing.name}" was revoked`);
+  checkHypervisorVolumes(op.volumes);
+  const record: HypervisorRecord = { ...existing, allVolumes: op.allVolumes, volumes: [...new Set(op.volumes)].sort() };
+  tables.putHypervisor(record);
+  return { type: 'hypervisor', record };
+}
+
+function revokeHypervisor(tables: MdsTables, id: number, nowMs: number): MdsOpResult {
+  const existing = requireHypervisor(tables, id);
+  // Revoking twice keeps the first time: capabilities issued before it are void either way.
+  const record: HypervisorRecord = existing.revokedAtMs !== null ? existing : { ...existing, revokedAtMs: nowMs };
+  tables.putHypervisor(record);
+  return { type: 'hypervisor', record };
 }
 
 function reserveChunkIds(tables: MdsTables, count: number): MdsOpResult {

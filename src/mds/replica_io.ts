@@ -34,6 +34,8 @@ export interface ReplicaIo {
   /** Replaces whole blocks that fail their checksum; resolves with blocks replaced. */
   repair(csId: number, chunkId: number, version: number, offsetBytes: number, blocks: Buffer): Promise<number>;
   fence(csId: number, volumeId: number, epoch: number): Promise<void>;
+  /** Voids a hypervisor's capabilities issued before the time on the server. */
+  revoke(csId: number, hypervisorId: number, issuedBeforeMs: number): Promise<void>;
   listChunks(csId: number): Promise<ChunkListEntry[]>;
   listVolumes(csId: number): Promise<VolumeListEntry[]>;
 }
@@ -123,6 +125,10 @@ export class CsReplicaIo implements ReplicaIo {
 
   async fence(csId: number, volumeId: number, epoch: number): Promise<void> {
     await this.call(csId, { op: CS_OP.FENCE, volumeId, epoch });
+  }
+
+  async revoke(csId: number, hypervisorId: number, issuedBeforeMs: number): Promise<void> {
+    await this.call(csId, { op: CS_OP.REVOKE, hypervisorId, issuedBeforeMs });
   }
 
   async listVolumes(csId: number): Promise<VolumeListEntry[]> {

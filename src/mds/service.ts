@@ -5,9 +5,10 @@
 // `cluster` (cluster.ts). Durable decisions go through `store.submit`; soft state (lease expiry)
 // lives here and is rebuilt after a restart.
 
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { StorageError } from '../errors.ts';
 import type {
+  CapabilityReply,
   ChunkFailureBody,
   ChunkMapEntry,
   CreateVolumeBody,
@@ -20,7 +21,9 @@ import { assert } from '../util/assert.ts';
 import type { Clock } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
 import { Cluster, type ClusterDeps } from './cluster.ts';
-import type { ChunkRecord, VolumeRecord } from './model.ts';
+import { chunkTicket, type CapabilityGrant } from '../protocol/capability.ts';
+import { Hypervisors } from './hypervisors.ts';
+import type { ChunkRecord, HypervisorRecord, VolumeRecord } from './model.ts';
 import type { MdsConfig } from './config.ts';
 import { chooseReplicas } from './placement.ts';
 import { describeVolume } from './model.ts';
@@ -33,6 +36,8 @@ const SCAN_WAIT_MS = 10_000;
 
 export class MetadataService {
   readonly cluster: Cluster;
+  readonly hypervisors: Hypervisors;
+  private readonly capabilityKey: Buffer;
   private readonly store: MdsStore;
   private readonly config: MdsConfig;
   private readonly clock: Clock;
@@ -52,6 +57,21 @@ export class MetadataService {
     this.random = deps.random;
     this.log = deps.log;
     this.cluster = new Cluster(deps);
+    this.capabilityKey = deps.capabilityKey ?? randomBytes(32);
+    this.hypervisors = new Hypervisors({
+      store: this.store,
+      clock: this.clock,
+      log: this.log,
+      capabilityKey: this.capabilityKey,
+      capabilityTtlMs: this.config.capabilityTtlMs,
+      onlineServers: () => {
+        const nowMs = this.clock.nowMs();
+        return this.store.tables.listChunkServers()
+          .filter((server) => server.adminState !== 'removed' && this.cluster.registry.isOnline(server.id, nowMs))
+          .map((server) => server.id);
+      },
+      revokeOn: (csId, hypervisorId, issuedBeforeMs) => this.cluster.io.revoke(csId, hypervisorId, issuedBeforeMs),
+    });
     // Leases survive a restart with a full timeout of grace: their holders may still be writing.
     const nowMs = this.clock.nowMs();
     for (const volume of this.store.tables.listVolumes()) {
@@ -141,7 +161,8 @@ export class MetadataService {
 
   // ---- clients: open, leases, chunk map ---------------------------------------------------------
 
-  async openVolume(name: string, body: OpenVolumeBody): Promise<OpenVolumeReply> {
+  async openVolume(name: string, body: OpenVolumeBody, hypervisor: HypervisorRecord): Promise<OpenVolumeReply> {
+    this.hypervisors.requireVolume(hypervisor, name);
     let volume = this.volumeByName(name);
     let lease: OpenVolumeReply['lease'] = null;
     if (body.mode === 'write') {
@@ -190,7 +211,20 @@ export class MetadataService {
     const chunks = this.store.tables
       .listChunks(volume.id, 0, this.chunkCountMax(volume))
       .map((chunk) => this.chunkMapEntry(chunk));
-    return { volume: this.volumeInfo(volume), lease, chunks };
+    const capability = this.hypervisors.issue(hypervisor, volume.id, lease === null ? 'read' : 'write', volume.epoch);
+    return { volume: this.volumeInfo(volume), lease, capability: capabilityReply(capability), chunks };
+  }
+
+  /**
+   * A fresh capability for a volume the hypervisor has open: for write with the lease it holds
+   * (at the lease's epoch), else for read.
+   */
+  capabilityFor(name: string, hypervisor: HypervisorRecord, leaseId: string | undefined): CapabilityReply {
+    this.hypervisors.requireVolume(hypervisor, name);
+    const volume = this.volumeByName(name);
+    if (leaseId === undefined) return capabilityReply(this.hypervisors.issue(hypervisor, volume.id, 'read', 0));
+    this.requireLease(volume, leaseId);
+    return capabilityReply(this.hypervisors.issue(hypervisor, volume.id, 'write', volume.epoch));
   }
 
   /**
@@ -331,16 +365,13 @@ export class MetadataService {
   }
 
   private chunkMapEntry(chunk: ChunkRecord): ChunkMapEntry {
-    return {
-      chunkIndex: chunk.chunkIndex,
-      chunkId: chunk.chunkId,
-      version: chunk.version,
-      replicas: chunk.replicas.map((csId) => {
-        const server = this.store.tables.getChunkServer(csId);
-        assert(server !== undefined, 'chunk replicas reference registered servers');
-        return { csId, host: server.host, port: server.port };
-      }),
-    };
+    const replicas = chunk.replicas.map((csId) => {
+      const server = this.store.tables.getChunkServer(csId);
+      assert(server !== undefined, 'chunk replicas reference registered servers');
+      return { csId, host: server.host, port: server.port };
+    });
+    const ticket = chunkTicket(this.capabilityKey, chunk.chunkId, chunk.version, chunk.volumeId, replicas).toString('hex');
+    return { chunkIndex: chunk.chunkIndex, chunkId: chunk.chunkId, version: chunk.version, replicas, ticket };
   }
 
   // ---- failures, repairs, recovery ----------------------------------------------------------------
@@ -384,7 +415,16 @@ export class MetadataService {
     return this.chunkMapEntry(record);
   }
 
-  exportNames(): string[] {
-    return this.store.tables.listVolumes().map((v) => v.name);
+  /** The volumes this hypervisor may serve. */
+  exportNames(hypervisor: HypervisorRecord): string[] {
+    return this.store.tables.listVolumes().map((v) => v.name).filter((name) => this.hypervisors.mayServe(hypervisor, name));
   }
+}
+
+function capabilityReply(grant: CapabilityGrant): CapabilityReply {
+  return {
+    capability: grant.encoded.toString('hex'),
+    sessionKey: grant.sessionKey.toString('hex'),
+    expiresAt: new Date(grant.capability.expiresAtMs).toISOString(),
+  };
 }

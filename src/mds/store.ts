@@ -12,6 +12,7 @@ import { assert } from '../util/assert.ts';
 import type {
   ChunkRecord,
   ChunkServerRecord,
+  HypervisorRecord,
   LostGenerations,
   MdsTables,
   MetaKey,
@@ -43,6 +44,8 @@ class LmdbTables implements MdsTables {
   readonly oplog: Database<OplogEntry, number>;
   readonly quarantine: Database<QuarantineRecord, [number, number]>;
   readonly lostGenerations: Database<LostGenerations, number>;
+  readonly hypervisors: Database<HypervisorRecord, number>;
+  readonly hypervisorNames: Database<number, string>;
 
   constructor(root: RootDatabase) {
     const db = <V, K extends string | number | [number, number]>(name: string, keyEncoding: 'uint32' | 'ordered-binary') =>
@@ -57,6 +60,8 @@ class LmdbTables implements MdsTables {
     this.oplog = db('oplog', 'ordered-binary');
     this.quarantine = db('quarantine', 'ordered-binary');
     this.lostGenerations = db('lost-generations', 'ordered-binary');
+    this.hypervisors = db('hypervisors', 'uint32');
+    this.hypervisorNames = db('hypervisor-names', 'ordered-binary');
   }
 
   getMeta(key: MetaKey): number {
@@ -154,6 +159,20 @@ class LmdbTables implements MdsTables {
   }
   putLostGenerations(range: LostGenerations): void {
     void this.lostGenerations.put(range.lowExclusive, range);
+  }
+
+  getHypervisor(id: number): HypervisorRecord | undefined {
+    return this.hypervisors.get(id);
+  }
+  getHypervisorIdByName(name: string): number | undefined {
+    return this.hypervisorNames.get(name);
+  }
+  putHypervisor(record: HypervisorRecord): void {
+    void this.hypervisors.put(record.id, record);
+    void this.hypervisorNames.put(record.name, record.id);
+  }
+  listHypervisors(): HypervisorRecord[] {
+    return [...this.hypervisors.getRange({}).map(({ value }) => value)];
   }
 
   appendOplog(op: MdsOp): void {

@@ -11,7 +11,7 @@ import { Registry, collectDefaultMetrics } from 'prom-client';
 import { VolumeProvider } from '../client/provider.ts';
 import { IO_TIMEOUT_MS_DEFAULT } from '../client/volume.ts';
 import { StorageError } from '../errors.ts';
-import { CLUSTER_KEY_BYTES, clusterRestToken, readSecretFile } from '../protocol/auth.ts';
+import { readHypervisorCredential } from '../protocol/auth.ts';
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { MdsClient } from '../protocol/mds_client.ts';
 import {
@@ -21,7 +21,9 @@ import { createLogger } from '../util/log.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
 import { NBD_SERVER_DEFAULTS, createNbdServer } from './server.ts';
 
-const USAGE = `usage: shoal run nbd --mds URL --cluster-key FILE [--socket PATH] [--listen H:P]
+const USAGE = `usage: shoal run nbd --mds URL --credential FILE [--socket PATH] [--listen H:P]
+  --credential FILE        this hypervisor's credential (\`shoal hypervisor add NAME\` prints it;
+                           mode 0600): it serves the volumes attached to this hypervisor
   --socket PATH            NBD over a unix socket (created 0600)
   --socket-group-access    create the socket 0660, for a group of hypervisor tools
   --listen HOST:PORT       NBD over TCP; use a loopback host unless clients are remote
@@ -49,7 +51,7 @@ export async function runNbd(argv: string[]): Promise<void> {
     args: argv,
     options: {
       mds: { type: 'string' },
-      'cluster-key': { type: 'string' },
+      credential: { type: 'string' },
       socket: { type: 'string' },
       'socket-group-access': { type: 'boolean' },
       listen: { type: 'string' },
@@ -70,8 +72,8 @@ export async function runNbd(argv: string[]): Promise<void> {
     process.stdout.write(`${USAGE}\n`);
     return;
   }
-  if (values.mds === undefined || values['cluster-key'] === undefined) {
-    throw new StorageError('ERR_CONFIG', `--mds and --cluster-key are required\n${USAGE}`);
+  if (values.mds === undefined || values.credential === undefined) {
+    throw new StorageError('ERR_CONFIG', `--mds and --credential are required\n${USAGE}`);
   }
   if (values.socket === undefined && values.listen === undefined) {
     throw new StorageError('ERR_CONFIG', `give --socket, --listen or both\n${USAGE}`);
@@ -79,7 +81,7 @@ export async function runNbd(argv: string[]): Promise<void> {
   const d = NBD_SERVER_DEFAULTS;
   await startNbd({
     mdsUrl: values.mds,
-    clusterKey: await readSecretFile(values['cluster-key'], CLUSTER_KEY_BYTES),
+    credential: await readHypervisorCredential(values.credential),
     socket: values.socket,
     socketMode: values['socket-group-access'] === true ? 0o660 : 0o600,
     listen: values.listen === undefined ? undefined : parseHostPort(values.listen, '--listen'),
@@ -101,7 +103,8 @@ export async function runNbd(argv: string[]): Promise<void> {
 
 interface NbdDaemonConfig {
   readonly mdsUrl: string;
-  readonly clusterKey: Buffer;
+  /** The hypervisor's own credential: neither the cluster key nor the MDS's key ever reach this host. */
+  readonly credential: string;
   readonly socket: string | undefined;
   readonly socketMode: number;
   readonly listen: { host: string; port: number } | undefined;
@@ -121,8 +124,8 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
   const log = createLogger('nbd');
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'shoal_nbd_' });
-  const mds = new MdsClient({ url: config.mdsUrl, token: clusterRestToken(config.clusterKey) });
-  const pool = new CsConnectionPool({ clusterKey: config.clusterKey, role: 'client', requestTimeoutMs: config.csTimeoutMs });
+  const mds = new MdsClient({ url: config.mdsUrl, token: config.credential });
+  const pool = new CsConnectionPool({ credential: { role: 'client' }, requestTimeoutMs: config.csTimeoutMs });
   const provider = new VolumeProvider({
     mds, pool, log, holder: config.holder, ioTimeoutMs: config.ioTimeoutMs, forceOpen: config.forceOpen,
   });

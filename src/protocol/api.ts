@@ -2,8 +2,10 @@
 // serialize (fastify), by the client library and the CLI to type what they send and receive, and
 // by the OpenAPI document. Change a shape here and both ends change with it.
 //
-// Two scopes: admin routes (/v1/volumes, /v1/chunk-servers, /v1/stat) take the admin token;
-// internal routes (/v1/internal/...) take the cluster token derived from the cluster key.
+// Three scopes: admin routes (/v1/volumes, /v1/chunk-servers, /v1/hypervisors, /v1/stat) take the
+// admin token; chunk-server routes (/v1/internal/chunk-servers/..., partial writes, bad blocks) the
+// cluster token derived from the cluster key; client routes (/v1/internal/exports,
+// /v1/internal/volumes/...) a hypervisor's own credential, for the volumes attached to it.
 
 import { Type, type Static } from 'typebox';
 import {
@@ -242,6 +244,9 @@ export const RegisterChunkServerReply = Type.Object({
   heartbeatIntervalMs: Uint(),
   heartbeatTimeoutMs: Uint({ description: 'a chunk server that cannot reach the MDS this long stops taking writes' }),
   fences: Type.Array(VolumeFence, { description: 'every volume\'s lease epoch: older writers are rejected' }),
+  revocations: Type.Array(Type.Object({ hypervisorId: Uint(), issuedBeforeMs: Uint() }), {
+    description: 'hypervisors whose capabilities issued before that time are void',
+  }),
 });
 export type RegisterChunkServerReply = Static<typeof RegisterChunkServerReply>;
 
@@ -269,6 +274,7 @@ export const ChunkMapEntry = Type.Object({
   chunkId: Uint(),
   version: Uint(),
   replicas: Type.Array(ReplicaLocation),
+  ticket: Type.String({ pattern: '^[0-9a-f]{32}$', description: 'vouches for this version and members to the primary: writes carry it' }),
 });
 export type ChunkMapEntry = Static<typeof ChunkMapEntry>;
 
@@ -290,9 +296,23 @@ export const LeaseGrant = Type.Object({
 });
 export type LeaseGrant = Static<typeof LeaseGrant>;
 
+export const CapabilityReply = Type.Object({
+  capability: Type.String({ pattern: '^[0-9a-f]{144}$', description: 'presented to chunk servers (GRANT)' }),
+  sessionKey: Type.String({ pattern: '^[0-9a-f]{64}$', description: 'proves the holder at the chunk servers; never sent to them' }),
+  expiresAt: Type.String(),
+});
+export type CapabilityReply = Static<typeof CapabilityReply>;
+
+export const CapabilityBody = Type.Object(
+  { leaseId: Type.Optional(Type.String({ maxLength: 64, description: 'for a write capability: the lease held' })) },
+  { additionalProperties: false },
+);
+export type CapabilityBody = Static<typeof CapabilityBody>;
+
 export const OpenVolumeReply = Type.Object({
   volume: VolumeInfo,
   lease: Type.Union([LeaseGrant, Type.Null()]),
+  capability: CapabilityReply,
   chunks: Type.Array(ChunkMapEntry),
 });
 export type OpenVolumeReply = Static<typeof OpenVolumeReply>;
@@ -356,6 +376,59 @@ export type PartialWriteBody = Static<typeof PartialWriteBody>;
 
 export const RepairReply = Type.Object({ repairedBlocks: Uint() });
 export type RepairReply = Static<typeof RepairReply>;
+
+// ---- hypervisors ----------------------------------------------------------------------------------
+
+export const HypervisorName = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$' });
+
+export const HypervisorInfo = Type.Object({
+  id: Uint(),
+  name: Type.String(),
+  allVolumes: Type.Boolean({ description: 'serves every volume' }),
+  volumes: Type.Array(Type.String(), { description: 'the volumes attached to it (when not allVolumes)' }),
+  createdAt: Type.String(),
+  revokedAt: Type.Union([Type.String(), Type.Null()]),
+});
+export type HypervisorInfo = Static<typeof HypervisorInfo>;
+
+export const HypervisorList = Type.Object({ hypervisors: Type.Array(HypervisorInfo) });
+export type HypervisorList = Static<typeof HypervisorList>;
+
+export const AddHypervisorBody = Type.Object(
+  {
+    name: HypervisorName,
+    allVolumes: Type.Optional(Type.Boolean()),
+    volumes: Type.Optional(Type.Array(VolumeName, { maxItems: 4096 })),
+  },
+  { additionalProperties: false },
+);
+export type AddHypervisorBody = Static<typeof AddHypervisorBody>;
+
+export const AddHypervisorReply = Type.Object({
+  hypervisor: HypervisorInfo,
+  credential: Type.String({ description: 'shown once: the hypervisor\'s NBD server reads it from a file (--credential)' }),
+});
+export type AddHypervisorReply = Static<typeof AddHypervisorReply>;
+
+export const HypervisorNameParams = Type.Object({ name: HypervisorName });
+export type HypervisorNameParams = Static<typeof HypervisorNameParams>;
+
+export const HypervisorVolumesBody = Type.Object(
+  {
+    allow: Type.Optional(Type.Array(VolumeName, { maxItems: 4096 })),
+    deny: Type.Optional(Type.Array(VolumeName, { maxItems: 4096 })),
+    allVolumes: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+export type HypervisorVolumesBody = Static<typeof HypervisorVolumesBody>;
+
+export const RevokeHypervisorReply = Type.Object({
+  hypervisor: HypervisorInfo,
+  serversTold: Uint({ description: 'chunk servers that voided its capabilities now' }),
+  serversMissed: Type.Array(Uint(), { description: 'online servers that could not be told: they refuse writes until they register again, which tells them' }),
+});
+export type RevokeHypervisorReply = Static<typeof RevokeHypervisorReply>;
 
 export const ChunkServerIdParams = Type.Object({ id: Uint() });
 export type ChunkServerIdParams = Static<typeof ChunkServerIdParams>;

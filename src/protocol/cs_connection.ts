@@ -11,7 +11,9 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { StorageError } from '../errors.ts';
 import { CS_CONNECTION_INFLIGHT_MAX } from '../limits.ts';
 import { assert } from '../util/assert.ts';
-import { callerMac, macEqual, newNonce, serverMac } from './auth.ts';
+import type { KeyObject } from 'node:crypto';
+import { callerMac, macEqual, mdsProof, newNonce, serverMac } from './auth.ts';
+import { grantProof, type CapabilityGrant } from './capability.ts';
 import {
   CS_OP,
   CS_PROTOCOL_VERSION,
@@ -19,7 +21,6 @@ import {
   parseReply,
   type CsReply,
   type CsRequest,
-  type PeerRole,
 } from './cs_messages.ts';
 import { FrameReader, writeFrame, type RawFrame } from './frame.ts';
 
@@ -36,11 +37,20 @@ export interface CsResponse {
   readonly payload: Buffer;
 }
 
+/**
+ * Who is calling, with what it proves: a chunk server (peer) and the MDS prove themselves at AUTH
+ * and check the server's proof of the cluster key; a client proves nothing at AUTH and presents a
+ * capability per volume (GRANT), whose reply is the server's proof.
+ */
+export type CsCredential =
+  | { readonly role: 'client' }
+  | { readonly role: 'peer'; readonly clusterKey: Buffer }
+  | { readonly role: 'mds'; readonly clusterKey: Buffer; readonly privateKey: KeyObject; readonly term: number };
+
 export interface CsConnectionOptions {
   readonly host: string;
   readonly port: number;
-  readonly clusterKey: Buffer;
-  readonly role: PeerRole;
+  readonly credential: CsCredential;
   readonly connectTimeoutMs?: number;
   readonly requestTimeoutMs?: number;
 }
@@ -72,8 +82,13 @@ export class CsConnection {
   private closedError: StorageError | null = null;
   private readonly closeListeners: Array<(error: StorageError) => void> = [];
 
-  private constructor(socket: Socket, address: string, requestTimeoutMs: number) {
+  /** The capability last presented for each volume on this connection. */
+  private readonly presented = new Map<number, CapabilityGrant>();
+  private readonly nonces: { readonly server: Buffer; readonly caller: Buffer };
+
+  private constructor(socket: Socket, address: string, requestTimeoutMs: number, nonces: { server: Buffer; caller: Buffer }) {
     this.socket = socket;
+    this.nonces = nonces;
     this.address = address;
     this.requestTimeoutMs = requestTimeoutMs;
     this.sweepTimer = setInterval(() => this.sweepDeadlines(), DEADLINE_SWEEP_MS);
@@ -90,19 +105,31 @@ export class CsConnection {
     const socket = netConnect({ host: options.host, port: options.port, noDelay: true });
     const reader = new FrameReader();
     const nextFrame = frameStream(socket, reader, address, connectTimeoutMs);
+    let serverNonce: Buffer = Buffer.alloc(0);
+    let callerNonce: Buffer = Buffer.alloc(0);
     try {
       const hello = parseHello(await nextFrame());
       if (hello.protocolVersion !== CS_PROTOCOL_VERSION) {
         throw new StorageError('ERR_PROTOCOL', `chunk server ${address} speaks protocol ${hello.protocolVersion}, we speak ${CS_PROTOCOL_VERSION}`);
       }
       const nonce = newNonce();
-      const mac = callerMac(options.clusterKey, options.role, hello.nonce, nonce);
-      writeFrame(socket, { op: CS_OP.AUTH, id: 0, role: options.role, nonce, mac });
+      serverNonce = hello.nonce;
+      callerNonce = nonce;
+      const { credential } = options;
+      const auth = credential.role === 'peer'
+        ? { role: 'peer', mac: callerMac(credential.clusterKey, 'peer', hello.nonce, nonce) }
+        : credential.role === 'mds'
+          ? { role: 'mds', term: credential.term, proof: mdsProof(credential.privateKey, credential.term, hello.nonce, nonce) }
+          : { role: 'client' };
+      writeFrame(socket, { op: CS_OP.AUTH, id: 0, nonce, ...auth });
       const reply = parseReply(await nextFrame());
       if (reply.code !== undefined) throw StorageError.fromWire(reply.code, `chunk server ${address}: ${reply.message ?? ''}`);
-      const expected = serverMac(options.clusterKey, hello.nonce, nonce);
-      if (reply.mac === undefined || !macEqual(expected, reply.mac)) {
-        throw new StorageError('ERR_UNAUTHORIZED', `chunk server ${address} failed to prove it holds the cluster key`);
+      // A client checks the server at its first GRANT, with the capability's session key.
+      if (credential.role !== 'client') {
+        const expected = serverMac(credential.clusterKey, hello.nonce, nonce);
+        if (reply.mac === undefined || !macEqual(expected, reply.mac)) {
+          throw new StorageError('ERR_UNAUTHORIZED', `chunk server ${address} failed to prove it holds the cluster key`);
+        }
       }
     } catch (error) {
       socket.destroy();
@@ -117,7 +144,7 @@ export class CsConnection {
       socket.destroy();
       throw new StorageError('ERR_PROTOCOL', `chunk server ${address} sent data before any request`);
     }
-    return new CsConnection(socket, address, options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS_DEFAULT);
+    return new CsConnection(socket, address, options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS_DEFAULT, { server: serverNonce, caller: callerNonce });
   }
 
   get isClosed(): boolean {
@@ -133,9 +160,35 @@ export class CsConnection {
     else this.closeListeners.push(listener);
   }
 
-  /** Sends one request; resolves with the reply (whatever its code) and its payload. */
-  request(body: CsRequestBody, payload?: Buffer): Promise<CsResponse> {
+  /**
+   * Sends one request; resolves with the reply (whatever its code) and its payload. With `grant`,
+   * the capability is presented first unless this connection already has it for its volume; the
+   * GRANT is pipelined ahead of the request, and if the server refuses it or fails to prove it
+   * holds the session key, the connection closes with that error (failing the request too).
+   */
+  request(body: CsRequestBody, payload?: Buffer, grant?: CapabilityGrant): Promise<CsResponse> {
     if (this.closedError !== null) return Promise.reject(this.closedError);
+    if (grant !== undefined && this.presented.get(grant.capability.volumeId) !== grant) this.present(grant);
+    return this.enqueue(body, payload);
+  }
+
+  private present(grant: CapabilityGrant): void {
+    this.presented.set(grant.capability.volumeId, grant);
+    const proof = grantProof(grant.sessionKey, 'client', this.nonces.server, this.nonces.caller);
+    this.enqueue({ op: CS_OP.GRANT, capability: grant.encoded, proof }).then(({ reply }) => {
+      if (reply.code !== undefined) {
+        this.close(StorageError.fromWire(reply.code, `chunk server ${this.address} refused the capability for volume ` +
+          `${grant.capability.volumeId}: ${reply.message ?? ''}`));
+        return;
+      }
+      const expected = grantProof(grant.sessionKey, 'server', this.nonces.server, this.nonces.caller);
+      if (reply.mac === undefined || !macEqual(expected, reply.mac)) {
+        this.close(new StorageError('ERR_UNAUTHORIZED', `chunk server ${this.address} failed to prove it holds the cluster key`));
+      }
+    }, () => undefined);
+  }
+
+  private enqueue(body: CsRequestBody, payload?: Buffer): Promise<CsResponse> {
     return new Promise<CsResponse>((resolve, reject) => {
       const item: Waiting = { body, payload, resolve, reject };
       if (this.hasRoomFor(payload?.length ?? 0)) this.send(item);
@@ -290,10 +343,10 @@ export class CsConnectionPool {
     return attempt;
   }
 
-  /** Sends a request on the pooled connection to host:port. */
-  async request(host: string, port: number, body: CsRequestBody, payload?: Buffer): Promise<CsResponse> {
+  /** Sends a request on the pooled connection to host:port, presenting `grant` first if needed. */
+  async request(host: string, port: number, body: CsRequestBody, payload?: Buffer, grant?: CapabilityGrant): Promise<CsResponse> {
     const connection = await this.get(host, port);
-    return connection.request(body, payload);
+    return connection.request(body, payload, grant);
   }
 
   closeAll(): void {

@@ -10,11 +10,14 @@ import { StorageError, isErrorCode, type ErrorCode } from '../errors.ts';
 import { BLOCK_BYTES, CHUNK_BYTES_MAX, CS_EXTENTS_MAX, CS_PAYLOAD_BYTES_MAX, REPLICAS_MAX, VOLUME_BYTES_MAX, VOLUME_NAME_REGEX } from '../limits.ts';
 import { Packr } from 'msgpackr';
 import { isUint } from '../util/assert.ts';
+import { CAPABILITY_BYTES, CHUNK_TICKET_BYTES } from './capability.ts';
 import type { RawFrame } from './frame.ts';
 
 // 2: chunk records carry the MDS generation and their volume (CREATE_CHUNK, SET_VERSION,
 // LIST_CHUNKS entries of 32 bytes); LIST_VOLUMES.
-export const CS_PROTOCOL_VERSION = 2;
+// 3: each role authenticates with its own credential (AUTH carries a MAC, an MDS signature and
+// term, or nothing for clients); GRANT presents a capability; REVOKE; writes carry a chunk ticket.
+export const CS_PROTOCOL_VERSION = 3;
 
 export const CS_OP = {
   HELLO: 1,
@@ -38,6 +41,8 @@ export const CS_OP = {
   REPAIR: 27,
   BLOCK_SUMS: 28,
   LIST_VOLUMES: 29,
+  GRANT: 30,
+  REVOKE: 31,
 } as const;
 export type CsOp = (typeof CS_OP)[keyof typeof CS_OP];
 
@@ -57,13 +62,15 @@ export interface HelloMessage {
   readonly nonce: Buffer;
 }
 
-export interface AuthRequest {
-  readonly op: typeof CS_OP.AUTH;
-  readonly id: number;
-  readonly role: PeerRole;
-  readonly nonce: Buffer;
-  readonly mac: Buffer;
-}
+/**
+ * The caller's first message. A peer (chunk server) proves the cluster key with `mac`; the MDS
+ * signs with its private key (`proof`, 64 bytes) under its `term`; a client proves nothing here and
+ * presents capabilities afterwards (GRANT).
+ */
+export type AuthRequest =
+  | { readonly op: typeof CS_OP.AUTH; readonly id: number; readonly role: 'peer'; readonly nonce: Buffer; readonly mac: Buffer }
+  | { readonly op: typeof CS_OP.AUTH; readonly id: number; readonly role: 'mds'; readonly nonce: Buffer; readonly term: number; readonly proof: Buffer }
+  | { readonly op: typeof CS_OP.AUTH; readonly id: number; readonly role: 'client'; readonly nonce: Buffer };
 
 /**
  * What a chunk server keeps of the volume a replica belongs to, so the chunk map can be rebuilt
@@ -101,7 +108,10 @@ export interface ChunkInfoRequest {
   readonly chunkId: number;
 }
 
-/** WRITE and ZERO change data: they carry the writer's lease epoch and the forward list. */
+/**
+ * WRITE and ZERO change data: they carry the writer's lease epoch, the forward list and, from a
+ * client, the chunk's ticket (capability.ts) that vouches for the forward list.
+ */
 export interface MutationFields {
   readonly id: number;
   readonly chunkId: number;
@@ -111,6 +121,7 @@ export interface MutationFields {
   readonly offsetBytes: number;
   readonly lengthBytes: number;
   readonly forward: readonly ReplicaAddress[];
+  readonly ticket?: Buffer;
 }
 
 export interface WriteRequest extends MutationFields {
@@ -231,6 +242,26 @@ export interface BlockSumsRequest {
   readonly lengthBytes: number;
 }
 
+/**
+ * Client: presents a capability (capability.ts) on this connection, with proof that it holds the
+ * capability's session key; requests for the capability's volume are then allowed in its mode. The
+ * reply's `mac` is the server's proof back.
+ */
+export interface GrantRequest {
+  readonly op: typeof CS_OP.GRANT;
+  readonly id: number;
+  readonly capability: Buffer;
+  readonly proof: Buffer;
+}
+
+/** MDS: capabilities of this hypervisor issued before `issuedBeforeMs` are void from now on. */
+export interface RevokeRequest {
+  readonly op: typeof CS_OP.REVOKE;
+  readonly id: number;
+  readonly hypervisorId: number;
+  readonly issuedBeforeMs: number;
+}
+
 /** MDS: the volumes this server holds replicas of, as they were described to it, with its fence epochs. */
 export interface ListVolumesRequest {
   readonly op: typeof CS_OP.LIST_VOLUMES;
@@ -257,7 +288,9 @@ export type CsRequest =
   | FlushRequest
   | ReplicaWriteRequest
   | RepairRequest
-  | ListVolumesRequest;
+  | ListVolumesRequest
+  | GrantRequest
+  | RevokeRequest;
 
 /** A replica that failed while the primary forwarded to it. */
 export interface ReplicaFailure {
@@ -284,7 +317,7 @@ export interface CsReply {
   readonly doneBytes?: number;
   /** LIST_CHUNKS: where the next page starts, absent on the last page. */
   readonly nextChunkId?: number;
-  /** AUTH reply: the server's proof that it holds the cluster key too. */
+  /** AUTH reply: the server's proof that it holds the cluster key too; GRANT reply: its session-key proof. */
   readonly mac?: Buffer;
 }
 
@@ -353,6 +386,7 @@ function mutationFields(header: Record<string, unknown>, id: number): MutationFi
     epoch: uintField(header, 'epoch'),
     ...rangeFields(header),
     forward: forwardField(header),
+    ...(header['ticket'] === undefined ? {} : { ticket: bytesField(header, 'ticket', CHUNK_TICKET_BYTES) }),
   };
 }
 
@@ -368,14 +402,18 @@ export function parseAuth(frame: RawFrame): AuthRequest {
   const { header } = frame;
   if (header['op'] !== CS_OP.AUTH) throw protocolError(`expected AUTH, got op ${String(header['op'])}`);
   const role = header['role'];
-  if (!PEER_ROLES.includes(role as PeerRole)) throw protocolError(`unknown role ${String(role)}`);
-  return {
-    op: CS_OP.AUTH,
-    id: uintField(header, 'id', 0xffffffff),
-    role: role as PeerRole,
-    nonce: bytesField(header, 'nonce', 32),
-    mac: bytesField(header, 'mac', 32),
-  };
+  const id = uintField(header, 'id', 0xffffffff);
+  const nonce = bytesField(header, 'nonce', 32);
+  switch (role) {
+    case 'peer':
+      return { op: CS_OP.AUTH, id, role, nonce, mac: bytesField(header, 'mac', 32) };
+    case 'mds':
+      return { op: CS_OP.AUTH, id, role, nonce, term: uintField(header, 'term'), proof: bytesField(header, 'proof', 64) };
+    case 'client':
+      return { op: CS_OP.AUTH, id, role, nonce };
+    default:
+      throw protocolError(`unknown role ${String(role)}`);
+  }
 }
 
 /** Parses a request after authentication; the payload length is checked against the header. */
@@ -414,6 +452,12 @@ export function parseRequest(frame: RawFrame): CsRequest {
     case CS_OP.LIST_VOLUMES:
       expectNoPayload();
       return { op, id };
+    case CS_OP.GRANT:
+      expectNoPayload();
+      return { op, id, capability: bytesField(header, 'capability', CAPABILITY_BYTES), proof: bytesField(header, 'proof', 32) };
+    case CS_OP.REVOKE:
+      expectNoPayload();
+      return { op, id, hypervisorId: uintField(header, 'hypervisorId', 0xffffffff), issuedBeforeMs: uintField(header, 'issuedBeforeMs') };
     case CS_OP.CREATE_CHUNK: {
       expectNoPayload();
       const sizeBytes = uintField(header, 'sizeBytes', CHUNK_BYTES_MAX);

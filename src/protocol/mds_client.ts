@@ -5,7 +5,14 @@
 
 import { StorageError } from '../errors.ts';
 import type {
+  AddHypervisorBody,
+  AddHypervisorReply,
   BadBlocksBody,
+  CapabilityReply,
+  HypervisorInfo,
+  HypervisorList,
+  HypervisorVolumesBody,
+  RevokeHypervisorReply,
   ChunkFailureBody,
   ChunkServerInfo,
   RepairReply,
@@ -159,6 +166,19 @@ export class MdsClient {
   setChunkServerState(csId: number, action: 'drain' | 'activate' | 'remove'): Promise<ChunkServerInfo> {
     return this.call('POST', `/v1/chunk-servers/${csId}/${action}`);
   }
+  listHypervisors(): Promise<HypervisorList> {
+    return this.call('GET', '/v1/hypervisors');
+  }
+  /** Creates a hypervisor's credential; the reply is the only place its secret is ever shown. */
+  addHypervisor(body: AddHypervisorBody): Promise<AddHypervisorReply> {
+    return this.call('POST', '/v1/hypervisors', body);
+  }
+  setHypervisorVolumes(name: string, body: HypervisorVolumesBody): Promise<HypervisorInfo> {
+    return this.call('POST', `/v1/hypervisors/${encodeURIComponent(name)}/volumes`, body);
+  }
+  revokeHypervisor(name: string): Promise<RevokeHypervisorReply> {
+    return this.call('POST', `/v1/hypervisors/${encodeURIComponent(name)}/revoke`);
+  }
 
   // ---- internal: chunk servers ----------------------------------------------------------------------
 
@@ -196,8 +216,17 @@ export class MdsClient {
   reportChunkFailure(name: string, chunkIndex: number, body: ChunkFailureBody): Promise<ChunkMapEntry> {
     return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/chunks/${chunkIndex}/failure`, body);
   }
+  /** A chunk server's scrubber found blocks failing their checksums. */
   reportBadBlocks(body: BadBlocksBody): Promise<RepairReply> {
     return this.call('POST', '/v1/internal/bad-blocks', body);
+  }
+  /** A client read blocks failing their checksums on a member of a volume it serves. */
+  reportVolumeBadBlocks(name: string, body: BadBlocksBody): Promise<RepairReply> {
+    return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/bad-blocks`, body);
+  }
+  /** A fresh capability: for write with the lease held, else for read. */
+  capability(name: string, leaseId?: string): Promise<CapabilityReply> {
+    return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/capability`, leaseId === undefined ? {} : { leaseId });
   }
   /** A primary could not complete a change on every member; its writer may be gone. */
   reportPartialWrite(body: PartialWriteBody): Promise<OkReply> {

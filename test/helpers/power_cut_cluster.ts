@@ -20,7 +20,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Test } from 'tap';
 import { DaemonProcess } from '../../src/local/daemon_process.ts';
-import { clusterRestToken } from '../../src/protocol/auth.ts';
 import { MdsClient } from '../../src/protocol/mds_client.ts';
 import { metricValue } from './metrics.ts';
 import { PowerCutDisk, isMountPoint, type CutMode, type CutResult } from './power_cut.ts';
@@ -92,11 +91,10 @@ export class PowerCutCluster {
   private mdsPort = 0;
   private readonly csUuids: Array<string | null> = [];
   private readonly adminToken: string;
-  private readonly clusterKey: Buffer;
   private clients: { admin: MdsClient; internal: MdsClient } | null = null;
   private destroyed = false;
 
-  private constructor(dir: string, clusterKey: Buffer, adminToken: string, options: PowerCutClusterOptions, mdsHost: Host, csHosts: Host[]) {
+  private constructor(dir: string, adminToken: string, options: PowerCutClusterOptions, mdsHost: Host, csHosts: Host[]) {
     this.dir = dir;
     this.options = options;
     this.mdsHost = mdsHost;
@@ -104,7 +102,6 @@ export class PowerCutCluster {
     this.clusterKeyPath = join(dir, 'cluster.key');
     this.adminTokenPath = join(dir, 'admin.token');
     this.adminToken = adminToken;
-    this.clusterKey = clusterKey;
     for (let index = 0; index < csHosts.length; index += 1) {
       this.chunkServers.push(null);
       this.csUuids.push(null);
@@ -154,7 +151,7 @@ export class PowerCutCluster {
     const disks = await Promise.all([mount('mds'), ...Array.from({ length: count }, (_, i) => mount(`cs${i}`))]);
     const [mdsDisk, ...csDisks] = disks;
     if (mdsDisk === undefined) throw new Error('no MDS disk');
-    cluster = new PowerCutCluster(dir, clusterKey, adminToken, options,
+    cluster = new PowerCutCluster(dir, adminToken, options,
       { name: 'mds', index: 0, disk: mdsDisk, safeRestore: false },
       csDisks.map((disk, i) => ({ name: `cs${i}`, index: i + 1, disk, safeRestore: false })));
     process.once('exit', cluster.killOnExit);
@@ -171,10 +168,15 @@ export class PowerCutCluster {
     return this.clients.admin;
   }
 
-  /** The internal REST client (the token derived from the cluster key): chunk maps. */
+  /** The client routes as the hypervisor "local" (every volume): chunk maps. */
   get internal(): MdsClient {
     if (this.clients === null) throw new Error('the MDS has not started yet');
     return this.clients.internal;
+  }
+
+  /** The NBD servers' hypervisor credential (on the real disk, like the keys). */
+  get credentialPath(): string {
+    return join(this.dir, 'hypervisor.cred');
   }
 
   get mdsUrl(): string {
@@ -217,10 +219,10 @@ export class PowerCutCluster {
     this.mds = daemon;
     if (this.mdsPort === 0) {
       this.mdsPort = Number(daemon.ready['port']);
-      this.clients = {
-        admin: new MdsClient({ url: this.mdsUrl, token: this.adminToken }),
-        internal: new MdsClient({ url: this.mdsUrl, token: clusterRestToken(this.clusterKey) }),
-      };
+      const admin = new MdsClient({ url: this.mdsUrl, token: this.adminToken });
+      const { credential } = await admin.addHypervisor({ name: 'local', allVolumes: true });
+      await writeFile(this.credentialPath, `${credential}\n`, { mode: 0o600 });
+      this.clients = { admin, internal: new MdsClient({ url: this.mdsUrl, token: credential }) };
     }
     return daemon;
   }
@@ -242,7 +244,7 @@ export class PowerCutCluster {
    * cluster restarts it after a whole-cluster cut with the same arguments.
    */
   async startNbd(name: string, extraArgs: readonly string[] = []): Promise<DaemonProcess> {
-    const args = ['run', 'nbd', '--mds', this.mdsUrl, '--cluster-key', this.clusterKeyPath, '--socket', this.nbdSocket(name),
+    const args = ['run', 'nbd', '--mds', this.mdsUrl, '--credential', this.credentialPath, '--socket', this.nbdSocket(name),
       '--holder', name, ...(this.options.nbdArgs ?? []), ...extraArgs];
     const instance: NbdInstance = this.nbds.get(name) ?? { name, args, daemon: null };
     if (instance.daemon?.running === true) throw new Error(`NBD server ${name} is already running`);

@@ -277,6 +277,10 @@ export class SimReplicaIo implements ReplicaIo {
     this.world.beforeIo(csId);
   }
 
+  async revoke(csId: number): Promise<void> {
+    this.world.beforeIo(csId);
+  }
+
   async listChunks(csId: number): Promise<ChunkListEntry[]> {
     return [...this.world.beforeIo(csId).replicas.entries()].map(([chunkId, replica]) => ({
       chunkId, version: replica.version, generation: 0, volumeId: this.world.volumeId, chunkIndex: 0, sizeBytes: CHUNK_BYTES,
