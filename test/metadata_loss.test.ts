@@ -104,6 +104,8 @@ t.test('a restored old database and a lost one: no replica deleted, every volume
     const volumes = (await cluster.admin.listVolumes()).volumes;
     t.match(volumes.find((v) => v.name === 'a'), { sizeBytes: 64 * MiB, chunkSizeBytes: 8 * MiB, replicas: { normal: 3, min: 2 } },
       'volume "a" came back with its name, size and replica counts');
+    // Hypervisor credentials lived in the lost database: the admin issues the NBD server a new one.
+    await cluster.reissueHypervisorCredential();
     await cluster.startNbd();
     await readsBack(t, cluster, 'a', a, 'after the rebuild');
     await readsBack(t, cluster, 'b', b, 'after the rebuild');

@@ -41,6 +41,8 @@ export interface Caller {
   readonly role: PeerRole;
   /** The client's unexpired, unrevoked capability for the volume, or null. */
   capability(volumeId: number): Capability | null;
+  /** Why the last capability presented for the volume was refused, if it was. */
+  refusal(volumeId: number): StorageError | null;
 }
 
 export function asStorageError(error: unknown): StorageError {
@@ -143,7 +145,7 @@ function requireRole(role: PeerRole, needed: PeerRole, what: string): void {
 
 function authorizeRead(caller: Caller, meta: ChunkMeta): void {
   if (caller.role !== 'client' || caller.capability(meta.volumeId) !== null) return;
-  throw new StorageError('ERR_UNAUTHORIZED',
+  throw caller.refusal(meta.volumeId) ?? new StorageError('ERR_UNAUTHORIZED',
     `no capability for volume ${meta.volumeId} on this connection (it expired, was revoked or was never presented)`);
 }
 
@@ -159,6 +161,10 @@ function authorizeMutation(deps: ChunkServerOptions, request: WriteRequest | Zer
   }
   if (caller.role !== 'client') throw new StorageError('ERR_UNAUTHORIZED', `a ${caller.role} connection does not write data`);
   const capability = caller.capability(request.volumeId);
+  if (capability === null) {
+    const refusal = caller.refusal(request.volumeId);
+    if (refusal !== null) throw refusal;
+  }
   if (capability === null || capability.mode !== 'write') {
     throw new StorageError('ERR_UNAUTHORIZED',
       `no write capability for volume ${request.volumeId} on this connection (it expired, was revoked or was never presented)`);

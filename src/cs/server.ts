@@ -12,7 +12,7 @@ import { StorageError } from '../errors.ts';
 import { CS_CONNECTION_INFLIGHT_MAX } from '../limits.ts';
 import type { KeyObject } from 'node:crypto';
 import { macEqual, newNonce, callerMac, serverMac, verifyMdsProof } from '../protocol/auth.ts';
-import { grantProof, verifyCapability, type Capability, type TicketMember } from '../protocol/capability.ts';
+import { decodeCapability, grantProof, verifyCapability, type Capability, type TicketMember } from '../protocol/capability.ts';
 import {
   CS_OP,
   CS_PROTOCOL_VERSION,
@@ -58,6 +58,8 @@ export interface ChunkServerOptions {
 
 /** Hypervisors whose capabilities were revoked, kept at most this many (hypervisors are few). */
 const REVOCATIONS_MAX = 65_536;
+/** Refused capabilities a connection remembers (to answer its requests with the reason). */
+const REFUSALS_MAX = 64;
 
 export class ChunkServer {
   private readonly options: ChunkServerOptions;
@@ -174,6 +176,8 @@ class Connection implements Caller {
   private authenticated = false;
   /** Capabilities this client presented, by volume (a client connection serves a few volumes). */
   private readonly grants = new Map<number, Capability>();
+  /** Why the last capability presented for a volume was refused: its requests get that reason. */
+  private readonly refusals = new Map<number, StorageError>();
   private inflight = 0;
   private writable = true;
   private closed = false;
@@ -293,6 +297,10 @@ class Connection implements Caller {
   private grant(request: GrantRequest): Reply {
     try {
       if (this.role !== 'client') throw new StorageError('ERR_PROTOCOL', `a ${this.role} connection presents no capabilities`);
+      // Revocations arrive with the registration: before it, a revoked capability cannot be told.
+      if (this.owner.deps.self() === null) {
+        throw new StorageError('ERR_UNAVAILABLE', 'chunk server has not registered with the MDS yet: it takes no capabilities');
+      }
       const { capability, sessionKey } = verifyCapability(this.owner.deps.capabilityKey, request.capability, Date.now());
       const callerNonce = this.callerNonce;
       if (callerNonce === null || !macEqual(grantProof(sessionKey, 'client', this.nonce, callerNonce), request.proof)) {
@@ -302,11 +310,33 @@ class Connection implements Caller {
         throw new StorageError('ERR_UNAUTHORIZED', `the capabilities of hypervisor ${capability.hypervisorId} were revoked`);
       }
       this.grants.set(capability.volumeId, capability);
+      this.refusals.delete(capability.volumeId);
       return { reply: { op: CS_OP.REPLY, id: request.id, mac: grantProof(sessionKey, 'server', this.nonce, callerNonce) } };
     } catch (error) {
       this.owner.deps.metrics.authFailures.inc();
-      return { reply: errorReply(request.id, asStorageError(error)) };
+      const failure = asStorageError(error);
+      this.noteRefusal(request.capability, failure);
+      return { reply: errorReply(request.id, failure) };
     }
+  }
+
+  private noteRefusal(encoded: Buffer, failure: StorageError): void {
+    let volumeId: number;
+    try {
+      volumeId = decodeCapability(encoded).volumeId;
+    } catch {
+      return;
+    }
+    this.grants.delete(volumeId);
+    if (!this.refusals.has(volumeId) && this.refusals.size >= REFUSALS_MAX) {
+      const oldest = this.refusals.keys().next().value;
+      if (oldest !== undefined) this.refusals.delete(oldest);
+    }
+    this.refusals.set(volumeId, failure);
+  }
+
+  refusal(volumeId: number): StorageError | null {
+    return this.refusals.get(volumeId) ?? null;
   }
 
   capability(volumeId: number): Capability | null {

@@ -39,10 +39,10 @@ export class LocalCluster {
   readonly adminToken: string;
   readonly admin: MdsClient;
   /** The client routes, as the local hypervisor (every volume). */
-  readonly internal: MdsClient;
+  internal: MdsClient;
   /** The chunk-server routes, with the cluster token. */
   readonly csApi: MdsClient;
-  readonly hypervisorCredential: string;
+  hypervisorCredential: string;
   mds: DaemonProcess;
   readonly chunkServers: Array<DaemonProcess | null>;
   nbd: DaemonProcess | null = null;
@@ -204,6 +204,18 @@ export class LocalCluster {
     await Promise.all(this.chunkServers.map((_, index) => this.startChunkServer(index)));
     await this.waitOnline(this.chunkServers.length);
     if (this.options.nbd ?? true) await this.startNbd();
+  }
+
+  /**
+   * A new credential for the local hypervisor, as an admin issues after the MDS's database was
+   * lost (the old one is unknown to it); the NBD server uses it from its next start.
+   */
+  async reissueHypervisorCredential(): Promise<void> {
+    const { credential } = await this.admin.addHypervisor({ name: `local-${Date.now()}`, allVolumes: true });
+    await writeFileDurable(this.hypervisorCredentialPath, `${credential}\n`, { mode: 0o600 });
+    this.internal.close();
+    this.hypervisorCredential = credential;
+    this.internal = new MdsClient({ url: this.mdsUrl, token: credential });
   }
 
   get hypervisorCredentialPath(): string {
