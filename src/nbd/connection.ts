@@ -10,6 +10,13 @@
 // Lifetime: a protocol violation destroys only this socket. DISC, a client half-close or a server
 // shutdown stop reading, let in-flight requests reply, then end the socket. The device handle is
 // released once the socket is closed and no request still uses it; `finished` resolves then.
+//
+// Slots: a connection holds one of its listener's slots until `finished`, so a client that does
+// nothing useful must not keep it. The whole negotiation has one deadline from accept (a client
+// trickling one option at a time gets no extension), and a client that stops reading our replies
+// (the write buffer stays over its high-water mark with nothing flushed) for writeStallTimeoutMs
+// is cut, which also frees the replies it held. An idle client with nothing to read is never cut:
+// no deadline runs while nothing waits to be sent.
 
 import type { Socket } from 'node:net';
 import type { BlockDeviceHandle, BlockDeviceProvider } from '../client/block_device.ts';
@@ -19,7 +26,7 @@ import { ByteQueue } from './byte_queue.ts';
 import { HandshakeReader, Negotiator, releaseQuietly } from './handshake.ts';
 import type { HandshakeEvent, NegotiatedExport, OptionOutcome } from './handshake.ts';
 import { commandMetrics } from './metrics.ts';
-import type { NbdMetrics } from './metrics.ts';
+import type { DropReason, ListenerKind, NbdMetrics } from './metrics.ts';
 import { COMMAND, commandName, encodeGreeting } from './protocol.ts';
 import { RequestReader, TransmissionSession } from './transmission.ts';
 import type { NbdRequest, ReplySink, RequestEvent } from './transmission.ts';
@@ -27,8 +34,10 @@ import type { NbdRequest, ReplySink, RequestEvent } from './transmission.ts';
 export interface ConnectionLimits {
   readonly inflightRequestsMax: number;
   readonly inflightBytesMax: number;
-  /** Longest silence allowed between options before the handshake completes. */
+  /** From accept to the end of negotiation, whatever the client sends meanwhile. */
   readonly handshakeTimeoutMs: number;
+  /** How long replies may wait unread (nothing flushed, buffer full) before the client is cut. */
+  readonly writeStallTimeoutMs: number;
 }
 
 export interface ConnectionContext {
@@ -38,6 +47,8 @@ export interface ConnectionContext {
   readonly logger: Logger;
   readonly metrics: NbdMetrics;
   readonly limits: ConnectionLimits;
+  /** Which listener accepted the socket: its metrics series. */
+  readonly listener: ListenerKind;
   isShuttingDown(): boolean;
 }
 
@@ -67,6 +78,10 @@ export class NbdConnection implements ReplySink {
   private inflightCount = 0;
   private inflightBytes = 0;
   private waitingForDrain = false;
+  /** Armed while waiting for 'drain': cuts a client that reads none of our replies. */
+  private stallTimer: NodeJS.Timeout | null = null;
+  /** When a write last reached the kernel while the stall timer was armed. */
+  private flushedAtMs = 0;
   private corked = false;
   /** DISC received: parse nothing more, end once in-flight requests have replied. */
   private stopReading = false;
@@ -107,9 +122,10 @@ export class NbdConnection implements ReplySink {
       this.context.logger.debug('socket error', { conn: this.tag, error });
     });
     socket.on('close', () => this.onClose());
-    this.context.metrics.connectionsOpen.inc();
-    this.context.metrics.connectionsTotal.inc();
-    this.armHandshakeTimer();
+    const metrics = this.context.metrics.byListener[this.context.listener];
+    metrics.connectionsOpen.inc();
+    metrics.connectionsTotal.inc();
+    this.armHandshakeDeadline();
     socket.write(encodeGreeting());
   }
 
@@ -150,9 +166,45 @@ export class NbdConnection implements ReplySink {
       socket.cork();
       process.nextTick(this.uncork);
     }
-    let flowing = socket.write(head);
-    if (payload !== undefined) flowing = socket.write(payload);
-    if (!flowing) this.waitingForDrain = true;
+    // The flush callback marks progress for the stall check; it costs nothing more than the
+    // no-op callback the stream would store anyway.
+    let flowing = socket.write(head, payload === undefined ? this.onFlushed : undefined);
+    if (payload !== undefined) flowing = socket.write(payload, this.onFlushed);
+    if (!flowing) {
+      this.waitingForDrain = true;
+      this.armStallTimer();
+    }
+  }
+
+  private readonly onFlushed = (): void => {
+    if (this.stallTimer !== null) this.flushedAtMs = Date.now();
+  };
+
+  private armStallTimer(): void {
+    if (this.stallTimer !== null) return;
+    this.flushedAtMs = Date.now();
+    this.scheduleStallCheck(this.context.limits.writeStallTimeoutMs);
+  }
+
+  private scheduleStallCheck(delayMs: number): void {
+    this.stallTimer = setTimeout(this.checkStall, delayMs);
+    this.stallTimer.unref();
+  }
+
+  /** A slow reader that still takes replies is kept; one that took nothing for the limit is cut. */
+  private readonly checkStall = (): void => {
+    this.stallTimer = null;
+    if (!this.waitingForDrain || this.phase === 'ending' || this.phase === 'closed') return;
+    const limitMs = this.context.limits.writeStallTimeoutMs;
+    const quietMs = Date.now() - this.flushedAtMs;
+    if (quietMs < limitMs) return this.scheduleStallCheck(limitMs - quietMs);
+    this.drop('write_stall', `client read no replies for ${quietMs} ms ` +
+      `(${this.socket.writableLength} bytes waiting, ${this.inflightCount} requests in flight)`);
+  };
+
+  private clearStallTimer(): void {
+    if (this.stallTimer !== null) clearTimeout(this.stallTimer);
+    this.stallTimer = null;
   }
 
   private readonly uncork = (): void => {
@@ -222,6 +274,7 @@ export class NbdConnection implements ReplySink {
 
   private onDrain(): void {
     this.waitingForDrain = false;
+    this.clearStallTimer();
     this.pump();
   }
 
@@ -235,7 +288,6 @@ export class NbdConnection implements ReplySink {
   // --- Handshake -----------------------------------------------------------------------------
 
   private onHandshakeEvent(event: HandshakeEvent): void {
-    this.armHandshakeTimer();
     switch (event.kind) {
       case 'clientFlags':
         this.negotiator.setClientFlags(event.noZeroes);
@@ -314,12 +366,16 @@ export class NbdConnection implements ReplySink {
     await releaseQuietly(negotiated.handle, this.context.logger, this.tag);
   }
 
-  private armHandshakeTimer(): void {
-    this.clearHandshakeTimer();
-    if (this.phase !== 'handshake') return;
+  /**
+   * Armed once at accept and never extended: re-arming it per option would let a client that
+   * sends one option just inside the limit hold its slot for ever.
+   */
+  private armHandshakeDeadline(): void {
+    assert(this.phase === 'handshake' && this.handshakeTimer === null, 'deadline armed twice');
     const timeoutMs = this.context.limits.handshakeTimeoutMs;
     this.handshakeTimer = setTimeout(() => {
-      this.destroy(`no progress in negotiation for ${timeoutMs} ms`, 'info');
+      this.handshakeTimer = null;
+      this.drop('handshake_timeout', `negotiation not finished within ${timeoutMs} ms`);
     }, timeoutMs);
     this.handshakeTimer.unref();
   }
@@ -375,9 +431,17 @@ export class NbdConnection implements ReplySink {
     if (this.phase === 'ending' || this.phase === 'closed') return;
     this.phase = 'ending';
     this.clearHandshakeTimer();
+    this.clearStallTimer();
     this.setFlow();
     this.socket.end(() => this.socket.destroy());
     setTimeout(() => this.socket.destroy(), END_LINGER_MS).unref();
+  }
+
+  /** Cuts a client that holds its slot without using it, counted by reason. */
+  private drop(reason: DropReason, detail: string): void {
+    if (this.phase === 'ending' || this.phase === 'closed') return;
+    this.context.metrics.byListener[this.context.listener].dropped[reason].inc();
+    this.destroy(detail, 'info');
   }
 
   /** Hard disconnect: nothing more is parsed or sent ('close' follows on a later tick). */
@@ -386,6 +450,7 @@ export class NbdConnection implements ReplySink {
     this.context.logger[level]('closing connection', { conn: this.tag, reason });
     this.phase = 'ending';
     this.clearHandshakeTimer();
+    this.clearStallTimer();
     this.socket.destroy();
   }
 
@@ -393,8 +458,9 @@ export class NbdConnection implements ReplySink {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
     this.clearHandshakeTimer();
+    this.clearStallTimer();
     this.queue.clear();
-    this.context.metrics.connectionsOpen.dec();
+    this.context.metrics.byListener[this.context.listener].connectionsOpen.dec();
     if (this.exportName !== null) {
       const fields = { conn: this.tag, export: this.exportName, requests: this.requestCount };
       this.context.logger.info('export detached', fields);

@@ -36,7 +36,14 @@ const USAGE = `usage: shoal run nbd --mds URL --credential FILE [--socket PATH] 
   --metrics HOST:PORT      Prometheus /metrics (default 127.0.0.1:0)
   --inflight-requests-max N  per connection, before reading pauses (default 64)
   --inflight-bytes-max N     per connection, before reading pauses (default 128 MiB)
-  --connections-max N        over all listeners (default 256)
+  --unix-connections-max N   clients on the unix socket at once (default 256)
+  --tcp-connections-max N    clients over TCP at once, apart from the unix socket's (default 128)
+  --tcp-connections-per-address-max N
+                             TCP clients from one remote address at once (default 32)
+  --handshake-timeout-ms N   a client must finish negotiating within this from connecting
+                             (default 30000)
+  --write-stall-timeout-ms N a client that reads none of its replies for this long is cut,
+                             freeing its slot and memory; idle clients are kept (default 120000)
   --io-timeout-ms N          a read or write keeps trying (failover, waiting for recovery) this long
                              before the guest gets EIO (default 60000)
   --cs-timeout-ms N          a chunk server that does not answer within this is treated as failed
@@ -63,6 +70,11 @@ export async function runNbd(argv: string[]): Promise<void> {
       'inflight-requests-max': { type: 'string' },
       'inflight-bytes-max': { type: 'string' },
       'connections-max': { type: 'string' },
+      'unix-connections-max': { type: 'string' },
+      'tcp-connections-max': { type: 'string' },
+      'tcp-connections-per-address-max': { type: 'string' },
+      'handshake-timeout-ms': { type: 'string' },
+      'write-stall-timeout-ms': { type: 'string' },
       'io-timeout-ms': { type: 'string' },
       'cs-timeout-ms': { type: 'string' },
       help: { type: 'boolean' },
@@ -77,6 +89,11 @@ export async function runNbd(argv: string[]): Promise<void> {
   }
   if (values.socket === undefined && values.listen === undefined) {
     throw new StorageError('ERR_CONFIG', `give --socket, --listen or both\n${USAGE}`);
+  }
+  if (values['connections-max'] !== undefined) {
+    // One shared pool let TCP clients lock out the local hypervisor; say what replaced it.
+    throw new StorageError('ERR_CONFIG', '--connections-max was split: give ' +
+      '--unix-connections-max and --tcp-connections-max (and --tcp-connections-per-address-max)');
   }
   const d = NBD_SERVER_DEFAULTS;
   await startNbd({
@@ -94,8 +111,16 @@ export async function runNbd(argv: string[]): Promise<void> {
       values['inflight-requests-max'], '--inflight-requests-max', d.inflightRequestsMax, 1),
     inflightBytesMax: parseIntegerFlag(
       values['inflight-bytes-max'], '--inflight-bytes-max', d.inflightBytesMax, 1),
-    connectionsMax: parseIntegerFlag(
-      values['connections-max'], '--connections-max', d.connectionsMax, 1),
+    unixConnectionsMax: parseIntegerFlag(
+      values['unix-connections-max'], '--unix-connections-max', d.unixConnectionsMax, 1),
+    tcpConnectionsMax: parseIntegerFlag(
+      values['tcp-connections-max'], '--tcp-connections-max', d.tcpConnectionsMax, 1),
+    tcpConnectionsPerAddressMax: parseIntegerFlag(values['tcp-connections-per-address-max'],
+      '--tcp-connections-per-address-max', d.tcpConnectionsPerAddressMax, 1),
+    handshakeTimeoutMs: parseIntegerFlag(
+      values['handshake-timeout-ms'], '--handshake-timeout-ms', d.handshakeTimeoutMs, 100),
+    writeStallTimeoutMs: parseIntegerFlag(
+      values['write-stall-timeout-ms'], '--write-stall-timeout-ms', d.writeStallTimeoutMs, 100),
     ioTimeoutMs: parseIntegerFlag(values['io-timeout-ms'], '--io-timeout-ms', IO_TIMEOUT_MS_DEFAULT, 100),
     csTimeoutMs: parseIntegerFlag(values['cs-timeout-ms'], '--cs-timeout-ms', 6_000, 100),
   });
@@ -115,7 +140,11 @@ interface NbdDaemonConfig {
   readonly metrics: { host: string; port: number };
   readonly inflightRequestsMax: number;
   readonly inflightBytesMax: number;
-  readonly connectionsMax: number;
+  readonly unixConnectionsMax: number;
+  readonly tcpConnectionsMax: number;
+  readonly tcpConnectionsPerAddressMax: number;
+  readonly handshakeTimeoutMs: number;
+  readonly writeStallTimeoutMs: number;
   readonly ioTimeoutMs: number;
   readonly csTimeoutMs: number;
 }
@@ -137,7 +166,11 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
     unixSocketMode: config.socketMode,
     inflightRequestsMax: config.inflightRequestsMax,
     inflightBytesMax: config.inflightBytesMax,
-    connectionsMax: config.connectionsMax,
+    unixConnectionsMax: config.unixConnectionsMax,
+    tcpConnectionsMax: config.tcpConnectionsMax,
+    tcpConnectionsPerAddressMax: config.tcpConnectionsPerAddressMax,
+    handshakeTimeoutMs: config.handshakeTimeoutMs,
+    writeStallTimeoutMs: config.writeStallTimeoutMs,
     shutdownTimeoutMs: CONNECTIONS_DRAIN_MS,
     ...(config.socket === undefined ? {} : { unixSocketPath: config.socket }),
     ...(config.listen === undefined ? {} : { tcp: config.listen }),

@@ -8,6 +8,11 @@
 // server) or a non-socket file is never touched. TCP listens on loopback unless told otherwise.
 // Stopping refuses new clients, lets in-flight requests finish within shutdownTimeoutMs, then
 // cuts what is left and releases every device handle.
+//
+// Connection slots are counted per listener: the unix socket serves the local hypervisor's QEMU
+// and TCP may face other hosts, so no number of TCP clients can take a slot the unix socket
+// needs. TCP also caps what one remote address may hold, so one host cannot take every TCP slot.
+// A refused socket is closed at once, before any byte is sent.
 
 import { lstat, unlink, chmod } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
@@ -15,12 +20,13 @@ import type { Server, Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import type { BlockDeviceProvider } from '../client/block_device.ts';
 import { fail, fromSystemError } from '../errors.ts';
-import { isUint } from '../util/assert.ts';
+import { assert, isUint } from '../util/assert.ts';
 import { createLogger } from '../util/log.ts';
 import type { Logger } from '../util/log.ts';
 import { NbdConnection } from './connection.ts';
 import type { ConnectionContext, ConnectionLimits } from './connection.ts';
 import { nbdMetrics } from './metrics.ts';
+import type { ListenerKind, ListenerMetrics, RefuseReason } from './metrics.ts';
 
 const MiB = 1024 * 1024;
 
@@ -41,10 +47,16 @@ export interface NbdServerOptions {
   readonly inflightRequestsMax?: number;
   /** Per connection: READ/WRITE bytes in flight before reading pauses (default 128 MiB). */
   readonly inflightBytesMax?: number;
-  /** Connections over both listeners; more are refused (default 256). */
-  readonly connectionsMax?: number;
-  /** Silence allowed between options during negotiation (default 30 s). */
+  /** Connections on the unix socket; more are refused (default 256). */
+  readonly unixConnectionsMax?: number;
+  /** Connections over TCP; more are refused (default 128). */
+  readonly tcpConnectionsMax?: number;
+  /** TCP connections from one remote address; more are refused (default 32). */
+  readonly tcpConnectionsPerAddressMax?: number;
+  /** From accept to the end of negotiation; a client not done by then is cut (default 30 s). */
   readonly handshakeTimeoutMs?: number;
+  /** How long a client may leave replies unread before it is cut (default 120 s). */
+  readonly writeStallTimeoutMs?: number;
   /** How long close() lets in-flight requests finish (default 10 s). */
   readonly shutdownTimeoutMs?: number;
 }
@@ -64,8 +76,13 @@ export const NBD_SERVER_DEFAULTS = {
   tcpHost: '127.0.0.1',
   inflightRequestsMax: 64,
   inflightBytesMax: 128 * MiB,
-  connectionsMax: 256,
+  unixConnectionsMax: 256,
+  tcpConnectionsMax: 128,
+  tcpConnectionsPerAddressMax: 32,
   handshakeTimeoutMs: 30_000,
+  // Generous: progress is seen per flushed write batch, and a batch may be every reply in flight
+  // (up to inflightBytesMax), so a slow but reading client must not look stalled.
+  writeStallTimeoutMs: 120_000,
   shutdownTimeoutMs: 10_000,
 } as const;
 
@@ -77,26 +94,31 @@ export async function createNbdServer(options: NbdServerOptions): Promise<NbdSer
   const logger = options.logger ?? createLogger('nbd');
   const connections = new Set<NbdConnection>();
   let shuttingDown = false;
-  const context: ConnectionContext = {
+  const contextFor = (listener: ListenerKind): ConnectionContext => ({
     provider: options.provider,
     defaultExport: options.defaultExport,
     readOnly: options.readOnly ?? false,
     logger,
     metrics: nbdMetrics(options.registry),
     limits: settings.limits,
+    listener,
     isShuttingDown: () => shuttingDown,
-  };
-  const onSocket = acceptor(context, connections, settings.connectionsMax);
+  });
+  let lastConnectionId = 0;
+  const nextConnectionId = (): number => ++lastConnectionId;
+  const accept = (listener: ListenerKind, slots: SlotLimits): OnSocket =>
+    acceptor(contextFor(listener), connections, slots, nextConnectionId);
   const { tcp, unixSocketPath } = options;
   const tcpHost = tcp === undefined ? null : tcp.host ?? NBD_SERVER_DEFAULTS.tcpHost;
   const listeners: Server[] = [];
   let tcpPort: number | null = null;
   try {
     if (unixSocketPath !== undefined) {
+      const onSocket = accept('unix', settings.unixSlots);
       listeners.push(await listenUnix(unixSocketPath, settings.unixSocketMode, onSocket));
     }
     if (tcp !== undefined && tcpHost !== null) {
-      const listener = await listenTcp(tcpHost, tcp.port, onSocket);
+      const listener = await listenTcp(tcpHost, tcp.port, accept('tcp', settings.tcpSlots));
       listeners.push(listener);
       const address = listener.address();
       tcpPort = typeof address === 'object' && address !== null ? address.port : tcp.port;
@@ -123,37 +145,78 @@ export async function createNbdServer(options: NbdServerOptions): Promise<NbdSer
   };
 }
 
-/** Hands each new socket to a connection, or refuses it when stopping or full. */
+interface SlotLimits {
+  readonly connectionsMax: number;
+  /** Null: no per-address share (the unix socket has one peer, the local host). */
+  readonly perAddressMax: number | null;
+}
+
+/**
+ * Hands each new socket of one listener to a connection, or refuses it when stopping or when
+ * the listener (or, for TCP, the client's address) has no free slot. A slot is held until the
+ * connection has finished, device handle released, so memory follows the slot count.
+ */
 function acceptor(
-  context: ConnectionContext, connections: Set<NbdConnection>, connectionsMax: number,
+  context: ConnectionContext, connections: Set<NbdConnection>, slots: SlotLimits,
+  nextConnectionId: () => number,
 ): OnSocket {
-  let nextConnectionId = 1;
-  let refusedLoggedMs = 0;
-  let refusedUnlogged = 0;
+  const metrics = context.metrics.byListener[context.listener];
+  const byAddress = new Map<string, number>();
+  const refusals = refusalLog(context, metrics);
+  let open = 0;
   return (socket) => {
-    const shuttingDown = context.isShuttingDown();
-    if (shuttingDown || connections.size >= connectionsMax) {
+    const address = slots.perAddressMax === null ? null : socket.remoteAddress ?? null;
+    const held = address === null ? 0 : byAddress.get(address) ?? 0;
+    let refused: RefuseReason | null = null;
+    if (context.isShuttingDown()) refused = 'shutting_down';
+    else if (open >= slots.connectionsMax) refused = 'full';
+    else if (slots.perAddressMax !== null && held >= slots.perAddressMax) refused = 'address_full';
+    // A TCP socket already reset by its peer has no address: nothing to serve, nothing to count.
+    else if (slots.perAddressMax !== null && address === null) return void socket.destroy();
+    if (refused !== null) {
       socket.destroy();
-      // One line a second at most: a connection flood must not become a log flood.
-      refusedUnlogged += 1;
-      if (Date.now() - refusedLoggedMs < 1_000) return;
-      const fields = { shuttingDown, connections: connections.size, refused: refusedUnlogged };
-      context.logger.warn('refusing connections', fields);
-      refusedLoggedMs = Date.now();
-      refusedUnlogged = 0;
-      return;
+      return refusals(refused, address, open);
     }
-    const connection = new NbdConnection(socket, context, nextConnectionId++);
+    open += 1;
+    if (address !== null) byAddress.set(address, held + 1);
+    const connection = new NbdConnection(socket, context, nextConnectionId());
     connections.add(connection);
-    void connection.finished.then(() => connections.delete(connection));
+    void connection.finished.then(() => {
+      connections.delete(connection);
+      open -= 1;
+      assert(open >= 0, 'slot count went negative');
+      if (address === null) return;
+      const left = (byAddress.get(address) ?? 0) - 1;
+      assert(left >= 0, 'per-address slot count went negative');
+      if (left === 0) byAddress.delete(address);
+      else byAddress.set(address, left);
+    });
     connection.start();
+  };
+}
+
+/** Counts every refusal; logs one line a second at most, so a flood is not a log flood. */
+function refusalLog(
+  context: ConnectionContext, metrics: ListenerMetrics,
+): (reason: RefuseReason, address: string | null, open: number) => void {
+  let loggedMs = 0;
+  let unlogged = 0;
+  return (reason, address, open) => {
+    metrics.refused[reason].inc();
+    unlogged += 1;
+    if (Date.now() - loggedMs < 1_000) return;
+    const fields = { listener: context.listener, reason, address, open, refused: unlogged };
+    context.logger.warn('refusing connections', fields);
+    loggedMs = Date.now();
+    unlogged = 0;
   };
 }
 
 interface Settings {
   readonly limits: ConnectionLimits;
   readonly unixSocketMode: number;
-  readonly connectionsMax: number;
+  readonly unixSlots: SlotLimits;
+  readonly tcpSlots: SlotLimits;
   readonly shutdownTimeoutMs: number;
 }
 
@@ -162,7 +225,8 @@ function checkOptions(options: NbdServerOptions): Settings {
     fail('ERR_CONFIG', 'the NBD server needs a unix socket path, a TCP port, or both');
   }
   type Limit =
-    'inflightRequestsMax' | 'inflightBytesMax' | 'handshakeTimeoutMs' | 'connectionsMax' |
+    'inflightRequestsMax' | 'inflightBytesMax' | 'handshakeTimeoutMs' | 'writeStallTimeoutMs' |
+    'unixConnectionsMax' | 'tcpConnectionsMax' | 'tcpConnectionsPerAddressMax' |
     'shutdownTimeoutMs';
   const positive = (key: Limit): number => {
     const chosen = options[key] ?? NBD_SERVER_DEFAULTS[key];
@@ -176,14 +240,22 @@ function checkOptions(options: NbdServerOptions): Settings {
   if (options.tcp !== undefined && !(isUint(options.tcp.port) && options.tcp.port <= 65535)) {
     fail('ERR_CONFIG', `TCP port must be 0-65535, got ${options.tcp.port}`);
   }
+  const tcpConnectionsMax = positive('tcpConnectionsMax');
+  const tcpConnectionsPerAddressMax = positive('tcpConnectionsPerAddressMax');
+  if (tcpConnectionsPerAddressMax > tcpConnectionsMax) {
+    fail('ERR_CONFIG', `tcpConnectionsPerAddressMax (${tcpConnectionsPerAddressMax}) must not ` +
+      `exceed tcpConnectionsMax (${tcpConnectionsMax})`);
+  }
   return {
     limits: {
       inflightRequestsMax: positive('inflightRequestsMax'),
       inflightBytesMax: positive('inflightBytesMax'),
       handshakeTimeoutMs: positive('handshakeTimeoutMs'),
+      writeStallTimeoutMs: positive('writeStallTimeoutMs'),
     },
     unixSocketMode,
-    connectionsMax: positive('connectionsMax'),
+    unixSlots: { connectionsMax: positive('unixConnectionsMax'), perAddressMax: null },
+    tcpSlots: { connectionsMax: tcpConnectionsMax, perAddressMax: tcpConnectionsPerAddressMax },
     shutdownTimeoutMs: positive('shutdownTimeoutMs'),
   };
 }
