@@ -21,6 +21,7 @@ import { assert } from '../util/assert.ts';
 import type { Logger } from '../util/log.ts';
 import { RangeLock } from '../util/range_lock.ts';
 import type { BlockDevice, Extent } from './block_device.ts';
+import { ChunkMap } from './chunk_map.ts';
 
 export interface VolumeOpenOptions {
   readonly mds: MdsClient;
@@ -33,6 +34,8 @@ export interface VolumeOpenOptions {
   readonly log: Logger;
   /** See IO_TIMEOUT_MS_DEFAULT. */
   readonly ioTimeoutMs?: number;
+  /** Chunk-map pages kept in memory (see CHUNK_MAP_PAGES_MAX_DEFAULT). */
+  readonly chunkMapPagesMax?: number;
 }
 
 /** A piece of a request that lies within one chunk and fits one frame. */
@@ -89,7 +92,8 @@ export class Volume implements BlockDevice {
   private info: VolumeInfo;
   private readonly lease: LeaseGrant | null;
   private leaseLost: StorageError | null = null;
-  private readonly chunks = new Map<number, ChunkMapEntry>();
+  /** A bounded cache of the MDS's map, loaded page by page as chunks are touched. */
+  private readonly chunks: ChunkMap;
   private readonly allocating = new Map<number, Promise<ChunkMapEntry>>();
   private readonly writeOrder = new RangeLock();
   private readonly options: VolumeOpenOptions;
@@ -101,7 +105,7 @@ export class Volume implements BlockDevice {
   private readonly ioTimeoutMs: number;
   private readRotation = 0;
 
-  private constructor(options: VolumeOpenOptions, info: VolumeInfo, lease: LeaseGrant | null, grant: CapabilityGrant, chunks: ChunkMapEntry[]) {
+  private constructor(options: VolumeOpenOptions, info: VolumeInfo, lease: LeaseGrant | null, grant: CapabilityGrant) {
     this.options = options;
     this.grant = grant;
     this.name = options.name;
@@ -109,7 +113,12 @@ export class Volume implements BlockDevice {
     this.info = info;
     this.lease = lease;
     this.ioTimeoutMs = options.ioTimeoutMs ?? IO_TIMEOUT_MS_DEFAULT;
-    for (const chunk of chunks) this.chunks.set(chunk.chunkIndex, chunk);
+    this.chunks = new ChunkMap({
+      source: options.mds,
+      volumeName: options.name,
+      chunkCount: Math.ceil(info.sizeBytes / info.chunkSizeBytes),
+      ...(options.chunkMapPagesMax === undefined ? {} : { pagesMax: options.chunkMapPagesMax }),
+    });
   }
 
   static async open(options: VolumeOpenOptions): Promise<Volume> {
@@ -118,7 +127,7 @@ export class Volume implements BlockDevice {
       holder: options.holder ?? `${hostname()} pid ${process.pid}`,
       ...(options.force === true ? { force: true } : {}),
     });
-    const volume = new Volume(options, opened.volume, opened.lease, capabilityGrant(opened.capability), opened.chunks);
+    const volume = new Volume(options, opened.volume, opened.lease, capabilityGrant(opened.capability));
     volume.startRenewing();
     volume.scheduleCapabilityRenewal();
     return volume;
@@ -168,7 +177,7 @@ export class Volume implements BlockDevice {
         // A zeroing carries no data: one request per chunk, whatever its length (TRIM of a whole disk).
         this.split(offsetBytes, lengthBytes, this.info.chunkSizeBytes).map(async (piece) => {
           // A chunk never written reads as zeroes already.
-          if (!this.chunks.has(piece.chunkIndex)) return;
+          if ((await this.entryOf(piece.chunkIndex)) === undefined) return;
           await this.mutatePiece(piece, CS_OP.ZERO, undefined);
         }),
       ),
@@ -190,7 +199,7 @@ export class Volume implements BlockDevice {
     const chunkIndex = Math.floor(offsetBytes / chunkSizeBytes);
     const offsetInChunk = offsetBytes - chunkIndex * chunkSizeBytes;
     const inChunkBytes = Math.min(lengthBytes, chunkSizeBytes - offsetInChunk);
-    const entry = this.chunks.get(chunkIndex);
+    const entry = await this.entryOf(chunkIndex);
     // One chunk per call keeps the answer bounded; callers ask again for the rest.
     if (entry === undefined) return [{ lengthBytes: inChunkBytes, allocated: false }];
     const { payload } = await this.onReplica(chunkIndex, (target) =>
@@ -236,7 +245,7 @@ export class Volume implements BlockDevice {
   }
 
   private async readPiece(piece: Piece): Promise<Buffer> {
-    if (!this.chunks.has(piece.chunkIndex)) return Buffer.alloc(piece.lengthBytes);
+    if ((await this.entryOf(piece.chunkIndex)) === undefined) return Buffer.alloc(piece.lengthBytes);
     const { payload } = await this.onReplica(
       piece.chunkIndex,
       (target) =>
@@ -295,7 +304,7 @@ export class Volume implements BlockDevice {
           return false;
         });
         if (!refreshed) continue;
-        if ((this.chunks.get(piece.chunkIndex)?.version ?? before) !== before) continue;
+        if (((await this.entryOf(piece.chunkIndex))?.version ?? before) !== before) continue;
       }
       // Members failed, or a member disagrees with the map about the version: the MDS settles it.
       const updated = await this.options.mds.reportChunkFailure(this.name, piece.chunkIndex, {
@@ -310,7 +319,7 @@ export class Volume implements BlockDevice {
         lastProblem = error instanceof Error ? error.message : String(error);
         return null;
       });
-      if (updated !== null) this.chunks.set(piece.chunkIndex, updated);
+      if (updated !== null) this.chunks.set(updated);
     }
   }
 
@@ -351,7 +360,7 @@ export class Volume implements BlockDevice {
   /** The chunk's entry once it has at least the volume's minimum of members. */
   private async writableEntry(chunkIndex: number, deadlineMs: number): Promise<ChunkMapEntry> {
     for (let attempt = 0; ; attempt += 1) {
-      const entry = this.chunks.get(chunkIndex);
+      const entry = await this.entryOf(chunkIndex, deadlineMs);
       assert(entry !== undefined, 'changes reach allocated chunks only');
       if (entry.replicas.length >= this.info.replicas.min) return entry;
       await this.backoff(attempt + 1, deadlineMs,
@@ -416,7 +425,7 @@ export class Volume implements BlockDevice {
         await this.backoff(round, deadlineMs, `read of chunk ${chunkIndex}: ${lastProblem}`);
         await this.refreshChunk(chunkIndex).catch(() => undefined);
       }
-      const entry = this.chunks.get(chunkIndex);
+      const entry = await this.entryOf(chunkIndex, deadlineMs);
       assert(entry !== undefined, 'reads of unallocated chunks never reach chunk servers');
       for (const replica of this.readOrder(entry)) {
         try {
@@ -467,12 +476,27 @@ export class Volume implements BlockDevice {
   }
 
   private async refreshChunk(chunkIndex: number): Promise<void> {
-    this.chunks.set(chunkIndex, await this.options.mds.getChunk(this.name, chunkIndex));
+    this.chunks.set(await this.options.mds.getChunk(this.name, chunkIndex));
+  }
+
+  /**
+   * The chunk's map entry, or undefined when it was never written, loading its page from the MDS
+   * when it is not held. An MDS that cannot be reached is waited out until `deadlineMs`.
+   */
+  private async entryOf(chunkIndex: number, deadlineMs = Date.now() + this.ioTimeoutMs): Promise<ChunkMapEntry | undefined> {
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        return await this.chunks.lookup(chunkIndex);
+      } catch (error) {
+        if (!isStorageError(error, 'ERR_UNAVAILABLE') && !isStorageError(error, 'ERR_TIMEOUT')) throw error;
+        await this.backoff(attempt + 1, deadlineMs, `loading the map of chunk ${chunkIndex}: ${(error as Error).message}`);
+      }
+    }
   }
 
   /** The chunk's entry, asking the MDS to place it first if it was never written. */
   private async ensureChunk(chunkIndex: number): Promise<ChunkMapEntry> {
-    const existing = this.chunks.get(chunkIndex);
+    const existing = await this.entryOf(chunkIndex);
     if (existing !== undefined) return existing;
     let pending = this.allocating.get(chunkIndex);
     if (pending === undefined) {
@@ -488,7 +512,7 @@ export class Volume implements BlockDevice {
     for (let attempt = 0; ; attempt += 1) {
       try {
         const entry = await this.options.mds.allocateChunk(this.name, chunkIndex, this.leaseId());
-        this.chunks.set(chunkIndex, entry);
+        this.chunks.set(entry);
         return entry;
       } catch (error) {
         if (isStorageError(error, 'ERR_LEASE_EXPIRED')) throw this.loseLease(error);

@@ -319,9 +319,7 @@ function clientRoutes(app: TypedApp, service: MetadataService): void {
   app.get(
     '/v1/internal/volumes/:name/chunks',
     { schema: { tags, params: VolumeNameParams, querystring: ChunkMapQuery, response: { 200: ChunkMapReply, ...errorResponses } } },
-    async (request) => ({
-      chunks: service.chunkMap(request.params.name, request.query.fromIndex ?? 0, request.query.count ?? 65536),
-    }),
+    async (request) => service.chunkMap(request.params.name, request.query.fromIndex ?? 0, request.query.count ?? 65536),
   );
   app.post(
     '/v1/internal/volumes/:name/chunks/:chunkIndex',

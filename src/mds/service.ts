@@ -7,10 +7,12 @@
 
 import { randomBytes, randomUUID } from 'node:crypto';
 import { StorageError } from '../errors.ts';
+import { CHUNK_MAP_PAGE_CHUNKS } from '../protocol/api.ts';
 import type {
   CapabilityReply,
   ChunkFailureBody,
   ChunkMapEntry,
+  ChunkMapReply,
   CreateVolumeBody,
   OpenVolumeBody,
   OpenVolumeReply,
@@ -208,11 +210,9 @@ export class MetadataService {
         timeoutMs: this.config.leaseTimeoutMs,
       };
     }
-    const chunks = this.store.tables
-      .listChunks(volume.id, 0, this.chunkCountMax(volume))
-      .map((chunk) => this.chunkMapEntry(chunk));
     const capability = this.hypervisors.issue(hypervisor, volume.id, lease === null ? 'read' : 'write', volume.epoch);
-    return { volume: this.volumeInfo(volume), lease, capability: capabilityReply(capability), chunks };
+    // The chunk map is not part of the reply: the client loads it page by page (chunkMap).
+    return { volume: this.volumeInfo(volume), lease, capability: capabilityReply(capability) };
   }
 
   /**
@@ -259,9 +259,20 @@ export class MetadataService {
     this.leaseExpiryMs.delete(leaseId);
   }
 
-  chunkMap(name: string, fromIndex: number, count: number): ChunkMapEntry[] {
+  /**
+   * The allocated chunks with indexes in [fromIndex, endIndex), where endIndex is at most
+   * fromIndex + count, at most CHUNK_MAP_PAGE_CHUNKS past fromIndex and at most the volume's end:
+   * each reply is small and quick to build, whatever the volume's size.
+   */
+  chunkMap(name: string, fromIndex: number, count: number): ChunkMapReply {
     const volume = this.volumeByName(name);
-    return this.store.tables.listChunks(volume.id, fromIndex, count).map((chunk) => this.chunkMapEntry(chunk));
+    assert(Number.isSafeInteger(fromIndex) && fromIndex >= 0 && Number.isSafeInteger(count) && count >= 1, 'a checked query');
+    const endIndex = Math.max(fromIndex, Math.min(fromIndex + Math.min(count, CHUNK_MAP_PAGE_CHUNKS), this.chunkCountMax(volume)));
+    // At most one record per index: the listing reads no more records than the range holds.
+    const records = endIndex === fromIndex ? [] : this.store.tables.listChunks(volume.id, fromIndex, endIndex - fromIndex);
+    const chunks = records.filter((chunk) => chunk.chunkIndex < endIndex).map((chunk) => this.chunkMapEntry(chunk));
+    assert(chunks.length <= CHUNK_MAP_PAGE_CHUNKS, 'a chunk-map reply is one page at most');
+    return { chunks, endIndex };
   }
 
   /** Returns the chunk's map entry, allocating and placing it first if it was never written. */

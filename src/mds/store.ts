@@ -28,12 +28,19 @@ export const MDS_DB_FILE = 'mds.lmdb';
 /** Operation-log entries kept for inspection and, later, replication catch-up. */
 const OPLOG_ENTRIES_KEPT = 100_000;
 
+/** Key in chunk-counts that says the counts cover every chunk record. */
+const CHUNK_COUNTS_COMPLETE = 'complete';
+
 interface OplogEntry {
   readonly seq: number;
   readonly op: MdsOp;
 }
 
-class LmdbTables implements MdsTables {
+/**
+ * The tables over one LMDB environment. Exported for code that fills a stopped MDS's database
+ * directly (tests that need a map of a million chunks); the daemon goes through MdsStore.
+ */
+export class LmdbTables implements MdsTables {
   readonly meta: Database<number, string>;
   readonly volumes: Database<VolumeRecord, number>;
   readonly volumeNames: Database<number, string>;
@@ -46,6 +53,12 @@ class LmdbTables implements MdsTables {
   readonly lostGenerations: Database<LostGenerations, number>;
   readonly hypervisors: Database<HypervisorRecord, number>;
   readonly hypervisorNames: Database<number, string>;
+  /**
+   * volumeId -> its chunk records, kept by putChunk/deleteChunk in the same transaction, so that
+   * counting a volume's chunks (every open, get and list of volumes) does not walk a million keys.
+   * Derived from `chunks` alone: built at open when missing (see ensureChunkCounts).
+   */
+  readonly chunkCounts: Database<number, number | string>;
 
   constructor(root: RootDatabase) {
     const db = <V, K extends string | number | [number, number]>(name: string, keyEncoding: 'uint32' | 'ordered-binary') =>
@@ -62,6 +75,26 @@ class LmdbTables implements MdsTables {
     this.lostGenerations = db('lost-generations', 'ordered-binary');
     this.hypervisors = db('hypervisors', 'uint32');
     this.hypervisorNames = db('hypervisor-names', 'ordered-binary');
+    this.chunkCounts = db('chunk-counts', 'ordered-binary');
+  }
+
+  /** Builds the per-volume chunk counts of a database written before they were kept (once). */
+  ensureChunkCounts(): void {
+    if (this.chunkCounts.get(CHUNK_COUNTS_COMPLETE) !== undefined) return;
+    const counts = new Map<number, number>();
+    this.forEachChunk((chunk) => counts.set(chunk.volumeId, (counts.get(chunk.volumeId) ?? 0) + 1));
+    this.chunkCounts.transactionSync(() => {
+      for (const { key } of this.chunkCounts.getRange({})) void this.chunkCounts.remove(key);
+      for (const [volumeId, count] of counts) void this.chunkCounts.put(volumeId, count);
+      void this.chunkCounts.put(CHUNK_COUNTS_COMPLETE, 1);
+    });
+  }
+
+  private addChunkCount(volumeId: number, delta: 1 | -1): void {
+    const count = (this.chunkCounts.get(volumeId) ?? 0) + delta;
+    assert(count >= 0, 'a volume never has fewer than no chunks');
+    if (count === 0) void this.chunkCounts.remove(volumeId);
+    else void this.chunkCounts.put(volumeId, count);
   }
 
   getMeta(key: MetaKey): number {
@@ -93,9 +126,11 @@ class LmdbTables implements MdsTables {
     return this.chunks.get([volumeId, chunkIndex]);
   }
   putChunk(record: ChunkRecord): void {
+    if (this.chunks.get([record.volumeId, record.chunkIndex]) === undefined) this.addChunkCount(record.volumeId, 1);
     void this.chunks.put([record.volumeId, record.chunkIndex], record);
   }
   deleteChunk(volumeId: number, chunkIndex: number): void {
+    if (this.chunks.get([volumeId, chunkIndex]) !== undefined) this.addChunkCount(volumeId, -1);
     void this.chunks.remove([volumeId, chunkIndex]);
   }
   listChunks(volumeId: number, fromIndex: number, count: number): ChunkRecord[] {
@@ -103,7 +138,9 @@ class LmdbTables implements MdsTables {
     return [...range.map(({ value }) => value)];
   }
   countChunks(volumeId: number): number {
-    return this.chunks.getCount({ start: [volumeId, 0], end: [volumeId + 1, 0] });
+    const count = this.chunkCounts.get(volumeId) ?? 0;
+    assert(typeof count === 'number', 'chunk counts are numbers');
+    return count;
   }
   forEachChunk(visit: (record: ChunkRecord) => void): void {
     for (const { value } of this.chunks.getRange({})) visit(value);
@@ -204,7 +241,9 @@ export class MdsStore {
     // LMDB syncs its data files, never the directory entries that name them: without this, a
     // power cut soon after the first start could take the whole database away.
     await syncDirectory(dirname(path));
-    return new MdsStore(root);
+    const store = new MdsStore(root);
+    store.lmdb.ensureChunkCounts();
+    return store;
   }
 
   /** Applies one op durably; resolves after the commit is on disk. */

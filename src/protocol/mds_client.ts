@@ -203,6 +203,7 @@ export class MdsClient {
   closeVolume(name: string, leaseId: string): Promise<{ ok: boolean }> {
     return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/close`, { leaseId });
   }
+  /** The allocated chunks in [fromIndex, reply.endIndex): one page at most, however large `count`. */
   chunkMap(name: string, fromIndex: number, count: number): Promise<ChunkMapReply> {
     return this.call('GET', `/v1/internal/volumes/${encodeURIComponent(name)}/chunks?fromIndex=${fromIndex}&count=${count}`);
   }
