@@ -10,10 +10,10 @@
 // The admin API uses a separate token (admin.token) so that operators never need the cluster key.
 
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { StorageError } from '../errors.ts';
-import { mkdirDurable, writeFileDurable } from '../util/fs.ts';
+import { formatMode, mkdirDurable, writeFileDurable } from '../util/fs.ts';
 import type { PeerRole } from './cs_messages.ts';
 
 export const CLUSTER_KEY_BYTES = 32;
@@ -46,13 +46,48 @@ export function tokenEqual(expected: string, actual: string): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
-/** Reads a hex secret file written by ensureSecretFile. */
+/**
+ * Reads a hex secret file written by ensureSecretFile. The file must be a regular file that only
+ * its owner may read or write (no group or other bits, as ssh demands of private keys): whoever
+ * reads the cluster key holds the cluster's authority, and whoever may change it can lock the
+ * cluster out or slip in a key of their own. For the same reason its owner must be this process's
+ * user, or root: root can do anything anyway, and a root-owned file lets an admin provision the
+ * secret for a daemon running as root. A root process does not accept a file owned by another
+ * user, who could replace it. The mode and owner are read from the opened file itself, so the
+ * checks and the read are about the same file even if the path is replaced meanwhile.
+ */
 export async function readSecretFile(path: string, bytes: number): Promise<Buffer> {
   let text: string;
+  let handle;
   try {
-    text = (await readFile(path, 'utf8')).trim();
+    handle = await open(path, 'r');
   } catch (error) {
     throw new StorageError('ERR_CONFIG', `cannot read secret file ${path}: ${(error as Error).message}`);
+  }
+  try {
+    const info = await handle.stat();
+    if (!info.isFile()) throw new StorageError('ERR_CONFIG', `secret file ${path} is not a regular file`);
+    if ((info.mode & 0o077) !== 0) {
+      throw new StorageError(
+        'ERR_CONFIG',
+        `secret file ${path} has mode ${formatMode(info.mode)}: other users may read or change it; ` +
+          `run \`chmod 600 ${path}\` (and replace the secret if someone else may have read it)`,
+      );
+    }
+    const uid = process.geteuid?.();
+    if (uid !== undefined && info.uid !== uid && info.uid !== 0) {
+      throw new StorageError(
+        'ERR_CONFIG',
+        `secret file ${path} is owned by uid ${info.uid}, not by this process's user (uid ${uid}) or root: its owner ` +
+          `may change it; run \`chown ${uid} ${path}\`, or run the daemon as its owner`,
+      );
+    }
+    text = (await handle.readFile('utf8')).trim();
+  } catch (error) {
+    if (error instanceof StorageError) throw error;
+    throw new StorageError('ERR_CONFIG', `cannot read secret file ${path}: ${(error as Error).message}`);
+  } finally {
+    await handle.close();
   }
   if (!new RegExp(`^[0-9a-f]{${bytes * 2}}$`).test(text)) {
     // An empty file is what a crash leaves of a secret written without fsync (older versions did).
