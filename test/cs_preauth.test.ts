@@ -130,7 +130,8 @@ t.test('a flood of unauthenticated and oversized connections neither locks out r
   t.equal(codes.length, indexes.length * OVERSIZED, 'and every oversized connection was closed');
   for (const index of indexes) {
     const growth = (rssPeak[index] ?? 0) - (rssBefore[index] ?? 0);
-    t.ok(growth < OVERSIZED_RSS_GROWTH_BYTES_MAX, `cs${index}: RSS grew by ${(growth / MiB).toFixed(1)} MiB at most under the oversized frames`);
+    t.ok(growth < OVERSIZED_RSS_GROWTH_BYTES_MAX,
+      `cs${index}: RSS grew by ${(growth / MiB).toFixed(1)} MiB at most under the oversized frames`);
   }
 
   for (const index of indexes) for (let count = 0; count < IDLE_FIRST; count += 1) openIdle(csPort(cluster, index), sockets);
@@ -154,7 +155,8 @@ t.test('a flood of unauthenticated and oversized connections neither locks out r
   clearInterval(sampler);
   for (const index of indexes) {
     const growth = (rssPeak[index] ?? 0) - (rssBefore[index] ?? 0);
-    t.ok(growth < FLOOD_RSS_GROWTH_BYTES_MAX, `cs${index}: RSS grew by ${(growth / MiB).toFixed(1)} MiB at most under the flood and the writes`);
+    t.ok(growth < FLOOD_RSS_GROWTH_BYTES_MAX,
+      `cs${index}: RSS grew by ${(growth / MiB).toFixed(1)} MiB at most under the flood and the writes`);
     const port = csMetricsPort(cluster, index);
     t.equal(await metricValue(port, 'shoal_cs_preauth_frames_too_large_total'), OVERSIZED, `cs${index} counted the oversized frames`);
     const evicted = await metricValue(port, 'shoal_cs_connections_evicted_total');
@@ -166,9 +168,12 @@ t.test('a flood of unauthenticated and oversized connections neither locks out r
 
 t.test('with every slot taken by authenticated peers, a newcomer is refused and the others keep working', async (t) => {
   t.setTimeout(60_000);
-  const cluster = await startCluster(t, { nbd: false, chunkServers: 1, csArgs: ['--connections-max', '8', '--unauthenticated-connections-max', '2'] });
+  const cluster = await startCluster(t, {
+    nbd: false, chunkServers: 1, csArgs: ['--connections-max', '8', '--unauthenticated-connections-max', '2'],
+  });
   const port = csPort(cluster, 0);
-  const connect = (): Promise<CsConnection> => CsConnection.connect({ host: '127.0.0.1', port, clusterKey: cluster.clusterKey, role: 'mds' });
+  const connect = (): Promise<CsConnection> =>
+    CsConnection.connect({ host: '127.0.0.1', port, clusterKey: cluster.clusterKey, role: 'mds' });
   const held: CsConnection[] = [];
   t.teardown(() => {
     for (const connection of held) connection.close();

@@ -106,8 +106,9 @@ t.test('shoal start keeps its folder private, and refuses secret files that othe
 
   const key = join(dataDir, 'cluster.key');
   const token = join(dataDir, 'admin.token');
-  const startAgain = (): Promise<Awaited<ReturnType<typeof run>>> => run(process.execPath, [SHOAL_ENTRY, 'start', '--data', dataDir,
-    '--mds-listen', '127.0.0.1:0', '--cs-base-port', '0', '--nbd-listen', '127.0.0.1:0', '--nbd-metrics', '127.0.0.1:0'], { timeoutMs: 20_000 });
+  const startAgain = (): Promise<Awaited<ReturnType<typeof run>>> => run(process.execPath, [SHOAL_ENTRY, 'start',
+    '--data', dataDir, '--mds-listen', '127.0.0.1:0', '--cs-base-port', '0', '--nbd-listen', '127.0.0.1:0',
+    '--nbd-metrics', '127.0.0.1:0'], { timeoutMs: 20_000 });
   await chmod(key, 0o644);
   const refused = await startAgain();
   t.equal(refused.code, 2, 'shoal start exits with the configuration error code');

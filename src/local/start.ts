@@ -142,7 +142,9 @@ export async function runLocalCluster(argv: string[]): Promise<void> {
 
   await mkdirDurable(dataDir);
   const previousMode = await makeDirectoryPrivate(dataDir);
-  if (previousMode !== null) log.warn('cluster folder was open to other users: made it 0700', { dataDir, previousMode: formatMode(previousMode) });
+  if (previousMode !== null) {
+    log.warn('cluster folder was open to other users: made it 0700', { dataDir, previousMode: formatMode(previousMode) });
+  }
   const lock = await lockSupervisor(dataDir);
   await stopLeftovers(dataDir, log);
   await ensureSecretFile(settings.clusterKeyFile, CLUSTER_KEY_BYTES);
