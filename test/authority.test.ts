@@ -265,5 +265,5 @@ t.test('the NBD server runs on its hypervisor credential alone; secrets stay pri
   const refused = await DaemonProcess.start({
     name: 'nbd-loose', stderr: 'collect', args: ['run', 'nbd', '--mds', cluster.mdsUrl, '--credential', loose, '--socket', join(hostDir, 'x.sock')],
   }).then(() => 'started', (error: Error) => error.message);
-  t.match(refused, /loose\.cred has mode 0644: other users could read it; chmod 600/, 'a credential file others can read is refused, naming the fix');
+  t.match(refused, /loose\.cred has mode 0644: other users may read or change it; run `chmod 600/, 'a credential file others can read is refused, naming the fix');
 });

@@ -103,7 +103,7 @@ t.test('secret files: created once, 0600, the same for concurrent callers; an em
   t.ok((await ensureSecretFile(path, 32)).equals(secrets[0]!), 'a later start reads it back');
 
   const empty = join(dir, 'admin.token');
-  await writeFile(empty, '');
+  await writeFile(empty, '', { mode: 0o600 });
   await t.rejects(ensureSecretFile(empty, 32), { code: 'ERR_CONFIG', message: /admin\.token must hold 64 hex digits, but it is empty .*delete it/ },
     'an empty secret (what a crash left of an unsynced write) is not silently replaced: the error says what to do');
 });

@@ -9,8 +9,11 @@
 
 import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
 import { dirname } from 'node:path';
-import { syncDirectory } from '../util/fs.ts';
+import { PRIVATE_FILE_MODE, mkdirDurable, syncDirectory } from '../util/fs.ts';
 import type { VolumeDescription } from '../protocol/cs_messages.ts';
+
+/** lmdb's option for the mode of the files it creates (missing from its type declarations). */
+const LMDB_FILE_MODE = { permissionsMode: PRIVATE_FILE_MODE };
 
 export interface ChunkMeta {
   readonly chunkId: number;
@@ -61,6 +64,8 @@ export class LmdbCatalog implements Catalog {
    * soon after the first start takes the whole catalog (every replica's record) away.
    */
   static async open(path: string): Promise<LmdbCatalog> {
+    // Made here, 0700, rather than by lmdb (which would use the umask).
+    await mkdirDurable(path);
     const catalog = new LmdbCatalog(path);
     await syncDirectory(path);
     await syncDirectory(dirname(path));
@@ -68,7 +73,8 @@ export class LmdbCatalog implements Catalog {
   }
 
   private constructor(path: string) {
-    this.root = openLmdb({ path, compression: false, maxDbs: 8 });
+    // data.mdb and lock.mdb are created 0600 (lmdb's default is 0664 less the umask).
+    this.root = openLmdb({ path, compression: false, maxDbs: 8, ...LMDB_FILE_MODE });
     this.metas = this.root.openDB<ChunkMeta, number>({ name: 'chunks', encoding: 'msgpack', keyEncoding: 'ordered-binary' });
     this.fences = this.root.openDB<number, number>({ name: 'fences', encoding: 'msgpack', keyEncoding: 'ordered-binary' });
     this.state = this.root.openDB<number, string>({ name: 'state', encoding: 'msgpack', keyEncoding: 'ordered-binary' });

@@ -1,11 +1,16 @@
 // A chunk server's data directory: the exclusive lock that keeps a second server off it, and the
 // identity file that names the disk to the MDS across restarts (and across address changes).
+// The directory is private to the server's user (0700): chunk data, checksums and journals are
+// nobody else's business, and making the top directory private also covers whatever an older
+// version created inside it with looser modes.
 
 import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { StorageError } from '../errors.ts';
-import { lockFile, mkdirDurable, writeFileDurable, type FileLockOptions } from '../util/fs.ts';
+import {
+  PRIVATE_FILE_MODE, lockFile, makeDirectoryPrivate, mkdirDurable, writeFileDurable, type FileLockOptions,
+} from '../util/fs.ts';
 
 export interface DataDirIdentity {
   readonly format: 1;
@@ -19,6 +24,11 @@ export interface DataDirLock {
   release(): Promise<void>;
 }
 
+export interface DataDirLockOptions extends FileLockOptions {
+  /** Told when the directory was open to group or others and has been made 0700, with its old mode. */
+  readonly onMadePrivate?: (previousMode: number) => void;
+}
+
 /**
  * Takes the exclusive lock on <dir>/lock (flock, our pid written in it). A server that is
  * stopping (its supervisor died, or it was just told to stop) lets go within seconds, so a start
@@ -26,7 +36,7 @@ export interface DataDirLock {
  * ERR_DATA_DIR_LOCKED naming the holder's pid. The lock dies with the process, so a crashed server
  * never leaves the directory locked.
  */
-export async function lockDataDir(directory: string, options: FileLockOptions = {}): Promise<DataDirLock> {
+export async function lockDataDir(directory: string, options: DataDirLockOptions = {}): Promise<DataDirLock> {
   await mkdirDurable(directory);
   const lock = await lockFile(join(directory, 'lock'), options);
   if ('heldBy' in lock) {
@@ -36,6 +46,13 @@ export async function lockDataDir(directory: string, options: FileLockOptions = 
       `data directory ${directory} is in use by another chunk server (pid ${lock.heldBy})${waited}; ` +
         'stop that one first, or give this one another --data directory',
     );
+  }
+  try {
+    const previousMode = await makeDirectoryPrivate(directory);
+    if (previousMode !== null) options.onMadePrivate?.(previousMode);
+  } catch (error) {
+    await lock.release();
+    throw error;
   }
   return lock;
 }
@@ -57,7 +74,7 @@ export async function loadIdentity(directory: string): Promise<DataDirIdentity> 
 
 /** Writes the identity file durably and atomically: a power cut leaves the old one or the new. */
 export async function saveIdentity(directory: string, identity: DataDirIdentity): Promise<void> {
-  await writeFileDurable(join(directory, 'cs.json'), `${JSON.stringify(identity, null, 2)}\n`);
+  await writeFileDurable(join(directory, 'cs.json'), `${JSON.stringify(identity, null, 2)}\n`, { mode: PRIVATE_FILE_MODE });
 }
 
 function parseIdentity(text: string, path: string): DataDirIdentity {

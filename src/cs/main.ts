@@ -14,6 +14,7 @@ import { capabilityKey } from '../protocol/capability.ts';
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { MdsClient } from '../protocol/mds_client.ts';
 import { announceReady, onShutdownSignal, parseHostPort, parseIntegerFlag } from '../util/daemon.ts';
+import { formatMode, usePrivateUmask } from '../util/fs.ts';
 import { systemClock } from '../util/clock.ts';
 import { createLogger } from '../util/log.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
@@ -26,7 +27,7 @@ import { PartialWriteReporter } from './partial_writes.ts';
 import { MdsLink } from './mds_link.ts';
 import { CsMetrics } from './metrics.ts';
 import { Scrubber } from './scrubber.ts';
-import { ChunkServer } from './server.ts';
+import { CS_CONNECTIONS_MAX_DEFAULT, CS_UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT, ChunkServer } from './server.ts';
 
 const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [options]
   --mds-public-key FILE       the MDS's public key, mds.pub (default: mds.pub beside the cluster key)
@@ -45,7 +46,12 @@ const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [opti
   --advertise-port N          port clients and peers use, when a proxy or NAT sits in front
   --scrub-bytes-per-second N  background checksum scrub rate, 0 = off (default 4 MiB/s)
   --scrub-interval-ms N       pause between scrub passes (default 21600000, six hours)
-  --capacity-bytes N          use at most this much of the disk (default: all of it)`;
+  --capacity-bytes N          use at most this much of the disk (default: all of it)
+  --connections-max N         open connections at most; beyond it a new one closes the oldest
+                              unauthenticated one, or is refused when all have authenticated
+                              (default ${CS_CONNECTIONS_MAX_DEFAULT})
+  --unauthenticated-connections-max N  connections still to authenticate at most; a new one
+                              beyond it closes the oldest of them (default ${CS_UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT})`;
 
 const MiB = 1024 * 1024;
 /** How often the server re-measures its own files (a directory walk). */
@@ -54,6 +60,8 @@ const USAGE_REFRESH_MS = 5_000;
 const LOCK_WAIT_MS = 3_000;
 
 export async function runChunkServer(argv: string[]): Promise<void> {
+  // Before anything is created: chunk data, journals and the catalog are private to this user.
+  usePrivateUmask();
   const { values } = parseArgs({
     args: argv,
     options: {
@@ -75,6 +83,8 @@ export async function runChunkServer(argv: string[]): Promise<void> {
       'scrub-bytes-per-second': { type: 'string' },
       'scrub-interval-ms': { type: 'string' },
       'capacity-bytes': { type: 'string' },
+      'connections-max': { type: 'string' },
+      'unauthenticated-connections-max': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -88,6 +98,13 @@ export async function runChunkServer(argv: string[]): Promise<void> {
   const tier = parseIntegerFlag(values.tier, '--tier', 0);
   if (tier > 3) throw new StorageError('ERR_CONFIG', '--tier must be 0-3');
   const listen = parseHostPort(values.listen, '--listen');
+  const connectionsMax = parseIntegerFlag(values['connections-max'], '--connections-max', CS_CONNECTIONS_MAX_DEFAULT, 1);
+  const unauthenticatedConnectionsMax = parseIntegerFlag(values['unauthenticated-connections-max'],
+    '--unauthenticated-connections-max', Math.min(CS_UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT, connectionsMax), 1);
+  if (unauthenticatedConnectionsMax > connectionsMax) {
+    throw new StorageError('ERR_CONFIG',
+      `--unauthenticated-connections-max (${unauthenticatedConnectionsMax}) must not exceed --connections-max (${connectionsMax})`);
+  }
   await startChunkServer({
     dataDir: values.data,
     mdsUrl: values.mds,
@@ -108,6 +125,8 @@ export async function runChunkServer(argv: string[]): Promise<void> {
     scrubBytesPerSecond: parseIntegerFlag(values['scrub-bytes-per-second'], '--scrub-bytes-per-second', 4 * MiB),
     scrubIntervalMs: parseIntegerFlag(values['scrub-interval-ms'], '--scrub-interval-ms', 6 * 3_600_000),
     capacityBytes: values['capacity-bytes'] === undefined ? null : parseSizeBytes(values['capacity-bytes'], '--capacity-bytes'),
+    connectionsMax,
+    unauthenticatedConnectionsMax,
   });
 }
 
@@ -130,6 +149,8 @@ interface ChunkServerConfig {
   readonly scrubBytesPerSecond: number;
   readonly scrubIntervalMs: number;
   readonly capacityBytes: number | null;
+  readonly connectionsMax: number;
+  readonly unauthenticatedConnectionsMax: number;
 }
 
 async function startChunkServer(config: ChunkServerConfig): Promise<void> {
@@ -137,6 +158,8 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   const lock = await lockDataDir(config.dataDir, {
     waitMs: LOCK_WAIT_MS,
     onWait: (holder, waitMs) => log.warn('data directory locked by another chunk server; waiting for it to exit', { holder, waitMs }),
+    onMadePrivate: (previousMode) => log.warn('data directory was open to other users: made it 0700',
+      { dataDir: config.dataDir, previousMode: formatMode(previousMode) }),
   });
   let identity = await loadIdentity(config.dataDir);
   const store = await ChunkStore.open({
@@ -175,6 +198,8 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     metrics,
     writeBlocker: () => (link === null ? new StorageError('ERR_UNAVAILABLE', 'chunk server is starting') : link.writeBlocker()),
     partialWrites,
+    connectionsMax: config.connectionsMax,
+    unauthenticatedConnectionsMax: config.unauthenticatedConnectionsMax,
   });
   const port = await server.listen(config.listen.host, config.listen.port);
   advertisedPort = config.advertisePort ?? port;

@@ -20,6 +20,14 @@ export interface SpaceReport {
 export class CsMetrics {
   readonly registry = new Registry();
   readonly connections: Gauge;
+  /** Connections that have not authenticated yet (a subset of `connections`). */
+  readonly unauthenticatedConnections: Gauge;
+  /** New connections closed at once: the server was full of authenticated ones. */
+  readonly connectionsRefused: Counter;
+  /** Unauthenticated connections closed to make room for a newer one. */
+  readonly connectionsEvicted: Counter;
+  /** Unauthenticated connections closed for announcing a frame above the pre-auth limit. */
+  readonly preauthFramesTooLarge: Counter;
   readonly authFailures: Counter;
   readonly protocolErrors: Counter;
   private readonly requests: Counter<'op' | 'code'>;
@@ -29,6 +37,24 @@ export class CsMetrics {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry, prefix: 'shoal_cs_' });
     this.connections = new Gauge({ name: 'shoal_cs_connections', help: 'Open client and peer connections', registers });
+    this.unauthenticatedConnections = new Gauge({
+      name: 'shoal_cs_unauthenticated_connections', help: 'Open connections that have not authenticated yet', registers,
+    });
+    this.connectionsRefused = new Counter({
+      name: 'shoal_cs_connections_refused_total',
+      help: 'New connections closed at once because --connections-max authenticated connections were open',
+      registers,
+    });
+    this.connectionsEvicted = new Counter({
+      name: 'shoal_cs_connections_evicted_total',
+      help: 'Unauthenticated connections closed, oldest first, to make room for a new connection',
+      registers,
+    });
+    this.preauthFramesTooLarge = new Counter({
+      name: 'shoal_cs_preauth_frames_too_large_total',
+      help: 'Unauthenticated connections closed for announcing a frame above the pre-authentication limit',
+      registers,
+    });
     this.authFailures = new Counter({ name: 'shoal_cs_auth_failures_total', help: 'Connections refused for bad credentials', registers });
     this.protocolErrors = new Counter({ name: 'shoal_cs_protocol_errors_total', help: 'Malformed requests answered with an error', registers });
     this.requests = new Counter({ name: 'shoal_cs_requests_total', help: 'Requests by op and result code', labelNames: ['op', 'code'], registers });

@@ -6,10 +6,17 @@
 // peer is not reading, stops being read; all connections stop being read while the payload bytes
 // in flight exceed the server's budget. A framing error closes only that connection; a request
 // that is well framed but invalid gets an error reply and the connection goes on.
+//
+// Before a peer has authenticated it may send one frame of at most PREAUTH_FRAME_BODY_BYTES_MAX
+// (its AUTH) within AUTH_TIMEOUT_MS; a bigger one closes the connection at its prefix. At most
+// `connectionsMax` connections are open, of which at most `unauthenticatedConnectionsMax` have not
+// authenticated yet: a new connection beyond either cap closes the oldest unauthenticated one, so
+// that a flood of strangers cannot lock out real peers (which authenticate within milliseconds of
+// connecting). Only when every open connection has authenticated is a new one refused.
 
 import { createServer, type Server, type Socket } from 'node:net';
 import { StorageError } from '../errors.ts';
-import { CS_CONNECTION_INFLIGHT_MAX } from '../limits.ts';
+import { CS_CONNECTION_INFLIGHT_MAX, FRAME_BODY_BYTES_MAX } from '../limits.ts';
 import type { KeyObject } from 'node:crypto';
 import { macEqual, newNonce, callerMac, serverMac, verifyMdsProof } from '../protocol/auth.ts';
 import { decodeCapability, grantProof, verifyCapability, type Capability, type TicketMember } from '../protocol/capability.ts';
@@ -24,7 +31,7 @@ import {
   type PeerRole,
 } from '../protocol/cs_messages.ts';
 import type { CsConnectionPool } from '../protocol/cs_connection.ts';
-import { FrameReader, writeFrame, type RawFrame } from '../protocol/frame.ts';
+import { FrameReader, PREAUTH_FRAME_BODY_BYTES_MAX, writeFrame, type RawFrame } from '../protocol/frame.ts';
 import { assert } from '../util/assert.ts';
 import type { Logger } from '../util/log.ts';
 import type { PartialWriteReporter } from './partial_writes.ts';
@@ -33,6 +40,11 @@ import { asStorageError, handleRequest, type Caller, type Reply } from './handle
 import type { CsMetrics } from './metrics.ts';
 
 const AUTH_TIMEOUT_MS = 5_000;
+/** Defaults of the caps: room for every peer of a large cluster, and a bound on strangers' share. */
+export const CS_CONNECTIONS_MAX_DEFAULT = 2_048;
+export const CS_UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT = 256;
+/** A flood of refused or evicted connections is logged at most this often. */
+const CONNECTION_LIMIT_LOG_MS = 10_000;
 
 export interface ChunkServerOptions {
   readonly store: ChunkStore;
@@ -53,6 +65,10 @@ export interface ChunkServerOptions {
   readonly writeBlocker: () => StorageError | null;
   /** Where a primary reports changes it could not complete on every member (its writer may be dead). */
   readonly partialWrites: PartialWriteReporter;
+  /** Open connections at most (default CS_CONNECTIONS_MAX_DEFAULT). */
+  readonly connectionsMax?: number;
+  /** Of those, not yet authenticated at most (default CS_UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT). */
+  readonly unauthenticatedConnectionsMax?: number;
 }
 
 
@@ -69,11 +85,25 @@ export class ChunkServer {
   private readonly revokedBeforeMs = new Map<number, number>();
   /** The highest MDS term seen: an MDS with a lower term (a deposed leader) is refused. */
   private mdsTerm = 0;
+  /** Connections still to authenticate, oldest first (a Set keeps insertion order). */
+  private readonly unauthenticated = new Set<Connection>();
+  private readonly connectionsMax: number;
+  private readonly unauthenticatedConnectionsMax: number;
+  /** When each rate-limited warning was last logged, by message (a handful of fixed messages). */
+  private readonly warnedAtMs = new Map<string, number>();
   private inflightBytes = 0;
   private throttled = false;
 
   constructor(options: ChunkServerOptions) {
     this.options = options;
+    this.connectionsMax = options.connectionsMax ?? CS_CONNECTIONS_MAX_DEFAULT;
+    this.unauthenticatedConnectionsMax = options.unauthenticatedConnectionsMax ?? CS_UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT;
+    assert(Number.isInteger(this.connectionsMax) && this.connectionsMax >= 1, 'connectionsMax is a positive integer');
+    assert(
+      Number.isInteger(this.unauthenticatedConnectionsMax) && this.unauthenticatedConnectionsMax >= 1 &&
+        this.unauthenticatedConnectionsMax <= this.connectionsMax,
+      'unauthenticatedConnectionsMax is a positive integer no greater than connectionsMax',
+    );
     this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
   }
 
@@ -101,13 +131,64 @@ export class ChunkServer {
   }
 
   private accept(socket: Socket): void {
+    const { metrics } = this.options;
+    if (this.unauthenticated.size >= this.unauthenticatedConnectionsMax) this.evictOldestUnauthenticated();
+    if (this.connections.size >= this.connectionsMax && !this.evictOldestUnauthenticated()) {
+      // Every open connection proved it holds the cluster key: the newcomer is the one to go.
+      metrics.connectionsRefused.inc();
+      this.logLimit('connection refused: --connections-max connections are open, all authenticated', socket);
+      socket.on('error', () => undefined);
+      socket.destroy();
+      return;
+    }
     const connection = new Connection(this, socket);
     this.connections.add(connection);
-    this.options.metrics.connections.inc();
-    socket.on('close', () => {
-      this.connections.delete(connection);
-      this.options.metrics.connections.dec();
+    this.unauthenticated.add(connection);
+    metrics.connections.inc();
+    metrics.unauthenticatedConnections.inc();
+    socket.on('close', () => this.forget(connection));
+  }
+
+  /** Closes the oldest connection still to authenticate; false when there is none. */
+  private evictOldestUnauthenticated(): boolean {
+    const oldest = this.unauthenticated.values().next();
+    if (oldest.done === true) return false;
+    this.options.metrics.connectionsEvicted.inc();
+    this.logLimit('unauthenticated connection closed to make room for a new one', oldest.value.socket);
+    // Forgotten now, not at its 'close' event: the slot is what the new connection needs.
+    this.forget(oldest.value);
+    oldest.value.socket.destroy();
+    return true;
+  }
+
+  /** Drops a connection from the counts; safe to call more than once. */
+  private forget(connection: Connection): void {
+    if (this.unauthenticated.delete(connection)) this.options.metrics.unauthenticatedConnections.dec();
+    if (this.connections.delete(connection)) this.options.metrics.connections.dec();
+  }
+
+  /** A connection has authenticated: it no longer counts against the unauthenticated cap. */
+  authenticated(connection: Connection): void {
+    if (this.unauthenticated.delete(connection)) this.options.metrics.unauthenticatedConnections.dec();
+  }
+
+  /** Logs a refusal or eviction (rate-limited: a flood shows in the metrics, not as a flood of lines). */
+  private logLimit(message: string, socket: Socket): void {
+    this.warnRateLimited(message, {
+      remote: socket.remoteAddress,
+      connections: this.connections.size,
+      unauthenticated: this.unauthenticated.size,
+      connectionsMax: this.connectionsMax,
+      unauthenticatedConnectionsMax: this.unauthenticatedConnectionsMax,
     });
+  }
+
+  /** Logs `message` at most once per CONNECTION_LIMIT_LOG_MS; what strangers cause is logged this way. */
+  warnRateLimited(message: string, fields: Record<string, unknown>): void {
+    const nowMs = Date.now();
+    if (nowMs - (this.warnedAtMs.get(message) ?? -Infinity) < CONNECTION_LIMIT_LOG_MS) return;
+    this.warnedAtMs.set(message, nowMs);
+    this.options.log.warn(message, { ...fields, note: `repeats within ${CONNECTION_LIMIT_LOG_MS} ms are only counted in the metrics` });
   }
 
   /** Global memory bound: payload bytes held by requests in flight across all connections. */
@@ -169,11 +250,14 @@ export class ChunkServer {
 class Connection implements Caller {
   readonly socket: Socket;
   private readonly owner: ChunkServer;
-  private readonly reader = new FrameReader();
+  /** Held to one small frame until the peer authenticates (see the header). */
+  private readonly reader = new FrameReader(PREAUTH_FRAME_BODY_BYTES_MAX);
   private readonly nonce = newNonce();
   private callerNonce: Buffer | null = null;
   role: PeerRole = 'client';
   private authenticated = false;
+  /** Proved something (a key, or a client's first accepted capability): full-size frames, not evictable. */
+  private promoted = false;
   /** Capabilities this client presented, by volume (a client connection serves a few volumes). */
   private readonly grants = new Map<number, Capability>();
   /** Why the last capability presented for a volume was refused: its requests get that reason. */
@@ -210,18 +294,30 @@ class Connection implements Caller {
   }
 
   private onData(data: Buffer): void {
+    // After a fatal error the socket lingers a moment for the error reply: what the peer still
+    // sends is dropped, not buffered (a stranger streaming megabytes must not be held).
+    if (this.closed) return;
     this.reader.push(data);
     for (;;) {
       let frame: RawFrame | null;
       try {
         frame = this.reader.next();
       } catch (error) {
-        this.fail(asStorageError(error), 0);
+        const failure = asStorageError(error);
+        if (!this.promoted && failure.code === 'ERR_FRAME_TOO_LARGE') this.owner.deps.metrics.preauthFramesTooLarge.inc();
+        this.fail(failure, 0);
         return;
       }
       if (frame === null || this.closed) return;
-      if (!this.authenticated) this.authenticate(frame);
-      else this.dispatch(frame);
+      if (!this.authenticated) {
+        this.authenticate(frame);
+        if (!this.authenticated) continue;
+        // A peer or the MDS proved its key: full-size frames from now on, no longer a stranger.
+        // A client proved nothing yet: it stays one until a capability it presents is accepted.
+        if (this.role !== 'client') this.promote();
+      } else {
+        this.dispatch(frame);
+      }
     }
   }
 
@@ -311,6 +407,7 @@ class Connection implements Caller {
       }
       this.grants.set(capability.volumeId, capability);
       this.refusals.delete(capability.volumeId);
+      if (!this.promoted) this.promote();
       return { reply: { op: CS_OP.REPLY, id: request.id, mac: grantProof(sessionKey, 'server', this.nonce, callerNonce) } };
     } catch (error) {
       this.owner.deps.metrics.authFailures.inc();
@@ -337,6 +434,12 @@ class Connection implements Caller {
 
   refusal(volumeId: number): StorageError | null {
     return this.refusals.get(volumeId) ?? null;
+  }
+
+  private promote(): void {
+    this.promoted = true;
+    this.reader.setBodyBytesMax(FRAME_BODY_BYTES_MAX);
+    this.owner.authenticated(this);
   }
 
   capability(volumeId: number): Capability | null {
@@ -370,9 +473,14 @@ class Connection implements Caller {
   /** Reports a fatal error to the peer, then closes: the stream cannot be trusted any more. */
   private fail(error: StorageError, id: number): void {
     if (this.closed) return;
-    this.owner.deps.log.warn('closing connection', { remote: this.socket.remoteAddress, code: error.code, message: error.message });
+    const fields = { remote: this.socket.remoteAddress, code: error.code, message: error.message };
+    // Anyone can connect: what unauthenticated callers cause must not flood the log.
+    if (!this.promoted) this.owner.warnRateLimited('closing unauthenticated connection', fields);
+    else this.owner.deps.log.warn('closing connection', fields);
     this.send({ reply: errorReply(id, error) });
     this.closed = true;
+    // Nothing more is read: a peer streaming a huge body stalls on its own side of the socket.
+    this.socket.pause();
     this.socket.end();
     setTimeout(() => this.socket.destroy(), 1_000).unref();
   }

@@ -21,7 +21,9 @@ import { StorageError, isStorageError } from '../errors.ts';
 import { CLUSTER_KEY_BYTES, ensureSecretFile } from '../protocol/auth.ts';
 import { MdsClient } from '../protocol/mds_client.ts';
 import { parseHostPort, parseIntegerFlag } from '../util/daemon.ts';
-import { mkdirDurable, writeFileDurable, type FileLock } from '../util/fs.ts';
+import {
+  PRIVATE_FILE_MODE, formatMode, makeDirectoryPrivate, mkdirDurable, usePrivateUmask, writeFileDurable, type FileLock,
+} from '../util/fs.ts';
 import { createLogger, type Logger } from '../util/log.ts';
 import { formatBytes, parseSizeBytes } from '../util/size.ts';
 import { DaemonProcess } from './daemon_process.ts';
@@ -100,6 +102,9 @@ const MDS_STOP_MS = 2_000;
 const CS_STOP_MIN_MS = 1_500;
 
 export async function runLocalCluster(argv: string[]): Promise<void> {
+  // The cluster folder holds its secrets and every daemon's data: private to this user, and the
+  // daemons started from here inherit the umask.
+  usePrivateUmask();
   const { values } = parseArgs({
     args: argv,
     options: {
@@ -137,6 +142,10 @@ export async function runLocalCluster(argv: string[]): Promise<void> {
   };
 
   await mkdirDurable(dataDir);
+  const previousMode = await makeDirectoryPrivate(dataDir);
+  if (previousMode !== null) {
+    log.warn('cluster folder was open to other users: made it 0700', { dataDir, previousMode: formatMode(previousMode) });
+  }
   const lock = await lockSupervisor(dataDir);
   await stopLeftovers(dataDir, log);
   await ensureSecretFile(settings.clusterKeyFile, CLUSTER_KEY_BYTES);
@@ -216,7 +225,7 @@ async function bringUp(supervisor: Supervisor, config: StartConfig, log: Logger)
   const clusterFile: ClusterFile = {
     mdsUrl, adminTokenFile: config.adminTokenFile, clusterKeyFile, nbd: { tcp: nbdTcp, socket: config.nbdSocket },
   };
-  await writeFileDurable(join(dataDir, 'cluster.json'), `${JSON.stringify(clusterFile, null, 2)}\n`);
+  await writeFileDurable(join(dataDir, 'cluster.json'), `${JSON.stringify(clusterFile, null, 2)}\n`, { mode: PRIVATE_FILE_MODE });
   printBanner({ mdsUrl, nbdTcp, nbdSocket: config.nbdSocket, volume: config.volume, running, failed, dataDir });
   const nbdMetrics = `${config.nbdMetrics.replace(/:\d+$/, '')}:${String(nbd.ready['metricsPort'])}`;
   supervisor.announce({

@@ -15,7 +15,7 @@ import { capabilityKey } from '../protocol/capability.ts';
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { systemClock } from '../util/clock.ts';
 import { announceReady, onShutdownSignal, parseHostPort, parseIntegerFlag } from '../util/daemon.ts';
-import { lockFile, mkdirDurable, writeFileDurable } from '../util/fs.ts';
+import { formatMode, lockFile, makeDirectoryPrivate, mkdirDurable, usePrivateUmask, writeFileDurable } from '../util/fs.ts';
 import { createLogger } from '../util/log.ts';
 import { buildApi } from './api.ts';
 import { MdsMetrics } from './metrics.ts';
@@ -57,6 +57,8 @@ const BULK_TIMEOUT_MS = 120_000;
 const SLOW_DRAIN_LOG_MS = 200;
 
 export async function runMds(argv: string[]): Promise<void> {
+  // Before anything is created: the database and the cluster's identity are private to this user.
+  usePrivateUmask();
   const { values } = parseArgs({
     args: argv,
     options: {
@@ -141,6 +143,10 @@ async function startMds(options: {
   const lock = await lockFile(join(options.dataDir, 'lock'));
   if ('heldBy' in lock) {
     throw new StorageError('ERR_DATA_DIR_LOCKED', `MDS data directory ${options.dataDir} is in use by another process (pid ${lock.heldBy}): stop it first`);
+  }
+  const previousMode = await makeDirectoryPrivate(options.dataDir);
+  if (previousMode !== null) {
+    log.warn('data directory was open to other users: made it 0700', { dataDir: options.dataDir, previousMode: formatMode(previousMode) });
   }
   const clusterId = await ensureClusterId(options.dataDir, options.givenClusterId);
   // Syncs the directory entry of the database file it may have just created (see MdsStore.open).

@@ -7,7 +7,7 @@
 
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { dirname } from 'node:path';
-import { mkdirDurable, syncDirectory } from '../util/fs.ts';
+import { PRIVATE_FILE_MODE, mkdirDurable, syncDirectory } from '../util/fs.ts';
 import { assert } from '../util/assert.ts';
 import type {
   ChunkRecord,
@@ -24,6 +24,8 @@ import { applyOp, type MdsOp, type MdsOpResult } from './ops.ts';
 
 /** The database file in an MDS's data directory (LMDB adds `<name>-lock` beside it). */
 export const MDS_DB_FILE = 'mds.lmdb';
+/** lmdb's option for the mode of the files it creates (missing from its type declarations). */
+const LMDB_FILE_MODE = { permissionsMode: PRIVATE_FILE_MODE };
 
 /** Operation-log entries kept for inspection and, later, replication catch-up. */
 const OPLOG_ENTRIES_KEPT = 100_000;
@@ -237,7 +239,8 @@ export class MdsStore {
   static async open(path: string): Promise<MdsStore> {
     await mkdirDurable(dirname(path));
     // No compression: records are small; no caching: childTransaction needs it off.
-    const root = open({ path, compression: false, maxDbs: 16, mapSize: 4 * 1024 * 1024 * 1024 });
+    // The database file and its lock file are created 0600 (lmdb's default is 0664 less the umask).
+    const root = open({ path, compression: false, maxDbs: 16, mapSize: 4 * 1024 * 1024 * 1024, ...LMDB_FILE_MODE });
     // LMDB syncs its data files, never the directory entries that name them: without this, a
     // power cut soon after the first start could take the whole database away.
     await syncDirectory(dirname(path));

@@ -17,6 +17,7 @@ import { MdsClient } from '../protocol/mds_client.ts';
 import {
   announceReady, onShutdownSignal, parseHostPort, parseIntegerFlag,
 } from '../util/daemon.ts';
+import { usePrivateUmask } from '../util/fs.ts';
 import { createLogger } from '../util/log.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
 import { NBD_SERVER_DEFAULTS, createNbdServer } from './server.ts';
@@ -54,6 +55,8 @@ const CONNECTIONS_DRAIN_MS = 5_000;
 const SHUTDOWN_DEADLINE_MS = 15_000;
 
 export async function runNbd(argv: string[]): Promise<void> {
+  // Nothing this daemon creates is anyone else's business; the socket sets its own mode.
+  usePrivateUmask();
   const { values } = parseArgs({
     args: argv,
     options: {

@@ -14,10 +14,10 @@
 // The admin API uses a separate token (admin.token) so that operators never need the cluster key.
 
 import { createHash, createHmac, createPrivateKey, createPublicKey, randomBytes, sign, timingSafeEqual, verify, type KeyObject } from 'node:crypto';
-import { readFile, stat } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { StorageError } from '../errors.ts';
-import { mkdirDurable, writeFileDurable } from '../util/fs.ts';
+import { formatMode, mkdirDurable, writeFileDurable } from '../util/fs.ts';
 import type { PeerRole } from './cs_messages.ts';
 
 export const CLUSTER_KEY_BYTES = 32;
@@ -50,14 +50,18 @@ export function tokenEqual(expected: string, actual: string): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
-/** Reads a hex secret file written by ensureSecretFile. */
+/**
+ * Reads a hex secret file written by ensureSecretFile. The file must be a regular file that only
+ * its owner may read or write (no group or other bits, as ssh demands of private keys): whoever
+ * reads the cluster key holds the cluster's authority, and whoever may change it can lock the
+ * cluster out or slip in a key of their own. For the same reason its owner must be this process's
+ * user, or root: root can do anything anyway, and a root-owned file lets an admin provision the
+ * secret for a daemon running as root. A root process does not accept a file owned by another
+ * user, who could replace it. The mode and owner are read from the opened file itself, so the
+ * checks and the read are about the same file even if the path is replaced meanwhile.
+ */
 export async function readSecretFile(path: string, bytes: number): Promise<Buffer> {
-  let text: string;
-  try {
-    text = (await readFile(path, 'utf8')).trim();
-  } catch (error) {
-    throw new StorageError('ERR_CONFIG', `cannot read secret file ${path}: ${(error as Error).message}`);
-  }
+  const text = await readSecretText(path);
   if (!new RegExp(`^[0-9a-f]{${bytes * 2}}$`).test(text)) {
     // An empty file is what a crash leaves of a secret written without fsync (older versions did).
     const hint = text === ''
@@ -67,6 +71,43 @@ export async function readSecretFile(path: string, bytes: number): Promise<Buffe
     throw new StorageError('ERR_CONFIG', `secret file ${path} must hold ${bytes * 2} hex digits${hint}`);
   }
   return Buffer.from(text, 'hex');
+}
+
+/** A secret file's text, trimmed, once its type, mode and owner are checked. */
+async function readSecretText(path: string): Promise<string> {
+  let text: string;
+  let handle;
+  try {
+    handle = await open(path, 'r');
+  } catch (error) {
+    throw new StorageError('ERR_CONFIG', `cannot read secret file ${path}: ${(error as Error).message}`);
+  }
+  try {
+    const info = await handle.stat();
+    if (!info.isFile()) throw new StorageError('ERR_CONFIG', `secret file ${path} is not a regular file`);
+    if ((info.mode & 0o077) !== 0) {
+      throw new StorageError(
+        'ERR_CONFIG',
+        `secret file ${path} has mode ${formatMode(info.mode)}: other users may read or change it; ` +
+          `run \`chmod 600 ${path}\` (and replace the secret if someone else may have read it)`,
+      );
+    }
+    const uid = process.geteuid?.();
+    if (uid !== undefined && info.uid !== uid && info.uid !== 0) {
+      throw new StorageError(
+        'ERR_CONFIG',
+        `secret file ${path} is owned by uid ${info.uid}, not by this process's user (uid ${uid}) or root: its owner ` +
+          `may change it; run \`chown ${uid} ${path}\`, or run the daemon as its owner`,
+      );
+    }
+    text = (await handle.readFile('utf8')).trim();
+  } catch (error) {
+    if (error instanceof StorageError) throw error;
+    throw new StorageError('ERR_CONFIG', `cannot read secret file ${path}: ${(error as Error).message}`);
+  } finally {
+    await handle.close();
+  }
+  return text;
 }
 
 /**
@@ -184,24 +225,9 @@ export function newHypervisorSecret(): Buffer {
 
 /** Reads a hypervisor's credential file (mode checked like every secret file). */
 export async function readHypervisorCredential(path: string): Promise<string> {
-  let text: string;
-  try {
-    text = (await readFile(path, 'utf8')).trim();
-  } catch (error) {
-    throw new StorageError('ERR_CONFIG', `cannot read the hypervisor credential ${path}: ${(error as Error).message}`);
-  }
-  await checkSecretMode(path);
+  const text = await readSecretText(path);
   if (parseHypervisorCredential(text) === null) {
     throw new StorageError('ERR_CONFIG', `${path} must hold a hypervisor credential (shoal-hv1.ID.SECRET), as \`shoal hypervisor add\` prints it`);
   }
   return text;
-}
-
-/** Refuses a secret file that group or others may read or write. */
-async function checkSecretMode(path: string): Promise<void> {
-  const mode = (await stat(path)).mode & 0o777;
-  if ((mode & 0o077) !== 0) {
-    throw new StorageError('ERR_CONFIG',
-      `secret file ${path} has mode ${mode.toString(8).padStart(4, '0')}: other users could read it; chmod 600 ${path}`);
-  }
 }

@@ -7,10 +7,17 @@
 // Payloads (block data) are never copied into the header encoding: senders write them as a
 // separate buffer, and the reader hands them out as views of the socket's buffers when they
 // arrive in one piece.
+//
+// A reader's body limit is per instance and may change: a chunk server holds an unauthenticated
+// peer to PREAUTH_FRAME_BODY_BYTES_MAX (HELLO and AUTH are tiny) and raises the limit only once
+// the peer has proved it holds the cluster key, so strangers cannot make it buffer megabytes.
 
 import { Packr } from 'msgpackr';
 import { StorageError } from '../errors.ts';
 import { FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES_MAX, FRAME_PREFIX_BYTES } from '../limits.ts';
+
+/** The largest frame body a peer may send before it has authenticated: AUTH is about 100 bytes. */
+export const PREAUTH_FRAME_BODY_BYTES_MAX = 4 * 1024;
 import { assert } from '../util/assert.ts';
 
 // One codec instance for the wire, never shared with lmdb's (see the toolchain notes): records off,
@@ -64,11 +71,20 @@ export function writeFrame(sink: FrameSink, header: object, payload?: Buffer): b
 export class FrameReader {
   private readonly pieces: Buffer[] = [];
   private bufferedBytes = 0;
-  private readonly limitBodyBytes: number;
+  private limitBodyBytes: number;
 
   constructor(limitBodyBytes: number = FRAME_BODY_BYTES_MAX) {
-    assert(limitBodyBytes <= FRAME_BODY_BYTES_MAX, 'reader limit above the protocol limit');
-    this.limitBodyBytes = limitBodyBytes;
+    this.limitBodyBytes = checkedLimit(limitBodyBytes);
+  }
+
+  /** The largest body accepted from the next frame on. */
+  get bodyBytesMax(): number {
+    return this.limitBodyBytes;
+  }
+
+  /** Changes the limit; a frame whose prefix is already buffered is checked against the new one. */
+  setBodyBytesMax(limitBodyBytes: number): void {
+    this.limitBodyBytes = checkedLimit(limitBodyBytes);
   }
 
   push(data: Buffer): void {
@@ -150,6 +166,12 @@ export class FrameReader {
     }
     return joined;
   }
+}
+
+function checkedLimit(limitBodyBytes: number): number {
+  assert(Number.isInteger(limitBodyBytes) && limitBodyBytes > 0, 'reader limit is a positive integer');
+  assert(limitBodyBytes <= FRAME_BODY_BYTES_MAX, 'reader limit above the protocol limit');
+  return limitBodyBytes;
 }
 
 function decodeHeader(bytes: Buffer): Record<string, unknown> {

@@ -2,11 +2,59 @@
 // power cut, small files (secrets, identities, cluster descriptions) written so that a power cut
 // leaves either the old contents or the new, never an empty or half-written file, and the
 // exclusive lock files that keep a second process off a directory.
+//
+// Everything made here is private to the daemon's user (directories 0700, files 0600 unless a
+// caller asks otherwise): chunk data, journals, databases and secrets are nobody else's business,
+// and a file's mode must not depend on the umask of whoever started the daemon. Daemons also set
+// a umask of 077 at start (usePrivateUmask), which covers files that libraries create for us.
 
 import fsExt from 'fs-ext';
 import { randomBytes } from 'node:crypto';
-import { link, mkdir, open, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { chmod, link, mkdir, open, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, relative, sep } from 'node:path';
+import { StorageError } from '../errors.ts';
+
+/** Mode of every directory the daemons create: only their own user may list or enter it. */
+export const PRIVATE_DIRECTORY_MODE = 0o700;
+/** Mode of every file the daemons create unless a caller asks for another. */
+export const PRIVATE_FILE_MODE = 0o600;
+/** The umask a daemon runs with: no group or other bits on anything it or its libraries create. */
+const PRIVATE_UMASK = 0o077;
+
+/**
+ * Sets the process umask to 077 and returns the previous one. Called first thing in every
+ * daemon, so that files made by libraries (LMDB's data and lock files, backups) are private too,
+ * whatever umask the service manager or the shell passed on.
+ */
+export function usePrivateUmask(): number {
+  return process.umask(PRIVATE_UMASK);
+}
+
+/**
+ * Makes an existing directory 0700 when group or others have any access to it, and returns the
+ * mode it had (null when it was already private). A data directory made private this way also
+ * hides whatever older versions created inside it with looser modes: nobody else can reach them.
+ * A directory owned by another user cannot be changed: that is a configuration error.
+ */
+export async function makeDirectoryPrivate(path: string): Promise<number | null> {
+  const mode = (await stat(path)).mode & 0o7777;
+  if ((mode & 0o077) === 0) return null;
+  try {
+    await chmod(path, PRIVATE_DIRECTORY_MODE);
+  } catch (error) {
+    throw new StorageError(
+      'ERR_CONFIG',
+      `cannot make directory ${path} private (mode ${formatMode(mode)}, wanted 0700): ${(error as Error).message}; ` +
+        `run \`chmod 700 ${path}\` as its owner, or run the daemon as the user that owns it`,
+    );
+  }
+  return mode;
+}
+
+/** A mode as chmod takes it: 0644. */
+export function formatMode(mode: number): string {
+  return `0${(mode & 0o7777).toString(8).padStart(3, '0')}`;
+}
 
 /** fsync a directory so that files created or removed in it survive a crash. */
 export async function syncDirectory(path: string): Promise<void> {
@@ -20,10 +68,10 @@ export async function syncDirectory(path: string): Promise<void> {
 
 /**
  * mkdir -p whose new directories survive a power cut: each directory it creates is fsynced into
- * its parent. Directories that already existed are left alone.
+ * its parent. New directories are 0700; directories that already existed are left alone.
  */
 export async function mkdirDurable(path: string): Promise<void> {
-  const firstCreated = await mkdir(path, { recursive: true });
+  const firstCreated = await mkdir(path, { recursive: true, mode: PRIVATE_DIRECTORY_MODE });
   if (firstCreated === undefined) return;
   // Parents first: an entry in a directory that is itself not yet durable would vanish with it.
   const created = [firstCreated];
@@ -36,7 +84,7 @@ export async function mkdirDurable(path: string): Promise<void> {
 export interface DurableWriteOptions {
   /**
    * Permission bits of the file. Without it, a replaced file keeps its mode and a new one gets
-   * 0666 less the umask, as writeFile would give it.
+   * 0600 (PRIVATE_FILE_MODE).
    */
   readonly mode?: number;
   /**
@@ -57,12 +105,12 @@ export interface DurableWriteOptions {
 export async function writeFileDurable(path: string, data: string | Buffer, options: DurableWriteOptions = {}): Promise<void> {
   const directory = dirname(path);
   const temporary = join(directory, `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  const mode = options.mode ?? (await existingMode(path, options.exclusive === true));
+  const mode = options.mode ?? (await existingMode(path, options.exclusive === true)) ?? PRIVATE_FILE_MODE;
   try {
-    const handle = await open(temporary, 'wx', mode ?? 0o666);
+    const handle = await open(temporary, 'wx', mode & PRIVATE_FILE_MODE);
     try {
-      // Exactly the asked mode: open() applies the umask, and 0600 must not depend on it.
-      if (mode !== undefined) await handle.chmod(mode);
+      // Exactly the mode meant: open() applies the umask, and the result must not depend on it.
+      await handle.chmod(mode);
       await handle.writeFile(data);
       await handle.sync();
     } finally {
@@ -122,7 +170,7 @@ const LOCK_RETRY_MS = 100;
  * dies, and never hands it over while the holder lives.
  */
 export async function lockFile(path: string, options: FileLockOptions = {}): Promise<FileLock | { readonly heldBy: string }> {
-  const handle = await open(path, 'a+');
+  const handle = await open(path, 'a+', PRIVATE_FILE_MODE);
   const waitMs = options.waitMs ?? 0;
   const deadlineMs = Date.now() + waitMs;
   let told = false;
