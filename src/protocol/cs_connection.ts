@@ -248,6 +248,11 @@ export class CsConnection {
         return;
       }
       const entry = this.pending.get(reply.id);
+      // Id 0 is never a request's: the server closes the connection, and says why.
+      if (entry === undefined && reply.id === 0 && reply.code !== undefined) {
+        this.close(StorageError.fromWire(reply.code, `chunk server ${this.address} closed the connection: ${reply.message ?? reply.code}`));
+        return;
+      }
       if (entry === undefined) {
         this.close(new StorageError('ERR_PROTOCOL', `chunk server ${this.address} answered unknown request ${reply.id}`));
         return;
