@@ -11,7 +11,7 @@ import { CLUSTER_KEY_BYTES, clusterRestToken, readSecretFile } from '../protocol
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { MdsClient } from '../protocol/mds_client.ts';
 import { announceReady, onShutdownSignal, parseHostPort, parseIntegerFlag } from '../util/daemon.ts';
-import { systemClock } from '../util/clock.ts';
+import { systemClock, systemMonotonicClock } from '../util/clock.ts';
 import { createLogger } from '../util/log.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
 import { RateLimiter } from '../util/rate_limiter.ts';
@@ -183,7 +183,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
       tier: config.tier,
     },
     log,
-    clock: systemClock,
+    clock: systemMonotonicClock,
     partialWrites,
     clusterId: () => identity.clusterId,
     adoptCluster: async (clusterId) => {
