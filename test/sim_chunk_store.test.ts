@@ -32,7 +32,7 @@ const ECHO = process.env['SHOAL_SIM_ECHO'] === '1';
 const STORE_SEEDS = 400;
 const JOURNAL_SEEDS = 1000;
 const SCENARIO_SEEDS = 150;
-const STALE_WRITER_SEEDS = 40;
+const STALE_WRITER_SEEDS = 60;
 /** SHOAL_SIM_SEEDS scales every group: the random store run gets that many, the others in proportion. */
 const SCALE = Number(process.env['SHOAL_SIM_SEEDS'] ?? STORE_SEEDS) / STORE_SEEDS;
 const FIRST_SEED = Number(process.env['SHOAL_SIM_FIRST_SEED'] ?? 1);

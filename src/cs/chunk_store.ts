@@ -200,8 +200,9 @@ export class ChunkStore {
     assert(Number.isSafeInteger(epoch) && epoch >= 0, 'fence epochs are whole numbers');
     if (epoch > this.fenceEpoch(volumeId)) this.fences.set(volumeId, epoch);
     const older = [...(this.admitted.get(volumeId) ?? [])].filter((change) => change.epoch < epoch);
-    await Promise.all(older.map((change) => change.finished));
-    await this.recordFence(volumeId);
+    if (older.length > 0) await Promise.all(older.map((change) => change.finished));
+    // Nothing ahead of the catalog: no record to wait for (and no wait behind other volumes' records).
+    if (this.fences.has(volumeId)) await this.recordFence(volumeId);
   }
 
   /** Writes the volume's fence epoch to the catalog if it is ahead there (in order, see fenceWrites). */

@@ -168,8 +168,8 @@ async function mutate(deps: ChunkServerOptions, request: WriteRequest | ZeroRequ
 /** The body of mutate, once admitted: the local change and the forwards, and their outcome. */
 async function applyAndForward(deps: ChunkServerOptions, request: WriteRequest | ZeroRequest, payload: Buffer, meta: ChunkMeta): Promise<Reply> {
   const { store } = deps;
-  // A newer epoch fences every older writer from now on.
-  const fenced = store.raiseFence(meta.volumeId, request.epoch);
+  // A newer epoch fences every older writer from now on (still in the tick of the admission).
+  const fenced = request.epoch > store.fenceEpoch(meta.volumeId) ? store.raiseFence(meta.volumeId, request.epoch) : Promise.resolve();
   const local =
     request.op === CS_OP.WRITE
       ? store.write(meta.chunkId, request.version, request.offsetBytes, payload)
