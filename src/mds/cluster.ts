@@ -674,9 +674,12 @@ export class Cluster {
    * acknowledges once no change of an older writer can land there any more. A server that cannot
    * be told must be known to have stopped writing: chunk servers stop taking writes once they have
    * not heard from the MDS for a heartbeat timeout, so one offline for longer than that (here:
-   * twice, for margin) is safe. For a server that failed the fence (it died or froze moments ago)
-   * the fence waits until it is that far away, when that is near (FENCE_WAIT_MS_MAX), trying it
-   * again meanwhile; otherwise, or if it keeps heartbeating, the fence fails (try again later).
+   * twice, for margin) is safe. So is one whose address refuses connections: no process of it
+   * runs, the old writer's connections to it died with it, and one started later registers,
+   * which loads the new epoch, before it takes a write. For a server that failed the fence
+   * otherwise (frozen, cut off, or dead moments ago with its host) the fence waits until it is
+   * far enough away, when that is near (FENCE_WAIT_MS_MAX), trying it again meanwhile; otherwise,
+   * or if it keeps heartbeating, the fence fails (try again later).
    */
   async fenceVolume(volume: VolumeRecord): Promise<void> {
     const startedMs = this.clock.nowMs();
@@ -684,7 +687,10 @@ export class Cluster {
     for (let round = 0; ; round += 1) {
       const results = await Promise.allSettled(pending.map((server) => this.io.fence(server.id, volume.id, volume.epoch)));
       const nowMs = this.clock.nowMs();
-      pending = pending.filter((server, index) => results[index]?.status === 'rejected' && !this.awayLongEnough(server.id, nowMs));
+      pending = pending.filter((server, index) => {
+        const result = results[index];
+        return result?.status === 'rejected' && !refusedConnection(result.reason) && !this.awayLongEnough(server.id, nowMs);
+      });
       if (pending.length === 0) return;
       const waitMs = Math.max(...pending.map((server) => this.awayInMs(server.id, nowMs)));
       if (nowMs + waitMs > startedMs + FENCE_WAIT_MS_MAX) {
@@ -712,6 +718,15 @@ export class Cluster {
     const silentMs = this.registry.heartbeatAgeMs(csId, nowMs) ?? 0;
     return Math.max(0, this.config.heartbeatTimeoutMs - silentMs) + marginMs;
   }
+}
+
+/**
+ * The chunk server's address refused the connection: nothing listens there. Read from the
+ * message, which carries the system's error code; a message without it counts as not refused,
+ * which only makes a fence wait longer.
+ */
+function refusedConnection(error: unknown): boolean {
+  return error instanceof StorageError && error.code === 'ERR_UNAVAILABLE' && /\bECONNREFUSED\b/.test(error.message);
 }
 
 function sum(values: readonly number[]): number {
