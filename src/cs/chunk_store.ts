@@ -222,8 +222,9 @@ export class ChunkStore {
    * Runs `change`, a client's WRITE or ZERO to `volumeId` under lease `epoch` (its local write and
    * its forwards), unless a newer epoch has fenced that writer (ERR_LEASE_FENCED). The check and
    * the registration in flight happen in one synchronous step, so a raiseFence either comes
-   * before (the change is refused) or waits for the change to finish. `change` must not take
-   * long beyond its own I/O: a takeover waits for it.
+   * before (the change is refused) or waits for the change to finish. A takeover waits for
+   * `change`, so it must be bounded: its I/O, its forwards (the peer timeout) and, when members
+   * refused it as fenced, its report to the MDS (the MDS client's timeout).
    */
   async admitChange<T>(volumeId: number, epoch: number, change: () => Promise<T>): Promise<T> {
     const fence = this.fenceEpoch(volumeId);
