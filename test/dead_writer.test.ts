@@ -39,8 +39,11 @@ t.test('a writer killed mid-write leaves no member different', async (t) => {
 
   const primaryMetrics = Number(cluster.chunkServers[primaryIndex]?.ready['metricsPort']);
   const writtenBefore = await metricValue(primaryMetrics, 'shoal_cs_written_bytes_total');
+  // The writer opens the volume first (every write open fences every chunk server, which a frozen
+  // one cannot answer), then the member freezes, then the write comes.
+  const writer = run('qemu-io', ['-f', 'raw', '-c', 'sleep 3000', '-c', 'write -P 0xab 0 64k', uri], { timeoutMs: 30_000 });
+  t.ok(await eventually(async () => (await cluster.admin.getVolume(VOLUME)).lease !== null, 10_000), 'the writer opened the volume');
   cluster.chunkServers[missingIndex]?.kill('SIGSTOP');
-  const writer = run('qemu-io', ['-f', 'raw', '-c', 'write -P 0xab 0 64k', uri], { timeoutMs: 30_000 });
   // Once the primary has applied the write itself, its forward to the frozen member hangs: the
   // writer dies now, before the primary can answer it.
   const applied = await eventually(async () => (await metricValue(primaryMetrics, 'shoal_cs_written_bytes_total')) > writtenBefore, 20_000);

@@ -11,6 +11,9 @@
 // damage: each record knows its position in its batch (see journal.ts), and these groups check
 // that replay tells it from a record lost after it was durable.
 //
+// Stale writers (test/sim/fence_sim.ts): the request handlers on the store, a lease taken over
+// while the old holder's changes wait for locks and syncs; none may land after the takeover.
+//
 // A failing seed prints SEED=<n> and the command that reruns just that seed (in every group):
 //   SHOAL_SIM_SEED=<n> npx tap build/test/sim_chunk_store.test.js
 // More seeds than the suite runs (e.g. overnight), from a given first seed:
@@ -29,6 +32,7 @@ const ECHO = process.env['SHOAL_SIM_ECHO'] === '1';
 const STORE_SEEDS = 400;
 const JOURNAL_SEEDS = 1000;
 const SCENARIO_SEEDS = 150;
+const STALE_WRITER_SEEDS = 60;
 /** SHOAL_SIM_SEEDS scales every group: the random store run gets that many, the others in proportion. */
 const SCALE = Number(process.env['SHOAL_SIM_SEEDS'] ?? STORE_SEEDS) / STORE_SEEDS;
 const FIRST_SEED = Number(process.env['SHOAL_SIM_FIRST_SEED'] ?? 1);
@@ -214,6 +218,13 @@ t.test('a chunk sync that fails while the journal replays keeps the journal', as
   const results = await group(t, 'sync fails during replay', 'syncFailsDuringReplay', SCENARIO_SEEDS);
   const fired = seedsWith(results, 'injectedFaultFired').length;
   t.ok(fired >= results.length * 0.9 || ONLY !== undefined, `the injected fault fired in ${fired} of ${results.length} seeds`);
+});
+
+t.test('stale writers: no change of a fenced holder lands after the takeover was acknowledged', async (t) => {
+  const results = await group(t, 'stale writers', 'staleWriters', STALE_WRITER_SEEDS);
+  const raced = seedsWith(results, 'inFlightAtTakeover').length;
+  // The race must really happen: changes of the old holder still in flight when the takeover came.
+  t.ok(raced >= results.length * 0.5 || ONLY !== undefined, `${raced} of ${results.length} seeds had changes of the old holder in flight at the takeover`);
 });
 
 t.test('the same seed runs the same way', async (t) => {

@@ -7,9 +7,17 @@
 // differ at that version, and must agree from the next). At the end, liveness:
 // with every server back, recovery brings every chunk to its normal replica count.
 //
+// Stale writers: a takeover fences the servers one by one while the old holder's write reaches a
+// primary not yet fenced; members already fenced refuse it. The primary reports through the real
+// reporter (src/cs/partial_writes.ts) and the MDS settles as Cluster.reportPartialWrite does: no
+// member may be dropped for refusing, and the fenced value must not survive anywhere (it is never
+// acknowledged), unless no member that refused it could be reached to copy from (counted apart).
+//
 // A failure prints the seed; replay one with SIM_SEED=<seed> (and SIM_STEPS=<n>).
 
 import t from 'tap';
+import { PartialWriteReporter } from '../src/cs/partial_writes.ts';
+import type { PartialWriteBody } from '../src/protocol/api.ts';
 import { seededRandom } from '../src/util/clock.ts';
 import { BLOCK, BLOCKS_PER_CHUNK, SimWorld } from './sim/world.ts';
 
@@ -18,6 +26,7 @@ const STEPS = Number(process.env['SIM_STEPS'] ?? 150);
 const SERVERS = 5;
 const CHUNKS = 6;
 const REPLACE_AFTER_MS = 10_000;
+const silentLog = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
 
 /** What a block may hold: the last acknowledged value, plus values written later but not acknowledged. */
 type Allowed = Map<string, Set<number>>;
@@ -77,6 +86,100 @@ class Writer {
     } catch {
       // no member reachable: recorded in doubt for the planner
     }
+  }
+
+  /** Lease epoch of the current holder, and each server's fence (what it refuses below). */
+  epoch = 1;
+  readonly fences = new Map<number, number>();
+  staleWrites = 0;
+  /** Stale writes refused by some member: the fenced value was applied somewhere and must go. */
+  staleRefused = 0;
+  /** ... but no member that refused it could be reached to settle from: the value may stay. */
+  staleKeptNoCleanMember = 0;
+  droppedForRefusing = 0;
+
+  /**
+   * A takeover (epoch + 1) fences the online servers in a random order; between two fences the old
+   * holder's write reaches the chunk's primary. See the header.
+   */
+  async staleWrite(chunkIndex: number, block: number): Promise<void> {
+    const { world } = this;
+    const entry = world.tables.getChunk(world.volumeId, chunkIndex);
+    const stale = this.epoch;
+    this.epoch += 1;
+    const order = world.servers.filter((server) => server.online).map((server) => server.id);
+    for (let i = order.length - 1; i > 0; i -= 1) {
+      const j = Math.floor(world.random() * (i + 1));
+      [order[i], order[j]] = [order[j]!, order[i]!];
+    }
+    const fencedFirst = Math.floor(world.random() * (order.length + 1));
+    for (const csId of order.slice(0, fencedFirst)) this.fences.set(csId, this.epoch);
+    if (entry !== undefined && entry.replicas.length >= 2) await this.staleChange(entry.chunkId, chunkIndex, block, stale);
+    for (const csId of order.slice(fencedFirst)) this.fences.set(csId, this.epoch);
+  }
+
+  private async staleChange(chunkId: number, chunkIndex: number, block: number, epoch: number): Promise<void> {
+    const { world } = this;
+    const entry = world.tables.getChunk(world.volumeId, chunkIndex);
+    if (entry === undefined) return;
+    const [primary, ...others] = entry.replicas;
+    const refusal = (csId: number): string | null => {
+      const server = world.server(csId);
+      const replica = server.replicas.get(chunkId);
+      if (!server.online) return 'ERR_UNAVAILABLE';
+      if ((this.fences.get(csId) ?? 0) > epoch) return 'ERR_LEASE_FENCED';
+      if (replica === undefined) return 'ERR_CHUNK_NOT_FOUND';
+      if (replica.version !== entry.version) return 'ERR_CHUNK_VERSION';
+      return null;
+    };
+    if (primary === undefined || refusal(primary) !== null) return; // refused before anything was applied
+    this.staleWrites += 1;
+    const value = this.nextValue;
+    this.nextValue += 1;
+    const apply = (csId: number): void => {
+      const replica = world.server(csId).replicas.get(chunkId);
+      replica?.blocks.set(block, value);
+      replica?.changes?.add(block);
+    };
+    apply(primary);
+    const peers = others.map((csId) => {
+      const code = refusal(csId);
+      if (code === null) apply(csId);
+      return { csId, code };
+    });
+    const key = `${chunkIndex}:${block}`;
+    const refused = peers.filter((peer) => peer.code === 'ERR_LEASE_FENCED').map((peer) => peer.csId);
+    if (refused.length === 0) {
+      // Nobody knew of the takeover yet: an ordinary write of the old holder, before it.
+      const failed = peers.some((peer) => peer.code !== null);
+      this.allowed.set(key, failed ? new Set([...(this.allowed.get(key) ?? new Set([0])), value]) : new Set([value]));
+      if (!failed) this.acked += 1;
+    } else {
+      this.staleRefused += 1;
+    }
+    // The primary reports and waits for the MDS before its own fence is acknowledged.
+    const reporter = new PartialWriteReporter({ send: (report) => this.settleReport(report), csId: () => primary, log: silentLog });
+    await reporter.consider({
+      volumeId: world.volumeId, chunkIndex, chunkId, version: entry.version, offsetBytes: block * BLOCK, lengthBytes: BLOCK, localCode: null, peers,
+    });
+    if (refused.length === 0) return;
+    const after = world.tables.getChunk(world.volumeId, chunkIndex);
+    this.droppedForRefusing += refused.filter((csId) => after !== undefined && !after.replicas.includes(csId) && world.server(csId).online).length;
+    if (after === undefined || refused.every((csId) => !after.replicas.includes(csId) && !world.server(csId).online)) {
+      // Every member that refused it went down before it could be sealed: nothing clean to copy from.
+      this.staleKeptNoCleanMember += 1;
+      this.allowed.set(key, new Set([...(this.allowed.get(key) ?? new Set([0])), value]));
+    }
+  }
+
+  /** What Cluster.reportPartialWrite does with a primary's report. */
+  private async settleReport(report: PartialWriteBody): Promise<void> {
+    const chunk = this.world.tables.getChunk(report.volumeId, report.chunkIndex);
+    if (chunk === undefined || chunk.version !== report.version) return;
+    await this.world.replicator.drop(report.volumeId, report.chunkIndex, report.failedCsIds, {
+      expectedVersion: report.version, inDoubt: { offsetBytes: report.offsetBytes, lengthBytes: report.lengthBytes },
+      preferredSources: report.cleanCsIds ?? [], reason: 'sim primary report',
+    });
   }
 
   /** One guest write, as the client library does it: send to every member, on failure report and retry. */
@@ -175,7 +278,20 @@ async function recover(world: SimWorld): Promise<number> {
   return actions.length;
 }
 
-async function runSeed(seed: number, steps: number): Promise<{ problem: string | null; acked: number }> {
+interface SeedOutcome {
+  readonly problem: string | null;
+  readonly acked: number;
+  readonly stale: { writes: number; refused: number; keptNoCleanMember: number; droppedForRefusing: number };
+}
+
+function outcome(problem: string | null, writer: Writer): SeedOutcome {
+  return {
+    problem, acked: writer.acked,
+    stale: { writes: writer.staleWrites, refused: writer.staleRefused, keptNoCleanMember: writer.staleKeptNoCleanMember, droppedForRefusing: writer.droppedForRefusing },
+  };
+}
+
+async function runSeed(seed: number, steps: number): Promise<SeedOutcome> {
   const random = seededRandom(seed);
   const world = new SimWorld(random, SERVERS);
   const writer = new Writer(world);
@@ -185,7 +301,8 @@ async function runSeed(seed: number, steps: number): Promise<{ problem: string |
     const pick = (list: number[]): number | undefined => list[Math.floor(random() * list.length)];
     const online = world.servers.filter((s) => s.online).map((s) => s.id);
     const offline = world.servers.filter((s) => !s.online).map((s) => s.id);
-    if (roll < 0.42) await writer.write(Math.floor(random() * CHUNKS), Math.floor(random() * BLOCKS_PER_CHUNK));
+    if (roll < 0.40) await writer.write(Math.floor(random() * CHUNKS), Math.floor(random() * BLOCKS_PER_CHUNK));
+    else if (roll < 0.42) await writer.staleWrite(Math.floor(random() * CHUNKS), Math.floor(random() * BLOCKS_PER_CHUNK));
     else if (roll < 0.45) await writer.dieMidWrite(Math.floor(random() * CHUNKS), Math.floor(random() * BLOCKS_PER_CHUNK), random() < 0.5 && online.length > 2);
     else if (roll < 0.55 && online.length > 2) world.crash(pick(online) ?? 0);
     else if (roll < 0.65 && offline.length > 0) world.revive(pick(offline) ?? 0);
@@ -194,9 +311,9 @@ async function runSeed(seed: number, steps: number): Promise<{ problem: string |
     else world.nowMs += Math.floor(random() * REPLACE_AFTER_MS);
     if (random() < 0.5) world.refreshMdsView();
     const problem = checkSafety(world, writer);
-    if (problem !== null) return { problem: `step ${step}: ${problem}`, acked: writer.acked };
+    if (problem !== null) return outcome(`step ${step}: ${problem}`, writer);
   }
-  return { problem: await checkLiveness(world, writer), acked: writer.acked };
+  return outcome(await checkLiveness(world, writer), writer);
 }
 
 async function drainOrActivate(world: SimWorld, csId: number, random: () => number): Promise<void> {
@@ -232,16 +349,21 @@ t.test('replication and recovery stay safe and converge over many seeds', async 
   const only = process.env['SIM_SEED'];
   const seeds = only === undefined ? Array.from({ length: SEEDS }, (_, i) => i + 1) : [Number(only)];
   let acked = 0;
+  const stale = { writes: 0, refused: 0, keptNoCleanMember: 0, droppedForRefusing: 0 };
   const failures: string[] = [];
   for (const seed of seeds) {
     const result = await runSeed(seed, STEPS);
     acked += result.acked;
+    for (const key of Object.keys(stale) as Array<keyof typeof stale>) stale[key] += result.stale[key];
     if (result.problem !== null) {
       failures.push(`SEED=${seed}: ${result.problem}\n  replay: SIM_SEED=${seed} SIM_STEPS=${STEPS} npx tap build/test/sim_recovery.test.js`);
     }
   }
   t.same(failures.slice(0, 5), [], `${seeds.length} seeds, ${acked} acknowledged writes, ${failures.length} failing`);
   t.ok(acked > seeds.length * 10, 'the seeds did real work');
+  t.comment(`stale writes: ${JSON.stringify(stale)}`);
+  t.equal(stale.droppedForRefusing, 0, 'no member that refused a fenced write was dropped for it');
+  t.ok(stale.refused > 0 || only !== undefined, `stale writes refused by some members happened (${stale.refused})`);
 });
 
 t.test('the checker catches a lost write (it is not vacuous)', async (t) => {

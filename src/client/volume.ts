@@ -336,6 +336,9 @@ export class Volume implements BlockDevice {
     const { reply } = response;
     if (reply.code === undefined) return { kind: 'done' };
     const error = StorageError.fromWire(reply.code, `chunk server ${primary.csId}: ${reply.message ?? ''}`);
+    // A member that refused the change as fenced did not fail: this client's lease is gone.
+    const fenced = reply.failedReplicas?.find((failure) => failure.code === 'ERR_LEASE_FENCED');
+    if (fenced !== undefined) return { kind: 'fatal', error: new StorageError('ERR_LEASE_FENCED', `chunk server ${fenced.csId}: ${fenced.message}`) };
     if (reply.failedReplicas !== undefined && reply.failedReplicas.length > 0) {
       const detail = reply.failedReplicas.map((f) => `${f.csId}: ${f.code} ${f.message}`).join('; ');
       return { kind: 'failed', failedCsIds: reply.failedReplicas.map((failure) => failure.csId),

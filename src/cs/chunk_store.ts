@@ -8,6 +8,11 @@
 //                                (the layout: block_sums.ts).
 //   meta/                        the catalog (LMDB): chunkId -> ChunkMeta, volumeId -> fence epoch
 //
+// Fences: a volume's fence epoch (the newest writer's lease epoch this server knows) is raised in
+// memory at once and recorded in the catalog after. Client changes are admitted against it and
+// tracked in flight per volume (admitChange), and raising a fence waits for the admitted changes
+// of older epochs to finish: once a FENCE is acknowledged, no change of a fenced writer lands.
+//
 // Invariants: a written block's checksum matches its bytes (checked on every read, and on the
 // edge blocks of a partial write before they are merged, so a bad block is never re-blessed with
 // a fresh checksum); a replica's version only grows; a change reaches the journal while its block
@@ -73,6 +78,12 @@ export const REAL_STORE_ENV: Pick<ChunkStoreOptions, 'disk' | 'clock' | 'openCat
   openCatalog: (path) => LmdbCatalog.open(path),
 };
 
+/** A client change admitted past the fence check, until it has landed or failed. */
+interface AdmittedChange {
+  readonly epoch: number;
+  readonly finished: Promise<void>;
+}
+
 /**
  * How a change is checked and recorded: live changes carry the writer's version (null for a
  * replica being filled) and go through the journal; replayed ones come from the journal.
@@ -102,6 +113,15 @@ export class ChunkStore {
   /** Set when start-up found data it could not restore; reported as unhealthy to the MDS. */
   damage: string | null = null;
   private lastWriteError: { message: string; atMs: number } | null = null;
+  /**
+   * Fence epochs raised in this run and not yet in the catalog: a raise takes effect here at once,
+   * before its record is written. An entry leaves once the catalog holds as much.
+   */
+  private readonly fences = new Map<number, number>();
+  /** Fence records are written one at a time, in order, so a lower epoch never lands last. */
+  private fenceWrites: Promise<void> = Promise.resolve();
+  /** Per volume, the client changes admitted and not finished (bounded by the requests in flight). */
+  private readonly admitted = new Map<number, Set<AdmittedChange>>();
   /**
    * False when the previous run did not stop cleanly (a crash, a power cut, a kill): it may have
    * died while forwarding a write, leaving members of a chunk different, so the MDS compares them.
@@ -166,13 +186,76 @@ export class ChunkStore {
   }
 
   fenceEpoch(volumeId: number): number {
-    return this.catalog.getFence(volumeId);
+    return Math.max(this.fences.get(volumeId) ?? 0, this.catalog.getFence(volumeId));
   }
 
-  /** Records that writers of `volumeId` below `epoch` are fenced. Epochs only grow. */
+  /**
+   * Fences writers of `volumeId` below `epoch`: from this call on (synchronously) their changes are
+   * refused; the returned promise resolves once every change of theirs admitted before has
+   * finished (landed or failed) and the fence is recorded. A FENCE is acknowledged only then, so a
+   * change that passed the check but still waited (for the block lock, for the journal) can never
+   * land after the takeover was acknowledged. Epochs only grow.
+   */
   async raiseFence(volumeId: number, epoch: number): Promise<void> {
-    if (epoch <= this.fenceEpoch(volumeId)) return;
-    await this.catalog.putFence(volumeId, epoch);
+    assert(Number.isSafeInteger(epoch) && epoch >= 0, 'fence epochs are whole numbers');
+    if (epoch > this.fenceEpoch(volumeId)) this.fences.set(volumeId, epoch);
+    const older = [...(this.admitted.get(volumeId) ?? [])].filter((change) => change.epoch < epoch);
+    if (older.length > 0) await Promise.all(older.map((change) => change.finished));
+    // Nothing ahead of the catalog: no record to wait for (and no wait behind other volumes' records).
+    if (this.fences.has(volumeId)) await this.recordFence(volumeId);
+  }
+
+  /** Writes the volume's fence epoch to the catalog if it is ahead there (in order, see fenceWrites). */
+  private recordFence(volumeId: number): Promise<void> {
+    const write = this.fenceWrites.then(async () => {
+      const epoch = this.fences.get(volumeId);
+      if (epoch === undefined) return;
+      if (epoch > this.catalog.getFence(volumeId)) await this.catalog.putFence(volumeId, epoch);
+      // Raised again meanwhile? Then that raise's own write records it.
+      if (this.fences.get(volumeId) === epoch) this.fences.delete(volumeId);
+    });
+    this.fenceWrites = write.catch(() => undefined);
+    return write;
+  }
+
+  /**
+   * Runs `change`, a client's WRITE or ZERO to `volumeId` under lease `epoch` (its local write and
+   * its forwards), unless a newer epoch has fenced that writer (ERR_LEASE_FENCED). The check and
+   * the registration in flight happen in one synchronous step, so a raiseFence either comes
+   * before (the change is refused) or waits for the change to finish. A takeover waits for
+   * `change`, so it must be bounded: its I/O, its forwards (the peer timeout) and, when members
+   * refused it as fenced, its report to the MDS (the MDS client's timeout).
+   */
+  async admitChange<T>(volumeId: number, epoch: number, change: () => Promise<T>): Promise<T> {
+    const fence = this.fenceEpoch(volumeId);
+    if (epoch < fence) {
+      throw new StorageError(
+        'ERR_LEASE_FENCED',
+        `write to volume ${volumeId} carries lease epoch ${epoch}, but epoch ${fence} has taken over`,
+      );
+    }
+    let finish!: () => void;
+    const admitted: AdmittedChange = { epoch, finished: new Promise<void>((resolve) => (finish = resolve)) };
+    let inFlight = this.admitted.get(volumeId);
+    if (inFlight === undefined) {
+      inFlight = new Set();
+      this.admitted.set(volumeId, inFlight);
+    }
+    inFlight.add(admitted);
+    try {
+      return await change();
+    } finally {
+      inFlight.delete(admitted);
+      if (inFlight.size === 0 && this.admitted.get(volumeId) === inFlight) this.admitted.delete(volumeId);
+      finish();
+    }
+  }
+
+  /** Changes admitted and not finished, all volumes (for tests and metrics). */
+  get admittedCount(): number {
+    let count = 0;
+    for (const inFlight of this.admitted.values()) count += inFlight.size;
+    return count;
   }
 
   /**
@@ -221,7 +304,7 @@ export class ChunkStore {
     return this.catalog.listVolumeIds().slice(0, limit).map((volumeId) => ({
       volumeId,
       description: this.catalog.getVolume(volumeId) ?? null,
-      fenceEpoch: this.catalog.getFence(volumeId),
+      fenceEpoch: this.fenceEpoch(volumeId),
     }));
   }
 

@@ -210,7 +210,12 @@ function checkRange(meta: ChunkMeta, offsetBytes: number, lengthBytes: number): 
   }
 }
 
-/** WRITE and ZERO: check, apply locally and on the forwarded replicas in parallel, report both. */
+/**
+ * WRITE and ZERO: check, apply locally and on the forwarded replicas in parallel, report both.
+ * The lease check and the registration of the change in flight are one synchronous step
+ * (ChunkStore.admitChange): a FENCE for this volume then waits until the change has finished,
+ * forwards included.
+ */
 async function mutate(deps: ChunkServerOptions, request: WriteRequest | ZeroRequest, payload: Buffer): Promise<Reply> {
   const { store } = deps;
   const blocked = deps.writeBlocker();
@@ -220,38 +225,52 @@ async function mutate(deps: ChunkServerOptions, request: WriteRequest | ZeroRequ
     throw new StorageError('ERR_INVALID_ARGUMENT', `chunk ${meta.chunkId} belongs to volume ${meta.volumeId}, not ${request.volumeId}`);
   }
   checkRange(meta, request.offsetBytes, request.lengthBytes);
-  const fence = store.fenceEpoch(meta.volumeId);
-  if (request.epoch < fence) {
-    throw new StorageError(
-      'ERR_LEASE_FENCED',
-      `write to volume ${meta.volumeId} carries lease epoch ${request.epoch}, but epoch ${fence} has taken over`,
-    );
-  }
-  // A newer epoch fences every older writer from now on.
-  const fenced = store.raiseFence(meta.volumeId, request.epoch);
+  return store.admitChange(meta.volumeId, request.epoch, () => applyAndForward(deps, request, payload, meta));
+}
+
+/** The body of mutate, once admitted: the local change and the forwards, and their outcome. */
+async function applyAndForward(deps: ChunkServerOptions, request: WriteRequest | ZeroRequest, payload: Buffer, meta: ChunkMeta): Promise<Reply> {
+  const { store } = deps;
+  // A newer epoch fences every older writer from now on (still in the tick of the admission).
+  const fenced = request.epoch > store.fenceEpoch(meta.volumeId) ? store.raiseFence(meta.volumeId, request.epoch) : Promise.resolve();
   const local =
     request.op === CS_OP.WRITE
       ? store.write(meta.chunkId, request.version, request.offsetBytes, payload)
       : store.zero(meta.chunkId, request.version, request.offsetBytes, request.lengthBytes);
   const forwarded = request.forward.map((target) => forward(deps, request, target, payload));
   const [localResult, ...peerResults] = await Promise.allSettled([Promise.all([local, fenced]), ...forwarded]);
-  const failedReplicas = peerResults.flatMap((result) => (result.status === 'fulfilled' && result.value !== null ? [result.value] : []));
+  const peerFailures = peerResults.flatMap((result) => (result.status === 'fulfilled' && result.value !== null ? [result.value] : []));
   const localError = localResult?.status === 'rejected' ? asStorageError(localResult.reason) : null;
-  if (localError !== null || failedReplicas.length > 0) {
-    deps.partialWrites.consider({
+  // A member that refuses the change as fenced knows a newer writer than this server did: the
+  // change is the fenced writer's, not a failure of that member. Nobody leaves the set over it.
+  const refusedAsFenced = peerFailures.filter((failure) => failure.code === 'ERR_LEASE_FENCED');
+  if (localError !== null || peerFailures.length > 0) {
+    const reported = deps.partialWrites.consider({
       volumeId: meta.volumeId, chunkIndex: meta.chunkIndex, chunkId: meta.chunkId, version: request.version,
       offsetBytes: request.offsetBytes, lengthBytes: request.lengthBytes,
       localCode: localError?.code ?? null,
-      peers: request.forward.map((target) => ({ csId: target.csId, code: failedReplicas.find((f) => f.csId === target.csId)?.code ?? null })),
+      peers: request.forward.map((target) => ({ csId: target.csId, code: peerFailures.find((f) => f.csId === target.csId)?.code ?? null })),
     });
+    // This replica may hold the fenced writer's bytes. The MDS makes the members equal from one
+    // that refused them before this change counts as finished, so the FENCE that waits for it
+    // is acknowledged only once those bytes are gone (and the new writer never reads them).
+    if (refusedAsFenced.length > 0) await reported;
+  }
+  if (refusedAsFenced.length > 0) {
+    const refusers = refusedAsFenced.map((failure) => failure.csId).join(', ');
+    const error = new StorageError(
+      'ERR_LEASE_FENCED',
+      `write to volume ${meta.volumeId} with lease epoch ${request.epoch} was refused by chunk servers ${refusers}: a newer writer has taken over`,
+    );
+    return { reply: errorReply(request.id, error) };
   }
   if (localError !== null) {
-    return { reply: errorReply(request.id, localError, failedReplicas.length > 0 ? { failedReplicas } : {}) };
+    return { reply: errorReply(request.id, localError, peerFailures.length > 0 ? { failedReplicas: peerFailures } : {}) };
   }
-  const firstFailure = failedReplicas[0];
+  const firstFailure = peerFailures[0];
   if (firstFailure !== undefined) {
     const message = `replica on chunk server ${firstFailure.csId} failed: ${firstFailure.message}`;
-    return { reply: errorReply(request.id, new StorageError(firstFailure.code, message), { failedReplicas }) };
+    return { reply: errorReply(request.id, new StorageError(firstFailure.code, message), { failedReplicas: peerFailures }) };
   }
   return ok(request.id);
 }

@@ -15,7 +15,7 @@ import { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { MdsClient } from '../protocol/mds_client.ts';
 import { announceReady, onShutdownSignal, parseHostPort, parseIntegerFlag } from '../util/daemon.ts';
 import { formatMode, usePrivateUmask } from '../util/fs.ts';
-import { systemClock } from '../util/clock.ts';
+import { systemClock, systemMonotonicClock } from '../util/clock.ts';
 import { createLogger } from '../util/log.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
 import { RateLimiter } from '../util/rate_limiter.ts';
@@ -224,7 +224,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
       tier: config.tier,
     },
     log,
-    clock: systemClock,
+    clock: systemMonotonicClock,
     partialWrites,
     revoke: (hypervisorId, issuedBeforeMs) => server.revoke(hypervisorId, issuedBeforeMs),
     clusterId: () => identity.clusterId,

@@ -3,11 +3,18 @@
 // interval. The server keeps serving reads while the MDS is away, but it takes writes only while
 // the link is fresh: a server cut off from the MDS longer than the heartbeat timeout may have
 // missed a fence (a forced takeover of a volume), so it stops writing until it registers again.
+//
+// The fresh window starts when the request that the MDS answered was SENT, not when its reply
+// came back: the MDS counted this server alive from the moment it received the request, and a
+// reply delayed on the way (a congested link, a paused process) must not stretch the window past
+// what the MDS believes, or a server the MDS already left out of a fence would take the fenced
+// writer's writes. The window is measured on a monotonic clock, which a wall-clock step cannot
+// stretch either.
 
 import { StorageError, isStorageError } from '../errors.ts';
 import type { RegisterChunkServerBody } from '../protocol/api.ts';
 import type { MdsClient } from '../protocol/mds_client.ts';
-import type { Clock } from '../util/clock.ts';
+import type { MonotonicClock } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
 import type { ChunkStore } from './chunk_store.ts';
 import type { DiskUsage } from './disk_usage.ts';
@@ -21,7 +28,8 @@ export interface MdsLinkOptions {
   readonly store: ChunkStore;
   readonly registration: Omit<RegisterChunkServerBody, 'capacityBytes' | 'freeBytes' | 'usedBytes' | 'chunkCount' | 'healthy' | 'lastError'>;
   readonly log: Logger;
-  readonly clock: Clock;
+  /** Measures the fresh window; monotonic, so that a wall-clock step cannot stretch it. */
+  readonly clock: MonotonicClock;
   readonly usage: DiskUsage;
   /**
    * Checks the MDS's cluster id against the one this directory joined (recording it on the first
@@ -42,7 +50,10 @@ export class MdsLink {
   private csId: number | null = null;
   private heartbeatIntervalMs = 1_000;
   private heartbeatTimeoutMs = 5_000;
-  /** When the MDS last answered; fences are known to be current until this plus the timeout. */
+  /**
+   * When the last request the MDS answered was sent (monotonic): fences are known to be current
+   * until this plus the heartbeat timeout.
+   */
   private lastContactMs: number | null = null;
   private stopped = false;
   private timer: NodeJS.Timeout | null = null;
@@ -70,7 +81,7 @@ export class MdsLink {
     if (this.csId === null || this.lastContactMs === null) {
       return new StorageError('ERR_UNAVAILABLE', 'chunk server has not registered with the MDS yet: it takes no writes');
     }
-    const silentMs = this.options.clock.nowMs() - this.lastContactMs;
+    const silentMs = Math.round(this.options.clock.monotonicMs() - this.lastContactMs);
     if (silentMs > this.heartbeatTimeoutMs) {
       return new StorageError('ERR_UNAVAILABLE', `chunk server lost the MDS ${silentMs} ms ago: it takes no writes until it is back`);
     }
@@ -100,11 +111,15 @@ export class MdsLink {
       const report = await this.report();
       if (this.options.partialWrites.takeLost()) this.divergencePossible = true;
       const divergencePossible = this.divergencePossible;
+      // Taken before the request leaves: the MDS cannot have counted us alive any earlier.
+      const sentMs = this.options.clock.monotonicMs();
       // After losing contact, register again: that reloads fences set while we were away.
       if (this.csId === null || this.writeBlocker() !== null) await this.register(report, divergencePossible);
       else await this.options.mds.heartbeat({ csId: this.csId, uuid: this.options.registration.uuid, divergencePossible, ...report });
       if (divergencePossible) this.divergencePossible = false;
-      this.lastContactMs = this.options.clock.nowMs();
+      // A reply that took longer than the timeout leaves the window closed: the next beat then
+      // registers again and reloads the fences the MDS may have set meanwhile without us.
+      this.lastContactMs = sentMs;
       this.retryDelayMs = RETRY_MS_MIN;
       return this.heartbeatIntervalMs;
     } catch (error) {

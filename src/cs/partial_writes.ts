@@ -3,6 +3,12 @@
 // members would be left holding different bytes at one version; so the primary tells the MDS too.
 // Fire and forget, bounded: past REPORTS_INFLIGHT_MAX the report is not sent (and counted), which
 // leaves the writer's report and the compare-on-return as the safety nets.
+//
+// A member that refused the change as fenced (ERR_LEASE_FENCED) did not fail: it knew of a newer
+// writer than the primary did, and the change is a fenced writer's. Such a report names nobody as
+// failed; it names the members that refused (clean: they never held the change), and the MDS makes
+// the members equal copying from one of them, so the fenced bytes leave the members that took
+// them instead of spreading to the others.
 
 import { isStorageError } from '../errors.ts';
 import type { PartialWriteBody } from '../protocol/api.ts';
@@ -46,36 +52,18 @@ export class PartialWriteReporter {
 
   /**
    * Reports the change if members may now differ: some failed, and not every failure is a plain
-   * refusal on every member (where nothing was applied anywhere).
+   * refusal on every member (where nothing was applied anywhere). Resolves once the report is
+   * answered, failed or skipped (never rejects); a caller may wait for the MDS to have settled it.
    */
-  consider(outcome: ChangeOutcome): void {
-    const csId = this.options.csId();
-    const results = [{ csId: csId ?? -1, code: outcome.localCode }, ...outcome.peers];
-    const failed = results.filter((result) => result.code !== null);
-    if (failed.length === 0) return;
-    const applied = failed.length < results.length;
-    if (!applied && failed.every((result) => REFUSALS.has(result.code ?? ''))) return;
-    if (csId === null || this.inflight >= REPORTS_INFLIGHT_MAX) {
-      this.stats.skippedTotal += 1;
-      this.lost = true;
-      this.options.log.error('a change incomplete on members could not be reported to the MDS', {
-        chunkId: outcome.chunkId, why: csId === null ? 'not registered' : 'too many reports in flight',
-      });
-      return;
+  consider(outcome: ChangeOutcome): Promise<void> {
+    const report = this.reportFor(outcome);
+    if (report === null) return Promise.resolve();
+    if (this.inflight >= REPORTS_INFLIGHT_MAX) {
+      this.skip(outcome, 'too many reports in flight');
+      return Promise.resolve();
     }
-    const report: PartialWriteBody = {
-      csId,
-      volumeId: outcome.volumeId,
-      chunkIndex: outcome.chunkIndex,
-      chunkId: outcome.chunkId,
-      version: outcome.version,
-      failedCsIds: failed.map((result) => result.csId).slice(0, 16),
-      offsetBytes: outcome.offsetBytes,
-      lengthBytes: outcome.lengthBytes,
-      reason: failed.map((result) => `${result.csId}: ${result.code}`).join('; ').slice(0, 2048),
-    };
     this.inflight += 1;
-    this.options.send(report).then(
+    return this.options.send(report).then(
       () => {
         this.stats.reportedTotal += 1;
       },
@@ -88,6 +76,41 @@ export class PartialWriteReporter {
     ).finally(() => {
       this.inflight -= 1;
     });
+  }
+
+  /** The report the MDS needs about `outcome`, or null when the members cannot differ. */
+  private reportFor(outcome: ChangeOutcome): PartialWriteBody | null {
+    const csId = this.options.csId();
+    const results = [{ csId: csId ?? -1, code: outcome.localCode }, ...outcome.peers];
+    const failed = results.filter((result) => result.code !== null);
+    if (failed.length === 0) return null;
+    const applied = failed.length < results.length;
+    if (!applied && failed.every((result) => REFUSALS.has(result.code ?? ''))) return null;
+    if (csId === null) {
+      this.skip(outcome, 'not registered');
+      return null;
+    }
+    const fenced = outcome.peers.filter((peer) => peer.code === 'ERR_LEASE_FENCED');
+    return {
+      csId,
+      volumeId: outcome.volumeId,
+      chunkIndex: outcome.chunkIndex,
+      chunkId: outcome.chunkId,
+      version: outcome.version,
+      // A fenced change: nobody failed; whoever did not apply it leaves the set when it cannot be
+      // sealed, as always, and the current writer reports its own failures.
+      failedCsIds: fenced.length > 0 ? [] : failed.map((result) => result.csId).slice(0, 16),
+      ...(fenced.length > 0 ? { cleanCsIds: fenced.map((peer) => peer.csId).slice(0, 16) } : {}),
+      offsetBytes: outcome.offsetBytes,
+      lengthBytes: outcome.lengthBytes,
+      reason: failed.map((result) => `${result.csId}: ${result.code}`).join('; ').slice(0, 2048),
+    };
+  }
+
+  private skip(outcome: ChangeOutcome, why: string): void {
+    this.stats.skippedTotal += 1;
+    this.lost = true;
+    this.options.log.error('a change incomplete on members could not be reported to the MDS', { chunkId: outcome.chunkId, why });
   }
 
   /**

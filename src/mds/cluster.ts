@@ -51,6 +51,15 @@ const REPLACE_QUORUM_FRACTION = 0.5;
 
 /** After replicas newer than the map are found, the rebuild waits this long for other servers' scans. */
 const AUTO_REBUILD_DELAY_MS = 3_000;
+/**
+ * Longest a fence waits for chunk servers it could not reach to be away long enough to have
+ * stopped writing by themselves; below a client's request timeout to the MDS (10 s), so an open
+ * that cannot finish in time fails with a clear "try again" instead of the client's timeout.
+ */
+/** Above the longest wait a silent server can need (heartbeat timeout plus margin, see awayInMs) at the defaults. */
+const FENCE_WAIT_MS_MAX = 10_000;
+/** How often a waiting fence looks again (and tries the servers that are online again). */
+const FENCE_RETRY_MS = 250;
 
 
 export interface ClusterDeps {
@@ -582,18 +591,30 @@ export class Cluster {
    * A primary could not complete a change on every member. Its writer reports the same unless it
    * died: the failed members leave under a new version and the rest are made equal, as for the
    * writer's report. Whichever report comes second finds the version moved on and does nothing.
+   *
+   * A change some members refused as fenced (`cleanCsIds`) was a fenced writer's: nobody leaves,
+   * and the members are made equal copying from a member that refused it, so its bytes leave the
+   * members that took them. The primary waits for this answer before its FENCE is acknowledged.
    */
   async reportPartialWrite(report: PartialWriteBody): Promise<void> {
+    const clean = report.cleanCsIds ?? [];
+    if (report.failedCsIds.length === 0 && clean.length === 0) {
+      throw new StorageError('ERR_INVALID_ARGUMENT', 'a partial-write report names no failed member and no member that refused the change as fenced');
+    }
     const chunk = this.store.tables.getChunk(report.volumeId, report.chunkIndex);
     if (chunk === undefined || chunk.chunkId !== report.chunkId || chunk.version !== report.version) return;
-    this.log.warn('a primary reports a change incomplete on members', { ...report });
+    this.log.warn(clean.length > 0 ? 'a primary reports a fenced change applied on some members' : 'a primary reports a change incomplete on members',
+      { ...report });
     for (const csId of report.failedCsIds) {
       if (csId !== report.csId) this.registry.markSuspect(csId, this.clock.nowMs());
     }
     await this.replicator.drop(report.volumeId, report.chunkIndex, report.failedCsIds, {
       expectedVersion: report.version,
       inDoubt: { offsetBytes: report.offsetBytes, lengthBytes: report.lengthBytes },
-      reason: `chunk server ${report.csId} could not complete a change on these members`,
+      preferredSources: clean,
+      reason: clean.length > 0
+        ? `chunk servers ${clean.join(', ')} refused a fenced writer's change that chunk server ${report.csId} applied`
+        : `chunk server ${report.csId} could not complete a change on these members`,
     });
     this.recovery.tick();
   }
@@ -654,35 +675,66 @@ export class Cluster {
   }
 
   /**
-   * Tells every chunk server about a volume's new lease epoch before the new writer writes. A
-   * server that cannot be told must be known to have stopped writing: chunk servers stop taking
-   * writes once they have not heard from the MDS for a heartbeat timeout, so one offline for
-   * longer than that (here: twice, for margin) is safe; one offline for less makes the open fail.
+   * Tells every chunk server about a volume's new lease epoch before the new writer writes; each
+   * acknowledges once no change of an older writer can land there any more. A server that cannot
+   * be told must be known to have stopped writing: chunk servers stop taking writes once they have
+   * not heard from the MDS for a heartbeat timeout, so one offline for longer than that (here:
+   * twice, for margin) is safe. So is one whose address refuses connections: no process of it
+   * runs, the old writer's connections to it died with it, and one started later registers,
+   * which loads the new epoch, before it takes a write. For a server that failed the fence
+   * otherwise (frozen, cut off, or dead moments ago with its host) the fence waits until it is
+   * far enough away, when that is near (FENCE_WAIT_MS_MAX), trying it again meanwhile; otherwise,
+   * or if it keeps heartbeating, the fence fails (try again later).
    */
   async fenceVolume(volume: VolumeRecord): Promise<void> {
-    const nowMs = this.clock.nowMs();
-    const servers = this.store.tables.listChunkServers().filter((s) => s.adminState !== 'removed');
-    const unsure = servers.filter((s) => {
-      const offlineForMs = this.registry.offlineForMs(s.id, nowMs);
-      return offlineForMs > 0 && offlineForMs < 2 * this.config.heartbeatTimeoutMs;
-    });
-    if (unsure.length > 0) {
-      throw new StorageError(
-        'ERR_UNAVAILABLE',
-        `chunk servers ${unsure.map((s) => s.id).join(', ')} went offline moments ago and may still take the previous ` +
-          `writer's writes; try again in ${Math.ceil((2 * this.config.heartbeatTimeoutMs) / 1000)} s`,
-      );
-    }
-    const online = servers.filter((s) => this.registry.isOnline(s.id, nowMs));
-    const results = await Promise.allSettled(online.map((server) => this.io.fence(server.id, volume.id, volume.epoch)));
-    const failed = online.filter((_, index) => results[index]?.status === 'rejected');
-    if (failed.length > 0) {
-      throw new StorageError(
-        'ERR_UNAVAILABLE',
-        `could not fence the previous writer of volume "${volume.name}" on chunk servers ${failed.map((s) => s.id).join(', ')}; try again`,
-      );
+    const startedMs = this.clock.nowMs();
+    let pending = this.store.tables.listChunkServers().filter((s) => s.adminState !== 'removed' && !this.awayLongEnough(s.id, startedMs));
+    for (let round = 0; ; round += 1) {
+      const results = await Promise.allSettled(pending.map((server) => this.io.fence(server.id, volume.id, volume.epoch)));
+      const nowMs = this.clock.nowMs();
+      pending = pending.filter((server, index) => {
+        const result = results[index];
+        return result?.status === 'rejected' && !refusedConnection(result.reason) && !this.awayLongEnough(server.id, nowMs);
+      });
+      if (pending.length === 0) return;
+      const waitMs = Math.max(...pending.map((server) => this.awayInMs(server.id, nowMs)));
+      if (nowMs + waitMs > startedMs + FENCE_WAIT_MS_MAX) {
+        throw new StorageError(
+          'ERR_UNAVAILABLE',
+          `could not fence the previous writer of volume "${volume.name}" on chunk servers ${pending.map((s) => s.id).join(', ')}, ` +
+            `which went offline moments ago or do not answer: they may still take its writes; try again in ${Math.ceil(waitMs / 1000)} s`,
+        );
+      }
+      if (round === 0) this.log.warn('fence waits for chunk servers that could not be told', { volume: volume.name, servers: pending.map((s) => s.id), waitMs });
+      await new Promise((resolve) => setTimeout(resolve, Math.min(waitMs, FENCE_RETRY_MS)));
     }
   }
+
+  /** Offline long enough that the server has stopped taking writes by itself (with margin). */
+  private awayLongEnough(csId: number, nowMs: number): boolean {
+    return this.awayInMs(csId, nowMs) === 0;
+  }
+
+  /** How long until the server is away long enough, if it stays silent from now on. */
+  private awayInMs(csId: number, nowMs: number): number {
+    // The server stops writes by itself a heartbeat timeout after it *sent* its last heartbeat (on
+    // its monotonic clock), which is before we received it: the margin covers clock-rate drift and
+    // the time our own timer fires late, not the timeout again.
+    const marginMs = Math.max(1_000, this.config.heartbeatTimeoutMs / 2);
+    const offlineForMs = this.registry.offlineForMs(csId, nowMs);
+    if (offlineForMs > 0) return Math.max(0, marginMs - offlineForMs);
+    const silentMs = this.registry.heartbeatAgeMs(csId, nowMs) ?? 0;
+    return Math.max(0, this.config.heartbeatTimeoutMs - silentMs) + marginMs;
+  }
+}
+
+/**
+ * The chunk server's address refused the connection: nothing listens there. Read from the
+ * message, which carries the system's error code; a message without it counts as not refused,
+ * which only makes a fence wait longer.
+ */
+function refusedConnection(error: unknown): boolean {
+  return error instanceof StorageError && error.code === 'ERR_UNAVAILABLE' && /\bECONNREFUSED\b/.test(error.message);
 }
 
 function sum(values: readonly number[]): number {

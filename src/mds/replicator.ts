@@ -14,7 +14,8 @@
 //   the middle of forwarding a write, with its writer).
 //
 // "Make equal" compares the members' per-block checksums over the whole chunk and copies only the
-// blocks that differ from the first member that can be read. Every version change goes through it,
+// blocks that differ from the first member that can be read (members a caller prefers as the
+// source are tried first: those that refused a fenced writer's change hold the bytes as they were). Every version change goes through it,
 // so members at one version never hold different bytes, whoever died mid-write and whatever was
 // reported: an unacknowledged write ends up wholly on every member or on none.
 // - repair: blocks that fail their checksum on one member are replaced with a good member's.
@@ -115,11 +116,13 @@ export class Replicator {
   /**
    * Removes `drop` from the chunk's members under a new version. `expectedVersion`: if the chunk
    * has moved past the version the caller saw, the set is left alone (someone handled it) and only
-   * the in-doubt range is made equal on the members there are now.
+   * the in-doubt range is made equal on the members there are now. `preferredSources`: members
+   * to copy from first when making the others equal (members that refused a fenced change).
    */
   async drop(volumeId: number, chunkIndex: number, drop: readonly number[],
-    options: { inDoubt?: InDoubtRange; expectedVersion?: number; reason: string }): Promise<ChunkRecord> {
+    options: { inDoubt?: InDoubtRange; expectedVersion?: number; preferredSources?: readonly number[]; reason: string }): Promise<ChunkRecord> {
     const chunkId = this.chunk(volumeId, chunkIndex).chunkId;
+    const preferred = options.preferredSources ?? [];
     return this.withChunk(chunkId, async () => {
       const chunk = this.chunk(volumeId, chunkIndex);
       const leaving = chunk.replicas.filter((csId) => drop.includes(csId));
@@ -127,10 +130,10 @@ export class Replicator {
       if (options.expectedVersion !== undefined && chunk.version !== options.expectedVersion) return chunk;
       if (leaving.length === 0) {
         if (options.inDoubt === undefined) return chunk;
-        return this.sealAndCommit(chunk, chunk.replicas, [options.inDoubt], options.reason);
+        return this.sealAndCommit(chunk, chunk.replicas, [options.inDoubt], options.reason, preferred);
       }
       const staying = chunk.replicas.filter((csId) => !drop.includes(csId));
-      return this.sealAndCommit(chunk, staying, options.inDoubt === undefined ? [] : [options.inDoubt], options.reason);
+      return this.sealAndCommit(chunk, staying, options.inDoubt === undefined ? [] : [options.inDoubt], options.reason, preferred);
     });
   }
 
@@ -150,7 +153,7 @@ export class Replicator {
    * a failed write left in doubt) is recorded on the chunk, and ERR_UNAVAILABLE is thrown.
    */
   private async sealAndCommit(chunk: ChunkRecord, staying: readonly number[], extra: readonly InDoubtRange[],
-    reason: string): Promise<ChunkRecord> {
+    reason: string, preferredSources: readonly number[] = []): Promise<ChunkRecord> {
     const version = chunk.version + 1;
     const sealed = await this.seal(chunk, staying, version);
     if (sealed.length === 0) {
@@ -159,7 +162,7 @@ export class Replicator {
       }
       throw new StorageError('ERR_UNAVAILABLE', `chunk ${chunk.chunkId}: no member could be reached to continue at version ${version}`);
     }
-    const { members, unsettled } = await this.makeEqual(chunk, version, sealed);
+    const { members, unsettled } = await this.makeEqual(chunk, version, sealed, preferredSources);
     return this.commit(chunk, members, version, unsettled, reason);
   }
 
@@ -181,27 +184,33 @@ export class Replicator {
   }
 
   /**
-   * Makes the sealed members equal over the whole chunk. Members that cannot be compared or
-   * written leave; if no member can be read, the whole chunk stays recorded in doubt.
+   * Makes the sealed members equal over the whole chunk, copying from the first of
+   * `preferredSources` that can be read, else from the first member that can. Members that
+   * cannot be compared or written leave; if no member can be read, the whole chunk stays recorded
+   * in doubt.
    */
-  private async makeEqual(chunk: ChunkRecord, version: number, members: readonly number[]): Promise<{ members: number[]; unsettled: InDoubtRange[] }> {
+  private async makeEqual(chunk: ChunkRecord, version: number, members: readonly number[],
+    preferredSources: readonly number[] = []): Promise<{ members: number[]; unsettled: InDoubtRange[] }> {
     const whole: InDoubtRange = { offsetBytes: 0, lengthBytes: this.volume(chunk.volumeId).chunkSizeBytes };
     if (members.length < 2) return { members: [...members], unsettled: [] };
-    const equal = await this.settleRange(chunk.chunkId, version, members, whole);
+    const equal = await this.settleRange(chunk.chunkId, version, members, whole, preferredSources);
     return equal === null ? { members: [...members], unsettled: [whole] } : { members: equal, unsettled: [] };
   }
 
   /**
    * Makes `range` equal on `members` (sealed at `version`): compares block checksums with the first
-   * member that can be read and copies it the blocks that differ. Returns the members that hold the
-   * range equal now (a member that cannot be compared or written leaves), or null if no member
-   * could be read.
+   * member that can be read (members in `preferredSources` tried first) and copies it the blocks
+   * that differ. Returns the members that hold the range equal now, in their given order (a member
+   * that cannot be compared or written leaves), or null if no member could be read.
    */
-  private async settleRange(chunkId: number, version: number, members: readonly number[], range: InDoubtRange): Promise<number[] | null> {
+  private async settleRange(chunkId: number, version: number, members: readonly number[], range: InDoubtRange,
+    preferredSources: readonly number[] = []): Promise<number[] | null> {
     const { io, log } = this.options;
     const start = Math.floor(range.offsetBytes / BLOCK_BYTES) * BLOCK_BYTES;
     const end = Math.ceil((range.offsetBytes + range.lengthBytes) / BLOCK_BYTES) * BLOCK_BYTES;
-    for (const source of members) {
+    // The order of trying sources only: the member list committed keeps its order (the primary first).
+    const sources = [...members.filter((csId) => preferredSources.includes(csId)), ...members.filter((csId) => !preferredSources.includes(csId))];
+    for (const source of sources) {
       const left = new Set<number>();
       try {
         for (let offset = start; offset < end; offset += BLOCK_SUMS_BYTES_MAX) {

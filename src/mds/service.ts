@@ -192,16 +192,15 @@ export class MetadataService {
       }
       volume = result.record;
       this.leaseExpiryMs.set(leaseId, this.clock.nowMs() + this.config.leaseTimeoutMs);
-      // A lease still on record (expired, reclaimed or forced) may have a live writer behind it:
-      // every chunk server rejects its writes before the new writer writes. A lease released by
-      // its holder's close has no writer left.
-      if (previous !== null) {
-        try {
-          await this.cluster.fenceVolume(volume);
-        } catch (error) {
-          await this.closeVolume(name, leaseId);
-          throw error;
-        }
+      // Every earlier writer is fenced before the new one writes: one whose lease is still on
+      // record (expired, reclaimed or forced) may be alive, and one that released its lease may
+      // still have requests on the way (a client's close does not wait for its requests, and a
+      // network may hold them), which must not land under the new writer.
+      try {
+        await this.cluster.fenceVolume(volume);
+      } catch (error) {
+        await this.closeVolume(name, leaseId);
+        throw error;
       }
       lease = {
         leaseId,

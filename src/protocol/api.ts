@@ -390,7 +390,16 @@ export const PartialWriteBody = Type.Object(
     chunkIndex: Uint(),
     chunkId: Uint(),
     version: Uint({ description: 'the chunk version the change carried' }),
-    failedCsIds: Type.Array(Uint(), { minItems: 1, maxItems: 16, description: 'members that failed the change (the primary itself if its own write failed)' }),
+    failedCsIds: Type.Array(Uint(), {
+      maxItems: 16,
+      description: 'members that failed the change (the primary itself if its own write failed); empty when a member refused it as fenced',
+    }),
+    // Optional: a primary that predates it sends only failedCsIds (never empty), as before.
+    cleanCsIds: Type.Optional(Type.Array(Uint(), {
+      minItems: 1,
+      maxItems: 16,
+      description: 'members that refused the change as fenced (a newer writer took over): they hold the range as it was, and the others are made equal to them',
+    })),
     offsetBytes: Uint({ description: 'the change, within the chunk' }),
     lengthBytes: Uint({ minimum: 1, maximum: 1024 * 1024 * 1024 }),
     reason: Type.String({ maxLength: 2048 }),

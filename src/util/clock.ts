@@ -1,11 +1,22 @@
 // Time and randomness as injected dependencies: decision logic takes a Clock and a random source
 // instead of calling Date.now or Math.random, so simulation tests can drive it deterministically.
+// Two kinds of time: Clock is the wall clock (timestamps shown to people, kept on disk, compared
+// across hosts); MonotonicClock measures intervals on this host and never jumps (NTP steps, an
+// admin's `date -s`), so deadlines that guard safety use it. The method names differ on purpose:
+// one cannot be passed where the other is expected.
 
 export interface Clock {
   nowMs(): number;
 }
 
 export const systemClock: Clock = { nowMs: () => Date.now() };
+
+export interface MonotonicClock {
+  /** Milliseconds since an arbitrary origin fixed for this process; never decreases. */
+  monotonicMs(): number;
+}
+
+export const systemMonotonicClock: MonotonicClock = { monotonicMs: () => performance.now() };
 
 /** A small seeded PRNG (mulberry32) for simulations and fuzzers: same seed, same sequence. */
 export function seededRandom(seed: number): () => number {

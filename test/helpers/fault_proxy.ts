@@ -1,6 +1,8 @@
 // A TCP proxy that can cut a link the way networks fail: `blackhole()` stops moving bytes in both
 // directions while the connections stay open (a partition: the peers see silence and time out),
 // `heal()` lets the held bytes through again. Used to cut one chunk server off from everyone.
+// `holdReplies()` holds only what the target sends back (requests still arrive): a reply delayed
+// on the way.
 
 import { createServer, connect, type Server, type Socket } from 'node:net';
 
@@ -8,7 +10,7 @@ export class FaultProxy {
   private readonly server: Server;
   private readonly pairs = new Set<[Socket, Socket]>();
   private target: { host: string; port: number } | null;
-  private holding = false;
+  private holding: 'nothing' | 'both' | 'replies' = 'nothing';
   port = 0;
 
   private constructor(target: { host: string; port: number } | null) {
@@ -31,15 +33,21 @@ export class FaultProxy {
 
   /** Partition: nothing passes either way; new connections are accepted and hang. */
   blackhole(): void {
-    this.holding = true;
+    this.holding = 'both';
     for (const [a, b] of this.pairs) {
       a.pause();
       b.pause();
     }
   }
 
+  /** Replies are held (the target's bytes stop at the proxy); requests go through. */
+  holdReplies(): void {
+    this.holding = 'replies';
+    for (const [, upstream] of this.pairs) upstream.pause();
+  }
+
   heal(): void {
-    this.holding = false;
+    this.holding = 'nothing';
     for (const [a, b] of this.pairs) {
       a.resume();
       b.resume();
@@ -73,9 +81,7 @@ export class FaultProxy {
     // pipe() respects backpressure; pausing the sources holds the bytes during a blackhole.
     client.pipe(upstream);
     upstream.pipe(client);
-    if (this.holding) {
-      client.pause();
-      upstream.pause();
-    }
+    if (this.holding === 'both') client.pause();
+    if (this.holding !== 'nothing') upstream.pause();
   }
 }

@@ -6,6 +6,7 @@
 // the jobs it is sent.
 
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
+import { staleWriters } from './fence_sim.ts';
 import { journalSimConfig, runJournalSeed, tornBatch } from './journal_sim.ts';
 import {
   chunkSyncFailure, evictionRacingCheckpoint, replayOnFullDisk, syncFailsDuringReplay, zeroWithoutHolePunching, type ScenarioResult,
@@ -13,7 +14,7 @@ import {
 import { runStoreSeed, storeSimConfig } from './store_sim.ts';
 
 export type SimGroup = 'store' | 'journal' | 'chunkSyncFailure' | 'evictionRacingCheckpoint' | 'zeroWithoutHolePunching' | 'replayOnFullDisk' |
-  'syncFailsDuringReplay' | 'tornBatch';
+  'syncFailsDuringReplay' | 'tornBatch' | 'staleWriters';
 
 export interface SeedResult {
   readonly seed: number;
@@ -69,6 +70,8 @@ async function runOne(group: SimGroup, seed: number, echo: boolean): Promise<See
       return scripted(replayOnFullDisk);
     case 'syncFailsDuringReplay':
       return scripted(syncFailsDuringReplay);
+    case 'staleWriters':
+      return scripted(staleWriters);
   }
 }
 
