@@ -80,13 +80,21 @@ export function recoveryWindow(tables: MdsTables, volumes: ReadonlyMap<number, V
         if (chunk !== undefined && volume !== undefined) chunks.push(plannerChunk(tables, chunk, volume));
       }
       after = keys.at(-1) ?? after;
-      if (seen.size >= windowChunksMax) return { chunks, next: { source, after } };
+      if (seen.size >= windowChunksMax) return { chunks: inMapOrder(chunks), next: { source, after } };
       if (keys.length < Math.min(KEYS_PER_READ, room)) break;
     }
     index = (index + 1) % sources.length;
     after = undefined;
   }
-  return { chunks, next: WINDOW_START };
+  return { chunks: inMapOrder(chunks), next: WINDOW_START };
+}
+
+/**
+ * The planner sees the chunks in map order, as a walk of the whole map would show them: ties in
+ * urgency and its seeded choices then fall as they would over the whole map.
+ */
+function inMapOrder(chunks: PlannerChunk[]): PlannerChunk[] {
+  return chunks.sort((a, b) => a.volumeId - b.volumeId || a.chunkIndex - b.chunkIndex);
 }
 
 /** The chunks on one server, lazily and at most `lookMax` of them (the planner's rebalancing candidates). */
