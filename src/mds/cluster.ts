@@ -9,12 +9,12 @@
 // REST routes reach it as `service.cluster`.
 
 import { tmpdir } from 'node:os';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { StorageError } from '../errors.ts';
 import type {
   RebuildReply,
   BadBlocksBody,
   PartialWriteBody,
-  ChunkHealthCounts,
   ChunkServerInfo,
   ClusterStat,
   HeartbeatBody,
@@ -34,8 +34,10 @@ import { takeBackup, type TakenBackup } from './backup.ts';
 import { Quarantine } from './quarantine.ts';
 import type { ChunkServerAdminState, ChunkServerRecord, PendingDeleteRecord, QuarantineRecord, VolumeRecord } from './model.ts';
 import type { PlacementCandidate } from './placement.ts';
-import type { PlannerChunk, PlannerServer } from './recovery.ts';
-import { RecoveryScheduler } from './recovery_scheduler.ts';
+import type { PlannerServer } from './recovery.ts';
+import { RecoveryScheduler, type RecoveryView } from './recovery_scheduler.ts';
+import { chunkHealth, chunksOnServer, recoveryWindow, WINDOW_START, type ChunkHealth, type WindowCursor } from './map_scans.ts';
+import { MARK_IN_DOUBT_SLICE_CHUNKS } from './ops.ts';
 import { revocationsOf } from './hypervisors.ts';
 import { CsReplicaIo, type ReplicaIo } from './replica_io.ts';
 import { Replicator } from './replicator.ts';
@@ -53,13 +55,25 @@ const REPLACE_QUORUM_FRACTION = 0.5;
 const AUTO_REBUILD_DELAY_MS = 3_000;
 /**
  * Longest a fence waits for chunk servers it could not reach to be away long enough to have
- * stopped writing by themselves; below a client's request timeout to the MDS (10 s), so an open
- * that cannot finish in time fails with a clear "try again" instead of the client's timeout.
+ * stopped writing by themselves: above what that takes at the defaults (a heartbeat timeout plus
+ * half of it, see awayInMs), so an open with a frozen server waits rather than fails.
  */
-/** Above the longest wait a silent server can need (heartbeat timeout plus margin, see awayInMs) at the defaults. */
 const FENCE_WAIT_MS_MAX = 10_000;
 /** How often a waiting fence looks again (and tries the servers that are online again). */
 const FENCE_RETRY_MS = 250;
+
+/**
+ * Chunks the planner looks at per tick at most (see map_scans.ts): reading and planning them
+ * takes tens of milliseconds, so the MDS keeps answering while a server holding a million
+ * replicas is away.
+ */
+const RECOVERY_WINDOW_CHUNKS_MAX = 4_096;
+/** Chunks of the fullest server looked at per tick for a rebalancing move at most. */
+const REBALANCE_LOOK_CHUNKS_MAX = 4_096;
+/** Records the stat's health count reads per event-loop turn. */
+const HEALTH_SLICE_RECORDS = 2_048;
+/** Replicas a registration compares with the map per event-loop turn. */
+const RECONCILE_SLICE_REPLICAS = 2_048;
 
 
 export interface ClusterDeps {
@@ -101,6 +115,12 @@ export class Cluster {
   /** Chunks whose members' versions differ from the map's, waiting for their members (bounded by the map). */
   private readonly versionMismatches = new Map<string, { volumeId: number; chunkIndex: number }>();
   private reconciling = false;
+  /** Where the next recovery window starts (see map_scans.ts). */
+  private recoveryCursor: WindowCursor = WINDOW_START;
+  /** The chunk health count in progress: concurrent stat requests share it. */
+  private healthCount: Promise<ChunkHealth> | null = null;
+  /** Per server, the marking of its chunks in doubt in progress (each pass waits for the one before). */
+  private readonly markingInDoubt = new Map<number, Promise<void>>();
   /** A rebuild scheduled after replicas newer than the map were found (debounced). */
   private autoRebuild: NodeJS.Timeout | null = null;
 
@@ -169,7 +189,7 @@ export class Cluster {
     // its chunks are compared with their other members (checksums only; differing blocks copied)
     // once they are all online. After a clean stop there is nothing to compare: a restart of the
     // whole cluster must not turn into a storm of comparisons and copies.
-    if (body.divergencePossible !== false) await this.store.submit({ type: 'markServerChunksInDoubt', csId: result.record.id });
+    if (body.divergencePossible !== false) await this.markServerChunksInDoubt(result.record.id);
     this.registry.heartbeat(result.record.id, body, this.clock.nowMs());
     this.log.info('chunk server registered', { csId: result.record.id, host: body.host, port: body.port });
     this.recovery.tick();
@@ -191,11 +211,37 @@ export class Cluster {
       throw new StorageError('ERR_NOT_FOUND', `chunk server ${body.csId} (${body.uuid}) is not registered; register again`);
     }
     // A forwarded write it could not report: its members may differ, compare them (once).
-    if (body.divergencePossible === true) await this.store.submit({ type: 'markServerChunksInDoubt', csId: body.csId });
+    if (body.divergencePossible === true) await this.markServerChunksInDoubt(body.csId);
     this.registry.heartbeat(body.csId, body, this.clock.nowMs());
     // A server this MDS has not heard from since it started (an MDS restart, perhaps onto an
     // older database) is compared with the map as on a registration.
     if (!this.scans.has(body.csId)) this.startScan(body.csId);
+  }
+
+  /**
+   * Puts every chunk `csId` is a member of in doubt, in bounded ops (one commit each, the MDS
+   * answering between them). Resolves once all are durable: the server is told only then, and
+   * asks again after an MDS crash half-way. A pass asked for during another runs after it.
+   */
+  private markServerChunksInDoubt(csId: number): Promise<void> {
+    const previous = this.markingInDoubt.get(csId) ?? Promise.resolve();
+    const pass = previous.catch(() => undefined).then(async () => {
+      let after: { volumeId: number; chunkIndex: number } | undefined;
+      for (;;) {
+        const result = await this.store.submit({
+          type: 'markServerChunksInDoubt', csId, limit: MARK_IN_DOUBT_SLICE_CHUNKS, ...(after === undefined ? {} : { after }),
+        });
+        assert(result.type === 'cursor', 'markServerChunksInDoubt yields a cursor');
+        if (result.next === null) return;
+        after = result.next;
+      }
+    });
+    this.markingInDoubt.set(csId, pass);
+    const forget = (): void => {
+      if (this.markingInDoubt.get(csId) === pass) this.markingInDoubt.delete(csId);
+    };
+    pass.then(forget, forget);
+    return pass;
   }
 
   /**
@@ -261,11 +307,9 @@ export class Cluster {
   }
 
   listChunkServers(): ChunkServerInfo[] {
-    const mapped = new Map<number, number>();
-    this.store.tables.forEachChunk((chunk) => {
-      for (const csId of chunk.replicas) mapped.set(csId, (mapped.get(csId) ?? 0) + 1);
-    });
-    return this.store.tables.listChunkServers().map((server) => this.chunkServerInfo(server, mapped.get(server.id) ?? 0));
+    const tables = this.store.tables;
+    // Counted with the records (store.ts): no walk of the map.
+    return tables.listChunkServers().map((server) => this.chunkServerInfo(server, tables.serverMapped(server.id).replicaCount));
   }
 
   private chunkServerInfo(server: ChunkServerRecord, mappedReplicaCount: number): ChunkServerInfo {
@@ -295,27 +339,13 @@ export class Cluster {
 
   // ---- cluster-wide -------------------------------------------------------------------------------
 
-  stat(): ClusterStat {
-    const nowMs = this.clock.nowMs();
+  async stat(): Promise<ClusterStat> {
     // Removed servers are history: listed, but not counted in the cluster's totals.
     const listed = this.listChunkServers();
     const servers = listed.filter((s) => s.adminState !== 'removed');
     const online = servers.filter((s) => s.state === 'online');
-    const byState: { -readonly [K in keyof ChunkHealthCounts]: number } = { healthy: 0, degraded: 0, endangered: 0, unavailable: 0 };
-    let total = 0;
     const volumes = this.store.tables.listVolumes();
-    const volumesById = new Map(volumes.map((v) => [v.id, v]));
-    this.store.tables.forEachChunk((chunk) => {
-      total += 1;
-      const volume = volumesById.get(chunk.volumeId);
-      const live = chunk.replicas.filter((csId) => this.registry.isOnline(csId, nowMs)).length;
-      const normal = volume?.replicasNormal ?? chunk.replicas.length;
-      const min = volume?.replicasMin ?? 1;
-      if (live === 0) byState.unavailable += 1;
-      else if (live < min) byState.endangered += 1;
-      else if (live < normal) byState.degraded += 1;
-      else byState.healthy += 1;
-    });
+    const { total, byState } = await this.chunkHealth();
     return {
       chunkServers: { total: servers.length, online: online.length, offline: servers.length - online.length },
       recovery: {
@@ -339,6 +369,25 @@ export class Cluster {
       quarantine: this.quarantine.summary(),
       servers: listed,
     };
+  }
+
+  /**
+   * Chunks by health, read in slices (map_scans.ts): only chunks in the attention set or on an
+   * offline server can be anything but healthy. Concurrent callers share one count.
+   */
+  private chunkHealth(): Promise<ChunkHealth> {
+    if (this.healthCount !== null) return this.healthCount;
+    const nowMs = this.clock.nowMs();
+    const isOnline = (csId: number): boolean => this.registry.isOnline(csId, nowMs);
+    const offline = this.store.tables.listChunkServers().map((server) => server.id).filter((csId) => !isOnline(csId));
+    const volumes = new Map(this.store.tables.listVolumes().map((volume) => [volume.id, volume]));
+    const count = chunkHealth(this.store.tables, volumes, offline, isOnline, HEALTH_SLICE_RECORDS);
+    this.healthCount = count;
+    const forget = (): void => {
+      this.healthCount = null;
+    };
+    count.then(forget, forget);
+    return count;
   }
 
   // ---- backups ------------------------------------------------------------------------------------
@@ -450,16 +499,16 @@ export class Cluster {
         await this.store.submit({ type: 'reserveChunkIdsAbove', chunkId: highestChunkId });
       }
       const tables = this.store.tables;
-      const byId = new Map<number, { volumeId: number; chunkIndex: number; version: number; replicas: readonly number[] }>();
-      tables.forEachChunk((chunk) => byId.set(chunk.chunkId, chunk));
       const olderCopies: Array<{ chunkId: number; csId: number; volumeId: number; chunkIndex: number }> = [];
       const quarantine: Array<Omit<QuarantineRecord, 'sinceMs'>> = [];
       const versionMismatches: Array<{ volumeId: number; chunkIndex: number }> = [];
       const isNewerThanMap = newerThanMapTest(tables);
-      for (const replica of held) {
+      for (const [position, replica] of held.entries()) {
+        // A server may hold a million replicas: the MDS answers between slices of them.
+        if (position > 0 && position % RECONCILE_SLICE_REPLICAS === 0) await nextTurn();
         const { chunkId, version } = replica;
         if (this.allocating.has(chunkId) || this.replicator.isFilling(chunkId, csId)) continue;
-        const chunk = byId.get(chunkId);
+        const chunk = tables.getChunkById(chunkId);
         const newerThanMap = isNewerThanMap(replica.generation);
         const aside = (reason: string, newer: boolean): void => {
           quarantine.push({ ...replica, csId, newerThanMap: newer, reason });
@@ -636,9 +685,11 @@ export class Cluster {
     return this.recovery.tick();
   }
 
-  private recoveryView(): { servers: PlannerServer[]; chunks: Iterable<PlannerChunk> } {
+  private recoveryView(): RecoveryView {
     const nowMs = this.clock.nowMs();
-    const servers: PlannerServer[] = this.store.tables.listChunkServers().map((server) => {
+    const tables = this.store.tables;
+    const records = tables.listChunkServers();
+    const servers: PlannerServer[] = records.map((server) => {
       const report = this.registry.report(server.id);
       return {
         id: server.id,
@@ -654,24 +705,18 @@ export class Cluster {
         freeBytes: report?.freeBytes ?? 0,
       };
     });
-    const volumes = new Map(this.store.tables.listVolumes().map((volume) => [volume.id, volume]));
-    const chunks: PlannerChunk[] = [];
-    this.store.tables.forEachChunk((chunk) => {
-      const volume = volumes.get(chunk.volumeId);
-      if (volume === undefined) return;
-      chunks.push({
-        volumeId: chunk.volumeId,
-        chunkIndex: chunk.chunkIndex,
-        chunkId: chunk.chunkId,
-        replicas: chunk.replicas,
-        replicasNormal: volume.replicasNormal,
-        replicasMin: volume.replicasMin,
-        chunkSizeBytes: volume.chunkSizeBytes,
-        inDoubt: (chunk.inDoubt ?? []).length > 0,
-        detached: this.store.tables.getPendingDelete(chunk.chunkId)?.csIds ?? [],
-      });
-    });
-    return { servers, chunks };
+    const volumes = new Map(tables.listVolumes().map((volume) => [volume.id, volume]));
+    // Members on these servers are what the planner may act on; on the rest, nothing (map_scans.ts).
+    const notServing = servers.filter((server) => !server.online || server.adminState !== 'active').map((server) => server.id);
+    const window = recoveryWindow(tables, volumes, notServing, this.recoveryCursor, RECOVERY_WINDOW_CHUNKS_MAX);
+    this.recoveryCursor = window.next;
+    const mappedBytes = new Map(records.map((server) => [server.id, tables.serverMapped(server.id).mappedBytes]));
+    return {
+      servers,
+      chunks: window.chunks,
+      mappedBytes,
+      chunksOn: (csId) => chunksOnServer(tables, volumes, csId, REBALANCE_LOOK_CHUNKS_MAX),
+    };
   }
 
   /**

@@ -1,9 +1,13 @@
 // MdsTables over plain maps: the same state machine as the daemon's LMDB tables, for simulation
 // tests that apply thousands of ops per second and for checking `applyOp` without a disk.
 // `snapshot`/`restore` give transactions: an op that throws leaves no trace, as in LMDB.
+// The chunk indexes the LMDB tables keep are computed here by walking the map: simple and
+// obviously right, the reference the LMDB indexes are tested against.
 
-import type {
-  ChunkRecord, ChunkServerRecord, HypervisorRecord, LostGenerations, MdsTables, MetaKey, PendingDeleteRecord, QuarantineRecord, VolumeRecord,
+import {
+  needsAttention,
+  type ChunkKey, type ChunkRecord, type ChunkServerRecord, type HypervisorRecord, type LostGenerations, type MdsTables, type MetaKey,
+  type PendingDeleteRecord, type QuarantineRecord, type ServerMapped, type VolumeRecord,
 } from './model.ts';
 import { applyOp, type MdsOp, type MdsOpResult } from './ops.ts';
 
@@ -123,6 +127,37 @@ export class MemoryTables implements MdsTables {
   }
   forEachChunk(visit: (record: ChunkRecord) => void): void {
     for (const chunk of this.state.chunks.values()) visit(chunk);
+  }
+  getChunkById(chunkId: number): ChunkRecord | undefined {
+    return [...this.state.chunks.values()].find((chunk) => chunk.chunkId === chunkId);
+  }
+  serverMapped(csId: number): ServerMapped {
+    let replicaCount = 0;
+    let mappedBytes = 0;
+    for (const chunk of this.state.chunks.values()) {
+      if (!chunk.replicas.includes(csId)) continue;
+      replicaCount += 1;
+      mappedBytes += this.state.volumes.get(chunk.volumeId)?.chunkSizeBytes ?? 0;
+    }
+    return { replicaCount, mappedBytes };
+  }
+  listServerChunks(csId: number, after: ChunkKey | undefined, limit: number): ChunkKey[] {
+    return this.keysAfter((chunk) => chunk.replicas.includes(csId), after, limit);
+  }
+  listAttentionChunks(after: ChunkKey | undefined, limit: number): ChunkKey[] {
+    return this.keysAfter((chunk) => needsAttention(chunk, this.state.volumes.get(chunk.volumeId)), after, limit);
+  }
+  isAttentionChunk(volumeId: number, chunkIndex: number): boolean {
+    const chunk = this.getChunk(volumeId, chunkIndex);
+    return chunk !== undefined && needsAttention(chunk, this.state.volumes.get(volumeId));
+  }
+  private keysAfter(keep: (chunk: ChunkRecord) => boolean, after: ChunkKey | undefined, limit: number): ChunkKey[] {
+    return [...this.state.chunks.values()]
+      .filter((chunk) => keep(chunk) && (after === undefined || chunk.volumeId > after.volumeId ||
+        (chunk.volumeId === after.volumeId && chunk.chunkIndex > after.chunkIndex)))
+      .sort((a, b) => a.volumeId - b.volumeId || a.chunkIndex - b.chunkIndex)
+      .slice(0, limit)
+      .map(({ volumeId, chunkIndex }) => ({ volumeId, chunkIndex }));
   }
 
   getChunkServer(id: number): ChunkServerRecord | undefined {

@@ -1,5 +1,6 @@
 // MDS metrics for Prometheus. Cluster gauges (servers, space, chunks by health) are computed at
-// scrape time from the service, so they are never stale and cost nothing between scrapes.
+// scrape time from the service, so they are never stale and cost nothing between scrapes; the
+// chunk health is read in slices (map_scans.ts), never as one walk of the map.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { MetadataService } from './service.ts';
@@ -39,9 +40,11 @@ export class MdsMetrics {
 
   private clusterGauges(service: () => MetadataService | null): void {
     const registers = [this.registry];
-    // One scrape computes the cluster stat once, in the first gauge's collect (the registry
-    // collects in registration order), and every gauge after it reads that snapshot.
-    let snapshot: ReturnType<MetadataService['cluster']['stat']> | null = null;
+    // One scrape computes the cluster stat once, started by the first gauge's collect (prom-client
+    // calls every collect in registration order, then awaits them together); every gauge after it
+    // awaits that one stat. The stat reads the map in slices, so a scrape never stalls the MDS.
+    type Stat = Awaited<ReturnType<MetadataService['cluster']['stat']>>;
+    let snapshot: Promise<Stat> | null = null;
     new Gauge({
       name: 'shoal_mds_up',
       help: 'The MDS is serving',
@@ -52,11 +55,11 @@ export class MdsMetrics {
         this.set(current === null ? 0 : 1);
       },
     });
-    const fromSnapshot = (name: string, help: string, labelNames: string[], fill: (gauge: Gauge, stat: NonNullable<typeof snapshot>) => void) =>
+    const fromSnapshot = (name: string, help: string, labelNames: string[], fill: (gauge: Gauge, stat: Stat) => void) =>
       new Gauge({
         name, help, labelNames, registers,
-        collect() {
-          if (snapshot !== null) fill(this, snapshot);
+        async collect() {
+          if (snapshot !== null) fill(this, await snapshot);
         },
       });
     fromSnapshot('shoal_mds_chunk_servers', 'Chunk servers by state (removed ones not counted)', ['state'], (g, stat) => {
@@ -78,10 +81,13 @@ export class MdsMetrics {
         g.set({ state: 'pending' }, stat.recovery.pending);
         g.set({ state: 'blocked' }, stat.recovery.blocked);
       });
+    // Running totals: read straight from the replicator (the counters' collect cannot wait).
     counterFromTotal(registers, 'shoal_mds_settled_bytes_total',
-      'Bytes copied between members of a chunk whose checksums differed (writes that died half-done)', () => snapshot?.recovery.settledBytes ?? null);
+      'Bytes copied between members of a chunk whose checksums differed (writes that died half-done)',
+      () => service()?.cluster.replicator.settledBytesTotal ?? null);
     counterFromTotal(registers, 'shoal_mds_recovery_copied_bytes_total',
-      'Bytes copied between chunk servers by re-replication, rebalancing and drains', () => snapshot?.recovery.copiedBytes ?? null);
+      'Bytes copied between chunk servers by re-replication, rebalancing and drains',
+      () => service()?.cluster.replicator.copiedBytesTotal ?? null);
   }
 
   observeHttp(route: string, method: string, status: number, seconds: number): void {

@@ -130,6 +130,28 @@ export const HYPERVISOR_VOLUMES_MAX = 4096;
 export const META_KEYS = ['nextVolumeId', 'nextChunkId', 'nextCsId', 'opSeq', 'generation', 'chunkIdFloor', 'nextHypervisorId'] as const;
 export type MetaKey = (typeof META_KEYS)[number];
 
+/** Names one chunk of one volume (the chunk map's key). */
+export interface ChunkKey {
+  readonly volumeId: number;
+  readonly chunkIndex: number;
+}
+
+/** What the map places on one chunk server. */
+export interface ServerMapped {
+  readonly replicaCount: number;
+  /** The replicas' chunk sizes summed (their volumes' chunkSizeBytes). */
+  readonly mappedBytes: number;
+}
+
+/**
+ * Whether a chunk record alone makes the chunk one the recovery planner must look at. Volumes'
+ * replicasNormal never changes today; an op that changes it must re-evaluate its chunks.
+ */
+export function needsAttention(record: ChunkRecord, volume: VolumeRecord | undefined): boolean {
+  if ((record.inDoubt ?? []).length > 0) return true;
+  return volume !== undefined && record.replicas.length !== volume.replicasNormal;
+}
+
 /** Everything the state machine reads and writes; each call is part of the current transaction. */
 export interface MdsTables {
   getMeta(key: MetaKey): number;
@@ -146,7 +168,19 @@ export interface MdsTables {
   deleteChunk(volumeId: number, chunkIndex: number): void;
   listChunks(volumeId: number, fromIndex: number, count: number): ChunkRecord[];
   countChunks(volumeId: number): number;
+  /** Every record: a walk of the whole map, for offline tools and tests, never per request. */
   forEachChunk(visit: (record: ChunkRecord) => void): void;
+  getChunkById(chunkId: number): ChunkRecord | undefined;
+  /** Kept with the records: no walk. */
+  serverMapped(csId: number): ServerMapped;
+  /** The chunks `csId` is a member of, in (volumeId, chunkIndex) order after `after`, at most `limit`. */
+  listServerChunks(csId: number, after: ChunkKey | undefined, limit: number): ChunkKey[];
+  /**
+   * The chunks whose record alone needs the recovery planner (in doubt, or a replica count other
+   * than their volume's normal), in key order after `after`, at most `limit`.
+   */
+  listAttentionChunks(after: ChunkKey | undefined, limit: number): ChunkKey[];
+  isAttentionChunk(volumeId: number, chunkIndex: number): boolean;
 
   getChunkServer(id: number): ChunkServerRecord | undefined;
   getChunkServerIdByUuid(uuid: string): number | undefined;

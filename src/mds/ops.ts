@@ -10,7 +10,7 @@ import { StorageError } from '../errors.ts';
 import { assert, assertNever } from '../util/assert.ts';
 import { formatBytes } from '../util/size.ts';
 import type {
-  ChunkRecord, ChunkServerAdminState, ChunkServerRecord, HypervisorRecord, InDoubtRange, MdsTables, QuarantineRecord, VolumeRecord,
+  ChunkKey, ChunkRecord, ChunkServerAdminState, ChunkServerRecord, HypervisorRecord, InDoubtRange, MdsTables, QuarantineRecord, VolumeRecord,
 } from './model.ts';
 import { HYPERVISOR_VOLUMES_MAX } from './model.ts';
 
@@ -83,6 +83,13 @@ export type MdsOp =
        */
       readonly type: 'markServerChunksInDoubt';
       readonly csId: number;
+      /**
+       * One op covers at most `limit` of the server's chunks after `after` (its result names
+       * where the next one starts): a server holding a million replicas is marked in bounded
+       * transactions, and the MDS answers between them. Absent in ops logged before slicing.
+       */
+      readonly after?: ChunkKey;
+      readonly limit?: number;
     }
   | { readonly type: 'setChunkServerState'; readonly csId: number; readonly adminState: ChunkServerAdminState }
   | {
@@ -154,7 +161,9 @@ export type MdsOpResult =
   | { readonly type: 'chunkIdRange'; readonly firstChunkId: number; readonly count: number }
   | { readonly type: 'chunkServer'; readonly record: ChunkServerRecord }
   | { readonly type: 'volume'; readonly record: VolumeRecord }
-  | { readonly type: 'chunk'; readonly record: ChunkRecord };
+  | { readonly type: 'chunk'; readonly record: ChunkRecord }
+  /** A sliced op's progress: where the next slice starts, or null once the last one is done. */
+  | { readonly type: 'cursor'; readonly next: ChunkKey | null };
 
 const NONE: MdsOpResult = { type: 'none' };
 
@@ -191,7 +200,7 @@ export function applyOp(tables: MdsTables, op: MdsOp): MdsOpResult {
     case 'markInDoubt':
       return markInDoubt(tables, op);
     case 'markServerChunksInDoubt':
-      return markServerChunksInDoubt(tables, op.csId);
+      return markServerChunksInDoubt(tables, op);
     case 'queueReplicaDeletes':
       return queueReplicaDeletes(tables, op.entries);
     case 'recordLostGenerations':
@@ -434,10 +443,7 @@ function setChunkServerState(tables: MdsTables, csId: number, adminState: ChunkS
   if (server === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${csId} does not exist`);
   if (server.adminState === 'removed') throw new StorageError('ERR_CONFLICT', `chunk server ${csId} was removed already`);
   if (adminState === 'removed') {
-    let held = 0;
-    tables.forEachChunk((chunk) => {
-      if (chunk.replicas.includes(csId)) held += 1;
-    });
+    const held = tables.serverMapped(csId).replicaCount;
     if (held > 0) {
       throw new StorageError('ERR_CONFLICT', `chunk server ${csId} still holds ${held} replicas: drain it first (shoal cs drain ${csId})`);
     }
@@ -463,16 +469,25 @@ function markInDoubt(tables: MdsTables, op: Extract<MdsOp, { type: 'markInDoubt'
   return { type: 'chunk', record };
 }
 
-function markServerChunksInDoubt(tables: MdsTables, csId: number): MdsOpResult {
-  const marked: ChunkRecord[] = [];
-  tables.forEachChunk((chunk) => {
-    if (chunk.replicas.length < 2 || !chunk.replicas.includes(csId)) return;
-    const volume = tables.getVolume(chunk.volumeId);
-    if (volume === undefined) return;
-    marked.push({ ...chunk, inDoubt: [{ offsetBytes: 0, lengthBytes: volume.chunkSizeBytes }] });
-  });
-  for (const record of marked) tables.putChunk(record);
-  return NONE;
+/** Chunks one markServerChunksInDoubt op covers at most (one bounded write transaction). */
+export const MARK_IN_DOUBT_SLICE_CHUNKS = 2_048;
+
+function markServerChunksInDoubt(tables: MdsTables, op: Extract<MdsOp, { type: 'markServerChunksInDoubt' }>): MdsOpResult {
+  const limit = op.limit ?? MARK_IN_DOUBT_SLICE_CHUNKS;
+  assert(Number.isSafeInteger(limit) && limit > 0 && limit <= MARK_IN_DOUBT_SLICE_CHUNKS, 'a slice is bounded');
+  const keys = tables.listServerChunks(op.csId, op.after, limit);
+  for (const { volumeId, chunkIndex } of keys) {
+    const chunk = tables.getChunk(volumeId, chunkIndex);
+    assert(chunk !== undefined && chunk.replicas.includes(op.csId), 'the server index names chunks the server is a member of');
+    const volume = tables.getVolume(volumeId);
+    if (chunk.replicas.length < 2 || volume === undefined) continue;
+    const whole: InDoubtRange = { offsetBytes: 0, lengthBytes: volume.chunkSizeBytes };
+    // Already in doubt as a whole (an earlier pass): nothing to write.
+    if (chunk.inDoubt?.length === 1 && chunk.inDoubt[0]?.offsetBytes === 0 && chunk.inDoubt[0].lengthBytes === whole.lengthBytes) continue;
+    tables.putChunk({ ...chunk, inDoubt: [whole] });
+  }
+  const last = keys.at(-1);
+  return { type: 'cursor', next: keys.length < limit || last === undefined ? null : last };
 }
 
 function queueReplicaDeletes(tables: MdsTables, entries: Extract<MdsOp, { type: 'queueReplicaDeletes' }>['entries']): MdsOpResult {

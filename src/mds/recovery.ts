@@ -101,6 +101,13 @@ export interface PlannerInput {
   readonly avoidTargets?: (chunkId: number) => readonly number[];
   readonly config: PlannerConfig;
   readonly random: () => number;
+  /**
+   * Bytes the map places on each server, for rebalancing; default: summed over `chunks`. Given
+   * when `chunks` holds only the chunks that can need something (see map_scans.ts).
+   */
+  readonly mappedBytes?: ReadonlyMap<number, number>;
+  /** The chunks one server is a member of, in map order, for rebalancing; default: `chunks`. */
+  readonly chunksOn?: (csId: number) => Iterable<PlannerChunk>;
 }
 
 /** Lower is more urgent. */
@@ -256,17 +263,14 @@ function victimRank(server: PlannerServer): number {
 function planRebalance(input: PlannerInput, servers: Map<number, PlannerServer>): RecoveryAction[] {
   const usable = [...servers.values()].filter((s) => s.online && s.healthy && s.adminState === 'active' && s.capacityBytes > 0);
   if (usable.length < 2) return [];
-  const mappedBytes = new Map<number, number>();
-  for (const chunk of input.chunks) {
-    for (const csId of chunk.replicas) mappedBytes.set(csId, (mappedBytes.get(csId) ?? 0) + chunk.chunkSizeBytes);
-  }
+  const mappedBytes = input.mappedBytes ?? mappedBytesOf(input.chunks);
   const share = (server: PlannerServer): number => (mappedBytes.get(server.id) ?? 0) / server.capacityBytes;
   const sorted = [...usable].sort((a, b) => share(a) - share(b));
   const emptiest = sorted[0];
   const fullest = sorted.at(-1);
   if (emptiest === undefined || fullest === undefined) return [];
   if (share(fullest) - share(emptiest) <= input.config.rebalanceThreshold) return [];
-  for (const chunk of input.chunks) {
+  for (const chunk of input.chunksOn?.(fullest.id) ?? input.chunks) {
     if (input.busy(chunk.chunkId) || !chunk.replicas.includes(fullest.id) || chunk.replicas.includes(emptiest.id)) continue;
     // The move must leave the chunk no fuller on the emptiest than on the fullest, or it flips back.
     if (share(emptiest) + chunk.chunkSizeBytes / emptiest.capacityBytes > share(fullest) - chunk.chunkSizeBytes / fullest.capacityBytes) continue;
@@ -277,6 +281,14 @@ function planRebalance(input: PlannerInput, servers: Map<number, PlannerServer>)
     return [{ kind: 'add', chunk, target: emptiest.id, thenDrop: fullest.id, reason: `rebalancing from server ${fullest.id}`, urgency: 2_000_000 }];
   }
   return [];
+}
+
+function mappedBytesOf(chunks: Iterable<PlannerChunk>): Map<number, number> {
+  const mappedBytes = new Map<number, number>();
+  for (const chunk of chunks) {
+    for (const csId of chunk.replicas) mappedBytes.set(csId, (mappedBytes.get(csId) ?? 0) + chunk.chunkSizeBytes);
+  }
+  return mappedBytes;
 }
 
 function hasRoomFor(server: PlannerServer, bytes: number): boolean {

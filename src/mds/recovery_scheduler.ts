@@ -13,9 +13,19 @@ export interface RecoverySchedulerOptions {
   readonly random: () => number;
   readonly concurrency: number;
   readonly planner: PlannerConfig;
-  /** The current picture: servers and every chunk with its volume's replica settings. */
-  readonly view: () => { servers: PlannerServer[]; chunks: Iterable<PlannerChunk> };
+  /**
+   * The current picture: servers, and the chunks that can need something with their volume's
+   * replica settings (a bounded window of them on a large map: see map_scans.ts).
+   */
+  readonly view: () => RecoveryView;
   readonly nowMs: () => number;
+}
+
+export interface RecoveryView {
+  readonly servers: PlannerServer[];
+  readonly chunks: Iterable<PlannerChunk>;
+  readonly mappedBytes?: ReadonlyMap<number, number>;
+  readonly chunksOn?: (csId: number) => Iterable<PlannerChunk>;
 }
 
 /** How long a server that failed to take a chunk's new replica is passed over for that chunk. */
@@ -27,7 +37,10 @@ export interface RecoveryStats {
   started: number;
   succeeded: number;
   failed: number;
-  /** Actions the last plan held (0 = nothing to do: every chunk as it should be). */
+  /**
+   * Actions the last plan held (0 = nothing to do: every chunk as it should be). With more
+   * chunks needing something than one window holds, this and the next two count the last window.
+   */
   pending: number;
   /** Chunks the last plan could not help: no eligible server in a free failure domain. */
   blocked: number;
@@ -59,6 +72,8 @@ export class RecoveryScheduler {
     const plan = planRecovery({
       servers: view.servers,
       chunks: view.chunks,
+      ...(view.mappedBytes === undefined ? {} : { mappedBytes: view.mappedBytes }),
+      ...(view.chunksOn === undefined ? {} : { chunksOn: view.chunksOn }),
       busy: (chunkId) => this.inFlight.has(chunkId) || replicator.isBusy(chunkId),
       avoidTargets: (chunkId) => this.avoidTargets(chunkId),
       config: this.options.planner,

@@ -4,6 +4,14 @@
 // fsync (lmdb's batching), which is how the MDS stays fast under many small ops.
 //
 // Reads outside a submit see committed state only.
+//
+// Besides the records, the tables keep indexes derived from the chunk records alone, written by
+// putChunk/deleteChunk in the same transaction as the record (so they can never disagree with
+// it, before or after a restart): chunk id -> chunk, server -> its chunks, per-server replica and
+// byte counts, and the chunks whose record alone says they need the planner (in doubt, or a
+// replica count other than the volume's normal). They let the MDS answer and plan without
+// walking a map of millions of records. A database written before they existed gets them built
+// once at open (ensureIndexes).
 
 import { open, type Database, type RootDatabase } from 'lmdb';
 import { dirname } from 'node:path';
@@ -13,13 +21,16 @@ import type {
   ChunkRecord,
   ChunkServerRecord,
   HypervisorRecord,
+  ChunkKey,
   LostGenerations,
   MdsTables,
   MetaKey,
   PendingDeleteRecord,
   QuarantineRecord,
+  ServerMapped,
   VolumeRecord,
 } from './model.ts';
+import { needsAttention } from './model.ts';
 import { applyOp, type MdsOp, type MdsOpResult } from './ops.ts';
 
 /** The database file in an MDS's data directory (LMDB adds `<name>-lock` beside it). */
@@ -32,6 +43,10 @@ const OPLOG_ENTRIES_KEPT = 100_000;
 
 /** Key in chunk-counts that says the counts cover every chunk record. */
 const CHUNK_COUNTS_COMPLETE = 'complete';
+/** Key in chunk-counts that says the chunk indexes (see the header) cover every chunk record. */
+const CHUNK_INDEXES_COMPLETE = 'indexes-v1';
+/** Records per write transaction when building the indexes of an older database. */
+const INDEX_BUILD_RECORDS_PER_TRANSACTION = 65_536;
 
 interface OplogEntry {
   readonly seq: number;
@@ -61,9 +76,17 @@ export class LmdbTables implements MdsTables {
    * Derived from `chunks` alone: built at open when missing (see ensureChunkCounts).
    */
   readonly chunkCounts: Database<number, number | string>;
+  /** chunkId -> [volumeId, chunkIndex] of its record (see the header). */
+  readonly chunkIds: Database<[number, number], number>;
+  /** [csId, volumeId, chunkIndex] -> chunkId, one entry per member of every chunk. */
+  readonly serverChunks: Database<number, [number, number, number]>;
+  /** csId -> [replicas the map places on it, their bytes]. */
+  readonly serverCounts: Database<[number, number], number>;
+  /** [volumeId, chunkIndex] -> 1 for every chunk that needsAttention. */
+  readonly attention: Database<number, [number, number]>;
 
   constructor(root: RootDatabase) {
-    const db = <V, K extends string | number | [number, number]>(name: string, keyEncoding: 'uint32' | 'ordered-binary') =>
+    const db = <V, K extends string | number | [number, number] | [number, number, number]>(name: string, keyEncoding: 'uint32' | 'ordered-binary') =>
       root.openDB<V, K>({ name, encoding: 'msgpack', keyEncoding });
     this.meta = db('meta', 'ordered-binary');
     this.volumes = db('volumes', 'uint32');
@@ -78,6 +101,110 @@ export class LmdbTables implements MdsTables {
     this.hypervisors = db('hypervisors', 'uint32');
     this.hypervisorNames = db('hypervisor-names', 'ordered-binary');
     this.chunkCounts = db('chunk-counts', 'ordered-binary');
+    this.chunkIds = db('chunk-ids', 'ordered-binary');
+    this.serverChunks = db('server-chunks', 'ordered-binary');
+    this.serverCounts = db('server-counts', 'ordered-binary');
+    this.attention = db('attention', 'ordered-binary');
+  }
+
+  /**
+   * Builds the chunk indexes of a database written before they were kept (once). Runs before the
+   * MDS serves; a million records take some tens of seconds, in bounded write transactions.
+   */
+  ensureIndexes(): void {
+    if (this.chunkCounts.get(CHUNK_INDEXES_COMPLETE) !== undefined) return;
+    this.chunkCounts.transactionSync(() => {
+      for (const table of [this.chunkIds, this.serverChunks, this.serverCounts, this.attention] as Database[]) {
+        for (const key of table.getKeys({})) void table.remove(key);
+      }
+    });
+    let after: [number, number] | undefined;
+    for (;;) {
+      const range = after === undefined ? this.chunks.getRange({ limit: INDEX_BUILD_RECORDS_PER_TRANSACTION })
+        : this.chunks.getRange({ start: after, exclusiveStart: true, limit: INDEX_BUILD_RECORDS_PER_TRANSACTION });
+      const records = [...range.map(({ value }) => value)];
+      if (records.length === 0) break;
+      this.chunkCounts.transactionSync(() => this.indexChunks(records));
+      const last = records.at(-1);
+      assert(last !== undefined, 'a slice that is not empty has a last record');
+      after = [last.volumeId, last.chunkIndex];
+    }
+    void this.chunkCounts.putSync(CHUNK_INDEXES_COMPLETE, 1);
+  }
+
+  /**
+   * Adds many new chunk records' index entries in the current write transaction, summing the
+   * per-server counts in memory (one write per server rather than one per replica). The records
+   * themselves must be written by the caller (or be there already).
+   */
+  indexChunks(records: readonly ChunkRecord[]): void {
+    const volumes = new Map<number, VolumeRecord | undefined>();
+    const deltas = new Map<number, [number, number]>();
+    for (const record of records) {
+      if (!volumes.has(record.volumeId)) volumes.set(record.volumeId, this.volumes.get(record.volumeId));
+      const volume = volumes.get(record.volumeId);
+      void this.chunkIds.put(record.chunkId, [record.volumeId, record.chunkIndex]);
+      if (needsAttention(record, volume)) void this.attention.put([record.volumeId, record.chunkIndex], 1);
+      for (const csId of record.replicas) {
+        void this.serverChunks.put([csId, record.volumeId, record.chunkIndex], record.chunkId);
+        const delta = deltas.get(csId) ?? [0, 0];
+        delta[0] += 1;
+        delta[1] += volume?.chunkSizeBytes ?? 0;
+        deltas.set(csId, delta);
+      }
+    }
+    for (const [csId, [replicas, bytes]] of deltas) this.addServerCount(csId, replicas, bytes);
+  }
+
+  /**
+   * Writes many new chunk records with their index entries and counts in the current write
+   * transaction: what putChunk does, with the counters summed once per call (filling a map).
+   */
+  putNewChunks(records: readonly ChunkRecord[]): void {
+    const perVolume = new Map<number, number>();
+    for (const record of records) {
+      assert(this.chunks.get([record.volumeId, record.chunkIndex]) === undefined, 'putNewChunks writes new records only');
+      void this.chunks.put([record.volumeId, record.chunkIndex], record);
+      perVolume.set(record.volumeId, (perVolume.get(record.volumeId) ?? 0) + 1);
+    }
+    for (const [volumeId, count] of perVolume) this.addChunkCount(volumeId, count);
+    this.indexChunks(records);
+  }
+
+  private addServerCount(csId: number, replicas: number, bytes: number): void {
+    const [replicasBefore, bytesBefore] = this.serverCounts.get(csId) ?? [0, 0];
+    const counts: [number, number] = [replicasBefore + replicas, bytesBefore + bytes];
+    assert(counts[0] >= 0 && counts[1] >= 0, 'a server never holds fewer than no replicas');
+    if (counts[0] === 0) void this.serverCounts.remove(csId);
+    else void this.serverCounts.put(csId, counts);
+  }
+
+  /** Keeps the indexes of one chunk as its record goes from `before` to `after` (either may be absent). */
+  private reindexChunk(before: ChunkRecord | undefined, after: ChunkRecord | undefined): void {
+    const some = after ?? before;
+    assert(some !== undefined, 'a chunk is indexed from at least one record');
+    assert(before === undefined || after === undefined || before.chunkId === after.chunkId, 'a chunk keeps its id');
+    const key: [number, number] = [some.volumeId, some.chunkIndex];
+    const volume = this.volumes.get(some.volumeId);
+    const chunkSizeBytes = volume?.chunkSizeBytes ?? 0;
+    const membersBefore = before?.replicas ?? [];
+    const membersAfter = after?.replicas ?? [];
+    for (const csId of membersBefore) {
+      if (membersAfter.includes(csId)) continue;
+      void this.serverChunks.remove([csId, ...key]);
+      this.addServerCount(csId, -1, -chunkSizeBytes);
+    }
+    for (const csId of membersAfter) {
+      if (membersBefore.includes(csId)) continue;
+      void this.serverChunks.put([csId, ...key], some.chunkId);
+      this.addServerCount(csId, 1, chunkSizeBytes);
+    }
+    if (before === undefined) void this.chunkIds.put(some.chunkId, key);
+    if (after === undefined) void this.chunkIds.remove(some.chunkId);
+    const attentionBefore = before !== undefined && needsAttention(before, volume);
+    const attentionAfter = after !== undefined && needsAttention(after, volume);
+    if (attentionAfter && !attentionBefore) void this.attention.put(key, 1);
+    if (attentionBefore && !attentionAfter) void this.attention.remove(key);
   }
 
   /** Builds the per-volume chunk counts of a database written before they were kept (once). */
@@ -92,7 +219,7 @@ export class LmdbTables implements MdsTables {
     });
   }
 
-  private addChunkCount(volumeId: number, delta: 1 | -1): void {
+  private addChunkCount(volumeId: number, delta: number): void {
     const count = (this.chunkCounts.get(volumeId) ?? 0) + delta;
     assert(count >= 0, 'a volume never has fewer than no chunks');
     if (count === 0) void this.chunkCounts.remove(volumeId);
@@ -128,12 +255,41 @@ export class LmdbTables implements MdsTables {
     return this.chunks.get([volumeId, chunkIndex]);
   }
   putChunk(record: ChunkRecord): void {
-    if (this.chunks.get([record.volumeId, record.chunkIndex]) === undefined) this.addChunkCount(record.volumeId, 1);
+    const before = this.chunks.get([record.volumeId, record.chunkIndex]);
+    if (before === undefined) this.addChunkCount(record.volumeId, 1);
+    this.reindexChunk(before, record);
     void this.chunks.put([record.volumeId, record.chunkIndex], record);
   }
   deleteChunk(volumeId: number, chunkIndex: number): void {
-    if (this.chunks.get([volumeId, chunkIndex]) !== undefined) this.addChunkCount(volumeId, -1);
+    const before = this.chunks.get([volumeId, chunkIndex]);
+    if (before === undefined) return;
+    this.addChunkCount(volumeId, -1);
+    this.reindexChunk(before, undefined);
     void this.chunks.remove([volumeId, chunkIndex]);
+  }
+  getChunkById(chunkId: number): ChunkRecord | undefined {
+    const key = this.chunkIds.get(chunkId);
+    if (key === undefined) return undefined;
+    const record = this.chunks.get(key);
+    assert(record !== undefined && record.chunkId === chunkId, 'the chunk-id index names the chunk\'s record');
+    return record;
+  }
+  serverMapped(csId: number): ServerMapped {
+    const [replicaCount, mappedBytes] = this.serverCounts.get(csId) ?? [0, 0];
+    return { replicaCount, mappedBytes };
+  }
+  listServerChunks(csId: number, after: ChunkKey | undefined, limit: number): ChunkKey[] {
+    const start = after === undefined ? [csId] : [csId, after.volumeId, after.chunkIndex];
+    const keys = this.serverChunks.getKeys({ start, end: [csId + 1], exclusiveStart: after !== undefined, limit });
+    return [...keys.map(([, volumeId, chunkIndex]) => ({ volumeId, chunkIndex }))];
+  }
+  listAttentionChunks(after: ChunkKey | undefined, limit: number): ChunkKey[] {
+    const keys = after === undefined ? this.attention.getKeys({ limit })
+      : this.attention.getKeys({ start: [after.volumeId, after.chunkIndex], exclusiveStart: true, limit });
+    return [...keys.map(([volumeId, chunkIndex]) => ({ volumeId, chunkIndex }))];
+  }
+  isAttentionChunk(volumeId: number, chunkIndex: number): boolean {
+    return this.attention.get([volumeId, chunkIndex]) !== undefined;
   }
   listChunks(volumeId: number, fromIndex: number, count: number): ChunkRecord[] {
     const range = this.chunks.getRange({ start: [volumeId, fromIndex], end: [volumeId + 1, 0], limit: count });
@@ -240,12 +396,13 @@ export class MdsStore {
     await mkdirDurable(dirname(path));
     // No compression: records are small; no caching: childTransaction needs it off.
     // The database file and its lock file are created 0600 (lmdb's default is 0664 less the umask).
-    const root = open({ path, compression: false, maxDbs: 16, mapSize: 4 * 1024 * 1024 * 1024, ...LMDB_FILE_MODE });
+    const root = open({ path, compression: false, maxDbs: 32, mapSize: 4 * 1024 * 1024 * 1024, ...LMDB_FILE_MODE });
     // LMDB syncs its data files, never the directory entries that name them: without this, a
     // power cut soon after the first start could take the whole database away.
     await syncDirectory(dirname(path));
     const store = new MdsStore(root);
     store.lmdb.ensureChunkCounts();
+    store.lmdb.ensureIndexes();
     return store;
   }
 
@@ -272,7 +429,7 @@ export class MdsStore {
 
   /** What a copy made by copyTo holds: its generation, op sequence, volume and chunk counts. */
   async describeCopy(path: string): Promise<{ generation: number; opSeq: number; volumes: number; chunks: number }> {
-    const root = open({ path, compression: false, maxDbs: 16, readOnly: true });
+    const root = open({ path, compression: false, maxDbs: 32, readOnly: true });
     try {
       const tables = new LmdbTables(root);
       let chunks = 0;
