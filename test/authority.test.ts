@@ -18,10 +18,10 @@ import { decodeCapability, type CapabilityGrant } from '../src/protocol/capabili
 import { CsConnection, type CsRequestBody } from '../src/protocol/cs_connection.ts';
 import { CS_OP } from '../src/protocol/cs_messages.ts';
 import { MdsClient } from '../src/protocol/mds_client.ts';
-import { DaemonProcess } from '../src/local/daemon_process.ts';
+import { DaemonProcess, SHOAL_ENTRY } from '../src/local/daemon_process.ts';
 import { createLogger } from '../src/util/log.ts';
 import { startCluster } from './helpers/cluster.ts';
-import { runOk } from './helpers/run.ts';
+import { run, runOk } from './helpers/run.ts';
 
 const MiB = 1024 * 1024;
 const CAPABILITY_TTL_MS = 20_000;
@@ -276,4 +276,9 @@ t.test('the NBD server runs on its hypervisor credential alone; secrets stay pri
     name: 'nbd-loose', stderr: 'collect', args: ['run', 'nbd', '--mds', cluster.mdsUrl, '--credential', loose, '--socket', join(hostDir, 'x.sock')],
   }).then(() => 'started', (error: Error) => error.message);
   t.match(refused, /loose\.cred has mode 0644: other users may read or change it; run `chmod 600/, 'a credential file others can read is refused, naming the fix');
+  const withClusterKey = await run(process.execPath, [SHOAL_ENTRY, 'run', 'nbd', '--mds', cluster.mdsUrl, '--cluster-key',
+    join(cluster.dir, 'cluster.key'), '--socket', join(hostDir, 'y.sock')]);
+  t.not(withClusterKey.code, 0, 'an NBD server given the cluster key (as before) does not start');
+  t.match(withClusterKey.stderr, /--cluster-key is no longer given to hypervisors: .*shoal hypervisor add NAME.*--credential FILE/,
+    'and says what replaced it');
 });

@@ -50,6 +50,9 @@ t.test('members refusing a fenced write are not dropped, and its bytes do not su
   const log = createLogger('test-client');
   const pool = cluster.pool();
   t.teardown(() => pool.closeAll());
+  // Probes and reads of the members' bytes as a chunk server would make them (no capability needed).
+  const peers = cluster.peerPool();
+  t.teardown(() => peers.closeAll());
   const viaProxies = new ForwardProxiedPool(cluster.clusterKey);
   for (const server of (await cluster.admin.listChunkServers()).chunkServers) viaProxies.csIdByPort.set(server.port, server.id);
   t.teardown(() => viaProxies.closeAll());
@@ -83,7 +86,7 @@ t.test('members refusing a fenced write are not dropped, and its bytes do not su
   // bytes they already hold, so it changes nothing where it is still taken).
   const volumeId = (await cluster.admin.getVolume('v')).id;
   const fenced = await eventually(async () => {
-    const codes = await Promise.all(others.map(async (member) => (await pool.request(member.host, member.port, {
+    const codes = await Promise.all(others.map(async (member) => (await peers.request(member.host, member.port, {
       op: CS_OP.WRITE, chunkId: before.chunkId, version: before.version, volumeId, epoch: writerA.epoch,
       offsetBytes: 0, lengthBytes: 4 * KiB, forward: [],
     }, Buffer.alloc(4 * KiB, 0x11))).reply.code));
@@ -101,7 +104,7 @@ t.test('members refusing a fenced write are not dropped, and its bytes do not su
   t.same(after.replicas.map((member) => member.csId).sort(), before.replicas.map((member) => member.csId).sort(),
     `no member left the set for refusing the write (version ${before.version} -> ${after.version})`);
   for (const member of after.replicas) {
-    const { reply, payload } = await pool.request(member.host, member.port, {
+    const { reply, payload } = await peers.request(member.host, member.port, {
       op: CS_OP.READ, chunkId: before.chunkId, version: after.version, offsetBytes: 0, lengthBytes: 64 * KiB,
     });
     t.ok(reply.code === undefined && payload.every((byte) => byte === 0x11), `member ${member.csId} does not hold the fenced bytes (${reply.code ?? `0x${payload[0]?.toString(16)}`})`);

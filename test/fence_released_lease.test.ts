@@ -36,6 +36,9 @@ t.test('a write still on the way when its writer released the lease never lands 
   const log = createLogger('test-client');
   const pool = cluster.pool();
   t.teardown(() => pool.closeAll());
+  // Probes and reads of the members' bytes as a chunk server would make them (no capability needed).
+  const peers = cluster.peerPool();
+  t.teardown(() => peers.closeAll());
 
   // What one write open costs (each one fences every chunk server now).
   const openMs: number[] = [];
@@ -83,7 +86,7 @@ t.test('a write still on the way when its writer released the lease never lands 
   const entry = (await cluster.internal.chunkMap('v', 0, 1)).chunks[0];
   if (entry === undefined) throw new Error('chunk 0 expected');
   for (const member of entry.replicas) {
-    const { reply, payload } = await pool.request(member.host, member.port, {
+    const { reply, payload } = await peers.request(member.host, member.port, {
       op: CS_OP.READ, chunkId: entry.chunkId, version: entry.version, offsetBytes: 0, lengthBytes: 64 * KiB,
     });
     t.ok(reply.code === undefined && payload.every((byte) => byte === 0x11), `member ${member.csId} holds A's bytes from before the close, not the late ones`);

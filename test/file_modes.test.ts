@@ -37,7 +37,9 @@ async function walk(root: string): Promise<Walk> {
     if (info.isSymbolicLink()) return;
     const name = relative(root, path) || '.';
     seen.push(name);
-    if ((info.mode & 0o077) !== 0) loose.push(`${name} ${(info.mode & 0o7777).toString(8)}`);
+    // The MDS's public key is made to be copied to every chunk server: not a secret.
+    const publicKey = name === 'mds.pub' || name.endsWith('/mds.pub');
+    if ((info.mode & 0o077) !== 0 && !publicKey) loose.push(`${name} ${(info.mode & 0o7777).toString(8)}`);
     if (!info.isDirectory()) return;
     const names = await readdir(path).catch((error: NodeJS.ErrnoException) => {
       if (error.code === 'ENOENT') return [] as string[];

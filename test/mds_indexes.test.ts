@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { open } from 'lmdb';
 import { seededRandom } from '../src/util/clock.ts';
 import { MemoryTables } from '../src/mds/memory_tables.ts';
-import { LmdbTables, MdsStore } from '../src/mds/store.ts';
+import { LmdbTables, MDS_DB_TABLES_MAX, MdsStore } from '../src/mds/store.ts';
 import type { MdsOp } from '../src/mds/ops.ts';
 import type { ChunkKey, MdsTables, VolumeRecord } from '../src/mds/model.ts';
 import { chunkHealth, plannerChunk, recoveryWindow, WINDOW_START } from '../src/mds/map_scans.ts';
@@ -118,7 +118,7 @@ t.test('indexes kept with the records match a walk, across a reopen and a rebuil
   await reopened.close();
 
   // A database from before the indexes: they are built at open.
-  const root = open({ path, compression: false, maxDbs: 16 });
+  const root = open({ path, compression: false, maxDbs: MDS_DB_TABLES_MAX });
   const raw = new LmdbTables(root);
   await raw.chunkCounts.remove('indexes-v1');
   await raw.serverChunks.clearAsync();

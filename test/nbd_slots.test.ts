@@ -304,7 +304,7 @@ t.test('slow TCP clients cannot lock out the unix socket and lose their slots', 
 t.test('the old shared limit flag is refused with what replaced it', async (t) => {
   t.setTimeout(20_000);
   const result = await run('node', [SHOAL_ENTRY, 'run', 'nbd', '--mds', 'http://127.0.0.1:1',
-    '--cluster-key', '/nonexistent', '--socket', '/nonexistent.sock', '--connections-max', '5']);
+    '--credential', '/nonexistent', '--socket', '/nonexistent.sock', '--connections-max', '5']);
   t.not(result.code, 0, 'the daemon does not start');
   t.match(result.stderr + result.stdout, /--unix-connections-max and --tcp-connections-max/);
 });

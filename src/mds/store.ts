@@ -35,6 +35,9 @@ import { applyOp, type MdsOp, type MdsOpResult } from './ops.ts';
 
 /** The database file in an MDS's data directory (LMDB adds `<name>-lock` beside it). */
 export const MDS_DB_FILE = 'mds.lmdb';
+
+/** Named databases the MDS's LMDB may hold (it uses 17): whoever opens it passes this. */
+export const MDS_DB_TABLES_MAX = 32;
 /** lmdb's option for the mode of the files it creates (missing from its type declarations). */
 const LMDB_FILE_MODE = { permissionsMode: PRIVATE_FILE_MODE };
 
@@ -396,7 +399,7 @@ export class MdsStore {
     await mkdirDurable(dirname(path));
     // No compression: records are small; no caching: childTransaction needs it off.
     // The database file and its lock file are created 0600 (lmdb's default is 0664 less the umask).
-    const root = open({ path, compression: false, maxDbs: 32, mapSize: 4 * 1024 * 1024 * 1024, ...LMDB_FILE_MODE });
+    const root = open({ path, compression: false, maxDbs: MDS_DB_TABLES_MAX, mapSize: 4 * 1024 * 1024 * 1024, ...LMDB_FILE_MODE });
     // LMDB syncs its data files, never the directory entries that name them: without this, a
     // power cut soon after the first start could take the whole database away.
     await syncDirectory(dirname(path));
@@ -429,7 +432,7 @@ export class MdsStore {
 
   /** What a copy made by copyTo holds: its generation, op sequence, volume and chunk counts. */
   async describeCopy(path: string): Promise<{ generation: number; opSeq: number; volumes: number; chunks: number }> {
-    const root = open({ path, compression: false, maxDbs: 32, readOnly: true });
+    const root = open({ path, compression: false, maxDbs: MDS_DB_TABLES_MAX, readOnly: true });
     try {
       const tables = new LmdbTables(root);
       let chunks = 0;

@@ -73,6 +73,7 @@ export async function runNbd(argv: string[]): Promise<void> {
       'inflight-requests-max': { type: 'string' },
       'inflight-bytes-max': { type: 'string' },
       'connections-max': { type: 'string' },
+      'cluster-key': { type: 'string' },
       'unix-connections-max': { type: 'string' },
       'tcp-connections-max': { type: 'string' },
       'tcp-connections-per-address-max': { type: 'string' },
@@ -86,6 +87,11 @@ export async function runNbd(argv: string[]): Promise<void> {
   if (values.help === true) {
     process.stdout.write(`${USAGE}\n`);
     return;
+  }
+  if (values['cluster-key'] !== undefined) {
+    // Hypervisors held the cluster key once; now each has its own credential, which can be revoked alone.
+    throw new StorageError('ERR_CONFIG', '--cluster-key is no longer given to hypervisors: give this one its own credential ' +
+      '(on the admin side: shoal hypervisor add NAME --volume V --out FILE) and pass --credential FILE');
   }
   if (values.mds === undefined || values.credential === undefined) {
     throw new StorageError('ERR_CONFIG', `--mds and --credential are required\n${USAGE}`);

@@ -9,7 +9,7 @@
 import { open } from 'lmdb';
 import { join } from 'node:path';
 import type { ChunkRecord } from '../../src/mds/model.ts';
-import { LmdbTables, MDS_DB_FILE, MdsStore } from '../../src/mds/store.ts';
+import { LmdbTables, MDS_DB_FILE, MDS_DB_TABLES_MAX, MdsStore } from '../../src/mds/store.ts';
 
 /** Records per write transaction: each transaction takes a second or two on a loaded machine. */
 const RECORDS_PER_TRANSACTION = 131_072;
@@ -50,7 +50,7 @@ export async function fillChunkMap(mdsDir: string, name: string, replicas: reado
     await store.close();
   }
   // The same settings as MdsStore.open (no compression; several named databases).
-  const root = open({ path, compression: false, maxDbs: 16 });
+  const root = open({ path, compression: false, maxDbs: MDS_DB_TABLES_MAX });
   let added = 0;
   try {
     const tables = new LmdbTables(root);
