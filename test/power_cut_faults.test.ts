@@ -135,7 +135,9 @@ t.test('power cuts during version changes, re-replication, a forced takeover and
     const cuts = await cluster.cutAll({ mode: 'none' });
     await writer.stop();
     const afterCut = await mapped();
-    t.ok(afterCut > 0 && afterCut <= left,
+    // The drain resumes as soon as the MDS is back, so by this look it may have finished: what
+    // must hold is that no move made before the cut was undone.
+    t.ok(left > 0 && afterCut <= left,
       `the cut came mid-way (${left} of ${before} replicas still on the draining server at the last look before it); after it ${afterCut} are left: ` +
       `the moves made before the cut stayed made; ${describeCuts(cuts)}; phases: ${cluster.lastCutPhases}`);
     t.ok(await eventually(async () => (await mapped()) === 0, 180_000), `after the cut the drain went on by itself until nothing was left on the server (${await mapped()} left)`);
