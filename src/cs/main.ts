@@ -217,7 +217,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     registration: {
       uuid: identity.uuid,
       host: config.advertiseHost,
-      port: config.advertisePort ?? port,
+      port: advertisedPort,
       metricsPort: metricsServer.port,
       failureDomainHost: config.failureDomainHost,
       rack: config.rack,

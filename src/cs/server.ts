@@ -33,6 +33,7 @@ import {
 import type { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { FrameReader, PREAUTH_FRAME_BODY_BYTES_MAX, writeFrame, type RawFrame } from '../protocol/frame.ts';
 import { assert } from '../util/assert.ts';
+import { setBounded } from '../util/bounded_map.ts';
 import type { Logger } from '../util/log.ts';
 import type { PartialWriteReporter } from './partial_writes.ts';
 import type { ChunkStore } from './chunk_store.ts';
@@ -220,12 +221,8 @@ export class ChunkServer {
   revoke(hypervisorId: number, issuedBeforeMs: number): void {
     const known = this.revokedBeforeMs.get(hypervisorId) ?? 0;
     if (issuedBeforeMs <= known) return;
-    if (!this.revokedBeforeMs.has(hypervisorId) && this.revokedBeforeMs.size >= REVOCATIONS_MAX) {
-      // The oldest revocation goes: its capabilities have long expired.
-      const oldest = this.revokedBeforeMs.keys().next().value;
-      if (oldest !== undefined) this.revokedBeforeMs.delete(oldest);
-    }
-    this.revokedBeforeMs.set(hypervisorId, issuedBeforeMs);
+    // Full, the oldest revocation goes: its capabilities have long expired.
+    setBounded(this.revokedBeforeMs, hypervisorId, issuedBeforeMs, REVOCATIONS_MAX);
     for (const connection of this.connections) connection.dropRevoked(hypervisorId, issuedBeforeMs);
     this.options.log.warn('capabilities of a hypervisor revoked', { hypervisorId, issuedBefore: new Date(issuedBeforeMs).toISOString() });
   }
@@ -425,11 +422,7 @@ class Connection implements Caller {
       return;
     }
     this.grants.delete(volumeId);
-    if (!this.refusals.has(volumeId) && this.refusals.size >= REFUSALS_MAX) {
-      const oldest = this.refusals.keys().next().value;
-      if (oldest !== undefined) this.refusals.delete(oldest);
-    }
-    this.refusals.set(volumeId, failure);
+    setBounded(this.refusals, volumeId, failure, REFUSALS_MAX);
   }
 
   refusal(volumeId: number): StorageError | null {

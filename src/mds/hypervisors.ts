@@ -113,7 +113,7 @@ export class Hypervisors {
     const record = this.byName(name);
     const result = await this.deps.store.submit({ type: 'revokeHypervisor', hypervisorId: record.id, nowMs: this.deps.clock.nowMs() });
     assert(result.type === 'hypervisor' && result.record.revokedAtMs !== null, 'revokeHypervisor yields a revoked hypervisor');
-    const issuedBeforeMs = result.record.revokedAtMs + 1; // as revocationsOf says
+    const issuedBeforeMs = voidedBeforeMs(result.record.revokedAtMs);
     const servers = this.deps.onlineServers();
     const results = await Promise.allSettled(servers.map((csId) => this.deps.revokeOn(csId, record.id, issuedBeforeMs)));
     const missed = servers.filter((_, index) => results[index]?.status === 'rejected');
@@ -123,13 +123,15 @@ export class Hypervisors {
 
 }
 
-/**
- * For registration replies: every revoked hypervisor and from when its capabilities are void
- * (issue times are in ms: the one issued in the revocation's own ms is void too).
- */
+/** For registration replies: every revoked hypervisor and from when its capabilities are void. */
 export function revocationsOf(tables: MdsTables): Array<{ hypervisorId: number; issuedBeforeMs: number }> {
   return tables.listHypervisors().flatMap((record) =>
-    record.revokedAtMs === null ? [] : [{ hypervisorId: record.id, issuedBeforeMs: record.revokedAtMs + 1 }]);
+    record.revokedAtMs === null ? [] : [{ hypervisorId: record.id, issuedBeforeMs: voidedBeforeMs(record.revokedAtMs) }]);
+}
+
+/** Capabilities issued before this are void: issue times are in ms, so the revocation's own ms counts too. */
+function voidedBeforeMs(revokedAtMs: number): number {
+  return revokedAtMs + 1;
 }
 
 function info(record: HypervisorRecord): HypervisorInfo {

@@ -3,6 +3,7 @@
 // replicator's rate limit so foreground I/O keeps its share of disks and network. It never
 // decides anything itself.
 
+import { setBounded } from '../util/bounded_map.ts';
 import type { Logger } from '../util/log.ts';
 import { planRecovery, type PlannerChunk, type PlannerConfig, type PlannerServer, type RecoveryAction } from './recovery.ts';
 import type { Replicator } from './replicator.ts';
@@ -132,13 +133,9 @@ export class RecoveryScheduler {
   }
 
   private rememberFailedTarget(chunkId: number, csId: number): void {
-    if (this.failedTargets.size >= FAILED_TARGETS_MAX && !this.failedTargets.has(chunkId)) {
-      const oldest = this.failedTargets.keys().next().value;
-      if (oldest !== undefined) this.failedTargets.delete(oldest);
-    }
     const entries = (this.failedTargets.get(chunkId) ?? []).filter((entry) => entry.csId !== csId);
     entries.push({ csId, untilMs: this.options.nowMs() + FAILED_TARGET_BACKOFF_MS });
-    this.failedTargets.set(chunkId, entries);
+    setBounded(this.failedTargets, chunkId, entries, FAILED_TARGETS_MAX);
   }
 
   private async execute(action: RecoveryAction): Promise<void> {

@@ -6,7 +6,7 @@
 import { writeFile } from 'node:fs/promises';
 import { StorageError } from '../../errors.ts';
 import type { HypervisorInfo } from '../../protocol/api.ts';
-import { booleanFlag, defineCommand, positional, show, stringFlag, type Command } from '../command.ts';
+import { booleanFlag, defineCommand, positional, show, stringFlag, type Command, type CommandArgs } from '../command.ts';
 import { formatTimestamp } from '../format.ts';
 import { renderTable, type Column } from '../table.ts';
 import { parseVolumeName } from './volume.ts';
@@ -18,6 +18,12 @@ function parseHypervisorName(text: string): string {
     throw new StorageError('ERR_INVALID_ARGUMENT', `a hypervisor name is 1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit; got "${text}"`);
   }
   return text;
+}
+
+/** NAME VOLUME...: the hypervisor, then at least one volume. */
+function parseNameAndVolumes(args: CommandArgs): { name: string; volumes: string[] } {
+  if (args.positionals.length < 2) throw new StorageError('ERR_INVALID_ARGUMENT', 'give the hypervisor and at least one volume');
+  return { name: parseHypervisorName(positional(args, 0)), volumes: args.positionals.slice(1).map(parseVolumeName) };
 }
 
 const COLUMNS: ReadonlyArray<Column<HypervisorInfo>> = [
@@ -76,10 +82,7 @@ const allow = defineCommand({
   synopsis: 'NAME VOLUME...',
   summary: 'attach volumes to a hypervisor: it may serve them from now on',
   anyPositionals: true,
-  parse(args) {
-    if (args.positionals.length < 2) throw new StorageError('ERR_INVALID_ARGUMENT', 'give the hypervisor and at least one volume');
-    return { name: parseHypervisorName(positional(args, 0)), volumes: args.positionals.slice(1).map(parseVolumeName) };
-  },
+  parse: parseNameAndVolumes,
   run: (context, { name, volumes }) =>
     show(context, (mds) => mds.setHypervisorVolumes(name, { allow: volumes }), (h) => `${h.name} may serve: ${h.allVolumes ? 'all volumes' : h.volumes.join(', ')}\n`),
 });
@@ -89,10 +92,7 @@ const deny = defineCommand({
   synopsis: 'NAME VOLUME...',
   summary: 'detach volumes from a hypervisor (its open capabilities run out; revoke it to cut it off at once)',
   anyPositionals: true,
-  parse(args) {
-    if (args.positionals.length < 2) throw new StorageError('ERR_INVALID_ARGUMENT', 'give the hypervisor and at least one volume');
-    return { name: parseHypervisorName(positional(args, 0)), volumes: args.positionals.slice(1).map(parseVolumeName) };
-  },
+  parse: parseNameAndVolumes,
   run: (context, { name, volumes }) =>
     show(context, (mds) => mds.setHypervisorVolumes(name, { deny: volumes }), (h) =>
       `${h.name} may serve: ${h.allVolumes ? 'all volumes' : h.volumes.length === 0 ? 'no volume' : h.volumes.join(', ')}\n`),
