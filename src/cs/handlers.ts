@@ -60,7 +60,8 @@ export async function handleRequest(deps: ChunkServerOptions, request: CsRequest
     case CS_OP.WRITE:
     case CS_OP.ZERO:
       authorizeMutation(deps, request, caller);
-      return mutate(deps, request, payload);
+      // A client's change comes to the chunk's primary; a peer's is a forwarded copy.
+      return mutate(deps, request, payload, caller.role === 'client');
     case CS_OP.READ: {
       const meta = requireMeta(store, request.chunkId);
       authorizeRead(caller, meta);
@@ -216,7 +217,7 @@ function checkRange(meta: ChunkMeta, offsetBytes: number, lengthBytes: number): 
  * (ChunkStore.admitChange): a FENCE for this volume then waits until the change has finished,
  * forwards included.
  */
-async function mutate(deps: ChunkServerOptions, request: WriteRequest | ZeroRequest, payload: Buffer): Promise<Reply> {
+async function mutate(deps: ChunkServerOptions, request: WriteRequest | ZeroRequest, payload: Buffer, isPrimary: boolean): Promise<Reply> {
   const { store } = deps;
   const blocked = deps.writeBlocker();
   if (blocked !== null) throw blocked;
@@ -225,20 +226,30 @@ async function mutate(deps: ChunkServerOptions, request: WriteRequest | ZeroRequ
     throw new StorageError('ERR_INVALID_ARGUMENT', `chunk ${meta.chunkId} belongs to volume ${meta.volumeId}, not ${request.volumeId}`);
   }
   checkRange(meta, request.offsetBytes, request.lengthBytes);
-  return store.admitChange(meta.volumeId, request.epoch, () => applyAndForward(deps, request, payload, meta));
+  return store.admitChange(meta.volumeId, request.epoch, () => applyAndForward(deps, request, payload, meta, isPrimary));
 }
 
 /** The body of mutate, once admitted: the local change and the forwards, and their outcome. */
-async function applyAndForward(deps: ChunkServerOptions, request: WriteRequest | ZeroRequest, payload: Buffer, meta: ChunkMeta): Promise<Reply> {
+async function applyAndForward(
+  deps: ChunkServerOptions, request: WriteRequest | ZeroRequest, payload: Buffer, meta: ChunkMeta, isPrimary: boolean,
+): Promise<Reply> {
   const { store } = deps;
   // A newer epoch fences every older writer from now on (still in the tick of the admission).
   const fenced = request.epoch > store.fenceEpoch(meta.volumeId) ? store.raiseFence(meta.volumeId, request.epoch) : Promise.resolve();
+  const startedAtMs = performance.now();
   const local =
     request.op === CS_OP.WRITE
       ? store.write(meta.chunkId, request.version, request.offsetBytes, payload)
       : store.zero(meta.chunkId, request.version, request.offsetBytes, request.lengthBytes);
   const forwarded = request.forward.map((target) => forward(deps, request, target, payload));
+  if (isPrimary) {
+    const observeStage = (stage: 'primary_local' | 'primary_forward') => (): void =>
+      deps.metrics.observeWriteStage(stage, (performance.now() - startedAtMs) / 1000);
+    local.then(observeStage('primary_local'), () => undefined);
+    void Promise.all(forwarded).then(observeStage('primary_forward'));
+  }
   const [localResult, ...peerResults] = await Promise.allSettled([Promise.all([local, fenced]), ...forwarded]);
+  deps.metrics.observeWriteStage(isPrimary ? 'primary_total' : 'replica_total', (performance.now() - startedAtMs) / 1000);
   const peerFailures = peerResults.flatMap((result) => (result.status === 'fulfilled' && result.value !== null ? [result.value] : []));
   const localError = localResult?.status === 'rejected' ? asStorageError(localResult.reason) : null;
   // A member that refuses the change as fenced knows a newer writer than this server did: the

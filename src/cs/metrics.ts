@@ -11,6 +11,8 @@ import { counterFromTotal } from '../util/metrics.ts';
 
 const OP_NAMES: Record<number, string> = Object.fromEntries(Object.entries(CS_OP).map(([name, op]) => [op, name.toLowerCase()]));
 
+export type WriteStage = 'primary_total' | 'primary_local' | 'primary_forward' | 'replica_total';
+
 export interface SpaceReport {
   readonly capacityBytes: number;
   readonly freeBytes: number;
@@ -32,6 +34,7 @@ export class CsMetrics {
   readonly protocolErrors: Counter;
   private readonly requests: Counter<'op' | 'code'>;
   private readonly latency: Histogram<'op'>;
+  private readonly writeStages: Readonly<Record<WriteStage, Histogram.Internal<'stage'>>>;
 
   constructor(store: () => ChunkStore | null, space: () => SpaceReport | null) {
     const registers = [this.registry];
@@ -65,7 +68,28 @@ export class CsMetrics {
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
       registers,
     });
+    const stages = new Histogram({
+      name: 'shoal_cs_write_stage_seconds',
+      help: 'Where a write\'s time goes: on the primary the whole write (primary_total), its own copy (primary_local) ' +
+        'and the wait for the replicas it forwarded to (primary_forward); on a replica the whole write (replica_total)',
+      labelNames: ['stage'] as const,
+      buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers,
+    });
+    const stage = (name: WriteStage): Histogram.Internal<'stage'> => {
+      stages.zero({ stage: name });
+      return stages.labels(name);
+    };
+    this.writeStages = {
+      primary_total: stage('primary_total'), primary_local: stage('primary_local'),
+      primary_forward: stage('primary_forward'), replica_total: stage('replica_total'),
+    };
     storeGauges(registers, store, space);
+  }
+
+  /** Records one stage of a write (WRITE or ZERO), in seconds. */
+  observeWriteStage(stage: WriteStage, seconds: number): void {
+    this.writeStages[stage].observe(seconds);
   }
 
   /** Exports the scrubber's progress and findings. */

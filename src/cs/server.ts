@@ -34,6 +34,7 @@ import type { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { FrameReader, PREAUTH_FRAME_BODY_BYTES_MAX, writeFrame, type RawFrame } from '../protocol/frame.ts';
 import { assert } from '../util/assert.ts';
 import { setBounded } from '../util/bounded_map.ts';
+import { TickCorker } from '../util/tick_cork.ts';
 import type { Logger } from '../util/log.ts';
 import type { PartialWriteReporter } from './partial_writes.ts';
 import type { ChunkStore } from './chunk_store.ts';
@@ -246,6 +247,7 @@ export class ChunkServer {
 
 class Connection implements Caller {
   readonly socket: Socket;
+  private readonly corker: TickCorker;
   private readonly owner: ChunkServer;
   /** Held to one small frame until the peer authenticates (see the header). */
   private readonly reader = new FrameReader(PREAUTH_FRAME_BODY_BYTES_MAX);
@@ -267,6 +269,7 @@ class Connection implements Caller {
   constructor(owner: ChunkServer, socket: Socket) {
     this.owner = owner;
     this.socket = socket;
+    this.corker = new TickCorker(socket);
     socket.on('data', (data: Buffer) => this.onData(data));
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
@@ -460,6 +463,7 @@ class Connection implements Caller {
 
   private send(reply: Reply): void {
     if (this.closed) return;
+    this.corker.hold();
     if (!writeFrame(this.socket, reply.reply, reply.payload)) this.writable = false;
   }
 

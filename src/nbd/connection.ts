@@ -22,6 +22,7 @@ import type { Socket } from 'node:net';
 import type { BlockDeviceHandle, BlockDeviceProvider } from '../client/block_device.ts';
 import { assert } from '../util/assert.ts';
 import type { Logger } from '../util/log.ts';
+import { TickCorker } from '../util/tick_cork.ts';
 import { ByteQueue } from './byte_queue.ts';
 import { HandshakeReader, Negotiator, releaseQuietly } from './handshake.ts';
 import type { HandshakeEvent, NegotiatedExport, OptionOutcome } from './handshake.ts';
@@ -82,7 +83,7 @@ export class NbdConnection implements ReplySink {
   private stallTimer: NodeJS.Timeout | null = null;
   /** When a write last reached the kernel while the stall timer was armed. */
   private flushedAtMs = 0;
-  private corked = false;
+  private readonly corker: TickCorker;
   /** DISC received: parse nothing more, end once in-flight requests have replied. */
   private stopReading = false;
   /** The client half-closed: serve the complete requests it sent, then end. */
@@ -94,6 +95,7 @@ export class NbdConnection implements ReplySink {
 
   constructor(socket: Socket, context: ConnectionContext, id: number) {
     this.socket = socket;
+    this.corker = new TickCorker(socket);
     this.context = context;
     const { remoteAddress, remotePort } = socket;
     const peer = remoteAddress === undefined ? 'unix' : `${remoteAddress}:${remotePort}`;
@@ -155,17 +157,12 @@ export class NbdConnection implements ReplySink {
   // --- ReplySink -----------------------------------------------------------------------------
 
   /**
-   * Replies completed in the same tick leave in one writev: the socket is corked at the first
-   * and uncorked on nextTick, which costs no latency and saves a syscall per reply under load.
+   * Replies completed in the same tick leave in one writev (see util/tick_cork.ts).
    */
   send(head: Buffer, payload?: Buffer): void {
     const { socket } = this;
     if (socket.destroyed || socket.writableEnded) return;
-    if (!this.corked) {
-      this.corked = true;
-      socket.cork();
-      process.nextTick(this.uncork);
-    }
+    this.corker.hold();
     // The flush callback marks progress for the stall check; it costs nothing more than the
     // no-op callback the stream would store anyway.
     let flowing = socket.write(head, payload === undefined ? this.onFlushed : undefined);
@@ -206,11 +203,6 @@ export class NbdConnection implements ReplySink {
     if (this.stallTimer !== null) clearTimeout(this.stallTimer);
     this.stallTimer = null;
   }
-
-  private readonly uncork = (): void => {
-    this.corked = false;
-    this.socket.uncork();
-  };
 
   // --- Reading -------------------------------------------------------------------------------
 

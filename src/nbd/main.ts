@@ -12,6 +12,7 @@ import { VolumeProvider } from '../client/provider.ts';
 import { IO_TIMEOUT_MS_DEFAULT } from '../client/volume.ts';
 import { StorageError } from '../errors.ts';
 import { readHypervisorCredential } from '../protocol/auth.ts';
+import { clientRequestObserver } from '../client/metrics.ts';
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { MdsClient } from '../protocol/mds_client.ts';
 import {
@@ -163,7 +164,9 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'shoal_nbd_' });
   const mds = new MdsClient({ url: config.mdsUrl, token: config.credential });
-  const pool = new CsConnectionPool({ credential: { role: 'client' }, requestTimeoutMs: config.csTimeoutMs });
+  const pool = new CsConnectionPool({
+    credential: { role: 'client' }, requestTimeoutMs: config.csTimeoutMs, observe: clientRequestObserver(registry),
+  });
   const provider = new VolumeProvider({
     mds, pool, log, holder: config.holder, ioTimeoutMs: config.ioTimeoutMs, forceOpen: config.forceOpen,
   });

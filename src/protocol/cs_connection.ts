@@ -11,6 +11,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { StorageError } from '../errors.ts';
 import { CS_CONNECTION_INFLIGHT_MAX } from '../limits.ts';
 import { assert } from '../util/assert.ts';
+import { TickCorker } from '../util/tick_cork.ts';
 import type { KeyObject } from 'node:crypto';
 import { callerMac, macEqual, mdsProof, newNonce, serverMac } from './auth.ts';
 import { grantProof, type CapabilityGrant } from './capability.ts';
@@ -53,6 +54,8 @@ export interface CsConnectionOptions {
   readonly credential: CsCredential;
   readonly connectTimeoutMs?: number;
   readonly requestTimeoutMs?: number;
+  /** Told each request's op and time from send to reply (client metrics); absent, nothing is timed. */
+  readonly observe?: (op: number, seconds: number) => void;
 }
 
 interface Pending {
@@ -60,6 +63,9 @@ interface Pending {
   readonly reject: (error: StorageError) => void;
   readonly deadlineMs: number;
   readonly payloadBytes: number;
+  readonly op: number;
+  /** performance.now() at send, when timed. */
+  readonly sentAtMs: number;
 }
 
 interface Waiting {
@@ -72,10 +78,12 @@ interface Waiting {
 export class CsConnection {
   readonly address: string;
   private readonly socket: Socket;
+  private readonly corker: TickCorker;
   private readonly reader = new FrameReader();
   private readonly pending = new Map<number, Pending>();
   private readonly waiting: Waiting[] = [];
   private readonly requestTimeoutMs: number;
+  private readonly observe: ((op: number, seconds: number) => void) | undefined;
   private readonly sweepTimer: NodeJS.Timeout;
   private nextId = 1;
   private inflightBytes = 0;
@@ -86,8 +94,13 @@ export class CsConnection {
   private readonly presented = new Map<number, CapabilityGrant>();
   private readonly nonces: { readonly server: Buffer; readonly caller: Buffer };
 
-  private constructor(socket: Socket, address: string, requestTimeoutMs: number, nonces: { server: Buffer; caller: Buffer }) {
+  private constructor(
+    socket: Socket, address: string, requestTimeoutMs: number, nonces: { server: Buffer; caller: Buffer },
+    observe: ((op: number, seconds: number) => void) | undefined,
+  ) {
     this.socket = socket;
+    this.observe = observe;
+    this.corker = new TickCorker(socket);
     this.nonces = nonces;
     this.address = address;
     this.requestTimeoutMs = requestTimeoutMs;
@@ -144,7 +157,8 @@ export class CsConnection {
       socket.destroy();
       throw new StorageError('ERR_PROTOCOL', `chunk server ${address} sent data before any request`);
     }
-    return new CsConnection(socket, address, options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS_DEFAULT, { server: serverNonce, caller: callerNonce });
+    return new CsConnection(socket, address, options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS_DEFAULT, { server: serverNonce, caller: callerNonce },
+      options.observe);
   }
 
   get isClosed(): boolean {
@@ -221,8 +235,11 @@ export class CsConnection {
       reject: item.reject,
       deadlineMs: Date.now() + this.requestTimeoutMs,
       payloadBytes,
+      op: item.body.op,
+      sentAtMs: this.observe === undefined ? 0 : performance.now(),
     });
     this.inflightBytes += payloadBytes;
+    this.corker.hold();
     writeFrame(this.socket, { ...item.body, id }, item.payload);
   }
 
@@ -259,6 +276,7 @@ export class CsConnection {
       }
       this.pending.delete(reply.id);
       this.inflightBytes -= entry.payloadBytes;
+      this.observe?.(entry.op, (performance.now() - entry.sentAtMs) / 1000);
       entry.resolve({ reply, payload: frame.payload });
       this.admitWaiting();
     }
