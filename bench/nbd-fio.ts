@@ -1,10 +1,12 @@
 // `npm run bench` — fio (ioengine=nbd) against a real local shoal cluster's NBD export and, in the
 // same run on the same file system, against qemu-nbd serving a raw file: once with
 // --cache=directsync (every acknowledged write durable, as in shoal: the fair baseline and the
-// primary ratio) and once with --cache=writeback (qemu-nbd's default, not durable). Prints IOPS,
-// bandwidth, completion-latency percentiles and shoal/baseline ratios for 4 KiB random read and
-// write at iodepth 1 and 32 and 1 MiB sequential read and write at iodepth 4, plus the commands
-// used, the machine, and where shoal's time went (from its daemons' /metrics).
+// primary ratio), as three directsync servers on three files driven at once by one fio (the floor
+// for three durable copies on this disk), and once with --cache=writeback (qemu-nbd's default, not
+// durable). Prints IOPS, bandwidth, completion-latency percentiles and shoal/baseline ratios for
+// 4 KiB random read and write at iodepth 1 and 32 and 1 MiB sequential read and write at iodepth
+// 4, plus the commands used, the machine, and where shoal's time, CPU and memory went (its
+// daemons' /metrics, /proc per process, and with --profile node's CPU profiles per job).
 //
 // Goals: the same fio command for every target, one job at a time, the order of targets rotated
 // from job to job so that a noisy shared machine hurts all of them alike; everything (cluster,
@@ -12,18 +14,21 @@
 // Non-goals: asserting performance (this is a tool, not a test), tuning shoal, repeated runs.
 //
 // Usage: node --enable-source-maps build/bench/nbd-fio.js [--quick] [--runtime S] [--size BYTES]
-//        [--dir DIR] [--json FILE] [--jobs a,b] [--settle S]
+//        [--dir DIR] [--json FILE] [--jobs a,b] [--settle S] [--profile DIR]
 
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseSizeBytes } from '../src/util/size.ts';
 import { FIO_JOBS, PREFILL_JOB, fioArgs, runFio, stopFio } from './nbd/fio.ts';
 import type { FioJob, FioResult, FioRunOptions } from './nbd/fio.ts';
-import { difference, snapshot } from './nbd/probes.ts';
-import { formatDetailTable, formatMachine, formatMainTable } from './nbd/report.ts';
+import { MANIFEST_NAME, findProfiles, formatSummary, manifest, readProfile, summarise,
+  type ProfileSummary, type ProfileWindow } from './nbd/profile.ts';
+import { difference, readMemory, resetPeakRss, snapshot } from './nbd/probes.ts';
+import { formatCpuPerIoTable, formatDetailTable, formatMachine, formatMainTable,
+  formatMemoryTable, formatRssGrowth, formatWriteBreakdown } from './nbd/report.ts';
 import { formatShoalTable, machineFacts, type Measurement } from './nbd/report.ts';
 import { shellQuote, startQemuNbd, startShoal, type Target } from './nbd/targets.ts';
 
@@ -39,6 +44,8 @@ const USAGE = `usage: nbd-fio [options]
   --jobs a,b         run only these jobs (${FIO_JOBS.map((job) => job.name).join(', ')})
   --settle S         pause after syncing the file system before each job (default 2; --quick: 0.5)
   --quick            smoke test of the harness: --runtime 3 --size 256M
+  --profile DIR      run shoal's daemons under node --cpu-prof, profiles in DIR (new or without
+                     .cpuprofile files), and summarise each daemon per job
   --help`;
 
 interface Parameters {
@@ -50,6 +57,7 @@ interface Parameters {
   readonly jobs: readonly FioJob[];
   readonly settleSeconds: number;
   readonly quick: boolean;
+  readonly profileDir: string | null;
 }
 
 /** One run: its parameters and its temporary folder. */
@@ -68,7 +76,7 @@ function parseParameters(argv: readonly string[]): Parameters | null {
     args: [...argv],
     options: {
       runtime: text, size: text, 'volume-size': text, dir: text, json: text, jobs: text,
-      settle: text, quick: flag, help: flag,
+      settle: text, profile: text, quick: flag, help: flag,
     },
     strict: true,
   });
@@ -90,8 +98,11 @@ function parseParameters(argv: readonly string[]): Parameters | null {
   check(volumeBytes >= regionBytes, '--volume-size: at least --size');
   check(settleSeconds >= 0, '--settle: seconds, 0 or more');
   check(unknown.length === 0, `--jobs: unknown job ${unknown.join(', ')}`);
+  const profileDir = values.profile === undefined ? null : resolve(values.profile);
+  // SHOAL_NODE_ARGS is split on spaces.
+  check(profileDir === null || !/\s/.test(profileDir), '--profile: a path without spaces');
   return {
-    runtimeSeconds, regionBytes, volumeBytes, settleSeconds, quick,
+    runtimeSeconds, regionBytes, volumeBytes, settleSeconds, quick, profileDir,
     jobs: FIO_JOBS.filter((job) => names.includes(job.name)),
     parentDir: resolve(values.dir ?? tmpdir()),
     jsonPath: values.json === undefined ? null : resolve(values.json),
@@ -131,13 +142,16 @@ function requireTools(): void {
 }
 
 async function startTargets(run: Run, cleanup: Cleanup): Promise<Target[]> {
-  log('starting shoal (MDS, 3 chunk servers, NBD server) and two qemu-nbd servers');
+  log('starting shoal (MDS, 3 chunk servers, NBD server) and five qemu-nbd servers ' +
+    '(directsync, three directsync, writeback)');
   const common = { runDir: run.runDir, volumeBytes: run.parameters.volumeBytes };
+  const { profileDir } = run.parameters;
   const targets: Target[] = [];
   for (const start of [
-    () => startShoal({ ...common, chunkServers: 3 }),
-    () => startQemuNbd({ ...common, cache: 'directsync' }),
-    () => startQemuNbd({ ...common, cache: 'writeback' }),
+    () => startShoal({ ...common, chunkServers: 3, profileDir }),
+    () => startQemuNbd({ ...common, cache: 'directsync', servers: 1 }),
+    () => startQemuNbd({ ...common, cache: 'directsync', servers: 3 }),
+    () => startQemuNbd({ ...common, cache: 'writeback', servers: 1 }),
   ]) {
     const target = await start();
     cleanup.add(target.stop);
@@ -146,9 +160,10 @@ async function startTargets(run: Run, cleanup: Cleanup): Promise<Target[]> {
   return targets;
 }
 
-function fioOptions(run: Run, uri: string, runtimeSeconds: number | null): FioRunOptions {
+function fioOptions(run: Run, uris: readonly string[], runtimeSeconds: number | null,
+): FioRunOptions {
   const outputPath = join(run.runDir, 'fio.json');
-  return { uri, regionBytes: run.parameters.regionBytes, runtimeSeconds, outputPath };
+  return { uris, regionBytes: run.parameters.regionBytes, runtimeSeconds, outputPath };
 }
 
 /**
@@ -174,7 +189,7 @@ async function prefill(run: Run, targets: readonly Target[]): Promise<Record<str
   const results: Record<string, FioResult> = {};
   for (const target of targets) {
     log(`prefill ${target.label}: ${run.parameters.regionBytes / MiB} MiB of 1 MiB writes`);
-    results[target.id] = await runFioOn(target, PREFILL_JOB, fioOptions(run, target.uri, null));
+    results[target.id] = await runFioOn(target, PREFILL_JOB, fioOptions(run, target.uris, null));
   }
   return results;
 }
@@ -188,27 +203,50 @@ async function measure(run: Run, targets: readonly Target[]): Promise<Measuremen
     for (const [position, target] of order.entries()) {
       await settle(run);
       log(`${job.name} on ${target.label} (${runtimeSeconds} s)`);
+      const notReset = await resetPeakRss(target.pids);
+      if (notReset.length > 0) log(`  peak RSS not reset for ${notReset.join(', ')}: lifetime peak`);
       const before = await snapshot(target);
-      const fio = await runFioOn(target, job, fioOptions(run, target.uri, runtimeSeconds));
+      const startedUs = hrtimeUs();
+      const fio = await runFioOn(target, job, fioOptions(run, target.uris, runtimeSeconds));
+      const endedUs = hrtimeUs();
       const probe = difference(before, await snapshot(target));
-      measurements.push({ job: job.name, target: target.id, position, fio, probe });
+      const memory = await readMemory(target.pids);
+      measurements.push({ job: job.name, target: target.id, position, fio, probe, memory,
+        startedUs, endedUs });
       log(`  ${Math.round(fio.iops)} IOPS, p99 ${Math.round(fio.latencyP99Us)} µs`);
     }
   }
   return measurements;
 }
 
+/** Microseconds of process.hrtime: CLOCK_MONOTONIC, the clock of node's CPU profiles. */
+function hrtimeUs(): number {
+  return Number(process.hrtime.bigint() / 1000n);
+}
+
 async function commandsUsed(run: Run, targets: readonly Target[]): Promise<string[]> {
   const lines: string[] = [];
   for (const target of targets) lines.push(`# ${target.label}`, ...(await target.commandLines()));
-  lines.push('# fio: the prefill, then each job, on every target (<URI> as listed below)');
-  const fioLine = (job: FioJob, runtimeSeconds: number | null): string => {
-    const options = { ...fioOptions(run, '<URI>', runtimeSeconds), outputPath: 'out.json' };
-    return ['fio', ...fioArgs(job, options)].map(shellQuote).join(' ');
-  };
-  lines.push(fioLine(PREFILL_JOB, null));
-  for (const job of run.parameters.jobs) lines.push(fioLine(job, run.parameters.runtimeSeconds));
-  for (const target of targets) lines.push(`# <URI> for ${target.label}: ${target.uri}`);
+  // One set of fio lines per number of servers (1: shoal and the single baselines; 3: the group).
+  const serverCounts = [...new Set(targets.map((target) => target.uris.length))];
+  for (const servers of serverCounts) {
+    const placeholders = servers === 1 ? ['<URI>']
+      : Array.from({ length: servers }, (_, index) => `<URI${index}>`);
+    const users = targets.filter((target) => target.uris.length === servers);
+    lines.push(`# fio: the prefill, then each job, on ${users.map((t) => t.label).join(', ')}`);
+    const fioLine = (job: FioJob, runtimeSeconds: number | null): string => {
+      const options = { ...fioOptions(run, placeholders, runtimeSeconds), outputPath: 'out.json' };
+      return ['fio', ...fioArgs(job, options)].map(shellQuote).join(' ');
+    };
+    lines.push(fioLine(PREFILL_JOB, null));
+    for (const job of run.parameters.jobs) lines.push(fioLine(job, run.parameters.runtimeSeconds));
+  }
+  for (const target of targets) {
+    for (const [index, uri] of target.uris.entries()) {
+      const placeholder = target.uris.length === 1 ? '<URI>' : `<URI${index}>`;
+      lines.push(`# ${placeholder} for ${target.label}: ${uri}`);
+    }
+  }
   return lines;
 }
 
@@ -219,6 +257,8 @@ interface Outcome {
   readonly commands: readonly string[];
   readonly prefill: Record<string, FioResult>;
   readonly measurements: readonly Measurement[];
+  /** With --profile: per job on shoal, a summary per daemon. */
+  readonly profiles: ReadonlyArray<{ job: string; daemons: ProfileSummary[] }> | null;
 }
 
 function formatReport(run: Run, outcome: Outcome): string {
@@ -241,26 +281,90 @@ function formatReport(run: Run, outcome: Outcome): string {
     '', '## Every target', formatDetailTable(jobNames, outcome.measurements),
     '', '## Inside shoal during each job (/metrics and /proc; p99≤ is a histogram bucket bound)',
     formatShoalTable(jobNames, outcome.measurements),
+    '', '## One write, stage by stage (mean per job from /metrics; - = metric not exported)',
+    formatWriteBreakdown(jobNames, outcome.measurements),
+    '', '## CPU per I/O per process (µs of CPU per completed I/O, kernel part in brackets)',
+    formatCpuPerIoTable(jobNames, outcome.measurements),
+    '', '## Peak resident memory per process during each job (VmHWM reset before the job, MiB)',
+    formatMemoryTable(jobNames, outcome.measurements),
+    '', 'Resident memory (VmRSS) after the first job and after the last:',
+    ...formatRssGrowth(jobNames, outcome.measurements),
     '', '## Prefill (1 MiB sequential writes over the region, once, not time-based)',
     ...prefillLines,
+    ...(outcome.profiles === null ? [] : ['', formatProfiles(run, outcome.profiles)]),
     '', '## Commands', '```', ...outcome.commands, '```', '',
   ].join('\n');
+}
+
+function formatProfiles(run: Run,
+  profiles: NonNullable<Outcome['profiles']>): string {
+  const sections = [`## CPU profiles of shoal's daemons (node --cpu-prof, in ` +
+    `${run.parameters.profileDir}), each job's run on shoal only`];
+  if (profiles.length === 0) sections.push('no profiles were written');
+  for (const { job, daemons } of profiles) {
+    sections.push(`### ${job}`, ...daemons.map((summary) =>
+      formatSummary(summary).replace(/^### /, '#### ')));
+  }
+  sections.push(`Again, or another job: node build/bench/profile-summary.js ` +
+    `${run.parameters.profileDir} [--job NAME] [--whole]`);
+  return sections.join('\n\n');
+}
+
+/**
+ * With --profile: makes the folder (it must hold no profiles yet, so that each daemon's file is
+ * found by its pid without guessing), before the daemons start.
+ */
+async function prepareProfileDir(profileDir: string): Promise<void> {
+  await mkdir(profileDir, { recursive: true });
+  const old = (await readdir(profileDir)).filter((name) => name.endsWith('.cpuprofile'));
+  if (old.length > 0) {
+    throw new UsageError(`--profile: ${profileDir} already holds ${old.length} .cpuprofile ` +
+      'files; use a new or empty folder');
+  }
+}
+
+/**
+ * With --profile: stops shoal (its daemons write their profiles as they exit), writes the
+ * manifest (pid -> daemon, job windows) beside them and summarises each job's window per daemon.
+ */
+async function collectProfiles(run: Run, shoal: Target,
+  measurements: readonly Measurement[]): Promise<Outcome['profiles']> {
+  const profileDir = run.parameters.profileDir;
+  if (profileDir === null) return null;
+  log(`stopping shoal so that its daemons write their CPU profiles to ${profileDir}`);
+  await shoal.stop();
+  const windows: ProfileWindow[] = measurements.filter((m) => m.target === 'shoal')
+    .map((m) => ({ job: m.job, startUs: m.startedUs, endUs: m.endedUs }));
+  await writeFile(join(profileDir, MANIFEST_NAME),
+    `${JSON.stringify(manifest(shoal.pids, windows), null, 2)}\n`);
+  const { files } = findProfiles(profileDir);
+  const missing = [...shoal.pids].filter(([, pid]) => !files.some((file) => file.pid === pid));
+  if (missing.length > 0) log(`no profile from ${missing.map(([name]) => name).join(', ')}`);
+  const profiles = files.map((file) => ({ file, profile: readProfile(file.path) }));
+  return windows.map((window) => ({
+    job: window.job,
+    daemons: profiles.map(({ file, profile }) => summarise(profile, file, window, 15)),
+  }));
 }
 
 async function benchmark(run: Run, cleanup: Cleanup): Promise<void> {
   const startedAt = new Date();
   const argv = process.argv.slice(2).map(shellQuote);
   const command = ['node --enable-source-maps build/bench/nbd-fio.js', ...argv].join(' ');
+  if (run.parameters.profileDir !== null) await prepareProfileDir(run.parameters.profileDir);
   const targets = await startTargets(run, cleanup);
   const commands = await commandsUsed(run, targets);
   const prefillResults = await prefill(run, targets);
   const measurements = await measure(run, targets);
-  const outcome = { startedAt, command, targets, commands, prefill: prefillResults, measurements };
+  const shoal = targets.find((target) => target.id === 'shoal')!;
+  const profiles = await collectProfiles(run, shoal, measurements);
+  const outcome = { startedAt, command, targets, commands, prefill: prefillResults, measurements,
+    profiles };
   process.stdout.write(formatReport(run, outcome));
   if (run.parameters.jsonPath !== null) {
     const { parameters } = run;
     const report = { startedAt, command, parameters, machine: machineFacts(run.runDir), commands,
-      prefill: prefillResults, measurements };
+      prefill: prefillResults, measurements, profiles };
     await writeFile(parameters.jsonPath!, `${JSON.stringify(report, null, 2)}\n`);
     log(`raw numbers written to ${parameters.jsonPath}`);
   }

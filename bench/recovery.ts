@@ -64,7 +64,7 @@ async function main(): Promise<void> {
     const uri = cluster.nbdUnixUri('bench');
     const output = join(runDir, 'fio.json');
     process.stderr.write(`filling ${formatBytes(dataBytes)}...\n`);
-    await runFio(PREFILL_JOB, { uri, regionBytes: dataBytes, runtimeSeconds: null, outputPath: output });
+    await runFio(PREFILL_JOB, { uris: [uri], regionBytes: dataBytes, runtimeSeconds: null, outputPath: output });
     const before = await probeRound(uri, dataBytes, probeSeconds, output);
     const timeline = await killAndWatch(cluster);
     const during: FioResult[][] = [];
@@ -77,7 +77,7 @@ async function main(): Promise<void> {
 
 async function probeRound(uri: string, regionBytes: number, seconds: number, outputPath: string): Promise<FioResult[]> {
   const results: FioResult[] = [];
-  for (const job of PROBES) results.push(await runFio(job, { uri, regionBytes, runtimeSeconds: seconds, outputPath }));
+  for (const job of PROBES) results.push(await runFio(job, { uris: [uri], regionBytes, runtimeSeconds: seconds, outputPath }));
   return results;
 }
 

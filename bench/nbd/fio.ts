@@ -2,11 +2,14 @@
 // against one NBD URI, running it, and reducing fio's JSON report to the numbers the harness
 // prints (IOPS, bandwidth, completion-latency percentiles, fio's own CPU use).
 //
-// Invariants: every job is one fio process with one fio job (numjobs=1), on ioengine=nbd, over
-// the same region [0, regionBytes) of the export, so two targets run byte-for-byte the same
-// command apart from the URI. Time-based jobs use --randrepeat=0 and --norandommap: offsets are
-// not repeated between runs and fio keeps no per-block map (which would bias long random runs).
-// --direct is left out on purpose: the nbd engine has no page cache to bypass.
+// Invariants: every job is one fio process, on ioengine=nbd, over the same region [0, regionBytes)
+// of each export, so two targets run byte-for-byte the same command apart from the URI. A target
+// of one server gets one fio job (numjobs=1); a target of several servers (the three-copy
+// baseline) gets one fio job section per server, each on its own export, with the job's iodepth
+// divided among them (rounded up) and --group_reporting, so fio reports the group as one job.
+// Time-based jobs use --randrepeat=0 and --norandommap: offsets are not repeated between runs and
+// fio keeps no per-block map (which would bias long random runs). --direct is left out on
+// purpose: the nbd engine has no page cache to bypass.
 //
 // Non-goals: verification (test/fio_verify.test.ts does that), mixed read/write jobs, several fio
 // processes at once.
@@ -46,7 +49,8 @@ export function jobDirection(job: FioJob): FioDirection {
 }
 
 export interface FioRunOptions {
-  readonly uri: string;
+  /** One NBD URI per server; more than one runs one fio job section per server, as a group. */
+  readonly uris: readonly string[];
   readonly regionBytes: number;
   /** Time-based run length; null runs the job once over the region (the prefill). */
   readonly runtimeSeconds: number | null;
@@ -54,24 +58,47 @@ export interface FioRunOptions {
   readonly outputPath: string;
 }
 
+/**
+ * The iodepth of each of `servers` fio job sections: the job's iodepth divided among them,
+ * rounded up, at least 1, so that the group keeps about the job's total queue depth (qd1 on three
+ * servers is still 1 each: 3 in flight).
+ */
+export function iodepthPerServer(job: FioJob, servers: number): number {
+  assert(servers >= 1, 'at least one server');
+  return Math.max(1, Math.ceil(job.iodepth / servers));
+}
+
 export function fioArgs(job: FioJob, options: FioRunOptions): string[] {
   assert(options.regionBytes % job.blockBytes === 0, 'the region is a whole number of blocks');
-  const args = [
-    `--name=${job.name}`, '--ioengine=nbd', `--uri=${options.uri}`,
-    `--rw=${job.rw}`, `--bs=${job.blockBytes}`, `--iodepth=${job.iodepth}`, '--numjobs=1',
-    '--offset=0', `--size=${options.regionBytes}`,
-  ];
-  if (options.runtimeSeconds !== null) {
-    const runtime = `--runtime=${options.runtimeSeconds}`;
-    args.push('--time_based', runtime, '--randrepeat=0', '--norandommap');
+  assert(options.uris.length >= 1, 'at least one NBD URI');
+  const timeBased = options.runtimeSeconds === null ? [] : ['--time_based',
+    `--runtime=${options.runtimeSeconds}`, '--randrepeat=0', '--norandommap'];
+  const output = ['--output-format=json', `--output=${options.outputPath}`];
+  if (options.uris.length === 1) {
+    return [
+      `--name=${job.name}`, '--ioengine=nbd', `--uri=${options.uris[0]}`,
+      `--rw=${job.rw}`, `--bs=${job.blockBytes}`, `--iodepth=${job.iodepth}`, '--numjobs=1',
+      '--offset=0', `--size=${options.regionBytes}`, ...timeBased, ...output,
+    ];
   }
-  args.push('--output-format=json', `--output=${options.outputPath}`);
-  return args;
+  // Options before the first --name are global; each --name starts a job section on its server.
+  const global = [
+    '--ioengine=nbd', `--rw=${job.rw}`, `--bs=${job.blockBytes}`,
+    `--iodepth=${iodepthPerServer(job, options.uris.length)}`, '--numjobs=1', '--offset=0',
+    `--size=${options.regionBytes}`, ...timeBased, '--group_reporting', ...output,
+  ];
+  const sections = options.uris.flatMap((uri, index) => [`--name=${job.name}-${index}`,
+    `--uri=${uri}`]);
+  return [...global, ...sections];
 }
 
 export interface FioResult {
   readonly job: string;
   readonly direction: FioDirection;
+  /** fio job sections, one per server (1, or 3 for the three-copy baseline). */
+  readonly servers: number;
+  /** The iodepth of each section; the total in flight is servers × this. */
+  readonly iodepthPerServer: number;
   readonly iops: number;
   readonly bandwidthBytesPerSecond: number;
   readonly ioBytes: number;
@@ -81,6 +108,7 @@ export interface FioResult {
   readonly latencyP99Us: number;
   readonly latencyP999Us: number;
   readonly latencyMaxUs: number;
+  /** fio's own CPU over all its job processes, in percent of one core. */
   readonly fioCpuUserPercent: number;
   readonly fioCpuSystemPercent: number;
 }
@@ -109,7 +137,7 @@ export async function runFio(job: FioJob, options: FioRunOptions): Promise<FioRe
   if (code !== 0) throw new Error(`fio ${job.name} exited with ${code}\n${stderr}`);
   const text = await readFile(options.outputPath, 'utf8');
   await rm(options.outputPath, { force: true });
-  return parseFioReport(job, text);
+  return parseFioReport(job, text, options.uris.length);
 }
 
 interface FioExit {
@@ -158,7 +186,7 @@ interface FioJsonJob {
   readonly sys_cpu: number;
 }
 
-export function parseFioReport(job: FioJob, text: string): FioResult {
+export function parseFioReport(job: FioJob, text: string, servers = 1): FioResult {
   // fio may print warnings before the JSON document even with --output.
   const report = JSON.parse(text.slice(text.indexOf('{'))) as { jobs: FioJsonJob[] };
   assert(report.jobs.length === 1, `one fio job in the report, got ${report.jobs.length}`);
@@ -168,9 +196,13 @@ export function parseFioReport(job: FioJob, text: string): FioResult {
   const side = fioJob[direction];
   const percentiles = side.clat_ns.percentile ?? {};
   const percentileUs = (key: string): number => (percentiles[key] ?? Number.NaN) / 1000;
+  // A group's usr_cpu/sys_cpu is CPU time over the summed runtime of its jobs: the mean of one
+  // job process. Times the number of jobs, it is the group's CPU in percent of one core.
   return {
     job: job.name,
     direction,
+    servers,
+    iodepthPerServer: iodepthPerServer(job, servers),
     iops: side.iops,
     bandwidthBytesPerSecond: side.bw_bytes,
     ioBytes: side.io_bytes,
@@ -180,7 +212,7 @@ export function parseFioReport(job: FioJob, text: string): FioResult {
     latencyP99Us: percentileUs('99.000000'),
     latencyP999Us: percentileUs('99.900000'),
     latencyMaxUs: side.clat_ns.max / 1000,
-    fioCpuUserPercent: fioJob.usr_cpu,
-    fioCpuSystemPercent: fioJob.sys_cpu,
+    fioCpuUserPercent: fioJob.usr_cpu * servers,
+    fioCpuSystemPercent: fioJob.sys_cpu * servers,
   };
 }

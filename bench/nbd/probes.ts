@@ -1,16 +1,20 @@
 // What the target processes did during one fio job, read from outside: CPU seconds per process
-// (from /proc/PID/stat) and, for shoal, deltas of the daemons' Prometheus counters and histograms
-// (journal group commits, chunk-server and NBD request latency). fio only sees end-to-end latency;
-// these say where the time went, which matters on a small machine where fio, three chunk servers,
-// the MDS and the NBD server share the same few cores.
+// (from /proc/PID/stat), peak and current resident memory per process (/proc/PID/status, with the
+// peak reset before the job through /proc/PID/clear_refs) and, for shoal, deltas of the daemons'
+// Prometheus counters and histograms (journal group commits, chunk-server and NBD request
+// latency, the stages of a write). fio only sees end-to-end latency; these say where the time and
+// the memory went, which matters on a small machine where fio, three chunk servers, the MDS and
+// the NBD server share the same few cores.
 //
 // Invariants: a probe reads before and after a job and reports differences only, so earlier jobs
-// and the prefill do not leak into a job's numbers. Probing is best effort: a process that is gone
-// or a scrape that fails yields no numbers rather than an error, because it must not abort a run.
+// and the prefill do not leak into a job's numbers (the memory peak is the one exception: it is
+// reset before the job, and only the peak during the job is read). Probing is best effort: a
+// process that is gone or a scrape that fails yields no numbers rather than an error, because it
+// must not abort a run.
 //
 // Non-goals: a full Prometheus parser (only `name{labels} value` sample lines are read).
 
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { execFileSync } from 'node:child_process';
 import type { Target } from './targets.ts';
 
@@ -49,6 +53,16 @@ export interface ProbeDelta {
   readonly machineCpuPercent: number | null;
   readonly chunkServers: Record<string, ChunkServerDelta>;
   readonly nbd: Record<string, LatencySummary> | null;
+  /**
+   * Every histogram's delta per daemon (`cs0`, `nbd`, ...): series (the family and its labels
+   * but `le`, e.g. `shoal_cs_write_stage_seconds{stage="primary_local"}`) -> count and sum.
+   */
+  readonly histograms: Record<string, Record<string, HistogramTotal>>;
+}
+
+export interface HistogramTotal {
+  readonly count: number;
+  readonly sumSeconds: number;
 }
 
 export interface ChunkServerDelta {
@@ -96,16 +110,67 @@ export function difference(before: ProbeSnapshot, after: ProbeSnapshot): ProbeDe
   }
   const chunkServers: Record<string, ChunkServerDelta> = {};
   let nbd: Record<string, LatencySummary> | null = null;
+  const histogramTotalsByDaemon: Record<string, Record<string, HistogramTotal>> = {};
   for (const [name, samplesAfter] of after.samplesByDaemon) {
     const samplesBefore = before.samplesByDaemon.get(name);
     if (samplesBefore === undefined) continue;
     const delta = subtract(samplesAfter, samplesBefore);
+    histogramTotalsByDaemon[name] = histogramTotals(delta);
     if (name === 'nbd') nbd = histograms(delta, 'shoal_nbd_request_duration_seconds', 'command');
     else chunkServers[name] = chunkServerDelta(delta);
   }
   const machineCpuPercent = before.machineBusyTicks === null || after.machineBusyTicks === null
     ? null : percent(after.machineBusyTicks - before.machineBusyTicks);
-  return { cpuPercentByProcess, cpuSystemPercentByProcess, machineCpuPercent, chunkServers, nbd };
+  return { cpuPercentByProcess, cpuSystemPercentByProcess, machineCpuPercent, chunkServers, nbd,
+    histograms: histogramTotalsByDaemon };
+}
+
+/**
+ * Count and sum of the series of `family` whose labels include every one of `labels`, over the
+ * daemons named (all daemons when `daemons` is null); null when no daemon exports the family (a
+ * metric this build does not have yet), so the report can print `-` for it.
+ */
+export function histogramSum(delta: ProbeDelta, family: string, labels: Record<string, string>,
+  daemons: readonly string[] | null = null): HistogramTotal | null {
+  let found = false;
+  let count = 0;
+  let sumSeconds = 0;
+  for (const [daemon, series] of Object.entries(delta.histograms)) {
+    if (daemons !== null && !daemons.includes(daemon)) continue;
+    for (const [key, total] of Object.entries(series)) {
+      const match = /^([^{]+)(?:\{(.*)\})?$/.exec(key);
+      if (match?.[1] !== family) continue;
+      found = true;
+      const have = parseLabels(match[2] ?? '');
+      if (!Object.entries(labels).every(([label, value]) => have.get(label) === value)) continue;
+      count += total.count;
+      sumSeconds += total.sumSeconds;
+    }
+  }
+  return found ? { count, sumSeconds } : null;
+}
+
+/** Every `X_sum`/`X_count` pair of a delta, by series: the family X and its labels (sorted). */
+function histogramTotals(delta: Samples): Record<string, HistogramTotal> {
+  const totals = new Map<string, { count: number; sumSeconds: number; parts: number }>();
+  for (const [key, value] of delta) {
+    const match = /^(\w+)_(sum|count)(?:\{(.*)\})?$/.exec(key);
+    if (match === null) continue;
+    const labels = [...parseLabels(match[3] ?? '')].sort(([a], [b]) => a.localeCompare(b));
+    const labelText = labels.map(([label, text]) => `${label}="${text}"`).join(',');
+    const series = labelText === '' ? match[1]! : `${match[1]!}{${labelText}}`;
+    const entry = totals.get(series) ?? { count: 0, sumSeconds: 0, parts: 0 };
+    if (match[2] === 'count') entry.count = value;
+    else entry.sumSeconds = value;
+    entry.parts += 1;
+    totals.set(series, entry);
+  }
+  const result: Record<string, HistogramTotal> = {};
+  // Only pairs: a counter that happens to end in _count (and has no _sum) is not a histogram.
+  for (const [series, entry] of totals) {
+    if (entry.parts === 2) result[series] = { count: entry.count, sumSeconds: entry.sumSeconds };
+  }
+  return result;
 }
 
 function chunkServerDelta(delta: Samples): ChunkServerDelta {
@@ -190,6 +255,41 @@ async function scrape(url: string): Promise<Samples | null> {
   } catch {
     return null;
   }
+}
+
+export interface MemoryUse {
+  /** VmHWM after the job: the peak resident set since the reset before the job. */
+  readonly peakRssBytes: number;
+  /** VmRSS after the job. */
+  readonly rssBytes: number;
+}
+
+/**
+ * Resets the peak resident set (VmHWM) of each process to its current size (`echo 5 >
+ * /proc/PID/clear_refs`), so that the VmHWM read after a job is the peak during that job. Needs
+ * the processes to be ours (or root); a failure leaves that process's peak covering its lifetime,
+ * reported by returning its name.
+ */
+export async function resetPeakRss(pids: ReadonlyMap<string, number>): Promise<string[]> {
+  const failed: string[] = [];
+  for (const [name, pid] of pids) {
+    await writeFile(`/proc/${pid}/clear_refs`, '5').catch(() => failed.push(name));
+  }
+  return failed;
+}
+
+/** VmHWM and VmRSS of each process still running. */
+export async function readMemory(pids: ReadonlyMap<string, number>,
+): Promise<Record<string, MemoryUse>> {
+  const result: Record<string, MemoryUse> = {};
+  for (const [name, pid] of pids) {
+    const text = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => null);
+    if (text === null) continue;
+    const kib = (field: string): number =>
+      Number(new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(text)?.[1] ?? Number.NaN);
+    result[name] = { peakRssBytes: kib('VmHWM') * 1024, rssBytes: kib('VmRSS') * 1024 };
+  }
+  return result;
 }
 
 /** utime and stime of a process (all its threads), in clock ticks; null when it is gone. */

@@ -4,7 +4,9 @@
 // the versions of fio, qemu-nbd and node.
 //
 // Invariants: ratios are always shoal / baseline of the same job's IOPS, so above 1 means shoal is
-// faster; the primary ratio is against qemu-nbd --cache=directsync, the equally durable baseline.
+// faster; the primary ratio is against qemu-nbd --cache=directsync, the equally durable baseline;
+// the ratio to three directsync servers at once is against the floor for three durable copies on
+// the run folder's one disk.
 //
 // Non-goals: statistics over repeated runs (one run per job and target; rerun to see the spread).
 
@@ -14,7 +16,7 @@ import { availableParallelism, cpus, release, totalmem } from 'node:os';
 import { basename, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { FioResult } from './fio.ts';
-import type { ProbeDelta } from './probes.ts';
+import { histogramSum, type HistogramTotal, type MemoryUse, type ProbeDelta } from './probes.ts';
 import type { TargetId } from './targets.ts';
 
 export interface Measurement {
@@ -24,6 +26,11 @@ export interface Measurement {
   readonly position: number;
   readonly fio: FioResult;
   readonly probe: ProbeDelta;
+  /** Peak (since the reset before the job) and current resident memory of each process. */
+  readonly memory: Record<string, MemoryUse>;
+  /** When fio started and ended, in process.hrtime µs (the clock of node's CPU profiles). */
+  readonly startedUs: number;
+  readonly endedUs: number;
 }
 
 export interface MachineFacts {
@@ -117,15 +124,148 @@ function find(measurements: Measurements, job: string, target: TargetId): Measur
 /** The main table: IOPS and p99 latency per target, and shoal's ratio to each baseline. */
 export function formatMainTable(jobs: readonly string[], measurements: Measurements): string {
   const header = ['job', 'shoal IOPS', 'shoal p99', 'qemu-nbd(directsync) IOPS', 'p99',
-    'ratio shoal/directsync', 'qemu-nbd(writeback) IOPS', 'p99', 'ratio shoal/writeback'];
+    'ratio shoal/directsync', 'qemu-nbd(directsync)x3 IOPS', 'p99', 'ratio shoal/x3',
+    'qemu-nbd(writeback) IOPS', 'p99', 'ratio shoal/writeback'];
   const rows = jobs.map((job) => {
     const shoal = find(measurements, job, 'shoal')?.fio;
     const direct = find(measurements, job, 'qemu-directsync')?.fio;
+    const three = find(measurements, job, 'qemu-directsync-x3')?.fio;
     const back = find(measurements, job, 'qemu-writeback')?.fio;
     return [job, formatIops(shoal), formatUs(shoal?.latencyP99Us),
       formatIops(direct), formatUs(direct?.latencyP99Us), formatRatio(shoal, direct),
+      formatIops(three), formatUs(three?.latencyP99Us), formatRatio(shoal, three),
       formatIops(back), formatUs(back?.latencyP99Us), formatRatio(shoal, back)];
   });
+  return markdownTable(header, rows, 1);
+}
+
+/** The processes of each target, in table order, with a short column name. */
+const SHOAL_PROCESSES = ['mds', 'cs0', 'cs1', 'cs2', 'nbd'] as const;
+const QEMU_COLUMNS: ReadonlyArray<{ target: TargetId; title: string }> = [
+  { target: 'qemu-directsync', title: 'qemu directsync' },
+  { target: 'qemu-directsync-x3', title: 'qemu x3' },
+  { target: 'qemu-writeback', title: 'qemu writeback' },
+];
+
+/**
+ * CPU time per I/O of each serving process, per job: µs of CPU (user + system) the process used
+ * during the job divided by the I/Os fio completed, with the system (kernel) part in brackets.
+ * For the three-server baseline the three qemu-nbd processes are summed (each served a third of
+ * the I/Os); per-process numbers are in the --json file.
+ */
+export function formatCpuPerIoTable(jobs: readonly string[], measurements: Measurements): string {
+  const header = ['job', ...SHOAL_PROCESSES, 'shoal total',
+    ...QEMU_COLUMNS.map((column) => column.title)];
+  const rows = jobs.map((job) => {
+    const shoal = find(measurements, job, 'shoal');
+    const cells = SHOAL_PROCESSES.map((name) => cpuPerIo(shoal, [name]));
+    cells.push(cpuPerIo(shoal, SHOAL_PROCESSES));
+    for (const column of QEMU_COLUMNS) {
+      const m = find(measurements, job, column.target);
+      cells.push(cpuPerIo(m, m === undefined ? [] : Object.keys(m.probe.cpuPercentByProcess)));
+    }
+    return [job, ...cells];
+  });
+  return markdownTable(header, rows, 1);
+}
+
+function cpuPerIo(m: Measurement | undefined, names: readonly string[]): string {
+  if (m === undefined || m.fio.iops === 0) return '-';
+  const present = names.filter((name) => m.probe.cpuPercentByProcess[name] !== undefined);
+  if (present.length === 0) return '-';
+  const sum = (record: Record<string, number>): number =>
+    present.reduce((total, name) => total + (record[name] ?? 0), 0);
+  const perIo = (percent: number): number => (percent / 100 / m.fio.iops) * 1e6;
+  const total = perIo(sum(m.probe.cpuPercentByProcess));
+  const system = perIo(sum(m.probe.cpuSystemPercentByProcess));
+  return `${formatCpuUs(total)} (${formatCpuUs(system)})`;
+}
+
+/** µs of CPU with a precision that suits the size: 3.4, 45, 1,234. */
+function formatCpuUs(us: number): string {
+  if (!Number.isFinite(us)) return '-';
+  if (us < 10) return us.toFixed(1);
+  return Math.round(us).toLocaleString('en-US');
+}
+
+/**
+ * Peak resident memory (VmHWM, reset before each job) of every serving process during each job,
+ * in MiB. The three qemu-nbd processes of the three-server baseline are listed one after another.
+ */
+export function formatMemoryTable(jobs: readonly string[], measurements: Measurements): string {
+  const header = ['job', ...SHOAL_PROCESSES, ...QEMU_COLUMNS.map((column) => column.title)];
+  const rows = jobs.map((job) => {
+    const shoal = find(measurements, job, 'shoal');
+    const cells = SHOAL_PROCESSES.map((name) => formatMiB(shoal?.memory[name]?.peakRssBytes));
+    for (const column of QEMU_COLUMNS) {
+      const m = find(measurements, job, column.target);
+      const peaks = Object.values(m?.memory ?? {}).map((use) => formatMiB(use.peakRssBytes));
+      cells.push(peaks.length === 0 ? '-' : peaks.join(' / '));
+    }
+    return [job, ...cells];
+  });
+  return markdownTable(header, rows, 1);
+}
+
+/**
+ * One line per process: its resident memory (VmRSS) after the first job it served and after the
+ * last, so that growth over the run (caches, leaks, buffers kept) shows.
+ */
+export function formatRssGrowth(jobs: readonly string[], measurements: Measurements): string[] {
+  const lines: string[] = [];
+  const targets: TargetId[] = ['shoal', ...QEMU_COLUMNS.map((column) => column.target)];
+  for (const target of targets) {
+    const runs = jobs.map((job) => find(measurements, job, target))
+      .filter((m): m is Measurement => m !== undefined);
+    const first = runs[0];
+    const last = runs.at(-1);
+    if (first === undefined || last === undefined) continue;
+    for (const name of Object.keys(first.memory)) {
+      const from = first.memory[name]?.rssBytes;
+      const to = last.memory[name]?.rssBytes;
+      const growth = from === undefined || to === undefined ? Number.NaN : to - from;
+      const sign = growth >= 0 ? '+' : '-';
+      const label = target === 'shoal' ? name : `${name} (${target})`;
+      lines.push(`- ${label}: ${formatMiB(from)} MiB after ${first.job} -> ${formatMiB(to)} MiB ` +
+        `after ${last.job} (${sign}${formatMiB(Math.abs(growth))} MiB)`);
+    }
+  }
+  return lines;
+}
+
+function formatMiB(bytes: number | undefined): string {
+  if (bytes === undefined || !Number.isFinite(bytes)) return '-';
+  return (bytes / 2 ** 20).toFixed(1);
+}
+
+/**
+ * The stages of one write, per write job: the mean time of each (delta _sum / delta _count of
+ * its histogram over the job), outermost first. The chunk-server stages are summed over the three
+ * servers (a primary's stages come from whichever server was primary for each chunk). A stage
+ * whose metric this build does not export, or that saw no writes, prints `-`.
+ */
+export function formatWriteBreakdown(jobs: readonly string[], measurements: Measurements): string {
+  const header = ['job', 'NBD total', 'client→primary', 'primary total', 'primary local',
+    'primary→replicas', 'replica total', 'journal wait', 'commit mean'];
+  const rows: string[][] = [];
+  for (const job of jobs) {
+    const m = find(measurements, job, 'shoal');
+    if (m === undefined || m.fio.direction !== 'write') continue;
+    const mean = (total: HistogramTotal | null): string =>
+      total === null || total.count === 0 ? '-' : formatUs((total.sumSeconds / total.count) * 1e6);
+    const stage = (name: string): string =>
+      mean(histogramSum(m.probe, 'shoal_cs_write_stage_seconds', { stage: name }));
+    const servers = Object.values(m.probe.chunkServers);
+    const commits = servers.reduce((sum, cs) => sum + cs.journalCommits, 0);
+    const commitUs = servers.reduce((sum, cs) => sum + cs.journalCommitMeanUs * cs.journalCommits, 0);
+    rows.push([job,
+      mean(histogramSum(m.probe, 'shoal_nbd_request_duration_seconds', { command: 'write' })),
+      mean(histogramSum(m.probe, 'shoal_client_request_duration_seconds', { op: 'write' })),
+      stage('primary_total'), stage('primary_local'), stage('primary_forward'),
+      stage('replica_total'),
+      mean(histogramSum(m.probe, 'shoal_cs_journal_wait_seconds', {})),
+      commits === 0 ? '-' : formatUs(commitUs / commits)]);
+  }
   return markdownTable(header, rows, 1);
 }
 

@@ -1,6 +1,7 @@
-// The things fio measures, each an NBD export on a unix socket: shoal (a real LocalCluster with
-// three chunk servers and its NBD server) and the qemu-nbd baselines serving a raw file. Here they
-// are started, described (the exact command lines, read back from /proc) and stopped.
+// The things fio measures, each one or more NBD exports on unix sockets: shoal (a real
+// LocalCluster with three chunk servers and its NBD server) and the qemu-nbd baselines serving raw
+// files. Here they are started, described (the exact command lines, read back from /proc) and
+// stopped.
 //
 // Invariants: every target lives under the one run folder, so shoal's chunk files and the raw
 // files share a file system and a disk; a target's stop() is idempotent and never throws, so the
@@ -9,7 +10,9 @@
 // Why two qemu-nbd baselines: shoal acknowledges a write only after every replica's journal
 // fdatasync, so `--cache=directsync` (O_DIRECT|O_DSYNC: each write is on stable storage before its
 // reply) is the equally durable comparison. `--cache=writeback` (qemu-nbd's default) acknowledges
-// from the page cache and shows what a non-durable server gets on this machine.
+// from the page cache and shows what a non-durable server gets on this machine. Three directsync
+// servers on three files, driven at once (`qemu-directsync-x3`), are the floor for three durable
+// copies on this one disk: what shoal's three replicas would cost if replication itself were free.
 //
 // Non-goals: TCP exports (the unix socket is the cheaper path for both), multi-connection clients.
 
@@ -19,14 +22,18 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { LocalCluster } from '../../src/local/cluster.ts';
 
-export type TargetId = 'shoal' | 'qemu-directsync' | 'qemu-writeback';
+export type TargetId = 'shoal' | 'qemu-directsync' | 'qemu-writeback' | 'qemu-directsync-x3';
 
 export interface Target {
   readonly id: TargetId;
   /** Label for tables, e.g. `qemu-nbd(directsync)`. */
   readonly label: string;
-  readonly uri: string;
-  /** Process name -> pid, for CPU accounting (e.g. `cs0`, `nbd`, `qemu-nbd`). */
+  /** One NBD URI per server; fio drives them all at once (one job section each). */
+  readonly uris: readonly string[];
+  /**
+   * Process name -> pid, for CPU and memory accounting (e.g. `cs0`, `nbd`, `qemu-nbd`, or
+   * `qemu-nbd0`..`qemu-nbd2` for the three-server baseline).
+   */
   readonly pids: ReadonlyMap<string, number>;
   /** Daemon name -> Prometheus /metrics URL (shoal only). */
   readonly metricsUrls: ReadonlyMap<string, string>;
@@ -43,12 +50,19 @@ export interface ShoalTargetOptions {
   readonly runDir: string;
   readonly volumeBytes: number;
   readonly chunkServers: number;
+  /** Run every daemon under node --cpu-prof, writing its profile here when it exits. */
+  readonly profileDir: string | null;
 }
 
 export async function startShoal(options: ShoalTargetOptions): Promise<Target> {
-  const { runDir, chunkServers, volumeBytes } = options;
-  const cluster = await LocalCluster.start({ parentDir: runDir, chunkServers, nbd: true });
-  const stop = onceAsync(() => cluster.destroy().catch(() => undefined));
+  const { runDir, chunkServers, volumeBytes, profileDir } = options;
+  const cluster = await startCluster(runDir, chunkServers, profileDir);
+  // A profiled daemon writes its profile only when it exits by itself: stop every daemon with
+  // SIGTERM first (each exits normally; SIGKILL after 20 s), then destroy (SIGKILL, rm).
+  const stop = onceAsync(async () => {
+    if (profileDir !== null) await stopGracefully(cluster).catch(() => undefined);
+    await cluster.destroy().catch(() => undefined);
+  });
   try {
     await cluster.admin.createVolume({ name: VOLUME_NAME, sizeBytes: volumeBytes });
   } catch (error) {
@@ -69,7 +83,7 @@ export async function startShoal(options: ShoalTargetOptions): Promise<Target> {
   return {
     id: 'shoal',
     label: 'shoal',
-    uri: cluster.nbdUnixUri(VOLUME_NAME),
+    uris: [cluster.nbdUnixUri(VOLUME_NAME)],
     pids,
     metricsUrls,
     logTail: () => {
@@ -87,17 +101,87 @@ export async function startShoal(options: ShoalTargetOptions): Promise<Target> {
   };
 }
 
+/**
+ * LocalCluster.start with SHOAL_NODE_ARGS set for its daemons when profiling (DaemonProcess reads
+ * it at each spawn); restored afterwards, as nothing else in this process starts daemons.
+ */
+async function startCluster(runDir: string, chunkServers: number, profileDir: string | null,
+): Promise<LocalCluster> {
+  const start = (): Promise<LocalCluster> =>
+    LocalCluster.start({ parentDir: runDir, chunkServers, nbd: true });
+  if (profileDir === null) return start();
+  const saved = process.env['SHOAL_NODE_ARGS'];
+  const profileArgs = `--cpu-prof --cpu-prof-dir=${profileDir}`;
+  process.env['SHOAL_NODE_ARGS'] = saved === undefined ? profileArgs : `${saved} ${profileArgs}`;
+  try {
+    return await start();
+  } finally {
+    if (saved === undefined) delete process.env['SHOAL_NODE_ARGS'];
+    else process.env['SHOAL_NODE_ARGS'] = saved;
+  }
+}
+
+/** NBD server first (it is the chunk servers' client), then the chunk servers, then the MDS. */
+async function stopGracefully(cluster: LocalCluster): Promise<void> {
+  const graceMs = 20_000;
+  await cluster.nbd?.stop('SIGTERM', graceMs);
+  await Promise.all(cluster.chunkServers.map((cs) => cs?.stop('SIGTERM', graceMs)));
+  await cluster.mds.stop('SIGTERM', graceMs);
+}
+
 export type QemuCache = 'directsync' | 'writeback';
 
 export interface QemuTargetOptions {
   readonly runDir: string;
   readonly volumeBytes: number;
   readonly cache: QemuCache;
+  /** How many servers, each on its own raw file and socket (1, or 3 for the copies floor). */
+  readonly servers: 1 | 3;
+}
+
+/** One qemu-nbd process on one raw file. */
+interface QemuServer {
+  readonly args: readonly string[];
+  readonly uri: string;
+  readonly pid: number;
+  readonly stderr: () => string;
+  readonly stop: () => Promise<void>;
 }
 
 export async function startQemuNbd(options: QemuTargetOptions): Promise<Target> {
-  const imagePath = join(options.runDir, `qemu-${options.cache}.raw`);
-  const socketPath = join(options.runDir, `qemu-${options.cache}.sock`);
+  const group = options.servers > 1;
+  const id: TargetId = options.cache === 'writeback' ? 'qemu-writeback'
+    : group ? 'qemu-directsync-x3' : 'qemu-directsync';
+  const servers: QemuServer[] = [];
+  const stop = onceAsync(() => Promise.all(servers.map((server) => server.stop())));
+  try {
+    for (let index = 0; index < options.servers; index += 1) {
+      const name = group ? `${id}-${index}` : id;
+      servers.push(await startQemuServer(options, name));
+    }
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  // The single servers keep the process name `qemu-nbd`; a group's are qemu-nbd0, qemu-nbd1, ...
+  const processName = (index: number): string => (group ? `qemu-nbd${index}` : 'qemu-nbd');
+  return {
+    id,
+    label: group ? `qemu-nbd(directsync)x${options.servers}` : `qemu-nbd(${options.cache})`,
+    uris: servers.map((server) => server.uri),
+    pids: new Map(servers.map((server, index) => [processName(index), server.pid])),
+    metricsUrls: new Map(),
+    commandLines: async () =>
+      servers.map((server) => ['qemu-nbd', ...server.args].map(shellQuote).join(' ')),
+    logTail: () => servers.map((server, index) =>
+      `--- ${processName(index)} stderr (end) ---\n${server.stderr()}`).join('\n'),
+    stop,
+  };
+}
+
+async function startQemuServer(options: QemuTargetOptions, name: string): Promise<QemuServer> {
+  const imagePath = join(options.runDir, `${name}.raw`);
+  const socketPath = join(options.runDir, `${name}.sock`);
   // A sparse file the size of the shoal volume; the prefill allocates the measured region.
   await writeFile(imagePath, '');
   await truncate(imagePath, options.volumeBytes);
@@ -119,14 +203,8 @@ export async function startQemuNbd(options: QemuTargetOptions): Promise<Target> 
     throw error;
   }
   return {
-    id: options.cache === 'directsync' ? 'qemu-directsync' : 'qemu-writeback',
-    label: `qemu-nbd(${options.cache})`,
+    args, stop, stderr: () => stderr, pid: child.pid ?? -1,
     uri: `nbd+unix:///${VOLUME_NAME}?socket=${socketPath}`,
-    pids: new Map([['qemu-nbd', child.pid ?? -1]]),
-    metricsUrls: new Map(),
-    commandLines: async () => [['qemu-nbd', ...args].map(shellQuote).join(' ')],
-    logTail: () => `--- qemu-nbd stderr (end) ---\n${stderr}`,
-    stop,
   };
 }
 
