@@ -106,3 +106,65 @@ t.test('fuzz: random and mutated streams give frames or StorageErrors, nothing e
   }
   t.ok(frames > 0 && errors > 0, `fuzzer reached both outcomes (${frames} frames, ${errors} errors)`);
 });
+
+t.test('data-path headers travel binary and parse as their msgpack form would', async (t) => {
+  const ticket = Buffer.alloc(16, 0xab);
+  const cases: Array<[Record<string, unknown>, Buffer]> = [
+    [{ op: CS_OP.READ, id: 0xffffffff, chunkId: Number.MAX_SAFE_INTEGER, version: 2 ** 33, offsetBytes: 8192, lengthBytes: 4096 }, Buffer.alloc(0)],
+    [{ ...write, ticket, forward: [{ csId: 2, host: '127.0.0.1', port: 9632 }, { csId: 70000, host: 'cs-b.example', port: 1 }] }, Buffer.from('hello')],
+    [{ ...write, op: CS_OP.ZERO, lengthBytes: 64 * 1024 * 1024, forward: [] }, Buffer.alloc(0)],
+  ];
+  for (const [header, payload] of cases) {
+    const head = encodeFrameHead(header, payload.length);
+    t.ok(head[FRAME_PREFIX_BYTES]! < 0x80, `op ${String(header['op'])} has a binary header`);
+    const reader = new FrameReader();
+    reader.push(Buffer.concat([head, payload]));
+    t.same(parseRequest(reader.next()!), header, `op ${String(header['op'])} round-trips`);
+  }
+  const reply = encodeFrameHead({ op: CS_OP.REPLY, id: 12 }, 5);
+  t.equal(reply.length, FRAME_PREFIX_BYTES + 5, 'a plain reply is 5 header bytes');
+  const reader = new FrameReader();
+  reader.push(Buffer.concat([reply, Buffer.from('abcde')]));
+  const frame = reader.next()!;
+  t.same(parseReply(frame), { op: CS_OP.REPLY, id: 12 });
+  t.equal(frame.payload.toString(), 'abcde');
+});
+
+t.test('headers outside the binary layouts keep msgpack', async (t) => {
+  const msgpack = (header: Record<string, unknown>) => encodeFrameHead(header, 0)[FRAME_PREFIX_BYTES]! >= 0x80;
+  t.ok(msgpack({ op: CS_OP.REPLY, id: 1, code: 'ERR_IO', message: 'x' }), 'an error reply');
+  t.ok(msgpack({ op: CS_OP.REPLY, id: 1, version: 3 }), 'a reply with fields');
+  t.ok(msgpack({ ...write, extra: 1 }), 'a write with a field the layout lacks');
+  t.ok(msgpack({ ...write, forward: [{ csId: 1, host: 'hôte-ü', port: 1 }] }), 'a host that is not ASCII');
+  t.ok(msgpack({ ...write, forward: [{ csId: 1, host: 'h', port: 1, tier: 2 }] }), 'a forward entry with more fields');
+  t.ok(msgpack({ ...write, ticket: Buffer.alloc(15) }), 'a ticket of the wrong length');
+  t.ok(msgpack({ op: CS_OP.FLUSH, id: 1 }), 'another op');
+  t.ok(msgpack({ op: CS_OP.READ, id: 1, chunkId: 1, version: 1, offsetBytes: 2 ** 32, lengthBytes: 1 }), 'an offset past 32 bits');
+});
+
+t.test('fuzz: random binary headers give a map or a StorageError naming the binary header', async (t) => {
+  const random = seededRandom(Number(process.env['FUZZ_SEED'] ?? 20261130));
+  const ops = [CS_OP.REPLY, CS_OP.WRITE, CS_OP.READ, CS_OP.ZERO, 0, 0x7f];
+  let parsed = 0;
+  let refused = 0;
+  for (let round = 0; round < 5000; round += 1) {
+    const headerBytes = 1 + Math.floor(random() * 120);
+    const header = Buffer.from(Array.from({ length: headerBytes }, () => Math.floor(random() * 256)));
+    header[0] = ops[Math.floor(random() * ops.length)]!;
+    if (round % 2 === 0) header.fill(0, 1, Math.min(headerBytes, 1 + Math.floor(random() * 60)));
+    const prefix = Buffer.alloc(FRAME_PREFIX_BYTES);
+    prefix.writeUInt32BE(headerBytes, 0);
+    prefix.writeUInt16BE(headerBytes, 4);
+    const reader = new FrameReader();
+    reader.push(Buffer.concat([prefix, header]));
+    try {
+      const frame = reader.next();
+      t.ok(frame !== null);
+      parsed += 1;
+    } catch (error) {
+      if (!(error instanceof StorageError) || error.code !== 'ERR_PROTOCOL' || !/binary frame header/.test(error.message)) throw error;
+      refused += 1;
+    }
+  }
+  t.ok(parsed > 0 && refused > 0, `both outcomes reached (${parsed} parsed, ${refused} refused)`);
+});

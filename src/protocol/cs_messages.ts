@@ -17,7 +17,8 @@ import type { RawFrame } from './frame.ts';
 // LIST_CHUNKS entries of 32 bytes); LIST_VOLUMES.
 // 3: each role authenticates with its own credential (AUTH carries a MAC, an MDS signature and
 // term, or nothing for clients); GRANT presents a capability; REVOKE; writes carry a chunk ticket.
-export const CS_PROTOCOL_VERSION = 3;
+// 4: READ, WRITE, ZERO and plain replies travel with fixed binary headers (data_headers.ts).
+export const CS_PROTOCOL_VERSION = 4;
 
 export const CS_OP = {
   HELLO: 1,

@@ -1,6 +1,9 @@
 // Framing of the chunk-server protocol, shared by clients, chunk servers and the MDS.
 //
-//   u32 bodyBytes | u16 headerBytes | header (msgpack map, headerBytes) | payload (the rest)
+//   u32 bodyBytes | u16 headerBytes | header (headerBytes) | payload (the rest)
+//
+// The header is a msgpack map, or on the data path (READ, WRITE, ZERO and plain replies) a fixed
+// binary layout that decodes to the same map (data_headers.ts): no msgpack per block request.
 //
 // bodyBytes counts everything after the prefix. Both lengths are checked against hard limits before
 // any byte of the body is buffered, so a peer cannot make us hold more than one frame's worth.
@@ -19,6 +22,7 @@ import { FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES_MAX, FRAME_PREFIX_BYTES } from
 /** The largest frame body a peer may send before it has authenticated: AUTH is about 100 bytes. */
 export const PREAUTH_FRAME_BODY_BYTES_MAX = 4 * 1024;
 import { assert } from '../util/assert.ts';
+import { decodeBinaryHeader, encodeBinaryHead, isBinaryHeader } from './data_headers.ts';
 
 // One codec instance for the wire, never shared with lmdb's (see the toolchain notes): records off,
 // so every message is self-describing and both ends need no shared structure table.
@@ -33,6 +37,11 @@ const EMPTY = Buffer.alloc(0);
 
 /** Encodes the prefix and header of a frame; the caller writes `payload` right after it. */
 export function encodeFrameHead(header: object, payloadBytes: number): Buffer {
+  const binary = encodeBinaryHead(header as Record<string, unknown>, payloadBytes);
+  if (binary !== null) {
+    assert(binary.length - FRAME_PREFIX_BYTES + payloadBytes <= FRAME_BODY_BYTES_MAX, 'frame body exceeds the limit');
+    return binary;
+  }
   const encoded = headerCodec.pack(header);
   assert(encoded.length <= FRAME_HEADER_BYTES_MAX, `frame header of ${encoded.length} bytes exceeds the limit`);
   const bodyBytes = encoded.length + payloadBytes;
@@ -175,6 +184,7 @@ function checkedLimit(limitBodyBytes: number): number {
 }
 
 function decodeHeader(bytes: Buffer): Record<string, unknown> {
+  if (isBinaryHeader(bytes[0]!)) return decodeBinaryHeader(bytes);
   let value: unknown;
   try {
     value = headerCodec.unpack(bytes);
