@@ -8,9 +8,8 @@
 // capability's volume: reads with any, writes with a write capability whose epoch the write carries,
 // sent to the chunk's primary with the forward list its ticket vouches for.
 
-import { timingSafeEqual } from 'node:crypto';
 import { StorageError, fromSystemError } from '../errors.ts';
-import { chunkTicket, type Capability } from '../protocol/capability.ts';
+import type { Capability } from '../protocol/capability.ts';
 import { BLOCK_BYTES, CS_PAYLOAD_BYTES_MAX } from '../limits.ts';
 import {
   CS_OP,
@@ -176,8 +175,7 @@ function authorizeMutation(deps: ChunkServerOptions, request: WriteRequest | Zer
   }
   const self = deps.self();
   if (self === null) throw new StorageError('ERR_UNAVAILABLE', 'chunk server has not registered with the MDS yet: it takes no writes');
-  const expected = chunkTicket(deps.capabilityKey, request.chunkId, request.version, request.volumeId, [self, ...request.forward]);
-  if (request.ticket === undefined || !timingSafeEqual(expected, request.ticket)) {
+  if (!deps.tickets.check(request, self)) {
     throw new StorageError('ERR_UNAUTHORIZED',
       `chunk ${request.chunkId} at version ${request.version}: this server is not its primary with these members ` +
       '(the chunk ticket does not match the forward list): refresh the chunk map');

@@ -27,6 +27,7 @@ import { PartialWriteReporter } from './partial_writes.ts';
 import { MdsLink } from './mds_link.ts';
 import { CsMetrics } from './metrics.ts';
 import { Scrubber } from './scrubber.ts';
+import { TicketChecker } from './ticket_check.ts';
 import { CS_CONNECTIONS_MAX_DEFAULT, CS_UNAUTHENTICATED_CONNECTIONS_MAX_DEFAULT, ChunkServer } from './server.ts';
 
 const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [options]
@@ -182,10 +183,12 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   });
   metrics.watchPartialWrites(partialWrites);
   let advertisedPort = 0;
+  const ticketKey = capabilityKey(config.clusterKey);
   const server = new ChunkServer({
     store,
     clusterKey: config.clusterKey,
-    capabilityKey: capabilityKey(config.clusterKey),
+    capabilityKey: ticketKey,
+    tickets: new TicketChecker(ticketKey),
     mdsPublicKey: config.mdsPublicKey,
     self: () => {
       const csId = link?.registeredId ?? null;

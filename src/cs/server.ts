@@ -40,6 +40,7 @@ import type { PartialWriteReporter } from './partial_writes.ts';
 import type { ChunkStore } from './chunk_store.ts';
 import { asStorageError, handleRequest, type Caller, type Reply } from './handlers.ts';
 import type { CsMetrics } from './metrics.ts';
+import type { TicketChecker } from './ticket_check.ts';
 
 const AUTH_TIMEOUT_MS = 5_000;
 /** Defaults of the caps: room for every peer of a large cluster, and a bound on strangers' share. */
@@ -53,6 +54,8 @@ export interface ChunkServerOptions {
   readonly clusterKey: Buffer;
   /** capabilityKey(clusterKey): checks capabilities and chunk tickets. */
   readonly capabilityKey: Buffer;
+  /** Checks client writes' chunk tickets (with capabilityKey). */
+  readonly tickets: TicketChecker;
   /** Verifies the MDS's signature at AUTH (mds.pub); only the MDS holds the private key. */
   readonly mdsPublicKey: KeyObject;
   /** This server as the MDS's map names it, once registered: a write's ticket must name it first. */
