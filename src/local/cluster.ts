@@ -26,6 +26,8 @@ export interface ClusterOptions {
   readonly mdsArgs?: readonly string[];
   readonly csArgs?: readonly string[];
   readonly nbdArgs?: readonly string[];
+  /** Folder for the chunk servers' data directories (e.g. on another disk); default the cluster's folder. */
+  readonly chunkServerParentDir?: string;
 }
 
 export interface ChunkServerOverrides {
@@ -123,7 +125,7 @@ export class LocalCluster {
   }
 
   chunkServerDir(index: number): string {
-    return join(this.dir, `cs${index}`);
+    return join(this.options.chunkServerParentDir ?? this.dir, `cs${index}`);
   }
 
   /**

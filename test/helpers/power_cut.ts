@@ -381,7 +381,7 @@ function unescapeMountPath(field: string): string {
 }
 
 /** umount, then umount -l if busy; throws if `dir` is still a mount point after both. */
-async function unmountPath(dir: string): Promise<void> {
+export async function unmountPath(dir: string): Promise<void> {
   if (!(await isMountPoint(dir))) return;
   await run('umount', [dir], { timeoutMs: UMOUNT_TIMEOUT_MS });
   if (!(await isMountPoint(dir))) return;

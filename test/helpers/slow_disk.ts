@@ -1,0 +1,138 @@
+// A slow disk for tests and benchmarks: slowdisk/slow_fs.py, a FUSE pass-through with the timing
+// of one spinning disk (a seek per non-sequential transfer, a bandwidth cap, writes paid for at
+// fsync or when dirty pages pass a limit; see the script's header). Daemons whose data directory is
+// under `path` run on an "HDD"; a journal directory elsewhere runs on the fast disk in front of it.
+// Needs /dev/fuse and Debian's python3-fusepy, like the power-cut disk.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import type { Test } from 'tap';
+import { SYSTEM_PYTHON, checkPowerCutPrerequisites, isMountPoint, unmountPath } from './power_cut.ts';
+
+const START_TIMEOUT_MS = 15_000;
+const EXIT_TIMEOUT_MS = 10_000;
+const STDERR_TAIL_BYTES = 16 * 1024;
+
+export interface SlowDiskOptions {
+  readonly backingDir: string;
+  readonly mountDir: string;
+  /** Cost of a transfer that does not start where the previous one ended. Default 8 ms. */
+  readonly seekMs?: number;
+  /** Sequential bytes per second. Default 150 MB/s. */
+  readonly bandwidthBytesPerSecond?: number;
+  /** Dirty bytes past which a writer first pays for writing back. Default 64 MiB. */
+  readonly dirtyLimitBytes?: number;
+}
+
+export class SlowDisk {
+  readonly path: string;
+  readonly backingDir: string;
+  private readonly child: ChildProcess;
+  private readonly exited: Promise<void>;
+  private stderrTail = '';
+
+  private constructor(options: SlowDiskOptions, child: ChildProcess) {
+    this.path = resolve(options.mountDir);
+    this.backingDir = resolve(options.backingDir);
+    this.child = child;
+    this.exited = new Promise((done) => {
+      if (child.exitCode !== null || child.signalCode !== null) done();
+      else child.once('exit', () => done());
+    });
+    child.stderr?.setEncoding('utf8').on('data', (text: string) => {
+      this.stderrTail = (this.stderrTail + text).slice(-STDERR_TAIL_BYTES);
+    });
+  }
+
+  static async mount(options: SlowDiskOptions): Promise<SlowDisk> {
+    checkPowerCutPrerequisites();
+    const mountDir = resolve(options.mountDir);
+    if (await isMountPoint(mountDir)) throw new Error(`${mountDir} is already a mount point (left by an earlier run?): run \`umount -l ${mountDir}\``);
+    await mkdir(options.backingDir, { recursive: true });
+    await mkdir(mountDir, { recursive: true });
+    const args = ['-u', scriptPath(), '--backing', resolve(options.backingDir), '--mount', mountDir, '--parent-pid', String(process.pid)];
+    if (options.seekMs !== undefined) args.push('--seek-ms', String(options.seekMs));
+    if (options.bandwidthBytesPerSecond !== undefined) args.push('--bandwidth-bytes', String(Math.round(options.bandwidthBytesPerSecond)));
+    if (options.dirtyLimitBytes !== undefined) args.push('--dirty-limit-bytes', String(options.dirtyLimitBytes));
+    const disk = new SlowDisk(options, spawn(SYSTEM_PYTHON, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
+    try {
+      await disk.waitReady();
+      if (!(await isMountPoint(mountDir))) throw new Error(`ready, but ${mountDir} is not a mount point`);
+    } catch (error) {
+      await disk.unmount();
+      throw new Error(`mounting the slow disk on ${mountDir} failed: ${(error as Error).message}\n${disk.stderrTail}`);
+    }
+    return disk;
+  }
+
+  /** Unmounts and stops the FUSE process. Idempotent; never throws (problems go to stderr). */
+  async unmount(): Promise<void> {
+    try {
+      await unmountPath(this.path);
+      if (!(await this.waitExit())) {
+        this.child.kill('SIGKILL');
+        await this.waitExit();
+      }
+    } catch (error) {
+      process.stderr.write(`slow_disk: unmounting ${this.path}: ${(error as Error).message}\n`);
+    }
+  }
+
+  private async waitExit(): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<false>((done) => {
+      timer = setTimeout(() => done(false), EXIT_TIMEOUT_MS);
+    });
+    const exited = await Promise.race([this.exited.then(() => true as const), timedOut]);
+    clearTimeout(timer);
+    return exited;
+  }
+
+  private waitReady(): Promise<void> {
+    return new Promise((ready, reject) => {
+      const timer = setTimeout(() => reject(new Error(`not ready within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
+      createInterface({ input: this.child.stdout! }).on('line', (line) => {
+        if (!line.includes('"ready"')) return;
+        clearTimeout(timer);
+        ready();
+      });
+      this.child.once('exit', (code, signal) => {
+        clearTimeout(timer);
+        reject(new Error(`the FUSE process exited during start-up (code ${code}, signal ${signal})`));
+      });
+      this.child.once('error', (error) => {
+        clearTimeout(timer);
+        reject(error);
+      });
+    });
+  }
+}
+
+/** slow_fs.py beside this file's source (the build keeps .py files in the source tree only). */
+function scriptPath(): string {
+  const candidates = [
+    fileURLToPath(new URL('./slowdisk/slow_fs.py', import.meta.url)),
+    fileURLToPath(new URL('../../../test/helpers/slowdisk/slow_fs.py', import.meta.url)),
+  ];
+  const found = candidates.find((path) => existsSync(path));
+  if (found === undefined) throw new Error(`slow_fs.py not found (looked at ${candidates.join(', ')})`);
+  return found;
+}
+
+/** A slow disk in a fresh temporary folder, unmounted and removed when `t` ends. */
+export async function mountSlowDisk(t: Test, options: Omit<SlowDiskOptions, 'backingDir' | 'mountDir'> = {}): Promise<SlowDisk> {
+  const rootDir = await mkdtemp(join(tmpdir(), 'shoal-slowdisk-'));
+  let disk: SlowDisk | null = null;
+  t.teardown(async () => {
+    await disk?.unmount();
+    if (await isMountPoint(join(rootDir, 'mnt'))) process.stderr.write(`slow_disk: ${rootDir}/mnt is still mounted: leaving it\n`);
+    else await rm(rootDir, { recursive: true, force: true });
+  });
+  disk = await SlowDisk.mount({ ...options, backingDir: join(rootDir, 'backing'), mountDir: join(rootDir, 'mnt') });
+  return disk;
+}
