@@ -19,6 +19,13 @@ export interface DiskFile {
   read(target: Buffer, targetOffset: number, lengthBytes: number, positionBytes: number): Promise<number>;
   /** Writes `source[sourceOffset..sourceOffset+lengthBytes)` at `positionBytes`; returns bytes written. */
   write(source: Buffer, sourceOffset: number, lengthBytes: number, positionBytes: number): Promise<number>;
+  /**
+   * The same write, done before returning (pwrite on the calling thread). For small writes into
+   * the page cache only, where a thread-pool round trip (a queue lock, a wake-up, a completion
+   * event) costs several times the copy itself; never for syncs or for reads, which may wait for
+   * the device.
+   */
+  writeNow(source: Buffer, sourceOffset: number, lengthBytes: number, positionBytes: number): number;
   /** Writes the buffers one after another from `positionBytes`; returns bytes written (may be short). */
   writev(buffers: readonly Buffer[], positionBytes: number): Promise<number>;
   /** fdatasync: the file's data (and the size needed to read it) is on stable storage. */

@@ -3,6 +3,7 @@
 // reported to the caller, which must treat the data it covered as possibly lost.
 
 import fsx from 'fs-native-extensions';
+import { writeSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
 import type { Disk, DiskFile, OpenMode } from './disk.ts';
 
@@ -21,6 +22,10 @@ class RealFile implements DiskFile {
 
   async write(source: Buffer, sourceOffset: number, lengthBytes: number, positionBytes: number): Promise<number> {
     return (await this.handle.write(source, sourceOffset, lengthBytes, positionBytes)).bytesWritten;
+  }
+
+  writeNow(source: Buffer, sourceOffset: number, lengthBytes: number, positionBytes: number): number {
+    return writeSync(this.handle.fd, source, sourceOffset, lengthBytes, positionBytes);
   }
 
   async writev(buffers: readonly Buffer[], positionBytes: number): Promise<number> {

@@ -419,6 +419,14 @@ export class SimDisk implements Disk {
     return result;
   }
 
+  /** A call done before returning: no latency steps (there is no turn to wait), the same checks and faults. */
+  callNow<T>(syscall: string, path: string, effect: () => T): T {
+    this.checkAlive(syscall, path);
+    this.options.onCall?.(syscall, path);
+    this.checkAlive(syscall, path);
+    return effect();
+  }
+
   checkAlive(syscall: string, path: string): void {
     if (this.dead) throw simErrno('EIO', syscall, path);
   }
@@ -603,6 +611,13 @@ class SimFile implements DiskFile {
 
   write(source: Buffer, sourceOffset: number, lengthBytes: number, positionBytes: number): Promise<number> {
     return this.op('write', true, () => this.writeChecked(source.subarray(sourceOffset, sourceOffset + lengthBytes), positionBytes));
+  }
+
+  writeNow(source: Buffer, sourceOffset: number, lengthBytes: number, positionBytes: number): number {
+    return this.disk.callNow('write', this.path, () => {
+      if (this.closed || !this.writable) throw simErrno('EBADF', 'write', this.path);
+      return this.writeChecked(source.subarray(sourceOffset, sourceOffset + lengthBytes), positionBytes);
+    });
   }
 
   writev(buffers: readonly Buffer[], positionBytes: number): Promise<number> {
