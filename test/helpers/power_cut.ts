@@ -21,9 +21,9 @@ import { mkdir, mkdtemp, readFile, realpath, rm } from 'node:fs/promises';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { Test } from 'tap';
+import { waitExit, waitReadyLine } from './fuse_child.ts';
 import { run } from './run.ts';
 
 /** Debian's Python: the pyenv python3 on PATH does not see Debian's python3-fusepy. */
@@ -287,33 +287,12 @@ class FuseProcess {
   }
 
   /** True once exited; false if still running after timeoutMs. */
-  async waitExit(timeoutMs: number): Promise<boolean> {
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<false>((resolveTimeout) => {
-      timer = setTimeout(() => resolveTimeout(false), timeoutMs);
-    });
-    const result = await Promise.race([this.exited.then(() => true as const), timedOut]);
-    clearTimeout(timer);
-    return result;
+  waitExit(timeoutMs: number): Promise<boolean> {
+    return waitExit(this.exited, timeoutMs);
   }
 
   private waitReady(timeoutMs: number): Promise<void> {
-    return new Promise((resolveReady, reject) => {
-      const timer = setTimeout(() => reject(new Error(`not ready within ${timeoutMs} ms`)), timeoutMs);
-      createInterface({ input: this.child.stdout! }).on('line', (line) => {
-        if (!line.includes('"ready"')) return;
-        clearTimeout(timer);
-        resolveReady();
-      });
-      this.child.once('exit', (code, signal) => {
-        clearTimeout(timer);
-        reject(new Error(`the FUSE process exited during start-up (code ${code}, signal ${signal})`));
-      });
-      this.child.once('error', (error) => {
-        clearTimeout(timer);
-        reject(error);
-      });
-    });
+    return waitReadyLine(this.child, timeoutMs);
   }
 
   /** Sends one command line; resolves with the JSON reply, rejects on an error reply. */

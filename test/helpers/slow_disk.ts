@@ -9,9 +9,9 @@ import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { Test } from 'tap';
+import { waitExit, waitReadyLine } from './fuse_child.ts';
 import { SYSTEM_PYTHON, checkPowerCutPrerequisites, isMountPoint, unmountPath } from './power_cut.ts';
 
 const START_TIMEOUT_MS = 15_000;
@@ -83,33 +83,12 @@ export class SlowDisk {
     }
   }
 
-  private async waitExit(): Promise<boolean> {
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<false>((done) => {
-      timer = setTimeout(() => done(false), EXIT_TIMEOUT_MS);
-    });
-    const exited = await Promise.race([this.exited.then(() => true as const), timedOut]);
-    clearTimeout(timer);
-    return exited;
+  private waitExit(): Promise<boolean> {
+    return waitExit(this.exited, EXIT_TIMEOUT_MS);
   }
 
   private waitReady(): Promise<void> {
-    return new Promise((ready, reject) => {
-      const timer = setTimeout(() => reject(new Error(`not ready within ${START_TIMEOUT_MS} ms`)), START_TIMEOUT_MS);
-      createInterface({ input: this.child.stdout! }).on('line', (line) => {
-        if (!line.includes('"ready"')) return;
-        clearTimeout(timer);
-        ready();
-      });
-      this.child.once('exit', (code, signal) => {
-        clearTimeout(timer);
-        reject(new Error(`the FUSE process exited during start-up (code ${code}, signal ${signal})`));
-      });
-      this.child.once('error', (error) => {
-        clearTimeout(timer);
-        reject(error);
-      });
-    });
+    return waitReadyLine(this.child, START_TIMEOUT_MS);
   }
 }
 
