@@ -9,7 +9,8 @@ import { mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node:fs/pro
 import { promisify } from 'node:util';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { JOURNAL_HEADER_BYTES, JOURNAL_RECORD_TYPE, Journal, type JournalRecord } from '../src/cs/journal.ts';
+import { Journal } from '../src/cs/journal/journal.ts';
+import { JOURNAL_HEADER_BYTES, JOURNAL_RECORD_TYPE, type JournalRecord } from '../src/cs/journal/record.ts';
 import { createLogger } from '../src/util/log.ts';
 import { systemClock } from '../src/util/clock.ts';
 import { realDisk } from '../src/cs/disk/real_disk.ts';

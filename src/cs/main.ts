@@ -20,7 +20,7 @@ import { createLogger } from '../util/log.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
 import { RateLimiter } from '../util/rate_limiter.ts';
 import { parseSizeBytes } from '../util/size.ts';
-import { ChunkStore, REAL_STORE_ENV } from './chunk_store.ts';
+import { ChunkStore, REAL_STORE_ENV } from './store/chunk_store.ts';
 import { DiskUsage } from './disk_usage.ts';
 import { lockDataDir, loadIdentity, saveIdentity } from './data_dir.ts';
 import { PartialWriteReporter } from './partial_writes.ts';

@@ -4,7 +4,7 @@
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { CS_OP, type CsOp } from '../protocol/cs_messages.ts';
-import type { ChunkStore } from './chunk_store.ts';
+import type { ChunkStore } from './store/chunk_store.ts';
 import type { PartialWriteReporter } from './partial_writes.ts';
 import type { Scrubber } from './scrubber.ts';
 import { counterFromTotal } from '../util/metrics.ts';

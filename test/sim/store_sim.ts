@@ -13,9 +13,9 @@
 // Scripted scenarios (the targeted tests) use the same pieces through the public methods.
 
 import { StorageError } from '../../src/errors.ts';
-import { ChunkStore } from '../../src/cs/chunk_store.ts';
+import { ChunkStore } from '../../src/cs/store/chunk_store.ts';
 import { SimDisk, type PowerCutMode, type SimDiskOptions, type SimFault, type SimFaultPlan } from '../../src/cs/disk/sim_disk.ts';
-import { SimCatalog } from '../../src/cs/sim_catalog.ts';
+import { SimCatalog } from '../../src/cs/store/sim_catalog.ts';
 import { seededRandom } from '../../src/util/clock.ts';
 import { assert } from '../../src/util/assert.ts';
 import { BLOCK, ChunkModel, type ModelOp } from './block_model.ts';

@@ -17,14 +17,14 @@
 // - a chunk being deleted gets no new use from the first moment (`deleting`) until the store has
 //   removed its files and its record.
 
-import { StorageError, fromSystemError } from '../errors.ts';
-import { assert } from '../util/assert.ts';
-import type { Logger } from '../util/log.ts';
-import { RangeLock } from '../util/range_lock.ts';
+import { StorageError, fromSystemError } from '../../errors.ts';
+import { assert } from '../../util/assert.ts';
+import type { Logger } from '../../util/log.ts';
+import { RangeLock } from '../../util/range_lock.ts';
 import { SUM_BYTES, sumsBytes } from './block_sums.ts';
 import type { ChunkMeta } from './catalog.ts';
 import { readFully, writeFully } from './chunk_file_io.ts';
-import { errnoCode, type Disk, type DiskFile } from './disk/disk.ts';
+import { errnoCode, type Disk, type DiskFile } from '../disk/disk.ts';
 
 /**
  * An open chunk. The store reads and writes through `data`, `sums` and `lock`, and reports every
