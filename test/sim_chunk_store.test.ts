@@ -220,6 +220,12 @@ t.test('a chunk sync that fails while the journal replays keeps the journal', as
   t.ok(fired >= results.length * 0.9 || ONLY !== undefined, `the injected fault fired in ${fired} of ${results.length} seeds`);
 });
 
+t.test('in-place writes over journalled ones: replay keeps the newer bytes and gives no block a sum it does not match', async (t) => {
+  const results = await group(t, 'in place over journalled', 'inPlaceOverJournalled', SCENARIO_SEEDS);
+  const inFlight = seedsWith(results, 'inFlight').length;
+  t.ok(inFlight >= results.length * 0.1 || ONLY !== undefined, `${inFlight} of ${results.length} seeds cut power with the in-place write in flight`);
+});
+
 t.test('stale writers: no change of a fenced holder lands after the takeover was acknowledged', async (t) => {
   const results = await group(t, 'stale writers', 'staleWriters', STALE_WRITER_SEEDS);
   const raced = seedsWith(results, 'inFlightAtTakeover').length;

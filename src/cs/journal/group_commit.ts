@@ -31,6 +31,8 @@ export interface JournalStats {
 interface PendingRecord extends RecordContent {
   /** Bytes in the segment; 0 for a barrier, which only waits for the records before it. */
   readonly bytes: number;
+  /** When it was appended (process.hrtime), for the wait histogram. */
+  readonly appendedNs: bigint;
   readonly resolve: () => void;
   readonly reject: (error: StorageError) => void;
 }
@@ -48,6 +50,8 @@ export interface GroupCommitOptions {
   readonly closed: () => boolean;
   /** Called after every batch, with the segment it went to (the journal checkpoints when it is full). */
   readonly afterCommit: (segment: Segment) => void;
+  /** Told, for each record, the seconds from its append until its batch was durable. */
+  readonly observeWait: (seconds: number) => void;
 }
 
 export class GroupCommit {
@@ -81,7 +85,7 @@ export class GroupCommit {
     if (this.options.closed()) return Promise.reject(new StorageError('ERR_SHUTTING_DOWN', 'journal closed'));
     const payloadCrc = content.payload === undefined ? 0 : crc32c(content.payload);
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ ...content, payloadCrc, bytes: recordBytes(content.payload), resolve, reject });
+      this.queue.push({ ...content, payloadCrc, bytes: recordBytes(content.payload), appendedNs: process.hrtime.bigint(), resolve, reject });
       this.options.stats.appendsTotal += 1;
       this.schedule();
     });
@@ -93,7 +97,7 @@ export class GroupCommit {
     return new Promise((resolve, reject) => {
       this.queue.push({
         type: JOURNAL_RECORD_TYPE.ZERO, chunkId: 0, offsetBytes: 0, lengthBytes: 0, payload: undefined, payloadCrc: 0, bytes: 0,
-        resolve, reject,
+        appendedNs: 0n, resolve, reject,
       });
       this.schedule();
     });
@@ -150,8 +154,12 @@ export class GroupCommit {
       }
       stats.commitsTotal += 1;
       stats.bytesTotal += bytes;
-      stats.commitSecondsTotal += Number(process.hrtime.bigint() - startedNs) / 1e9;
-      for (const record of batch) record.resolve();
+      const durableNs = process.hrtime.bigint();
+      stats.commitSecondsTotal += Number(durableNs - startedNs) / 1e9;
+      for (const record of batch) {
+        if (record.bytes > 0) this.options.observeWait(Number(durableNs - record.appendedNs) / 1e9);
+        record.resolve();
+      }
     } catch (error) {
       this.failureValue = fromSystemError(error, 'journal write failed');
       this.failedAtMs = this.options.clock.nowMs();

@@ -18,11 +18,14 @@ import type { Clock } from '../../util/clock.ts';
 import type { Logger } from '../../util/log.ts';
 import type { Disk } from '../disk/disk.ts';
 import { GroupCommit, type JournalStats } from './group_commit.ts';
-import { JOURNAL_RECORD_TYPE, type JournalRecord, type JournalRecordType } from './record.ts';
-import { replaySegment } from './replay.ts';
+import { JOURNAL_RECORD_TYPE, payloadFits, type JournalRecord, type JournalRecordType } from './record.ts';
+import { replaySegment, segmentRecords } from './replay.ts';
 import { SegmentFiles, type Segment } from './segments.ts';
 
 export type { JournalStats } from './group_commit.ts';
+
+/** A checkpoint once this many segments' worth of bytes were written in place since the last one. */
+const IN_PLACE_SEGMENTS_PER_CHECKPOINT = 4;
 
 export interface JournalOptions {
   readonly disk: Disk;
@@ -65,6 +68,10 @@ export class Journal {
   /** Records whose `apply` failed at this start-up (their segments are kept, see open). */
   replayFailuresTotal = 0;
   private closed = false;
+  /** Bytes written in place (IN_PLACE records) since the last checkpoint began (see append). */
+  private inPlaceBytes = 0;
+  /** Told, for each record, the seconds from its append until its batch was durable (the metrics' histogram). */
+  observeWait: (seconds: number) => void = () => undefined;
 
   private constructor(options: JournalOptions, files: SegmentFiles) {
     this.options = options;
@@ -80,8 +87,10 @@ export class Journal {
       },
       stopped: () => this.fatal,
       closed: () => this.closed,
+      observeWait: (seconds) => this.observeWait(seconds),
       afterCommit: (segment) => {
-        if (segment.sizeBytes >= options.segmentBytesMax && this.checkpointing === null && this.healthError === null) {
+        const full = segment.sizeBytes >= options.segmentBytesMax || this.inPlaceBytes >= IN_PLACE_SEGMENTS_PER_CHECKPOINT * options.segmentBytesMax;
+        if (full && this.checkpointing === null && this.healthError === null) {
           this.checkpoint().catch((error: unknown) => options.log.error('checkpoint failed', { error }));
         }
       },
@@ -89,15 +98,26 @@ export class Journal {
   }
 
   /**
-   * Opens the journal: replays every record left by the previous run through `apply` (in order),
+   * Opens the journal: replays every record left by the previous run through `apply` (in order,
+   * after showing them all to `scan` first when given),
    * syncs the chunk files, recycles the old segments and starts the next one. If `apply` rejected
    * a record with a StorageError, or the chunk files could not be synced, nothing is recycled and
    * the journal takes no records (see `fatal`): the next start replays it all again.
    */
-  static async open(options: JournalOptions, apply: (record: JournalRecord) => Promise<void>): Promise<Journal> {
+  static async open(
+    options: JournalOptions,
+    apply: (record: JournalRecord) => Promise<void>,
+    scan?: (record: JournalRecord) => void,
+  ): Promise<Journal> {
     const files = await SegmentFiles.open({ disk: options.disk, directory: options.directory, segmentBytesMax: options.segmentBytesMax, log: options.log });
     const journal = new Journal(options, files);
     const { segments } = await files.list();
+    if (scan !== undefined) {
+      // A first pass, so that applying a record can take the later ones into account.
+      for (const segment of segments) {
+        for (const { record } of segmentRecords(await files.read(segment.name), segment.number)) scan(record);
+      }
+    }
     let replayed = 0;
     for (const [index, segment] of segments.entries()) {
       const result = await replaySegment(await files.read(segment.name), segment, index === segments.length - 1, apply, options.log);
@@ -136,9 +156,12 @@ export class Journal {
    * the order in which they reach the file.
    */
   append(type: JournalRecordType, chunkId: number, offsetBytes: number, lengthBytes: number, payload?: Buffer): JournalTicket {
-    assert(type !== JOURNAL_RECORD_TYPE.WRITE || payload?.length === lengthBytes, 'write records carry their bytes');
+    assert(payloadFits(type, offsetBytes, lengthBytes, payload?.length ?? 0), 'a record carries the payload of its type');
     assert(type !== JOURNAL_RECORD_TYPE.ZERO || payload === undefined, 'zero records carry no bytes');
     assert(offsetBytes + lengthBytes <= CHUNK_BYTES_MAX, 'journal record within a chunk');
+    // In-place writes take little room here, but replay reads (and writes back) the blocks of
+    // every IN_PLACE record since the last checkpoint: they count towards the next one too.
+    if (type === JOURNAL_RECORD_TYPE.IN_PLACE) this.inPlaceBytes += lengthBytes;
     const segmentNumber = this.segment?.number ?? 0;
     this.unapplied.set(segmentNumber, (this.unapplied.get(segmentNumber) ?? 0) + 1);
     let applied = false;
@@ -202,6 +225,7 @@ export class Journal {
     await this.commits.idle();
     const old = this.segment;
     this.segment = next;
+    this.inPlaceBytes = 0;
     // Records of the old segments must be in the chunk files before those are synced.
     while ([...this.unapplied.keys()].some((number) => number < next.number)) {
       await new Promise<void>((resolve) => this.appliedWaiters.push(resolve));

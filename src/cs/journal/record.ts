@@ -4,7 +4,12 @@
 //
 //   0 u32 magic | 4 u32 recordBytes | 8 u32 crc32c of payload then bytes [12, 40) | 12 u8 type |
 //   13 u24 position in its batch | 16 u32 segment number | 20 u32 index in segment | 24 u32 chunkId high |
-//   28 u32 chunkId low | 32 u32 offsetBytes | 36 u32 lengthBytes | 40 payload (WRITE only)
+//   28 u32 chunkId low | 32 u32 offsetBytes | 36 u32 lengthBytes | 40 payload
+//
+// Types: WRITE (payload: the bytes written), ZERO (no payload), IN_PLACE (whole blocks written
+// straight to the chunk file, not through the journal; payload: the u32 BE crc32c of each block,
+// so the record is small and replay can tell which blocks hold the new bytes: see
+// ../store/block_io.ts for what a crash leaves and ../store/replay.ts for how it is settled).
 //
 // The magic is the format version: a record of another format is not a record of this one, so a
 // change of layout takes a new magic (and a reader that knows the old one for as long as journals
@@ -16,10 +21,10 @@
 // then counts as its batch's first.
 
 import { crc32c } from '@node-rs/crc32';
-import { CHUNK_BYTES_MAX } from '../../limits.ts';
+import { BLOCK_BYTES, CHUNK_BYTES_MAX } from '../../limits.ts';
 import { assert } from '../../util/assert.ts';
 
-export const JOURNAL_RECORD_TYPE = { WRITE: 1, ZERO: 2 } as const;
+export const JOURNAL_RECORD_TYPE = { WRITE: 1, ZERO: 2, IN_PLACE: 3 } as const;
 export type JournalRecordType = (typeof JOURNAL_RECORD_TYPE)[keyof typeof JOURNAL_RECORD_TYPE];
 
 /** The record format this code writes; its magic below. */
@@ -84,23 +89,41 @@ export function parseRecord(bytes: Buffer, position: number): { record: JournalR
   const expectedCrc = crc32c(bytes.subarray(position + 12, position + JOURNAL_HEADER_BYTES), payload.length === 0 ? 0 : crc32c(payload));
   if (expectedCrc !== bytes.readUInt32BE(position + 8)) return null;
   const type = bytes.readUInt8(position + 12);
-  if (type !== JOURNAL_RECORD_TYPE.WRITE && type !== JOURNAL_RECORD_TYPE.ZERO) return null;
+  if (type !== JOURNAL_RECORD_TYPE.WRITE && type !== JOURNAL_RECORD_TYPE.ZERO && type !== JOURNAL_RECORD_TYPE.IN_PLACE) return null;
+  const offsetBytes = bytes.readUInt32BE(position + 32);
   const lengthBytes = bytes.readUInt32BE(position + 36);
-  if (type === JOURNAL_RECORD_TYPE.WRITE && payload.length !== lengthBytes) return null;
-  if (type === JOURNAL_RECORD_TYPE.ZERO && payload.length !== 0) return null;
+  if (!payloadFits(type, offsetBytes, lengthBytes, payload.length)) return null;
   return {
     record: {
       type,
       segmentNumber: bytes.readUInt32BE(position + 16),
       index: bytes.readUInt32BE(position + 20),
       chunkId: bytes.readUInt32BE(position + 24) * TWO_32 + bytes.readUInt32BE(position + 28),
-      offsetBytes: bytes.readUInt32BE(position + 32),
+      offsetBytes,
       lengthBytes,
       payload,
     },
     positionInBatch: bytes.readUIntBE(position + 13, 3),
     end: position + size,
   };
+}
+
+/** Bytes of the payload of an IN_PLACE record over `lengthBytes` (whole blocks): a crc32c per block. */
+export function inPlaceSumsBytes(lengthBytes: number): number {
+  return (lengthBytes / BLOCK_BYTES) * 4;
+}
+
+/** Whether a payload of `payloadBytes` is what a record of this type and range carries. */
+export function payloadFits(type: JournalRecordType, offsetBytes: number, lengthBytes: number, payloadBytes: number): boolean {
+  switch (type) {
+    case JOURNAL_RECORD_TYPE.WRITE:
+      return payloadBytes === lengthBytes;
+    case JOURNAL_RECORD_TYPE.ZERO:
+      return payloadBytes === 0;
+    case JOURNAL_RECORD_TYPE.IN_PLACE:
+      return offsetBytes % BLOCK_BYTES === 0 && lengthBytes > 0 && lengthBytes % BLOCK_BYTES === 0 &&
+        payloadBytes === inPlaceSumsBytes(lengthBytes);
+  }
 }
 
 /**

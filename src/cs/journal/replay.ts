@@ -19,6 +19,19 @@ export interface SegmentReplay {
   readonly damaged: boolean;
 }
 
+/** The records replay takes from a segment, in order: up to the first torn, corrupt or out-of-place one. */
+export function* segmentRecords(bytes: Buffer, segmentNumber: number): Generator<{ record: JournalRecord; end: number }> {
+  let position = 0;
+  let index = 0;
+  for (;;) {
+    const parsed = parseRecord(bytes, position);
+    if (parsed === null || parsed.record.segmentNumber !== segmentNumber || parsed.record.index !== index) return;
+    yield { record: parsed.record, end: parsed.end };
+    position = parsed.end;
+    index += 1;
+  }
+}
+
 export async function replaySegment(
   bytes: Buffer,
   segment: SegmentName,
@@ -29,17 +42,15 @@ export async function replaySegment(
   let position = 0;
   let index = 0;
   let failures = 0;
-  for (;;) {
-    const parsed = parseRecord(bytes, position);
-    if (parsed === null || parsed.record.segmentNumber !== segment.number || parsed.record.index !== index) break;
+  for (const { record, end } of segmentRecords(bytes, segment.number)) {
     // A record that could not be applied (an operating error: the caller reports it) is counted
     // and replay goes on, as the later records are still owed to the chunk files. A programmer
     // error stops the start.
-    await apply(parsed.record).catch((error: unknown) => {
+    await apply(record).catch((error: unknown) => {
       if (!(error instanceof StorageError)) throw error;
       failures += 1;
     });
-    position = parsed.end;
+    position = end;
     index += 1;
   }
   const damaged = hasLaterRecord(bytes, position, segment.number, index);

@@ -1,6 +1,45 @@
 // The data path of a replica: writes, zeroes and reads of a chunk's blocks under its range lock,
 // each written block's crc32c kept in its sums, and every written block checked against it when
-// read. What "durable" means for a change is the journal's (write-ahead, see applyWrite).
+// read.
+//
+// Two ways a write becomes durable:
+// - journalled (writes below `inPlaceBytesMin`): the bytes go into a journal record; once it is
+//   durable the chunk file changes, and the file is synced at the next checkpoint. Many small
+//   writes to many files cost one sequential append and one sync. Records hold whole blocks (a
+//   partial write's edge blocks merged, a zeroing's partial edge blocks as their merged bytes), so
+//   replaying one depends on nothing the file held before it: the bytes of an earlier in-place
+//   write are not in the journal to be replayed first.
+// - in place (writes of `inPlaceBytesMin` and more): the disk sees the bytes once. Steps, under
+//   the exclusive lock of the write's blocks:
+//     1. each block's crc32c is computed, once: the record carries these very sums;
+//     2. an IN_PLACE record (chunk, block range, the blocks' sums; no data) is made durable;
+//     3. the blocks are written to the chunk file, their sums set in memory (what this process
+//        reads then matches), and the file is fdatasync'd (syncs of one file are shared by the
+//        writes that arrive together, shared_syncs.ts; syncs of different files run side by side);
+//     4. the write is acknowledged. The .sums file follows at the next checkpoint, which keeps the
+//        record until then; a checkpoint also comes after a few segments' worth of in-place bytes.
+//   What a power cut (or a kill) leaves at each step, settled by replay (replay.ts):
+//     - before 2 is durable: no record, the file untouched: the old bytes and sums stand.
+//     - after 2, before 3 is durable (never acknowledged): each block holds its old bytes, the
+//       new ones, or (a disk that tears inside a 4 KiB block) neither. A block takes the record's
+//       sum only if its bytes match it: old bytes never look like the new write, nor new bytes
+//       fail against an old sum. A block that matches neither its old sum nor the record's was
+//       torn by this unacknowledged write: it keeps the bytes it holds and their sum (any content
+//       is right for a write that was never acknowledged, and the MDS compares the members of
+//       chunks after an unclean stop). The record is made durable before the data for this
+//       reason: bytes that land without their record would match no sum anywhere.
+//     - after 3: the file holds the new bytes, the record their sums.
+//   Against older journalled records of the same blocks: the lock orders them, so an older
+//   record's bytes reached the file before the in-place write replaced them, but that record is
+//   still in the journal until the next checkpoint, and replaying it would put its older bytes
+//   back over the newer ones. Replay therefore looks first (a scan of every record) for blocks
+//   whose bytes match a later IN_PLACE record's sum, and skips the older records' changes to
+//   those blocks; later records (journalled or in place) are applied after it as usual.
+//   A failed fdatasync of the chunk file fails the write and stops the journal for good (as a
+//   failed checkpoint sync does), and every later sync of that file fails too (shared_syncs.ts):
+//   the page cache may have dropped bytes that earlier writes put there. Replay writes back the
+//   bytes of every block it settles from an IN_PLACE record, since after a failed sync and a kill
+//   the page cache may hold bytes the disk does not, which no sync would otherwise write.
 //
 // Invariants: a written block's checksum matches its bytes (checked on every read, and on the
 // edge blocks of a partial write before they are merged, so a bad block is never re-blessed with
@@ -15,7 +54,7 @@ import { assert } from '../../util/assert.ts';
 import type { Logger } from '../../util/log.ts';
 import { isUnsupported } from '../disk/disk.ts';
 import type { Journal, JournalTicket } from '../journal/journal.ts';
-import { JOURNAL_RECORD_TYPE } from '../journal/record.ts';
+import { JOURNAL_RECORD_TYPE, inPlaceSumsBytes } from '../journal/record.ts';
 import { FLAG_WRITTEN, ZERO_BLOCK_SUM, blockSums, clearSums, isWritten, setSum, storedSum } from './block_sums.ts';
 import type { ChangeTracker } from './changes.ts';
 import { readFully, writeFully, writeZeroes } from './chunk_file_io.ts';
@@ -40,6 +79,8 @@ export interface BlockIOOptions {
   readonly version: (chunkId: number) => number | undefined;
   /** Counts a block that failed its checksum. */
   readonly onChecksumError: () => void;
+  /** Live writes of at least this many bytes go in place (see the header); Infinity: none. */
+  readonly inPlaceBytesMin: number;
 }
 
 export class BlockIO {
@@ -79,7 +120,24 @@ export class BlockIO {
         await this.readEdgeBlocks(handle, first, last, blocks, mode);
         data.copy(blocks, offsetBytes - alignedStart);
       }
-      if (mode.kind === 'live') ticket = this.options.journal().append(JOURNAL_RECORD_TYPE.WRITE, handle.meta.chunkId, offsetBytes, data.length, data);
+      if (mode.kind === 'live' && data.length >= this.options.inPlaceBytesMin) {
+        const sums = blockSums(blocks);
+        ticket = this.options.journal().append(JOURNAL_RECORD_TYPE.IN_PLACE, handle.meta.chunkId, alignedStart, alignedBytes, encodeSums(sums));
+        await ticket.durable;
+        await this.writeData(handle, blocks, alignedStart);
+        const synced = this.syncData(handle);
+        // The file holds the new bytes now (synced or not): its sums follow, so that what this
+        // process reads matches. After a failed sync the journal has stopped for good, and the
+        // next start settles these blocks from what reached the disk (replay.ts).
+        for (const [index, crc] of sums.entries()) setSum(handle.sums, first + index, crc, FLAG_WRITTEN);
+        markDirty(handle, first, last);
+        this.options.changes.mark(handle.meta.chunkId, first, last);
+        await synced;
+        return;
+      }
+      // Whole blocks, edges merged: replaying the record then depends on nothing the file held
+      // before it (an in-place write's bytes are not in the journal to be replayed first).
+      if (mode.kind === 'live') ticket = this.options.journal().append(JOURNAL_RECORD_TYPE.WRITE, handle.meta.chunkId, alignedStart, alignedBytes, blocks);
       // Checksums are computed while the journal commit is under way.
       const sums = blockSums(blocks);
       await ticket?.durable;
@@ -92,11 +150,63 @@ export class BlockIO {
     }
   }
 
+  /**
+   * Replays an IN_PLACE record over blocks first..first+sums/4-1. `landed(index)` says whether a
+   * block holds this record's bytes (replay.ts checked them against its sums): it takes the
+   * record's sum. A block a later in-place record landed on (`superseded`) is left to it. A block
+   * that does not hold the record's bytes keeps its sum if its bytes match it. Otherwise the write
+   * never completed there (it was not acknowledged: its sync failed, or the disk tore the block)
+   * and the block keeps the bytes it holds, whose sum it takes; counted in the returned number.
+   * The bytes of the blocks that take a sum are written back: after a failed sync (then a kill,
+   * no power cut) the page cache may hold bytes that are not on the disk and that no later sync
+   * writes, so the replay's own sync must have them to write.
+   */
+  async replayInPlace(handle: ChunkHandle, offsetBytes: number, sums: Buffer,
+    landed: (index: number) => boolean, superseded: (index: number) => boolean): Promise<number> {
+    assert(offsetBytes % BLOCK_BYTES === 0, 'in-place records cover whole blocks');
+    const first = offsetBytes / BLOCK_BYTES;
+    const count = sums.length / 4;
+    const release = await handle.lock.acquire(first, first + count - 1, true);
+    let settled = 0;
+    try {
+      const bytes = Buffer.allocUnsafe(count * BLOCK_BYTES);
+      await readFully(handle.data, bytes, offsetBytes);
+      for (let index = 0; index < count; index += 1) {
+        if (superseded(index)) continue;
+        const block = first + index;
+        const view = bytes.subarray(index * BLOCK_BYTES, (index + 1) * BLOCK_BYTES);
+        let crc = sums.readUInt32BE(index * 4);
+        if (!landed(index)) {
+          crc = crc32c(view);
+          if (crc === (isWritten(handle.sums, block) ? storedSum(handle.sums, block) : ZERO_BLOCK_SUM)) continue;
+          settled += 1;
+        }
+        await this.writeData(handle, view, block * BLOCK_BYTES);
+        setSum(handle.sums, block, crc, FLAG_WRITTEN);
+        markDirty(handle, block, block);
+      }
+    } finally {
+      release();
+    }
+    return settled;
+  }
+
+  /** Makes the chunk's data file durable; a failure stops the journal for good (see the header). */
+  private async syncData(handle: ChunkHandle): Promise<void> {
+    try {
+      // Shared with the writes that arrive together, and failing for good once one failed (shared_syncs.ts).
+      await handle.data.datasync();
+    } catch (error) {
+      this.options.journal().failChunkSync(error);
+      throw this.options.health.noteWriteError(fromSystemError(error, `syncing chunk ${handle.meta.chunkId}`));
+    }
+  }
+
   /** Zeroes a range under the lock, write-ahead as applyWrite; whole blocks become holes. */
   async applyZero(handle: ChunkHandle, offsetBytes: number, lengthBytes: number, mode: Mode): Promise<void> {
     const { first, last } = blockSpan(offsetBytes, lengthBytes);
     const release = await handle.lock.acquire(first, last, true);
-    let ticket: JournalTicket | null = null;
+    const tickets: JournalTicket[] = [];
     try {
       this.checkVersion(handle.meta.chunkId, mode);
       const endBytes = offsetBytes + lengthBytes;
@@ -112,8 +222,19 @@ export class BlockIO {
         bytes.fill(0, Math.max(offsetBytes, blockStart) - blockStart, Math.min(endBytes, blockStart + BLOCK_BYTES) - blockStart);
         edges.push({ block, bytes });
       }
-      if (mode.kind === 'live') ticket = this.options.journal().append(JOURNAL_RECORD_TYPE.ZERO, handle.meta.chunkId, offsetBytes, lengthBytes);
-      await ticket?.durable;
+      if (mode.kind === 'live') {
+        // As whole blocks, like writes: each written edge block with its merged bytes, and the
+        // whole blocks between them as a ZERO record.
+        const journal = this.options.journal();
+        const chunkId = handle.meta.chunkId;
+        for (const { block, bytes } of edges) tickets.push(journal.append(JOURNAL_RECORD_TYPE.WRITE, chunkId, block * BLOCK_BYTES, BLOCK_BYTES, bytes));
+        if (fullFirst <= fullLast) {
+          tickets.push(journal.append(JOURNAL_RECORD_TYPE.ZERO, chunkId, fullFirst * BLOCK_BYTES, (fullLast - fullFirst + 1) * BLOCK_BYTES));
+        }
+        // Nothing to change (a part of a hole): still acknowledged only through a working journal.
+        if (tickets.length === 0) tickets.push(journal.append(JOURNAL_RECORD_TYPE.ZERO, chunkId, offsetBytes, lengthBytes));
+      }
+      await Promise.all(tickets.map((ticket) => ticket.durable));
       for (const { block, bytes } of edges) {
         await this.writeData(handle, bytes, block * BLOCK_BYTES);
         setSum(handle.sums, block, crc32c(bytes), FLAG_WRITTEN);
@@ -122,7 +243,7 @@ export class BlockIO {
       if (fullFirst <= fullLast) await this.deallocateBlocks(handle, fullFirst, fullLast);
       this.options.changes.mark(handle.meta.chunkId, first, last);
     } finally {
-      ticket?.applied();
+      for (const ticket of tickets) ticket.applied();
       release();
     }
   }
@@ -288,4 +409,11 @@ export class BlockIO {
 export function blockSpan(offsetBytes: number, lengthBytes: number): { first: number; last: number } {
   assert(lengthBytes > 0, 'block span of a non-empty range');
   return { first: Math.floor(offsetBytes / BLOCK_BYTES), last: Math.floor((offsetBytes + lengthBytes - 1) / BLOCK_BYTES) };
+}
+
+/** The sums of an IN_PLACE record's payload: u32 BE per block. */
+export function encodeSums(sums: readonly number[]): Buffer {
+  const out = Buffer.allocUnsafe(inPlaceSumsBytes(sums.length * BLOCK_BYTES));
+  for (const [index, crc] of sums.entries()) out.writeUInt32BE(crc, index * 4);
+  return out;
 }
