@@ -9,7 +9,8 @@ import { mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node:fs/pro
 import { promisify } from 'node:util';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { JOURNAL_HEADER_BYTES, JOURNAL_RECORD_TYPE, Journal, type JournalRecord } from '../src/cs/journal.ts';
+import { Journal } from '../src/cs/journal/journal.ts';
+import { JOURNAL_HEADER_BYTES, JOURNAL_RECORD_TYPE, type JournalRecord } from '../src/cs/journal/record.ts';
 import { createLogger } from '../src/util/log.ts';
 import { systemClock } from '../src/util/clock.ts';
 import { realDisk } from '../src/cs/disk/real_disk.ts';
@@ -58,6 +59,32 @@ t.test('acknowledged records replay in order after a crash', async (t) => {
   }
   t.match(replayed[200], { type: JOURNAL_RECORD_TYPE.ZERO, chunkId: 5, offsetBytes: 4096, lengthBytes: 8192 });
   t.same(replayed.map((r) => r.index), replayed.map((_, i) => i), 'in order: consecutive indexes of one segment');
+  await reopened.close();
+});
+
+t.test('an in-place record carries its blocks\' sums, is scanned before replay, and only fits whole blocks', async (t) => {
+  const dir = await scratch(t);
+  const journal = await openJournal(dir);
+  const sums = Buffer.alloc(3 * 4);
+  for (let i = 0; i < 3; i += 1) sums.writeUInt32BE(0x01020304 * (i + 1), i * 4);
+  await appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, 9, 0, 4096, Buffer.alloc(4096, 7));
+  await appendApplied(journal, JOURNAL_RECORD_TYPE.IN_PLACE, 9, 8192, 3 * 4096, sums);
+  t.throws(() => journal.append(JOURNAL_RECORD_TYPE.IN_PLACE, 9, 100, 3 * 4096, sums), 'an in-place record covers whole blocks');
+  t.throws(() => journal.append(JOURNAL_RECORD_TYPE.IN_PLACE, 9, 8192, 3 * 4096, sums.subarray(4)), 'one sum per block');
+  await journal.abandon();
+  const scanned: string[] = [];
+  const replayed: JournalRecord[] = [];
+  const reopened = await Journal.open(
+    { disk: realDisk, clock: systemClock, directory: dir, segmentBytesMax: 1 << 20, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined },
+    async (record) => {
+      t.equal(scanned.length, 2, 'every record is scanned before the first is applied');
+      replayed.push({ ...record, payload: Buffer.from(record.payload) });
+    },
+    (record) => void scanned.push(`${record.type}:${record.offsetBytes}`),
+  );
+  t.same(scanned, [`${JOURNAL_RECORD_TYPE.WRITE}:0`, `${JOURNAL_RECORD_TYPE.IN_PLACE}:8192`]);
+  t.match(replayed[1], { type: JOURNAL_RECORD_TYPE.IN_PLACE, chunkId: 9, offsetBytes: 8192, lengthBytes: 3 * 4096 });
+  t.ok(replayed[1]?.payload.equals(sums), 'the sums come back');
   await reopened.close();
 });
 

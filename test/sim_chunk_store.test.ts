@@ -1,5 +1,5 @@
 // Seeded power-cut and disk-fault tests of the real chunk store and journal, on a simulated disk
-// (src/cs/disk/sim_disk.ts) and catalog (src/cs/sim_catalog.ts). What the random runs check is in
+// (src/cs/disk/sim_disk.ts) and catalog (src/cs/store/sim_catalog.ts). What the random runs check is in
 // test/sim/store_sim.ts and test/sim/journal_sim.ts; the targeted scenarios (a failed chunk sync
 // during a checkpoint, an eviction racing a checkpoint, zeroing without hole punching, a journal
 // that cannot be replayed for lack of space or for a failed sync, a cut inside an unsynced journal
@@ -8,7 +8,7 @@
 // worker threads (test/sim/seed_worker.ts).
 //
 // A cut that tears a batch that was never synced, while a later record of it landed, is not
-// damage: each record knows its position in its batch (see journal.ts), and these groups check
+// damage: each record knows its position in its batch (see src/cs/journal/record.ts), and these groups check
 // that replay tells it from a record lost after it was durable.
 //
 // Stale writers (test/sim/fence_sim.ts): the request handlers on the store, a lease taken over
@@ -22,7 +22,7 @@
 
 import t, { type Test } from 'tap';
 import { SimDisk, type SimDiskOptions } from '../src/cs/disk/sim_disk.ts';
-import { SimCatalog } from '../src/cs/sim_catalog.ts';
+import { SimCatalog } from '../src/cs/store/sim_catalog.ts';
 import { SeedPool, type SeedResult, type SimGroup } from './sim/seed_worker.ts';
 import { runStoreSeed, storeSimConfig, StoreSim } from './sim/store_sim.ts';
 
@@ -218,6 +218,12 @@ t.test('a chunk sync that fails while the journal replays keeps the journal', as
   const results = await group(t, 'sync fails during replay', 'syncFailsDuringReplay', SCENARIO_SEEDS);
   const fired = seedsWith(results, 'injectedFaultFired').length;
   t.ok(fired >= results.length * 0.9 || ONLY !== undefined, `the injected fault fired in ${fired} of ${results.length} seeds`);
+});
+
+t.test('in-place writes over journalled ones: replay keeps the newer bytes and gives no block a sum it does not match', async (t) => {
+  const results = await group(t, 'in place over journalled', 'inPlaceOverJournalled', SCENARIO_SEEDS);
+  const inFlight = seedsWith(results, 'inFlight').length;
+  t.ok(inFlight >= results.length * 0.1 || ONLY !== undefined, `${inFlight} of ${results.length} seeds cut power with the in-place write in flight`);
 });
 
 t.test('stale writers: no change of a fenced holder lands after the takeover was acknowledged', async (t) => {

@@ -27,7 +27,7 @@ import {
   type WriteRequest,
   type ZeroRequest,
 } from '../protocol/cs_messages.ts';
-import type { ChunkMeta, ChunkStore } from './chunk_store.ts';
+import type { ChunkMeta, ChunkStore } from './store/chunk_store.ts';
 import type { ChunkServerOptions } from './server.ts';
 
 export interface Reply {

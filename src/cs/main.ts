@@ -9,6 +9,7 @@ import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { StorageError } from '../errors.ts';
+import { BLOCK_BYTES } from '../limits.ts';
 import { CLUSTER_KEY_BYTES, clusterRestToken, readMdsPublicKey, readSecretFile } from '../protocol/auth.ts';
 import { capabilityKey } from '../protocol/capability.ts';
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
@@ -20,7 +21,7 @@ import { createLogger } from '../util/log.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
 import { RateLimiter } from '../util/rate_limiter.ts';
 import { parseSizeBytes } from '../util/size.ts';
-import { ChunkStore, REAL_STORE_ENV } from './chunk_store.ts';
+import { ChunkStore, IN_PLACE_WRITE_BYTES_MIN_DEFAULT, REAL_STORE_ENV } from './store/chunk_store.ts';
 import { DiskUsage } from './disk_usage.ts';
 import { lockDataDir, loadIdentity, saveIdentity } from './data_dir.ts';
 import { PartialWriteReporter } from './partial_writes.ts';
@@ -41,6 +42,8 @@ const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [opti
   --inflight-bytes-max N      payload bytes in flight before reads pause (default 256 MiB)
   --open-chunks-max N         chunk files kept open (default 256)
   --journal-segment-bytes N   journal segment size, preallocated; a checkpoint when one is full (default 64M)
+  --in-place-write-bytes N    writes of at least N bytes go straight to the chunk file, only their
+                              checksums through the journal (default 64K; 0 = every write journalled)
   --peer-timeout-ms N         a peer replica that does not answer a forwarded write within this is
                               reported failed (default 4000; keep it below the clients' --cs-timeout-ms,
                               so the primary names the failed peer before the client gives up on it)
@@ -79,6 +82,7 @@ export async function runChunkServer(argv: string[]): Promise<void> {
       'inflight-bytes-max': { type: 'string' },
       'open-chunks-max': { type: 'string' },
       'journal-segment-bytes': { type: 'string' },
+      'in-place-write-bytes': { type: 'string' },
       'peer-timeout-ms': { type: 'string' },
       'advertise-port': { type: 'string' },
       'scrub-bytes-per-second': { type: 'string' },
@@ -121,6 +125,7 @@ export async function runChunkServer(argv: string[]): Promise<void> {
     openChunksMax: parseIntegerFlag(values['open-chunks-max'], '--open-chunks-max', 256, 1),
     journalSegmentBytes: values['journal-segment-bytes'] === undefined
       ? 64 * MiB : Math.max(MiB, parseSizeBytes(values['journal-segment-bytes'], '--journal-segment-bytes')),
+    inPlaceWriteBytesMin: parseInPlaceWriteBytes(values['in-place-write-bytes']),
     peerTimeoutMs: parseIntegerFlag(values['peer-timeout-ms'], '--peer-timeout-ms', 4_000, 100),
     advertisePort: values['advertise-port'] === undefined ? null : parseIntegerFlag(values['advertise-port'], '--advertise-port', 0, 1),
     scrubBytesPerSecond: parseIntegerFlag(values['scrub-bytes-per-second'], '--scrub-bytes-per-second', 4 * MiB),
@@ -129,6 +134,15 @@ export async function runChunkServer(argv: string[]): Promise<void> {
     connectionsMax,
     unauthenticatedConnectionsMax,
   });
+}
+
+/** --in-place-write-bytes: 0 turns in-place writes off; otherwise at least one block. */
+function parseInPlaceWriteBytes(value: string | undefined): number {
+  if (value === undefined) return IN_PLACE_WRITE_BYTES_MIN_DEFAULT;
+  const bytes = parseSizeBytes(value, '--in-place-write-bytes');
+  if (bytes === 0) return Number.POSITIVE_INFINITY;
+  if (bytes < BLOCK_BYTES) throw new StorageError('ERR_CONFIG', `--in-place-write-bytes must be 0 or at least ${BLOCK_BYTES} (one block)`);
+  return bytes;
 }
 
 interface ChunkServerConfig {
@@ -145,6 +159,7 @@ interface ChunkServerConfig {
   readonly inflightBytesMax: number;
   readonly openChunksMax: number;
   readonly journalSegmentBytes: number;
+  readonly inPlaceWriteBytesMin: number;
   readonly peerTimeoutMs: number;
   readonly advertisePort: number | null;
   readonly scrubBytesPerSecond: number;
@@ -168,11 +183,13 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     directory: config.dataDir,
     openChunksMax: config.openChunksMax,
     journalSegmentBytesMax: config.journalSegmentBytes,
+    inPlaceWriteBytesMin: config.inPlaceWriteBytesMin,
     log,
   });
   const mds = new MdsClient({ url: config.mdsUrl, token: clusterRestToken(config.clusterKey) });
   let link: MdsLink | null = null;
   const metrics = new CsMetrics(() => store, () => link?.lastSpace ?? null);
+  metrics.watchJournal(store.journal);
   const peerCredential = { role: 'peer', clusterKey: config.clusterKey } as const;
   const peers = new CsConnectionPool({ credential: peerCredential, requestTimeoutMs: config.peerTimeoutMs });
   const bulkPeers = new CsConnectionPool({ credential: peerCredential, requestTimeoutMs: 120_000 });

@@ -16,7 +16,7 @@ import type { RegisterChunkServerBody } from '../protocol/api.ts';
 import type { MdsClient } from '../protocol/mds_client.ts';
 import type { MonotonicClock } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
-import type { ChunkStore } from './chunk_store.ts';
+import type { ChunkStore } from './store/chunk_store.ts';
 import type { DiskUsage } from './disk_usage.ts';
 import type { SpaceReport } from './metrics.ts';
 

@@ -4,7 +4,8 @@
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { CS_OP, type CsOp } from '../protocol/cs_messages.ts';
-import type { ChunkStore } from './chunk_store.ts';
+import type { Journal } from './journal/journal.ts';
+import type { ChunkStore } from './store/chunk_store.ts';
 import type { PartialWriteReporter } from './partial_writes.ts';
 import type { Scrubber } from './scrubber.ts';
 import { counterFromTotal } from '../util/metrics.ts';
@@ -90,6 +91,17 @@ export class CsMetrics {
   /** Records one stage of a write (WRITE or ZERO), in seconds. */
   observeWriteStage(stage: WriteStage, seconds: number): void {
     this.writeStages[stage].observe(seconds);
+  }
+
+  /** Times each journal record from its append until its batch is durable. */
+  watchJournal(journal: Journal): void {
+    const wait = new Histogram({
+      name: 'shoal_cs_journal_wait_seconds',
+      help: 'Time from a record\'s append to the journal until its batch is durable (group commit wait plus write and fdatasync)',
+      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers: [this.registry],
+    });
+    journal.observeWait = (seconds) => wait.observe(seconds);
   }
 
   /** Exports the scrubber's progress and findings. */

@@ -7,7 +7,7 @@ import { StorageError } from '../errors.ts';
 import type { BadBlocksBody } from '../protocol/api.ts';
 import type { Logger } from '../util/log.ts';
 import type { RateLimiter } from '../util/rate_limiter.ts';
-import type { ChunkStore } from './chunk_store.ts';
+import type { ChunkStore } from './store/chunk_store.ts';
 
 /** Bytes read per step: small enough to hold a chunk's block lock only briefly. */
 const SCRUB_STEP_BYTES = 1024 * 1024;

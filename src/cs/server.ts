@@ -37,7 +37,7 @@ import { setBounded } from '../util/bounded_map.ts';
 import { TickCorker } from '../util/tick_cork.ts';
 import type { Logger } from '../util/log.ts';
 import type { PartialWriteReporter } from './partial_writes.ts';
-import type { ChunkStore } from './chunk_store.ts';
+import type { ChunkStore } from './store/chunk_store.ts';
 import { asStorageError, handleRequest, type Caller, type Reply } from './handlers.ts';
 import type { CsMetrics } from './metrics.ts';
 import type { TicketChecker } from './ticket_check.ts';

@@ -48,6 +48,7 @@ function fenceSimConfig(seed: number, random: () => number): StoreSimConfig {
     slowTurnsMax: (syscall) => (syscall === 'fsync' || syscall === 'fdatasync' ? syncTurnsMax : between(random, 0, 1)),
     chunkBytes: pick(random, [64, 128]) * 1024, initialChunks: 0, chunksMax: 0, epochs: 0, stepsPerEpoch: 0, inflightMax: 0,
     latencyStepsMax: between(random, 0, 3), writebackChance: random() < 0.5 ? 0 : 0.2,
+    inPlaceWriteBytesMin: pick(seededRandom(seed ^ 0x1f3d5b79), [Number.POSITIVE_INFINITY, 16384]),
   };
 }
 

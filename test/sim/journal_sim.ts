@@ -10,7 +10,8 @@
 //   damaged one: see the targeted case), never a failure by themselves.
 
 import { StorageError } from '../../src/errors.ts';
-import { JOURNAL_RECORD_TYPE, Journal, type JournalRecord } from '../../src/cs/journal.ts';
+import { Journal } from '../../src/cs/journal/journal.ts';
+import { JOURNAL_RECORD_TYPE, type JournalRecord } from '../../src/cs/journal/record.ts';
 import { SimDisk, type PowerCutMode, type SimDiskOptions, type SimFaultPlan } from '../../src/cs/disk/sim_disk.ts';
 import { seededRandom } from '../../src/util/clock.ts';
 import { RecordingLogger, SimClock, between, errorText, pick, streams, turns } from './sim_env.ts';

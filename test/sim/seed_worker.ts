@@ -9,12 +9,13 @@ import { Worker, isMainThread, parentPort, workerData } from 'node:worker_thread
 import { staleWriters } from './fence_sim.ts';
 import { journalSimConfig, runJournalSeed, tornBatch } from './journal_sim.ts';
 import {
-  chunkSyncFailure, evictionRacingCheckpoint, replayOnFullDisk, syncFailsDuringReplay, zeroWithoutHolePunching, type ScenarioResult,
+  chunkSyncFailure, evictionRacingCheckpoint, inPlaceOverJournalled, replayOnFullDisk, syncFailsDuringReplay, zeroWithoutHolePunching,
+  type ScenarioResult,
 } from './store_scenarios.ts';
 import { runStoreSeed, storeSimConfig } from './store_sim.ts';
 
 export type SimGroup = 'store' | 'journal' | 'chunkSyncFailure' | 'evictionRacingCheckpoint' | 'zeroWithoutHolePunching' | 'replayOnFullDisk' |
-  'syncFailsDuringReplay' | 'tornBatch' | 'staleWriters';
+  'syncFailsDuringReplay' | 'tornBatch' | 'staleWriters' | 'inPlaceOverJournalled';
 
 export interface SeedResult {
   readonly seed: number;
@@ -70,6 +71,8 @@ async function runOne(group: SimGroup, seed: number, echo: boolean): Promise<See
       return scripted(replayOnFullDisk);
     case 'syncFailsDuringReplay':
       return scripted(syncFailsDuringReplay);
+    case 'inPlaceOverJournalled':
+      return scripted(inPlaceOverJournalled);
     case 'staleWriters':
       return scripted(staleWriters);
   }

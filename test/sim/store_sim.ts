@@ -13,9 +13,9 @@
 // Scripted scenarios (the targeted tests) use the same pieces through the public methods.
 
 import { StorageError } from '../../src/errors.ts';
-import { ChunkStore } from '../../src/cs/chunk_store.ts';
+import { ChunkStore } from '../../src/cs/store/chunk_store.ts';
 import { SimDisk, type PowerCutMode, type SimDiskOptions, type SimFault, type SimFaultPlan } from '../../src/cs/disk/sim_disk.ts';
-import { SimCatalog } from '../../src/cs/sim_catalog.ts';
+import { SimCatalog } from '../../src/cs/store/sim_catalog.ts';
 import { seededRandom } from '../../src/util/clock.ts';
 import { assert } from '../../src/util/assert.ts';
 import { BLOCK, ChunkModel, type ModelOp } from './block_model.ts';
@@ -34,6 +34,8 @@ export interface StoreSimConfig {
   readonly chunksMax: number;
   readonly openChunksMax: number;
   readonly segmentBytesMax: number;
+  /** Writes of at least this many bytes go in place (Infinity: none); see src/cs/store/block_io.ts. */
+  readonly inPlaceWriteBytesMin: number;
   readonly epochs: number;
   readonly stepsPerEpoch: number;
   readonly inflightMax: number;
@@ -110,6 +112,8 @@ export function storeSimConfig(seed: number, echo = false): StoreSimConfig {
     latencyStepsMax: between(random, 0, 3),
     slowTurnsMax: slowSyncs(random() < 0.5 ? 0 : between(random, 1, 12)),
     writebackChance: random() < 0.5 ? 0 : random() * 0.3,
+    // A stream of its own, so the draws above (and every older seed's plan) stay as they were.
+    inPlaceWriteBytesMin: pick(seededRandom(seed ^ 0x1f3d5b79), [Number.POSITIVE_INFINITY, 4096, 8192, 16384, 65536]),
   };
 }
 
@@ -519,6 +523,7 @@ export class StoreSim {
     try {
       this.storeInstance = await ChunkStore.open({
         directory: DIRECTORY, openChunksMax: this.config.openChunksMax, journalSegmentBytesMax: this.config.segmentBytesMax,
+        inPlaceWriteBytesMin: this.config.inPlaceWriteBytesMin,
         log: this.log, disk: this.disk, clock: this.clock, openCatalog: () => catalog,
       });
     } finally {

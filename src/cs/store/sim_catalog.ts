@@ -11,8 +11,8 @@
 // survived. Not modelled: catalog I/O errors, a full disk under the catalog, torn commits (LMDB's
 // copy-on-write commits are atomic).
 
-import { assert } from '../util/assert.ts';
-import type { VolumeDescription } from '../protocol/cs_messages.ts';
+import { assert } from '../../util/assert.ts';
+import type { VolumeDescription } from '../../protocol/cs_messages.ts';
 import type { Catalog, CatalogStateKey, ChunkMeta } from './catalog.ts';
 
 export interface SimCatalogOptions {

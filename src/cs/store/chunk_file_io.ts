@@ -2,8 +2,8 @@
 // and pwrite may; the chunk store and the handle cache go through these loops so that no caller
 // takes a short transfer for a whole one.
 
-import { StorageError } from '../errors.ts';
-import type { Disk, DiskFile } from './disk/disk.ts';
+import { StorageError } from '../../errors.ts';
+import type { Disk, DiskFile } from '../disk/disk.ts';
 
 /** Zeroes written at a time where holes cannot be punched. */
 const ZERO_BLOCK = Buffer.alloc(256 * 1024);

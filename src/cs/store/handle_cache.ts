@@ -17,14 +17,15 @@
 // - a chunk being deleted gets no new use from the first moment (`deleting`) until the store has
 //   removed its files and its record.
 
-import { StorageError, fromSystemError } from '../errors.ts';
-import { assert } from '../util/assert.ts';
-import type { Logger } from '../util/log.ts';
-import { RangeLock } from '../util/range_lock.ts';
+import { StorageError, fromSystemError } from '../../errors.ts';
+import { assert } from '../../util/assert.ts';
+import type { Logger } from '../../util/log.ts';
+import { RangeLock } from '../../util/range_lock.ts';
 import { SUM_BYTES, sumsBytes } from './block_sums.ts';
 import type { ChunkMeta } from './catalog.ts';
 import { readFully, writeFully } from './chunk_file_io.ts';
-import { errnoCode, type Disk, type DiskFile } from './disk/disk.ts';
+import { shareSyncs } from './shared_syncs.ts';
+import { errnoCode, type Disk, type DiskFile } from '../disk/disk.ts';
 
 /**
  * An open chunk. The store reads and writes through `data`, `sums` and `lock`, and reports every
@@ -185,7 +186,7 @@ export class HandleCache {
     const paths = this.options.paths(chunkId);
     let data: DiskFile | null = null;
     try {
-      data = await this.options.disk.open(paths.data, 'readWrite');
+      data = shareSyncs(await this.options.disk.open(paths.data, 'readWrite'));
       const sumsFile = await this.options.disk.open(paths.sums, 'readWrite');
       const sums = Buffer.alloc(sumsBytes(meta.sizeBytes));
       await readFully(sumsFile, sums, 0).catch(async (error: unknown) => {

@@ -9,8 +9,8 @@
 
 import { open as openLmdb, type Database, type RootDatabase } from 'lmdb';
 import { dirname } from 'node:path';
-import { PRIVATE_FILE_MODE, mkdirDurable, syncDirectory } from '../util/fs.ts';
-import type { VolumeDescription } from '../protocol/cs_messages.ts';
+import { PRIVATE_FILE_MODE, mkdirDurable, syncDirectory } from '../../util/fs.ts';
+import type { VolumeDescription } from '../../protocol/cs_messages.ts';
 
 /** lmdb's option for the mode of the files it creates (missing from its type declarations). */
 const LMDB_FILE_MODE = { permissionsMode: PRIVATE_FILE_MODE };

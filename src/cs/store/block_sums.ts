@@ -5,7 +5,7 @@
 // business (handle_cache.ts), what a change does to the sums the chunk store's.
 
 import { crc32c } from '@node-rs/crc32';
-import { BLOCK_BYTES } from '../limits.ts';
+import { BLOCK_BYTES } from '../../limits.ts';
 
 export const SUM_BYTES = 8;
 export const FLAG_WRITTEN = 1;

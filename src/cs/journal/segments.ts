@@ -1,0 +1,166 @@
+// The journal's files: journal/<segment number>.log segments (16 digits), records appended in
+// order, and journal/spare-<n>.log files waiting to become segments.
+//
+// Segments are preallocated (zero-filled once, then recycled after checkpoints), so a commit
+// overwrites blocks the file already has: its fdatasync flushes data only, never the file's size
+// through the file system's own journal, which is what makes one sync cheap. A recycled file still
+// holds records of its earlier life; they carry an older segment number, so replay, which accepts
+// only the segment's own number with consecutive indexes, stops there as it stops at zeroes.
+//
+// New segments and spares are numbered above every number seen in the directory, so a number is
+// never used twice and a spare's old records never pass for the new segment's.
+
+import { dirname, join } from 'node:path';
+import type { Logger } from '../../util/log.ts';
+import type { Disk, DiskFile } from '../disk/disk.ts';
+
+/** Recycled segments kept for reuse; more are deleted. */
+const SPARES_MAX = 2;
+const ZERO_FILL = Buffer.alloc(1024 * 1024);
+const SEGMENT_NAME = /^(\d{16})\.log$/;
+const SPARE_NAME = /^spare-(\d{16})\.log$/;
+
+/** The segment records are appended to. */
+export interface Segment {
+  readonly handle: DiskFile;
+  readonly number: number;
+  readonly name: string;
+  sizeBytes: number;
+  nextIndex: number;
+}
+
+export interface SegmentName {
+  readonly name: string;
+  readonly number: number;
+}
+
+export interface SegmentFilesOptions {
+  readonly disk: Disk;
+  readonly directory: string;
+  /** Size a segment is preallocated to. */
+  readonly segmentBytesMax: number;
+  readonly log: Logger;
+}
+
+export class SegmentFiles {
+  private readonly options: SegmentFilesOptions;
+  /** Highest segment number seen in the directory, spares included: new segments go above it. */
+  private highestNumber = 0;
+  private preparingSpare: Promise<void> | null = null;
+
+  private constructor(options: SegmentFilesOptions) {
+    this.options = options;
+  }
+
+  /** Creates the directory durably, drops half-prepared spares and learns the numbers in use. */
+  static async open(options: SegmentFilesOptions): Promise<SegmentFiles> {
+    const { disk, directory } = options;
+    await disk.mkdir(directory);
+    await disk.syncDirectory(dirname(directory));
+    // A spare half zero-filled when the server stopped is of no use.
+    for (const name of await disk.readdir(directory)) {
+      if (name.endsWith('.tmp')) await disk.remove(join(directory, name));
+    }
+    const files = new SegmentFiles(options);
+    const { segments, spares } = await files.list();
+    files.highestNumber = Math.max(0, ...segments.map((s) => s.number), ...spares.map((s) => s.number));
+    return files;
+  }
+
+  /** Segments and spares, each by ascending number. */
+  async list(): Promise<{ segments: SegmentName[]; spares: SegmentName[] }> {
+    const names = (await this.options.disk.readdir(this.options.directory)).sort();
+    const pick = (pattern: RegExp) => names.flatMap((name) => {
+      const match = pattern.exec(name);
+      return match === null ? [] : [{ name, number: Number(match[1]) }];
+    });
+    return { segments: pick(SEGMENT_NAME), spares: pick(SPARE_NAME) };
+  }
+
+  read(name: string): Promise<Buffer> {
+    return this.options.disk.readFile(join(this.options.directory, name));
+  }
+
+  /**
+   * Opens the next segment: a prepared spare renamed to the next number, or, when none is ready, a
+   * new file (preallocated first if `preallocate`, else growing as it is written).
+   */
+  async next(preallocate: boolean): Promise<Segment> {
+    const { disk, directory, segmentBytesMax } = this.options;
+    const number = this.highestNumber + 1;
+    this.highestNumber = number;
+    const name = segmentName(number);
+    const path = join(directory, name);
+    const { spares } = await this.list();
+    const spare = spares[0];
+    if (spare !== undefined) {
+      await disk.rename(join(directory, spare.name), path);
+    } else if (preallocate) {
+      await zeroFill(disk, path, segmentBytesMax);
+    }
+    const handle = await disk.open(path, spare !== undefined || preallocate ? 'readWrite' : 'createExclusive');
+    // The segment's directory entry must survive a crash as surely as the records in it (and the
+    // renames of recycled segments to spares go with it).
+    await disk.syncDirectory(directory);
+    return { handle, number, name, sizeBytes: 0, nextIndex: 0 };
+  }
+
+  /** Keeps up to SPARES_MAX old segments as spares for reuse; deletes the rest. */
+  async recycle(names: readonly string[]): Promise<void> {
+    const { disk, directory } = this.options;
+    const { spares } = await this.list();
+    let kept = spares.length;
+    for (const name of names) {
+      const number = Number(SEGMENT_NAME.exec(name)?.[1] ?? 0);
+      if (kept < SPARES_MAX) {
+        await disk.rename(join(directory, name), join(directory, spareName(number)));
+        kept += 1;
+      } else {
+        await disk.remove(join(directory, name));
+      }
+    }
+  }
+
+  /** Zero-fills a spare in the background when there is none, so the next checkpoint finds one. */
+  prepareSpare(): void {
+    if (this.preparingSpare !== null) return;
+    const { disk, directory, segmentBytesMax, log } = this.options;
+    this.preparingSpare = (async () => {
+      const { spares } = await this.list();
+      if (spares.length > 0) return;
+      this.highestNumber += 1;
+      const temporary = join(directory, `preparing-${this.highestNumber}.tmp`);
+      await zeroFill(disk, temporary, segmentBytesMax);
+      await disk.rename(temporary, join(directory, spareName(this.highestNumber)));
+    })()
+      .catch((error: unknown) => log.warn('could not prepare a journal spare; segments will grow as written', { error }))
+      .finally(() => {
+        this.preparingSpare = null;
+      });
+  }
+
+  /** Resolves once no spare is being prepared (before the journal closes). */
+  async settled(): Promise<void> {
+    await this.preparingSpare;
+  }
+}
+
+function segmentName(number: number): string {
+  return `${String(number).padStart(16, '0')}.log`;
+}
+
+function spareName(number: number): string {
+  return `spare-${String(number).padStart(16, '0')}.log`;
+}
+
+async function zeroFill(disk: Disk, path: string, sizeBytes: number): Promise<void> {
+  const handle = await disk.open(path, 'create');
+  try {
+    for (let offset = 0; offset < sizeBytes; offset += ZERO_FILL.length) {
+      await handle.write(ZERO_FILL, 0, Math.min(ZERO_FILL.length, sizeBytes - offset), offset);
+    }
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
