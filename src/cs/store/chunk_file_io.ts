@@ -4,6 +4,7 @@
 
 import { StorageError } from '../../errors.ts';
 import type { Disk, DiskFile } from '../disk/disk.ts';
+import { assert } from '../../util/assert.ts';
 
 /** Zeroes written at a time where holes cannot be punched. */
 const ZERO_BLOCK = Buffer.alloc(256 * 1024);
@@ -24,6 +25,20 @@ export async function writeFully(handle: DiskFile, source: Buffer, position: num
   let done = 0;
   while (done < source.length) {
     done += await handle.write(source, done, source.length - done, position + done);
+  }
+}
+
+/**
+ * writeFully done before returning, for small writes into the page cache (see DiskFile.writeNow):
+ * at most this many bytes, so the event loop is never held for a large copy.
+ */
+export const WRITE_NOW_BYTES_MAX = 64 * 1024;
+
+export function writeFullyNow(handle: DiskFile, source: Buffer, position: number): void {
+  assert(source.length <= WRITE_NOW_BYTES_MAX, `a write of ${source.length} bytes is too large to do on the event loop`);
+  let done = 0;
+  while (done < source.length) {
+    done += handle.writeNow(source, done, source.length - done, position + done);
   }
 }
 
