@@ -16,6 +16,7 @@
 
 import { PartialWriteReporter } from '../../src/cs/partial_writes.ts';
 import { handleRequest } from '../../src/cs/handlers.ts';
+import { CsMetrics } from '../../src/cs/metrics.ts';
 import type { ChunkServerOptions } from '../../src/cs/server.ts';
 import { CS_OP, type CsRequest } from '../../src/protocol/cs_messages.ts';
 import { seededRandom } from '../../src/util/clock.ts';
@@ -67,7 +68,9 @@ class FenceSim {
     // partial-write reporter (changes here are never forwarded, so it never reports).
     const sim = this.sim;
     const partialWrites = new PartialWriteReporter({ send: async () => undefined, csId: () => 1, log: sim.log });
-    this.deps = { writeBlocker: () => null, partialWrites, get store() { return sim.store; } } as unknown as ChunkServerOptions;
+    // The handlers time each write's stages: real metrics, on a registry of their own.
+    const metrics = new CsMetrics(() => null, () => null);
+    this.deps = { writeBlocker: () => null, partialWrites, metrics, get store() { return sim.store; } } as unknown as ChunkServerOptions;
   }
 
   /** One request through the handlers, as the server runs it; resolves with its error code or null. */
