@@ -140,7 +140,7 @@ export class ReplicaIo {
     if (op === CS_OP.WRITE) await this.options.chunks.ensure(piece.chunkIndex);
     const { chunks, lease, retrier } = this.options;
     const deadline = retrier.deadline();
-    await retrier.run(`write to chunk ${piece.chunkIndex}`, deadline, async () => {
+    await retrier.run(`${op === CS_OP.WRITE ? 'write to' : 'zeroing of'} chunk ${piece.chunkIndex}`, deadline, async () => {
       const entry = await chunks.writableEntry(piece.chunkIndex, deadline);
       const [primary, ...others] = entry.replicas;
       assert(primary !== undefined, 'a writable chunk has a primary replica');
