@@ -1,6 +1,6 @@
 // The client volume's pure parts, without a cluster: ranges cut into pieces, the retry loop's
 // backoff, deadline and classification on a fake clock, the lease and capability renewal timing on
-// fake timers, and the read order and a primary's answer to a change.
+// fake timers, the chunk map's page eviction, and the read order and a primary's answer to a change.
 
 import t from 'tap';
 import { StorageError, type ErrorCode } from '../src/errors.ts';
@@ -9,6 +9,7 @@ import type { CapabilityReply, LeaseGrant } from '../src/protocol/api.ts';
 import { capabilityKey, issueCapability, type HypervisorId } from '../src/protocol/capability.ts';
 import type { Timers } from '../src/util/clock.ts';
 import type { Logger } from '../src/util/log.ts';
+import { ChunkMap, PAGE_NOT_HELD } from '../src/client/chunk_map.ts';
 import { LeaseKeeper, capabilityGrant } from '../src/client/lease.ts';
 import { blockSpan, checkRange, firstPiece, splitRange } from '../src/client/ranges.ts';
 import { changeOutcome, readOrder } from '../src/client/replica_io.ts';
@@ -221,4 +222,33 @@ t.test('reads try local members first, rotating among equals; a change answer is
   t.match(changeOutcome(4, { code: 'ERR_CHUNK_VERSION' }), { kind: 'stale' });
   t.match(changeOutcome(4, { code: 'ERR_NO_SPACE' }), { kind: 'failed', failedCsIds: [4] });
   t.match(changeOutcome(4, { code: 'ERR_TOO_LARGE' }), { kind: 'fatal' });
+});
+
+t.test('the chunk map keeps the pages used last', async (t) => {
+  const loads: number[] = [];
+  const heldId = (chunkIndex: number) => {
+    const held = map.held(chunkIndex);
+    return held === PAGE_NOT_HELD ? 'not held' : held?.chunkId;
+  };
+  const map = new ChunkMap({
+    volumeName: 'v', chunkCount: 16, pagesMax: 2, pageChunks: 4,
+    source: {
+      chunkMap: async (_name, fromIndex, count) => {
+        loads.push(fromIndex / 4);
+        return { chunks: [{ chunkIndex: fromIndex, chunkId: 100 + fromIndex, version: 1, replicas: [], ticket: '0'.repeat(32) }], endIndex: fromIndex + count };
+      },
+    },
+  });
+  t.equal(map.held(0), PAGE_NOT_HELD);
+  t.equal((await map.lookup(0))?.chunkId, 100);
+  t.equal(await map.lookup(5), undefined, 'a chunk absent from a loaded page was never written');
+  t.equal(map.held(1), undefined, 'held: page 0 is in memory, chunk 1 never written');
+  t.equal((await map.lookup(8))?.chunkId, 108, 'page 2 evicts page 1, used before page 0');
+  t.equal(map.held(4), PAGE_NOT_HELD);
+  t.equal(heldId(0), 100);
+  await map.lookup(12);
+  t.same(loads, [0, 1, 2, 3]);
+  t.equal(heldId(0), 100, 'page 0, used after page 2, stays');
+  t.equal(map.held(8), PAGE_NOT_HELD, 'page 2 was evicted');
+  t.equal(map.pageCount, 2);
 });

@@ -7,7 +7,7 @@
 import type { ChunkMapEntry } from '../protocol/api.ts';
 import type { MdsClient } from '../protocol/mds_client.ts';
 import { assert } from '../util/assert.ts';
-import { ChunkMap } from './chunk_map.ts';
+import { ChunkMap, PAGE_NOT_HELD } from './chunk_map.ts';
 import type { LeaseKeeper } from './lease.ts';
 import { isRetryable, losesLease, retryLater, type Deadline, type Retrier } from './retry.ts';
 
@@ -44,8 +44,11 @@ export class ChunkLocator {
    * The chunk's map entry, or undefined when it was never written, loading its page from the MDS
    * when it is not held. An MDS that cannot be reached is waited out until the deadline.
    */
-  entryOf(chunkIndex: number, deadline: Deadline = this.options.retrier.deadline()): Promise<ChunkMapEntry | undefined> {
-    return this.options.retrier.run(`loading the map of chunk ${chunkIndex}`, deadline, () =>
+  async entryOf(chunkIndex: number, deadline?: Deadline): Promise<ChunkMapEntry | undefined> {
+    const held = this.map.held(chunkIndex);
+    if (held !== PAGE_NOT_HELD) return held;
+    const { retrier } = this.options;
+    return retrier.run(`loading the map of chunk ${chunkIndex}`, deadline ?? retrier.deadline(), () =>
       this.map.lookup(chunkIndex).catch((error: unknown) => {
         if (!isRetryable('mapLoad', error)) throw error;
         return retryLater(error.message);
