@@ -29,3 +29,24 @@ export function seededRandom(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+/**
+ * Waiting, as an injected dependency: the client's retries and its lease and capability renewals run
+ * on it, so tests drive them with a fake one instead of waiting.
+ */
+export interface Timers extends MonotonicClock {
+  /** Resolves after `delayMs`; keeps the process alive meanwhile (an I/O is waiting on it). */
+  sleep(delayMs: number): Promise<void>;
+  /** Runs `run` once after `delayMs` without keeping the process alive (background upkeep); returns a cancel. */
+  background(delayMs: number, run: () => void): () => void;
+}
+
+export const systemTimers: Timers = {
+  monotonicMs: () => performance.now(),
+  sleep: (delayMs) => new Promise((resolve) => setTimeout(resolve, delayMs)),
+  background: (delayMs, run) => {
+    const timer = setTimeout(run, delayMs);
+    timer.unref();
+    return () => clearTimeout(timer);
+  },
+};
