@@ -83,9 +83,20 @@ export interface BlockIOOptions {
   readonly inPlaceBytesMin: number;
 }
 
+/**
+ * A small apply is done on the event loop (Disk.writeNow) while it is a copy into the page cache.
+ * One that takes longer than this means the kernel is holding writers back (the data disk is
+ * behind, or it is not a local file system): applies then go through the thread pool again for
+ * WRITE_NOW_PAUSE_MS, so a slow disk never holds every connection of this server at once.
+ */
+const WRITE_NOW_SLOW_MS = 5;
+const WRITE_NOW_PAUSE_MS = 10_000;
+
 export class BlockIO {
   private readonly options: BlockIOOptions;
   private punchSupported = true;
+  /** performance.now() before which applies go through the thread pool (see WRITE_NOW_SLOW_MS). */
+  private writeNowPausedUntilMs = 0;
 
   constructor(options: BlockIOOptions) {
     this.options = options;
@@ -143,7 +154,7 @@ export class BlockIO {
       await ticket?.durable;
       // A small apply is a copy into the page cache: done at once, it costs a fraction of a
       // thread-pool round trip (measured: 6 µs of CPU against 20 µs per 4 KiB write).
-      if (blocks.length <= WRITE_NOW_BYTES_MAX) this.writeDataNow(handle, blocks, alignedStart);
+      if (blocks.length <= WRITE_NOW_BYTES_MAX && performance.now() >= this.writeNowPausedUntilMs) this.writeDataNow(handle, blocks, alignedStart);
       else await this.writeData(handle, blocks, alignedStart);
       for (const [index, crc] of sums.entries()) setSum(handle.sums, first + index, crc, FLAG_WRITTEN);
       markDirty(handle, first, last);
@@ -376,10 +387,18 @@ export class BlockIO {
   }
 
   private writeDataNow(handle: ChunkHandle, bytes: Buffer, position: number): void {
+    const startedMs = performance.now();
     try {
       writeFullyNow(handle.data, bytes, position);
     } catch (error) {
       throw this.options.health.noteWriteError(fromSystemError(error, `writing chunk ${handle.meta.chunkId}`));
+    }
+    const tookMs = performance.now() - startedMs;
+    if (tookMs > WRITE_NOW_SLOW_MS) {
+      this.writeNowPausedUntilMs = performance.now() + WRITE_NOW_PAUSE_MS;
+      this.options.log.warn('a page-cache write was slow: applies go through the thread pool for a while', {
+        chunkId: handle.meta.chunkId, bytes: bytes.length, tookMs: Math.round(tookMs * 1000) / 1000, pauseMs: WRITE_NOW_PAUSE_MS,
+      });
     }
   }
 
