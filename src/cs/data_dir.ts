@@ -1,5 +1,6 @@
 // A chunk server's data directory: the exclusive lock that keeps a second server off it, and the
-// identity file that names the disk to the MDS across restarts (and across address changes).
+// identity file (cs.json) that names the disk to the MDS across restarts (and across address
+// changes), and its journal (whose segments name the disk by the same uuid) wherever it lives.
 // The directory is private to the server's user (0700): chunk data, checksums and journals are
 // nobody else's business, and making the top directory private also covers whatever an older
 // version created inside it with looser modes.
@@ -18,6 +19,12 @@ export interface DataDirIdentity {
   readonly createdAt: string;
   /** The cluster this directory joined at its first registration; it never joins another. */
   readonly clusterId?: string;
+  /**
+   * Where this directory's journal was at the last start (absolute): a start without --journal-dir
+   * uses it. Absent before the first start, and in directories of older versions (DATA/journal).
+   * Whether that journal may hold records not yet applied is the catalog's cleanStop word.
+   */
+  readonly journalDir?: string;
 }
 
 export interface DataDirLock {
@@ -94,6 +101,7 @@ function parseIdentity(text: string, path: string): DataDirIdentity {
     uuid: record.uuid,
     createdAt: String(record.createdAt ?? ''),
     ...(typeof record.clusterId === 'string' ? { clusterId: record.clusterId } : {}),
+    ...(typeof record.journalDir === 'string' ? { journalDir: record.journalDir } : {}),
   };
 }
 
