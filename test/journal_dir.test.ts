@@ -14,24 +14,24 @@ const MiB = 1024 * 1024;
 
 t.test('journals in their own directories: moved, replayed, swapped, lost', async (t) => {
   t.setTimeout(90_000);
-  const cluster = await startCluster(t);
-  await cluster.admin.createVolume({ name: 'v', sizeBytes: 16 * MiB, chunkSizeBytes: 8 * MiB });
+  const cluster = await startCluster(t, { chunkServers: 0 });
   const journalDir = (index: number): string => join(cluster.dir, 'ssd', `cs${index}-journal`);
   const uuid = (index: number): string => String(cluster.chunkServers[index]?.ready['uuid']);
   const csJson = async (index: number): Promise<{ uuid: string; journalDir?: string }> =>
     JSON.parse(await readFile(join(cluster.chunkServerDir(index), 'cs.json'), 'utf8')) as { uuid: string; journalDir?: string };
   const uri = cluster.nbdUnixUri('v');
-
-  // The admin moves each journal to the SSD after a clean stop and passes its new path.
-  await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 1M', uri]);
-  await runOk('mkdir', ['-p', join(cluster.dir, 'ssd')]);
-  for (const index of [0, 1, 2]) {
-    await cluster.chunkServers[index]?.stop('SIGTERM');
-    await rename(join(cluster.chunkServerDir(index), 'journal'), journalDir(index));
-    await cluster.startChunkServer(index, { extraArgs: ['--journal-dir', journalDir(index), '--journal-size', '24M'] });
-  }
+  const firstJournalDir = (index: number): string => (index === 0 ? `${journalDir(0)}-first` : journalDir(index));
+  await Promise.all([0, 1, 2].map((index) => cluster.startChunkServer(index, { extraArgs: ['--journal-dir', firstJournalDir(index), '--journal-size', '24M'] })));
   await cluster.waitOnline(3);
-  for (const index of [0, 1, 2]) t.equal((await csJson(index)).journalDir, journalDir(index), `cs${index}'s cs.json names its journal`);
+  await cluster.admin.createVolume({ name: 'v', sizeBytes: 16 * MiB, chunkSizeBytes: 8 * MiB });
+  await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 1M', uri]);
+  for (const index of [0, 1, 2]) t.equal((await csJson(index)).journalDir, firstJournalDir(index), `cs${index}'s cs.json names its journal`);
+
+  // The admin moves cs0's journal to another device after a clean stop, and passes its new path.
+  await cluster.chunkServers[0]?.stop('SIGTERM');
+  await rename(firstJournalDir(0), journalDir(0));
+  await cluster.startChunkServer(0, { extraArgs: ['--journal-dir', journalDir(0)] });
+  t.equal((await csJson(0)).journalDir, journalDir(0), 'a journal moved with its contents works from its new path');
 
   // Small writes (journalled) and a large one (in place), then kill -9 of everything: replay.
   await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x22 4096 8192', '-c', 'write -P 0x33 2M 1M', '-c', 'write -P 0x44 9M 777', uri]);
