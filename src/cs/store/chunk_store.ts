@@ -151,34 +151,43 @@ export class ChunkStore implements ReplicaStore {
     // A first start has written no stop word yet.
     const cleanStop = store.catalog.getState('cleanStop');
     const mayHoldUnapplied = cleanStop === 0 && store.catalog.chunkCount() > 0;
-    // From here until a clean close, a crash counts as an unclean stop.
-    if (cleanStop !== 0) await store.catalog.putState('cleanStop', 0);
     await store.files.removeOrphans((chunkId) => store.getMeta(chunkId) !== undefined);
     const journalDirectory = options.journalDirectory ?? join(directory, 'journal');
     const replay = new JournalReplay({
       log: options.log, health: store.health, handles: store.handles, blocks: store.blocks, getMeta: (chunkId) => store.getMeta(chunkId),
     });
-    store.journalInstance = await Journal.open(
-      {
-        disk,
-        clock: options.clock,
-        directory: journalDirectory,
-        segmentBytesMax: options.journalSegmentBytesMax,
-        ...(options.journalSegmentsMax === undefined ? {} : { segmentsMax: options.journalSegmentsMax }),
-        ownerUuid: options.ownerUuid,
-        ownerFacts: {
-          dataDir: directory,
-          isDataDirJournal: resolve(journalDirectory) === resolve(directory, 'journal'),
-          mayHoldUnapplied,
-          hadJournal: options.journalRecorded === true || store.catalog.chunkCount() > 0,
+    try {
+      store.journalInstance = await Journal.open(
+        {
+          disk,
+          clock: options.clock,
+          directory: journalDirectory,
+          segmentBytesMax: options.journalSegmentBytesMax,
+          ...(options.journalSegmentsMax === undefined ? {} : { segmentsMax: options.journalSegmentsMax }),
+          ownerUuid: options.ownerUuid,
+          ownerFacts: {
+            dataDir: directory,
+            isDataDirJournal: resolve(journalDirectory) === resolve(directory, 'journal'),
+            mayHoldUnapplied,
+            hadJournal: options.journalRecorded === true || store.catalog.chunkCount() > 0,
+          },
+          batchBytesMax: 16 * 1024 * 1024,
+          log: options.log,
+          syncChunkFiles: () => store.syncDirty(),
         },
-        batchBytesMax: 16 * 1024 * 1024,
-        log: options.log,
-        syncChunkFiles: () => store.syncDirty(),
-      },
-      (record) => replay.apply(record),
-      (record) => replay.scan(record),
-    );
+        (record) => replay.apply(record),
+        (record) => replay.scan(record),
+      );
+    } catch (error) {
+      // A journal refused (another disk's, or lost) or unreadable: nothing was changed; let go of
+      // the catalog so that the process can exit or try again.
+      await store.handles.abandon();
+      await store.catalog.close();
+      throw error;
+    }
+    // From here until a clean close, a crash counts as an unclean stop. (Not before the journal is
+    // known to be this disk's: a refused start changes nothing, so a clean stop stays one.)
+    if (cleanStop !== 0) await store.catalog.putState('cleanStop', 0);
     return store;
   }
 
