@@ -48,6 +48,8 @@ export interface JournalOptions {
    * (ownership.ts); without it only segments naming another owner are refused.
    */
   readonly ownerFacts?: Omit<JournalOwnerFacts, 'segments' | 'journalDir' | 'dataDirUuid'>;
+  /** Called once the segments are known to be this data directory's, before replay changes anything. */
+  readonly onOwnerChecked?: () => Promise<void>;
   /** Largest batch written with one writev + fdatasync. */
   readonly batchBytesMax: number;
   readonly log: Logger;
@@ -133,6 +135,7 @@ export class Journal {
     const journal = new Journal(options, files);
     const { segments } = await files.list();
     await checkOwner(options, files, segments);
+    await options.onOwnerChecked?.();
     if (scan !== undefined) {
       // A first pass, so that applying a record can take the later ones into account.
       for (const segment of segments) {
@@ -159,12 +162,14 @@ export class Journal {
       // cannot be synced, the journal stops as it would later on (see failChunkSync): the server
       // starts, to serve what it has, and the next start replays it all again.
       await options.syncChunkFiles().catch((error: unknown) => void journal.failChunkSync(error));
-      if (journal.fatal === null) {
-        await files.recycle(segments.map((s) => s.name));
-        options.log.info('journal replayed', { segments: segments.length, records: replayed });
-      }
     }
+    // The next segment before the replayed ones go: a crash in between must not leave the
+    // directory without a segment of this journal, which the next start would take for a lost one.
     journal.segment = await files.next(true);
+    if (journal.fatal === null && journal.replayFailuresTotal === 0 && segments.length > 0) {
+      await files.recycle(segments.map((s) => s.name));
+      options.log.info('journal replayed', { segments: segments.length, records: replayed });
+    }
     journal.files.prepareSpare();
     return journal;
   }

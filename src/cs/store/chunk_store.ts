@@ -174,20 +174,23 @@ export class ChunkStore implements ReplicaStore {
           batchBytesMax: 16 * 1024 * 1024,
           log: options.log,
           syncChunkFiles: () => store.syncDirty(),
+          // From here until a clean close, a crash counts as an unclean stop. (Not before the
+          // journal is known to be this disk's: a refused start changes nothing, so a clean stop
+          // stays one.)
+          onOwnerChecked: async () => {
+            if (cleanStop !== 0) await store.catalog.putState('cleanStop', 0);
+          },
         },
         (record) => replay.apply(record),
         (record) => replay.scan(record),
       );
     } catch (error) {
-      // A journal refused (another disk's, or lost) or unreadable: nothing was changed; let go of
-      // the catalog so that the process can exit or try again.
+      // A journal refused (another disk's, or lost; nothing was changed) or one that could not be
+      // opened: let go of the catalog so that the process can exit or try again.
       await store.handles.abandon();
       await store.catalog.close();
       throw error;
     }
-    // From here until a clean close, a crash counts as an unclean stop. (Not before the journal is
-    // known to be this disk's: a refused start changes nothing, so a clean stop stays one.)
-    if (cleanStop !== 0) await store.catalog.putState('cleanStop', 0);
     return store;
   }
 
