@@ -69,6 +69,14 @@ t.test('journals in their own directories: moved, replayed, swapped, lost', asyn
   await cluster.waitOnline(3);
   await check('the data is still there once each server has its own journal back');
 
+  // One journal directory for two servers: the second is refused while the first runs.
+  const shared = await cluster.startChunkServer(3, { extraArgs: ['--journal-dir', journalDir(1)] }).then(() => null, (error: Error) => error.message);
+  t.match(shared, new RegExp(`journal directory ${journalDir(1)} is in use by another chunk server \\(pid \\d+\\)`),
+    'a journal directory in use by a running server is refused to another');
+  // A journal too small for a segment and a spare (the cluster's segments are 8M).
+  const small = await cluster.startChunkServer(3, { extraArgs: ['--journal-size', '10M'] }).then(() => null, (error: Error) => error.message);
+  t.match(small, /--journal-size 10M is too small: the minimum is 16777216 bytes, a segment and a spare/, 'a journal size below two segments is refused, naming the minimum');
+
   // After a clean stop a missing journal is recreated, with a warning.
   await cluster.chunkServers[2]?.stop('SIGTERM');
   await rm(journalDir(2), { recursive: true });

@@ -64,6 +64,24 @@ export async function lockDataDir(directory: string, options: DataDirLockOptions
   return lock;
 }
 
+/**
+ * Takes the exclusive lock on <journalDir>/lock, creating the directory durably: two chunk servers
+ * given one journal directory would recycle each other's segments. Fails at once with
+ * ERR_DATA_DIR_LOCKED naming the holder (its data directory is locked first, so a server that is
+ * stopping has let go of both).
+ */
+export async function lockJournalDir(journalDir: string): Promise<DataDirLock> {
+  await mkdirDurable(journalDir);
+  const lock = await lockFile(join(journalDir, 'lock'));
+  if ('heldBy' in lock) {
+    throw new StorageError(
+      'ERR_DATA_DIR_LOCKED',
+      `journal directory ${journalDir} is in use by another chunk server (pid ${lock.heldBy}); give each chunk server its own --journal-dir`,
+    );
+  }
+  return lock;
+}
+
 /** Reads the directory's identity, creating it on first start. */
 export async function loadIdentity(directory: string): Promise<DataDirIdentity> {
   const path = join(directory, 'cs.json');

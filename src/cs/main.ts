@@ -24,7 +24,7 @@ import { parseSizeBytes } from '../util/size.ts';
 import { ChunkStore, IN_PLACE_WRITE_BYTES_MIN_DEFAULT, REAL_STORE_ENV } from './store/chunk_store.ts';
 import { DiskUsage } from './disk_usage.ts';
 import { JOURNAL_SEGMENTS_DEFAULT, JOURNAL_SEGMENTS_MIN } from './journal/journal.ts';
-import { lockDataDir, loadIdentity, saveIdentity } from './data_dir.ts';
+import { lockDataDir, lockJournalDir, loadIdentity, saveIdentity } from './data_dir.ts';
 import { PartialWriteReporter } from './partial_writes.ts';
 import { MdsLink } from './mds_link.ts';
 import { CsMetrics } from './metrics.ts';
@@ -209,8 +209,10 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   });
   let identity = await loadIdentity(config.dataDir);
   const journalDir = config.journalDir ?? identity.journalDir ?? resolve(config.dataDir, 'journal');
+  let journalLock: Awaited<ReturnType<typeof lockJournalDir>> | null = null;
   let store: ChunkStore;
   try {
+    journalLock = await lockJournalDir(journalDir);
     store = await ChunkStore.open({
       ...REAL_STORE_ENV,
       directory: config.dataDir,
@@ -224,6 +226,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
       log,
     });
   } catch (error) {
+    await journalLock?.release();
     await lock.release();
     throw error;
   }
@@ -347,6 +350,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     await metricsServer.close();
     // Checkpoints the journal: not needed for the data (it replays), but the next start is quicker.
     await store.close();
+    await journalLock?.release();
     await lock.release();
   });
 }

@@ -19,7 +19,7 @@ import type { Logger } from '../../util/log.ts';
 import type { Disk } from '../disk/disk.ts';
 import { GroupCommit, type JournalStats } from './group_commit.ts';
 import { decideJournalOwner, type FoundSegment, type JournalOwnerFacts } from './ownership.ts';
-import { JOURNAL_RECORD_TYPE, parseSegmentHeader, payloadFits, type JournalRecord, type JournalRecordType } from './record.ts';
+import { JOURNAL_RECORD_TYPE, SEGMENT_HEADER_BYTES, parseSegmentHeader, payloadFits, type JournalRecord, type JournalRecordType } from './record.ts';
 import { replaySegment, segmentRecords } from './replay.ts';
 import { SegmentFiles, type Segment } from './segments.ts';
 
@@ -47,7 +47,7 @@ export interface JournalOptions {
    * What the data directory says of itself, to decide whether the segments found are its journal
    * (ownership.ts); without it only segments naming another owner are refused.
    */
-  readonly ownerFacts?: Omit<JournalOwnerFacts, 'segments' | 'journalDir' | 'dataDirUuid'>;
+  readonly ownerFacts?: Omit<JournalOwnerFacts, 'segments' | 'spareOwners' | 'journalDir' | 'dataDirUuid'>;
   /** Called once the segments are known to be this data directory's, before replay changes anything. */
   readonly onOwnerChecked?: () => Promise<void>;
   /** Largest batch written with one writev + fdatasync. */
@@ -162,14 +162,14 @@ export class Journal {
       // cannot be synced, the journal stops as it would later on (see failChunkSync): the server
       // starts, to serve what it has, and the next start replays it all again.
       await options.syncChunkFiles().catch((error: unknown) => void journal.failChunkSync(error));
+      if (journal.fatal === null) {
+        // A crash from here until the next segment is made leaves only spares, recycled segments
+        // that keep their headers: the next start takes them for this journal (ownership.ts).
+        await files.recycle(segments.map((s) => s.name));
+        options.log.info('journal replayed', { segments: segments.length, records: replayed });
+      }
     }
-    // The next segment before the replayed ones go: a crash in between must not leave the
-    // directory without a segment of this journal, which the next start would take for a lost one.
     journal.segment = await files.next(true);
-    if (journal.fatal === null && journal.replayFailuresTotal === 0 && segments.length > 0) {
-      await files.recycle(segments.map((s) => s.name));
-      options.log.info('journal replayed', { segments: segments.length, records: replayed });
-    }
     journal.files.prepareSpare();
     return journal;
   }
@@ -309,12 +309,15 @@ async function checkOwner(options: JournalOptions, files: SegmentFiles, segments
     const hasRecords = !segmentRecords(bytes, segment.number).next().done;
     found.push({ name: segment.name, header: parseSegmentHeader(bytes), hasRecords });
   }
+  const spareHeaders = [];
+  for (const spare of (await files.list()).spares) spareHeaders.push(parseSegmentHeader(await files.readHead(spare.name, SEGMENT_HEADER_BYTES)));
   const facts: JournalOwnerFacts = {
     dataDir: options.ownerFacts?.dataDir ?? '(unnamed)',
     dataDirUuid: options.ownerUuid,
     journalDir: options.directory,
     isDataDirJournal: options.ownerFacts?.isDataDirJournal ?? true,
     segments: found,
+    spareOwners: spareHeaders.flatMap((header) => (header.format === 3 ? [header.ownerUuid] : [])),
     mayHoldUnapplied: options.ownerFacts?.mayHoldUnapplied ?? false,
     hadJournal: options.ownerFacts?.hadJournal ?? false,
   };

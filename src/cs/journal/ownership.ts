@@ -31,6 +31,12 @@ export interface JournalOwnerFacts {
   /** Whether the journal directory is DATA/journal (where format-2 segments are accepted). */
   readonly isDataDirJournal: boolean;
   readonly segments: readonly FoundSegment[];
+  /**
+   * The owners named by the spares' headers (recycled segments keep theirs; zero-filled spares
+   * have none). Spares of this journal and no segment: a start crashed after replay had recycled
+   * every segment (their records applied and synced) and before it made the next one.
+   */
+  readonly spareOwners: readonly string[];
   /** The data directory's last stop was not a clean one after a checkpoint, and it holds replicas. */
   readonly mayHoldUnapplied: boolean;
   /** Whether this data directory ever had a journal (it holds replicas, or cs.json names one). */
@@ -60,7 +66,8 @@ export function decideJournalOwner(facts: JournalOwnerFacts): JournalOwnerDecisi
         `directory (${dataDir}/journal). Start ${self} once with its journal there, stop it cleanly, then move the journal.`);
     }
   }
-  const own = facts.segments.some((segment) => segment.header.format === 3 || facts.isDataDirJournal);
+  const own = facts.segments.some((segment) => segment.header.format === 3 || facts.isDataDirJournal) ||
+    (facts.segments.length === 0 && facts.spareOwners.includes(dataDirUuid));
   if (own) return { kind: 'open' };
   if (facts.mayHoldUnapplied) {
     return refuse('ERR_JOURNAL_LOST',

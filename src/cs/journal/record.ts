@@ -15,7 +15,7 @@
 // Format version 2 (magic "SHJ2", written by the previous version): no segment header, records
 // from byte 0. Such segments name no owner: the reader accepts them only from the journal directory
 // under the data directory itself (DATA/journal), where they can only be that disk's, and refuses
-// them anywhere else (see segmentOwnerProblem in ./ownership.ts).
+// them anywhere else (see decideJournalOwner in ./ownership.ts).
 //
 // A record, in both formats (its magic "SHJ2" names the record layout, which format 3 kept), is
 // big-endian, a 40-byte header then the payload:

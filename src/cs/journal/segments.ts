@@ -91,6 +91,18 @@ export class SegmentFiles {
     return this.options.disk.readFile(join(this.options.directory, name));
   }
 
+  /** The first `bytes` of a file (fewer if it is shorter). */
+  async readHead(name: string, bytes: number): Promise<Buffer> {
+    const handle = await this.options.disk.open(join(this.options.directory, name), 'read');
+    try {
+      const head = Buffer.alloc(bytes);
+      const bytesRead = await handle.read(head, 0, bytes, 0);
+      return head.subarray(0, bytesRead);
+    } finally {
+      await handle.close();
+    }
+  }
+
   /**
    * Opens the next segment: a prepared spare renamed to the next number, or, when none is ready, a
    * new file (preallocated first if `preallocate`, else growing as it is written).
