@@ -20,8 +20,8 @@ export interface DataDirIdentity {
   /** The cluster this directory joined at its first registration; it never joins another. */
   readonly clusterId?: string;
   /**
-   * Where this directory's journal was at the last start (absolute): a start without --journal-dir
-   * uses it. Absent before the first start, and in directories of older versions (DATA/journal).
+   * Where this directory's journal was at the last start (relative to the directory when inside
+   * it, else absolute): a start without --journal-dir uses it. Absent before the first start, and in directories of older versions (DATA/journal).
    * Whether that journal may hold records not yet applied is the catalog's cleanStop word.
    */
   readonly journalDir?: string;

@@ -6,7 +6,7 @@
 
 import type { KeyObject } from 'node:crypto';
 import { hostname } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { StorageError } from '../errors.ts';
 import { BLOCK_BYTES } from '../limits.ts';
@@ -24,7 +24,7 @@ import { parseSizeBytes } from '../util/size.ts';
 import { ChunkStore, IN_PLACE_WRITE_BYTES_MIN_DEFAULT, REAL_STORE_ENV } from './store/chunk_store.ts';
 import { DiskUsage } from './disk_usage.ts';
 import { JOURNAL_SEGMENTS_DEFAULT, JOURNAL_SEGMENTS_MIN } from './journal/journal.ts';
-import { lockDataDir, lockJournalDir, loadIdentity, saveIdentity } from './data_dir.ts';
+import { lockDataDir, lockJournalDir, loadIdentity, saveIdentity, type DataDirLock } from './data_dir.ts';
 import { PartialWriteReporter } from './partial_writes.ts';
 import { MdsLink } from './mds_link.ts';
 import { CsMetrics } from './metrics.ts';
@@ -208,8 +208,11 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
       { dataDir: config.dataDir, previousMode: formatMode(previousMode) }),
   });
   let identity = await loadIdentity(config.dataDir);
-  const journalDir = config.journalDir ?? identity.journalDir ?? resolve(config.dataDir, 'journal');
-  let journalLock: Awaited<ReturnType<typeof lockJournalDir>> | null = null;
+  // cs.json keeps a journal inside the data directory relative to it, so both can move together.
+  const journalDir = config.journalDir ?? resolve(config.dataDir, identity.journalDir ?? 'journal');
+  const journalDirInside = relative(resolve(config.dataDir), journalDir);
+  const journalDirRecorded = journalDirInside.startsWith('..') ? journalDir : journalDirInside;
+  let journalLock: DataDirLock | null = null;
   let store: ChunkStore;
   try {
     journalLock = await lockJournalDir(journalDir);
@@ -230,11 +233,11 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     await lock.release();
     throw error;
   }
-  if (identity.journalDir !== journalDir) {
+  if (identity.journalDir !== journalDirRecorded) {
     // Recorded once the journal there was opened as this disk's: the next start finds it without
     // --journal-dir, and a lost journal is named in the refusal.
     if (identity.journalDir !== undefined) log.warn('journal directory changed', { from: identity.journalDir, to: journalDir });
-    identity = { ...identity, journalDir };
+    identity = { ...identity, journalDir: journalDirRecorded };
     await saveIdentity(config.dataDir, identity);
   }
   const mds = new MdsClient({ url: config.mdsUrl, token: clusterRestToken(config.clusterKey) });
