@@ -48,6 +48,8 @@ export const ERRORS = {
   ERR_TIMEOUT: { httpStatus: 504, nbdErrno: NBD_ERRNO.EIO, summary: 'an operation timed out' },
   ERR_SHUTTING_DOWN: { httpStatus: 503, nbdErrno: NBD_ERRNO.ESHUTDOWN, summary: 'the server is stopping' },
   ERR_DATA_DIR_LOCKED: { httpStatus: 500, nbdErrno: NBD_ERRNO.EIO, summary: 'data directory in use by another process' },
+  ERR_JOURNAL_OWNER: { httpStatus: 500, nbdErrno: NBD_ERRNO.EIO, summary: 'the journal directory holds another disk\'s journal' },
+  ERR_JOURNAL_LOST: { httpStatus: 500, nbdErrno: NBD_ERRNO.EIO, summary: 'the journal of a chunk server that did not stop cleanly is lost' },
   ERR_CONFIG: { httpStatus: 400, nbdErrno: NBD_ERRNO.EINVAL, summary: 'invalid configuration' },
   ERR_INTERNAL: { httpStatus: 500, nbdErrno: NBD_ERRNO.EIO, summary: 'internal error' },
 } as const satisfies Record<string, ErrorDefinition>;

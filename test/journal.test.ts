@@ -10,14 +10,16 @@ import { promisify } from 'node:util';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Journal } from '../src/cs/journal/journal.ts';
-import { JOURNAL_HEADER_BYTES, JOURNAL_RECORD_TYPE, type JournalRecord } from '../src/cs/journal/record.ts';
+import { JOURNAL_HEADER_BYTES, JOURNAL_RECORD_TYPE, SEGMENT_HEADER_BYTES, type JournalRecord } from '../src/cs/journal/record.ts';
 import { createLogger } from '../src/util/log.ts';
 import { systemClock } from '../src/util/clock.ts';
 import { realDisk } from '../src/cs/disk/real_disk.ts';
 
+const OWNER_UUID = '11111111-2222-4333-8444-555555555555';
+
 async function openJournal(directory: string, replayed: JournalRecord[] = []): Promise<Journal> {
   return Journal.open(
-    { disk: realDisk, clock: systemClock, directory, segmentBytesMax: 1 << 20, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined },
+    { disk: realDisk, clock: systemClock, directory, segmentBytesMax: 1 << 20, ownerUuid: OWNER_UUID, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined },
     async (record) => {
       replayed.push({ ...record, payload: Buffer.from(record.payload) });
     },
@@ -75,7 +77,7 @@ t.test('an in-place record carries its blocks\' sums, is scanned before replay, 
   const scanned: string[] = [];
   const replayed: JournalRecord[] = [];
   const reopened = await Journal.open(
-    { disk: realDisk, clock: systemClock, directory: dir, segmentBytesMax: 1 << 20, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined },
+    { disk: realDisk, clock: systemClock, directory: dir, segmentBytesMax: 1 << 20, ownerUuid: OWNER_UUID, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined },
     async (record) => {
       t.equal(scanned.length, 2, 'every record is scanned before the first is applied');
       replayed.push({ ...record, payload: Buffer.from(record.payload) });
@@ -96,9 +98,9 @@ t.test('a torn tail and a corrupted record end replay there', async (t) => {
   const [segment] = (await readdir(dir)).filter((n) => /^\d{16}\.log$/.test(n));
   const path = join(dir, segment!);
   const recordBytes = JOURNAL_HEADER_BYTES + 100;
-  await truncate(path, recordBytes * 9 + 50); // the tenth record is cut in half
+  await truncate(path, SEGMENT_HEADER_BYTES + recordBytes * 9 + 50); // the tenth record is cut in half
   const bytes = await readFile(path);
-  const damaged = recordBytes * 5 + JOURNAL_HEADER_BYTES + 3; // inside the sixth record's payload
+  const damaged = SEGMENT_HEADER_BYTES + recordBytes * 5 + JOURNAL_HEADER_BYTES + 3; // inside the sixth record's payload
   bytes.writeUInt8(bytes.readUInt8(damaged) ^ 0xff, damaged);
   await writeFile(path, bytes);
   const replayed: JournalRecord[] = [];
@@ -113,7 +115,7 @@ t.test('checkpoints drop old segments once chunk files are synced', async (t) =>
   const dir = await scratch(t);
   let syncs = 0;
   const journal = await Journal.open(
-    { disk: realDisk, clock: systemClock, directory: dir, segmentBytesMax: 64 * 1024, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => { syncs += 1; } },
+    { disk: realDisk, clock: systemClock, directory: dir, segmentBytesMax: 64 * 1024, ownerUuid: OWNER_UUID, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => { syncs += 1; } },
     async () => undefined,
   );
   for (let i = 0; i < 40; i += 1) await appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, 1, 0, 4096, Buffer.alloc(4096));
@@ -132,7 +134,7 @@ t.test('a torn tail alone is not damage', async (t) => {
   for (let i = 0; i < 3; i += 1) await appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, i + 1, 0, 10, Buffer.alloc(10, i));
   await journal.abandon();
   const [segment] = (await readdir(dir)).filter((n) => /^\d{16}\.log$/.test(n));
-  await truncate(join(dir, segment!), (JOURNAL_HEADER_BYTES + 10) * 2 + 7);
+  await truncate(join(dir, segment!), SEGMENT_HEADER_BYTES + (JOURNAL_HEADER_BYTES + 10) * 2 + 7);
   const replayed: JournalRecord[] = [];
   const reopened = await openJournal(dir, replayed);
   t.same(replayed.map((r) => r.chunkId), [1, 2]);
@@ -144,7 +146,7 @@ t.test('a checkpoint waits until records of the old segment reach the chunk file
   const dir = await scratch(t);
   const events: string[] = [];
   const journal = await Journal.open(
-    { disk: realDisk, clock: systemClock, directory: dir, segmentBytesMax: 1 << 20, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => { events.push('sync'); } },
+    { disk: realDisk, clock: systemClock, directory: dir, segmentBytesMax: 1 << 20, ownerUuid: OWNER_UUID, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => { events.push('sync'); } },
     async () => undefined,
   );
   const ticket = journal.append(JOURNAL_RECORD_TYPE.WRITE, 1, 0, 10, Buffer.alloc(10));
@@ -163,7 +165,7 @@ t.test('recycled segments: records of a file\'s earlier life are never replayed'
   const dir = await scratch(t);
   // Small segments, so that several checkpoints recycle files.
   const open = (replayed: JournalRecord[]) => Journal.open(
-    { disk: realDisk, clock: systemClock, directory: dir, segmentBytesMax: 16 * 1024, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined },
+    { disk: realDisk, clock: systemClock, directory: dir, segmentBytesMax: 16 * 1024, ownerUuid: OWNER_UUID, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined },
     async (record) => { replayed.push({ ...record, payload: Buffer.from(record.payload) }); },
   );
   const first = await open([]);
@@ -194,7 +196,7 @@ t.test('a journal on a full disk fails its writes, then takes writes again once 
   t.teardown(() => execFileAsync('umount', ['-l', dir]).then(() => undefined, () => undefined));
   const filler = join(dir, 'filler');
   await writeFile(filler, Buffer.alloc(700 * 1024));
-  const options = { disk: realDisk, clock: systemClock, directory: join(dir, 'j'), segmentBytesMax: 64 * 1024, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined };
+  const options = { disk: realDisk, clock: systemClock, directory: join(dir, 'j'), segmentBytesMax: 64 * 1024, ownerUuid: OWNER_UUID, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined };
   const journal = await Journal.open(options, async () => undefined);
   let acked = 0;
   let failure: unknown = null;

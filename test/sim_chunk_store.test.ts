@@ -25,6 +25,7 @@ import { SimDisk, type SimDiskOptions } from '../src/cs/disk/sim_disk.ts';
 import { SimCatalog } from '../src/cs/store/sim_catalog.ts';
 import { SeedPool, type SeedResult, type SimGroup } from './sim/seed_worker.ts';
 import { runStoreSeed, storeSimConfig, StoreSim } from './sim/store_sim.ts';
+import { SEGMENT_HEADER_BYTES } from '../src/cs/journal/record.ts';
 
 const ONLY = process.env['SHOAL_SIM_SEED'];
 const ECHO = process.env['SHOAL_SIM_ECHO'] === '1';
@@ -241,8 +242,21 @@ t.test('the same seed runs the same way', async (t) => {
   t.equal(second.log, first.log, 'the same log, line for line');
 });
 
-/** The journal is gone: acknowledged writes since the last checkpoint cannot come back. */
+/**
+ * The journal's records are gone (each segment keeps only its header, so the store still takes the
+ * journal for its own): acknowledged writes since the last checkpoint cannot come back.
+ */
 async function removeJournal(disk: SimDisk): Promise<void> {
+  for (const name of await disk.readdir('/srv/cs/journal')) {
+    if (!/^\d{16}\.log$/.test(name)) continue;
+    const file = await disk.open(`/srv/cs/journal/${name}`, 'readWrite');
+    await file.truncate(SEGMENT_HEADER_BYTES);
+    await file.close();
+  }
+}
+
+/** The journal's segments are gone (as when its device is lost). */
+async function removeSegments(disk: SimDisk): Promise<void> {
   for (const name of await disk.readdir('/srv/cs/journal')) {
     if (/^\d{16}\.log$/.test(name)) await disk.remove(`/srv/cs/journal/${name}`);
   }
@@ -251,6 +265,8 @@ async function removeJournal(disk: SimDisk): Promise<void> {
 t.test('the checker is not vacuous', async (t) => {
   const lost = await meddled(removeJournal);
   t.match(lost, /holds .*possible/, 'a lost acknowledged write is reported');
+  t.match(await meddled(removeSegments), /did not open after the restart: the journal of data directory .* is lost/,
+    'a journal whose segments are gone after an unclean stop is refused');
   const rotten = await meddled(async (disk) => {
     // A byte of a synced chunk file flips behind the store's back (and no replay rewrites it: the
     // recycling of the checkpointed segment was not durable yet, so it would come back).

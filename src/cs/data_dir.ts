@@ -1,5 +1,6 @@
 // A chunk server's data directory: the exclusive lock that keeps a second server off it, and the
-// identity file that names the disk to the MDS across restarts (and across address changes).
+// identity file (cs.json) that names the disk to the MDS across restarts (and across address
+// changes), and its journal (whose segments name the disk by the same uuid) wherever it lives.
 // The directory is private to the server's user (0700): chunk data, checksums and journals are
 // nobody else's business, and making the top directory private also covers whatever an older
 // version created inside it with looser modes.
@@ -18,6 +19,12 @@ export interface DataDirIdentity {
   readonly createdAt: string;
   /** The cluster this directory joined at its first registration; it never joins another. */
   readonly clusterId?: string;
+  /**
+   * Where this directory's journal was at the last start (relative to the directory when inside
+   * it, else absolute): a start without --journal-dir uses it. Absent before the first start, and in directories of older versions (DATA/journal).
+   * Whether that journal may hold records not yet applied is the catalog's cleanStop word.
+   */
+  readonly journalDir?: string;
 }
 
 export interface DataDirLock {
@@ -53,6 +60,24 @@ export async function lockDataDir(directory: string, options: DataDirLockOptions
   } catch (error) {
     await lock.release();
     throw error;
+  }
+  return lock;
+}
+
+/**
+ * Takes the exclusive lock on <journalDir>/lock, creating the directory durably: two chunk servers
+ * given one journal directory would recycle each other's segments. Fails at once with
+ * ERR_DATA_DIR_LOCKED naming the holder (its data directory is locked first, so a server that is
+ * stopping has let go of both).
+ */
+export async function lockJournalDir(journalDir: string): Promise<DataDirLock> {
+  await mkdirDurable(journalDir);
+  const lock = await lockFile(join(journalDir, 'lock'));
+  if ('heldBy' in lock) {
+    throw new StorageError(
+      'ERR_DATA_DIR_LOCKED',
+      `journal directory ${journalDir} is in use by another chunk server (pid ${lock.heldBy}); give each chunk server its own --journal-dir`,
+    );
   }
   return lock;
 }
@@ -94,6 +119,7 @@ function parseIdentity(text: string, path: string): DataDirIdentity {
     uuid: record.uuid,
     createdAt: String(record.createdAt ?? ''),
     ...(typeof record.clusterId === 'string' ? { clusterId: record.clusterId } : {}),
+    ...(typeof record.journalDir === 'string' ? { journalDir: record.journalDir } : {}),
   };
 }
 

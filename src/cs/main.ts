@@ -6,7 +6,7 @@
 
 import type { KeyObject } from 'node:crypto';
 import { hostname } from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { StorageError } from '../errors.ts';
 import { BLOCK_BYTES } from '../limits.ts';
@@ -23,7 +23,8 @@ import { RateLimiter } from '../util/rate_limiter.ts';
 import { parseSizeBytes } from '../util/size.ts';
 import { ChunkStore, IN_PLACE_WRITE_BYTES_MIN_DEFAULT, REAL_STORE_ENV } from './store/chunk_store.ts';
 import { DiskUsage } from './disk_usage.ts';
-import { lockDataDir, loadIdentity, saveIdentity } from './data_dir.ts';
+import { JOURNAL_SEGMENTS_DEFAULT, JOURNAL_SEGMENTS_MIN } from './journal/journal.ts';
+import { lockDataDir, lockJournalDir, loadIdentity, saveIdentity, type DataDirLock } from './data_dir.ts';
 import { PartialWriteReporter } from './partial_writes.ts';
 import { MdsLink } from './mds_link.ts';
 import { CsMetrics } from './metrics.ts';
@@ -41,6 +42,11 @@ const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [opti
   --tier N                    storage tier 0-3 (default 0)
   --inflight-bytes-max N      payload bytes in flight before reads pause (default 256 MiB)
   --open-chunks-max N         chunk files kept open (default 256)
+  --journal-dir PATH          the journal's directory, e.g. on an SSD in front of an HDD (default: where
+                              this data directory's journal was last, else DIR/journal); a journal moved
+                              with its contents works from its new path
+  --journal-size N            the journal's space: rounded down to whole segments, at least two (a
+                              segment and a spare) (default 3 segments, 192M)
   --journal-segment-bytes N   journal segment size, preallocated; a checkpoint when one is full (default 64M)
   --in-place-write-bytes N    writes of at least N bytes go straight to the chunk file, only their
                               checksums through the journal (default 64K; 0 = every write journalled)
@@ -82,6 +88,8 @@ export async function runChunkServer(argv: string[]): Promise<void> {
       'inflight-bytes-max': { type: 'string' },
       'open-chunks-max': { type: 'string' },
       'journal-segment-bytes': { type: 'string' },
+      'journal-dir': { type: 'string' },
+      'journal-size': { type: 'string' },
       'in-place-write-bytes': { type: 'string' },
       'peer-timeout-ms': { type: 'string' },
       'advertise-port': { type: 'string' },
@@ -110,6 +118,8 @@ export async function runChunkServer(argv: string[]): Promise<void> {
     throw new StorageError('ERR_CONFIG',
       `--unauthenticated-connections-max (${unauthenticatedConnectionsMax}) must not exceed --connections-max (${connectionsMax})`);
   }
+  const journalSegmentBytes = values['journal-segment-bytes'] === undefined
+    ? 64 * MiB : Math.max(MiB, parseSizeBytes(values['journal-segment-bytes'], '--journal-segment-bytes'));
   await startChunkServer({
     dataDir: values.data,
     mdsUrl: values.mds,
@@ -123,8 +133,9 @@ export async function runChunkServer(argv: string[]): Promise<void> {
     tier,
     inflightBytesMax: parseIntegerFlag(values['inflight-bytes-max'], '--inflight-bytes-max', 256 * MiB, MiB),
     openChunksMax: parseIntegerFlag(values['open-chunks-max'], '--open-chunks-max', 256, 1),
-    journalSegmentBytes: values['journal-segment-bytes'] === undefined
-      ? 64 * MiB : Math.max(MiB, parseSizeBytes(values['journal-segment-bytes'], '--journal-segment-bytes')),
+    journalSegmentBytes,
+    journalSegmentsMax: parseJournalSize(values['journal-size'], journalSegmentBytes),
+    journalDir: values['journal-dir'] === undefined ? null : resolve(values['journal-dir']),
     inPlaceWriteBytesMin: parseInPlaceWriteBytes(values['in-place-write-bytes']),
     peerTimeoutMs: parseIntegerFlag(values['peer-timeout-ms'], '--peer-timeout-ms', 4_000, 100),
     advertisePort: values['advertise-port'] === undefined ? null : parseIntegerFlag(values['advertise-port'], '--advertise-port', 0, 1),
@@ -134,6 +145,22 @@ export async function runChunkServer(argv: string[]): Promise<void> {
     connectionsMax,
     unauthenticatedConnectionsMax,
   });
+}
+
+/**
+ * --journal-size: the journal's space as a number of segments, rounded down to whole segments; at
+ * least a segment and a spare (the journal switches to the spare at each checkpoint).
+ */
+function parseJournalSize(value: string | undefined, segmentBytes: number): number {
+  if (value === undefined) return JOURNAL_SEGMENTS_DEFAULT;
+  const bytes = parseSizeBytes(value, '--journal-size');
+  const segments = Math.floor(bytes / segmentBytes);
+  if (segments < JOURNAL_SEGMENTS_MIN) {
+    throw new StorageError('ERR_CONFIG',
+      `--journal-size ${value} is too small: the minimum is ${JOURNAL_SEGMENTS_MIN * segmentBytes} bytes, a segment and a spare ` +
+      `of ${segmentBytes} bytes (--journal-segment-bytes; a smaller segment size allows a smaller journal)`);
+  }
+  return segments;
 }
 
 /** --in-place-write-bytes: 0 turns in-place writes off; otherwise at least one block. */
@@ -159,6 +186,9 @@ interface ChunkServerConfig {
   readonly inflightBytesMax: number;
   readonly openChunksMax: number;
   readonly journalSegmentBytes: number;
+  readonly journalSegmentsMax: number;
+  /** --journal-dir, absolute; null: where cs.json says the journal was, else DATA/journal. */
+  readonly journalDir: string | null;
   readonly inPlaceWriteBytesMin: number;
   readonly peerTimeoutMs: number;
   readonly advertisePort: number | null;
@@ -178,14 +208,38 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
       { dataDir: config.dataDir, previousMode: formatMode(previousMode) }),
   });
   let identity = await loadIdentity(config.dataDir);
-  const store = await ChunkStore.open({
-    ...REAL_STORE_ENV,
-    directory: config.dataDir,
-    openChunksMax: config.openChunksMax,
-    journalSegmentBytesMax: config.journalSegmentBytes,
-    inPlaceWriteBytesMin: config.inPlaceWriteBytesMin,
-    log,
-  });
+  // cs.json keeps a journal inside the data directory relative to it, so both can move together.
+  const journalDir = config.journalDir ?? resolve(config.dataDir, identity.journalDir ?? 'journal');
+  const journalDirInside = relative(resolve(config.dataDir), journalDir);
+  const journalDirRecorded = journalDirInside.startsWith('..') ? journalDir : journalDirInside;
+  let journalLock: DataDirLock | null = null;
+  let store: ChunkStore;
+  try {
+    journalLock = await lockJournalDir(journalDir);
+    store = await ChunkStore.open({
+      ...REAL_STORE_ENV,
+      directory: config.dataDir,
+      openChunksMax: config.openChunksMax,
+      journalSegmentBytesMax: config.journalSegmentBytes,
+      journalSegmentsMax: config.journalSegmentsMax,
+      journalDirectory: journalDir,
+      ownerUuid: identity.uuid,
+      journalRecorded: identity.journalDir !== undefined,
+      inPlaceWriteBytesMin: config.inPlaceWriteBytesMin,
+      log,
+    });
+  } catch (error) {
+    await journalLock?.release();
+    await lock.release();
+    throw error;
+  }
+  if (identity.journalDir !== journalDirRecorded) {
+    // Recorded once the journal there was opened as this disk's: the next start finds it without
+    // --journal-dir, and a lost journal is named in the refusal.
+    if (identity.journalDir !== undefined) log.warn('journal directory changed', { from: identity.journalDir, to: journalDir });
+    identity = { ...identity, journalDir: journalDirRecorded };
+    await saveIdentity(config.dataDir, identity);
+  }
   const mds = new MdsClient({ url: config.mdsUrl, token: clusterRestToken(config.clusterKey) });
   let link: MdsLink | null = null;
   const metrics = new CsMetrics(() => store, () => link?.lastSpace ?? null);
@@ -281,7 +335,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   const checkpointTimer = setInterval(() => {
     store.journal.checkpoint().catch((error: unknown) => log.error('checkpoint failed', { error }));
   }, 30_000);
-  log.info('chunk server ready', { dataDir: config.dataDir, uuid: identity.uuid, port, metricsPort: metricsServer.port });
+  log.info('chunk server ready', { dataDir: config.dataDir, journalDir, uuid: identity.uuid, port, metricsPort: metricsServer.port });
   announceReady({ service: 'cs', port, metricsPort: metricsServer.port, uuid: identity.uuid });
 
   onShutdownSignal(log, async () => {
@@ -299,6 +353,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     await metricsServer.close();
     // Checkpoints the journal: not needed for the data (it replays), but the next start is quicker.
     await store.close();
+    await journalLock?.release();
     await lock.release();
   });
 }

@@ -21,6 +21,9 @@ import { assert } from '../../src/util/assert.ts';
 import { BLOCK, ChunkModel, type ModelOp } from './block_model.ts';
 import { RecordingLogger, SimClock, between, errorCode, errorText, pick, streams, turns } from './sim_env.ts';
 
+/** The data directory the simulated journal belongs to. */
+const SIM_OWNER_UUID = '5e0e5e0e-0000-4000-8000-000000000001';
+
 const DIRECTORY = '/srv/cs';
 const VOLUME_ID = 7;
 /** Event-loop turns the leftovers of a process may take to settle after it died. */
@@ -522,7 +525,7 @@ export class StoreSim {
     this.disk.faultsPaused = true;
     try {
       this.storeInstance = await ChunkStore.open({
-        directory: DIRECTORY, openChunksMax: this.config.openChunksMax, journalSegmentBytesMax: this.config.segmentBytesMax,
+        directory: DIRECTORY, ownerUuid: SIM_OWNER_UUID, openChunksMax: this.config.openChunksMax, journalSegmentBytesMax: this.config.segmentBytesMax,
         inPlaceWriteBytesMin: this.config.inPlaceWriteBytesMin,
         log: this.log, disk: this.disk, clock: this.clock, openCatalog: () => catalog,
       });

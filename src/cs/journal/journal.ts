@@ -7,7 +7,7 @@
 // Checkpoint: switch to the next segment, wait until every record of the older ones is applied,
 // sync every chunk file written since the last checkpoint, then recycle the older segments.
 //
-// Open: replay every segment in order, sync the chunk files, recycle the replayed segments and
+// Open: check that the segments are this data directory's (ownership.ts), replay every segment in order, sync the chunk files, recycle the replayed segments and
 // start the next one. A record that could not be replayed, or chunk files that could not be
 // synced, stop the journal for good (`fatal`): nothing is recycled, the next start replays it all.
 
@@ -18,11 +18,17 @@ import type { Clock } from '../../util/clock.ts';
 import type { Logger } from '../../util/log.ts';
 import type { Disk } from '../disk/disk.ts';
 import { GroupCommit, type JournalStats } from './group_commit.ts';
-import { JOURNAL_RECORD_TYPE, payloadFits, type JournalRecord, type JournalRecordType } from './record.ts';
+import { decideJournalOwner, type FoundSegment, type JournalOwnerFacts } from './ownership.ts';
+import { JOURNAL_RECORD_TYPE, SEGMENT_HEADER_BYTES, parseSegmentHeader, payloadFits, type JournalRecord, type JournalRecordType } from './record.ts';
 import { replaySegment, segmentRecords } from './replay.ts';
 import { SegmentFiles, type Segment } from './segments.ts';
 
 export type { JournalStats } from './group_commit.ts';
+
+/** Segment files of a journal by default: the current segment and two spares. */
+export const JOURNAL_SEGMENTS_DEFAULT = 3;
+/** The fewest segment files a journal works with: the current segment and a spare to switch to. */
+export const JOURNAL_SEGMENTS_MIN = 2;
 
 /** A checkpoint once this many segments' worth of bytes were written in place since the last one. */
 const IN_PLACE_SEGMENTS_PER_CHECKPOINT = 4;
@@ -33,6 +39,17 @@ export interface JournalOptions {
   readonly directory: string;
   /** Segment size: preallocated, and past it the journal checkpoints into the next segment. */
   readonly segmentBytesMax: number;
+  /** Segment files (segments and spares) the journal's space holds, at least 2; default JOURNAL_SEGMENTS_DEFAULT. */
+  readonly segmentsMax?: number;
+  /** The uuid of the data directory this journal belongs to (in every segment's header). */
+  readonly ownerUuid: string;
+  /**
+   * What the data directory says of itself, to decide whether the segments found are its journal
+   * (ownership.ts); without it only segments naming another owner are refused.
+   */
+  readonly ownerFacts?: Omit<JournalOwnerFacts, 'segments' | 'spareOwners' | 'journalDir' | 'dataDirUuid'>;
+  /** Called once the segments are known to be this data directory's, before replay changes anything. */
+  readonly onOwnerChecked?: () => Promise<void>;
   /** Largest batch written with one writev + fdatasync. */
   readonly batchBytesMax: number;
   readonly log: Logger;
@@ -109,9 +126,16 @@ export class Journal {
     apply: (record: JournalRecord) => Promise<void>,
     scan?: (record: JournalRecord) => void,
   ): Promise<Journal> {
-    const files = await SegmentFiles.open({ disk: options.disk, directory: options.directory, segmentBytesMax: options.segmentBytesMax, log: options.log });
+    const segmentsMax = options.segmentsMax ?? JOURNAL_SEGMENTS_DEFAULT;
+    assert(segmentsMax >= JOURNAL_SEGMENTS_MIN, 'a journal holds a segment and a spare');
+    const files = await SegmentFiles.open({
+      disk: options.disk, directory: options.directory, segmentBytesMax: options.segmentBytesMax, segmentsMax,
+      ownerUuid: options.ownerUuid, log: options.log,
+    });
     const journal = new Journal(options, files);
     const { segments } = await files.list();
+    await checkOwner(options, files, segments);
+    await options.onOwnerChecked?.();
     if (scan !== undefined) {
       // A first pass, so that applying a record can take the later ones into account.
       for (const segment of segments) {
@@ -139,6 +163,8 @@ export class Journal {
       // starts, to serve what it has, and the next start replays it all again.
       await options.syncChunkFiles().catch((error: unknown) => void journal.failChunkSync(error));
       if (journal.fatal === null) {
+        // A crash from here until the next segment is made leaves only spares, recycled segments
+        // that keep their headers: the next start takes them for this journal (ownership.ts).
         await files.recycle(segments.map((s) => s.name));
         options.log.info('journal replayed', { segments: segments.length, records: replayed });
       }
@@ -216,7 +242,7 @@ export class Journal {
 
   private async runCheckpoint(): Promise<void> {
     if (this.fatal !== null) throw this.fatal;
-    if (this.segment === null || this.segment.sizeBytes === 0) {
+    if (this.segment === null || this.segment.nextIndex === 0) {
       await this.syncChunkFiles();
       return;
     }
@@ -273,4 +299,32 @@ export class Journal {
     await this.segment?.handle.close();
     this.segment = null;
   }
+}
+
+/** Refuses to open another data directory's journal, or none after an unclean stop (ownership.ts). */
+async function checkOwner(options: JournalOptions, files: SegmentFiles, segments: ReadonlyArray<{ name: string; number: number }>): Promise<void> {
+  const found: FoundSegment[] = [];
+  for (const segment of segments) {
+    const bytes = await files.read(segment.name);
+    const hasRecords = !segmentRecords(bytes, segment.number).next().done;
+    found.push({ name: segment.name, header: parseSegmentHeader(bytes), hasRecords });
+  }
+  const spareHeaders = [];
+  for (const spare of (await files.list()).spares) spareHeaders.push(parseSegmentHeader(await files.readHead(spare.name, SEGMENT_HEADER_BYTES)));
+  const facts: JournalOwnerFacts = {
+    dataDir: options.ownerFacts?.dataDir ?? '(unnamed)',
+    dataDirUuid: options.ownerUuid,
+    journalDir: options.directory,
+    isDataDirJournal: options.ownerFacts?.isDataDirJournal ?? true,
+    segments: found,
+    spareOwners: spareHeaders.flatMap((header) => (header.format === 3 ? [header.ownerUuid] : [])),
+    mayHoldUnapplied: options.ownerFacts?.mayHoldUnapplied ?? false,
+    hadJournal: options.ownerFacts?.hadJournal ?? false,
+  };
+  const decision = decideJournalOwner(facts);
+  if (decision.kind === 'refuse') {
+    options.log.error('journal refused', { error: decision.error });
+    throw decision.error;
+  }
+  if (decision.kind === 'recreate') options.log.warn(decision.warning, { journalDir: options.directory });
 }

@@ -1,6 +1,24 @@
-// The journal's record: its one definition on disk, written by group commit and parsed by replay.
+// The journal's on-disk format: its one definition, written by segments.ts (segment headers) and
+// group commit (records), and parsed by replay: each segment is a header, then records.
 //
-// Format version 2 (magic "SHJ2"), big-endian, a 40-byte header then the payload:
+// Format version 3 (magic "SHJ3"): each segment begins with a 64-byte header naming the data
+// directory the journal belongs to by the uuid of its cs.json (by identity, not by path: a journal
+// directory may move with its device), so a journal is never replayed into another disk. Big-endian:
+//
+//   0 u32 magic "SHJ3" | 4 u32 crc32c of bytes [8, 64) | 8 u32 format version (3) |
+//   12 u32 segment number | 16 16 bytes owner uuid | 32 zeroes to 64
+//
+// The header is written and synced when a file becomes a segment, before any record goes in, so a
+// segment holding records always has one; a file without a valid header holds no record of this
+// format. Records follow at byte SEGMENT_HEADER_BYTES.
+//
+// Format version 2 (magic "SHJ2", written by the previous version): no segment header, records
+// from byte 0. Such segments name no owner: the reader accepts them only from the journal directory
+// under the data directory itself (DATA/journal), where they can only be that disk's, and refuses
+// them anywhere else (see decideJournalOwner in ./ownership.ts).
+//
+// A record, in both formats (its magic "SHJ2" names the record layout, which format 3 kept), is
+// big-endian, a 40-byte header then the payload:
 //
 //   0 u32 magic | 4 u32 recordBytes | 8 u32 crc32c of payload then bytes [12, 40) | 12 u8 type |
 //   13 u24 position in its batch | 16 u32 segment number | 20 u32 index in segment | 24 u32 chunkId high |
@@ -11,9 +29,9 @@
 // so the record is small and replay can tell which blocks hold the new bytes: see
 // ../store/block_io.ts for what a crash leaves and ../store/replay.ts for how it is settled).
 //
-// The magic is the format version: a record of another format is not a record of this one, so a
-// change of layout takes a new magic (and a reader that knows the old one for as long as journals
-// of the old format may be found on disk).
+// A magic is a format: a header or record of another format is not one of this, so a change of
+// layout takes a new magic (and a reader that knows the old one for as long as journals of the old
+// format may be found on disk).
 //
 // Each record knows its position in its batch (the records written with one writev and synced with
 // one fdatasync), so replay can tell the unsynced rest of a batch from damage (see
@@ -27,9 +45,14 @@ import { assert } from '../../util/assert.ts';
 export const JOURNAL_RECORD_TYPE = { WRITE: 1, ZERO: 2, IN_PLACE: 3 } as const;
 export type JournalRecordType = (typeof JOURNAL_RECORD_TYPE)[keyof typeof JOURNAL_RECORD_TYPE];
 
-/** The record format this code writes; its magic below. */
-export const JOURNAL_FORMAT_VERSION = 2;
-const MAGIC = 0x53484a32; // "SHJ2"
+/** The journal format this code writes (segment header SEGMENT_MAGIC); it reads 2 as well. */
+export const JOURNAL_FORMAT_VERSION = 3;
+/** Format 2: segments without a header, records from byte 0. */
+export const JOURNAL_FORMAT_VERSION_HEADERLESS = 2;
+const MAGIC = 0x53484a32; // "SHJ2", a record
+const SEGMENT_MAGIC = 0x53484a33; // "SHJ3", a format-3 segment header
+export const SEGMENT_HEADER_BYTES = 64;
+const UUID_BYTES = 16;
 export const JOURNAL_HEADER_BYTES = 40;
 /** Largest position of a record in its batch that the header's 24 bits hold. */
 const BATCH_POSITION_MAX = 0xffffff;
@@ -140,4 +163,45 @@ export function hasLaterRecord(bytes: Buffer, position: number, segmentNumber: n
     if (parsed.record.index - parsed.positionInBatch > index) return true;
   }
   return false;
+}
+
+/** What a segment's first bytes say about it. */
+export type SegmentHeader =
+  /** Format 3: its owner and its number. */
+  | { readonly format: 3; readonly ownerUuid: string; readonly segmentNumber: number }
+  /** Format 2 (records from byte 0), or a file with no header and no record (zeroes, a torn header). */
+  | { readonly format: 2 };
+
+export function encodeSegmentHeader(ownerUuid: string, segmentNumber: number): Buffer {
+  const head = Buffer.alloc(SEGMENT_HEADER_BYTES);
+  head.writeUInt32BE(SEGMENT_MAGIC, 0);
+  head.writeUInt32BE(JOURNAL_FORMAT_VERSION, 8);
+  head.writeUInt32BE(segmentNumber, 12);
+  uuidBytes(ownerUuid).copy(head, 16);
+  head.writeUInt32BE(crc32c(head.subarray(8)), 4);
+  return head;
+}
+
+/** The segment's header, or format 2 when there is no valid one (see the file's header). */
+export function parseSegmentHeader(bytes: Buffer): SegmentHeader {
+  if (bytes.length < SEGMENT_HEADER_BYTES || bytes.readUInt32BE(0) !== SEGMENT_MAGIC) return { format: 2 };
+  if (crc32c(bytes.subarray(8, SEGMENT_HEADER_BYTES)) !== bytes.readUInt32BE(4)) return { format: 2 };
+  if (bytes.readUInt32BE(8) !== JOURNAL_FORMAT_VERSION) return { format: 2 };
+  return { format: 3, ownerUuid: uuidText(bytes.subarray(16, 16 + UUID_BYTES)), segmentNumber: bytes.readUInt32BE(12) };
+}
+
+/** Where the segment's records begin. */
+export function recordsStart(header: SegmentHeader): number {
+  return header.format === 3 ? SEGMENT_HEADER_BYTES : 0;
+}
+
+function uuidBytes(uuid: string): Buffer {
+  const hex = uuid.replaceAll('-', '');
+  assert(/^[0-9a-f]{32}$/.test(hex), 'an owner uuid is 16 bytes of hex');
+  return Buffer.from(hex, 'hex');
+}
+
+function uuidText(bytes: Buffer): string {
+  const hex = bytes.toString('hex');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }

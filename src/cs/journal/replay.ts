@@ -7,7 +7,7 @@
 
 import { StorageError } from '../../errors.ts';
 import type { Logger } from '../../util/log.ts';
-import { hasLaterRecord, parseRecord, type JournalRecord } from './record.ts';
+import { hasLaterRecord, parseRecord, parseSegmentHeader, recordsStart, type JournalRecord } from './record.ts';
 import type { SegmentName } from './segments.ts';
 
 export interface SegmentReplay {
@@ -21,7 +21,8 @@ export interface SegmentReplay {
 
 /** The records replay takes from a segment, in order: up to the first torn, corrupt or out-of-place one. */
 export function* segmentRecords(bytes: Buffer, segmentNumber: number): Generator<{ record: JournalRecord; end: number }> {
-  let position = 0;
+  // After the segment header (format 3), or from byte 0 (format 2; the owner was checked before).
+  let position = recordsStart(parseSegmentHeader(bytes));
   let index = 0;
   for (;;) {
     const parsed = parseRecord(bytes, position);
@@ -39,7 +40,7 @@ export async function replaySegment(
   apply: (record: JournalRecord) => Promise<void>,
   log: Logger,
 ): Promise<SegmentReplay> {
-  let position = 0;
+  let position = recordsStart(parseSegmentHeader(bytes));
   let index = 0;
   let failures = 0;
   for (const { record, end } of segmentRecords(bytes, segment.number)) {

@@ -9,13 +9,19 @@
 //
 // New segments and spares are numbered above every number seen in the directory, so a number is
 // never used twice and a spare's old records never pass for the new segment's.
+//
+// A file becomes a segment with its header (record.ts: the format, its number, the data directory
+// it belongs to) written and synced before any record goes in.
+//
+// The journal's space is `segmentsMax` files of `segmentBytesMax`: segments and spares together
+// (spares are kept only up to what the segments leave). The current segment may run past its size
+// while a checkpoint is still making room (a checkpoint starts when it is full).
 
 import { dirname, join } from 'node:path';
 import type { Logger } from '../../util/log.ts';
+import { SEGMENT_HEADER_BYTES, encodeSegmentHeader } from './record.ts';
 import type { Disk, DiskFile } from '../disk/disk.ts';
 
-/** Recycled segments kept for reuse; more are deleted. */
-const SPARES_MAX = 2;
 const ZERO_FILL = Buffer.alloc(1024 * 1024);
 const SEGMENT_NAME = /^(\d{16})\.log$/;
 const SPARE_NAME = /^spare-(\d{16})\.log$/;
@@ -39,6 +45,10 @@ export interface SegmentFilesOptions {
   readonly directory: string;
   /** Size a segment is preallocated to. */
   readonly segmentBytesMax: number;
+  /** Segment files (segments and spares) the journal's space holds; at least 2 (a segment and a spare). */
+  readonly segmentsMax: number;
+  /** The uuid of the data directory the journal belongs to, written in each segment's header. */
+  readonly ownerUuid: string;
   readonly log: Logger;
 }
 
@@ -81,6 +91,18 @@ export class SegmentFiles {
     return this.options.disk.readFile(join(this.options.directory, name));
   }
 
+  /** The first `bytes` of a file (fewer if it is shorter). */
+  async readHead(name: string, bytes: number): Promise<Buffer> {
+    const handle = await this.options.disk.open(join(this.options.directory, name), 'read');
+    try {
+      const head = Buffer.alloc(bytes);
+      const bytesRead = await handle.read(head, 0, bytes, 0);
+      return head.subarray(0, bytesRead);
+    } finally {
+      await handle.close();
+    }
+  }
+
   /**
    * Opens the next segment: a prepared spare renamed to the next number, or, when none is ready, a
    * new file (preallocated first if `preallocate`, else growing as it is written).
@@ -99,20 +121,32 @@ export class SegmentFiles {
       await zeroFill(disk, path, segmentBytesMax);
     }
     const handle = await disk.open(path, spare !== undefined || preallocate ? 'readWrite' : 'createExclusive');
+    try {
+      // The header before any record: a segment holding records always names its owner.
+      await handle.write(encodeSegmentHeader(this.options.ownerUuid, number), 0, SEGMENT_HEADER_BYTES, 0);
+      await handle.sync();
+    } catch (error) {
+      await handle.close().catch(() => undefined);
+      throw error;
+    }
     // The segment's directory entry must survive a crash as surely as the records in it (and the
     // renames of recycled segments to spares go with it).
     await disk.syncDirectory(directory);
-    return { handle, number, name, sizeBytes: 0, nextIndex: 0 };
+    return { handle, number, name, sizeBytes: SEGMENT_HEADER_BYTES, nextIndex: 0 };
   }
 
-  /** Keeps up to SPARES_MAX old segments as spares for reuse; deletes the rest. */
+  /**
+   * Keeps old segments as spares for reuse, as many as the journal's space leaves beside the
+   * segments still in use; deletes the rest.
+   */
   async recycle(names: readonly string[]): Promise<void> {
-    const { disk, directory } = this.options;
-    const { spares } = await this.list();
+    const { disk, directory, segmentsMax } = this.options;
+    const { segments, spares } = await this.list();
+    const inUse = segments.filter((s) => !names.includes(s.name)).length;
     let kept = spares.length;
     for (const name of names) {
       const number = Number(SEGMENT_NAME.exec(name)?.[1] ?? 0);
-      if (kept < SPARES_MAX) {
+      if (inUse + kept < segmentsMax) {
         await disk.rename(join(directory, name), join(directory, spareName(number)));
         kept += 1;
       } else {
@@ -126,8 +160,8 @@ export class SegmentFiles {
     if (this.preparingSpare !== null) return;
     const { disk, directory, segmentBytesMax, log } = this.options;
     this.preparingSpare = (async () => {
-      const { spares } = await this.list();
-      if (spares.length > 0) return;
+      const { segments, spares } = await this.list();
+      if (spares.length > 0 || segments.length + 1 > this.options.segmentsMax) return;
       this.highestNumber += 1;
       const temporary = join(directory, `preparing-${this.highestNumber}.tmp`);
       await zeroFill(disk, temporary, segmentBytesMax);

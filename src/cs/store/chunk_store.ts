@@ -3,7 +3,8 @@
 //
 //   chunks/<hh>/<chunkId>.data|.sums   a replica's bytes and checksums (chunk_files.ts, block_sums.ts)
 //   meta/                              the catalog (LMDB): chunkId -> ChunkMeta, volumeId -> fence epoch
-//   journal/                           the write journal (../journal/)
+//   journal/                           the write journal (../journal/), unless it lives elsewhere
+//                                      (journalDirectory: another device, e.g. an SSD before an HDD)
 //
 // This module says what each operation on a replica means in the catalog (create, delete, version
 // changes, volumes) and ties the parts together: fences and admission (fences.ts), the data path
@@ -19,7 +20,7 @@
 // All file I/O goes through a Disk (../disk/disk.ts) and all records through a Catalog, so seeded
 // tests run this very code on a simulated disk that loses, tears and fails writes.
 
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { StorageError, fromSystemError } from '../../errors.ts';
 import { BLOCK_BYTES, CS_EXTENTS_MAX } from '../../limits.ts';
 import { assert } from '../../util/assert.ts';
@@ -47,6 +48,14 @@ export interface ChunkStoreOptions {
   readonly directory: string;
   readonly openChunksMax: number;
   readonly journalSegmentBytesMax: number;
+  /** Segment files the journal's space holds (at least 2); default JOURNAL_SEGMENTS_DEFAULT. */
+  readonly journalSegmentsMax?: number;
+  /** Where the journal lives; default `<directory>/journal`. */
+  readonly journalDirectory?: string;
+  /** The data directory's uuid (cs.json): the owner named in every journal segment. */
+  readonly ownerUuid: string;
+  /** Whether the data directory is known to have had a journal before (cs.json names one). */
+  readonly journalRecorded?: boolean;
   /**
    * Writes of at least this many bytes go straight to the chunk file, with only their blocks'
    * sums in the journal (block_io.ts); Infinity keeps every write in the journal. Default
@@ -137,25 +146,51 @@ export class ChunkStore implements ReplicaStore {
     const store = new ChunkStore(options, await options.openCatalog(join(directory, 'meta')));
     // The entry of chunks/ just created must survive a power cut like the catalog's.
     await disk.syncDirectory(directory);
-    // From here until a clean close, a crash counts as an unclean stop.
-    if (store.previousStopClean) await store.catalog.putState('cleanStop', 0);
+    // Whether the journal may hold records not yet in the chunk files: the last run did not end
+    // with a clean close (its journal checkpointed), and there are replicas they could belong to.
+    // A first start has written no stop word yet.
+    const cleanStop = store.catalog.getState('cleanStop');
+    const mayHoldUnapplied = cleanStop === 0 && store.catalog.chunkCount() > 0;
     await store.files.removeOrphans((chunkId) => store.getMeta(chunkId) !== undefined);
+    const journalDirectory = options.journalDirectory ?? join(directory, 'journal');
     const replay = new JournalReplay({
       log: options.log, health: store.health, handles: store.handles, blocks: store.blocks, getMeta: (chunkId) => store.getMeta(chunkId),
     });
-    store.journalInstance = await Journal.open(
-      {
-        disk,
-        clock: options.clock,
-        directory: join(directory, 'journal'),
-        segmentBytesMax: options.journalSegmentBytesMax,
-        batchBytesMax: 16 * 1024 * 1024,
-        log: options.log,
-        syncChunkFiles: () => store.syncDirty(),
-      },
-      (record) => replay.apply(record),
-      (record) => replay.scan(record),
-    );
+    try {
+      store.journalInstance = await Journal.open(
+        {
+          disk,
+          clock: options.clock,
+          directory: journalDirectory,
+          segmentBytesMax: options.journalSegmentBytesMax,
+          ...(options.journalSegmentsMax === undefined ? {} : { segmentsMax: options.journalSegmentsMax }),
+          ownerUuid: options.ownerUuid,
+          ownerFacts: {
+            dataDir: directory,
+            isDataDirJournal: resolve(journalDirectory) === resolve(directory, 'journal'),
+            mayHoldUnapplied,
+            hadJournal: options.journalRecorded === true || store.catalog.chunkCount() > 0,
+          },
+          batchBytesMax: 16 * 1024 * 1024,
+          log: options.log,
+          syncChunkFiles: () => store.syncDirty(),
+          // From here until a clean close, a crash counts as an unclean stop. (Not before the
+          // journal is known to be this disk's: a refused start changes nothing, so a clean stop
+          // stays one.)
+          onOwnerChecked: async () => {
+            if (cleanStop !== 0) await store.catalog.putState('cleanStop', 0);
+          },
+        },
+        (record) => replay.apply(record),
+        (record) => replay.scan(record),
+      );
+    } catch (error) {
+      // A journal refused (another disk's, or lost; nothing was changed) or one that could not be
+      // opened: let go of the catalog so that the process can exit or try again.
+      await store.handles.abandon();
+      await store.catalog.close();
+      throw error;
+    }
     return store;
   }
 
