@@ -73,6 +73,8 @@ export class Journal {
   private readonly unapplied = new Map<number, number>();
   private readonly appliedWaiters: Array<() => void> = [];
   private checkpointing: Promise<void> | null = null;
+  /** The checkpoint to run once the current one ends (see checkpoint()). */
+  private nextCheckpoint: Promise<void> | null = null;
   /**
    * Set when chunk files could not be synced: the kernel may already have dropped the data the
    * journal still holds, and a retried sync can "succeed" without it; or when start-up could not
@@ -233,11 +235,26 @@ export class Journal {
   }
 
   /** Starts the next segment, syncs chunk files, then recycles the segments before it. One at a time. */
+  /**
+   * Checkpoints every record appended before the call. A checkpoint already running may have
+   * switched segments before those records came: another one runs after it, shared by every
+   * caller that arrives meanwhile (one that starts later began after their records, so it serves).
+   */
   checkpoint(): Promise<void> {
-    this.checkpointing ??= this.runCheckpoint().finally(() => {
-      this.checkpointing = null;
+    if (this.checkpointing === null) return this.startCheckpoint();
+    this.nextCheckpoint ??= this.checkpointing.catch(() => undefined).then(() => {
+      this.nextCheckpoint = null;
+      return this.checkpointing ?? this.startCheckpoint();
     });
-    return this.checkpointing;
+    return this.nextCheckpoint;
+  }
+
+  private startCheckpoint(): Promise<void> {
+    const running = this.runCheckpoint().finally(() => {
+      if (this.checkpointing === running) this.checkpointing = null;
+    });
+    this.checkpointing = running;
+    return running;
   }
 
   private async runCheckpoint(): Promise<void> {
