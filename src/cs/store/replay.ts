@@ -18,7 +18,7 @@
 // Records later than a block's landed record are applied as usual, in order.
 
 import { crc32c } from '@node-rs/crc32';
-import { fromSystemError } from '../../errors.ts';
+import { fromSystemError, isStorageError } from '../../errors.ts';
 import { BLOCK_BYTES } from '../../limits.ts';
 import type { Logger } from '../../util/log.ts';
 import { JOURNAL_RECORD_TYPE, type JournalRecord } from '../journal/record.ts';
@@ -116,6 +116,14 @@ export class JournalReplay {
         }
       });
     } catch (error) {
+      // A delete that a crash cut short after the chunk's files went is finished when replay opens
+      // the chunk (ChunkStore.finishDelete): the chunk is gone, and its records have nothing to change.
+      if (isStorageError(error, 'ERR_CHUNK_NOT_FOUND') && target.getMeta(record.chunkId) === undefined) {
+        target.log.info('journal record of a chunk removed before the crash: skipped', {
+          chunkId: record.chunkId, segment: record.segmentNumber, index: record.index,
+        });
+        return;
+      }
       // The server still starts, to serve what it has, but it says it is damaged; the journal,
       // told by the rejection, keeps its segments for the next start and takes no writes.
       const failure = fromSystemError(error, `replaying journal record ${record.segmentNumber}/${record.index} into chunk ${record.chunkId}`);
