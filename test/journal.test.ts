@@ -196,7 +196,11 @@ t.test('a journal on a full disk fails its writes, then takes writes again once 
   t.teardown(() => execFileAsync('umount', ['-l', dir]).then(() => undefined, () => undefined));
   const filler = join(dir, 'filler');
   await writeFile(filler, Buffer.alloc(700 * 1024));
-  const options = { disk: realDisk, clock: systemClock, directory: join(dir, 'j'), segmentBytesMax: 64 * 1024, ownerUuid: OWNER_UUID, batchBytesMax: 1 << 20, log: createLogger('test'), syncChunkFiles: async () => undefined };
+  // The journal's space (20 segments of 64 KiB) is larger than the disk's room: the disk fills first.
+  const options = {
+    disk: realDisk, clock: systemClock, directory: join(dir, 'j'), segmentBytesMax: 64 * 1024, segmentsMax: 20, ownerUuid: OWNER_UUID, batchBytesMax: 1 << 20,
+    log: createLogger('test'), syncChunkFiles: async () => undefined,
+  };
   const journal = await Journal.open(options, async () => undefined);
   let acked = 0;
   let failure: unknown = null;

@@ -61,11 +61,18 @@ export class GroupCommit {
   private committing = false;
   private scheduled = false;
   private failureValue: StorageError | null = null;
+  /** Bytes queued or being written, not yet in the segment's size. */
+  private pendingBytesValue = 0;
   private failedAtMs = 0;
   private truncateFailed = false;
 
   constructor(options: GroupCommitOptions) {
     this.options = options;
+  }
+
+  /** Bytes of records queued or being written (not yet counted in the segment's size). */
+  get pendingBytes(): number {
+    return this.pendingBytesValue;
   }
 
   /** The write failure that stops appends for now, or null. */
@@ -84,8 +91,10 @@ export class GroupCommit {
     if (this.failureValue !== null) return Promise.reject(this.failureValue);
     if (this.options.closed()) return Promise.reject(new StorageError('ERR_SHUTTING_DOWN', 'journal closed'));
     const payloadCrc = content.payload === undefined ? 0 : crc32c(content.payload);
+    const bytes = recordBytes(content.payload);
+    this.pendingBytesValue += bytes;
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ ...content, payloadCrc, bytes: recordBytes(content.payload), appendedNs: process.hrtime.bigint(), resolve, reject });
+      this.queue.push({ ...content, payloadCrc, bytes, appendedNs: process.hrtime.bigint(), resolve, reject });
       this.options.stats.appendsTotal += 1;
       this.schedule();
     });
@@ -105,7 +114,10 @@ export class GroupCommit {
 
   /** Fails every queued record (not the batch being written) with `error`. */
   rejectQueued(error: StorageError): void {
-    for (const record of this.queue.splice(0)) record.reject(error);
+    for (const record of this.queue.splice(0)) {
+      this.pendingBytesValue -= record.bytes;
+      record.reject(error);
+    }
   }
 
   /** Resolves once no batch is being written (the segment may then be switched or closed). */
@@ -174,6 +186,7 @@ export class GroupCommit {
         this.truncateFailed = true;
       });
     } finally {
+      this.pendingBytesValue -= bytes;
       this.committing = false;
       for (const wake of this.idleWaiters.splice(0)) wake();
     }

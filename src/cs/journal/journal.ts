@@ -7,19 +7,28 @@
 // Checkpoint: switch to the next segment, wait until every record of the older ones is applied,
 // sync every chunk file written since the last checkpoint, then recycle the older segments.
 //
+// Space: the journal's files (segments, the current one's growth, spares) stay within
+// `segmentsMax` segments' bytes. A record that does not fit waits for a checkpoint to free room,
+// and before that, once the journal holds more than a segment, records are let in at the rate the
+// data disk drains (drain_pacer.ts): writers slow down smoothly, they are never failed for want of
+// journal space.
+//
 // Open: check that the segments are this data directory's (ownership.ts), replay every segment in order, sync the chunk files, recycle the replayed segments and
 // start the next one. A record that could not be replayed, or chunk files that could not be
 // synced, stop the journal for good (`fatal`): nothing is recycled, the next start replays it all.
 
-import { StorageError } from '../../errors.ts';
+import { StorageError, fromSystemError } from '../../errors.ts';
 import { CHUNK_BYTES_MAX } from '../../limits.ts';
 import { assert } from '../../util/assert.ts';
-import type { Clock } from '../../util/clock.ts';
+import { systemTimers, type Clock, type Timers } from '../../util/clock.ts';
 import type { Logger } from '../../util/log.ts';
 import type { Disk } from '../disk/disk.ts';
+import { DrainPacer, type PaceState, type RunningSync } from './drain_pacer.ts';
 import { GroupCommit, type JournalStats } from './group_commit.ts';
 import { decideJournalOwner, type FoundSegment, type JournalOwnerFacts } from './ownership.ts';
-import { JOURNAL_RECORD_TYPE, SEGMENT_HEADER_BYTES, parseSegmentHeader, payloadFits, type JournalRecord, type JournalRecordType } from './record.ts';
+import {
+  JOURNAL_RECORD_TYPE, SEGMENT_HEADER_BYTES, parseSegmentHeader, payloadFits, recordBytes, type JournalRecord, type JournalRecordType, type RecordContent,
+} from './record.ts';
 import { replaySegment, segmentRecords } from './replay.ts';
 import { SegmentFiles, type Segment } from './segments.ts';
 
@@ -55,6 +64,45 @@ export interface JournalOptions {
   readonly log: Logger;
   /** Syncs every chunk file written since the previous call; the journal calls it at checkpoints. */
   readonly syncChunkFiles: () => Promise<void>;
+  /** Waiting for pacing (drain_pacer.ts); default the system's. */
+  readonly timers?: Timers;
+}
+
+/** How records fared against the journal's space and the data disk's drain rate (the metrics'). */
+export interface JournalPaceStats {
+  /** Records that waited before going in (pacing or a full journal). */
+  pacedRecordsTotal: number;
+  /** Seconds records spent waiting before going in, summed. */
+  pacedSecondsTotal: number;
+  /** Times the next record found the journal's space full and waited for a checkpoint. */
+  fullWaitsTotal: number;
+}
+
+/** One record of a unit appended together (see appendAll). */
+interface UnitRecord {
+  readonly content: Omit<RecordContent, 'payloadCrc'>;
+  /** The segment that counts it as unapplied, once it went into the group commit. */
+  segmentNumber: number | null;
+  applied: boolean;
+}
+
+/** Records appended together, waiting to go in (see admit). */
+interface WaitingUnit {
+  readonly entries: UnitRecord[];
+  readonly bytes: number;
+  readonly sinceMs: number;
+  readonly settle: ReadonlyArray<{ readonly resolve: () => void; readonly reject: (error: unknown) => void }>;
+}
+
+/** A record to append: what the journal stores of a change (its checksum is computed when it goes in). */
+export type JournalAppend = Omit<RecordContent, 'payloadCrc'>;
+
+/** A segment switched away from and not yet recycled. */
+interface OldSegment {
+  readonly name: string;
+  readonly recordBytes: number;
+  /** What the file takes: its records, or its preallocated size if larger. */
+  readonly fileBytes: number;
 }
 
 /** One appended record: wait for `durable`, change the chunk file, then call `applied`. */
@@ -65,10 +113,26 @@ export interface JournalTicket {
 
 export class Journal {
   readonly stats: JournalStats = { appendsTotal: 0, commitsTotal: 0, bytesTotal: 0, checkpointsTotal: 0, commitSecondsTotal: 0 };
+  readonly paceStats: JournalPaceStats = { pacedRecordsTotal: 0, pacedSecondsTotal: 0, fullWaitsTotal: 0 };
+  /** The journal's space: segments, spares and growth together stay within it. */
+  readonly capacityBytes: number;
   private readonly options: JournalOptions;
+  private readonly timers: Timers;
   private readonly files: SegmentFiles;
   private readonly commits: GroupCommit;
+  private readonly pacer: DrainPacer;
   private segment: Segment | null = null;
+  private readonly oldSegments: OldSegment[] = [];
+  /** Units of records waiting to go in, in append order (see admit). */
+  private readonly waiting: WaitingUnit[] = [];
+  private pumpTimerSet = false;
+  /** Woken when no record is waiting any more. */
+  private readonly admittedWaiters: Array<() => void> = [];
+  /** Bytes of records whose changes went to chunk files since the last chunk-file sync began. */
+  private changedBytesSinceSync = 0;
+  private runningSync: RunningSync | null = null;
+  /** While closing: waiting records go in as fast as the space allows, unpaced. */
+  private closing = false;
   /** Segment number -> records appended while it was current and not yet applied to chunk files. */
   private readonly unapplied = new Map<number, number>();
   private readonly appliedWaiters: Array<() => void> = [];
@@ -92,9 +156,12 @@ export class Journal {
   /** Told, for each record, the seconds from its append until its batch was durable (the metrics' histogram). */
   observeWait: (seconds: number) => void = () => undefined;
 
-  private constructor(options: JournalOptions, files: SegmentFiles) {
+  private constructor(options: JournalOptions, files: SegmentFiles, segmentsMax: number) {
     this.options = options;
     this.files = files;
+    this.timers = options.timers ?? systemTimers;
+    this.capacityBytes = segmentsMax * options.segmentBytesMax;
+    this.pacer = new DrainPacer({ segmentBytes: options.segmentBytesMax });
     this.commits = new GroupCommit({
       clock: options.clock,
       log: options.log,
@@ -112,6 +179,7 @@ export class Journal {
         if (full && this.checkpointing === null && this.healthError === null) {
           this.checkpoint().catch((error: unknown) => options.log.error('checkpoint failed', { error }));
         }
+        this.pump();
       },
     });
   }
@@ -130,11 +198,14 @@ export class Journal {
   ): Promise<Journal> {
     const segmentsMax = options.segmentsMax ?? JOURNAL_SEGMENTS_DEFAULT;
     assert(segmentsMax >= JOURNAL_SEGMENTS_MIN, 'a journal holds a segment and a spare');
+    let journalRef: Journal | null = null;
     const files = await SegmentFiles.open({
       disk: options.disk, directory: options.directory, segmentBytesMax: options.segmentBytesMax, segmentsMax,
       ownerUuid: options.ownerUuid, log: options.log,
+      mayAddSpare: () => journalRef === null || journalRef.footprintBytes() + options.segmentBytesMax <= journalRef.capacityBytes,
     });
-    const journal = new Journal(options, files);
+    const journal = new Journal(options, files, segmentsMax);
+    journalRef = journal;
     const { segments } = await files.list();
     await checkOwner(options, files, segments);
     await options.onOwnerChecked?.();
@@ -145,8 +216,11 @@ export class Journal {
       }
     }
     let replayed = 0;
+    const replayedFileBytes = new Map<string, number>();
     for (const [index, segment] of segments.entries()) {
-      const result = await replaySegment(await files.read(segment.name), segment, index === segments.length - 1, apply, options.log);
+      const bytes = await files.read(segment.name);
+      replayedFileBytes.set(segment.name, bytes.length);
+      const result = await replaySegment(bytes, segment, index === segments.length - 1, apply, options.log);
       replayed += result.records;
       journal.replayFailuresTotal += result.failures;
       if (result.damaged) journal.damagedRecordsTotal += 1;
@@ -167,8 +241,15 @@ export class Journal {
       if (journal.fatal === null) {
         // A crash from here until the next segment is made leaves only spares, recycled segments
         // that keep their headers: the next start takes them for this journal (ownership.ts).
-        await files.recycle(segments.map((s) => s.name));
+        await files.recycle(segments.map((s) => s.name), (name) => replayedFileBytes.get(name) ?? Number.POSITIVE_INFINITY);
         options.log.info('journal replayed', { segments: segments.length, records: replayed });
+      }
+    }
+    if (journal.fatal !== null) {
+      // Kept for the next start, and counted against the space (no record goes in meanwhile).
+      for (const segment of segments) {
+        const fileBytes = replayedFileBytes.get(segment.name) ?? 0;
+        journal.oldSegments.push({ name: segment.name, recordBytes: fileBytes, fileBytes });
       }
     }
     journal.segment = await files.next(true);
@@ -184,31 +265,204 @@ export class Journal {
    * the order in which they reach the file.
    */
   append(type: JournalRecordType, chunkId: number, offsetBytes: number, lengthBytes: number, payload?: Buffer): JournalTicket {
-    assert(payloadFits(type, offsetBytes, lengthBytes, payload?.length ?? 0), 'a record carries the payload of its type');
-    assert(type !== JOURNAL_RECORD_TYPE.ZERO || payload === undefined, 'zero records carry no bytes');
-    assert(offsetBytes + lengthBytes <= CHUNK_BYTES_MAX, 'journal record within a chunk');
-    // In-place writes take little room here, but replay reads (and writes back) the blocks of
-    // every IN_PLACE record since the last checkpoint: they count towards the next one too.
-    if (type === JOURNAL_RECORD_TYPE.IN_PLACE) this.inPlaceBytes += lengthBytes;
+    const [ticket] = this.appendAll([{ type, chunkId, offsetBytes, lengthBytes, payload }]);
+    assert(ticket !== undefined, 'one ticket per record');
+    return ticket;
+  }
+
+  /**
+   * Appends records that one change applies together (it applies none until all are durable):
+   * they go into the journal as one unit, so that none of them waits for room that only a
+   * checkpoint waiting for another of them to be applied could free.
+   */
+  appendAll(records: readonly JournalAppend[]): JournalTicket[] {
+    let bytes = 0;
+    const entries: UnitRecord[] = [];
+    for (const content of records) {
+      const { type, offsetBytes, lengthBytes, payload } = content;
+      assert(payloadFits(type, offsetBytes, lengthBytes, payload?.length ?? 0), 'a record carries the payload of its type');
+      assert(type !== JOURNAL_RECORD_TYPE.ZERO || payload === undefined, 'zero records carry no bytes');
+      assert(offsetBytes + lengthBytes <= CHUNK_BYTES_MAX, 'journal record within a chunk');
+      // In-place writes take little room here, but replay reads (and writes back) the blocks of
+      // every IN_PLACE record since the last checkpoint: they count towards the next one too.
+      if (type === JOURNAL_RECORD_TYPE.IN_PLACE) this.inPlaceBytes += lengthBytes;
+      else if (payload !== undefined) this.changedBytesSinceSync += payload.length;
+      bytes += recordBytes(payload);
+      entries.push({ content, segmentNumber: null, applied: false });
+    }
+    const durables = this.admit(entries, bytes);
+    return entries.map((entry, index) => {
+      const durable = durables[index];
+      assert(durable !== undefined, 'one durable promise per record');
+      return { durable, applied: () => this.markApplied(entry) };
+    });
+  }
+
+  /** A record's change is in its chunk file (or failed): its segment no longer waits for it. */
+  private markApplied(entry: UnitRecord): void {
+    assert(!entry.applied, 'a journal record is applied once');
+    entry.applied = true;
+    const segmentNumber = entry.segmentNumber;
+    if (segmentNumber === null) return; // failed before it went in: no segment counts it
+    const left = (this.unapplied.get(segmentNumber) ?? 0) - 1;
+    assert(left >= 0, 'unapplied record count never negative');
+    if (left === 0) this.unapplied.delete(segmentNumber);
+    else this.unapplied.set(segmentNumber, left);
+    if (left === 0) for (const wake of this.appliedWaiters.splice(0)) wake();
+  }
+
+  /**
+   * Lets a unit of records in: at once when the journal has room and the pace allows (the usual
+   * case), else after the units already waiting, when the pace and the space allow (see pump).
+   */
+  private admit(entries: UnitRecord[], bytes: number): Array<Promise<void>> {
+    if (this.waiting.length === 0 && this.fatal === null && !this.closed && this.hasRoomFor(bytes) &&
+      (this.closing || this.pacer.take(bytes, this.paceState()) === 0)) {
+      return this.goIn(entries);
+    }
+    const settle: Array<{ resolve: () => void; reject: (error: unknown) => void }> = [];
+    const durables = entries.map(() => new Promise<void>((resolve, reject) => settle.push({ resolve, reject })));
+    this.waiting.push({ entries, bytes, sinceMs: this.timers.monotonicMs(), settle });
+    this.paceStats.pacedRecordsTotal += entries.length;
+    this.pump();
+    return durables;
+  }
+
+  /**
+   * Records go into the group commit, each counted as unapplied in the current segment (a
+   * checkpoint switching away from it waits for them; one written to the next segment after a
+   * switch is only waited for longer than needed).
+   */
+  private goIn(entries: UnitRecord[]): Array<Promise<void>> {
     const segmentNumber = this.segment?.number ?? 0;
-    this.unapplied.set(segmentNumber, (this.unapplied.get(segmentNumber) ?? 0) + 1);
-    let applied = false;
+    return entries.map((entry) => {
+      entry.segmentNumber = segmentNumber;
+      this.unapplied.set(segmentNumber, (this.unapplied.get(segmentNumber) ?? 0) + 1);
+      return this.commits.enqueue(entry.content);
+    });
+  }
+
+  /**
+   * Moves waiting units into the group commit, in order, while the space and the pace allow.
+   * Called again by its own timer (pace), after each commit, and after each checkpoint (space).
+   */
+  private pump(): void {
+    this.pumpWaiting();
+    if (this.waiting.length === 0) for (const wake of this.admittedWaiters.splice(0)) wake();
+  }
+
+  private pumpWaiting(): void {
+    while (this.waiting.length > 0 && !this.pumpTimerSet) {
+      // A commit failure (a full disk) is the group commit's to report or retry: only a journal
+      // stopped for good, or closed, fails the waiting records here.
+      const stop = this.fatal ?? (this.closed ? new StorageError('ERR_SHUTTING_DOWN', 'journal closed') : null);
+      if (stop !== null) {
+        for (const unit of this.waiting.splice(0)) for (const { reject } of unit.settle) reject(stop);
+        return;
+      }
+      const head = this.waiting[0];
+      assert(head !== undefined, 'a waiting unit');
+      if (!this.hasRoomFor(head.bytes)) {
+        this.makeRoom();
+        return;
+      }
+      const waitMs = this.closing ? 0 : this.pacer.take(head.bytes, this.paceState());
+      if (waitMs > 0) {
+        this.pumpTimerSet = true;
+        void this.timers.sleep(waitMs).then(() => {
+          this.pumpTimerSet = false;
+          this.pump();
+        });
+        return;
+      }
+      this.waiting.shift();
+      this.paceStats.pacedSecondsTotal += (this.timers.monotonicMs() - head.sinceMs) / 1000;
+      for (const [index, durable] of this.goIn(head.entries).entries()) {
+        const settle = head.settle[index];
+        assert(settle !== undefined, 'one settle per record');
+        durable.then(settle.resolve, settle.reject);
+      }
+    }
+  }
+
+  /**
+   * While writers are paced (the journal holds more than the data disk has taken), the next
+   * checkpoint starts as soon as one ends with half a segment to drain: the data disk is kept
+   * busy, which is the rate the writers are paced to, instead of idling until a segment fills.
+   */
+  private keepDraining(): void {
+    const current = this.segment;
+    if (this.checkpointing !== null || this.fatal !== null || this.closed || current === null) return;
+    const paced = this.waiting.length > 0 || this.heldBytes() > this.options.segmentBytesMax / 2;
+    if (paced && current.sizeBytes >= this.options.segmentBytesMax / 2 && this.commits.failure === null) {
+      this.checkpoint().catch((error: unknown) => this.options.log.error('checkpoint failed', { error }));
+    }
+  }
+
+  /**
+   * A checkpoint failed: the units waiting for the room it was to free fail with its error (a
+   * write fails for a disk error, never for want of journal space; the next one tries again).
+   */
+  private failWaitingForRoom(cause: unknown): void {
+    const head = this.waiting[0];
+    if (head === undefined || this.hasRoomFor(head.bytes)) return;
+    const error = cause instanceof StorageError ? cause : fromSystemError(cause, 'journal checkpoint failed');
+    for (const unit of this.waiting.splice(0)) for (const { reject } of unit.settle) reject(error);
+  }
+
+  /** The journal's space is full for the next record: a checkpoint frees it (pump runs after it). */
+  private makeRoom(): void {
+    this.paceStats.fullWaitsTotal += 1;
+    if (this.checkpointing === null && this.segment !== null && this.segment.nextIndex > 0) {
+      this.checkpoint().catch((error: unknown) => this.options.log.error('checkpoint failed', { error }));
+    }
+  }
+
+  /** Bytes of records the journal holds: in segments not yet recycled, and queued. */
+  private heldBytes(): number {
+    let bytes = this.commits.pendingBytes + (this.segment?.sizeBytes ?? 0);
+    for (const old of this.oldSegments) bytes += old.recordBytes;
+    return bytes;
+  }
+
+  /** Bytes the journal's files take, counting queued records and `extraBytes` more in the current segment. */
+  private footprintBytes(extraBytes = 0): number {
+    const current = this.segment;
+    let bytes = this.files.spareBytes;
+    if (current !== null) bytes += Math.max(current.sizeBytes + this.commits.pendingBytes + extraBytes, current.allocatedBytes);
+    for (const old of this.oldSegments) bytes += old.fileBytes;
+    return bytes;
+  }
+
+  /** Whether a record of `bytes` fits the space; one always fits an otherwise empty journal. */
+  private hasRoomFor(bytes: number): boolean {
+    return this.footprintBytes(bytes) <= this.capacityBytes || this.heldBytes() <= SEGMENT_HEADER_BYTES;
+  }
+
+  private paceState(): PaceState {
+    const heldBytes = this.heldBytes();
     return {
-      durable: this.commits.enqueue({ type, chunkId, offsetBytes, lengthBytes, payload }),
-      applied: () => {
-        assert(!applied, 'a journal record is applied once');
-        applied = true;
-        const left = (this.unapplied.get(segmentNumber) ?? 0) - 1;
-        assert(left >= 0, 'unapplied record count never negative');
-        if (left === 0) this.unapplied.delete(segmentNumber);
-        else this.unapplied.set(segmentNumber, left);
-        if (left === 0) for (const wake of this.appliedWaiters.splice(0)) wake();
-      },
+      heldBytes,
+      limitBytes: heldBytes + Math.max(0, this.capacityBytes - this.footprintBytes()),
+      runningSync: this.runningSync,
+      nowMs: this.timers.monotonicMs(),
+    };
+  }
+
+  /** What the journal holds and may hold, and the drain rate it paces writers to (for the metrics). */
+  spaceFacts(): { heldBytes: number; filesBytes: number; capacityBytes: number; drainBytesPerSecond: number | null; waitingRecords: number } {
+    return {
+      heldBytes: this.heldBytes(),
+      filesBytes: this.footprintBytes(),
+      capacityBytes: this.capacityBytes,
+      drainBytesPerSecond: this.pacer.drainBytesPerSecond,
+      waitingRecords: this.waiting.length,
     };
   }
 
   /** Resolves when everything appended before the call is durable. */
-  barrier(): Promise<void> {
+  async barrier(): Promise<void> {
+    while (this.waiting.length > 0) await new Promise<void>((resolve) => this.admittedWaiters.push(resolve));
     return this.commits.barrier();
   }
 
@@ -230,6 +484,7 @@ export class Journal {
       );
       this.options.log.error('chunk file sync failed: no more writes on this disk, journal kept for replay', { error: this.fatal });
       this.commits.rejectQueued(this.fatal);
+      this.pump();
     }
     return this.fatal;
   }
@@ -250,8 +505,13 @@ export class Journal {
   }
 
   private startCheckpoint(): Promise<void> {
-    const running = this.runCheckpoint().finally(() => {
+    const running = this.runCheckpoint().catch((error: unknown) => {
+      this.failWaitingForRoom(error);
+      throw error;
+    }).finally(() => {
       if (this.checkpointing === running) this.checkpointing = null;
+      this.pump();
+      this.keepDraining();
     });
     this.checkpointing = running;
     return running;
@@ -268,6 +528,7 @@ export class Journal {
     await this.commits.idle();
     const old = this.segment;
     this.segment = next;
+    this.oldSegments.push({ name: old.name, recordBytes: old.sizeBytes, fileBytes: Math.max(old.sizeBytes, old.allocatedBytes) });
     this.inPlaceBytes = 0;
     // Records of the old segments must be in the chunk files before those are synced.
     while ([...this.unapplied.keys()].some((number) => number < next.number)) {
@@ -279,22 +540,36 @@ export class Journal {
     if (this.fatal !== null) throw this.fatal;
     await old.handle.close();
     const { segments } = await this.files.list();
-    await this.files.recycle(segments.filter((s) => s.number < next.number).map((s) => s.name));
+    const fileBytes = new Map(this.oldSegments.map((segment) => [segment.name, segment.fileBytes]));
+    await this.files.recycle(segments.filter((s) => s.number < next.number).map((s) => s.name), (name) => fileBytes.get(name) ?? Number.POSITIVE_INFINITY);
+    this.oldSegments.splice(0, this.oldSegments.length);
     this.stats.checkpointsTotal += 1;
     if (!this.closed) this.files.prepareSpare();
+    this.pump();
   }
 
-  /** Syncs the chunk files; a failure is fatal (see `fatal`) and is rethrown. */
+  /**
+   * Syncs the chunk files; a failure is fatal (see `fatal`) and is rethrown. Measures the data
+   * disk's drain rate for the pacer.
+   */
   private async syncChunkFiles(): Promise<void> {
+    const sync: RunningSync = { bytes: this.changedBytesSinceSync, startedMs: this.timers.monotonicMs() };
+    this.changedBytesSinceSync = 0;
+    this.runningSync = sync;
     try {
       await this.options.syncChunkFiles();
     } catch (error) {
       throw this.failChunkSync(error);
+    } finally {
+      this.runningSync = null;
     }
+    this.pacer.noteSync(sync.bytes, this.timers.monotonicMs() - sync.startedMs);
   }
 
   /** Commits what is queued and checkpoints, so a clean restart has nothing to replay. */
   async close(): Promise<void> {
+    this.closing = true;
+    this.pump();
     await this.barrier().catch(() => undefined); // a failed commit is already reported and recorded
     if (this.healthError === null) await this.checkpoint();
     else await this.checkpointing?.catch(() => undefined);
@@ -310,6 +585,7 @@ export class Journal {
    */
   async abandon(): Promise<void> {
     this.closed = true;
+    this.pump(); // fails the records still waiting to go in
     this.commits.rejectQueued(new StorageError('ERR_SHUTTING_DOWN', 'journal abandoned'));
     await this.commits.idle();
     await this.files.settled();

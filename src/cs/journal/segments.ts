@@ -13,9 +13,10 @@
 // A file becomes a segment with its header (record.ts: the format, its number, the data directory
 // it belongs to) written and synced before any record goes in.
 //
-// The journal's space is `segmentsMax` files of `segmentBytesMax`: segments and spares together
-// (spares are kept only up to what the segments leave). The current segment may run past its size
-// while a checkpoint is still making room (a checkpoint starts when it is full).
+// The journal's space is `segmentsMax` files of `segmentBytesMax`: segments and spares together.
+// The journal (journal.ts) keeps the bytes of its files within it: the current segment may run
+// past its size while a checkpoint is still making room, but only into space no other file takes,
+// and a spare is made or kept only where it fits (`mayAddSpare`, recycle's `fileBytes`).
 
 import { dirname, join } from 'node:path';
 import type { Logger } from '../../util/log.ts';
@@ -33,6 +34,8 @@ export interface Segment {
   readonly name: string;
   sizeBytes: number;
   nextIndex: number;
+  /** Bytes the file took before any record (a spare's or a preallocated file's size; else 0). */
+  readonly allocatedBytes: number;
 }
 
 export interface SegmentName {
@@ -50,6 +53,8 @@ export interface SegmentFilesOptions {
   /** The uuid of the data directory the journal belongs to, written in each segment's header. */
   readonly ownerUuid: string;
   readonly log: Logger;
+  /** Whether the journal's space has room for one more spare of `segmentBytesMax` now. */
+  readonly mayAddSpare?: () => boolean;
 }
 
 export class SegmentFiles {
@@ -57,6 +62,8 @@ export class SegmentFiles {
   /** Highest segment number seen in the directory, spares included: new segments go above it. */
   private highestNumber = 0;
   private preparingSpare: Promise<void> | null = null;
+  /** Spare files, counting one being prepared (each takes `segmentBytesMax` of the journal's space). */
+  private spareFiles = 0;
 
   private constructor(options: SegmentFilesOptions) {
     this.options = options;
@@ -74,7 +81,13 @@ export class SegmentFiles {
     const files = new SegmentFiles(options);
     const { segments, spares } = await files.list();
     files.highestNumber = Math.max(0, ...segments.map((s) => s.number), ...spares.map((s) => s.number));
+    files.spareFiles = spares.length;
     return files;
+  }
+
+  /** Bytes the spare files take (one being prepared included). */
+  get spareBytes(): number {
+    return this.spareFiles * this.options.segmentBytesMax;
   }
 
   /** Segments and spares, each by ascending number. */
@@ -117,6 +130,7 @@ export class SegmentFiles {
     const spare = spares[0];
     if (spare !== undefined) {
       await disk.rename(join(directory, spare.name), path);
+      this.spareFiles -= 1;
     } else if (preallocate) {
       await zeroFill(disk, path, segmentBytesMax);
     }
@@ -132,23 +146,26 @@ export class SegmentFiles {
     // The segment's directory entry must survive a crash as surely as the records in it (and the
     // renames of recycled segments to spares go with it).
     await disk.syncDirectory(directory);
-    return { handle, number, name, sizeBytes: SEGMENT_HEADER_BYTES, nextIndex: 0 };
+    const allocatedBytes = spare !== undefined || preallocate ? segmentBytesMax : 0;
+    return { handle, number, name, sizeBytes: SEGMENT_HEADER_BYTES, nextIndex: 0, allocatedBytes };
   }
 
   /**
    * Keeps old segments as spares for reuse, as many as the journal's space leaves beside the
-   * segments still in use; deletes the rest.
+   * segments still in use; deletes the rest, and any that grew past a segment's size (`fileBytes`
+   * tells a file's size; a spare must take no more than its share of the space).
    */
-  async recycle(names: readonly string[]): Promise<void> {
-    const { disk, directory, segmentsMax } = this.options;
+  async recycle(names: readonly string[], fileBytes: (name: string) => number): Promise<void> {
+    const { disk, directory, segmentsMax, segmentBytesMax } = this.options;
     const { segments, spares } = await this.list();
     const inUse = segments.filter((s) => !names.includes(s.name)).length;
     let kept = spares.length;
     for (const name of names) {
       const number = Number(SEGMENT_NAME.exec(name)?.[1] ?? 0);
-      if (inUse + kept < segmentsMax) {
+      if (inUse + kept < segmentsMax && fileBytes(name) <= segmentBytesMax) {
         await disk.rename(join(directory, name), join(directory, spareName(number)));
         kept += 1;
+        this.spareFiles += 1;
       } else {
         await disk.remove(join(directory, name));
       }
@@ -162,10 +179,18 @@ export class SegmentFiles {
     this.preparingSpare = (async () => {
       const { segments, spares } = await this.list();
       if (spares.length > 0 || segments.length + 1 > this.options.segmentsMax) return;
+      if (this.options.mayAddSpare !== undefined && !this.options.mayAddSpare()) return;
       this.highestNumber += 1;
+      this.spareFiles += 1; // its space is taken from the first zero written
       const temporary = join(directory, `preparing-${this.highestNumber}.tmp`);
-      await zeroFill(disk, temporary, segmentBytesMax);
-      await disk.rename(temporary, join(directory, spareName(this.highestNumber)));
+      try {
+        await zeroFill(disk, temporary, segmentBytesMax);
+        await disk.rename(temporary, join(directory, spareName(this.highestNumber)));
+      } catch (error) {
+        this.spareFiles -= 1;
+        await disk.remove(temporary).catch(() => undefined);
+        throw error;
+      }
     })()
       .catch((error: unknown) => log.warn('could not prepare a journal spare; segments will grow as written', { error }))
       .finally(() => {

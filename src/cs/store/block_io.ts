@@ -53,7 +53,7 @@ import { BLOCK_BYTES } from '../../limits.ts';
 import { assert } from '../../util/assert.ts';
 import type { Logger } from '../../util/log.ts';
 import { isUnsupported } from '../disk/disk.ts';
-import type { Journal, JournalTicket } from '../journal/journal.ts';
+import type { Journal, JournalAppend, JournalTicket } from '../journal/journal.ts';
 import { JOURNAL_RECORD_TYPE, inPlaceSumsBytes } from '../journal/record.ts';
 import { FLAG_WRITTEN, ZERO_BLOCK_SUM, blockSums, clearSums, isWritten, setSum, storedSum } from './block_sums.ts';
 import type { ChangeTracker } from './changes.ts';
@@ -154,8 +154,13 @@ export class BlockIO {
       await ticket?.durable;
       // A small apply is a copy into the page cache: done at once, it costs a fraction of a
       // thread-pool round trip (measured: 6 µs of CPU against 20 µs per 4 KiB write).
-      if (blocks.length <= WRITE_NOW_BYTES_MAX && performance.now() >= this.writeNowPausedUntilMs) this.writeDataNow(handle, blocks, alignedStart);
-      else await this.writeData(handle, blocks, alignedStart);
+      // Not while the file is being synced: the write could wait for the whole sync (seconds on an
+      // HDD at a checkpoint), and the event loop with it.
+      if (blocks.length <= WRITE_NOW_BYTES_MAX && !handle.data.syncing && performance.now() >= this.writeNowPausedUntilMs) {
+        this.writeDataNow(handle, blocks, alignedStart);
+      } else {
+        await this.writeData(handle, blocks, alignedStart);
+      }
       for (const [index, crc] of sums.entries()) setSum(handle.sums, first + index, crc, FLAG_WRITTEN);
       markDirty(handle, first, last);
       this.options.changes.mark(handle.meta.chunkId, first, last);
@@ -239,14 +244,16 @@ export class BlockIO {
       if (mode.kind === 'live') {
         // As whole blocks, like writes: each written edge block with its merged bytes, and the
         // whole blocks between them as a ZERO record.
-        const journal = this.options.journal();
+        // One unit: none of them is applied before all are durable (Journal.appendAll).
         const chunkId = handle.meta.chunkId;
-        for (const { block, bytes } of edges) tickets.push(journal.append(JOURNAL_RECORD_TYPE.WRITE, chunkId, block * BLOCK_BYTES, BLOCK_BYTES, bytes));
+        const records: JournalAppend[] = [];
+        for (const { block, bytes } of edges) records.push({ type: JOURNAL_RECORD_TYPE.WRITE, chunkId, offsetBytes: block * BLOCK_BYTES, lengthBytes: BLOCK_BYTES, payload: bytes });
         if (fullFirst <= fullLast) {
-          tickets.push(journal.append(JOURNAL_RECORD_TYPE.ZERO, chunkId, fullFirst * BLOCK_BYTES, (fullLast - fullFirst + 1) * BLOCK_BYTES));
+          records.push({ type: JOURNAL_RECORD_TYPE.ZERO, chunkId, offsetBytes: fullFirst * BLOCK_BYTES, lengthBytes: (fullLast - fullFirst + 1) * BLOCK_BYTES, payload: undefined });
         }
         // Nothing to change (a part of a hole): still acknowledged only through a working journal.
-        if (tickets.length === 0) tickets.push(journal.append(JOURNAL_RECORD_TYPE.ZERO, chunkId, offsetBytes, lengthBytes));
+        if (records.length === 0) records.push({ type: JOURNAL_RECORD_TYPE.ZERO, chunkId, offsetBytes, lengthBytes, payload: undefined });
+        tickets.push(...this.options.journal().appendAll(records));
       }
       await Promise.all(tickets.map((ticket) => ticket.durable));
       for (const { block, bytes } of edges) {
