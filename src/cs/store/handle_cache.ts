@@ -24,7 +24,7 @@ import { RangeLock } from '../../util/range_lock.ts';
 import { SUM_BYTES, sumsBytes } from './block_sums.ts';
 import type { ChunkMeta } from './catalog.ts';
 import { readFully, writeFully } from './chunk_file_io.ts';
-import { shareSyncs } from './shared_syncs.ts';
+import { shareSyncs, type SharedSyncFile } from './shared_syncs.ts';
 import { errnoCode, type Disk, type DiskFile } from '../disk/disk.ts';
 
 /**
@@ -33,7 +33,7 @@ import { errnoCode, type Disk, type DiskFile } from '../disk/disk.ts';
  */
 export interface ChunkHandle {
   readonly meta: ChunkMeta;
-  readonly data: DiskFile;
+  readonly data: SharedSyncFile;
   readonly sumsFile: DiskFile;
   /** The whole .sums file, kept in memory while the chunk is open. */
   readonly sums: Buffer;
@@ -184,7 +184,7 @@ export class HandleCache {
     const meta = this.options.getMeta(chunkId);
     if (meta === undefined || this.deleting.has(chunkId)) throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
     const paths = this.options.paths(chunkId);
-    let data: DiskFile | null = null;
+    let data: SharedSyncFile | null = null;
     try {
       data = shareSyncs(await this.options.disk.open(paths.data, 'readWrite'));
       const sumsFile = await this.options.disk.open(paths.sums, 'readWrite');

@@ -9,7 +9,16 @@
 
 import type { DiskFile } from '../disk/disk.ts';
 
-export function shareSyncs(file: DiskFile): DiskFile {
+/** A data file whose syncs are shared; `syncing` says whether one is under way. */
+export interface SharedSyncFile extends DiskFile {
+  /**
+   * True while an fdatasync of the file runs. A write to the file may then wait for it (a file
+   * system may hold the file's lock, or wait for pages under writeback): never on the event loop.
+   */
+  readonly syncing: boolean;
+}
+
+export function shareSyncs(file: DiskFile): SharedSyncFile {
   let running: Promise<void> | null = null;
   let next: Promise<void> | null = null;
   let failure: { error: unknown } | null = null;
@@ -37,6 +46,9 @@ export function shareSyncs(file: DiskFile): DiskFile {
     return queued;
   };
   return {
+    get syncing() {
+      return running !== null;
+    },
     read: (target, targetOffset, lengthBytes, positionBytes) => file.read(target, targetOffset, lengthBytes, positionBytes),
     write: (source, sourceOffset, lengthBytes, positionBytes) => file.write(source, sourceOffset, lengthBytes, positionBytes),
     writeNow: (source, sourceOffset, lengthBytes, positionBytes) => file.writeNow(source, sourceOffset, lengthBytes, positionBytes),
