@@ -5,6 +5,7 @@
 // Ready line on stdout: {"event":"ready","service":"cs","port":N,"metricsPort":M,"uuid":"..."}.
 
 import type { KeyObject } from 'node:crypto';
+import { stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -21,7 +22,7 @@ import { createLogger } from '../util/log.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
 import { RateLimiter } from '../util/rate_limiter.ts';
 import { parseSizeBytes } from '../util/size.ts';
-import { ChunkStore, IN_PLACE_WRITE_BYTES_MIN_DEFAULT, REAL_STORE_ENV } from './store/chunk_store.ts';
+import { ChunkStore, IN_PLACE_WRITE_BYTES_MIN_DEFAULT, IN_PLACE_WRITE_BYTES_MIN_OWN_JOURNAL_DEVICE, REAL_STORE_ENV } from './store/chunk_store.ts';
 import { DiskUsage } from './disk_usage.ts';
 import { JOURNAL_SEGMENTS_DEFAULT, JOURNAL_SEGMENTS_MIN } from './journal/journal.ts';
 import { lockDataDir, lockJournalDir, loadIdentity, saveIdentity, type DataDirLock } from './data_dir.ts';
@@ -49,7 +50,8 @@ const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [opti
                               segment and a spare) (default 3 segments, 192M)
   --journal-segment-bytes N   journal segment size, preallocated; a checkpoint when one is full (default 64M)
   --in-place-write-bytes N    writes of at least N bytes go straight to the chunk file, only their
-                              checksums through the journal (default 64K; 0 = every write journalled)
+                              checksums through the journal (default 64K, or 1M when the journal is on
+                              a device of its own; 0 = every write journalled)
   --peer-timeout-ms N         a peer replica that does not answer a forwarded write within this is
                               reported failed (default 4000; keep it below the clients' --cs-timeout-ms,
                               so the primary names the failed peer before the client gives up on it)
@@ -163,9 +165,9 @@ function parseJournalSize(value: string | undefined, segmentBytes: number): numb
   return segments;
 }
 
-/** --in-place-write-bytes: 0 turns in-place writes off; otherwise at least one block. */
-function parseInPlaceWriteBytes(value: string | undefined): number {
-  if (value === undefined) return IN_PLACE_WRITE_BYTES_MIN_DEFAULT;
+/** --in-place-write-bytes: 0 turns in-place writes off; otherwise at least one block; null: the default. */
+function parseInPlaceWriteBytes(value: string | undefined): number | null {
+  if (value === undefined) return null;
   const bytes = parseSizeBytes(value, '--in-place-write-bytes');
   if (bytes === 0) return Number.POSITIVE_INFINITY;
   if (bytes < BLOCK_BYTES) throw new StorageError('ERR_CONFIG', `--in-place-write-bytes must be 0 or at least ${BLOCK_BYTES} (one block)`);
@@ -189,7 +191,8 @@ interface ChunkServerConfig {
   readonly journalSegmentsMax: number;
   /** --journal-dir, absolute; null: where cs.json says the journal was, else DATA/journal. */
   readonly journalDir: string | null;
-  readonly inPlaceWriteBytesMin: number;
+  /** null: the default for where the journal is (IN_PLACE_WRITE_BYTES_MIN_*). */
+  readonly inPlaceWriteBytesMin: number | null;
   readonly peerTimeoutMs: number;
   readonly advertisePort: number | null;
   readonly scrubBytesPerSecond: number;
@@ -213,9 +216,11 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   const journalDirInside = relative(resolve(config.dataDir), journalDir);
   const journalDirRecorded = journalDirInside.startsWith('..') ? journalDir : journalDirInside;
   let journalLock: DataDirLock | null = null;
+  let journalOwnDevice = false;
   let store: ChunkStore;
   try {
     journalLock = await lockJournalDir(journalDir);
+    journalOwnDevice = (await stat(journalDir)).dev !== (await stat(config.dataDir)).dev;
     store = await ChunkStore.open({
       ...REAL_STORE_ENV,
       directory: config.dataDir,
@@ -225,7 +230,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
       journalDirectory: journalDir,
       ownerUuid: identity.uuid,
       journalRecorded: identity.journalDir !== undefined,
-      inPlaceWriteBytesMin: config.inPlaceWriteBytesMin,
+      inPlaceWriteBytesMin: config.inPlaceWriteBytesMin ?? (journalOwnDevice ? IN_PLACE_WRITE_BYTES_MIN_OWN_JOURNAL_DEVICE : IN_PLACE_WRITE_BYTES_MIN_DEFAULT),
       log,
     });
   } catch (error) {
@@ -243,7 +248,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   const mds = new MdsClient({ url: config.mdsUrl, token: clusterRestToken(config.clusterKey) });
   let link: MdsLink | null = null;
   const metrics = new CsMetrics(() => store, () => link?.lastSpace ?? null);
-  metrics.watchJournal(store.journal);
+  metrics.watchJournal(store.journal, { directory: journalDir, ownDevice: journalOwnDevice });
   const peerCredential = { role: 'peer', clusterKey: config.clusterKey } as const;
   const peers = new CsConnectionPool({ credential: peerCredential, requestTimeoutMs: config.peerTimeoutMs });
   const bulkPeers = new CsConnectionPool({ credential: peerCredential, requestTimeoutMs: 120_000 });
@@ -335,7 +340,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   const checkpointTimer = setInterval(() => {
     store.journal.checkpoint().catch((error: unknown) => log.error('checkpoint failed', { error }));
   }, 30_000);
-  log.info('chunk server ready', { dataDir: config.dataDir, journalDir, uuid: identity.uuid, port, metricsPort: metricsServer.port });
+  log.info('chunk server ready', { dataDir: config.dataDir, journalDir, journalOwnDevice, uuid: identity.uuid, port, metricsPort: metricsServer.port });
   announceReady({ service: 'cs', port, metricsPort: metricsServer.port, uuid: identity.uuid });
 
   onShutdownSignal(log, async () => {

@@ -93,15 +93,59 @@ export class CsMetrics {
     this.writeStages[stage].observe(seconds);
   }
 
-  /** Times each journal record from its append until its batch is durable. */
-  watchJournal(journal: Journal): void {
+  /**
+   * Times each journal record from its append until its batch is durable; exports where the
+   * journal is, its space, and how writers were paced to the data disk's drain rate.
+   */
+  watchJournal(journal: Journal, where: { readonly directory: string; readonly ownDevice: boolean }): void {
+    const registers = [this.registry];
     const wait = new Histogram({
       name: 'shoal_cs_journal_wait_seconds',
       help: 'Time from a record\'s append to the journal until its batch is durable (group commit wait plus write and fdatasync)',
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
-      registers: [this.registry],
+      registers,
     });
     journal.observeWait = (seconds) => wait.observe(seconds);
+    new Gauge({
+      name: 'shoal_cs_journal_info',
+      help: 'Where the journal is: its directory, and own_device="1" when that is another device than the data directory\'s',
+      labelNames: ['directory', 'own_device'],
+      registers,
+    }).set({ directory: where.directory, own_device: where.ownDevice ? '1' : '0' }, 1);
+    const space = new Gauge({
+      name: 'shoal_cs_journal_space_bytes',
+      help: 'The journal\'s space: kind="capacity" (--journal-size), "files" (what its segments and spares take), "held" (records not yet freed by a checkpoint)',
+      labelNames: ['kind'],
+      registers,
+      collect() {
+        const facts = journal.spaceFacts();
+        space.set({ kind: 'capacity' }, facts.capacityBytes);
+        space.set({ kind: 'files' }, facts.filesBytes);
+        space.set({ kind: 'held' }, facts.heldBytes);
+      },
+    });
+    new Gauge({
+      name: 'shoal_cs_journal_drain_bytes_per_second',
+      help: 'The rate the data disk was last seen to take the journal\'s changes at (checkpoint syncs); writers are paced to it once the journal holds more than a segment',
+      registers,
+      collect() {
+        const rate = journal.spaceFacts().drainBytesPerSecond;
+        if (rate !== null) this.set(rate);
+      },
+    });
+    new Gauge({
+      name: 'shoal_cs_journal_waiting_records',
+      help: 'Records waiting to go into the journal (paced, or the journal full)',
+      registers,
+      collect() {
+        this.set(journal.spaceFacts().waitingRecords);
+      },
+    });
+    this.exportTotals([
+      ['shoal_cs_journal_paced_records_total', 'Records that waited before going into the journal (paced to the drain rate, or the journal full)', () => journal.paceStats.pacedRecordsTotal],
+      ['shoal_cs_journal_paced_seconds_total', 'Seconds records waited before going into the journal, summed', () => journal.paceStats.pacedSecondsTotal],
+      ['shoal_cs_journal_full_waits_total', 'Times the journal\'s space was full and the next record waited for a checkpoint', () => journal.paceStats.fullWaitsTotal],
+    ]);
   }
 
   /** Exports the scrubber's progress and findings. */

@@ -78,6 +78,15 @@ export interface ChunkStoreOptions {
  */
 export const IN_PLACE_WRITE_BYTES_MIN_DEFAULT = 64 * 1024;
 
+/**
+ * 1 MiB, when the journal has a device of its own (an SSD in front of an HDD): there the journal's
+ * path is also the faster one for the large writes of sequential I/O, acknowledged at the SSD's
+ * speed and drained to the HDD in the background at checkpoints (paced to its speed,
+ * drain_pacer.ts); only writes of a megabyte and more, which the HDD streams about as fast as the
+ * journal device would, go in place and spare the journal their bytes.
+ */
+export const IN_PLACE_WRITE_BYTES_MIN_OWN_JOURNAL_DEVICE = 1024 * 1024;
+
 /** What the daemon runs the store on: the real disk, the system clock, LMDB. */
 export const REAL_STORE_ENV: Pick<ChunkStoreOptions, 'disk' | 'clock' | 'openCatalog'> = {
   disk: realDisk,
