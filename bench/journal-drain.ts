@@ -22,9 +22,9 @@ import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseSizeBytes } from '../src/util/size.ts';
-import { SlowDisk } from '../test/helpers/slow_disk.ts';
+import { SlowDisk, type SlowDiskStats } from '../test/helpers/slow_disk.ts';
 import { runFio, stopFio, type FioJob, type FioResult } from './nbd/fio.ts';
-import { difference, type ProbeDelta, type ProbeSnapshot } from './nbd/probes.ts';
+import { difference, snapshot, type ProbeDelta, type ProbeSnapshot } from './nbd/probes.ts';
 import { shellQuote, startShoal, type Target } from './nbd/targets.ts';
 import { startJournalCluster } from './drain/clusters.ts';
 import { MetricsSampler, counterSamples } from './drain/sampler.ts';
@@ -270,6 +270,41 @@ interface PerServerJournal {
   readonly appliedBytesPerSecond: number[];
 }
 
+/** What the slow disk's head did over a span. */
+interface DiskUse {
+  readonly seconds: number;
+  readonly busySeconds: number;
+  /** busySeconds / seconds: near 1, the platter is what limits; well below, something else. */
+  readonly busyShare: number;
+  readonly seeks: number;
+  readonly bytes: number;
+}
+
+/** Measures the slow disk's use while `action` runs (null if the FUSE process did not answer). */
+async function withDiskUse<T>(run: Run, action: () => Promise<T>,
+): Promise<{ result: T; disk: DiskUse | null }> {
+  const before = await run.disk.stats();
+  const startedMs = performance.now();
+  const result = await action();
+  const seconds = (performance.now() - startedMs) / 1000;
+  const after = await run.disk.stats();
+  const disk = before === null || after === null ? null : diskUse(before, after, seconds);
+  return { result, disk };
+}
+
+function diskUse(before: SlowDiskStats, after: SlowDiskStats, seconds: number): DiskUse {
+  const busySeconds = after.busySeconds - before.busySeconds;
+  return { seconds, busySeconds, busyShare: busySeconds / seconds,
+    seeks: after.seeks - before.seeks, bytes: after.bytes - before.bytes };
+}
+
+function formatDiskUse(disk: DiskUse | null): string {
+  if (disk === null) return 'slow disk: no stats (the FUSE process did not answer)';
+  return `slow disk busy ${disk.busySeconds.toFixed(1)} s of ${disk.seconds.toFixed(1)} s ` +
+    `(${(disk.busyShare * 100).toFixed(0)} %), ${disk.seeks} seeks, ` +
+    `${(disk.bytes / MiB).toFixed(0)} MiB transferred`;
+}
+
 interface SustainedOutcome {
   readonly totalBytes: number;
   readonly fio: FioResult | null;
@@ -283,6 +318,8 @@ interface SustainedOutcome {
   readonly probe: ProbeDelta | null;
   readonly deadDaemons: string | null;
   readonly commandLines: string[];
+  /** The slow disk over the fio run (sampler start to stop). */
+  readonly disk: DiskUse | null;
 }
 
 function sustainedJob(p: Parameters): FioJob {
@@ -308,15 +345,17 @@ async function sustained(run: Run): Promise<SustainedOutcome> {
   log(`sustained: ${totalBytes / MiB} MiB of ${p.blockBytes / 1024} KiB sequential writes, ` +
     `iodepth ${p.iodepth}, journal ${p.journalBytes / MiB} MiB per chunk server`);
   const sampler = new MetricsSampler(target, SAMPLE_PERIOD_MS);
-  await sampler.start();
   let fio: FioResult | null = null;
   let fioError: string | null = null;
-  try {
-    fio = await runFio(job, options);
-  } catch (error) {
-    fioError = `${(error as Error).message}\n${target.logTail()}`;
-  }
-  const samples = await sampler.stop();
+  const { result: samples, disk } = await withDiskUse(run, async () => {
+    await sampler.start();
+    try {
+      fio = await runFio(job, options);
+    } catch (error) {
+      fioError = `${(error as Error).message}\n${target.logTail()}`;
+    }
+    return sampler.stop();
+  });
   const dead = deadDaemons(target);
   const logPath = `${logPrefix}_bw.1.log`;
   const fioLog = existsSync(logPath) ? parseFioBandwidthLog(await readFile(logPath, 'utf8')) : [];
@@ -330,7 +369,7 @@ async function sustained(run: Run): Promise<SustainedOutcome> {
     writeErrors: (errors.at(-1)?.value ?? 0) - (errors[0]?.value ?? 0),
     journals: journalsOf(samples),
     probe: samples.length >= 2 ? difference(samples[0]!, samples.at(-1)!) : null,
-    deadDaemons: dead, commandLines,
+    deadDaemons: dead, commandLines, disk,
   };
 }
 
@@ -362,6 +401,10 @@ interface LatencyRunRecord {
   readonly round: number;
   readonly fio: FioResult | null;
   readonly error: string | null;
+  /** Journal checkpoints during the run, summed over the chunk servers. */
+  readonly checkpoints: number | null;
+  /** The slow disk during the run (journal side only). */
+  readonly disk: DiskUse | null;
 }
 
 interface LatencyOutcome {
@@ -380,17 +423,25 @@ async function latencyOnce(run: Run, side: 'journal' | 'fast', round: number,
   await settle(run);
   log(`latency: ${QD1_JOB.name} on ${target.label}, round ${round + 1} ` +
     `(${p.latencyRuntimeSeconds} s over ${p.latencyRegionBytes / MiB} MiB)`);
+  const before = await snapshot(target);
+  const measured = await withDiskUse(run, () => runFio(QD1_JOB, {
+    uris: target.uris, regionBytes: p.latencyRegionBytes,
+    runtimeSeconds: p.latencyRuntimeSeconds, outputPath: join(run.runDir, 'latency.json'),
+  }).catch((error: unknown) => error as Error));
   try {
-    const fio = await runFio(QD1_JOB, {
-      uris: target.uris, regionBytes: p.latencyRegionBytes,
-      runtimeSeconds: p.latencyRuntimeSeconds, outputPath: join(run.runDir, 'latency.json'),
-    });
+    const delta = difference(before, await snapshot(target));
+    const checkpoints = Object.values(delta.chunkServers)
+      .reduce((sum, cs) => sum + cs.journalCheckpoints, 0);
+    const disk = side === 'journal' ? measured.disk : null;
+    const fio = measured.result;
+    if (fio instanceof Error) {
+      const error = `${fio.message}\n${target.logTail()}`;
+      return { side, round, fio: null, error, checkpoints, disk };
+    }
     log(`  mean ${formatUs(fio.latencyMeanUs)}, p99 ${formatUs(fio.latencyP99Us)}, ` +
-      `${Math.round(fio.iops)} IOPS`);
-    const dead = deadDaemons(target);
-    return { side, round, fio, error: dead };
-  } catch (error) {
-    return { side, round, fio: null, error: `${(error as Error).message}\n${target.logTail()}` };
+      `max ${formatUs(fio.latencyMaxUs)}, ${Math.round(fio.iops)} IOPS, ` +
+      `${checkpoints} checkpoints`);
+    return { side, round, fio, error: deadDaemons(target), checkpoints, disk };
   } finally {
     await target.stop();
   }
@@ -451,6 +502,7 @@ function formatSustained(p: Parameters, s: SustainedOutcome): string[] {
       `${j.commits} commits, ${(j.journalBytes / MiB).toFixed(0)} MiB journalled, ` +
       `${j.checkpoints} checkpoints at s ${j.checkpointSeconds.join(',') || '-'}`),
   ];
+  lines.push(formatDiskUse(s.disk));
   if (s.probe !== null) lines.push(`CPU % over the run: ${cpuLine(s.probe)}`);
   if (s.deadDaemons !== null) lines.push(`DAEMONS DIED:\n${s.deadDaemons}`);
   if (s.fioError !== null) lines.push('fio error in full:', s.fioError);
@@ -466,15 +518,17 @@ function cpuLine(probe: ProbeDelta): string {
 
 function formatLatency(l: LatencyOutcome): string[] {
   const lines = ['## latency: randwrite 4 KiB QD1 (fio clat)',
-    '| round | cluster | IOPS | mean | p50 | p99 | p99.9 | max |',
-    '|------:|---------|-----:|-----:|----:|----:|------:|----:|'];
+    '| round | cluster | IOPS | mean | p50 | p99 | p99.9 | max | checkpoints | slow disk busy |',
+    '|------:|---------|-----:|-----:|----:|----:|------:|----:|------------:|---------------:|'];
   for (const r of l.runs) {
     const f = r.fio;
     const label = r.side === 'journal' ? 'ssd-journal+slow-disk' : 'fast-disk';
-    lines.push(f === null ? `| ${r.round + 1} | ${label} | failed | | | | | |`
+    const busy = r.disk === null ? '-' : `${(r.disk.busyShare * 100).toFixed(0)} %`;
+    const tail = `${r.checkpoints ?? '-'} | ${busy} |`;
+    lines.push(f === null ? `| ${r.round + 1} | ${label} | failed | | | | | | ${tail}`
       : `| ${r.round + 1} | ${label} | ${Math.round(f.iops)} | ${formatUs(f.latencyMeanUs)} | ` +
         `${formatUs(f.latencyP50Us)} | ${formatUs(f.latencyP99Us)} | ` +
-        `${formatUs(f.latencyP999Us)} | ${formatUs(f.latencyMaxUs)} |`);
+        `${formatUs(f.latencyP999Us)} | ${formatUs(f.latencyMaxUs)} | ${tail}`);
   }
   const c = l.comparison;
   if (c === null) lines.push('CHECK: no ratio (a side has no successful run)');
