@@ -26,7 +26,7 @@ import { SlowDisk, type SlowDiskStats } from '../test/helpers/slow_disk.ts';
 import { runFio, stopFio, type FioJob, type FioResult } from './nbd/fio.ts';
 import { difference, snapshot, type ProbeDelta, type ProbeSnapshot } from './nbd/probes.ts';
 import { shellQuote, startShoal, type Target } from './nbd/targets.ts';
-import { startJournalCluster } from './drain/clusters.ts';
+import { startJournalCluster, type JournalTarget } from './drain/clusters.ts';
 import { MetricsSampler, counterSamples } from './drain/sampler.ts';
 import {
   compareLatency, fioLogGaps, formatMBps, formatSeries, formatUs, intervalRates,
@@ -204,7 +204,7 @@ function journalArgs(p: Parameters): string[] {
     '--journal-size', String(p.journalBytes), ...inPlace];
 }
 
-async function startJournal(run: Run): Promise<Target> {
+async function startJournal(run: Run): Promise<JournalTarget> {
   const target = await startJournalCluster({
     runDir: run.runDir, slowDir: run.disk.path, journalArgs: journalArgs(run.parameters),
     volumeBytes: run.parameters.volumeBytes,
@@ -320,6 +320,8 @@ interface SustainedOutcome {
   readonly commandLines: string[];
   /** The slow disk over the fio run (sampler start to stop). */
   readonly disk: DiskUse | null;
+  /** Warnings and errors the daemons logged. */
+  readonly warnings: string[];
 }
 
 function sustainedJob(p: Parameters): FioJob {
@@ -357,6 +359,7 @@ async function sustained(run: Run): Promise<SustainedOutcome> {
     return sampler.stop();
   });
   const dead = deadDaemons(target);
+  const warnings = target.warnings();
   const logPath = `${logPrefix}_bw.1.log`;
   const fioLog = existsSync(logPath) ? parseFioBandwidthLog(await readFile(logPath, 'utf8')) : [];
   await target.stop();
@@ -369,7 +372,7 @@ async function sustained(run: Run): Promise<SustainedOutcome> {
     writeErrors: (errors.at(-1)?.value ?? 0) - (errors[0]?.value ?? 0),
     journals: journalsOf(samples),
     probe: samples.length >= 2 ? difference(samples[0]!, samples.at(-1)!) : null,
-    deadDaemons: dead, commandLines, disk,
+    deadDaemons: dead, commandLines, disk, warnings,
   };
 }
 
@@ -405,6 +408,8 @@ interface LatencyRunRecord {
   readonly checkpoints: number | null;
   /** The slow disk during the run (journal side only). */
   readonly disk: DiskUse | null;
+  /** Warnings and errors the daemons logged (journal side only). */
+  readonly warnings: string[];
 }
 
 interface LatencyOutcome {
@@ -418,7 +423,9 @@ const QD1_JOB: FioJob = { name: 'randwrite-4k-qd1', rw: 'randwrite', blockBytes:
 async function latencyOnce(run: Run, side: 'journal' | 'fast', round: number,
   commandLines: string[]): Promise<LatencyRunRecord> {
   const p = run.parameters;
-  const target = side === 'journal' ? await startJournal(run) : await startFast(run);
+  const journal = side === 'journal' ? await startJournal(run) : null;
+  const target: Target = journal ?? await startFast(run);
+  const warningsOf = (): string[] => journal?.warnings() ?? [];
   if (round === 0) commandLines.push(`# ${target.label}`, ...(await target.commandLines()));
   await settle(run);
   log(`latency: ${QD1_JOB.name} on ${target.label}, round ${round + 1} ` +
@@ -436,12 +443,13 @@ async function latencyOnce(run: Run, side: 'journal' | 'fast', round: number,
     const fio = measured.result;
     if (fio instanceof Error) {
       const error = `${fio.message}\n${target.logTail()}`;
-      return { side, round, fio: null, error, checkpoints, disk };
+      return { side, round, fio: null, error, checkpoints, disk, warnings: warningsOf() };
     }
     log(`  mean ${formatUs(fio.latencyMeanUs)}, p99 ${formatUs(fio.latencyP99Us)}, ` +
       `max ${formatUs(fio.latencyMaxUs)}, ${Math.round(fio.iops)} IOPS, ` +
       `${checkpoints} checkpoints`);
-    return { side, round, fio, error: deadDaemons(target), checkpoints, disk };
+    const warnings = warningsOf();
+    return { side, round, fio, error: deadDaemons(target), checkpoints, disk, warnings };
   } finally {
     await target.stop();
   }
@@ -503,10 +511,18 @@ function formatSustained(p: Parameters, s: SustainedOutcome): string[] {
       `${j.checkpoints} checkpoints at s ${j.checkpointSeconds.join(',') || '-'}`),
   ];
   lines.push(formatDiskUse(s.disk));
+  lines.push(...formatWarnings(s.warnings));
   if (s.probe !== null) lines.push(`CPU % over the run: ${cpuLine(s.probe)}`);
   if (s.deadDaemons !== null) lines.push(`DAEMONS DIED:\n${s.deadDaemons}`);
   if (s.fioError !== null) lines.push('fio error in full:', s.fioError);
   return lines;
+}
+
+/** The daemons' warnings, each cut to one screen line. */
+function formatWarnings(warnings: readonly string[]): string[] {
+  if (warnings.length === 0) return ['daemon warnings/errors: none'];
+  return [`daemon warnings/errors (${warnings.length}, at most 40):`,
+    ...warnings.map((line) => `  ${line.length > 300 ? `${line.slice(0, 300)}...` : line}`)];
 }
 
 function cpuLine(probe: ProbeDelta): string {
@@ -539,6 +555,9 @@ function formatLatency(l: LatencyOutcome): string[] {
   }
   for (const r of l.runs.filter((run) => run.error !== null)) {
     lines.push(`round ${r.round + 1} ${r.side}: ${r.error}`);
+  }
+  for (const r of l.runs.filter((run) => run.warnings.length > 0)) {
+    lines.push(`round ${r.round + 1} ${r.side}:`, ...formatWarnings(r.warnings));
   }
   return lines;
 }

@@ -25,7 +25,15 @@ export interface JournalClusterOptions {
   readonly volumeBytes: number;
 }
 
-export async function startJournalCluster(options: JournalClusterOptions): Promise<Target> {
+/** The journal cluster as a target, and what its daemons logged as warnings or errors. */
+export interface JournalTarget extends Target {
+  /** Lines at level warn or error in the daemons' logs (the last 64 KiB each), `name: line`. */
+  warnings(): string[];
+}
+
+const LOG_LINES_MAX = 40;
+
+export async function startJournalCluster(options: JournalClusterOptions): Promise<JournalTarget> {
   const dataParent = await mkdtemp(join(options.slowDir, 'data-'));
   let cluster: LocalCluster | null = null;
   const stop = onceAsync(async () => {
@@ -48,7 +56,12 @@ export async function startJournalCluster(options: JournalClusterOptions): Promi
     await stop();
     throw error;
   }
-  return clusterTarget(cluster, {
+  const daemons = cluster;
+  const warnings = (): string[] => [daemons.mds, ...daemons.chunkServers, daemons.nbd]
+    .flatMap((daemon) => (daemon === null ? [] : daemon.log.split('\n')
+      .filter((line) => / (warn|error) /.test(line)).map((line) => `${daemon.name}: ${line}`)))
+    .slice(0, LOG_LINES_MAX);
+  const target = clusterTarget(cluster, {
     label: 'ssd-journal+slow-disk',
     description: `LocalCluster.start({ chunkServers: 0, nbd: false, chunkServerParentDir: ` +
       `'${dataParent}' }) (slow disk); startChunkServer(i, { extraArgs: ['--journal-dir', ` +
@@ -57,4 +70,5 @@ export async function startJournalCluster(options: JournalClusterOptions): Promi
       `sizeBytes: ${options.volumeBytes} })`,
     stop,
   });
+  return { ...target, warnings };
 }
