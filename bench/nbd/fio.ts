@@ -56,6 +56,8 @@ export interface FioRunOptions {
   readonly runtimeSeconds: number | null;
   /** Where fio writes its JSON report (fio's nbd engine prints chatter on stdout). */
   readonly outputPath: string;
+  /** More fio options, after the job's own (e.g. bandwidth logs); one server only. */
+  readonly extraArgs?: readonly string[];
 }
 
 /**
@@ -74,11 +76,13 @@ export function fioArgs(job: FioJob, options: FioRunOptions): string[] {
   const timeBased = options.runtimeSeconds === null ? [] : ['--time_based',
     `--runtime=${options.runtimeSeconds}`, '--randrepeat=0', '--norandommap'];
   const output = ['--output-format=json', `--output=${options.outputPath}`];
+  const extra = options.extraArgs ?? [];
+  assert(extra.length === 0 || options.uris.length === 1, 'extra fio options for one server only');
   if (options.uris.length === 1) {
     return [
       `--name=${job.name}`, '--ioengine=nbd', `--uri=${options.uris[0]}`,
       `--rw=${job.rw}`, `--bs=${job.blockBytes}`, `--iodepth=${job.iodepth}`, '--numjobs=1',
-      '--offset=0', `--size=${options.regionBytes}`, ...timeBased, ...output,
+      '--offset=0', `--size=${options.regionBytes}`, ...timeBased, ...extra, ...output,
     ];
   }
   // Options before the first --name are global; each --name starts a job section on its server.

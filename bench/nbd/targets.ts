@@ -44,7 +44,8 @@ export interface Target {
   stop(): Promise<void>;
 }
 
-const VOLUME_NAME = 'bench';
+/** The volume every shoal target exports. */
+export const VOLUME_NAME = 'bench';
 
 export interface ShoalTargetOptions {
   readonly runDir: string;
@@ -69,6 +70,28 @@ export async function startShoal(options: ShoalTargetOptions): Promise<Target> {
     await stop();
     throw error;
   }
+  return clusterTarget(cluster, {
+    label: 'shoal',
+    description: `LocalCluster.start({ chunkServers: ${chunkServers}, nbd: true }); ` +
+      `createVolume({ name: '${VOLUME_NAME}', sizeBytes: ${volumeBytes} }) ` +
+      '(default chunk size and replica count)',
+    stop,
+  });
+}
+
+export interface ClusterTargetOptions {
+  readonly label: string;
+  /** How the cluster was started, the first of the target's command lines. */
+  readonly description: string;
+  readonly stop: () => Promise<void>;
+}
+
+/**
+ * A started LocalCluster (with its NBD server and the volume `bench`) as a target: its daemons'
+ * pids and /metrics URLs, logs and command lines. Other harnesses start clusters of other shapes
+ * (a journal on another disk) and measure them the same way.
+ */
+export function clusterTarget(cluster: LocalCluster, options: ClusterTargetOptions): Target {
   const pids = new Map<string, number>([['mds', cluster.mds.pid]]);
   const metricsUrls = new Map<string, string>();
   for (const [index, cs] of cluster.chunkServers.entries()) {
@@ -82,7 +105,7 @@ export async function startShoal(options: ShoalTargetOptions): Promise<Target> {
   }
   return {
     id: 'shoal',
-    label: 'shoal',
+    label: options.label,
     uris: [cluster.nbdUnixUri(VOLUME_NAME)],
     pids,
     metricsUrls,
@@ -92,12 +115,9 @@ export async function startShoal(options: ShoalTargetOptions): Promise<Target> {
         .map((daemon) => `--- ${daemon.name} log (end) ---\n${daemon.log.slice(-2048)}`).join('\n');
     },
     commandLines: async () => [
-      `LocalCluster.start({ chunkServers: ${chunkServers}, nbd: true }); ` +
-        `createVolume({ name: '${VOLUME_NAME}', sizeBytes: ${volumeBytes} }) ` +
-        '(default chunk size and replica count)',
-      ...(await Promise.all([...pids.values()].map(processCommandLine))),
+      options.description, ...(await Promise.all([...pids.values()].map(processCommandLine))),
     ],
-    stop,
+    stop: options.stop,
   };
 }
 
@@ -251,7 +271,7 @@ export function shellQuote(word: string): string {
   return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replaceAll("'", "'\\''")}'`;
 }
 
-function onceAsync(action: () => Promise<unknown>): () => Promise<void> {
+export function onceAsync(action: () => Promise<unknown>): () => Promise<void> {
   let done: Promise<void> | null = null;
   return () => {
     done ??= action().then(() => undefined);

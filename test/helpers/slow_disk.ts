@@ -29,6 +29,15 @@ export interface SlowDiskOptions {
   readonly dirtyLimitBytes?: number;
 }
 
+/** The platter's counters since the mount (slow_fs.py's `stats`, asked for with SIGUSR1). */
+export interface SlowDiskStats {
+  /** Seconds the head was busy (seeks plus transfers); its rise over a span / the span = use. */
+  readonly busySeconds: number;
+  readonly seeks: number;
+  readonly bytes: number;
+  readonly dirtyBytes: number;
+}
+
 export class SlowDisk {
   readonly path: string;
   readonly backingDir: string;
@@ -81,6 +90,31 @@ export class SlowDisk {
     } catch (error) {
       process.stderr.write(`slow_disk: unmounting ${this.path}: ${(error as Error).message}\n`);
     }
+  }
+
+  /** The platter's counters now; null when the FUSE process does not answer within `timeoutMs`. */
+  stats(timeoutMs = 5_000): Promise<SlowDiskStats | null> {
+    const stderr = this.child.stderr;
+    if (stderr === null || this.child.exitCode !== null || this.child.signalCode !== null) {
+      return Promise.resolve(null);
+    }
+    return new Promise((resolve) => {
+      let text = '';
+      const finish = (stats: SlowDiskStats | null): void => {
+        clearTimeout(timer);
+        stderr.off('data', onData);
+        resolve(stats);
+      };
+      const onData = (chunk: string): void => {
+        text += chunk;
+        const lines = text.split('\n').slice(0, -1);
+        const line = lines.find((candidate) => candidate.includes('"event": "stats"'));
+        if (line !== undefined) finish(JSON.parse(line) as SlowDiskStats);
+      };
+      const timer = setTimeout(() => finish(null), timeoutMs);
+      stderr.on('data', onData);
+      this.child.kill('SIGUSR1');
+    });
   }
 
   private waitExit(): Promise<boolean> {

@@ -257,6 +257,20 @@ class SlowFS(fusepy.Operations):
         return {'busySeconds': round(p.busy_s, 3), 'seeks': p.seeks, 'bytes': p.bytes, 'dirtyBytes': self.dirty_pages * PAGE_BYTES}
 
 
+def watch_stats_signal(fs):
+    """SIGUSR1 prints the stats. A Python signal handler would never run: the main thread stays
+    inside libfuse's C loop. So the signal is blocked in every thread (FUSE's workers inherit the
+    mask) and one thread waits for it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+
+    def loop():
+        while True:
+            signal.sigwait({signal.SIGUSR1})
+            sys.stderr.write(json.dumps({'event': 'stats', **fs.stats()}) + '\n')
+            sys.stderr.flush()
+    threading.Thread(target=loop, daemon=True).start()
+
+
 def watch_parent(parent_pid, mount):
     """A test runner that died leaves no mount behind."""
     def loop():
@@ -283,7 +297,7 @@ def main():
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format='slow_fs: %(message)s')
     os.umask(0)  # the kernel already applied the caller's umask to the modes we get
     fs = SlowFS(os.path.realpath(args.backing), Platter(args.seek_ms / 1000, args.bandwidth_bytes), args.dirty_limit_bytes)
-    signal.signal(signal.SIGUSR1, lambda *_: sys.stderr.write(json.dumps({'event': 'stats', **fs.stats()}) + '\n'))
+    watch_stats_signal(fs)
     if args.parent_pid is not None:
         watch_parent(args.parent_pid, os.path.realpath(args.mount))
     # No direct_io: the kernel page cache sits above us as above a disk, and mmap (LMDB) works.
