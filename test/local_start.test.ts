@@ -3,7 +3,7 @@
 
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -18,9 +18,9 @@ interface Started {
   stop(): void;
 }
 
-function startLocal(dataDir: string): Promise<Started> {
+function startLocal(dataDir: string, extraArgs: readonly string[] = []): Promise<Started> {
   const child = spawn(process.execPath, [SHOAL_ENTRY, 'start', '--data', dataDir, '--mds-listen', '127.0.0.1:0',
-    '--cs-base-port', '0', '--nbd-listen', '127.0.0.1:0', '--nbd-metrics', '127.0.0.1:0', '--volume-size', '256M'], {
+    '--cs-base-port', '0', '--nbd-listen', '127.0.0.1:0', '--nbd-metrics', '127.0.0.1:0', '--volume-size', '256M', ...extraArgs], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const output: string[] = [];
@@ -64,10 +64,27 @@ t.test('shoal start: a local cluster, stopped by Ctrl-C, restarted on the same d
   const leftovers = await run('pgrep', ['-f', dataDir]);
   t.equal(leftovers.stdout.trim(), '', 'no daemon of it is left running');
 
-  const second = await startLocal(dataDir);
+  // Started again with the journals in a folder of their own (after a clean stop, each chunk
+  // server makes its journal there afresh), each given two 64M segments of space.
+  const journalDir = await mkdtemp(join(tmpdir(), 'shoal-start-journals-'));
+  t.teardown(() => rm(journalDir, { recursive: true, force: true }));
+  const second = await startLocal(dataDir, ['--journal-dir', journalDir, '--journal-size', '128M']);
   t.teardown(() => second.stop());
   const read = await runOk('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x6d 1M 64k', `nbd://${String(second.ready['nbdTcp'])}/demo`]);
   t.notMatch(read.stdout, /verification failed/, 'started again, it finds the same data');
+  await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x4a 2M 4k', `nbd://${String(second.ready['nbdTcp'])}/demo`]);
+  for (const name of ['cs1', 'cs2', 'cs3']) {
+    const files = await readdir(join(journalDir, name));
+    t.ok(files.some((file) => /^\d{16}\.log$/.test(file)), `--journal-dir: ${name}'s journal is in ${name} there (${files.join(' ')})`);
+    const identity = JSON.parse(await readFile(join(dataDir, name, 'cs.json'), 'utf8')) as { journalDir?: string };
+    t.equal(identity.journalDir, join(journalDir, name), `and its cs.json says so, for the next start`);
+  }
   second.stop();
   t.equal(await second.exited, 0);
+  const third = await startLocal(dataDir);
+  t.teardown(() => third.stop());
+  const again = await runOk('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x4a 2M 4k', `nbd://${String(third.ready['nbdTcp'])}/demo`]);
+  t.notMatch(again.stdout, /verification failed/, 'a start without the flag finds the journals where they were, and the data');
+  third.stop();
+  t.equal(await third.exited, 0);
 });

@@ -38,7 +38,11 @@ const USAGE = `usage: shoal start [options]        (environment variables in bra
   --nbd-socket PATH      NBD over a unix socket (default DIR/nbd.sock)
   --nbd-metrics H:P      the NBD server's /metrics (default 127.0.0.1:9730)
   --volume NAME          volume created if the cluster has none (default demo)
-  --volume-size SIZE     its size (default 4G)`;
+  --volume-size SIZE     its size (default 4G)
+  --journal-dir DIR      the chunk servers' journals in DIR/cs<i>, e.g. on an SSD when DIR (the
+                         data folder) is on an HDD (default: each in its data directory; a later
+                         start without the flag finds them where they were)
+  --journal-size SIZE    each chunk server's journal space (default: the chunk server's, 192M)`;
 
 export interface ClusterFile {
   readonly mdsUrl: string;
@@ -76,6 +80,9 @@ interface StartConfig {
   readonly chunkServers: number;
   readonly volume: string;
   readonly volumeSizeBytes: number;
+  /** Folder of the chunk servers' journals (one folder each), or null: in their data directories. */
+  readonly journalDir: string | null;
+  readonly journalSize: string | null;
   readonly clusterKeyFile: string;
   readonly adminTokenFile: string;
   readonly adminToken: string;
@@ -117,6 +124,8 @@ export async function runLocalCluster(argv: string[]): Promise<void> {
       'nbd-metrics': { type: 'string', default: '127.0.0.1:9730' },
       volume: { type: 'string', default: 'demo' },
       'volume-size': { type: 'string', default: '4G' },
+      'journal-dir': { type: 'string' },
+      'journal-size': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -137,6 +146,9 @@ export async function runLocalCluster(argv: string[]): Promise<void> {
     chunkServers: parseIntegerFlag(values['chunk-servers'], '--chunk-servers', 3, 1),
     volume: values.volume,
     volumeSizeBytes: parseSizeBytes(values['volume-size'], '--volume-size'),
+    journalDir: values['journal-dir'] === undefined ? null : resolve(values['journal-dir']),
+    // Checked here (a typo stops the start at once), passed on as given.
+    journalSize: values['journal-size'] === undefined ? null : String(parseSizeBytes(values['journal-size'], '--journal-size')),
     clusterKeyFile: join(dataDir, 'cluster.key'),
     adminTokenFile: join(dataDir, 'admin.token'),
   };
@@ -247,7 +259,9 @@ async function startChunkServers(
       role: 'cs',
       dataDir: csDir,
       args: ['run', 'cs', '--data', csDir, '--mds', mdsUrl, '--cluster-key', config.clusterKeyFile,
-        '--listen', `127.0.0.1:${port}`, '--metrics', `127.0.0.1:${metricsPort}`],
+        '--listen', `127.0.0.1:${port}`, '--metrics', `127.0.0.1:${metricsPort}`,
+        ...(config.journalDir === null ? [] : ['--journal-dir', join(config.journalDir, `cs${index}`)]),
+        ...(config.journalSize === null ? [] : ['--journal-size', config.journalSize])],
     });
   }
   const results = await Promise.allSettled(specs.map((spec) => supervisor.start(spec)));
