@@ -53,6 +53,7 @@ const USAGE = `usage: journal-drain [options]
                             0 journals every write)
   --bs BYTES                sustained: block size, journalled if below in-place (default 32k)
   --iodepth N               sustained: fio iodepth (default 8)
+  --rw write|randwrite      sustained: sequential (default) or random writes over the region
   --write-factor N          sustained: bytes written = N x --journal-size (default 10)
   --max-seconds N           sustained: fio stops after this even if not done (default 600)
   --latency-runtime S       latency: seconds per run (default 15; quick 5)
@@ -77,6 +78,8 @@ interface Parameters {
   readonly inPlaceWriteBytes: string | null;
   readonly blockBytes: number;
   readonly iodepth: number;
+  /** Sustained: random writes over the region instead of sequential ones (--rw randwrite). */
+  readonly random: boolean;
   readonly writeFactor: number;
   readonly maxSeconds: number;
   readonly latencyRuntimeSeconds: number;
@@ -96,7 +99,7 @@ function parseParameters(argv: readonly string[]): Parameters | null {
     options: {
       check: text, quick: flag, json: text, dir: text, 'seek-ms': text, 'disk-mbps': text,
       'dirty-limit': text, 'journal-size': text, 'journal-segment-bytes': text,
-      'in-place-write-bytes': text, bs: text, iodepth: text, 'write-factor': text,
+      'in-place-write-bytes': text, bs: text, iodepth: text, rw: text, 'write-factor': text,
       'max-seconds': text, 'latency-runtime': text, 'latency-size': text, rounds: text,
       settle: text, help: flag,
     },
@@ -123,6 +126,7 @@ function parseParameters(argv: readonly string[]): Parameters | null {
     inPlaceWriteBytes: values['in-place-write-bytes'] ?? null,
     blockBytes: size(values.bs, '32k', '--bs'),
     iodepth: number(values.iodepth, 8),
+    random: parseRw(values.rw),
     writeFactor,
     maxSeconds: number(values['max-seconds'], 600),
     latencyRuntimeSeconds: number(values['latency-runtime'], quick ? 5 : 15),
@@ -268,6 +272,13 @@ interface PerServerJournal {
   readonly checkpointSeconds: number[];
   /** Bytes written to chunk files (page cache; paid for at checkpoints) per interval. */
   readonly appliedBytesPerSecond: number[];
+  /** Records that waited to go into the journal (paced or full), and their seconds waiting. */
+  readonly pacedRecords: number;
+  readonly pacedSeconds: number;
+  /** Times the journal's space was full and the next record waited for a checkpoint. */
+  readonly fullWaits: number;
+  /** The drain rate the server paced writers to, at the end (null before its first measure). */
+  readonly drainBytesPerSecond: number | null;
 }
 
 /** What the slow disk's head did over a span. */
@@ -324,9 +335,15 @@ interface SustainedOutcome {
   readonly warnings: string[];
 }
 
+function parseRw(value: string | undefined): boolean {
+  if (value === undefined || value === 'write') return false;
+  if (value === 'randwrite') return true;
+  throw new Error(`--rw ${value}: write or randwrite`);
+}
+
 function sustainedJob(p: Parameters): FioJob {
   const kib = p.blockBytes / 1024;
-  return { name: `seqwrite-${kib}k-qd${p.iodepth}`, rw: 'write', blockBytes: p.blockBytes,
+  return { name: `${p.random ? 'randwrite' : 'seqwrite'}-${kib}k-qd${p.iodepth}`, rw: p.random ? 'randwrite' : 'write', blockBytes: p.blockBytes,
     iodepth: p.iodepth };
 }
 
@@ -344,7 +361,7 @@ async function sustained(run: Run): Promise<SustainedOutcome> {
     extraArgs: [`--runtime=${p.maxSeconds}`, `--write_bw_log=${logPrefix}`,
       `--log_avg_msec=${SAMPLE_PERIOD_MS}`],
   };
-  log(`sustained: ${totalBytes / MiB} MiB of ${p.blockBytes / 1024} KiB sequential writes, ` +
+  log(`sustained: ${totalBytes / MiB} MiB of ${p.blockBytes / 1024} KiB ${p.random ? 'random' : 'sequential'} writes, ` +
     `iodepth ${p.iodepth}, journal ${p.journalBytes / MiB} MiB per chunk server`);
   const sampler = new MetricsSampler(target, SAMPLE_PERIOD_MS);
   let fio: FioResult | null = null;
@@ -394,6 +411,10 @@ function journalsOf(samples: readonly ProbeSnapshot[]): Record<string, PerServer
       checkpointSeconds: checkpoints.flatMap((rate, index) => (rate.bytes > 0 ? [index] : [])),
       appliedBytesPerSecond: intervalRates(series('shoal_cs_written_bytes_total'),
         SAMPLE_PERIOD_MS).map((rate) => Math.round(rate.bytesPerSecond)),
+      pacedRecords: total('shoal_cs_journal_paced_records_total'),
+      pacedSeconds: total('shoal_cs_journal_paced_seconds_total'),
+      fullWaits: total('shoal_cs_journal_full_waits_total'),
+      drainBytesPerSecond: series('shoal_cs_journal_drain_bytes_per_second').at(-1)?.value ?? null,
     };
   }
   return result;
@@ -508,7 +529,9 @@ function formatSustained(p: Parameters, s: SustainedOutcome): string[] {
     'journals (deltas over the run; checkpoint seconds = seconds in which one happened):',
     ...Object.entries(s.journals).map(([name, j]) => `  ${name}: ${j.appends} appends, ` +
       `${j.commits} commits, ${(j.journalBytes / MiB).toFixed(0)} MiB journalled, ` +
-      `${j.checkpoints} checkpoints at s ${j.checkpointSeconds.join(',') || '-'}`),
+      `${j.checkpoints} checkpoints at s ${j.checkpointSeconds.join(',') || '-'}; paced ${j.pacedRecords} records ` +
+      `(${j.pacedSeconds.toFixed(1)} s waiting in all), ${j.fullWaits} waits for a full journal, drain rate at the end ` +
+      `${j.drainBytesPerSecond === null ? '-' : `${(j.drainBytesPerSecond / 1e6).toFixed(1)} MB/s`}`),
   ];
   lines.push(formatDiskUse(s.disk));
   lines.push(...formatWarnings(s.warnings));
@@ -576,7 +599,7 @@ function formatReport(p: Parameters, o: Outcome): string {
     '', ...(o.latency === null ? [] : formatLatency(o.latency)),
     '', '## Commands', '```',
     ...(o.sustained === null ? [] : ['# sustained', ...o.sustained.commandLines,
-      `fio --name=${sustainedJob(p).name} --ioengine=nbd --uri=<URI> --rw=write ` +
+      `fio --name=${sustainedJob(p).name} --ioengine=nbd --uri=<URI> --rw=${sustainedJob(p).rw} ` +
         `--bs=${p.blockBytes} --iodepth=${p.iodepth} --numjobs=1 --offset=0 ` +
         `--size=${p.writeFactor * p.journalBytes} --runtime=${p.maxSeconds} ` +
         `--write_bw_log=<RUN>/sustained --log_avg_msec=${SAMPLE_PERIOD_MS} ` +
