@@ -316,8 +316,7 @@ export class Journal {
    * case), else after the units already waiting, when the pace and the space allow (see pump).
    */
   private admit(entries: UnitRecord[], bytes: number): Array<Promise<void>> {
-    if (this.waiting.length === 0 && this.fatal === null && !this.closed && this.hasRoomFor(bytes) &&
-      (this.closing || this.pacer.take(bytes, this.paceState()) === 0)) {
+    if (this.waiting.length === 0 && this.fatal === null && !this.closed && this.hasRoomFor(bytes) && this.paceAllows(bytes)) {
       return this.goIn(entries);
     }
     const settle: Array<{ resolve: () => void; reject: (error: unknown) => void }> = [];
@@ -437,6 +436,12 @@ export class Journal {
   /** Whether a record of `bytes` fits the space; one always fits an otherwise empty journal. */
   private hasRoomFor(bytes: number): boolean {
     return this.footprintBytes(bytes) <= this.capacityBytes || this.heldBytes() <= SEGMENT_HEADER_BYTES;
+  }
+
+  /** Whether the pace lets `bytes` in now; up to a segment held it is not asked (no allocation on the usual path). */
+  private paceAllows(bytes: number): boolean {
+    if (this.closing || this.heldBytes() <= this.options.segmentBytesMax) return true;
+    return this.pacer.take(bytes, this.paceState()) === 0;
   }
 
   private paceState(): PaceState {
