@@ -510,13 +510,18 @@ export class Journal {
   }
 
   private startCheckpoint(): Promise<void> {
-    const running = this.runCheckpoint().catch((error: unknown) => {
+    let succeeded = false;
+    const running = this.runCheckpoint().then(() => {
+      succeeded = true;
+    }, (error: unknown) => {
       this.failWaitingForRoom(error);
       throw error;
     }).finally(() => {
       if (this.checkpointing === running) this.checkpointing = null;
       this.pump();
-      this.keepDraining();
+      // Only after a checkpoint that worked: one that failed at once (a full disk) would be
+      // followed by another, and another, without end.
+      if (succeeded) this.keepDraining();
     });
     this.checkpointing = running;
     return running;
