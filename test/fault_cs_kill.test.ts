@@ -4,13 +4,13 @@
 
 import t from 'tap';
 import { metricValue } from './helpers/metrics.ts';
-import { FAULT_AFTER_MS, FIO_SECONDS, checkFio, checkReplicasIdentical, runFio, sleep, startFaultCluster, waitHealthy } from './helpers/faults.ts';
+import { checkFio, checkReplicasIdentical, runFio, sleep, startFaultCluster, waitHealthy } from './helpers/faults.ts';
 
 t.test('SIGKILL of a chunk server under load, then restart', async (t) => {
   t.setTimeout(240_000);
   const cluster = await startFaultCluster(t);
-  const fio = runFio(cluster, FIO_SECONDS);
-  await sleep(FAULT_AFTER_MS);
+  const fio = runFio(cluster, 30);
+  await sleep(6_000);
   const victim = 1;
   cluster.chunkServers[victim]?.kill('SIGKILL');
   await cluster.chunkServers[victim]?.waitExit();

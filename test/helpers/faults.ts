@@ -22,14 +22,6 @@ export const FAST_MDS_ARGS = [
 export const FAST_CS_ARGS = ['--peer-timeout-ms', '1500'];
 export const FAST_NBD_ARGS = ['--cs-timeout-ms', '2500', '--io-timeout-ms', '60000'];
 
-/**
- * The timeline of a fault test: fio runs FIO_SECONDS; the fault comes FAULT_AFTER_MS in (fio has
- * been writing for seconds by then) and lasts about 10 s (past --replace-after-ms, 4 s), so fio
- * goes on for about 8 s after it ended: writes through the healed cluster are verified too.
- */
-export const FIO_SECONDS = 22;
-export const FAULT_AFTER_MS = 4_000;
-
 export const VOLUME = 'fault';
 export const VOLUME_BYTES = 256 * MiB;
 export const CHUNK_BYTES = 8 * MiB;
