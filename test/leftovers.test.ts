@@ -86,8 +86,12 @@ t.test('leftover replicas are quarantined, not deleted; a directory stays in its
   t.teardown(() => other.stop('SIGKILL'));
   await cluster.chunkServers[index]!.stop('SIGTERM');
   await cluster.startChunkServer(index, { mdsUrl: `http://127.0.0.1:${String(other.ready['port'])}` });
-  await new Promise((resolve) => setTimeout(resolve, 2_000));
-  t.match(cluster.chunkServers[index]!.log, /belongs to cluster .*this MDS runs cluster .*not registering/, 'the MDS refuses the server, saying why');
+  // Waits for the refusal itself (it comes at the server's first registration attempt), not a fixed time.
+  const refusal = /belongs to cluster .*this MDS runs cluster .*not registering/;
+  for (let wait = 0; wait < 100 && !refusal.test(cluster.chunkServers[index]!.log); wait += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  t.match(cluster.chunkServers[index]!.log, refusal, 'the MDS refuses the server, saying why');
   const otherAdmin = new MdsClient({
     url: `http://127.0.0.1:${String(other.ready['port'])}`, token: cluster.adminToken,
   });

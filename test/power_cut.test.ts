@@ -6,8 +6,8 @@
 //     servers in flight at the cut);
 //   - checkpoints: 1 MiB journal segments under steady writes, so segments are recycled many
 //     times before the cut and the acknowledged data lives in the chunk files, not the journal;
-//   - steady writes, random-mode cuts (a random subset of unsynced pages survives, as a disk's
-//     write-back would leave it), several seeds.
+//   - steady writes, a random-mode cut (a random subset of unsynced pages survives, as a disk's
+//     write-back would leave it).
 // Each cut point is a subtest on one cluster; the model of what the volume holds carries over.
 // MDS timeouts stay at their defaults: every daemon restarts after the cut, nothing has to be
 // detected as failed. SHOAL_POWER_CUT_SEED=n runs every random-mode cut with seed n.
@@ -24,7 +24,10 @@ const STEADY_CHUNKS = 32;
 const ALLOCATION_CHUNKS = 24;
 const ALLOCATION_SEEDS = cutSeeds([11]);
 const CHECKPOINT_SEEDS = cutSeeds([21]);
-const STEADY_SEEDS = cutSeeds([31, 32]);
+// One random-mode seed per cut point, as in every other power-cut test: each seed costs a whole
+// cut and restart of the cluster (about 25 s). Seed 32 ran here too; run it, or any other, with
+// SHOAL_POWER_CUT_SEED=32.
+const STEADY_SEEDS = cutSeeds([31]);
 const ALLOCATION_CUTS = 1 + ALLOCATION_SEEDS.length;
 const VOLUME_BYTES = (STEADY_CHUNKS + ALLOCATION_CUTS * ALLOCATION_CHUNKS) * CHUNK_BYTES;
 

@@ -9,17 +9,20 @@ import { startCluster } from './helpers/cluster.ts';
 import { runOk } from './helpers/run.ts';
 
 const MiB = 1024 * 1024;
+// Four chunks of 8 MiB, a hole across a chunk boundary: what a restart must keep is per block
+// and per chunk, so the 64 MiB it was proved nothing more than 32 MiB does.
+const VOLUME_BYTES = 32 * MiB;
 
 t.test('data survives a full restart, orderly and after kill -9', async (t) => {
   t.setTimeout(180_000);
   const cluster = await startCluster(t);
-  await cluster.admin.createVolume({ name: 'keep', sizeBytes: 64 * MiB, chunkSizeBytes: 8 * MiB });
+  await cluster.admin.createVolume({ name: 'keep', sizeBytes: VOLUME_BYTES, chunkSizeBytes: 8 * MiB });
   const image = join(cluster.dir, 'image');
   const readBack = join(cluster.dir, 'read-back');
 
   const writeImage = async (): Promise<Buffer> => {
-    const bytes = randomBytes(64 * MiB);
-    bytes.fill(0, 20 * MiB, 30 * MiB); // a hole
+    const bytes = randomBytes(VOLUME_BYTES);
+    bytes.fill(0, 12 * MiB, 20 * MiB); // a hole
     await writeFile(image, bytes);
     await runOk('nbdcopy', [image, cluster.nbdUnixUri('keep')], { timeoutMs: 60_000 });
     return bytes;
@@ -42,5 +45,5 @@ t.test('data survives a full restart, orderly and after kill -9', async (t) => {
   await cluster.startAll();
   t.ok((await readImage()).equals(second), 'unchanged after kill -9 of every daemon and restart');
   const volume = await cluster.admin.getVolume('keep');
-  t.equal(volume.sizeBytes, 64 * MiB, 'the MDS kept the volume');
+  t.equal(volume.sizeBytes, VOLUME_BYTES, 'the MDS kept the volume');
 });
