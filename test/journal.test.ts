@@ -5,7 +5,8 @@
 import t, { type Test } from 'tap';
 import { randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
-import { mkdtemp, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
+import { mkdtemp, readdir, readFile, readlink, rm, truncate, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -62,6 +63,23 @@ t.test('acknowledged records replay in order after a crash', async (t) => {
   t.match(replayed[200], { type: JOURNAL_RECORD_TYPE.ZERO, chunkId: 5, offsetBytes: 4096, lengthBytes: 8192 });
   t.same(replayed.map((r) => r.index), replayed.map((_, i) => i), 'in order: consecutive indexes of one segment');
   await reopened.close();
+});
+
+t.test('segments are opened with O_DSYNC: a commit\'s writev is its sync', async (t) => {
+  const dir = await scratch(t);
+  const journal = await openJournal(dir);
+  await appendApplied(journal, JOURNAL_RECORD_TYPE.WRITE, 1, 0, 4096, randomBytes(4096));
+  // The kernel's view of the segment's open file: fdinfo's flags (octal) carry O_DSYNC.
+  const fdDir = '/proc/self/fd';
+  const segmentFds = [];
+  for (const fd of await readdir(fdDir)) {
+    const target = await readlink(join(fdDir, fd)).catch(() => '');
+    if (target.startsWith(dir) && target.endsWith('.log')) segmentFds.push(fd);
+  }
+  t.equal(segmentFds.length, 1, 'one segment open');
+  const flags = Number.parseInt(/flags:\s+(\d+)/.exec(await readFile(`/proc/self/fdinfo/${segmentFds[0]}`, 'utf8'))?.[1] ?? '0', 8);
+  t.ok((flags & fsConstants.O_DSYNC) === fsConstants.O_DSYNC, `O_DSYNC set (flags 0${flags.toString(8)})`);
+  await journal.close();
 });
 
 t.test('an in-place record carries its blocks\' sums, is scanned before replay, and only fits whole blocks', async (t) => {

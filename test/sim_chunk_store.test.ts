@@ -117,6 +117,22 @@ t.test('the simulated disk keeps Linux\'s durability rules', async (t) => {
     await handle.close();
   });
 
+  t.test('a handle opened for durable writes (O_DSYNC) syncs each write before it returns', async (t) => {
+    const disk = simDisk();
+    const handle = await disk.open('/j', 'create', { durableWrites: true });
+    await disk.syncDirectory('/');
+    t.ok(handle.durableWrites);
+    await handle.writev([Buffer.alloc(100, 3), Buffer.alloc(5000, 4)], 0);
+    await handle.write(Buffer.alloc(10, 5), 0, 10, 5100);
+    const plain = await disk.open('/p', 'create');
+    await disk.syncDirectory('/');
+    t.notOk(plain.durableWrites);
+    await plain.write(Buffer.alloc(10, 6), 0, 10, 0);
+    const { disk: after } = disk.powerCut({ mode: 'dropUnsynced' });
+    t.same(await after.readFile('/j'), Buffer.concat([Buffer.alloc(100, 3), Buffer.alloc(5000, 4), Buffer.alloc(10, 5)]), 'both writes survive without a datasync');
+    t.same(await after.readFile('/p'), Buffer.alloc(0), 'a plain handle\'s write does not');
+  });
+
   t.test('a file whose directory entry was never synced is gone after a cut', async (t) => {
     const disk = simDisk();
     const handle = await disk.open('/kept', 'create');

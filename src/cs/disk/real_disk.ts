@@ -3,17 +3,27 @@
 // reported to the caller, which must treat the data it covered as possibly lost.
 
 import fsx from 'fs-native-extensions';
-import { writeSync } from 'node:fs';
+import { constants, writeSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
-import type { Disk, DiskFile, OpenMode } from './disk.ts';
+import type { Disk, DiskFile, OpenMode, OpenOptions } from './disk.ts';
 
 const FLAGS: Record<OpenMode, string> = { read: 'r', readWrite: 'r+', create: 'w', createExclusive: 'wx' };
+const { O_CREAT, O_DSYNC, O_EXCL, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY } = constants;
+/** The same modes as FLAGS, each with O_DSYNC. */
+const DSYNC_FLAGS: Record<OpenMode, number> = {
+  read: O_RDONLY,
+  readWrite: O_RDWR | O_DSYNC,
+  create: O_WRONLY | O_CREAT | O_TRUNC | O_DSYNC,
+  createExclusive: O_WRONLY | O_CREAT | O_EXCL | O_DSYNC,
+};
 
 class RealFile implements DiskFile {
   private readonly handle: FileHandle;
+  readonly durableWrites: boolean;
 
-  constructor(handle: FileHandle) {
+  constructor(handle: FileHandle, durableWrites: boolean) {
     this.handle = handle;
+    this.durableWrites = durableWrites;
   }
 
   async read(target: Buffer, targetOffset: number, lengthBytes: number, positionBytes: number): Promise<number> {
@@ -54,9 +64,10 @@ class RealFile implements DiskFile {
 }
 
 export const realDisk: Disk = {
-  async open(path: string, mode: OpenMode): Promise<DiskFile> {
+  async open(path: string, mode: OpenMode, options?: OpenOptions): Promise<DiskFile> {
+    const durableWrites = options?.durableWrites === true && mode !== 'read';
     // Chunk data, checksums and journals are nobody's business but this server's.
-    return new RealFile(await open(path, FLAGS[mode], 0o600));
+    return new RealFile(await open(path, durableWrites ? DSYNC_FLAGS[mode] : FLAGS[mode], 0o600), durableWrites);
   },
   readFile: (path) => readFile(path),
   readdir: (path) => readdir(path),

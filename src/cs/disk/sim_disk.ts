@@ -44,7 +44,7 @@
 
 import { posix } from 'node:path';
 import { assert } from '../../util/assert.ts';
-import type { Disk, DiskFile, OpenMode } from './disk.ts';
+import type { Disk, DiskFile, OpenMode, OpenOptions } from './disk.ts';
 
 export const SIM_PAGE_BYTES = 4096;
 const ZERO_PAGE = Buffer.alloc(SIM_PAGE_BYTES);
@@ -263,7 +263,8 @@ export class SimDisk implements Disk {
 
   // ---- Disk -------------------------------------------------------------------------------------
 
-  async open(path: string, mode: OpenMode): Promise<DiskFile> {
+  async open(path: string, mode: OpenMode, options?: OpenOptions): Promise<DiskFile> {
+    const durableWrites = options?.durableWrites === true && mode !== 'read';
     return this.call('open', path, () => {
       const { parent, name } = this.parentOf(path, 'open');
       let node = parent.entries.get(name);
@@ -279,7 +280,7 @@ export class SimDisk implements Disk {
         this.resize(node, 0);
       }
       node.openHandles += 1;
-      return new SimFile(this, node, path, mode !== 'read');
+      return new SimFile(this, node, path, mode !== 'read', durableWrites);
     });
   }
 
@@ -590,15 +591,17 @@ class SimFile implements DiskFile {
   private readonly node: FileNode;
   private readonly path: string;
   private readonly writable: boolean;
+  readonly durableWrites: boolean;
   private closed = false;
   /** A short write that hit a fault: the next write reports the error. */
   private pendingWriteError: NodeJS.ErrnoException | null = null;
 
-  constructor(disk: SimDisk, node: FileNode, path: string, writable: boolean) {
+  constructor(disk: SimDisk, node: FileNode, path: string, writable: boolean, durableWrites: boolean) {
     this.disk = disk;
     this.node = node;
     this.path = path;
     this.writable = writable;
+    this.durableWrites = durableWrites;
   }
 
   read(target: Buffer, targetOffset: number, lengthBytes: number, positionBytes: number): Promise<number> {
@@ -610,10 +613,11 @@ class SimFile implements DiskFile {
   }
 
   write(source: Buffer, sourceOffset: number, lengthBytes: number, positionBytes: number): Promise<number> {
-    return this.op('write', true, () => this.writeChecked(source.subarray(sourceOffset, sourceOffset + lengthBytes), positionBytes));
+    return this.durably(this.op('write', true, () => this.writeChecked(source.subarray(sourceOffset, sourceOffset + lengthBytes), positionBytes)));
   }
 
   writeNow(source: Buffer, sourceOffset: number, lengthBytes: number, positionBytes: number): number {
+    assert(!this.durableWrites, 'writeNow is for page-cache writes, not for a handle whose writes sync');
     return this.disk.callNow('write', this.path, () => {
       if (this.closed || !this.writable) throw simErrno('EBADF', 'write', this.path);
       return this.writeChecked(source.subarray(sourceOffset, sourceOffset + lengthBytes), positionBytes);
@@ -621,7 +625,18 @@ class SimFile implements DiskFile {
   }
 
   writev(buffers: readonly Buffer[], positionBytes: number): Promise<number> {
-    return this.op('write', true, () => this.writeChecked(Buffer.concat(buffers), positionBytes));
+    return this.durably(this.op('write', true, () => this.writeChecked(Buffer.concat(buffers), positionBytes)));
+  }
+
+  /**
+   * O_DSYNC as Linux does it: the write lands in the page cache, then the file is synced before
+   * the call returns; a cut between the two keeps what write-back landed, a failed sync fails the
+   * write (its bytes stay readable, not durable).
+   */
+  private async durably(written: Promise<number>): Promise<number> {
+    const bytes = await written;
+    if (this.durableWrites) await this.datasync();
+    return bytes;
   }
 
   datasync(): Promise<void> {

@@ -1,5 +1,6 @@
 // Group commit: records appended during one event-loop turn (and while the previous batch is being
-// written) go to the current segment with one writev and one fdatasync, and each append's promise
+// written) go to the current segment with one durable writev (O_DSYNC; a writev and an fdatasync
+// on a handle opened without it), and each append's promise
 // resolves only after that sync. Random writes to many chunks thus cost one sequential append and
 // one sync per batch, not a sync per file.
 //
@@ -161,7 +162,8 @@ export class GroupCommit {
     try {
       if (bytes > 0) {
         await writevAll(segment.handle, buffers, segment.sizeBytes);
-        await segment.handle.datasync();
+        // Segments are opened for durable writes (O_DSYNC): the writev was the sync.
+        if (!segment.handle.durableWrites) await segment.handle.datasync();
         segment.sizeBytes += bytes;
       }
       stats.commitsTotal += 1;

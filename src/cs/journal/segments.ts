@@ -134,7 +134,8 @@ export class SegmentFiles {
     } else if (preallocate) {
       await zeroFill(disk, path, segmentBytesMax);
     }
-    const handle = await disk.open(path, spare !== undefined || preallocate ? 'readWrite' : 'createExclusive');
+    // Records are written with O_DSYNC: a commit is one writev, durable when it returns.
+    const handle = await disk.open(path, spare !== undefined || preallocate ? 'readWrite' : 'createExclusive', { durableWrites: true });
     try {
       // The header before any record: a segment holding records always names its owner.
       await handle.write(encodeSegmentHeader(this.options.ownerUuid, number), 0, SEGMENT_HEADER_BYTES, 0);

@@ -49,6 +49,7 @@ export function shareSyncs(file: DiskFile): SharedSyncFile {
     get syncing() {
       return running !== null;
     },
+    durableWrites: file.durableWrites,
     read: (target, targetOffset, lengthBytes, positionBytes) => file.read(target, targetOffset, lengthBytes, positionBytes),
     write: (source, sourceOffset, lengthBytes, positionBytes) => file.write(source, sourceOffset, lengthBytes, positionBytes),
     writeNow: (source, sourceOffset, lengthBytes, positionBytes) => file.writeNow(source, sourceOffset, lengthBytes, positionBytes),
