@@ -58,6 +58,7 @@ import { JOURNAL_RECORD_TYPE, inPlaceSumsBytes } from '../journal/record.ts';
 import { FLAG_WRITTEN, ZERO_BLOCK_SUM, blockSums, clearSums, isWritten, setSum, storedSum } from './block_sums.ts';
 import type { ChangeTracker } from './changes.ts';
 import { WRITE_NOW_BYTES_MAX, readFully, writeFully, writeFullyNow, writeZeroes } from './chunk_file_io.ts';
+import { WRITE_NOW_GATE_LIMITS, WriteNowGate } from './write_now_gate.ts';
 import type { ChunkHandle } from './handle_cache.ts';
 import { markDirty } from './handle_cache.ts';
 import type { StoreHealth } from './health.ts';
@@ -83,20 +84,11 @@ export interface BlockIOOptions {
   readonly inPlaceBytesMin: number;
 }
 
-/**
- * A small apply is done on the event loop (Disk.writeNow) while it is a copy into the page cache.
- * One that takes longer than this means the kernel is holding writers back (the data disk is
- * behind, or it is not a local file system): applies then go through the thread pool again for
- * WRITE_NOW_PAUSE_MS, so a slow disk never holds every connection of this server at once.
- */
-const WRITE_NOW_SLOW_MS = 5;
-const WRITE_NOW_PAUSE_MS = 10_000;
-
 export class BlockIO {
   private readonly options: BlockIOOptions;
   private punchSupported = true;
-  /** performance.now() before which applies go through the thread pool (see WRITE_NOW_SLOW_MS). */
-  private writeNowPausedUntilMs = 0;
+  /** Whether small applies may be done on the event loop (write_now_gate.ts). */
+  private readonly writeNowGate = new WriteNowGate();
 
   constructor(options: BlockIOOptions) {
     this.options = options;
@@ -156,7 +148,7 @@ export class BlockIO {
       // thread-pool round trip (measured: 6 µs of CPU against 20 µs per 4 KiB write).
       // Not while the file is being synced: the write could wait for the whole sync (seconds on an
       // HDD at a checkpoint), and the event loop with it.
-      if (blocks.length <= WRITE_NOW_BYTES_MAX && !handle.data.syncing && performance.now() >= this.writeNowPausedUntilMs) {
+      if (blocks.length <= WRITE_NOW_BYTES_MAX && !handle.data.syncing && this.writeNowGate.isOpen(performance.now())) {
         this.writeDataNow(handle, blocks, alignedStart);
       } else {
         await this.writeData(handle, blocks, alignedStart);
@@ -400,11 +392,11 @@ export class BlockIO {
     } catch (error) {
       throw this.options.health.noteWriteError(fromSystemError(error, `writing chunk ${handle.meta.chunkId}`));
     }
-    const tookMs = performance.now() - startedMs;
-    if (tookMs > WRITE_NOW_SLOW_MS) {
-      this.writeNowPausedUntilMs = performance.now() + WRITE_NOW_PAUSE_MS;
-      this.options.log.warn('a page-cache write was slow: applies go through the thread pool for a while', {
-        chunkId: handle.meta.chunkId, bytes: bytes.length, tookMs: Math.round(tookMs * 1000) / 1000, pauseMs: WRITE_NOW_PAUSE_MS,
+    const endedMs = performance.now();
+    const tookMs = endedMs - startedMs;
+    if (this.writeNowGate.observe(endedMs, tookMs) === 'closed') {
+      this.options.log.warn('page-cache writes were slow: applies go through the thread pool for a while', {
+        chunkId: handle.meta.chunkId, bytes: bytes.length, tookMs: Math.round(tookMs * 1000) / 1000, pauseMs: WRITE_NOW_GATE_LIMITS.pauseMs,
       });
     }
   }
