@@ -6,11 +6,12 @@ import t, { type Test } from 'tap';
 import { randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
-import { mkdtemp, readdir, readFile, readlink, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, readlink, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Journal } from '../src/cs/journal/journal.ts';
+import { SegmentFiles } from '../src/cs/journal/segments.ts';
 import { JOURNAL_HEADER_BYTES, JOURNAL_RECORD_TYPE, SEGMENT_HEADER_BYTES, type JournalRecord } from '../src/cs/journal/record.ts';
 import { createLogger } from '../src/util/log.ts';
 import { systemClock } from '../src/util/clock.ts';
@@ -144,6 +145,18 @@ t.test('checkpoints drop old segments once chunk files are synced', async (t) =>
   t.ok((await readdir(dir)).some((n) => n.startsWith('spare-')), 'the old one is kept as a spare for reuse');
   t.ok(syncs >= 1, 'chunk files synced before segments were dropped');
   await journal.close();
+});
+
+t.test('a segment that ran past its size is cut back and kept as a spare, not deleted', async (t) => {
+  const dir = await scratch(t);
+  const segmentBytesMax = 64 * 1024;
+  const files = await SegmentFiles.open({ disk: realDisk, directory: dir, segmentBytesMax, segmentsMax: 4, ownerUuid: OWNER_UUID, log: createLogger('test') });
+  const name = '0000000000000001.log';
+  await writeFile(join(dir, name), Buffer.alloc(segmentBytesMax + 3 * 4136, 7));
+  await files.recycle([name], () => segmentBytesMax + 3 * 4136);
+  t.same(await readdir(dir), ['spare-0000000000000001.log'], 'kept as a spare');
+  t.equal((await stat(join(dir, 'spare-0000000000000001.log'))).size, segmentBytesMax, 'at a segment\'s size');
+  t.equal(files.spareBytes, segmentBytesMax, 'counted as one segment of the journal\'s space');
 });
 
 t.test('a torn tail alone is not damage', async (t) => {

@@ -14,7 +14,7 @@ import { Journal } from '../../src/cs/journal/journal.ts';
 import { JOURNAL_RECORD_TYPE, type JournalRecord } from '../../src/cs/journal/record.ts';
 import { SimDisk, type PowerCutMode, type SimDiskOptions, type SimFaultPlan } from '../../src/cs/disk/sim_disk.ts';
 import { seededRandom } from '../../src/util/clock.ts';
-import { RecordingLogger, SimClock, between, errorText, pick, streams, turns } from './sim_env.ts';
+import { RecordingLogger, SimClock, between, errorText, pick, simTimers, streams, turns } from './sim_env.ts';
 
 /** The data directory the simulated journal belongs to. */
 const SIM_OWNER_UUID = '5e0e5e0e-0000-4000-8000-000000000001';
@@ -220,7 +220,7 @@ export class JournalSim {
     this.disk.faultsPaused = true;
     try {
       this.journalInstance = await Journal.open({
-        disk: this.disk, clock: this.clock, directory: DIRECTORY, segmentBytesMax: this.config.segmentBytesMax, ownerUuid: SIM_OWNER_UUID,
+        disk: this.disk, clock: this.clock, timers: simTimers(this.clock), directory: DIRECTORY, segmentBytesMax: this.config.segmentBytesMax, ownerUuid: SIM_OWNER_UUID,
         batchBytesMax: this.config.batchBytesMax, log: this.log, syncChunkFiles: () => this.syncChunkFiles(generation),
       }, async (record) => {
         replayed.push({ ...record, payload: Buffer.from(record.payload) });

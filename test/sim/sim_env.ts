@@ -1,7 +1,7 @@
 // Shared pieces of the seeded storage simulations: a settable clock, a logger that keeps the last
 // lines (printed when a seed fails), event-loop turns, and seed-derived random streams.
 
-import { seededRandom, type Clock } from '../../src/util/clock.ts';
+import { seededRandom, type Clock, type Timers } from '../../src/util/clock.ts';
 import type { Logger } from '../../src/util/log.ts';
 
 export class SimClock implements Clock {
@@ -14,6 +14,29 @@ export class SimClock implements Clock {
   advance(ms: number): void {
     this.currentMs += ms;
   }
+}
+
+/**
+ * Timers on the simulated clock, so that what the code under test times (the journal's drain rate,
+ * its pacing of writers) depends on the seed and not on how busy the machine running the
+ * simulation is: a sleep or a background task runs after one event-loop turn, the clock moved on
+ * by its delay.
+ */
+export function simTimers(clock: SimClock): Timers {
+  return {
+    monotonicMs: () => clock.nowMs(),
+    sleep: (delayMs) => new Promise<void>((resolve) => setImmediate(() => {
+      clock.advance(delayMs);
+      resolve();
+    })),
+    background: (delayMs, run) => {
+      const immediate = setImmediate(() => {
+        clock.advance(delayMs);
+        run();
+      });
+      return () => clearImmediate(immediate);
+    },
+  };
 }
 
 /** Keeps the last `linesMax` lines; prints them as they come when `echo` (one seed, debugging). */

@@ -19,7 +19,7 @@ import { SimCatalog } from '../../src/cs/store/sim_catalog.ts';
 import { seededRandom } from '../../src/util/clock.ts';
 import { assert } from '../../src/util/assert.ts';
 import { BLOCK, ChunkModel, type ModelOp } from './block_model.ts';
-import { RecordingLogger, SimClock, between, errorCode, errorText, pick, streams, turns } from './sim_env.ts';
+import { RecordingLogger, SimClock, between, errorCode, errorText, pick, simTimers, streams, turns } from './sim_env.ts';
 
 /** The data directory the simulated journal belongs to. */
 const SIM_OWNER_UUID = '5e0e5e0e-0000-4000-8000-000000000001';
@@ -527,7 +527,7 @@ export class StoreSim {
       this.storeInstance = await ChunkStore.open({
         directory: DIRECTORY, ownerUuid: SIM_OWNER_UUID, openChunksMax: this.config.openChunksMax, journalSegmentBytesMax: this.config.segmentBytesMax,
         inPlaceWriteBytesMin: this.config.inPlaceWriteBytesMin,
-        log: this.log, disk: this.disk, clock: this.clock, openCatalog: () => catalog,
+        log: this.log, disk: this.disk, clock: this.clock, timers: simTimers(this.clock), openCatalog: () => catalog,
       });
     } finally {
       this.disk.faultsPaused = false;

@@ -153,8 +153,10 @@ export class SegmentFiles {
 
   /**
    * Keeps old segments as spares for reuse, as many as the journal's space leaves beside the
-   * segments still in use; deletes the rest, and any that grew past a segment's size (`fileBytes`
-   * tells a file's size; a spare must take no more than its share of the space).
+   * segments still in use, and deletes the rest. A segment is switched only once it is full, so
+   * it usually ran past its size by its last batch: such a file is cut back to a segment's size
+   * first (`fileBytes` tells a file's size; a spare takes exactly its share of the space). Deleting
+   * it instead would have the next spare zero-filled anew at every checkpoint.
    */
   async recycle(names: readonly string[], fileBytes: (name: string) => number): Promise<void> {
     const { disk, directory, segmentsMax, segmentBytesMax } = this.options;
@@ -163,7 +165,8 @@ export class SegmentFiles {
     let kept = spares.length;
     for (const name of names) {
       const number = Number(SEGMENT_NAME.exec(name)?.[1] ?? 0);
-      if (inUse + kept < segmentsMax && fileBytes(name) <= segmentBytesMax) {
+      if (inUse + kept < segmentsMax) {
+        if (fileBytes(name) > segmentBytesMax) await cutBack(disk, join(directory, name), segmentBytesMax);
         await disk.rename(join(directory, name), join(directory, spareName(number)));
         kept += 1;
         this.spareFiles += 1;
@@ -211,6 +214,17 @@ function segmentName(number: number): string {
 
 function spareName(number: number): string {
   return `spare-${String(number).padStart(16, '0')}.log`;
+}
+
+/** Truncates a file to `sizeBytes`, durably (a spare's size is what the journal's space counts). */
+async function cutBack(disk: Disk, path: string, sizeBytes: number): Promise<void> {
+  const handle = await disk.open(path, 'readWrite');
+  try {
+    await handle.truncate(sizeBytes);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
 }
 
 async function zeroFill(disk: Disk, path: string, sizeBytes: number): Promise<void> {

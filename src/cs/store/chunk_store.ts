@@ -24,7 +24,7 @@ import { join, resolve } from 'node:path';
 import { StorageError, fromSystemError } from '../../errors.ts';
 import { BLOCK_BYTES, CS_EXTENTS_MAX } from '../../limits.ts';
 import { assert } from '../../util/assert.ts';
-import { systemClock, type Clock } from '../../util/clock.ts';
+import { systemClock, type Clock, type Timers } from '../../util/clock.ts';
 import type { VolumeListEntry, VolumeDescription } from '../../protocol/cs_messages.ts';
 import type { Logger } from '../../util/log.ts';
 import type { Disk } from '../disk/disk.ts';
@@ -65,6 +65,8 @@ export interface ChunkStoreOptions {
   readonly log: Logger;
   readonly disk: Disk;
   readonly clock: Clock;
+  /** What the journal paces writers and times its drain with (default: the system's). */
+  readonly timers?: Timers;
   /** Opens the catalog, durably created; the daemon's is LMDB in `<directory>/meta`. */
   readonly openCatalog: (path: string) => Catalog | Promise<Catalog>;
 }
@@ -170,6 +172,7 @@ export class ChunkStore implements ReplicaStore {
         {
           disk,
           clock: options.clock,
+          ...(options.timers === undefined ? {} : { timers: options.timers }),
           directory: journalDirectory,
           segmentBytesMax: options.journalSegmentBytesMax,
           ...(options.journalSegmentsMax === undefined ? {} : { segmentsMax: options.journalSegmentsMax }),
