@@ -163,17 +163,25 @@ export class SegmentFiles {
     const { segments, spares } = await this.list();
     const inUse = segments.filter((s) => !names.includes(s.name)).length;
     let kept = spares.length;
+    const overgrown: string[] = [];
     for (const name of names) {
       const number = Number(SEGMENT_NAME.exec(name)?.[1] ?? 0);
       if (inUse + kept < segmentsMax) {
-        if (fileBytes(name) > segmentBytesMax) await cutBack(disk, join(directory, name), segmentBytesMax);
         await disk.rename(join(directory, name), join(directory, spareName(number)));
+        if (fileBytes(name) > segmentBytesMax) overgrown.push(spareName(number));
         kept += 1;
         this.spareFiles += 1;
       } else {
         await disk.remove(join(directory, name));
       }
     }
+    if (overgrown.length === 0) return;
+    // Only once the renames are durable: a power cut that undid one would leave a cut-back file
+    // under its segment's name, and the next start would replay its older records without the
+    // newer ones that were cut (acknowledged writes rolled back). A whole old segment replayed
+    // again is harmless; a truncated one is not.
+    await disk.syncDirectory(directory);
+    for (const name of overgrown) await cutBack(disk, join(directory, name), segmentBytesMax);
   }
 
   /** Zero-fills a spare in the background when there is none, so the next checkpoint finds one. */
