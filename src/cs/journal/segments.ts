@@ -153,35 +153,24 @@ export class SegmentFiles {
 
   /**
    * Keeps old segments as spares for reuse, as many as the journal's space leaves beside the
-   * segments still in use, and deletes the rest. A segment is switched only once it is full, so
-   * it usually ran past its size by its last batch: such a file is cut back to a segment's size
-   * first (`fileBytes` tells a file's size; a spare takes exactly its share of the space). Deleting
-   * it instead would have the next spare zero-filled anew at every checkpoint.
+   * segments still in use; deletes the rest, and any that grew past a segment's size (`fileBytes`
+   * tells a file's size; a spare must take no more than its share of the space).
    */
   async recycle(names: readonly string[], fileBytes: (name: string) => number): Promise<void> {
     const { disk, directory, segmentsMax, segmentBytesMax } = this.options;
     const { segments, spares } = await this.list();
     const inUse = segments.filter((s) => !names.includes(s.name)).length;
     let kept = spares.length;
-    const overgrown: string[] = [];
     for (const name of names) {
       const number = Number(SEGMENT_NAME.exec(name)?.[1] ?? 0);
-      if (inUse + kept < segmentsMax) {
+      if (inUse + kept < segmentsMax && fileBytes(name) <= segmentBytesMax) {
         await disk.rename(join(directory, name), join(directory, spareName(number)));
-        if (fileBytes(name) > segmentBytesMax) overgrown.push(spareName(number));
         kept += 1;
         this.spareFiles += 1;
       } else {
         await disk.remove(join(directory, name));
       }
     }
-    if (overgrown.length === 0) return;
-    // Only once the renames are durable: a power cut that undid one would leave a cut-back file
-    // under its segment's name, and the next start would replay its older records without the
-    // newer ones that were cut (acknowledged writes rolled back). A whole old segment replayed
-    // again is harmless; a truncated one is not.
-    await disk.syncDirectory(directory);
-    for (const name of overgrown) await cutBack(disk, join(directory, name), segmentBytesMax);
   }
 
   /** Zero-fills a spare in the background when there is none, so the next checkpoint finds one. */
@@ -222,17 +211,6 @@ function segmentName(number: number): string {
 
 function spareName(number: number): string {
   return `spare-${String(number).padStart(16, '0')}.log`;
-}
-
-/** Truncates a file to `sizeBytes`, durably (a spare's size is what the journal's space counts). */
-async function cutBack(disk: Disk, path: string, sizeBytes: number): Promise<void> {
-  const handle = await disk.open(path, 'readWrite');
-  try {
-    await handle.truncate(sizeBytes);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
 }
 
 async function zeroFill(disk: Disk, path: string, sizeBytes: number): Promise<void> {
