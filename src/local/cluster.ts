@@ -172,12 +172,21 @@ export class LocalCluster {
   }
 
   async startNbd(): Promise<DaemonProcess> {
-    this.nbd = await DaemonProcess.start({
+    const start = (port: number) => DaemonProcess.start({
       name: 'nbd',
       stderr: 'collect',
       args: ['run', 'nbd', '--mds', this.mdsUrl, '--credential', this.hypervisorCredentialPath, '--socket', this.nbdSocket,
-        '--listen', `127.0.0.1:${this.nbdPort}`, ...(this.options.nbdArgs ?? [])],
+        '--listen', `127.0.0.1:${port}`, ...(this.options.nbdArgs ?? [])],
     });
+    try {
+      this.nbd = await start(this.nbdPort);
+    } catch (error) {
+      // A restarted NBD server asks for the port it had, which the kernel picked from the
+      // ephemeral range: meanwhile any outgoing connection may have been given it. The unix
+      // socket stays the same; the TCP port is then a new one (read it from nbdPort).
+      if (this.nbdPort === 0 || !String(error).includes('EADDRINUSE')) throw error;
+      this.nbd = await start(0);
+    }
     this.nbdPort = Number(this.nbd.ready['port']);
     return this.nbd;
   }
