@@ -537,6 +537,11 @@ export class Journal {
     // Switch only while no batch is being written, so the old segment is complete when closed.
     await this.commits.idle();
     const old = this.segment;
+    if (old === null) {
+      // Abandoned meanwhile (a crash, as tests stage one): nothing more happens to the files.
+      await next.handle.close();
+      throw new StorageError('ERR_SHUTTING_DOWN', 'the journal was abandoned during a checkpoint');
+    }
     this.segment = next;
     this.oldSegments.push({ name: old.name, recordBytes: old.sizeBytes, fileBytes: Math.max(old.sizeBytes, old.allocatedBytes) });
     this.inPlaceBytes = 0;
