@@ -22,9 +22,10 @@ const CACHED_FENCES_MAX = 4_096;
 
 /**
  * A read-through cache of committed values: it keeps what a get read from LMDB while no put or
- * remove of that key was in flight, and forgets a key when a change of it starts. It thus never holds a value other than the one LMDB reads would return, at
- * any moment (reads see commits, not puts still in flight, which is the store's contract), and
- * a get during a change reads LMDB itself. Bounded: the oldest entry leaves for a new one.
+ * remove of that key was in flight, and forgets a key when a change of it starts. It thus never
+ * holds a value other than the one LMDB reads would return, at any moment (reads see commits, not
+ * puts still in flight, which is the store's contract), and a get during a change reads LMDB
+ * itself. Bounded: the oldest entry leaves for a new one.
  */
 class CommittedCache<K, V> {
   private readonly entries = new Map<K, V | null>();
