@@ -4,7 +4,7 @@
 # root, with apt-get), or stop with the one command that installs them.
 set -euo pipefail
 
-PACKAGES="qemu-utils libnbd-bin fio python3-fusepy"
+PACKAGES="qemu-utils libnbd-bin python3-libnbd fio python3-fusepy"
 missing=()
 for tool in qemu-img qemu-io nbdinfo nbdcopy fio; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
@@ -12,9 +12,13 @@ done
 if command -v fio >/dev/null 2>&1 && ! fio --enghelp=nbd >/dev/null 2>&1; then
   missing+=("fio-nbd-engine")
 fi
-# Debian's own Python: a pyenv python3 first on PATH does not see Debian's python3-fusepy.
+# Debian's own Python: a pyenv python3 first on PATH does not see Debian's python3-fusepy, nor
+# libnbd's binding (the tests drive it as a plain newstyle client).
 if ! /usr/bin/python3 -c 'import fusepy' >/dev/null 2>&1; then
   missing+=("python3-fusepy")
+fi
+if ! /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1; then
+  missing+=("python3-libnbd")
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -1,10 +1,11 @@
-// Real NBD clients from Debian (qemu-img, nbdcopy, qemu-io, nbdinfo) against a real cluster of one
+// Real NBD clients from Debian (qemu-img, nbdcopy, qemu-io, nbdinfo, libnbd's Python binding) against a real cluster of one
 // MDS and three chunk servers behind the NBD server: what goes in comes out, holes stay holes, and
 // every chunk ends up with three identical replicas on disk.
 
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
 import { open, readFile, rm, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { startCluster } from './helpers/cluster.ts';
 import { runOk } from './helpers/run.ts';
@@ -120,6 +121,68 @@ t.test('real clients against a three-replica cluster', async (t) => {
     const { stdout } = await runOk('qemu-io', ['-r', '-f', 'raw', ...reads.flatMap((c) => ['-c', c]), uri]);
     t.notMatch(stdout, /Pattern verification failed/, 'every pattern reads back');
     t.equal((stdout.match(/^read /gm) ?? []).length, reads.length, 'every read ran');
+  });
+
+  await t.test('a plain newstyle client (without the fixed-newstyle flag) is served; other options from it end only its connection', async (t) => {
+    const uri = cluster.nbdUnixUri('io');
+    // libnbd told to leave out the fixed-newstyle flag speaks as old clients do: EXPORT_NAME, then
+    // transmission. Both with and without NO_ZEROES (the export reply then ends in 124 zeroes).
+    const script = [
+      'import nbd, sys',
+      'uri, flags, offset, fill = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])',
+      'h = nbd.NBD()',
+      'h.set_handshake_flags(flags)',
+      'h.connect_uri(uri)',
+      'data = bytes((i * 7 + fill) % 251 for i in range(65536))',
+      'h.pwrite(data, offset)',
+      'h.flush()',
+      'print(h.get_protocol(), h.get_size(), h.pread(65536, offset) == data)',
+      'h.shutdown()',
+    ].join('\n');
+    const flagsChoices = [0, 2]; // none; NO_ZEROES only (FIXED_NEWSTYLE is 1)
+    for (const [index, flags] of flagsChoices.entries()) {
+      const { stdout } = await runOk('/usr/bin/python3', ['-c', script, uri, String(flags), String(20 * MiB + index * 65536), String(index + 3)]);
+      t.equal(stdout.trim(), `newstyle ${IMAGE_BYTES} True`, `handshake flags ${flags}: plain newstyle, the volume's size, 64 KiB written and read back`);
+    }
+    // A fixed-newstyle client reads what the plain ones wrote.
+    const check = [
+      'import nbd, sys',
+      'h = nbd.NBD()',
+      'h.connect_uri(sys.argv[1])',
+      'ok = all(h.pread(65536, 20 * 1048576 + i * 65536) == bytes((j * 7 + i + 3) % 251 for j in range(65536)) for i in range(2))',
+      'print(h.get_protocol(), ok)',
+    ].join('\n');
+    const fixed = await runOk('/usr/bin/python3', ['-c', check, uri]);
+    t.equal(fixed.stdout.trim(), 'newstyle-fixed True', 'a fixed-newstyle client reads the same bytes');
+
+    // A plain newstyle client that sends NBD_OPT_LIST gets no reply (it could not read one): the
+    // connection closes, and the server serves the next client.
+    const socketPath = new URL(uri).searchParams.get('socket') ?? '';
+    const received = await new Promise<{ bytes: number; closed: boolean }>((resolve, reject) => {
+      let bytes = 0;
+      const socket = connect(socketPath);
+      const timer = setTimeout(() => {
+        socket.destroy();
+        resolve({ bytes, closed: false });
+      }, 10_000);
+      socket.on('error', reject);
+      socket.on('data', (piece: Buffer) => {
+        bytes += piece.length;
+        if (bytes === 18) {
+          const option = Buffer.alloc(4 + 16);
+          option.write('IHAVEOPT', 4, 'latin1');
+          option.writeUInt32BE(3, 12); // NBD_OPT_LIST, no data; client flags 0 before it
+          socket.write(option);
+        }
+      });
+      socket.on('close', () => {
+        clearTimeout(timer);
+        resolve({ bytes, closed: true });
+      });
+    });
+    t.same(received, { bytes: 18, closed: true }, 'the greeting, then the server closes without a reply');
+    const after = await runOk('nbdinfo', ['--size', uri]);
+    t.equal(after.stdout.trim(), String(IMAGE_BYTES), 'and serves the next client');
   });
 
   await t.test('every chunk has three identical replicas on disk', async (t) => {

@@ -153,7 +153,7 @@ async function runHandshakeCase(t: Test, seed: number, bytes: Buffer, rng: Rng):
     for (let event = reader.next(queue); event !== null; event = reader.next(queue)) {
       let outcome: OptionOutcome | null = null;
       if (event.kind === 'close') ending = 'close';
-      else if (event.kind === 'clientFlags') negotiator.setClientFlags(event.noZeroes);
+      else if (event.kind === 'clientFlags') negotiator.setClientFlags(event.flags);
       else if (event.kind === 'oversizeOption') {
         outcome = negotiator.handleOversizeOption(event.option, event.lengthBytes);
       } else {

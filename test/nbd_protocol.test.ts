@@ -30,11 +30,11 @@ t.test('greeting: NBDMAGIC, IHAVEOPT, FIXED_NEWSTYLE|NO_ZEROES', async (t) => {
   t.same(encodeGreeting(), Buffer.concat([Buffer.from('NBDMAGICIHAVEOPT', 'latin1'), hex('0003')]));
 });
 
-t.test('client flags: fixed newstyle required, unknown bits refused', async (t) => {
-  t.same(decideClientFlags(1), { ok: true, noZeroes: false });
-  t.same(decideClientFlags(3), { ok: true, noZeroes: true });
-  t.equal(decideClientFlags(0).ok, false);
-  t.equal(decideClientFlags(2).ok, false);
+t.test('client flags: fixed and plain newstyle, unknown bits refused', async (t) => {
+  t.same(decideClientFlags(1), { ok: true, fixedNewstyle: true, noZeroes: false });
+  t.same(decideClientFlags(3), { ok: true, fixedNewstyle: true, noZeroes: true });
+  t.same(decideClientFlags(0), { ok: true, fixedNewstyle: false, noZeroes: false });
+  t.same(decideClientFlags(2), { ok: true, fixedNewstyle: false, noZeroes: true });
   t.equal(decideClientFlags(1 | 4).ok, false);
   t.equal(decideClientFlags(0x80000001).ok, false);
 });

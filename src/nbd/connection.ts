@@ -282,7 +282,7 @@ export class NbdConnection implements ReplySink {
   private onHandshakeEvent(event: HandshakeEvent): void {
     switch (event.kind) {
       case 'clientFlags':
-        this.negotiator.setClientFlags(event.noZeroes);
+        this.negotiator.setClientFlags(event.flags);
         return;
       case 'oversizeOption':
         return this.applyOutcome(

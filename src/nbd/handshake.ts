@@ -1,4 +1,7 @@
-// Fixed-newstyle option negotiation: from the client's flags to the start of transmission.
+// Newstyle option negotiation: from the client's flags to the start of transmission. Fixed
+// newstyle clients (all current ones) may send any option; plain newstyle clients (without the
+// fixed-newstyle flag) only NBD_OPT_EXPORT_NAME, and any other option from them closes the
+// connection, since plain newstyle has no way to answer one.
 //
 // Two layers. `HandshakeReader` cuts the client's byte stream into client flags and options, and
 // bounds what it buffers (OPTION_DATA_BYTES_MAX per option; larger ones are skipped without
@@ -23,7 +26,7 @@ import {
   decodeString, encodeExportNameReply, encodeInfoBlockSize, encodeInfoExport, encodeInfoString,
   encodeMetaContextData, encodeOptionError, encodeOptionReply, encodeServerReplyData,
 } from './protocol.ts';
-import type { OptionErrorType } from './protocol.ts';
+import type { ClientFlags, OptionErrorType } from './protocol.ts';
 
 /** Options one connection may send before we call it a denial of service. */
 export const HANDSHAKE_OPTIONS_MAX = 10_000;
@@ -32,7 +35,7 @@ export const HANDSHAKE_OPTIONS_MAX = 10_000;
 // Stream layer.
 
 export type HandshakeEvent =
-  | { readonly kind: 'clientFlags'; readonly noZeroes: boolean }
+  | { readonly kind: 'clientFlags'; readonly flags: ClientFlags }
   | { readonly kind: 'option'; readonly option: number; readonly data: Buffer }
   | { readonly kind: 'oversizeOption'; readonly option: number; readonly lengthBytes: number }
   | { readonly kind: 'close'; readonly reason: string };
@@ -46,6 +49,7 @@ export class HandshakeReader {
   private pendingBytes = 0;
   private skippedBytes = 0;
   private optionCount = 0;
+  private fixedNewstyle = true;
 
   /** Bytes the reader will hold at most for one option (buffered payload plus its header). */
   static readonly bufferedBytesMax = OPTION_HEADER_BYTES + OPTION_DATA_BYTES_MAX;
@@ -79,7 +83,8 @@ export class HandshakeReader {
     const verdict = decideClientFlags(this.scratch.readUInt32BE(0));
     if (!verdict.ok) return this.close(verdict.reason);
     this.state = 'optionHeader';
-    return { kind: 'clientFlags', noZeroes: verdict.noZeroes };
+    this.fixedNewstyle = verdict.fixedNewstyle;
+    return { kind: 'clientFlags', flags: { fixedNewstyle: verdict.fixedNewstyle, noZeroes: verdict.noZeroes } };
   }
 
   private readOptionHeader(queue: ByteQueue): HandshakeEvent | null {
@@ -91,6 +96,8 @@ export class HandshakeReader {
     if (this.optionCount > HANDSHAKE_OPTIONS_MAX) {
       return this.close(`more than ${HANDSHAKE_OPTIONS_MAX} options on one connection`);
     }
+    // Closed before its data is read: there is nothing a plain newstyle client could be told.
+    if (!this.fixedNewstyle && header.option !== OPTION.EXPORT_NAME) return this.close(plainNewstyleRefusal(header.option));
     this.option = header.option;
     this.pendingBytes = header.lengthBytes;
     if (header.lengthBytes <= OPTION_DATA_BYTES_MAX) {
@@ -110,6 +117,10 @@ export class HandshakeReader {
     this.state = 'closed';
     return { kind: 'close', reason };
   }
+}
+
+function plainNewstyleRefusal(option: number): string {
+  return `option ${option} from a plain newstyle client (no fixed-newstyle flag), which may only send EXPORT_NAME`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -279,6 +290,7 @@ export class Negotiator {
   /** The device opened by the last NBD_OPT_INFO, kept for a GO on the same export. */
   private infoHandle: { exportName: string; handle: BlockDeviceHandle } | null = null;
   private noZeroes = false;
+  private fixedNewstyle = true;
 
   private readonly config: NegotiatorConfig;
 
@@ -286,12 +298,14 @@ export class Negotiator {
     this.config = config;
   }
 
-  setClientFlags(noZeroes: boolean): void {
-    this.noZeroes = noZeroes;
+  setClientFlags(flags: ClientFlags): void {
+    this.noZeroes = flags.noZeroes;
+    this.fixedNewstyle = flags.fixedNewstyle;
   }
 
   /** Answers one option. Never rejects: every failure becomes an error reply or a close. */
   async handleOption(option: number, data: Buffer): Promise<OptionOutcome> {
+    if (!this.fixedNewstyle && option !== OPTION.EXPORT_NAME) return close(plainNewstyleRefusal(option));
     if (this.config.isShuttingDown() && option !== OPTION.ABORT) {
       if (option === OPTION.EXPORT_NAME) return close('server shutting down');
       return this.fail(option, OPTION_REPLY.ERR_SHUTDOWN, 'the NBD server is shutting down');
@@ -320,6 +334,7 @@ export class Negotiator {
 
   /** An option whose data was too large to buffer (already skipped by the reader). */
   handleOversizeOption(option: number, lengthBytes: number): OptionOutcome {
+    if (!this.fixedNewstyle) return close(plainNewstyleRefusal(option));
     const message = `option data of ${lengthBytes} bytes exceeds ${OPTION_DATA_BYTES_MAX}`;
     return this.fail(option, OPTION_REPLY.ERR_TOO_BIG, message);
   }

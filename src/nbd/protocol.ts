@@ -220,20 +220,31 @@ export function encodeGreeting(): Buffer {
   return out;
 }
 
+export interface ClientFlags {
+  /**
+   * The client speaks fixed newstyle: any option, each answered with option replies. Without it
+   * (plain newstyle, as old clients speak) the only option is NBD_OPT_EXPORT_NAME, and nothing can
+   * be answered with an error: any other option ends the connection, as qemu-nbd and nbdkit do.
+   */
+  readonly fixedNewstyle: boolean;
+  readonly noZeroes: boolean;
+}
+
 export type ClientFlagsVerdict =
-  | { readonly ok: true; readonly noZeroes: boolean }
+  | ({ readonly ok: true } & ClientFlags)
   | { readonly ok: false; readonly reason: string };
 
-/** Only fixed-newstyle clients are served; unknown bits oblige us to drop the connection. */
+/** Unknown bits oblige us to drop the connection (the spec says so); plain newstyle is served. */
 export function decideClientFlags(flags: number): ClientFlagsVerdict {
   const known = CLIENT_FLAG.FIXED_NEWSTYLE | CLIENT_FLAG.NO_ZEROES;
   if ((flags & ~known) !== 0) {
     return { ok: false, reason: `client sent unknown handshake flags 0x${flags.toString(16)}` };
   }
-  if ((flags & CLIENT_FLAG.FIXED_NEWSTYLE) === 0) {
-    return { ok: false, reason: 'client does not speak fixed newstyle negotiation' };
-  }
-  return { ok: true, noZeroes: (flags & CLIENT_FLAG.NO_ZEROES) !== 0 };
+  return {
+    ok: true,
+    fixedNewstyle: (flags & CLIENT_FLAG.FIXED_NEWSTYLE) !== 0,
+    noZeroes: (flags & CLIENT_FLAG.NO_ZEROES) !== 0,
+  };
 }
 
 export interface OptionHeader {
