@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The tests drive real third-party NBD clients, and the power-cut disk (test/helpers/power_cut.ts)
-# runs a FUSE file system with Debian's Python and python3-fusepy. Install them when missing (as
-# root, with apt-get), or stop with the one command that installs them.
+# The tests drive real third-party NBD clients, the power-cut disk (test/helpers/power_cut.ts)
+# runs a FUSE file system with Debian's Python and python3-fusepy, and Prometheus scrapes a test
+# cluster (promtool checks what it serves). Install them when missing (as root, with apt-get), or
+# stop with the one command that installs them.
 set -euo pipefail
 
-PACKAGES="qemu-utils libnbd-bin python3-libnbd fio python3-fusepy"
+# Without recommends: Prometheus would bring node exporters and their collectors, qemu-utils
+# block drivers for curl and iSCSI; the tests use none of them.
+PACKAGES="qemu-utils libnbd-bin python3-libnbd fio python3-fusepy prometheus"
 missing=()
-for tool in qemu-img qemu-io nbdinfo nbdcopy fio; do
+for tool in qemu-img qemu-io nbdinfo nbdcopy fio prometheus promtool; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if command -v fio >/dev/null 2>&1 && ! fio --enghelp=nbd >/dev/null 2>&1; then
@@ -24,13 +27,13 @@ fi
 
 echo "system tools missing for the tests: ${missing[*]}"
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing: apt-get install -y $PACKAGES"
+  echo "installing: apt-get install -y --no-install-recommends $PACKAGES"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # shellcheck disable=SC2086
-  apt-get install -y -qq $PACKAGES >/dev/null
+  apt-get install -y -qq --no-install-recommends $PACKAGES >/dev/null
   exit 0
 fi
 echo "run this once, then npm test again:"
-echo "  sudo apt-get install -y $PACKAGES"
+echo "  sudo apt-get install -y --no-install-recommends $PACKAGES"
 exit 1

@@ -2,13 +2,13 @@
 // observation through pre-created label children; totals kept by the store and the journal are
 // read at scrape time.
 
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { CS_OP, type CsOp } from '../protocol/cs_messages.ts';
 import type { Journal } from './journal/journal.ts';
 import type { ChunkStore } from './store/chunk_store.ts';
 import type { PartialWriteReporter } from './partial_writes.ts';
 import type { Scrubber } from './scrubber.ts';
-import { counterFromTotal } from '../util/metrics.ts';
+import { collectProcessMetrics, counterFromTotal } from '../util/metrics.ts';
 
 const OP_NAMES: Record<number, string> = Object.fromEntries(Object.entries(CS_OP).map(([name, op]) => [op, name.toLowerCase()]));
 
@@ -39,7 +39,7 @@ export class CsMetrics {
 
   constructor(store: () => ChunkStore | null, space: () => SpaceReport | null) {
     const registers = [this.registry];
-    collectDefaultMetrics({ register: this.registry, prefix: 'shoal_cs_' });
+    collectProcessMetrics(this.registry, 'shoal_cs_');
     this.connections = new Gauge({ name: 'shoal_cs_connections', help: 'Open client and peer connections', registers });
     this.unauthenticatedConnections = new Gauge({
       name: 'shoal_cs_unauthenticated_connections', help: 'Open connections that have not authenticated yet', registers,

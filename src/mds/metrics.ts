@@ -2,17 +2,17 @@
 // scrape time from the service, so they are never stale and cost nothing between scrapes; the
 // chunk health is read in slices (map_scans.ts), never as one walk of the map.
 
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { MetadataService } from './service.ts';
 import type { MdsStore } from './store.ts';
-import { counterFromTotal } from '../util/metrics.ts';
+import { collectProcessMetrics, counterFromTotal } from '../util/metrics.ts';
 
 export class MdsMetrics {
   readonly registry = new Registry();
   private readonly httpDuration: Histogram<'route' | 'method' | 'status'>;
 
   constructor(service: () => MetadataService | null, store: MdsStore) {
-    collectDefaultMetrics({ register: this.registry, prefix: 'shoal_mds_' });
+    collectProcessMetrics(this.registry, 'shoal_mds_');
     this.httpDuration = new Histogram({
       name: 'shoal_mds_http_request_duration_seconds',
       help: 'REST request latency by route, method and status code',

@@ -7,7 +7,7 @@
 
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
-import { Registry, collectDefaultMetrics } from 'prom-client';
+import { Registry } from 'prom-client';
 import { VolumeProvider } from '../client/provider.ts';
 import { IO_TIMEOUT_MS_DEFAULT } from '../client/volume.ts';
 import { StorageError } from '../errors.ts';
@@ -20,6 +20,7 @@ import {
 } from '../util/daemon.ts';
 import { usePrivateUmask } from '../util/fs.ts';
 import { createLogger } from '../util/log.ts';
+import { collectProcessMetrics } from '../util/metrics.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
 import { NBD_SERVER_DEFAULTS, createNbdServer } from './server.ts';
 
@@ -162,7 +163,7 @@ interface NbdDaemonConfig {
 async function startNbd(config: NbdDaemonConfig): Promise<void> {
   const log = createLogger('nbd');
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'shoal_nbd_' });
+  collectProcessMetrics(registry, 'shoal_nbd_');
   const mds = new MdsClient({ url: config.mdsUrl, token: config.credential });
   const pool = new CsConnectionPool({
     credential: { role: 'client' }, requestTimeoutMs: config.csTimeoutMs, observe: clientRequestObserver(registry),

@@ -1,0 +1,133 @@
+// Prometheus, for real: every daemon of a cluster that has served I/O exposes metrics that pass
+// `promtool check metrics` (names, types, suffixes, help), and a real Prometheus scraping the five
+// daemons sees every target up and has samples of every metric they expose.
+
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { startCluster } from './helpers/cluster.ts';
+import { run, runOk } from './helpers/run.ts';
+
+interface Target {
+  readonly job: string;
+  readonly port: number;
+}
+
+/** Sample names in an exposition (histogram series included: `_bucket`, `_sum`, `_count`). */
+function sampleNames(exposition: string): Set<string> {
+  const names = new Set<string>();
+  for (const line of exposition.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    names.add(line.split(/[{ ]/, 1)[0] ?? '');
+  }
+  return names;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === 'object' && address !== null ? address.port : 0));
+    });
+  });
+}
+
+async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<T | null>): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown = null;
+  while (Date.now() < deadline) {
+    try {
+      const value = await probe();
+      if (value !== null) return value;
+    } catch (error) {
+      last = error;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last === null ? '' : ` (last error: ${String(last)})`}`);
+}
+
+t.test('every daemon passes promtool, and Prometheus scrapes them all', async (t) => {
+  t.setTimeout(120_000);
+  const cluster = await startCluster(t);
+  await cluster.admin.createVolume({ name: 'prom', sizeBytes: 64 * 1024 * 1024 });
+  // Writes, reads and a flush, so that the data path's histograms and counters have samples.
+  const uri = cluster.nbdUnixUri('prom');
+  await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 1M', '-c', 'read -P 0x11 0 1M', '-c', 'flush', uri]);
+
+  const targets: Target[] = [{ job: 'mds', port: Number(cluster.mds.ready['port']) }];
+  for (const cs of cluster.chunkServers) {
+    if (cs !== null) targets.push({ job: 'cs', port: Number(cs.ready['metricsPort']) });
+  }
+  const nbd = cluster.nbd;
+  if (nbd === null) throw new Error('the cluster has no NBD server');
+  targets.push({ job: 'nbd', port: Number(nbd.ready['metricsPort']) });
+  t.equal(targets.filter((target) => Number.isInteger(target.port) && target.port > 0).length, 5, 'five daemons with a metrics port');
+
+  const exposed = new Set<string>();
+  for (const target of targets) {
+    const text = await (await fetch(`http://127.0.0.1:${target.port}/metrics`)).text();
+    const lint = await run('promtool', ['check', 'metrics'], { input: text });
+    t.equal(lint.code, 0, `${target.job} on port ${target.port}: promtool check metrics passes${lint.code === 0 ? '' : `: ${lint.stdout}${lint.stderr}`}`);
+    for (const name of sampleNames(text)) exposed.add(name);
+  }
+  t.ok(exposed.size > 100, `${exposed.size} sample names exposed`);
+
+  const promDir = join(cluster.dir, 'prometheus');
+  const config = join(cluster.dir, 'prometheus.yml');
+  const jobs = ['mds', 'cs', 'nbd'].map((job) => [
+    `  - job_name: ${job}`,
+    '    static_configs:',
+    `      - targets: [${targets.filter((target) => target.job === job).map((target) => `'127.0.0.1:${target.port}'`).join(', ')}]`,
+  ].join('\n'));
+  await writeFile(config, ['global:', '  scrape_interval: 1s', '  scrape_timeout: 1s', 'scrape_configs:', ...jobs, ''].join('\n'));
+  const check = await run('promtool', ['check', 'config', config]);
+  t.equal(check.code, 0, `promtool check config passes${check.code === 0 ? '' : `: ${check.stdout}${check.stderr}`}`);
+
+  const port = await freePort();
+  const prometheus = spawn('prometheus', [
+    `--config.file=${config}`, `--storage.tsdb.path=${promDir}`, `--web.listen-address=127.0.0.1:${port}`,
+  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  prometheus.stderr.setEncoding('utf8').on('data', (text: string) => {
+    log = (log + text).slice(-8000);
+  });
+  const exited = new Promise<void>((resolve) => prometheus.once('exit', () => resolve()));
+  t.teardown(async () => {
+    prometheus.kill('SIGKILL');
+    await exited;
+  });
+  const api = `http://127.0.0.1:${port}/api/v1`;
+
+  interface TargetsReply { data: { activeTargets: Array<{ scrapeUrl: string; health: string; lastError: string }> } }
+  const active = await waitFor('five targets up', 60_000, async () => {
+    if (prometheus.exitCode !== null) throw new Error(`prometheus exited ${prometheus.exitCode}: ${log}`);
+    const reply = await (await fetch(`${api}/targets`)).json() as TargetsReply;
+    const list = reply.data.activeTargets;
+    return list.length === 5 && list.every((target) => target.health === 'up') ? list : null;
+  });
+  t.same(active.map((target) => target.health), ['up', 'up', 'up', 'up', 'up'], `targets up: ${active.map((target) => target.scrapeUrl).join(', ')}`);
+
+  // One query: the names of every series Prometheus holds samples for, against what was exposed.
+  interface QueryReply { status: string; data: { result: Array<{ metric: { __name__: string } }> } }
+  const stored = await waitFor('samples of every exposed metric', 30_000, async () => {
+    const query = encodeURIComponent('count by (__name__) ({__name__=~"shoal_.+"})');
+    const reply = await (await fetch(`${api}/query?query=${query}`)).json() as QueryReply;
+    const names = new Set(reply.data.result.map((series) => series.metric.__name__));
+    return [...exposed].every((name) => names.has(name)) ? names : null;
+  }).catch(async () => {
+    const query = encodeURIComponent('count by (__name__) ({__name__=~"shoal_.+"})');
+    const reply = await (await fetch(`${api}/query?query=${query}`)).json() as QueryReply;
+    return new Set(reply.data.result.map((series) => series.metric.__name__));
+  });
+  const missing = [...exposed].filter((name) => !stored.has(name));
+  t.same(missing, [], `Prometheus holds samples of all ${exposed.size} exposed metric names`);
+  // What an admin's dashboard reads first: from each kind of daemon, scraped.
+  for (const name of ['shoal_mds_up', 'shoal_mds_http_request_duration_seconds_count', 'shoal_cs_journal_commits_total', 'shoal_nbd_written_bytes_total', 'shoal_cs_process_resident_memory_bytes']) {
+    t.ok(stored.has(name), `${name} is stored`);
+  }
+});
