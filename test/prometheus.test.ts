@@ -1,14 +1,22 @@
 // Prometheus, for real: every daemon of a cluster that has served I/O exposes metrics that pass
-// `promtool check metrics` (names, types, suffixes, help), and a real Prometheus scraping the five
-// daemons sees every target up and has samples of every metric they expose.
+// `promtool check metrics` (names, types, suffixes, help); the alert rules shipped in
+// deploy/prometheus pass `promtool check rules` and their unit tests; and a real Prometheus
+// scraping the five daemons with those rules sees every target up, has samples of every metric
+// they expose, evaluates every rule without error, and raises the chunk-server alerts when one is
+// killed.
 
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import { writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { startCluster } from './helpers/cluster.ts';
 import { run, runOk } from './helpers/run.ts';
+
+// Compiled to build/test: the repository is two levels up.
+const RULES_DIR = fileURLToPath(new URL('../../deploy/prometheus/', import.meta.url));
+const RULES_FILE = join(RULES_DIR, 'shoal-alerts.yml');
 
 interface Target {
   readonly job: string;
@@ -51,7 +59,15 @@ async function waitFor<T>(what: string, timeoutMs: number, probe: () => Promise<
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last === null ? '' : ` (last error: ${String(last)})`}`);
 }
 
-t.test('every daemon passes promtool, and Prometheus scrapes them all', async (t) => {
+t.test('the alert rules pass promtool check rules and their unit tests', async (t) => {
+  const check = await run('promtool', ['check', 'rules', RULES_FILE]);
+  t.equal(check.code, 0, `promtool check rules${check.code === 0 ? '' : `: ${check.stdout}${check.stderr}`}`);
+  t.match(check.stdout, /SUCCESS: \d+ rules found/, check.stdout.trim().split('\n').at(-1) ?? '');
+  const unit = await run('promtool', ['test', 'rules', join(RULES_DIR, 'shoal-alerts.test.yml')]);
+  t.equal(unit.code, 0, `promtool test rules${unit.code === 0 ? '' : `: ${unit.stdout}${unit.stderr}`}`);
+});
+
+t.test('every daemon passes promtool, and Prometheus scrapes them all with the alert rules', async (t) => {
   t.setTimeout(120_000);
   const cluster = await startCluster(t);
   await cluster.admin.createVolume({ name: 'prom', sizeBytes: 64 * 1024 * 1024 });
@@ -59,13 +75,14 @@ t.test('every daemon passes promtool, and Prometheus scrapes them all', async (t
   const uri = cluster.nbdUnixUri('prom');
   await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 1M', '-c', 'read -P 0x11 0 1M', '-c', 'flush', uri]);
 
-  const targets: Target[] = [{ job: 'mds', port: Number(cluster.mds.ready['port']) }];
+  // The job names the alert rules expect (the README's scrape configuration).
+  const targets: Target[] = [{ job: 'shoal-mds', port: Number(cluster.mds.ready['port']) }];
   for (const cs of cluster.chunkServers) {
-    if (cs !== null) targets.push({ job: 'cs', port: Number(cs.ready['metricsPort']) });
+    if (cs !== null) targets.push({ job: 'shoal-cs', port: Number(cs.ready['metricsPort']) });
   }
   const nbd = cluster.nbd;
   if (nbd === null) throw new Error('the cluster has no NBD server');
-  targets.push({ job: 'nbd', port: Number(nbd.ready['metricsPort']) });
+  targets.push({ job: 'shoal-nbd', port: Number(nbd.ready['metricsPort']) });
   t.equal(targets.filter((target) => Number.isInteger(target.port) && target.port > 0).length, 5, 'five daemons with a metrics port');
 
   const exposed = new Set<string>();
@@ -79,12 +96,15 @@ t.test('every daemon passes promtool, and Prometheus scrapes them all', async (t
 
   const promDir = join(cluster.dir, 'prometheus');
   const config = join(cluster.dir, 'prometheus.yml');
-  const jobs = ['mds', 'cs', 'nbd'].map((job) => [
+  const jobs = ['shoal-mds', 'shoal-cs', 'shoal-nbd'].map((job) => [
     `  - job_name: ${job}`,
     '    static_configs:',
     `      - targets: [${targets.filter((target) => target.job === job).map((target) => `'127.0.0.1:${target.port}'`).join(', ')}]`,
   ].join('\n'));
-  await writeFile(config, ['global:', '  scrape_interval: 1s', '  scrape_timeout: 1s', 'scrape_configs:', ...jobs, ''].join('\n'));
+  await writeFile(config, [
+    'global:', '  scrape_interval: 1s', '  scrape_timeout: 1s', '  evaluation_interval: 1s',
+    `rule_files: ['${RULES_FILE}']`, 'scrape_configs:', ...jobs, '',
+  ].join('\n'));
   const check = await run('promtool', ['check', 'config', config]);
   t.equal(check.code, 0, `promtool check config passes${check.code === 0 ? '' : `: ${check.stdout}${check.stderr}`}`);
 
@@ -130,4 +150,35 @@ t.test('every daemon passes promtool, and Prometheus scrapes them all', async (t
   for (const name of ['shoal_mds_up', 'shoal_mds_http_request_duration_seconds_count', 'shoal_cs_journal_commits_total', 'shoal_nbd_written_bytes_total', 'shoal_cs_process_resident_memory_bytes']) {
     t.ok(stored.has(name), `${name} is stored`);
   }
+
+  // Every rule evaluates against the live cluster without error, and none of the chunk-server
+  // alerts is raised while all is well.
+  interface Rule { name: string; health: string; lastError?: string; alerts?: Array<{ state: string; labels: Record<string, string> }> }
+  interface RulesReply { data: { groups: Array<{ rules: Rule[] }> } }
+  const rules = async (): Promise<Rule[]> => ((await (await fetch(`${api}/rules?type=alert`)).json()) as RulesReply).data.groups.flatMap((group) => group.rules);
+  const evaluated = await waitFor('every rule evaluated', 30_000, async () => {
+    const list = await rules();
+    return list.length > 0 && list.every((rule) => rule.health !== 'unknown') ? list : null;
+  });
+  t.same(evaluated.filter((rule) => rule.health !== 'ok').map((rule) => `${rule.name}: ${rule.lastError ?? rule.health}`), [],
+    `all ${evaluated.length} alert rules evaluate without error`);
+  const raised = (list: Rule[], name: string): Array<{ state: string; labels: Record<string, string> }> =>
+    list.find((rule) => rule.name === name)?.alerts ?? [];
+  t.same(raised(evaluated, 'ShoalChunkServerOffline'), [], 'ShoalChunkServerOffline is quiet on a healthy cluster');
+  t.same(raised(evaluated, 'ShoalDaemonDown'), [], 'ShoalDaemonDown is quiet on a healthy cluster');
+
+  // A real fault: a chunk server dies. Prometheus cannot scrape it, and the MDS counts it offline
+  // once its heartbeats stop (5 s): both alerts are raised (pending until their `for:` passes).
+  const victim = cluster.chunkServers[2];
+  if (victim === null || victim === undefined) throw new Error('no third chunk server');
+  const victimTarget = `127.0.0.1:${Number(victim.ready['metricsPort'])}`;
+  victim.kill('SIGKILL');
+  await victim.waitExit();
+  const after = await waitFor('both alerts raised', 60_000, async () => {
+    const list = await rules();
+    return raised(list, 'ShoalChunkServerOffline').length > 0 && raised(list, 'ShoalDaemonDown').length > 0 ? list : null;
+  });
+  t.same(raised(after, 'ShoalDaemonDown').map((alert) => [alert.labels['job'], alert.labels['instance']]), [['shoal-cs', victimTarget]],
+    `ShoalDaemonDown names the dead chunk server (${victimTarget})`);
+  t.same(raised(after, 'ShoalChunkServerOffline').map((alert) => alert.labels['severity']), ['warning'], 'ShoalChunkServerOffline is raised');
 });
