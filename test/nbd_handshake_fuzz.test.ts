@@ -115,6 +115,7 @@ function validHandshake(rng: Rng): Buffer {
     () => option(OPTION.GO, nameAnd(name, Buffer.from([0, 1, 0, 2]))),
     () => option(OPTION.EXPORT_NAME, Buffer.from(name)),
     () => option(OPTION.ABORT, Buffer.alloc(0)),
+    () => option(OPTION.STARTTLS, Buffer.alloc(0)),
   ];
   const count = 1 + int(rng, 6);
   for (let index = 0; index < count; index += 1) {
@@ -144,7 +145,7 @@ async function runHandshakeCase(t: Test, seed: number, bytes: Buffer, rng: Rng):
   const reader = new HandshakeReader();
   const negotiator = new Negotiator({
     provider: parserStubProvider, defaultExport: rng() < 0.5 ? 'vol' : undefined, readOnly: false,
-    logger: silentLogger, connectionTag: 'fuzz', isShuttingDown: () => false,
+    logger: silentLogger, connectionTag: 'fuzz', tls: rng() < 0.3 ? 'required' : 'off', isShuttingDown: () => false,
   });
   const queue = new ByteQueue();
   let ending = 'starved';
@@ -160,9 +161,11 @@ async function runHandshakeCase(t: Test, seed: number, bytes: Buffer, rng: Rng):
         if (event.data.length > OPTION_DATA_BYTES_MAX) t.fail(`SEED=${seed}: option data too big`);
         outcome = await negotiator.handleOption(event.option, event.data);
       }
+      // The connection wraps its socket in TLS after the ACK; the stream here goes on as if it had.
+      if (outcome?.next === 'starttls') negotiator.tlsStarted();
       if (outcome !== null) {
         checkOutcome(t, outcome, seed);
-        if (outcome.next !== 'continue') ending = outcome.next;
+        if (outcome.next !== 'continue' && outcome.next !== 'starttls') ending = outcome.next;
       }
       if (ending !== 'starved') return false;
     }

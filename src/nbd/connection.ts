@@ -17,12 +17,18 @@
 // (the write buffer stays over its high-water mark with nothing flushed) for writeStallTimeoutMs
 // is cut, which also frees the replies it held. An idle client with nothing to read is never cut:
 // no deadline runs while nothing waits to be sent.
+//
+// TLS (tls.ts): after the ACK to NBD_OPT_STARTTLS, the socket is wrapped in a TLS server socket
+// and every handler moves to it; the negotiation deadline keeps running through the TLS
+// handshake, so a client that never completes it is cut like one that never negotiates.
 
 import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import type { BlockDeviceHandle, BlockDeviceProvider } from '../client/block_device.ts';
 import { assert } from '../util/assert.ts';
 import type { Logger } from '../util/log.ts';
 import { TickCorker } from '../util/tick_cork.ts';
+import type { NbdTlsConfig } from './tls.ts';
 import { ByteQueue } from './byte_queue.ts';
 import { HandshakeReader, Negotiator, releaseQuietly } from './handshake.ts';
 import type { HandshakeEvent, NegotiatedExport, OptionOutcome } from './handshake.ts';
@@ -50,6 +56,8 @@ export interface ConnectionContext {
   readonly limits: ConnectionLimits;
   /** Which listener accepted the socket: its metrics series. */
   readonly listener: ListenerKind;
+  /** Set: clients must start TLS before anything else is served (tls.ts). */
+  readonly tls: NbdTlsConfig | null;
   isShuttingDown(): boolean;
 }
 
@@ -63,7 +71,8 @@ export class NbdConnection implements ReplySink {
   /** Resolves when the socket is closed and the device handle released. */
   readonly finished: Promise<void>;
   private resolveFinished: () => void = () => {};
-  private readonly socket: Socket;
+  /** The accepted socket, or after STARTTLS the TLS socket over it. */
+  private socket: Socket;
   private readonly context: ConnectionContext;
   private readonly queue = new ByteQueue();
   private phase: Phase = 'handshake';
@@ -83,7 +92,7 @@ export class NbdConnection implements ReplySink {
   private stallTimer: NodeJS.Timeout | null = null;
   /** When a write last reached the kernel while the stall timer was armed. */
   private flushedAtMs = 0;
-  private readonly corker: TickCorker;
+  private corker: TickCorker;
   /** DISC received: parse nothing more, end once in-flight requests have replied. */
   private stopReading = false;
   /** The client half-closed: serve the complete requests it sent, then end. */
@@ -109,6 +118,7 @@ export class NbdConnection implements ReplySink {
       readOnly: context.readOnly,
       logger: context.logger,
       connectionTag: this.tag,
+      tls: context.tls === null ? 'off' : 'required',
       isShuttingDown: () => context.isShuttingDown(),
     });
   }
@@ -117,6 +127,15 @@ export class NbdConnection implements ReplySink {
     const { socket } = this;
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
+    this.listen(socket);
+    const metrics = this.context.metrics.byListener[this.context.listener];
+    metrics.connectionsOpen.inc();
+    metrics.connectionsTotal.inc();
+    this.armHandshakeDeadline();
+    socket.write(encodeGreeting());
+  }
+
+  private listen(socket: Socket): void {
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('end', () => this.onEnd());
     socket.on('drain', () => this.onDrain());
@@ -124,11 +143,38 @@ export class NbdConnection implements ReplySink {
       this.context.logger.debug('socket error', { conn: this.tag, error });
     });
     socket.on('close', () => this.onClose());
-    const metrics = this.context.metrics.byListener[this.context.listener];
-    metrics.connectionsOpen.inc();
-    metrics.connectionsTotal.inc();
-    this.armHandshakeDeadline();
-    socket.write(encodeGreeting());
+  }
+
+  /**
+   * After the ACK to STARTTLS (already written to the plain socket, whose pending bytes the kernel
+   * sends before any of TLS's): from here on every byte goes through a TLS server socket.
+   */
+  private startTls(): void {
+    const tls = this.context.tls;
+    assert(tls !== null, 'STARTTLS accepted without TLS configured');
+    // The client must wait for the ACK before its TLS handshake: plain bytes after STARTTLS are
+    // a protocol violation, and must never be read as if they had come through TLS.
+    if (this.queue.lengthBytes > 0) return this.destroy('client sent plain bytes after NBD_OPT_STARTTLS', 'info');
+    const plain = this.socket;
+    for (const event of ['data', 'end', 'drain', 'error', 'close']) plain.removeAllListeners(event);
+    // Errors of the plain socket reach the TLS socket; this only keeps one from being unhandled.
+    plain.on('error', () => undefined);
+    const secure = new TLSSocket(plain, {
+      isServer: true,
+      secureContext: tls.secureContext,
+      requestCert: tls.requireClientCertificate,
+      rejectUnauthorized: tls.requireClientCertificate,
+    });
+    this.socket = secure;
+    this.corker = new TickCorker(secure);
+    this.listen(secure);
+    secure.once('secure', () => {
+      const peer = secure.getPeerCertificate();
+      this.context.logger.debug('TLS started', {
+        conn: this.tag, protocol: secure.getProtocol(), client: peer.subject?.CN ?? null,
+      });
+    });
+    this.negotiator.tlsStarted();
   }
 
   /**
@@ -324,6 +370,7 @@ export class NbdConnection implements ReplySink {
       return this.endGracefully();
     }
     if (outcome.next === 'transmission') return this.startTransmission(outcome.negotiated);
+    if (outcome.next === 'starttls') this.startTls();
     if (this.context.isShuttingDown()) this.endGracefully();
   }
 

@@ -11,7 +11,11 @@
 // send and what the connection does next, so a client's garbage can at most close its own
 // connection.
 //
-// Non-goals: TLS (STARTTLS gets ERR_UNSUP, as any unknown option), extended headers.
+// TLS (tls.ts): on a listener that requires it, every option before NBD_OPT_STARTTLS but ABORT is
+// answered ERR_TLS_REQD and EXPORT_NAME closes the connection; STARTTLS is acknowledged and the
+// connection wraps its socket. Elsewhere STARTTLS gets ERR_UNSUP.
+//
+// Non-goals: extended headers.
 
 import type { BlockDeviceHandle, BlockDeviceProvider } from '../client/block_device.ts';
 import { isStorageError } from '../errors.ts';
@@ -118,6 +122,8 @@ export class HandshakeReader {
     return { kind: 'close', reason };
   }
 }
+
+const TLS_REQUIRED = 'this server requires TLS here: send NBD_OPT_STARTTLS first (qemu: tls-creds; libnbd: nbds://)';
 
 function plainNewstyleRefusal(option: number): string {
   return `option ${option} from a plain newstyle client (no fixed-newstyle flag), which may only send EXPORT_NAME`;
@@ -258,6 +264,8 @@ export interface NegotiatorConfig {
   readonly logger: Logger;
   /** Short tag for log lines, e.g. "conn 12 unix". */
   readonly connectionTag: string;
+  /** 'required': nothing but STARTTLS (and ABORT) is served until TLS is on (tls.ts). */
+  readonly tls: 'off' | 'required';
   isShuttingDown(): boolean;
 }
 
@@ -277,7 +285,9 @@ export type OptionOutcome =
     readonly replies: Buffer[];
     readonly negotiated: NegotiatedExport;
   }
-  | { readonly next: 'close'; readonly replies: Buffer[]; readonly reason: string };
+  | { readonly next: 'close'; readonly replies: Buffer[]; readonly reason: string }
+  /** Send the replies (the ACK), then wrap the socket in TLS and call `tlsStarted()`. */
+  | { readonly next: 'starttls'; readonly replies: Buffer[] };
 
 type Opened =
   | { readonly ok: true; readonly exportName: string; readonly handle: BlockDeviceHandle }
@@ -291,6 +301,7 @@ export class Negotiator {
   private infoHandle: { exportName: string; handle: BlockDeviceHandle } | null = null;
   private noZeroes = false;
   private fixedNewstyle = true;
+  private tlsActive = false;
 
   private readonly config: NegotiatorConfig;
 
@@ -303,6 +314,11 @@ export class Negotiator {
     this.fixedNewstyle = flags.fixedNewstyle;
   }
 
+  /** The connection's socket is now a TLS socket: options are served. */
+  tlsStarted(): void {
+    this.tlsActive = true;
+  }
+
   /** Answers one option. Never rejects: every failure becomes an error reply or a close. */
   async handleOption(option: number, data: Buffer): Promise<OptionOutcome> {
     if (!this.fixedNewstyle && option !== OPTION.EXPORT_NAME) return close(plainNewstyleRefusal(option));
@@ -310,7 +326,16 @@ export class Negotiator {
       if (option === OPTION.EXPORT_NAME) return close('server shutting down');
       return this.fail(option, OPTION_REPLY.ERR_SHUTDOWN, 'the NBD server is shutting down');
     }
+    if (this.config.tls === 'required' && !this.tlsActive && option !== OPTION.ABORT) {
+      if (option === OPTION.EXPORT_NAME) return close('EXPORT_NAME without TLS on a listener that requires it');
+      if (option !== OPTION.STARTTLS) return this.fail(option, OPTION_REPLY.ERR_TLS_REQD, TLS_REQUIRED);
+      if (data.length !== 0) return this.fail(option, OPTION_REPLY.ERR_INVALID, 'STARTTLS takes no data');
+      return { next: 'starttls', replies: [encodeOptionReply(option, OPTION_REPLY.ACK)] };
+    }
     switch (option) {
+      case OPTION.STARTTLS:
+        if (this.tlsActive) return this.fail(option, OPTION_REPLY.ERR_INVALID, 'TLS is already on');
+        return this.fail(option, OPTION_REPLY.ERR_UNSUP, 'TLS is not configured on this listener');
       case OPTION.EXPORT_NAME:
         return this.exportName(data);
       case OPTION.ABORT:
@@ -335,6 +360,7 @@ export class Negotiator {
   /** An option whose data was too large to buffer (already skipped by the reader). */
   handleOversizeOption(option: number, lengthBytes: number): OptionOutcome {
     if (!this.fixedNewstyle) return close(plainNewstyleRefusal(option));
+    if (this.config.tls === 'required' && !this.tlsActive) return this.fail(option, OPTION_REPLY.ERR_TLS_REQD, TLS_REQUIRED);
     const message = `option data of ${lengthBytes} bytes exceeds ${OPTION_DATA_BYTES_MAX}`;
     return this.fail(option, OPTION_REPLY.ERR_TOO_BIG, message);
   }

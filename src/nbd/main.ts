@@ -23,6 +23,7 @@ import { createLogger } from '../util/log.ts';
 import { collectProcessMetrics } from '../util/metrics.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
 import { NBD_SERVER_DEFAULTS, createNbdServer } from './server.ts';
+import { loadNbdTls, type NbdTlsConfig } from './tls.ts';
 
 const USAGE = `usage: shoal run nbd --mds URL --credential FILE [--socket PATH] [--listen H:P]
   --credential FILE        this hypervisor's credential (\`shoal hypervisor add NAME\` prints it;
@@ -30,6 +31,9 @@ const USAGE = `usage: shoal run nbd --mds URL --credential FILE [--socket PATH] 
   --socket PATH            NBD over a unix socket (created 0600)
   --socket-group-access    create the socket 0660, for a group of hypervisor tools
   --listen HOST:PORT       NBD over TCP; use a loopback host unless clients are remote
+  --tls-cert FILE          with --tls-key: TCP clients must start TLS first (qemu's tls-creds,
+  --tls-key FILE           libnbd's nbds://); the key file mode 0600. The unix socket stays plain
+  --tls-ca FILE            and TCP clients must present a certificate this CA signed
   --default-export NAME    volume served to clients that ask for the empty export name
   --read-only              open every volume read-only (no write lease is taken)
   --force-open             take write leases held by another host, fencing it (its writes fail):
@@ -83,6 +87,9 @@ export async function runNbd(argv: string[]): Promise<void> {
       'write-stall-timeout-ms': { type: 'string' },
       'io-timeout-ms': { type: 'string' },
       'cs-timeout-ms': { type: 'string' },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      'tls-ca': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -106,8 +113,20 @@ export async function runNbd(argv: string[]): Promise<void> {
     throw new StorageError('ERR_CONFIG', '--connections-max was split: give ' +
       '--unix-connections-max and --tcp-connections-max (and --tcp-connections-per-address-max)');
   }
+  const tlsCert = values['tls-cert'];
+  const tlsKey = values['tls-key'];
+  const tlsCa = values['tls-ca'];
+  if ((tlsCert === undefined) !== (tlsKey === undefined) || (tlsCa !== undefined && tlsCert === undefined)) {
+    throw new StorageError('ERR_CONFIG', '--tls-cert and --tls-key go together (and --tls-ca needs them)');
+  }
+  if (tlsCert !== undefined && values.listen === undefined) {
+    throw new StorageError('ERR_CONFIG', 'TLS applies to NBD over TCP: give --listen too (the unix socket stays plain)');
+  }
+  const tls = tlsCert === undefined || tlsKey === undefined ? undefined
+    : await loadNbdTls({ certPath: tlsCert, keyPath: tlsKey, ...(tlsCa === undefined ? {} : { caPath: tlsCa }) });
   const d = NBD_SERVER_DEFAULTS;
   await startNbd({
+    tls,
     mdsUrl: values.mds,
     credential: await readHypervisorCredential(values.credential),
     socket: values.socket,
@@ -138,6 +157,7 @@ export async function runNbd(argv: string[]): Promise<void> {
 }
 
 interface NbdDaemonConfig {
+  readonly tls: NbdTlsConfig | undefined;
   readonly mdsUrl: string;
   /** The hypervisor's own credential: neither the cluster key nor the MDS's key ever reach this host. */
   readonly credential: string;
@@ -188,6 +208,7 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
     ...(config.socket === undefined ? {} : { unixSocketPath: config.socket }),
     ...(config.listen === undefined ? {} : { tcp: config.listen }),
     ...(config.defaultExport === undefined ? {} : { defaultExport: config.defaultExport }),
+    ...(config.tls === undefined ? {} : { tls: config.tls }),
   });
   const metricsServer = await serveMetrics(registry, config.metrics.host, config.metrics.port);
   const ready = {

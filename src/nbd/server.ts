@@ -13,6 +13,8 @@
 // and TCP may face other hosts, so no number of TCP clients can take a slot the unix socket
 // needs. TCP also caps what one remote address may hold, so one host cannot take every TCP slot.
 // A refused socket is closed at once, before any byte is sent.
+//
+// TLS, when configured, is required on TCP and not offered on the unix socket (tls.ts).
 
 import { lstat, unlink, chmod } from 'node:fs/promises';
 import { connect, createServer } from 'node:net';
@@ -26,6 +28,7 @@ import type { Logger } from '../util/log.ts';
 import { NbdConnection } from './connection.ts';
 import type { ConnectionContext, ConnectionLimits } from './connection.ts';
 import { nbdMetrics } from './metrics.ts';
+import type { NbdTlsConfig } from './tls.ts';
 import type { ListenerKind, ListenerMetrics, RefuseReason } from './metrics.ts';
 
 const MiB = 1024 * 1024;
@@ -59,6 +62,8 @@ export interface NbdServerOptions {
   readonly writeStallTimeoutMs?: number;
   /** How long close() lets in-flight requests finish (default 10 s). */
   readonly shutdownTimeoutMs?: number;
+  /** Required of every TCP client (tls.ts); the unix socket stays plain. */
+  readonly tls?: NbdTlsConfig;
 }
 
 export interface NbdServer {
@@ -102,6 +107,7 @@ export async function createNbdServer(options: NbdServerOptions): Promise<NbdSer
     metrics: nbdMetrics(options.registry),
     limits: settings.limits,
     listener,
+    tls: listener === 'tcp' ? options.tls ?? null : null,
     isShuttingDown: () => shuttingDown,
   });
   let lastConnectionId = 0;
@@ -127,7 +133,9 @@ export async function createNbdServer(options: NbdServerOptions): Promise<NbdSer
     await Promise.all(listeners.map(closeListener));
     throw error;
   }
-  logger.info('NBD server listening', { unixSocketPath, tcpHost, tcpPort });
+  logger.info('NBD server listening', {
+    unixSocketPath, tcpHost, tcpPort, tcpTls: options.tls === undefined ? 'off' : options.tls.requireClientCertificate ? 'required, with client certificates' : 'required',
+  });
 
   let closing: Promise<void> | null = null;
   const close = (): Promise<void> => {

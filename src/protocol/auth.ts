@@ -73,6 +73,15 @@ export async function readSecretFile(path: string, bytes: number): Promise<Buffe
   return Buffer.from(text, 'hex');
 }
 
+/** A PEM private key (a TLS server's), with the same checks of type, mode and owner as the secrets above. */
+export async function readSecretPem(path: string): Promise<string> {
+  const text = await readSecretText(path);
+  if (!/^-----BEGIN [A-Z ]*PRIVATE KEY-----/m.test(text)) {
+    throw new StorageError('ERR_CONFIG', `${path} holds no PEM private key (a line "-----BEGIN ... PRIVATE KEY-----")`);
+  }
+  return text;
+}
+
 /** A secret file's text, trimmed, once its type, mode and owner are checked. */
 async function readSecretText(path: string): Promise<string> {
   let text: string;
