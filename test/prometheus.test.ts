@@ -2,12 +2,13 @@
 // `promtool check metrics` (names, types, suffixes, help); the alert rules shipped in
 // deploy/prometheus pass `promtool check rules` and their unit tests; and a real Prometheus
 // scraping the five daemons with those rules sees every target up, has samples of every metric
-// they expose, evaluates every rule without error, and raises the chunk-server alerts when one is
-// killed.
+// they expose, returns data for every query of the Grafana dashboard (deploy/grafana) while a
+// client reads and writes, evaluates every rule without error, and raises the chunk-server alerts
+// when one is killed.
 
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +18,7 @@ import { run, runOk } from './helpers/run.ts';
 // Compiled to build/test: the repository is two levels up.
 const RULES_DIR = fileURLToPath(new URL('../../deploy/prometheus/', import.meta.url));
 const RULES_FILE = join(RULES_DIR, 'shoal-alerts.yml');
+const DASHBOARD_FILE = fileURLToPath(new URL('../../deploy/grafana/shoal-dashboard.json', import.meta.url));
 
 interface Target {
   readonly job: string;
@@ -132,6 +134,13 @@ t.test('every daemon passes promtool, and Prometheus scrapes them all with the a
   });
   t.same(active.map((target) => target.health), ['up', 'up', 'up', 'up', 'up'], `targets up: ${active.map((target) => target.scrapeUrl).join(', ')}`);
 
+  // Traffic while Prometheus watches, so that the dashboard's rates and latency quantiles have
+  // something to show: writes, then reads, at queue depth 4.
+  const image = `driver=nbd,server.type=unix,server.path=${new URL(uri).searchParams.get('socket') ?? ''},export=prom`;
+  for (const mode of [['-w'], []]) {
+    await runOk('qemu-img', ['bench', ...mode, '-c', '1500', '-d', '4', '-s', '4096', '--image-opts', image], { timeoutMs: 60_000 });
+  }
+
   // One query: the names of every series Prometheus holds samples for, against what was exposed.
   interface QueryReply { status: string; data: { result: Array<{ metric: { __name__: string } }> } }
   const stored = await waitFor('samples of every exposed metric', 30_000, async () => {
@@ -150,6 +159,28 @@ t.test('every daemon passes promtool, and Prometheus scrapes them all with the a
   for (const name of ['shoal_mds_up', 'shoal_mds_http_request_duration_seconds_count', 'shoal_cs_journal_commits_total', 'shoal_nbd_written_bytes_total', 'shoal_cs_process_resident_memory_bytes']) {
     t.ok(stored.has(name), `${name} is stored`);
   }
+
+  // Every query of every dashboard panel returns data: at least one series with a number (a
+  // quantile of a command that saw no request in the window is NaN, as Grafana shows it).
+  interface Panel { title: string; targets: Array<{ expr: string }> }
+  const dashboard = JSON.parse(await readFile(DASHBOARD_FILE, 'utf8')) as { panels: Panel[] };
+  interface VectorReply { status: string; error?: string; data: { result: Array<{ value: [number, string] }> } }
+  const queries = dashboard.panels.flatMap((panel) => panel.targets.map((target) => ({ title: panel.title, expr: target.expr })));
+  let lacking: string[] = [];
+  await waitFor('data for every dashboard query', 30_000, async () => {
+    const without: string[] = [];
+    for (const { title, expr } of queries) {
+      const promql = expr.replaceAll('$__rate_interval', '1m');
+      const reply = await (await fetch(`${api}/query?query=${encodeURIComponent(promql)}`)).json() as VectorReply;
+      if (reply.status !== 'success') throw new Error(`${title}: ${promql}: ${reply.error ?? reply.status}`);
+      if (!reply.data.result.some((series) => Number.isFinite(Number(series.value[1])))) without.push(`${title}: ${promql}`);
+    }
+    lacking = without;
+    return without.length === 0 ? without : null;
+  }).catch((error: unknown) => {
+    if (lacking.length === 0) lacking = [String(error)];
+  });
+  t.same(lacking, [], `all ${queries.length} queries of the ${dashboard.panels.length} dashboard panels return data`);
 
   // Every rule evaluates against the live cluster without error, and none of the chunk-server
   // alerts is raised while all is well.
