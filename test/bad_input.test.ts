@@ -95,7 +95,7 @@ t.test('bad input is refused with a clear error and harms nothing', async (t) =>
         headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
         ...(body === undefined ? {} : { body }),
       });
-      return { status: response.status, body: (await response.json()) as { code: string; message: string } };
+      return { status: response.status, body: (await response.json()) as { code: string; message: string; details: Record<string, string> } };
     };
     const cases: Array<[string, string, string | undefined, number, string, RegExp]> = [
       ['POST', '/v1/volumes', '{"name":"x"}', 400, 'ERR_INVALID_ARGUMENT', /missing required property "sizeBytes"/],
@@ -114,7 +114,15 @@ t.test('bad input is refused with a clear error and harms nothing', async (t) =>
       t.equal(result.status, status, `${method} ${path} ${body?.slice(0, 60) ?? ''}: HTTP ${status}`);
       t.equal(result.body.code, code, `  code ${code}`);
       t.match(result.body.message, message, `  message names the problem: ${result.body.message}`);
+      t.equal(typeof result.body.details?.['summary'], 'string', `  details.summary says what ${code} means: ${result.body.details?.['summary']}`);
     }
+    // A schema violation names the field and the rule in details, for scripts.
+    const missing = await call('POST', '/v1/volumes', '{"name":"x"}');
+    t.same(missing.body.details, { summary: 'a request field is invalid', field: 'body.sizeBytes', rule: 'required' }, 'details of a missing field');
+    const unknown = await call('POST', '/v1/volumes', '{"name":"x","sizeBytes":1048576,"colour":"red"}');
+    t.same(unknown.body.details, { summary: 'a request field is invalid', field: 'body.colour', rule: 'additionalProperties' }, 'details of an unknown field');
+    const noRoute = await call('GET', '/v1/nothing-here?x=1', undefined);
+    t.same(noRoute.body.details, { summary: 'no such object', method: 'GET', path: '/v1/nothing-here' }, 'details of an unknown route');
     const unauthorized = await call('GET', '/v1/volumes', undefined, 'wrong');
     t.equal(unauthorized.status, 401);
     const internal = await call('GET', '/v1/internal/exports', undefined);

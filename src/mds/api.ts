@@ -4,8 +4,10 @@
 // credential, and only for the volumes attached to it). /metrics, /v1/health and
 // /v1/openapi.json are open.
 //
-// Every error leaves as { statusCode, code, message }: StorageErrors keep their code; schema
-// violations become ERR_INVALID_ARGUMENT naming the field.
+// Every error leaves as { statusCode, code, message, details } (ErrorBody): StorageErrors keep
+// their code; schema violations become ERR_INVALID_ARGUMENT naming the field. The OpenAPI document
+// (openApiDocument, served at /v1/openapi.json) is committed as docs/openapi.json, and a test
+// fails when the routes and it drift apart.
 
 import swagger from '@fastify/swagger';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -20,8 +22,8 @@ import Fastify, {
 import { createReadStream } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
-import type { Registry } from 'prom-client';
-import { StorageError } from '../errors.ts';
+import { Registry as PromRegistry, type Registry } from 'prom-client';
+import { ERRORS, StorageError, type ErrorCode } from '../errors.ts';
 import { API_BODY_BYTES_MAX } from '../limits.ts';
 import { encodeBackupPrefix } from './backup.ts';
 import {
@@ -69,7 +71,7 @@ import {
   VolumeNameParams,
 } from '../protocol/api.ts';
 import { tokenEqual } from '../protocol/auth.ts';
-import type { Logger } from '../util/log.ts';
+import { createLogger, type Logger } from '../util/log.ts';
 import type { HypervisorRecord } from './model.ts';
 import type { MdsMetrics } from './metrics.ts';
 import type { MetadataService } from './service.ts';
@@ -112,7 +114,9 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
 
   app.setErrorHandler((error: FastifyError, _request, reply) => sendError(reply, error, options.log));
   app.setNotFoundHandler((request, reply) =>
-    reply.code(404).send({ statusCode: 404, code: 'ERR_NOT_FOUND', message: `no route ${request.method} ${request.url}` }),
+    reply.code(404).send(errorBody(404, 'ERR_NOT_FOUND', `no route ${request.method} ${request.url}`, {
+      method: request.method, path: request.url.split('?', 1)[0] ?? request.url,
+    })),
   );
   app.addHook('onResponse', async (request, reply) => {
     options.metrics.observeHttp(request.routeOptions.url ?? 'unknown', request.method, reply.statusCode, reply.elapsedTime / 1000);
@@ -146,6 +150,31 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     clientRoutes(scope.withTypeProvider<TypeBoxTypeProvider>(), options.service);
   });
   return app;
+}
+
+/**
+ * The API's OpenAPI document, built from the route schemas without an MDS: the routes are
+ * registered on an app whose service is never called (a handler that ran would throw). What
+ * `/v1/openapi.json` serves; `shoal mds openapi` prints it and docs/openapi.json is its copy.
+ */
+export async function openApiDocument(): Promise<unknown> {
+  const absent = new Proxy({}, {
+    get(_target, property) {
+      throw new Error(`bug: the OpenAPI document's routes touched the service (${String(property)})`);
+    },
+  });
+  const app = await buildApi({
+    service: absent as MetadataService,
+    adminToken: 'unused',
+    clusterToken: 'unused',
+    metricsRegistry: new PromRegistry(),
+    metrics: absent as MdsMetrics,
+    log: createLogger('openapi'),
+  });
+  await app.ready();
+  const document = app.swagger();
+  await app.close();
+  return document;
 }
 
 type TypedApp = FastifyInstance<RawServerDefault, IncomingMessage, ServerResponse, FastifyBaseLogger, TypeBoxTypeProvider>;
@@ -362,17 +391,32 @@ function bearerHook(expected: string, scope: string) {
   };
 }
 
+function errorBody(statusCode: number, code: ErrorCode, message: string, details: Record<string, string> = {}): ErrorBody {
+  return { statusCode, code, message, details: { summary: ERRORS[code].summary, ...details } };
+}
+
 function sendError(reply: FastifyReply, error: FastifyError | StorageError, log: Logger): FastifyReply {
   if (error instanceof StorageError) {
-    return reply.code(error.httpStatus).send({ statusCode: error.httpStatus, code: error.code, message: error.message });
+    return reply.code(error.httpStatus).send(errorBody(error.httpStatus, error.code, error.message));
   }
   if (error.validation !== undefined) {
-    return reply.code(400).send({ statusCode: 400, code: 'ERR_INVALID_ARGUMENT', message: validationMessage(error) });
+    return reply.code(400).send(errorBody(400, 'ERR_INVALID_ARGUMENT', validationMessage(error), validationDetails(error)));
   }
   const status = error.statusCode ?? 500;
   if (status >= 500) log.error('request failed', { error });
-  const code = status === 413 ? 'ERR_TOO_LARGE' : status < 500 ? 'ERR_INVALID_ARGUMENT' : 'ERR_INTERNAL';
-  return reply.code(status).send({ statusCode: status, code, message: error.message });
+  const code: ErrorCode = status === 413 ? 'ERR_TOO_LARGE' : status < 500 ? 'ERR_INVALID_ARGUMENT' : 'ERR_INTERNAL';
+  return reply.code(status).send(errorBody(status, code, error.message));
+}
+
+/** The field a schema violation is about (`body.sizeBytes`) and the rule it broke (`minimum`). */
+function validationDetails(error: FastifyError): Record<string, string> {
+  const first = error.validation?.[0];
+  if (first === undefined) return {};
+  const params = first.params as Record<string, unknown>;
+  const base = `${error.validationContext ?? 'request'}${first.instancePath.replaceAll('/', '.')}`;
+  const property = first.keyword === 'additionalProperties' ? params['additionalProperty']
+    : first.keyword === 'required' ? params['missingProperty'] : undefined;
+  return { field: property === undefined ? base : `${base}.${String(property)}`, rule: first.keyword };
 }
 
 /** Names the field and what is wrong with it, e.g. `body has unknown property "colour"`. */

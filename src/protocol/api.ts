@@ -19,10 +19,17 @@ import {
 const Uint = (options: { maximum?: number; minimum?: number; description?: string } = {}) =>
   Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER, ...options });
 
+/**
+ * Every error response of the API, whatever failed: the HTTP status, a stable code (errors.ts),
+ * a message a person can act on, and details for scripts: `summary` (what the code means) always,
+ * and where they apply `field` and `rule` (a request that broke its schema) or `method` and `path`
+ * (no such route).
+ */
 export const ErrorBody = Type.Object({
   statusCode: Type.Integer(),
   code: Type.String(),
   message: Type.String(),
+  details: Type.Record(Type.String(), Type.String()),
 });
 export type ErrorBody = Static<typeof ErrorBody>;
 

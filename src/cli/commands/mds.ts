@@ -153,4 +153,21 @@ const rebuild = defineCommand({
     }),
 });
 
-export const mdsCommands: readonly Command[] = [backup, restore, rebuild];
+const openapi = defineCommand({
+  path: ['mds', 'openapi'],
+  synopsis: '',
+  summary: 'print the REST API\'s OpenAPI document (what the MDS serves at /v1/openapi.json)',
+  details: [
+    'Built from the route schemas of this version, without asking an MDS. docs/openapi.json is its copy in the',
+    'repository (npm run openapi rewrites it); a test fails when the two differ.',
+  ],
+  parse: () => undefined,
+  async run(context) {
+    // Loaded here, not with the CLI: the MDS's API pulls in fastify, which every other command
+    // would pay for at start-up.
+    const { openApiDocument } = await import('../../mds/api.ts');
+    context.write(`${JSON.stringify(await openApiDocument(), null, 2)}\n`);
+  },
+});
+
+export const mdsCommands: readonly Command[] = [backup, restore, rebuild, openapi];
