@@ -29,6 +29,7 @@ import { assert } from '../util/assert.ts';
 import type { Logger } from '../util/log.ts';
 import { TickCorker } from '../util/tick_cork.ts';
 import type { NbdTlsConfig } from './tls.ts';
+import type { VolumeIo, VolumeIoStats } from './volume_stats.ts';
 import { ByteQueue } from './byte_queue.ts';
 import { HandshakeReader, Negotiator, releaseQuietly } from './handshake.ts';
 import type { HandshakeEvent, NegotiatedExport, OptionOutcome } from './handshake.ts';
@@ -53,6 +54,8 @@ export interface ConnectionContext {
   readonly readOnly: boolean;
   readonly logger: Logger;
   readonly metrics: NbdMetrics;
+  /** Per-volume running totals; a connection holds its volume's entry while it serves it. */
+  readonly volumeStats: VolumeIoStats;
   readonly limits: ConnectionLimits;
   /** Which listener accepted the socket: its metrics series. */
   readonly listener: ListenerKind;
@@ -85,6 +88,7 @@ export class NbdConnection implements ReplySink {
   private requestReader: RequestReader | null = null;
   private session: TransmissionSession | null = null;
   private handle: BlockDeviceHandle | null = null;
+  private volumeIo: VolumeIo | null = null;
   private inflightCount = 0;
   private inflightBytes = 0;
   private waitingForDrain = false;
@@ -378,12 +382,14 @@ export class NbdConnection implements ReplySink {
     this.clearHandshakeTimer();
     this.handle = negotiated.handle;
     const { device } = negotiated.handle;
+    this.volumeIo = this.context.volumeStats.acquire(negotiated.exportName);
     this.session = new TransmissionSession({
       device,
       structuredReplies: negotiated.structuredReplies,
       baseAllocation: negotiated.baseAllocation,
       sink: this,
       metrics: this.context.metrics,
+      volumeIo: this.volumeIo,
       logger: this.context.logger,
       connectionTag: this.tag,
     });
@@ -513,6 +519,8 @@ export class NbdConnection implements ReplySink {
     this.finishing = true;
     const handle = this.handle;
     this.handle = null;
+    if (this.volumeIo !== null) this.context.volumeStats.release(this.volumeIo);
+    this.volumeIo = null;
     const releases = [this.negotiator.dispose()];
     if (handle !== null) releases.push(releaseQuietly(handle, this.context.logger, this.tag));
     void Promise.all(releases).then(() => this.resolveFinished());

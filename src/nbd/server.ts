@@ -29,6 +29,7 @@ import { NbdConnection } from './connection.ts';
 import type { ConnectionContext, ConnectionLimits } from './connection.ts';
 import { nbdMetrics } from './metrics.ts';
 import type { NbdTlsConfig } from './tls.ts';
+import { volumeIoStats } from './volume_stats.ts';
 import type { ListenerKind, ListenerMetrics, RefuseReason } from './metrics.ts';
 
 const MiB = 1024 * 1024;
@@ -105,6 +106,7 @@ export async function createNbdServer(options: NbdServerOptions): Promise<NbdSer
     readOnly: options.readOnly ?? false,
     logger,
     metrics: nbdMetrics(options.registry),
+    volumeStats: volumeIoStats(options.registry),
     limits: settings.limits,
     listener,
     tls: listener === 'tcp' ? options.tls ?? null : null,

@@ -14,6 +14,7 @@ import type { Logger } from '../util/log.ts';
 import type { ByteQueue } from './byte_queue.ts';
 import { commandMetrics } from './metrics.ts';
 import type { NbdMetrics } from './metrics.ts';
+import type { VolumeIo } from './volume_stats.ts';
 import {
   BASE_ALLOCATION_CONTEXT_ID, BLOCK_SIZE, BLOCK_STATUS_DESCRIPTORS_MAX, COMMAND, COMMAND_FLAG,
   MAGIC, OFFSET_DATA_HEAD_BYTES, REQUEST_HEADER_BYTES, SIMPLE_REPLY_BYTES, STATE, commandName,
@@ -281,6 +282,8 @@ export interface SessionConfig {
   readonly baseAllocation: boolean;
   readonly sink: ReplySink;
   readonly metrics: NbdMetrics;
+  /** The served volume's running totals (volume_stats.ts). */
+  readonly volumeIo: VolumeIo;
   readonly logger: Logger;
   readonly connectionTag: string;
 }
@@ -317,8 +320,22 @@ export class TransmissionSession {
         this.replyDeviceError(request, error);
       }
     }
+    const seconds = (performance.now() - startedMs) / 1000;
     if (!ok) metrics.errors.inc();
-    metrics.duration.observe((performance.now() - startedMs) / 1000);
+    metrics.duration.observe(seconds);
+    const io = this.config.volumeIo;
+    if (!ok) io.errors += 1;
+    if (request.command === COMMAND.READ) {
+      io.readOps += 1;
+      io.readSeconds += seconds;
+      if (ok) io.readBytes += request.lengthBytes;
+    } else if (request.command === COMMAND.WRITE) {
+      io.writeOps += 1;
+      io.writeSeconds += seconds;
+      if (ok) io.writtenBytes += request.lengthBytes;
+    } else {
+      io.otherOps += 1;
+    }
   }
 
   /** Answers a request without running it, while the server shuts down. */
