@@ -5,9 +5,9 @@
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
 import { open, readFile, rm, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { join } from 'node:path';
 import { startCluster } from './helpers/cluster.ts';
+import { speakAfterGreeting } from './helpers/nbd_raw.ts';
 import { runOk } from './helpers/run.ts';
 
 const MiB = 1024 * 1024;
@@ -158,28 +158,10 @@ t.test('real clients against a three-replica cluster', async (t) => {
     // A plain newstyle client that sends NBD_OPT_LIST gets no reply (it could not read one): the
     // connection closes, and the server serves the next client.
     const socketPath = new URL(uri).searchParams.get('socket') ?? '';
-    const received = await new Promise<{ bytes: number; closed: boolean }>((resolve, reject) => {
-      let bytes = 0;
-      const socket = connect(socketPath);
-      const timer = setTimeout(() => {
-        socket.destroy();
-        resolve({ bytes, closed: false });
-      }, 10_000);
-      socket.on('error', reject);
-      socket.on('data', (piece: Buffer) => {
-        bytes += piece.length;
-        if (bytes === 18) {
-          const option = Buffer.alloc(4 + 16);
-          option.write('IHAVEOPT', 4, 'latin1');
-          option.writeUInt32BE(3, 12); // NBD_OPT_LIST, no data; client flags 0 before it
-          socket.write(option);
-        }
-      });
-      socket.on('close', () => {
-        clearTimeout(timer);
-        resolve({ bytes, closed: true });
-      });
-    });
+    const option = Buffer.alloc(4 + 16);
+    option.write('IHAVEOPT', 4, 'latin1');
+    option.writeUInt32BE(3, 12); // NBD_OPT_LIST, no data; client flags 0 before it
+    const received = await speakAfterGreeting(socketPath, option);
     t.same(received, { bytes: 18, closed: true }, 'the greeting, then the server closes without a reply');
     const after = await runOk('nbdinfo', ['--size', uri]);
     t.equal(after.stdout.trim(), String(IMAGE_BYTES), 'and serves the next client');

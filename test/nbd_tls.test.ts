@@ -4,11 +4,11 @@
 
 import t from 'tap';
 import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SHOAL_ENTRY } from '../src/local/daemon_process.ts';
 import { startCluster } from './helpers/cluster.ts';
+import { speakAfterGreeting } from './helpers/nbd_raw.ts';
 import { run, runOk } from './helpers/run.ts';
 
 const MiB = 1024 * 1024;
@@ -86,30 +86,13 @@ t.test('NBD over TCP requires TLS with a client certificate; the unix socket sta
     t.match(plain.stderr, /TLS/i, `and says TLS is required: ${plain.stderr.trim().split('\n')[0] ?? ''}`);
     // A fixed newstyle client that goes straight to EXPORT_NAME: no reply can carry an error, so
     // the server closes without sending an export (18 greeting bytes, then nothing).
-    const received = await new Promise<{ bytes: number; closed: boolean }>((resolve, reject) => {
-      let bytes = 0;
-      const socket = connect(port, '127.0.0.1');
-      const timer = setTimeout(() => {
-        socket.destroy();
-        resolve({ bytes, closed: false });
-      }, 10_000);
-      socket.on('error', reject);
-      socket.on('data', (piece: Buffer) => {
-        bytes += piece.length;
-        if (bytes !== 18) return;
-        const request = Buffer.alloc(4 + 16 + 2);
-        request.writeUInt32BE(3, 0); // FIXED_NEWSTYLE | NO_ZEROES
-        request.write('IHAVEOPT', 4, 'latin1');
-        request.writeUInt32BE(1, 12); // NBD_OPT_EXPORT_NAME
-        request.writeUInt32BE(2, 16);
-        request.write('tv', 20, 'latin1');
-        socket.write(request);
-      });
-      socket.on('close', () => {
-        clearTimeout(timer);
-        resolve({ bytes, closed: true });
-      });
-    });
+    const request = Buffer.alloc(4 + 16 + 2);
+    request.writeUInt32BE(3, 0); // FIXED_NEWSTYLE | NO_ZEROES
+    request.write('IHAVEOPT', 4, 'latin1');
+    request.writeUInt32BE(1, 12); // NBD_OPT_EXPORT_NAME
+    request.writeUInt32BE(2, 16);
+    request.write('tv', 20, 'latin1');
+    const received = await speakAfterGreeting(port, request);
     t.same(received, { bytes: 18, closed: true }, 'the greeting, then the server closes');
   });
 

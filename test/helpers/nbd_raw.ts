@@ -117,3 +117,34 @@ export class RawNbdClient {
     this.socket.destroy();
   }
 }
+
+/** What a server sent a client that spoke once, after the greeting: bytes received in all, and whether it closed. */
+export interface AfterGreeting {
+  readonly bytes: number;
+  readonly closed: boolean;
+}
+
+/**
+ * Connects (a unix socket path, or a TCP port on 127.0.0.1), waits for the 18-byte greeting,
+ * sends `bytes` (client flags, then options), and reports what came back until the server closed
+ * or `timeoutMs` passed.
+ */
+export function speakAfterGreeting(target: string | number, bytes: Buffer, timeoutMs = 10_000): Promise<AfterGreeting> {
+  return new Promise((resolve, reject) => {
+    let received = 0;
+    const socket = typeof target === 'string' ? connect(target) : connect(target, '127.0.0.1');
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve({ bytes: received, closed: false });
+    }, timeoutMs);
+    socket.on('error', reject);
+    socket.on('data', (piece: Buffer) => {
+      received += piece.length;
+      if (received === 18) socket.write(bytes);
+    });
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve({ bytes: received, closed: true });
+    });
+  });
+}
