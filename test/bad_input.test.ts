@@ -125,6 +125,10 @@ t.test('bad input is refused with a clear error and harms nothing', async (t) =>
     t.same(noRoute.body.details, { summary: 'no such object', method: 'GET', path: '/v1/nothing-here' }, 'details of an unknown route');
     const unauthorized = await call('GET', '/v1/volumes', undefined, 'wrong');
     t.equal(unauthorized.status, 401);
+    // A route that declares its error replies: the token check's reply must fit that schema too.
+    const refused = await call('POST', '/v1/volumes', '{"name":"x","sizeBytes":1048576}', 'wrong');
+    t.same([refused.status, refused.body.code, refused.body.details], [401, 'ERR_UNAUTHORIZED', { summary: 'missing or wrong credentials' }],
+      'a wrong token: 401 ERR_UNAUTHORIZED in the one error shape');
     const internal = await call('GET', '/v1/internal/exports', undefined);
     t.equal(internal.status, 401, 'the admin token does not open internal routes');
     const created = await call('POST', '/v1/volumes', '{"name":"after","sizeBytes":1048576}');

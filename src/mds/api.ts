@@ -382,11 +382,7 @@ function bearerHook(expected: string, scope: string) {
   return async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     const token = bearerToken(request);
     if (token === '' || !tokenEqual(expected, token)) {
-      await reply.code(401).send({
-        statusCode: 401,
-        code: 'ERR_UNAUTHORIZED',
-        message: `this route needs the ${scope} token as "Authorization: Bearer <token>"`,
-      });
+      await reply.code(401).send(errorBody(401, 'ERR_UNAUTHORIZED', `this route needs the ${scope} token as "Authorization: Bearer <token>"`));
     }
   };
 }
