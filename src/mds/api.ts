@@ -404,25 +404,35 @@ function sendError(reply: FastifyReply, error: FastifyError | StorageError, log:
   return reply.code(status).send(errorBody(status, code, error.message));
 }
 
+/** The first schema violation: where (`body`, `body.replicas`), the rule broken, the property it names (an unknown or missing one). */
+function firstViolation(error: FastifyError): { path: string; rule: string; property: string | undefined; text: string | undefined } | null {
+  const first = error.validation?.[0];
+  if (first === undefined) return null;
+  const params = first.params as Record<string, unknown>;
+  const named = first.keyword === 'additionalProperties' ? params['additionalProperty']
+    : first.keyword === 'required' ? params['missingProperty'] : undefined;
+  return {
+    path: `${error.validationContext ?? 'request'}${first.instancePath.replaceAll('/', '.')}`,
+    rule: first.keyword,
+    property: named === undefined ? undefined : String(named),
+    text: first.message,
+  };
+}
+
 /** The field a schema violation is about (`body.sizeBytes`) and the rule it broke (`minimum`). */
 function validationDetails(error: FastifyError): Record<string, string> {
-  const first = error.validation?.[0];
-  if (first === undefined) return {};
-  const params = first.params as Record<string, unknown>;
-  const base = `${error.validationContext ?? 'request'}${first.instancePath.replaceAll('/', '.')}`;
-  const property = first.keyword === 'additionalProperties' ? params['additionalProperty']
-    : first.keyword === 'required' ? params['missingProperty'] : undefined;
-  return { field: property === undefined ? base : `${base}.${String(property)}`, rule: first.keyword };
+  const violation = firstViolation(error);
+  if (violation === null) return {};
+  const { path, rule, property } = violation;
+  return { field: property === undefined ? path : `${path}.${property}`, rule };
 }
 
 /** Names the field and what is wrong with it, e.g. `body has unknown property "colour"`. */
 function validationMessage(error: FastifyError): string {
-  const context = error.validationContext ?? 'request';
-  const first = error.validation?.[0];
-  if (first === undefined) return `${context}: ${error.message}`;
-  const path = `${context}${first.instancePath.replaceAll('/', '.')}`;
-  const params = first.params as Record<string, unknown>;
-  if (first.keyword === 'additionalProperties') return `${path} has unknown property "${String(params['additionalProperty'])}"`;
-  if (first.keyword === 'required') return `${path} is missing required property "${String(params['missingProperty'])}"`;
-  return `${path} ${first.message ?? 'is invalid'}`;
+  const violation = firstViolation(error);
+  if (violation === null) return `${error.validationContext ?? 'request'}: ${error.message}`;
+  const { path, rule, property, text } = violation;
+  if (rule === 'additionalProperties') return `${path} has unknown property "${String(property)}"`;
+  if (rule === 'required') return `${path} is missing required property "${String(property)}"`;
+  return `${path} ${text ?? 'is invalid'}`;
 }

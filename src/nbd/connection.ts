@@ -139,14 +139,30 @@ export class NbdConnection implements ReplySink {
     socket.write(encodeGreeting());
   }
 
+  // The socket's handlers, as fields so that STARTTLS can take exactly these off the plain socket
+  // (Node's own listeners on it stay).
+  private readonly onDataEvent = (chunk: Buffer): void => this.onData(chunk);
+  private readonly onEndEvent = (): void => this.onEnd();
+  private readonly onDrainEvent = (): void => this.onDrain();
+  private readonly onErrorEvent = (error: Error): void => {
+    this.context.logger.debug('socket error', { conn: this.tag, error });
+  };
+  private readonly onCloseEvent = (): void => this.onClose();
+
   private listen(socket: Socket): void {
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('end', () => this.onEnd());
-    socket.on('drain', () => this.onDrain());
-    socket.on('error', (error) => {
-      this.context.logger.debug('socket error', { conn: this.tag, error });
-    });
-    socket.on('close', () => this.onClose());
+    socket.on('data', this.onDataEvent);
+    socket.on('end', this.onEndEvent);
+    socket.on('drain', this.onDrainEvent);
+    socket.on('error', this.onErrorEvent);
+    socket.on('close', this.onCloseEvent);
+  }
+
+  private unlisten(socket: Socket): void {
+    socket.off('data', this.onDataEvent);
+    socket.off('end', this.onEndEvent);
+    socket.off('drain', this.onDrainEvent);
+    socket.off('error', this.onErrorEvent);
+    socket.off('close', this.onCloseEvent);
   }
 
   /**
@@ -160,7 +176,7 @@ export class NbdConnection implements ReplySink {
     // a protocol violation, and must never be read as if they had come through TLS.
     if (this.queue.lengthBytes > 0) return this.destroy('client sent plain bytes after NBD_OPT_STARTTLS', 'info');
     const plain = this.socket;
-    for (const event of ['data', 'end', 'drain', 'error', 'close']) plain.removeAllListeners(event);
+    this.unlisten(plain);
     // Errors of the plain socket reach the TLS socket; this only keeps one from being unhandled.
     plain.on('error', () => undefined);
     const secure = new TLSSocket(plain, {
