@@ -42,6 +42,11 @@ export const CS_CONNECTION_INFLIGHT_MAX = 256;
 /** Extents in one block-status reply from a chunk server: one per block at worst. */
 export const CS_EXTENTS_MAX = CS_PAYLOAD_BYTES_MAX / BLOCK_BYTES;
 
+/** Highest per-volume IOPS limit or burst an admin may set: far above any one volume's reach. */
+export const QOS_IOPS_MAX = 100_000_000;
+/** Highest per-volume bandwidth limit (bytes per second) or burst (bytes): 1 TiB. */
+export const QOS_BANDWIDTH_BYTES_MAX = 1024 * GiB;
+
 /** REST request bodies are small JSON documents. */
 export const API_BODY_BYTES_MAX = 64 * KiB;
 

@@ -99,7 +99,7 @@ t.test('help and version need no cluster', async (t) => {
   t.same(await shoal(['help']), overview, 'shoal help = shoal --help');
   const create = await shoal(['volume', 'create', '--help']);
   t.equal(create.code, 0);
-  t.match(create.stdout, /^usage: shoal volume create NAME --size SIZE \[--chunk-size SIZE\] \[--replicas N:M\]\n/);
+  t.match(create.stdout, /^usage: shoal volume create NAME --size SIZE \[--chunk-size SIZE\] \[--replicas N:M\] \[--iops-limit N\] \[--bandwidth-limit SIZE\]\n/);
   t.same(await shoal(['help', 'volume', 'create']), create, 'shoal help volume create = shoal volume create --help');
   const drain = await shoal(['cs', 'drain', '--help']);
   t.match(drain.stdout, /^usage: shoal cs drain ID \[--wait\] \[--timeout SECONDS\]\n/);

@@ -5,9 +5,9 @@
 import t from 'tap';
 import { StorageError, type ErrorCode } from '../src/errors.ts';
 import { CS_PAYLOAD_BYTES_MAX } from '../src/limits.ts';
-import type { CapabilityReply, LeaseGrant } from '../src/protocol/api.ts';
+import { UNLIMITED_QOS, type CapabilityReply, type LeaseGrant } from '../src/protocol/api.ts';
 import { capabilityKey, issueCapability, type HypervisorId } from '../src/protocol/capability.ts';
-import type { Timers } from '../src/util/clock.ts';
+import { FakeTimers } from './helpers/fake_timers.ts';
 import type { Logger } from '../src/util/log.ts';
 import { ChunkMap, PAGE_NOT_HELD } from '../src/client/chunk_map.ts';
 import { LeaseKeeper, capabilityGrant } from '../src/client/lease.ts';
@@ -16,49 +16,6 @@ import { changeOutcome, readOrder } from '../src/client/replica_io.ts';
 import { Retrier, backoffDelayMs, changeRefusal, isRetryable, losesLease, retryLater } from '../src/client/retry.ts';
 
 const MiB = 1024 * 1024;
-
-/** Time moves only when told: `sleep` moves it at once; background timers run on `advance`. */
-class FakeTimers implements Timers {
-  nowMs = 0;
-  readonly sleeps: number[] = [];
-  private timers: { atMs: number; run: () => void }[] = [];
-
-  monotonicMs(): number {
-    return this.nowMs;
-  }
-
-  sleep(delayMs: number): Promise<void> {
-    this.sleeps.push(delayMs);
-    this.nowMs += delayMs;
-    return Promise.resolve();
-  }
-
-  background(delayMs: number, run: () => void): () => void {
-    const timer = { atMs: this.nowMs + delayMs, run };
-    this.timers.push(timer);
-    return () => {
-      this.timers = this.timers.filter((other) => other !== timer);
-    };
-  }
-
-  get pending(): number {
-    return this.timers.length;
-  }
-
-  /** Runs every timer due within `ms`, in time order, letting the promises each one starts settle. */
-  async advance(ms: number): Promise<void> {
-    const endMs = this.nowMs + ms;
-    for (;;) {
-      const next = this.timers.filter((timer) => timer.atMs <= endMs).sort((a, b) => a.atMs - b.atMs)[0];
-      if (next === undefined) break;
-      this.timers = this.timers.filter((timer) => timer !== next);
-      this.nowMs = next.atMs;
-      next.run();
-      await new Promise((resolve) => setImmediate(resolve));
-    }
-    this.nowMs = endMs;
-  }
-}
 
 const quiet: Logger = { debug: () => {}, info: () => {}, warn: () => {}, error: () => {} };
 
@@ -145,7 +102,7 @@ t.test('the lease is renewed every interval and the capability a third into its 
       renewLease: async (_name, leaseId) => {
         calls.push(`renew ${leaseId} @${timers.nowMs}`);
         if (renewAnswer !== null) throw renewAnswer;
-        return { ok: true };
+        return { ok: true, qos: UNLIMITED_QOS };
       },
       capability: async (_name, leaseId) => {
         calls.push(`capability ${leaseId} @${timers.nowMs}`);
@@ -153,6 +110,7 @@ t.test('the lease is renewed every interval and the capability a third into its 
         if (answer === undefined || answer instanceof StorageError) throw answer ?? new StorageError('ERR_INTERNAL', 'none');
         return answer;
       },
+      volumeQos: async () => UNLIMITED_QOS,
       closeVolume: async (_name, leaseId) => {
         calls.push(`close ${leaseId} @${timers.nowMs}`);
         return { ok: true };
@@ -192,8 +150,9 @@ t.test('stopping releases a held lease once and cancels the renewals', async (t)
     volumeName: 'v', lease: { leaseId: 'L2', epoch: 1, renewIntervalMs: 1_000, timeoutMs: 5_000 },
     grant: capabilityGrant(capabilityReply(0, 60_000)), log: quiet, timers,
     mds: {
-      renewLease: async () => ({ ok: true }),
+      renewLease: async () => ({ ok: true, qos: UNLIMITED_QOS }),
       capability: async () => capabilityReply(0, 60_000),
+      volumeQos: async () => UNLIMITED_QOS,
       closeVolume: async (_name, leaseId) => {
         calls.push(`close ${leaseId}`);
         return { ok: true };

@@ -19,6 +19,19 @@ function createVolume(tables: MemoryTables, name = 'vol'): number {
   return result.record.id;
 }
 
+t.test('volume limits: stored with the volume, a limit always with its burst', async (t) => {
+  const tables = cluster();
+  const id = createVolume(tables);
+  t.equal(tables.getVolume(id)?.qos, undefined, 'a volume created without limits has none');
+  const limits = { iopsLimit: 500, iopsBurst: 50, bandwidthLimitBytesPerSecond: 0, bandwidthBurstBytes: 0 };
+  tables.submit({ type: 'setVolumeQos', volumeId: id, qos: limits });
+  t.same(tables.getVolume(id)?.qos, limits);
+  t.throws(() => tables.submit({ type: 'setVolumeQos', volumeId: id, qos: { ...limits, iopsBurst: 0 } }), /comes with its burst/,
+    'a limit without a burst is a broken invariant, not stored');
+  t.same(tables.getVolume(id)?.qos, limits, 'and changed nothing');
+  t.throws(() => tables.submit({ type: 'setVolumeQos', volumeId: id + 1, qos: limits }), { code: 'ERR_NOT_FOUND' });
+});
+
 t.test('volumes: unique names, grow-only resize, delete queues replica removal', async (t) => {
   const tables = cluster();
   const id = createVolume(tables);

@@ -7,10 +7,14 @@
 // this hypervisor revoked; LEASE_LOST in retry.ts) or a chunk server refused a change as fenced.
 // Writes then fail with that error, and closing does not release what is no longer held.
 //
+// The volume's I/O limits ride along: each lease renewal's answer carries them, and a read-only
+// open (no lease) asks for them every QOS_REFRESH_MS, so an admin's change reaches the gate
+// (qos_gate.ts) within seconds without the guest reconnecting.
+//
 // The timers run on injected Timers, so tests drive renewals without waiting.
 
 import type { StorageError } from '../errors.ts';
-import type { CapabilityReply, LeaseGrant } from '../protocol/api.ts';
+import type { CapabilityReply, LeaseGrant, VolumeQos } from '../protocol/api.ts';
 import { decodeCapability, type Capability, type CapabilityGrant } from '../protocol/capability.ts';
 import type { MdsClient } from '../protocol/mds_client.ts';
 import { assert } from '../util/assert.ts';
@@ -22,6 +26,8 @@ import { losesLease } from './retry.ts';
 export const CAPABILITY_RENEW_AT = 1 / 3;
 /** The wait before asking again after a renewal failed, and the shortest wait before any renewal. */
 export const CAPABILITY_RETRY_MS = 1_000;
+/** How often a read-only open asks for its volume's limits (a write open gets them with each renewal). */
+export const QOS_REFRESH_MS = 5_000;
 
 /** When to renew a capability just received: a third of its lifetime from now, never sooner than the retry wait. */
 export function capabilityRenewDelayMs(capability: Capability): number {
@@ -39,9 +45,11 @@ export interface LeaseKeeperOptions {
   readonly lease: LeaseGrant | null;
   /** The capability that came with the open. */
   readonly grant: CapabilityGrant;
-  readonly mds: Pick<MdsClient, 'renewLease' | 'capability' | 'closeVolume'>;
+  readonly mds: Pick<MdsClient, 'renewLease' | 'capability' | 'closeVolume' | 'volumeQos'>;
   readonly log: Logger;
   readonly timers: Timers;
+  /** Called with the volume's limits as the MDS states them, after each renewal or refresh. */
+  readonly onQos?: (qos: VolumeQos) => void;
 }
 
 export class LeaseKeeper {
@@ -52,6 +60,7 @@ export class LeaseKeeper {
   private stopped = false;
   private cancelLeaseRenewal: (() => void) | null = null;
   private cancelCapabilityRenewal: (() => void) | null = null;
+  private cancelQosRefresh: (() => void) | null = null;
 
   constructor(options: LeaseKeeperOptions) {
     this.options = options;
@@ -63,6 +72,7 @@ export class LeaseKeeper {
   start(): void {
     assert(this.cancelCapabilityRenewal === null && !this.stopped, 'renewals start once, before stop');
     if (this.lease !== null) this.scheduleLeaseRenewal(this.lease);
+    else this.scheduleQosRefresh();
     this.scheduleCapabilityRenewal();
   }
 
@@ -107,6 +117,7 @@ export class LeaseKeeper {
     this.stopped = true;
     this.cancelLeaseRenewal?.();
     this.cancelCapabilityRenewal?.();
+    this.cancelQosRefresh?.();
     if (this.lease !== null && this.lost_ === null) {
       await this.options.mds.closeVolume(this.options.volumeName, this.lease.leaseId).catch((error: unknown) => {
         this.options.log.warn('could not release the lease; it will expire', { volume: this.options.volumeName, error });
@@ -119,7 +130,9 @@ export class LeaseKeeper {
     this.cancelLeaseRenewal = this.options.timers.background(lease.renewIntervalMs, () => {
       if (this.stopped) return;
       this.scheduleLeaseRenewal(lease);
-      this.options.mds.renewLease(this.options.volumeName, lease.leaseId).catch((error: unknown) => {
+      this.options.mds.renewLease(this.options.volumeName, lease.leaseId).then((reply) => {
+        if (!this.stopped) this.options.onQos?.(reply.qos);
+      }, (error: unknown) => {
         if (losesLease('leaseRenewal', error)) {
           this.lose(error);
           this.cancelLeaseRenewal?.();
@@ -127,6 +140,20 @@ export class LeaseKeeper {
         }
         this.options.log.warn('lease renewal failed; retrying', { volume: this.options.volumeName, error });
       });
+    });
+  }
+
+  /** A read-only open's limits: asked for every QOS_REFRESH_MS; a failure keeps the limits in force. */
+  private scheduleQosRefresh(): void {
+    if (this.options.onQos === undefined) return;
+    const onQos = this.options.onQos;
+    this.cancelQosRefresh = this.options.timers.background(QOS_REFRESH_MS, () => {
+      if (this.stopped) return;
+      this.options.mds.volumeQos(this.options.volumeName).then((qos) => {
+        if (!this.stopped) onQos(qos);
+      }, (error: unknown) => {
+        this.options.log.warn('could not refresh the volume\'s I/O limits; the ones in force stay', { volume: this.options.volumeName, error });
+      }).finally(() => this.scheduleQosRefresh());
     });
   }
 

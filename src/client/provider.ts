@@ -20,6 +20,8 @@ export interface VolumeProviderDeps {
 
 interface Shared {
   readonly volume: Promise<Volume>;
+  /** The volume once open. */
+  opened: Volume | null;
   users: number;
 }
 
@@ -42,10 +44,13 @@ export class VolumeProvider implements BlockDeviceProvider {
     let shared = this.open_.get(key);
     if (shared === undefined) {
       const volume = Volume.open({ ...this.deps, name, readOnly: options.readOnly, force: this.deps.forceOpen === true });
-      shared = { volume, users: 0 };
-      this.open_.set(key, shared);
-      volume.catch(() => {
-        if (this.open_.get(key) === shared) this.open_.delete(key);
+      const entry: Shared = { volume, opened: null, users: 0 };
+      shared = entry;
+      this.open_.set(key, entry);
+      volume.then((opened) => {
+        entry.opened = opened;
+      }, () => {
+        if (this.open_.get(key) === entry) this.open_.delete(key);
       });
     }
     const entry = shared;
@@ -69,6 +74,11 @@ export class VolumeProvider implements BlockDeviceProvider {
         await device.close();
       },
     };
+  }
+
+  /** The volumes open now (for metrics). */
+  *openVolumes(): Iterable<Volume> {
+    for (const shared of this.open_.values()) if (shared.opened !== null) yield shared.opened;
   }
 
   /** Closes every open volume (server shutdown). */

@@ -7,7 +7,8 @@
 //   volume; each write carries its chunk's ticket, which lets the primary check the forward list);
 // - chunk_locator.ts: the chunk map as I/O uses it (loaded page by page, refreshed, allocation);
 // - replica_io.ts: reads that fail over among a chunk's members, changes sent to the primary;
-// - retry.ts: the one retry loop (deadline, backoff, which codes are retryable where).
+// - retry.ts: the one retry loop (deadline, backoff, which codes are retryable where);
+// - qos_gate.ts: the volume's I/O limits, which every read, write and zeroing passes first.
 //
 // Ordering: writes whose 4 KiB blocks overlap are never in flight at the same time; the later one
 // waits. Replicas apply a chunk's writes in arrival order, so without this two overlapping writes
@@ -26,6 +27,7 @@ import { RangeLock } from '../util/range_lock.ts';
 import type { BlockDevice, Extent } from './block_device.ts';
 import { ChunkLocator } from './chunk_locator.ts';
 import { LeaseKeeper, capabilityGrant } from './lease.ts';
+import { QosGate } from './qos_gate.ts';
 import { blockSpan, checkRange, firstPiece, splitRange, type Piece } from './ranges.ts';
 import { ReplicaIo } from './replica_io.ts';
 import { Retrier } from './retry.ts';
@@ -56,6 +58,8 @@ export class Volume implements BlockDevice {
   private readonly chunks: ChunkLocator;
   private readonly replicas: ReplicaIo;
   private readonly writeOrder = new RangeLock();
+  /** The volume's I/O limits, kept current by the lease keeper. */
+  readonly qos: QosGate;
   private closed = false;
 
   private constructor(options: VolumeOpenOptions, info: VolumeInfo, lease: LeaseGrant | null, grant: CapabilityGrant) {
@@ -69,7 +73,11 @@ export class Volume implements BlockDevice {
       timers,
       checkWanted: () => this.checkOpen(),
     });
-    this.lease = new LeaseKeeper({ volumeName: options.name, lease, grant, mds: options.mds, log: options.log, timers });
+    this.qos = new QosGate(info.qos, timers);
+    this.lease = new LeaseKeeper({
+      volumeName: options.name, lease, grant, mds: options.mds, log: options.log, timers,
+      onQos: (qos) => this.qos.setLimits(qos),
+    });
     this.chunks = new ChunkLocator({
       mds: options.mds,
       volumeName: options.name,
@@ -114,6 +122,8 @@ export class Volume implements BlockDevice {
 
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.checkRange(offsetBytes, lengthBytes);
+    const gate = this.qos.admit(lengthBytes);
+    if (gate !== null) await gate;
     const pieces = splitRange(offsetBytes, lengthBytes, this.info.chunkSizeBytes);
     if (pieces.length === 1 && pieces[0] !== undefined) return this.readPiece(pieces[0]);
     const result = Buffer.allocUnsafe(lengthBytes);
@@ -129,6 +139,8 @@ export class Volume implements BlockDevice {
   async write(offsetBytes: number, data: Buffer): Promise<void> {
     this.checkWritable();
     this.checkRange(offsetBytes, data.length);
+    const gate = this.qos.admit(data.length);
+    if (gate !== null) await gate;
     await this.ordered(offsetBytes, data.length, () =>
       Promise.all(
         splitRange(offsetBytes, data.length, this.info.chunkSizeBytes).map((piece) =>
@@ -141,6 +153,9 @@ export class Volume implements BlockDevice {
   async zero(offsetBytes: number, lengthBytes: number): Promise<void> {
     this.checkWritable();
     this.checkRange(offsetBytes, lengthBytes);
+    // A zeroing moves no data: it counts as a request, not as bytes.
+    const gate = this.qos.admit(0);
+    if (gate !== null) await gate;
     await this.ordered(offsetBytes, lengthBytes, () =>
       Promise.all(
         // A zeroing carries no data: one request per chunk, whatever its length (TRIM of a whole disk).
@@ -174,6 +189,7 @@ export class Volume implements BlockDevice {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.qos.releaseAll();
     await this.lease.stop();
   }
 

@@ -61,11 +61,13 @@ import {
   LeaseBody,
   PartialWriteBody,
   OkReply,
+  LeaseRenewReply,
+  VolumeQos,
   OpenVolumeBody,
   OpenVolumeReply,
   RegisterChunkServerBody,
   RegisterChunkServerReply,
-  ResizeVolumeBody,
+  UpdateVolumeBody,
   VolumeInfo,
   VolumeList,
   VolumeNameParams,
@@ -196,8 +198,8 @@ function adminRoutes(app: TypedApp, service: MetadataService): void {
   );
   app.patch(
     '/v1/volumes/:name',
-    { schema: { tags, params: VolumeNameParams, body: ResizeVolumeBody, response: { 200: VolumeInfo, ...errorResponses } } },
-    async (request) => service.resizeVolume(request.params.name, request.body.sizeBytes),
+    { schema: { tags, params: VolumeNameParams, body: UpdateVolumeBody, response: { 200: VolumeInfo, ...errorResponses } } },
+    async (request) => service.updateVolume(request.params.name, request.body),
   );
   app.delete(
     '/v1/volumes/:name',
@@ -331,11 +333,13 @@ function clientRoutes(app: TypedApp, service: MetadataService): void {
   );
   app.post(
     '/v1/internal/volumes/:name/lease/renew',
-    { schema: { tags, params: VolumeNameParams, body: LeaseBody, response: { 200: OkReply, ...errorResponses } } },
-    async (request) => {
-      service.renewLease(request.params.name, request.body.leaseId);
-      return { ok: true };
-    },
+    { schema: { tags, params: VolumeNameParams, body: LeaseBody, response: { 200: LeaseRenewReply, ...errorResponses } } },
+    async (request) => ({ ok: true, qos: service.renewLease(request.params.name, request.body.leaseId) }),
+  );
+  app.get(
+    '/v1/internal/volumes/:name/qos',
+    { schema: { tags, params: VolumeNameParams, response: { 200: VolumeQos, ...errorResponses } } },
+    async (request) => service.volumeQosOf(request.params.name, hypervisorOf(request)),
   );
   app.post(
     '/v1/internal/volumes/:name/close',

@@ -2,6 +2,7 @@
 // implementations exist: LMDB (store.ts) for the daemon and plain maps (memory_tables.ts) for
 // simulation tests, so the same apply code runs in both.
 
+import { UNLIMITED_QOS, type VolumeQos } from '../protocol/api.ts';
 import type { VolumeDescription } from '../protocol/cs_messages.ts';
 
 export interface LeaseRecord {
@@ -21,6 +22,12 @@ export interface VolumeRecord {
   /** Grows with every write open; chunk servers reject writes carrying an older epoch. */
   readonly epoch: number;
   readonly lease: LeaseRecord | null;
+  /** I/O limits; absent (records written before limits existed, or never set): none. */
+  readonly qos?: VolumeQos;
+}
+
+export function volumeQos(volume: VolumeRecord): VolumeQos {
+  return volume.qos ?? UNLIMITED_QOS;
 }
 
 /** What chunk servers keep of a volume with each of its replicas (for rebuilding a lost map). */

@@ -9,6 +9,7 @@
 import { StorageError } from '../errors.ts';
 import { assert, assertNever } from '../util/assert.ts';
 import { formatBytes } from '../util/size.ts';
+import type { VolumeQos } from '../protocol/api.ts';
 import type {
   ChunkKey, ChunkRecord, ChunkServerAdminState, ChunkServerRecord, HypervisorRecord, InDoubtRange, MdsTables, QuarantineRecord, VolumeRecord,
 } from './model.ts';
@@ -42,8 +43,16 @@ export type MdsOp =
       readonly replicasNormal: number;
       readonly replicasMin: number;
       readonly nowMs: number;
+      /** Absent in ops logged before volumes had limits: none. */
+      readonly qos?: VolumeQos;
     }
   | { readonly type: 'resizeVolume'; readonly volumeId: number; readonly sizeBytes: number }
+  | {
+      /** A volume's I/O limits change (resolved: every field, see volume_qos.ts). */
+      readonly type: 'setVolumeQos';
+      readonly volumeId: number;
+      readonly qos: VolumeQos;
+    }
   | { readonly type: 'deleteVolume'; readonly volumeId: number }
   | {
       readonly type: 'allocateChunk';
@@ -183,6 +192,8 @@ export function applyOp(tables: MdsTables, op: MdsOp): MdsOpResult {
       return createVolume(tables, op);
     case 'resizeVolume':
       return resizeVolume(tables, op.volumeId, op.sizeBytes);
+    case 'setVolumeQos':
+      return setVolumeQos(tables, op.volumeId, op.qos);
     case 'deleteVolume':
       return deleteVolume(tables, op.volumeId);
     case 'allocateChunk':
@@ -308,6 +319,7 @@ function createVolume(tables: MdsTables, op: Extract<MdsOp, { type: 'createVolum
   }
   assert(op.replicasMin >= 1 && op.replicasMin <= op.replicasNormal, 'replicas min within 1..normal');
   assert(op.sizeBytes > 0 && op.chunkSizeBytes > 0, 'volume and chunk sizes are positive');
+  if (op.qos !== undefined) assertQos(op.qos);
   const id = Math.max(1, tables.getMeta('nextVolumeId'));
   tables.putMeta('nextVolumeId', id + 1);
   const record: VolumeRecord = {
@@ -320,7 +332,22 @@ function createVolume(tables: MdsTables, op: Extract<MdsOp, { type: 'createVolum
     createdAtMs: op.nowMs,
     epoch: 0,
     lease: null,
+    ...(op.qos === undefined ? {} : { qos: op.qos }),
   };
+  tables.putVolume(record);
+  return { type: 'volume', record };
+}
+
+/** Limits as stored: a limit has a burst, no limit has none (volume_qos.ts resolves requests to this). */
+function assertQos(qos: VolumeQos): void {
+  assert((qos.iopsLimit === 0) === (qos.iopsBurst === 0), 'an IOPS limit comes with its burst, and only with one');
+  assert((qos.bandwidthLimitBytesPerSecond === 0) === (qos.bandwidthBurstBytes === 0), 'a bandwidth limit comes with its burst, and only with one');
+}
+
+function setVolumeQos(tables: MdsTables, volumeId: number, qos: VolumeQos): MdsOpResult {
+  assertQos(qos);
+  const volume = requireVolume(tables, volumeId);
+  const record: VolumeRecord = { ...volume, qos };
   tables.putVolume(record);
   return { type: 'volume', record };
 }

@@ -7,8 +7,10 @@
 
 import { randomBytes, randomUUID } from 'node:crypto';
 import { StorageError } from '../errors.ts';
-import { CHUNK_MAP_PAGE_CHUNKS } from '../protocol/api.ts';
+import { CHUNK_MAP_PAGE_CHUNKS, UNLIMITED_QOS } from '../protocol/api.ts';
 import type {
+  UpdateVolumeBody,
+  VolumeQos,
   CapabilityReply,
   ChunkFailureBody,
   ChunkMapEntry,
@@ -28,7 +30,8 @@ import { Hypervisors } from './hypervisors.ts';
 import type { ChunkRecord, HypervisorRecord, VolumeRecord } from './model.ts';
 import type { MdsConfig } from './config.ts';
 import { chooseReplicas } from './placement.ts';
-import { describeVolume } from './model.ts';
+import { describeVolume, volumeQos } from './model.ts';
+import { resolveQosChange } from './volume_qos.ts';
 import type { MdsStore } from './store.ts';
 
 /** Chunk ids are reserved durably in blocks, so a crash never hands out an id twice. */
@@ -100,9 +103,10 @@ export class MetadataService {
       replicasNormal: replicas.normal,
       replicasMin: replicas.min,
       nowMs: this.clock.nowMs(),
+      ...(body.qos === undefined ? {} : { qos: resolveQosChange(UNLIMITED_QOS, body.qos) }),
     });
     assert(result.type === 'volume', 'createVolume yields a volume');
-    this.log.info('volume created', { name: body.name, sizeBytes: body.sizeBytes, chunkSizeBytes, replicas });
+    this.log.info('volume created', { name: body.name, sizeBytes: body.sizeBytes, chunkSizeBytes, replicas, qos: volumeQos(result.record) });
     return this.volumeInfo(result.record);
   }
 
@@ -121,12 +125,27 @@ export class MetadataService {
     return this.volumeInfo(this.volumeByName(name));
   }
 
-  async resizeVolume(name: string, sizeBytes: number): Promise<VolumeInfo> {
-    const volume = this.volumeByName(name);
-    const result = await this.store.submit({ type: 'resizeVolume', volumeId: volume.id, sizeBytes });
-    assert(result.type === 'volume', 'resizeVolume yields a volume');
-    this.log.info('volume resized', { name, fromBytes: volume.sizeBytes, toBytes: sizeBytes });
-    return this.volumeInfo(result.record);
+  /**
+   * Grows a volume and/or changes its limits. The limits reach the NBD server serving it within
+   * one lease renewal (a quarter of the lease timeout), or QOS_REFRESH_MS for a read-only open.
+   */
+  async updateVolume(name: string, body: UpdateVolumeBody): Promise<VolumeInfo> {
+    let volume = this.volumeByName(name);
+    // Checked before anything is stored: a bad limit must not leave the size changed alone.
+    const qos = body.qos === undefined ? undefined : resolveQosChange(volumeQos(volume), body.qos);
+    if (body.sizeBytes !== undefined) {
+      const result = await this.store.submit({ type: 'resizeVolume', volumeId: volume.id, sizeBytes: body.sizeBytes });
+      assert(result.type === 'volume', 'resizeVolume yields a volume');
+      this.log.info('volume resized', { name, fromBytes: volume.sizeBytes, toBytes: body.sizeBytes });
+      volume = result.record;
+    }
+    if (qos !== undefined) {
+      const result = await this.store.submit({ type: 'setVolumeQos', volumeId: volume.id, qos });
+      assert(result.type === 'volume', 'setVolumeQos yields a volume');
+      this.log.info('volume limits changed', { name, from: volumeQos(volume), to: qos });
+      volume = result.record;
+    }
+    return this.volumeInfo(volume);
   }
 
   async deleteVolume(name: string, force: boolean): Promise<void> {
@@ -158,6 +177,7 @@ export class MetadataService {
         volume.lease === null
           ? null
           : { holder: volume.lease.holder, epoch: volume.epoch, acquiredAt: new Date(volume.lease.acquiredAtMs).toISOString() },
+      qos: volumeQos(volume),
     };
   }
 
@@ -247,9 +267,18 @@ export class MetadataService {
     return this.getVolume(name);
   }
 
-  renewLease(name: string, leaseId: string): void {
-    this.requireLease(this.volumeByName(name), leaseId);
+  /** Extends the lease; answers with the volume's limits, which its writer applies (live changes). */
+  renewLease(name: string, leaseId: string): VolumeQos {
+    const volume = this.volumeByName(name);
+    this.requireLease(volume, leaseId);
     this.leaseExpiryMs.set(leaseId, this.clock.nowMs() + this.config.leaseTimeoutMs);
+    return volumeQos(volume);
+  }
+
+  /** A volume's limits, for an NBD server that has it open read-only (no lease renewals to carry them). */
+  volumeQosOf(name: string, hypervisor: HypervisorRecord): VolumeQos {
+    this.hypervisors.requireVolume(hypervisor, name);
+    return volumeQos(this.volumeByName(name));
   }
 
   async closeVolume(name: string, leaseId: string): Promise<void> {

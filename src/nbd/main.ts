@@ -12,7 +12,7 @@ import { VolumeProvider } from '../client/provider.ts';
 import { IO_TIMEOUT_MS_DEFAULT } from '../client/volume.ts';
 import { StorageError } from '../errors.ts';
 import { readHypervisorCredential } from '../protocol/auth.ts';
-import { clientRequestObserver } from '../client/metrics.ts';
+import { clientRequestObserver, registerQosMetrics } from '../client/metrics.ts';
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { MdsClient } from '../protocol/mds_client.ts';
 import {
@@ -191,6 +191,7 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
   const provider = new VolumeProvider({
     mds, pool, log, holder: config.holder, ioTimeoutMs: config.ioTimeoutMs, forceOpen: config.forceOpen,
   });
+  registerQosMetrics(registry, () => provider.openVolumes());
   const server = await createNbdServer({
     provider,
     registry,

@@ -11,6 +11,8 @@ import { Type, type Static } from 'typebox';
 import {
   CHUNK_BYTES_MAX,
   CHUNK_BYTES_MIN,
+  QOS_BANDWIDTH_BYTES_MAX,
+  QOS_IOPS_MAX,
   REPLICAS_MAX,
   VOLUME_BYTES_MAX,
   VOLUME_NAME_PATTERN,
@@ -45,22 +47,59 @@ export const Replicas = Type.Object(
   { additionalProperties: false },
 );
 
+const IopsLimit = Uint({ maximum: QOS_IOPS_MAX, description: 'requests per second (reads, writes, zeroes, trims); 0: no limit' });
+const IopsBurst = Uint({ maximum: QOS_IOPS_MAX, description: 'requests a volume that was quiet may send at once above the limit; 0 with a limit: one second\'s worth' });
+const BandwidthLimit = Uint({ maximum: QOS_BANDWIDTH_BYTES_MAX, description: 'bytes read and written per second; 0: no limit' });
+const BandwidthBurst = Uint({ maximum: QOS_BANDWIDTH_BYTES_MAX, description: 'bytes a volume that was quiet may move at once above the limit; 0 with a limit: one second\'s worth' });
+
+/**
+ * A volume's I/O limits, enforced by the NBD server that serves it (src/client/qos_gate.ts): each
+ * a token bucket that fills at the limit up to the burst. A limit of 0 is no limit.
+ */
+export const VolumeQos = Type.Object({
+  iopsLimit: IopsLimit,
+  iopsBurst: IopsBurst,
+  bandwidthLimitBytesPerSecond: BandwidthLimit,
+  bandwidthBurstBytes: BandwidthBurst,
+});
+export type VolumeQos = Static<typeof VolumeQos>;
+
+/** No limit on anything. */
+export const UNLIMITED_QOS: VolumeQos = Object.freeze({ iopsLimit: 0, iopsBurst: 0, bandwidthLimitBytesPerSecond: 0, bandwidthBurstBytes: 0 });
+
+/** The limits to change; the others stay (a changed limit without its burst gets one second's worth). */
+export const VolumeQosChange = Type.Object(
+  {
+    iopsLimit: Type.Optional(IopsLimit),
+    iopsBurst: Type.Optional(IopsBurst),
+    bandwidthLimitBytesPerSecond: Type.Optional(BandwidthLimit),
+    bandwidthBurstBytes: Type.Optional(BandwidthBurst),
+  },
+  { additionalProperties: false },
+);
+export type VolumeQosChange = Static<typeof VolumeQosChange>;
+
 export const CreateVolumeBody = Type.Object(
   {
     name: VolumeName,
     sizeBytes: Uint({ minimum: 1, maximum: VOLUME_BYTES_MAX }),
     chunkSizeBytes: Type.Optional(Uint({ minimum: CHUNK_BYTES_MIN, maximum: CHUNK_BYTES_MAX })),
     replicas: Type.Optional(Replicas),
+    qos: Type.Optional(VolumeQosChange),
   },
   { additionalProperties: false },
 );
 export type CreateVolumeBody = Static<typeof CreateVolumeBody>;
 
-export const ResizeVolumeBody = Type.Object(
-  { sizeBytes: Uint({ minimum: 1, maximum: VOLUME_BYTES_MAX }) },
-  { additionalProperties: false },
+/** What PATCH changes on a volume: its size (grow only), its limits, or both. */
+export const UpdateVolumeBody = Type.Object(
+  {
+    sizeBytes: Type.Optional(Uint({ minimum: 1, maximum: VOLUME_BYTES_MAX })),
+    qos: Type.Optional(VolumeQosChange),
+  },
+  { additionalProperties: false, minProperties: 1 },
 );
-export type ResizeVolumeBody = Static<typeof ResizeVolumeBody>;
+export type UpdateVolumeBody = Static<typeof UpdateVolumeBody>;
 
 export const DeleteVolumeQuery = Type.Object(
   { force: Type.Optional(Type.Boolean()) },
@@ -86,6 +125,7 @@ export const VolumeInfo = Type.Object({
   allocatedBytes: Uint({ description: 'chunkCount x chunkSizeBytes: the upper bound of space used per replica' }),
   epoch: Uint({ description: 'lease epoch: grows with every write open' }),
   lease: Type.Union([LeaseInfo, Type.Null()]),
+  qos: VolumeQos,
 });
 export type VolumeInfo = Static<typeof VolumeInfo>;
 
@@ -329,6 +369,10 @@ export type OpenVolumeReply = Static<typeof OpenVolumeReply>;
 
 export const LeaseBody = Type.Object({ leaseId: Type.String({ maxLength: 64 }) }, { additionalProperties: false });
 export type LeaseBody = Static<typeof LeaseBody>;
+
+/** A renewal's answer carries the volume's limits, so that a change reaches its writer within a renewal interval. */
+export const LeaseRenewReply = Type.Object({ ok: Type.Boolean(), qos: VolumeQos });
+export type LeaseRenewReply = Static<typeof LeaseRenewReply>;
 
 export const ChunkIndexParams = Type.Object({ name: VolumeName, chunkIndex: Uint() });
 export type ChunkIndexParams = Static<typeof ChunkIndexParams>;

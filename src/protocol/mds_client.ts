@@ -29,6 +29,9 @@ import type {
   HeartbeatBody,
   OpenVolumeBody,
   OkReply,
+  LeaseRenewReply,
+  UpdateVolumeBody,
+  VolumeQos,
   OpenVolumeReply,
   PartialWriteBody,
   RegisterChunkServerBody,
@@ -139,7 +142,11 @@ export class MdsClient {
     return this.call('GET', `/v1/volumes/${encodeURIComponent(name)}`);
   }
   resizeVolume(name: string, sizeBytes: number): Promise<VolumeInfo> {
-    return this.call('PATCH', `/v1/volumes/${encodeURIComponent(name)}`, { sizeBytes });
+    return this.updateVolume(name, { sizeBytes });
+  }
+  /** Grows a volume and/or changes its I/O limits. */
+  updateVolume(name: string, body: UpdateVolumeBody): Promise<VolumeInfo> {
+    return this.call('PATCH', `/v1/volumes/${encodeURIComponent(name)}`, body);
   }
   deleteVolume(name: string, force: boolean): Promise<{ ok: boolean }> {
     return this.call('DELETE', `/v1/volumes/${encodeURIComponent(name)}${force ? '?force=true' : ''}`);
@@ -197,8 +204,11 @@ export class MdsClient {
   openVolume(name: string, body: OpenVolumeBody): Promise<OpenVolumeReply> {
     return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/open`, body);
   }
-  renewLease(name: string, leaseId: string): Promise<{ ok: boolean }> {
+  renewLease(name: string, leaseId: string): Promise<LeaseRenewReply> {
     return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/lease/renew`, { leaseId });
+  }
+  volumeQos(name: string): Promise<VolumeQos> {
+    return this.call('GET', `/v1/internal/volumes/${encodeURIComponent(name)}/qos`);
   }
   closeVolume(name: string, leaseId: string): Promise<{ ok: boolean }> {
     return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/close`, { leaseId });

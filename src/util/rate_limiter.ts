@@ -1,43 +1,32 @@
-// A token bucket for bytes: `take(bytes)` resolves when the bytes fit under the rate. Bursts are
-// bounded to one second's worth, so a long idle time does not allow a flood afterwards.
+// A byte-rate limit for background work (recovery copies, scrubbing): `take(bytes)` resolves when
+// the bytes fit under the rate. Bursts are bounded to one second's worth, so a long idle time does
+// not allow a flood afterwards.
 
 import type { Clock } from './clock.ts';
+import { TokenBucket } from './token_bucket.ts';
 
 export class RateLimiter {
   private readonly clock: Clock;
   private readonly sleep: (ms: number) => Promise<void>;
-  private bytesPerSecond: number;
-  private available: number;
-  private updatedMs: number;
+  private readonly bucket: TokenBucket;
 
+  /** 0 bytes per second: no limit. */
   constructor(bytesPerSecond: number, clock: Clock, sleep: (ms: number) => Promise<void>) {
     this.clock = clock;
     this.sleep = sleep;
-    this.bytesPerSecond = bytesPerSecond;
-    this.available = bytesPerSecond;
-    this.updatedMs = clock.nowMs();
+    this.bucket = new TokenBucket(bytesPerSecond, bytesPerSecond, clock.nowMs());
   }
 
   get rate(): number {
-    return this.bytesPerSecond;
+    return this.bucket.rate;
   }
 
   setRate(bytesPerSecond: number): void {
-    this.refill();
-    this.bytesPerSecond = bytesPerSecond;
-    this.available = Math.min(this.available, bytesPerSecond);
+    this.bucket.configure(bytesPerSecond, bytesPerSecond, this.clock.nowMs());
   }
 
   async take(bytes: number): Promise<void> {
-    if (this.bytesPerSecond <= 0) return; // 0 = unlimited
-    this.refill();
-    this.available -= bytes;
-    if (this.available < 0) await this.sleep(Math.ceil((-this.available / this.bytesPerSecond) * 1000));
-  }
-
-  private refill(): void {
-    const nowMs = this.clock.nowMs();
-    this.available = Math.min(this.bytesPerSecond, this.available + ((nowMs - this.updatedMs) / 1000) * this.bytesPerSecond);
-    this.updatedMs = nowMs;
+    const waitMs = this.bucket.take(bytes, this.clock.nowMs());
+    if (waitMs > 0) await this.sleep(Math.ceil(waitMs));
   }
 }

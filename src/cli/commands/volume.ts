@@ -1,4 +1,4 @@
-// `shoal volume ...`: create, list, inspect, grow, fence the writer of, and delete volumes. Arguments are checked here
+// `shoal volume ...`: create, list, inspect, grow, limit, fence the writer of, and delete volumes. Arguments are checked here
 // against the same limits the MDS enforces (src/limits.ts), so a typo is reported with the usage
 // line before anything is sent; what only the MDS can decide (the name is taken, the volume is
 // open, the new size is smaller) comes back as its error and message.
@@ -8,15 +8,17 @@ import {
   CHUNK_BYTES_DEFAULT,
   CHUNK_BYTES_MAX,
   CHUNK_BYTES_MIN,
+  QOS_BANDWIDTH_BYTES_MAX,
+  QOS_IOPS_MAX,
   REPLICAS_MAX,
   VOLUME_BYTES_MAX,
   VOLUME_NAME_REGEX,
   isPowerOfTwo,
 } from '../../limits.ts';
-import type { VolumeInfo } from '../../protocol/api.ts';
+import type { VolumeInfo, VolumeQos, VolumeQosChange } from '../../protocol/api.ts';
 import { formatBytes, parseSizeBytes } from '../../util/size.ts';
 import { booleanFlag, defineCommand, positional, show, stringFlag, type Command, type CommandArgs } from '../command.ts';
-import { formatPercent, formatReplicas, formatTimestamp } from '../format.ts';
+import { formatPercent, formatRate, formatReplicas, formatTimestamp } from '../format.ts';
 import { renderFields, renderTable, type Column } from '../table.ts';
 
 // ---- argument checks ------------------------------------------------------------------------------
@@ -69,7 +71,63 @@ export function parseReplicas(text: string): { normal: number; min: number } {
   return { normal, min };
 }
 
+function parseIops(text: string, flag: string): number {
+  const value = /^\s*\d+\s*$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(value) || value > QOS_IOPS_MAX) {
+    throw new StorageError('ERR_INVALID_ARGUMENT', `${flag} must be a whole number of requests from 0 (no limit) to ${QOS_IOPS_MAX}, got "${text}"`);
+  }
+  return value;
+}
+
+/** A bandwidth: a size per second ("100M", "100M/s", "1G"); 0 is no limit. */
+function parseBandwidth(text: string, flag: string): number {
+  const bytes = parseSizeBytes(text.replace(/\/s\s*$/i, ''), flag);
+  if (bytes > QOS_BANDWIDTH_BYTES_MAX) {
+    throw new StorageError('ERR_INVALID_ARGUMENT', `${flag} must be at most ${formatBytes(QOS_BANDWIDTH_BYTES_MAX)}, got "${text}"`);
+  }
+  return bytes;
+}
+
+const QOS_FLAGS = {
+  'iops-limit': { type: 'string' },
+  'iops-burst': { type: 'string' },
+  'bandwidth-limit': { type: 'string' },
+  'bandwidth-burst': { type: 'string' },
+} as const;
+
+const QOS_DETAILS = [
+  '--iops-limit N          requests per second (reads, writes, zeroes, trims), for all its clients together; 0: no limit',
+  '--iops-burst N          requests a quiet volume may send at once above the limit (default: one second\'s worth)',
+  '--bandwidth-limit SIZE  bytes read and written per second, e.g. 100M; 0: no limit',
+  '--bandwidth-burst SIZE  bytes a quiet volume may move at once above the limit (default: one second\'s worth)',
+];
+
+/** The QoS flags given, or undefined when none was. */
+function parseQosFlags(args: CommandArgs): VolumeQosChange | undefined {
+  const iopsLimit = stringFlag(args, 'iops-limit');
+  const iopsBurst = stringFlag(args, 'iops-burst');
+  const bandwidthLimit = stringFlag(args, 'bandwidth-limit');
+  const bandwidthBurst = stringFlag(args, 'bandwidth-burst');
+  const change: VolumeQosChange = {
+    ...(iopsLimit === undefined ? {} : { iopsLimit: parseIops(iopsLimit, '--iops-limit') }),
+    ...(iopsBurst === undefined ? {} : { iopsBurst: parseIops(iopsBurst, '--iops-burst') }),
+    ...(bandwidthLimit === undefined ? {} : { bandwidthLimitBytesPerSecond: parseBandwidth(bandwidthLimit, '--bandwidth-limit') }),
+    ...(bandwidthBurst === undefined ? {} : { bandwidthBurstBytes: parseBandwidth(bandwidthBurst, '--bandwidth-burst') }),
+  };
+  return Object.keys(change).length === 0 ? undefined : change;
+}
+
 // ---- output ---------------------------------------------------------------------------------------
+
+/** "500 IOPS (burst 1000), 100.0 MiB/s (burst 100.0 MiB)", or "none". */
+export function describeQos(qos: VolumeQos): string {
+  const parts: string[] = [];
+  if (qos.iopsLimit > 0) parts.push(`${qos.iopsLimit} IOPS (burst ${qos.iopsBurst})`);
+  if (qos.bandwidthLimitBytesPerSecond > 0) {
+    parts.push(`${formatRate(qos.bandwidthLimitBytesPerSecond)} (burst ${formatBytes(qos.bandwidthBurstBytes)})`);
+  }
+  return parts.length === 0 ? 'none' : parts.join(', ');
+}
 
 function chunksInVolume(volume: VolumeInfo): number {
   return Math.ceil(volume.sizeBytes / volume.chunkSizeBytes);
@@ -112,6 +170,7 @@ function volumeFields(volume: VolumeInfo) {
       style: lease === null ? ('dim' as const) : undefined,
     },
     { label: 'epoch', value: String(volume.epoch) },
+    { label: 'I/O limits', value: describeQos(volume.qos) },
     { label: 'created', value: formatTimestamp(volume.createdAt) },
   ];
 }
@@ -143,32 +202,62 @@ const info = defineCommand({
 
 const create = defineCommand({
   path: ['volume', 'create'],
-  synopsis: 'NAME --size SIZE [--chunk-size SIZE] [--replicas N:M]',
+  synopsis: 'NAME --size SIZE [--chunk-size SIZE] [--replicas N:M] [--iops-limit N] [--bandwidth-limit SIZE]',
   summary: 'create a volume (thin: space is taken as chunks are written)',
   details: [
     `NAME               1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit`,
     `--size SIZE        e.g. 10G, 500M, 1T (powers of two); at most ${formatBytes(VOLUME_BYTES_MAX)}`,
     `--chunk-size SIZE  unit of placement, a power of two from ${formatBytes(CHUNK_BYTES_MIN)} to ${formatBytes(CHUNK_BYTES_MAX)} (default ${formatBytes(CHUNK_BYTES_DEFAULT)})`,
     `--replicas N:M     keep N copies of each chunk; I/O continues while at least M are online (default: the MDS's, 3:2)`,
+    ...QOS_DETAILS,
   ],
   options: {
     size: { type: 'string' },
     'chunk-size': { type: 'string' },
     replicas: { type: 'string' },
+    ...QOS_FLAGS,
   },
   positionals: ['NAME'],
   parse(args) {
     const chunkSize = stringFlag(args, 'chunk-size');
     const replicas = stringFlag(args, 'replicas');
+    const qos = parseQosFlags(args);
     return {
       name: parseVolumeName(positional(args, 0)),
       sizeBytes: parseVolumeSize(requiredFlag(args, 'size'), '--size'),
       ...(chunkSize === undefined ? {} : { chunkSizeBytes: parseChunkSize(chunkSize) }),
       ...(replicas === undefined ? {} : { replicas: parseReplicas(replicas) }),
+      ...(qos === undefined ? {} : { qos }),
     };
   },
   run: (context, body) =>
-    show(context, (mds) => mds.createVolume(body), (volume) => `created volume "${volume.name}": ${describeVolume(volume)}\n`),
+    show(context, (mds) => mds.createVolume(body), (volume) => `created volume "${volume.name}": ${describeVolume(volume)}` +
+      `${body.qos === undefined ? '' : `; I/O limits ${describeQos(volume.qos)}`}\n`),
+});
+
+const set = defineCommand({
+  path: ['volume', 'set'],
+  synopsis: 'NAME [--iops-limit N] [--iops-burst N] [--bandwidth-limit SIZE] [--bandwidth-burst SIZE]',
+  summary: 'change a volume\'s I/O limits, live: the NBD server serving it applies them within seconds',
+  details: [
+    ...QOS_DETAILS,
+    'Limits not named stay as they are. A limit holds for the volume as a whole, however many connections serve it.',
+    'Requests over the limit wait (the guest sees latency, never an error).',
+  ],
+  options: QOS_FLAGS,
+  positionals: ['NAME'],
+  parse(args) {
+    const qos = parseQosFlags(args);
+    if (qos === undefined) throw new StorageError('ERR_INVALID_ARGUMENT', 'nothing to change: give at least one of --iops-limit, --iops-burst, --bandwidth-limit, --bandwidth-burst');
+    return { name: parseVolumeName(positional(args, 0)), qos };
+  },
+  async run(context, { name, qos }) {
+    const mds = await context.mds();
+    const before = context.json ? null : await mds.getVolume(name);
+    const after = await mds.updateVolume(name, { qos });
+    if (context.json || before === null) return context.writeJson(after);
+    context.write(`volume "${name}": I/O limits ${describeQos(before.qos)} -> ${describeQos(after.qos)}\n`);
+  },
 });
 
 const resize = defineCommand({
@@ -256,4 +345,4 @@ const fence = defineCommand({
   },
 });
 
-export const volumeCommands: readonly Command[] = [list, info, create, resize, fence, remove];
+export const volumeCommands: readonly Command[] = [list, info, create, resize, set, fence, remove];
