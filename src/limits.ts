@@ -47,6 +47,9 @@ export const QOS_IOPS_MAX = 100_000_000;
 /** Highest per-volume bandwidth limit (bytes per second) or burst (bytes): 1 TiB. */
 export const QOS_BANDWIDTH_BYTES_MAX = 1024 * GiB;
 
+/** Volumes in one NBD server's I/O report: as many as its per-volume statistics keep (nbd/volume_stats.ts). */
+export const IO_REPORT_VOLUMES_MAX = 2_048;
+
 /** REST request bodies are small JSON documents. */
 export const API_BODY_BYTES_MAX = 64 * KiB;
 

@@ -24,12 +24,17 @@ t.test('volume limits: stored with the volume, a limit always with its burst', a
   const id = createVolume(tables);
   t.equal(tables.getVolume(id)?.qos, undefined, 'a volume created without limits has none');
   const limits = { iopsLimit: 500, iopsBurst: 50, bandwidthLimitBytesPerSecond: 0, bandwidthBurstBytes: 0 };
-  tables.submit({ type: 'setVolumeQos', volumeId: id, qos: limits });
+  tables.submit({ type: 'updateVolume', volumeId: id, qos: { iopsLimit: 500, iopsBurst: 50 } });
   t.same(tables.getVolume(id)?.qos, limits);
-  t.throws(() => tables.submit({ type: 'setVolumeQos', volumeId: id, qos: { ...limits, iopsBurst: 0 } }), /comes with its burst/,
-    'a limit without a burst is a broken invariant, not stored');
-  t.same(tables.getVolume(id)?.qos, limits, 'and changed nothing');
-  t.throws(() => tables.submit({ type: 'setVolumeQos', volumeId: id + 1, qos: limits }), { code: 'ERR_NOT_FOUND' });
+  tables.submit({ type: 'updateVolume', volumeId: id, qos: { bandwidthLimitBytesPerSecond: MiB } });
+  t.same(tables.getVolume(id)?.qos, { ...limits, bandwidthLimitBytesPerSecond: MiB, bandwidthBurstBytes: MiB },
+    'a second change is resolved against the first: both limits hold');
+  t.throws(() => tables.submit({ type: 'updateVolume', volumeId: id, sizeBytes: 20 * GiB, qos: { iopsBurst: 10, iopsLimit: 0 } }),
+    { code: 'ERR_INVALID_ARGUMENT' });
+  t.equal(tables.getVolume(id)?.sizeBytes, 10 * GiB, 'a refused change of limits leaves the size alone too: all or nothing');
+  tables.submit({ type: 'updateVolume', volumeId: id, sizeBytes: 20 * GiB });
+  t.equal(tables.getVolume(id)?.sizeBytes, 20 * GiB);
+  t.throws(() => tables.submit({ type: 'updateVolume', volumeId: id + 1, qos: limits }), { code: 'ERR_NOT_FOUND' });
 });
 
 t.test('volumes: unique names, grow-only resize, delete queues replica removal', async (t) => {

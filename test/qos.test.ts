@@ -92,6 +92,28 @@ t.test('gate: no limit costs nothing; over the limit requests wait in order; liv
   await timers.advance(0);
   t.ok(late, 'a closing volume lets its waiters go (they then fail on the closed volume)');
   t.equal(timers.pending, 0, 'no timer is left');
+
+  // After 200 days of uptime a millisecond clock has coarse floating-point steps: zero-byte
+  // requests behind a waiting write are due at the same moment, and must stay in order.
+  timers.nowMs = 2 ** 34 + 0.123456789;
+  const longUp = new QosGate(qos({ bandwidthLimitBytesPerSecond: 3 * MiB + 7, bandwidthBurstBytes: 1_000 }), timers);
+  let order = 0;
+  const seen: number[] = [];
+  for (let index = 0; index < 200; index += 1) {
+    const bytes = index % 3 === 0 ? 4099 : 0;
+    const mine = order++;
+    void longUp.admit(bytes)?.then(() => seen.push(mine));
+    if (index % 50 === 0) longUp.setLimits(qos({ bandwidthLimitBytesPerSecond: 3 * MiB + 7 + index, bandwidthBurstBytes: 1_000 }));
+  }
+  await timers.advance(10_000);
+  t.same(seen, [...seen].sort((a, b) => a - b), 'released in arrival order, no broken assertion');
+  t.equal(longUp.waiting, 0);
+
+  const later = new QosGate(UNLIMITED_QOS, timers);
+  later.setLimits(qos({ iopsLimit: 10, iopsBurst: 5 }));
+  const immediate = Array.from({ length: 5 }, () => later.admit(0)).filter((wait) => wait === null).length;
+  t.equal(immediate, 5, 'a limit set on a volume that had none starts with its whole burst, as a fresh open does');
+  later.releaseAll();
 });
 
 t.test('a change of limits: unnamed fields stay, a new limit gets one second of burst, a burst needs a limit', async (t) => {
@@ -101,6 +123,7 @@ t.test('a change of limits: unnamed fields stay, a new limit gets one second of 
   t.same(both, qos({ iopsLimit: 500, iopsBurst: 500, bandwidthLimitBytesPerSecond: 100 * MiB, bandwidthBurstBytes: 10 * MiB }), 'the IOPS limit stays');
   t.same(resolveQosChange(both, { iopsBurst: 2_000 }).iopsBurst, 2_000, 'a burst alone changes the burst');
   t.same(resolveQosChange({ ...both, iopsBurst: 2_000 }, { iopsLimit: 50 }).iopsBurst, 50, 'a new limit does not keep the old limit\'s burst');
+  t.same(resolveQosChange({ ...both, iopsBurst: 2_000 }, { iopsLimit: 500 }).iopsBurst, 2_000, 'the same limit given again keeps its burst');
   t.same(resolveQosChange(both, { iopsLimit: 0 }), qos({ bandwidthLimitBytesPerSecond: 100 * MiB, bandwidthBurstBytes: 10 * MiB }), 'limit 0 lifts the limit and its burst');
   t.throws(() => resolveQosChange(UNLIMITED_QOS, { iopsBurst: 10 }), { code: 'ERR_INVALID_ARGUMENT', message: /iopsBurst 10 without iopsLimit/ });
 });

@@ -131,7 +131,7 @@ export class LeaseKeeper {
       if (this.stopped) return;
       this.scheduleLeaseRenewal(lease);
       this.options.mds.renewLease(this.options.volumeName, lease.leaseId).then((reply) => {
-        if (!this.stopped) this.options.onQos?.(reply.qos);
+        this.applyQos(reply.qos);
       }, (error: unknown) => {
         if (losesLease('leaseRenewal', error)) {
           this.lose(error);
@@ -143,14 +143,23 @@ export class LeaseKeeper {
     });
   }
 
+  /** Hands limits from the MDS on; an MDS older than limits sends none, and nothing here may throw into a timer. */
+  private applyQos(qos: VolumeQos | undefined): void {
+    if (this.stopped || qos === undefined || this.options.onQos === undefined) return;
+    try {
+      this.options.onQos(qos);
+    } catch (error) {
+      this.options.log.error('could not apply the volume\'s I/O limits; the ones in force stay', { volume: this.options.volumeName, error });
+    }
+  }
+
   /** A read-only open's limits: asked for every QOS_REFRESH_MS; a failure keeps the limits in force. */
   private scheduleQosRefresh(): void {
-    if (this.options.onQos === undefined) return;
-    const onQos = this.options.onQos;
+    if (this.options.onQos === undefined || this.stopped) return;
     this.cancelQosRefresh = this.options.timers.background(QOS_REFRESH_MS, () => {
       if (this.stopped) return;
       this.options.mds.volumeQos(this.options.volumeName).then((qos) => {
-        if (!this.stopped) onQos(qos);
+        this.applyQos(qos);
       }, (error: unknown) => {
         this.options.log.warn('could not refresh the volume\'s I/O limits; the ones in force stay', { volume: this.options.volumeName, error });
       }).finally(() => this.scheduleQosRefresh());

@@ -69,7 +69,7 @@ export class QosGate {
     const waitMs = this.take(bytes, nowMs);
     if (waitMs === 0 && this.waiting === 0) return null;
     return new Promise((resolve) => {
-      this.waiters.push({ bytes, enqueuedMs: nowMs, readyAtMs: nowMs + waitMs, resolve });
+      this.waiters.push({ bytes, enqueuedMs: nowMs, readyAtMs: this.notBeforeLast(nowMs + waitMs), resolve });
       this.stats.delayedRequests += 1;
       this.schedule(nowMs);
     });
@@ -90,7 +90,11 @@ export class QosGate {
     }
     this.requests.configure(limits.iopsLimit, limits.iopsBurst, nowMs);
     this.bytes.configure(limits.bandwidthLimitBytesPerSecond, limits.bandwidthBurstBytes, nowMs);
-    for (const waiter of queued) waiter.readyAtMs = nowMs + this.take(waiter.bytes, nowMs);
+    let previousMs = -Infinity;
+    for (const waiter of queued) {
+      waiter.readyAtMs = Math.max(previousMs, nowMs + this.take(waiter.bytes, nowMs));
+      previousMs = waiter.readyAtMs;
+    }
     this.release(nowMs);
   }
 
@@ -104,6 +108,16 @@ export class QosGate {
     this.release(nowMs);
   }
 
+  /**
+   * Waits grow in arrival order in exact arithmetic; in floating point two waiters due at the same
+   * moment (a zeroing behind a write, say) may come out a rounding step apart. The later one never
+   * goes before the one ahead of it.
+   */
+  private notBeforeLast(readyAtMs: number): number {
+    const last = this.waiters.at(-1);
+    return this.head < this.waiters.length && last !== undefined ? Math.max(readyAtMs, last.readyAtMs) : readyAtMs;
+  }
+
   private take(bytes: number, nowMs: number): number {
     return Math.max(this.requests.take(1, nowMs), this.bytes.take(bytes, nowMs));
   }
@@ -114,7 +128,7 @@ export class QosGate {
     while (this.head < this.waiters.length) {
       const waiter = this.waiters[this.head];
       assert(waiter !== undefined, 'the queue holds its waiters');
-      assert(waiter.readyAtMs >= previousReadyMs - 1e-6, 'waits grow in arrival order');
+      assert(waiter.readyAtMs >= previousReadyMs, 'waits grow in arrival order');
       previousReadyMs = waiter.readyAtMs;
       // Sub-millisecond rounding of timers must not cost another round.
       if (waiter.readyAtMs > nowMs + 0.5) break;

@@ -16,7 +16,7 @@
 
 import { hostname } from 'node:os';
 import { StorageError } from '../errors.ts';
-import type { LeaseGrant, VolumeInfo } from '../protocol/api.ts';
+import { UNLIMITED_QOS, type LeaseGrant, type VolumeInfo } from '../protocol/api.ts';
 import type { CapabilityGrant } from '../protocol/capability.ts';
 import { CS_OP } from '../protocol/cs_messages.ts';
 import type { CsConnectionPool } from '../protocol/cs_connection.ts';
@@ -73,7 +73,8 @@ export class Volume implements BlockDevice {
       timers,
       checkWanted: () => this.checkOpen(),
     });
-    this.qos = new QosGate(info.qos, timers);
+    // An MDS older than volume limits sends none: no limit.
+    this.qos = new QosGate(info.qos ?? UNLIMITED_QOS, timers);
     this.lease = new LeaseKeeper({
       volumeName: options.name, lease, grant, mds: options.mds, log: options.log, timers,
       onQos: (qos) => this.qos.setLimits(qos),

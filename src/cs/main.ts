@@ -306,6 +306,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     clock: systemMonotonicClock,
     partialWrites,
     revoke: (hypervisorId, issuedBeforeMs) => server.revoke(hypervisorId, issuedBeforeMs),
+    ioTotals: () => metrics.ioTotals(),
     clusterId: () => identity.clusterId,
     adoptCluster: async (clusterId) => {
       if (identity.clusterId === clusterId) return;

@@ -12,7 +12,7 @@
 // stretch either.
 
 import { StorageError, isStorageError } from '../errors.ts';
-import type { RegisterChunkServerBody } from '../protocol/api.ts';
+import type { IoTotals, RegisterChunkServerBody } from '../protocol/api.ts';
 import type { MdsClient } from '../protocol/mds_client.ts';
 import type { MonotonicClock } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
@@ -43,6 +43,8 @@ export interface MdsLinkOptions {
   readonly partialWrites: { takeLost(): boolean };
   /** Revocations the MDS made while this server was away: applied before writes are taken. */
   readonly revoke: (hypervisorId: number, issuedBeforeMs: number) => void;
+  /** Requests served since start, sent with each heartbeat (the MDS makes rates of them). */
+  readonly ioTotals?: () => IoTotals;
 }
 
 export class MdsLink {
@@ -115,7 +117,12 @@ export class MdsLink {
       const sentMs = this.options.clock.monotonicMs();
       // After losing contact, register again: that reloads fences set while we were away.
       if (this.csId === null || this.writeBlocker() !== null) await this.register(report, divergencePossible);
-      else await this.options.mds.heartbeat({ csId: this.csId, uuid: this.options.registration.uuid, divergencePossible, ...report });
+      else {
+        const io = this.options.ioTotals?.();
+        await this.options.mds.heartbeat({
+          csId: this.csId, uuid: this.options.registration.uuid, divergencePossible, ...report, ...(io === undefined ? {} : { io }),
+        });
+      }
       if (divergencePossible) this.divergencePossible = false;
       // A reply that took longer than the timeout leaves the window closed: the next beat then
       // registers again and reloads the fences the MDS may have set meanwhile without us.

@@ -3,6 +3,7 @@
 // read at scrape time.
 
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { IoTotals } from '../protocol/api.ts';
 import { CS_OP, type CsOp } from '../protocol/cs_messages.ts';
 import type { Journal } from './journal/journal.ts';
 import type { ChunkStore } from './store/chunk_store.ts';
@@ -36,8 +37,11 @@ export class CsMetrics {
   private readonly requests: Counter<'op' | 'code'>;
   private readonly latency: Histogram<'op'>;
   private readonly writeStages: Readonly<Record<WriteStage, Histogram.Internal<'stage'>>>;
+  private readonly store: () => ChunkStore | null;
+  private readonly requestTotals = { readOps: 0, writeOps: 0, readSeconds: 0, writeSeconds: 0 };
 
   constructor(store: () => ChunkStore | null, space: () => SpaceReport | null) {
+    this.store = store;
     const registers = [this.registry];
     collectProcessMetrics(this.registry, 'shoal_cs_');
     this.connections = new Gauge({ name: 'shoal_cs_connections', help: 'Open client and peer connections', registers });
@@ -176,9 +180,23 @@ export class CsMetrics {
     const startedNs = process.hrtime.bigint();
     const name = OP_NAMES[op] ?? 'unknown';
     return (code) => {
-      this.latency.observe({ op: name }, Number(process.hrtime.bigint() - startedNs) / 1e9);
+      const seconds = Number(process.hrtime.bigint() - startedNs) / 1e9;
+      this.latency.observe({ op: name }, seconds);
       this.requests.inc({ op: name, code: code ?? 'ok' });
+      if (op === CS_OP.READ) {
+        this.requestTotals.readOps += 1;
+        this.requestTotals.readSeconds += seconds;
+      } else if (op === CS_OP.WRITE) {
+        this.requestTotals.writeOps += 1;
+        this.requestTotals.writeSeconds += seconds;
+      }
     };
+  }
+
+  /** Reads and writes served since start (clients' and peers'), for the MDS's heartbeat (`shoal top`). */
+  ioTotals(): IoTotals {
+    const stats = this.store()?.stats;
+    return { ...this.requestTotals, readBytes: stats?.readBytesTotal ?? 0, writtenBytes: stats?.writtenBytesTotal ?? 0 };
   }
 }
 

@@ -24,7 +24,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { Readable } from 'node:stream';
 import { Registry as PromRegistry, type Registry } from 'prom-client';
 import { ERRORS, StorageError, type ErrorCode } from '../errors.ts';
-import { API_BODY_BYTES_MAX } from '../limits.ts';
+import { API_BODY_BYTES_MAX, IO_REPORT_VOLUMES_MAX } from '../limits.ts';
+
+/** An I/O report names up to IO_REPORT_VOLUMES_MAX volumes, each in well under 512 bytes of JSON. */
+const IO_REPORT_BODY_BYTES_MAX = IO_REPORT_VOLUMES_MAX * 512;
 import { encodeBackupPrefix } from './backup.ts';
 import {
   AddHypervisorBody,
@@ -63,6 +66,8 @@ import {
   OkReply,
   LeaseRenewReply,
   VolumeQos,
+  IoReportBody,
+  IoStatsReply,
   OpenVolumeBody,
   OpenVolumeReply,
   RegisterChunkServerBody,
@@ -229,6 +234,7 @@ function adminRoutes(app: TypedApp, service: MetadataService): void {
   // Remove: only an emptied server; it is never placed on again.
   serverState('/v1/chunk-servers/:id/remove', 'removed');
   app.get('/v1/stat', { schema: { tags, response: { 200: ClusterStat } } }, async () => service.cluster.stat());
+  app.get('/v1/io', { schema: { tags, response: { 200: IoStatsReply } } }, async () => service.ioStats());
   app.get('/v1/hypervisors', { schema: { tags, response: { 200: HypervisorList } } }, async () => ({
     hypervisors: service.hypervisors.list(),
   }));
@@ -288,6 +294,7 @@ function chunkServerRoutes(app: TypedApp, service: MetadataService): void {
     { schema: { tags, body: HeartbeatBody, response: { 200: HeartbeatReply, ...errorResponses } } },
     async (request) => {
       await service.cluster.heartbeat(request.body);
+      if (request.body.io !== undefined) service.recordServerIo(request.body.csId, request.body.io);
       return { ok: true };
     },
   );
@@ -335,6 +342,14 @@ function clientRoutes(app: TypedApp, service: MetadataService): void {
     '/v1/internal/volumes/:name/lease/renew',
     { schema: { tags, params: VolumeNameParams, body: LeaseBody, response: { 200: LeaseRenewReply, ...errorResponses } } },
     async (request) => ({ ok: true, qos: service.renewLease(request.params.name, request.body.leaseId) }),
+  );
+  app.post(
+    '/v1/internal/io-report',
+    { bodyLimit: IO_REPORT_BODY_BYTES_MAX, schema: { tags, body: IoReportBody, response: { 200: OkReply, ...errorResponses } } },
+    async (request) => {
+      service.recordVolumeIo(hypervisorOf(request), request.body);
+      return { ok: true };
+    },
   );
   app.get(
     '/v1/internal/volumes/:name/qos',

@@ -9,11 +9,12 @@
 import { StorageError } from '../errors.ts';
 import { assert, assertNever } from '../util/assert.ts';
 import { formatBytes } from '../util/size.ts';
-import type { VolumeQos } from '../protocol/api.ts';
+import type { VolumeQos, VolumeQosChange } from '../protocol/api.ts';
+import { resolveQosChange } from './volume_qos.ts';
 import type {
   ChunkKey, ChunkRecord, ChunkServerAdminState, ChunkServerRecord, HypervisorRecord, InDoubtRange, MdsTables, QuarantineRecord, VolumeRecord,
 } from './model.ts';
-import { HYPERVISOR_VOLUMES_MAX } from './model.ts';
+import { HYPERVISOR_VOLUMES_MAX, volumeQos } from './model.ts';
 
 export type MdsOp =
   | { readonly type: 'reserveChunkIds'; readonly count: number }
@@ -48,10 +49,15 @@ export type MdsOp =
     }
   | { readonly type: 'resizeVolume'; readonly volumeId: number; readonly sizeBytes: number }
   | {
-      /** A volume's I/O limits change (resolved: every field, see volume_qos.ts). */
-      readonly type: 'setVolumeQos';
+      /**
+       * A volume grows and/or its I/O limits change, all or nothing. The limits are resolved
+       * against the record inside the op (volume_qos.ts), so two changes at once never undo each
+       * other.
+       */
+      readonly type: 'updateVolume';
       readonly volumeId: number;
-      readonly qos: VolumeQos;
+      readonly sizeBytes?: number;
+      readonly qos?: VolumeQosChange;
     }
   | { readonly type: 'deleteVolume'; readonly volumeId: number }
   | {
@@ -192,8 +198,8 @@ export function applyOp(tables: MdsTables, op: MdsOp): MdsOpResult {
       return createVolume(tables, op);
     case 'resizeVolume':
       return resizeVolume(tables, op.volumeId, op.sizeBytes);
-    case 'setVolumeQos':
-      return setVolumeQos(tables, op.volumeId, op.qos);
+    case 'updateVolume':
+      return updateVolume(tables, op);
     case 'deleteVolume':
       return deleteVolume(tables, op.volumeId);
     case 'allocateChunk':
@@ -344,9 +350,12 @@ function assertQos(qos: VolumeQos): void {
   assert((qos.bandwidthLimitBytesPerSecond === 0) === (qos.bandwidthBurstBytes === 0), 'a bandwidth limit comes with its burst, and only with one');
 }
 
-function setVolumeQos(tables: MdsTables, volumeId: number, qos: VolumeQos): MdsOpResult {
+function updateVolume(tables: MdsTables, op: Extract<MdsOp, { type: 'updateVolume' }>): MdsOpResult {
+  if (op.sizeBytes !== undefined) resizeVolume(tables, op.volumeId, op.sizeBytes);
+  const volume = requireVolume(tables, op.volumeId);
+  if (op.qos === undefined) return { type: 'volume', record: volume };
+  const qos = resolveQosChange(volumeQos(volume), op.qos);
   assertQos(qos);
-  const volume = requireVolume(tables, volumeId);
   const record: VolumeRecord = { ...volume, qos };
   tables.putVolume(record);
   return { type: 'volume', record };

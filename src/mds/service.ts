@@ -9,6 +9,10 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { StorageError } from '../errors.ts';
 import { CHUNK_MAP_PAGE_CHUNKS, UNLIMITED_QOS } from '../protocol/api.ts';
 import type {
+  IoRates,
+  IoReportBody,
+  IoStatsReply,
+  IoTotals,
   UpdateVolumeBody,
   VolumeQos,
   CapabilityReply,
@@ -32,6 +36,7 @@ import type { MdsConfig } from './config.ts';
 import { chooseReplicas } from './placement.ts';
 import { describeVolume, volumeQos } from './model.ts';
 import { resolveQosChange } from './volume_qos.ts';
+import { IoRateTable, sumRates } from './io_rates.ts';
 import type { MdsStore } from './store.ts';
 
 /** Chunk ids are reserved durably in blocks, so a crash never hands out an id twice. */
@@ -50,6 +55,9 @@ export class MetadataService {
   private readonly log: Logger;
   /** leaseId -> when it expires unless renewed. */
   private readonly leaseExpiryMs = new Map<string, number>();
+  /** Rates for watching (io_rates.ts): in memory only. */
+  private readonly serverIo = new IoRateTable<number>();
+  private readonly volumeIo = new IoRateTable<string>();
   /** One allocation at a time per chunk: concurrent writers of a new chunk share it. */
   private readonly allocations = new Map<string, Promise<ChunkMapEntry>>();
   private chunkIds = { next: 0, end: 0 };
@@ -130,22 +138,17 @@ export class MetadataService {
    * one lease renewal (a quarter of the lease timeout), or QOS_REFRESH_MS for a read-only open.
    */
   async updateVolume(name: string, body: UpdateVolumeBody): Promise<VolumeInfo> {
-    let volume = this.volumeByName(name);
-    // Checked before anything is stored: a bad limit must not leave the size changed alone.
-    const qos = body.qos === undefined ? undefined : resolveQosChange(volumeQos(volume), body.qos);
-    if (body.sizeBytes !== undefined) {
-      const result = await this.store.submit({ type: 'resizeVolume', volumeId: volume.id, sizeBytes: body.sizeBytes });
-      assert(result.type === 'volume', 'resizeVolume yields a volume');
-      this.log.info('volume resized', { name, fromBytes: volume.sizeBytes, toBytes: body.sizeBytes });
-      volume = result.record;
-    }
-    if (qos !== undefined) {
-      const result = await this.store.submit({ type: 'setVolumeQos', volumeId: volume.id, qos });
-      assert(result.type === 'volume', 'setVolumeQos yields a volume');
-      this.log.info('volume limits changed', { name, from: volumeQos(volume), to: qos });
-      volume = result.record;
-    }
-    return this.volumeInfo(volume);
+    const before = this.volumeByName(name);
+    const result = await this.store.submit({
+      type: 'updateVolume', volumeId: before.id,
+      ...(body.sizeBytes === undefined ? {} : { sizeBytes: body.sizeBytes }),
+      ...(body.qos === undefined ? {} : { qos: body.qos }),
+    });
+    assert(result.type === 'volume', 'updateVolume yields a volume');
+    const after = result.record;
+    if (after.sizeBytes !== before.sizeBytes) this.log.info('volume resized', { name, fromBytes: before.sizeBytes, toBytes: after.sizeBytes });
+    if (body.qos !== undefined) this.log.info('volume limits changed', { name, from: volumeQos(before), to: volumeQos(after) });
+    return this.volumeInfo(after);
   }
 
   async deleteVolume(name: string, force: boolean): Promise<void> {
@@ -273,6 +276,32 @@ export class MetadataService {
     this.requireLease(volume, leaseId);
     this.leaseExpiryMs.set(leaseId, this.clock.nowMs() + this.config.leaseTimeoutMs);
     return volumeQos(volume);
+  }
+
+  // ---- I/O rates, for `shoal top` ---------------------------------------------------------------
+
+  /** A chunk server's totals, from its heartbeat. */
+  recordServerIo(csId: number, totals: IoTotals): void {
+    this.serverIo.record(String(csId), csId, totals, this.clock.nowMs());
+  }
+
+  /** An NBD server's totals per volume; volumes it may not serve are left out (it reports what it was told to serve). */
+  recordVolumeIo(hypervisor: HypervisorRecord, body: IoReportBody): void {
+    const nowMs = this.clock.nowMs();
+    for (const { name, ...totals } of body.volumes) {
+      if (this.hypervisors.mayServe(hypervisor, name)) this.volumeIo.record(`${hypervisor.id}/${name}`, name, totals, nowMs);
+    }
+  }
+
+  /** Each volume's rates (all its NBD servers together) and each chunk server's, busiest first by IOPS. */
+  ioStats(): IoStatsReply {
+    const nowMs = this.clock.nowMs();
+    const byVolume = new Map<string, IoRates[]>();
+    for (const { key, rates } of this.volumeIo.current(nowMs)) byVolume.set(key, [...(byVolume.get(key) ?? []), rates]);
+    const iops = (rates: IoRates): number => rates.readIops + rates.writeIops;
+    const volumes = [...byVolume].map(([name, all]) => ({ name, servedBy: all.length, ...sumRates(all) }));
+    const chunkServers = this.serverIo.current(nowMs).map(({ key, rates }) => ({ id: key, ...rates }));
+    return { volumes: volumes.sort((a, b) => iops(b) - iops(a)), chunkServers: chunkServers.sort((a, b) => iops(b) - iops(a)) };
   }
 
   /** A volume's limits, for an NBD server that has it open read-only (no lease renewals to carry them). */

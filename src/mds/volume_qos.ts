@@ -1,5 +1,6 @@
-// How a requested change of a volume's I/O limits becomes the limits stored (pure): fields not
-// named keep their value; a limit set without its burst gets one second's worth; a limit removed
+// How a requested change of a volume's I/O limits becomes the limits stored (pure; run inside the
+// MDS's op, against the record being changed): fields not named keep their value; a new limit
+// set without its burst gets one second's worth; a limit removed
 // takes its burst with it. A burst without a limit means nothing and is refused, so that an admin
 // never believes a volume limited that is not.
 
@@ -32,8 +33,9 @@ function resolvePair(current: LimitPair, limit: number | undefined, burst: numbe
     }
     return { limit: 0, burst: 0 };
   }
-  // A new limit without a burst of its own: one second's worth, not the old limit's burst.
-  const nextBurst = burst ?? (limit === undefined ? current.burst : 0);
+  // A new limit without a burst of its own: one second's worth, not the old limit's burst (the
+  // same limit given again keeps its burst).
+  const nextBurst = burst ?? (limit === undefined || limit === current.limit ? current.burst : 0);
   const resolved = { limit: nextLimit, burst: nextBurst === 0 ? nextLimit : nextBurst };
   assert(resolved.burst > 0, 'a limit has a burst');
   return resolved;

@@ -13,6 +13,9 @@ import { IO_TIMEOUT_MS_DEFAULT } from '../client/volume.ts';
 import { StorageError } from '../errors.ts';
 import { readHypervisorCredential } from '../protocol/auth.ts';
 import { clientRequestObserver, registerQosMetrics } from '../client/metrics.ts';
+import { systemTimers } from '../util/clock.ts';
+import { IoReporter } from './io_reporter.ts';
+import { volumeIoStats } from './volume_stats.ts';
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { MdsClient } from '../protocol/mds_client.ts';
 import {
@@ -218,7 +221,11 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
   log.info('NBD daemon ready', { ...ready, defaultExport: config.defaultExport });
   announceReady({ service: 'nbd', ...ready });
 
+  const ioReporter = new IoReporter({ stats: volumeIoStats(registry), mds, log, timers: systemTimers });
+  ioReporter.start();
+
   onShutdownSignal(log, async () => {
+    ioReporter.stop();
     await server.close();
     await provider.closeAll();
     pool.closeAll();

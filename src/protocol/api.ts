@@ -11,6 +11,7 @@ import { Type, type Static } from 'typebox';
 import {
   CHUNK_BYTES_MAX,
   CHUNK_BYTES_MIN,
+  IO_REPORT_VOLUMES_MAX,
   QOS_BANDWIDTH_BYTES_MAX,
   QOS_IOPS_MAX,
   REPLICAS_MAX,
@@ -36,6 +37,38 @@ export const ErrorBody = Type.Object({
 export type ErrorBody = Static<typeof ErrorBody>;
 
 export const VolumeName = Type.String({ pattern: VOLUME_NAME_PATTERN, maxLength: 128 });
+
+/**
+ * Running totals of I/O since a process started (a chunk server in its heartbeats, an NBD server
+ * per volume in its reports); the MDS turns two of them into rates (src/mds/io_rates.ts).
+ */
+export const IoTotals = Type.Object({
+  readOps: Uint(),
+  writeOps: Uint(),
+  readBytes: Uint(),
+  writtenBytes: Uint(),
+  readSeconds: Type.Number({ minimum: 0 }),
+  writeSeconds: Type.Number({ minimum: 0 }),
+});
+export type IoTotals = Static<typeof IoTotals>;
+
+/** Rates over the last report interval; a latency is the mean over that interval's requests (0 without any). */
+export const IoRates = Type.Object({
+  readIops: Type.Number({ minimum: 0 }),
+  writeIops: Type.Number({ minimum: 0 }),
+  readBytesPerSecond: Type.Number({ minimum: 0 }),
+  writeBytesPerSecond: Type.Number({ minimum: 0 }),
+  readLatencyMs: Type.Number({ minimum: 0 }),
+  writeLatencyMs: Type.Number({ minimum: 0 }),
+});
+export type IoRates = Static<typeof IoRates>;
+
+/** What `shoal top` shows of the I/O: each volume's (all its NBD servers together) and each chunk server's. */
+export const IoStatsReply = Type.Object({
+  volumes: Type.Array(Type.Object({ name: Type.String(), servedBy: Uint({ description: 'NBD servers reporting it' }), ...IoRates.properties })),
+  chunkServers: Type.Array(Type.Object({ id: Uint(), ...IoRates.properties })),
+});
+export type IoStatsReply = Static<typeof IoStatsReply>;
 export const VolumeNameParams = Type.Object({ name: VolumeName });
 export type VolumeNameParams = Static<typeof VolumeNameParams>;
 
@@ -302,6 +335,7 @@ export const HeartbeatBody = Type.Object(
     csId: Uint(),
     uuid: Type.String({ maxLength: 36 }),
     divergencePossible: Type.Optional(Type.Boolean({ description: 'a write it forwarded could not be reported: compare its chunks' })),
+    io: Type.Optional(IoTotals),
     ...ChunkServerSpace,
   },
   { additionalProperties: false },
@@ -520,6 +554,18 @@ export type ChunkServerIdParams = Static<typeof ChunkServerIdParams>;
 
 export const ExportList = Type.Object({ names: Type.Array(Type.String()) });
 export type ExportList = Static<typeof ExportList>;
+
+/** An NBD server's running totals per volume it serves (or served lately), sent every few seconds. */
+export const IoReportBody = Type.Object(
+  {
+    volumes: Type.Array(
+      Type.Object({ name: VolumeName, ...IoTotals.properties }, { additionalProperties: false }),
+      { maxItems: IO_REPORT_VOLUMES_MAX },
+    ),
+  },
+  { additionalProperties: false },
+);
+export type IoReportBody = Static<typeof IoReportBody>;
 
 export const OkReply = Type.Object({ ok: Type.Boolean() });
 export type OkReply = Static<typeof OkReply>;

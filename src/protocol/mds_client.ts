@@ -30,6 +30,8 @@ import type {
   OpenVolumeBody,
   OkReply,
   LeaseRenewReply,
+  IoReportBody,
+  IoStatsReply,
   UpdateVolumeBody,
   VolumeQos,
   OpenVolumeReply,
@@ -161,6 +163,10 @@ export class MdsClient {
   stat(): Promise<ClusterStat> {
     return this.call('GET', '/v1/stat');
   }
+  /** Each volume's and each chunk server's I/O rates (`shoal top`). */
+  ioStats(): Promise<IoStatsReply> {
+    return this.call('GET', '/v1/io');
+  }
   rebuildMap(): Promise<RebuildReply> {
     return this.call('POST', '/v1/mds/rebuild');
   }
@@ -206,6 +212,10 @@ export class MdsClient {
   }
   renewLease(name: string, leaseId: string): Promise<LeaseRenewReply> {
     return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/lease/renew`, { leaseId });
+  }
+  /** This NBD server's totals per volume it serves (or served lately). */
+  ioReport(body: IoReportBody): Promise<OkReply> {
+    return this.call('POST', '/v1/internal/io-report', body);
   }
   volumeQos(name: string): Promise<VolumeQos> {
     return this.call('GET', `/v1/internal/volumes/${encodeURIComponent(name)}/qos`);

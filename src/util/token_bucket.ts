@@ -30,13 +30,17 @@ export class TokenBucket {
     return this.ratePerSecond > 0;
   }
 
-  /** New rate and capacity from now on; tokens (or debt) carry over, capped at the new capacity. */
+  /**
+   * New rate and capacity from now on; tokens (or debt) carry over, capped at the new capacity. A
+   * bucket that had no limit starts full, as a new one does.
+   */
   configure(ratePerSecond: number, capacity: number, nowMs: number): void {
     TokenBucket.check(ratePerSecond, capacity);
     this.refill(nowMs);
+    const wasUnlimited = this.ratePerSecond === 0;
     this.ratePerSecond = ratePerSecond;
     this.capacity = capacity;
-    this.tokens = ratePerSecond === 0 ? capacity : Math.min(this.tokens, capacity);
+    this.tokens = ratePerSecond === 0 || wasUnlimited ? capacity : Math.min(this.tokens, capacity);
   }
 
   /** Takes `cost` tokens; returns how long the taker waits before going (0: at once). */
