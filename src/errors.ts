@@ -34,6 +34,7 @@ export const ERRORS = {
   ERR_VOLUME_EXISTS: { httpStatus: 409, nbdErrno: NBD_ERRNO.EINVAL, summary: 'a volume with this name exists' },
   ERR_SHRINK_REFUSED: { httpStatus: 409, nbdErrno: NBD_ERRNO.EINVAL, summary: 'volumes only grow' },
   ERR_CONFLICT: { httpStatus: 409, nbdErrno: NBD_ERRNO.EINVAL, summary: 'the object is not in a state that allows this' },
+  ERR_TASK_CONFLICT: { httpStatus: 409, nbdErrno: NBD_ERRNO.EINVAL, summary: 'a running task works on the same target' },
   ERR_VOLUME_LEASED: { httpStatus: 409, nbdErrno: NBD_ERRNO.EPERM, summary: 'another client holds the write lease' },
   ERR_LEASE_FENCED: { httpStatus: 409, nbdErrno: NBD_ERRNO.EIO, summary: 'the lease epoch was superseded' },
   ERR_LEASE_EXPIRED: { httpStatus: 409, nbdErrno: NBD_ERRNO.EIO, summary: 'the lease is no longer held' },

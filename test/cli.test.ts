@@ -102,7 +102,7 @@ t.test('help and version need no cluster', async (t) => {
   t.match(create.stdout, /^usage: shoal volume create NAME --size SIZE \[--chunk-size SIZE\] \[--replicas N:M\] \[--iops-limit N\] \[--bandwidth-limit SIZE\]\n/);
   t.same(await shoal(['help', 'volume', 'create']), create, 'shoal help volume create = shoal volume create --help');
   const drain = await shoal(['cs', 'drain', '--help']);
-  t.match(drain.stdout, /^usage: shoal cs drain ID \[--wait\] \[--timeout SECONDS\]\n/);
+  t.match(drain.stdout, /^usage: shoal cs drain ID \[--wait\] \[--timeout SECONDS\] \[--idempotency-key KEY\]\n/);
   t.match(drain.stdout, /goes on if this command stops waiting, is interrupted or loses its connection/, 'the drain outlives the command');
   t.match((await shoal(['cs', 'rm', '--help'])).stdout, /Drain it first: shoal cs drain ID --wait/);
   t.match((await shoal(['volume', 'fence', '--help'])).stdout, /writes from the old holder are\s+rejected/);

@@ -123,29 +123,34 @@ t.test('cs drain, rm, activate and volume fence on a cluster with data', async (
   await t.test('a drain that cannot finish: --timeout gives up (exit 1), activate cancels it', async (t) => {
     // Three active servers left for three replicas per chunk: nowhere to move the second's replicas.
     const started = await okOn(t, 'cs', 'drain', String(second.id));
+    const taskId = Number(/\ntask (\d+): /.exec(started)?.[1]);
     t.match(started, new RegExp(`^chunk server ${second.id} .* is draining: the MDS moves its \\d+ replicas? to other servers in the background\n` +
-      `follow it with: shoal cs drain ${second.id} --wait \\(or shoal cs info ${second.id}\\); cancel it with: shoal cs activate ${second.id}\n$`));
+      `task ${taskId}: follow it with: shoal task wait ${taskId}; pause it with: shoal task pause ${taskId}; cancel it with: shoal task cancel ${taskId}\n$`));
     t.match(serverLine(await okOn(t, 'cs', 'list'), second.id), /\sonline\/draining\s/);
+    const again = await on('cs', 'drain', String(second.id), '--wait');
+    t.equal(again.code, 1, 'a second drain of the server is refused');
+    t.match(again.stderr, new RegExp(`^shoal: ERR_TASK_CONFLICT: chunk server ${second.id} is already being drained by task ${taskId} `));
 
-    const timedOut = await on('cs', 'drain', String(second.id), '--wait', '--timeout', '2');
+    const timedOut = await on('task', 'wait', String(taskId), '--timeout', '2');
     t.equal(timedOut.code, 1);
-    t.match(timedOut.stderr, new RegExp(`^shoal: ERR_TIMEOUT: chunk server ${second.id} .* still holds \\d+ of \\d+ replicas after 0:0\\d \\(--timeout\\).*; ` +
-      'the drain goes on in the MDS'));
+    t.match(timedOut.stderr, new RegExp(`^shoal: ERR_TIMEOUT: task ${taskId} \\(drain of chunk server ${second.id}\\) is still running after 0:0\\d \\(--timeout\\), ` +
+      '\\d+ of \\d+ done; the task goes on in the MDS'));
     t.equal((await serverById(big, second.id)).adminState, 'draining', 'still draining after the wait gave up');
 
     if (hasScript()) {
       // On a terminal: a bar re-drawn in place with \r, each line within the terminal's width.
-      const command = [process.execPath, SHOAL_ENTRY, 'cs', 'drain', String(second.id), '--wait', '--timeout', '3', '--data', big.dir];
+      const command = [process.execPath, SHOAL_ENTRY, 'task', 'wait', String(taskId), '--timeout', '3', '--data', big.dir];
       const tty = await run('script', ['-qec', command.map(shellQuote).join(' '), '/dev/null'], { timeoutMs: 30_000, env: CLEAN_ENV });
-      t.match(tty.stdout, new RegExp(`\r(\u001b\\[K)?draining cs ${second.id} \\[\\.+\\] 0/\\d+ moved  `), 'a progress bar');
-      const bars = tty.stdout.split('\r').filter((part) => part.startsWith('draining cs'));
+      t.match(tty.stdout, new RegExp(`\r(\u001b\\[K)?task ${taskId} drain cs ${second.id} \\[\\.+\\] 0/\\d+  `), 'a progress bar');
+      const bars = tty.stdout.split('\r').filter((part) => part.startsWith(`task ${taskId} drain`));
       t.ok(bars.length >= 2, 're-drawn every second');
       for (const bar of bars) t.ok(bar.split('\u001b[K')[0]!.length < 80, 'fits an 80-column terminal', { bar });
-      t.match(tty.stdout, /ERR_TIMEOUT: .*the drain goes on in the MDS/);
+      t.match(tty.stdout, /ERR_TIMEOUT: .*the task goes on in the MDS/);
     }
 
     const activated = await okOn(t, 'cs', 'activate', String(second.id));
     t.match(activated, new RegExp(`^chunk server ${second.id} .* is active: it takes new replicas and keeps the \\d+ replicas? it holds\n$`));
+    t.match(await big.admin.getTask(taskId), { state: 'cancelled', error: /made active \(shoal cs activate\)/ }, 'activate cancels the drain task');
     t.equal((await serverById(big, second.id)).adminState, 'active');
     const json = JSON.parse(await okOn(t, 'cs', 'activate', String(second.id), '--json')) as ChunkServerInfo;
     t.match(json, { id: second.id, adminState: 'active' });

@@ -131,3 +131,46 @@ t.test('placement spreads equal servers evenly over many chunks', async (t) => {
   }
   for (const [id, count] of counts) t.ok(count > 1300 && count < 1700, `server ${id} got ${count} of 9000 replicas`);
 });
+
+t.test('drain tasks: one per server, idempotency keys, pause/resume/cancel move the server, done only when empty', async (t) => {
+  const tables = cluster(4);
+  const id = createVolume(tables);
+  tables.submit({ type: 'reserveChunkIds', count: 10 });
+  tables.submit({ type: 'allocateChunk', volumeId: id, chunkIndex: 0, chunkId: 1, replicas: [1, 2, 3] });
+  tables.submit({ type: 'allocateChunk', volumeId: id, chunkIndex: 1, chunkId: 2, replicas: [1, 3, 4] });
+  const start = (csId: number, idempotencyKey: string | null = null, joinRunning = false) => {
+    const result = tables.submit({ type: 'startDrainTask', csId, idempotencyKey, joinRunning, nowMs: 10 });
+    if (result.type !== 'task') throw new Error('expected a task');
+    return result;
+  };
+  const first = start(1, 'key-1');
+  t.match(first, { created: true, record: { id: 1, kind: 'drain', chunkServerId: 1, state: 'running', itemsTotal: 2, bytesTotal: 2 * 64 * MiB } });
+  t.equal(tables.getChunkServer(1)?.adminState, 'draining', 'the server drains');
+  t.match(start(1, 'key-1'), { created: undefined, record: { id: 1 } }, 'the same key again: the same task, not a second one');
+  t.throws(() => start(1), { code: 'ERR_TASK_CONFLICT', message: /already being drained by task 1 .*shoal task wait 1/ }, 'a second drain is refused, naming the task');
+  t.throws(() => start(2, 'key-1'), { code: 'ERR_CONFLICT', message: /key "key-1" belongs to task 1/ }, 'a key names one request');
+  t.match(start(1, null, true), { record: { id: 1 } }, 'the older drain route joins the drain going');
+
+  const move = (taskId: number, state: 'running' | 'paused' | 'done' | 'failed' | 'cancelled') =>
+    tables.submit({ type: 'setTaskState', taskId, state, error: state === 'cancelled' ? 'by an admin' : null, nowMs: 20 });
+  move(1, 'paused');
+  t.equal(tables.getChunkServer(1)?.adminState, 'active', 'paused: the server serves again, nothing moves');
+  t.throws(() => move(1, 'done'), { code: 'ERR_CONFLICT' }, 'a paused task is not done');
+  move(1, 'running');
+  t.equal(tables.getChunkServer(1)?.adminState, 'draining', 'resumed: it drains again');
+  t.throws(() => move(1, 'done'), { code: 'ERR_CONFLICT', message: /still holds replicas/ }, 'done only when the map places nothing on it');
+  tables.submit({ type: 'recordTaskProgress', taskId: 1, itemsDone: 1, itemsTotal: 2, bytesDone: 64 * MiB, bytesTotal: 128 * MiB, nowMs: 30 });
+  t.throws(() => tables.submit({ type: 'recordTaskProgress', taskId: 1, itemsDone: 0, itemsTotal: 2, bytesDone: 0, bytesTotal: 128 * MiB, nowMs: 31 }),
+    /only grow/, 'progress never goes back');
+  tables.submit({ type: 'setChunkReplicas', volumeId: id, chunkIndex: 0, version: 2, replicas: [2, 3, 4], deleteFrom: [1], inDoubt: [] });
+  tables.submit({ type: 'setChunkReplicas', volumeId: id, chunkIndex: 1, version: 2, replicas: [3, 4, 2], deleteFrom: [1], inDoubt: [] });
+  t.match(move(1, 'done'), { record: { state: 'done', itemsDone: 2, finishedAtMs: 20 } }, 'empty: done');
+  t.equal(tables.getChunkServer(1)?.adminState, 'draining', 'a drained server stays draining until removed');
+  t.throws(() => move(1, 'running'), { code: 'ERR_CONFLICT', message: /cannot become running/ }, 'a finished task stays finished');
+
+  const second = start(3);
+  tables.submit({ type: 'setChunkServerState', csId: 3, adminState: 'active', nowMs: 40 });
+  t.match(tables.getTask(second.record.id), { state: 'cancelled', error: /made active \(shoal cs activate\)/, finishedAtMs: 40 },
+    'cs activate cancels the drain going on it');
+  t.match(start(3), { created: true }, 'and a new drain can start');
+});

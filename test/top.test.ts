@@ -15,6 +15,7 @@ import type { IoTotals } from '../src/protocol/api.ts';
 import { cliRunner } from './helpers/cli.ts';
 import { startCluster } from './helpers/cluster.ts';
 import { run } from './helpers/run.ts';
+import { eventually } from './helpers/eventually.ts';
 
 const MiB = 1024 * 1024;
 
@@ -40,17 +41,6 @@ t.test('rates from running totals', async (t) => {
   t.same(table.current(1_000).map((entry) => entry.key).sort(), ['other', 'vol'], 'over the bound the oldest-reported source goes');
   t.same(table.current(20_000), [], 'sources silent past the stale time are forgotten');
 });
-
-/** Waits for `check` to return a value, every 250 ms, at most `timeoutMs`. */
-async function eventually<T>(what: string, timeoutMs: number, check: () => Promise<T | null>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== null) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 250));
-  }
-}
 
 t.test('shoal top in an 80x24 terminal shows the volume fio writes, with fio\'s rate', async (t) => {
   t.setTimeout(180_000);

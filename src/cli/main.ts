@@ -19,6 +19,7 @@ import { hypervisorCommands } from './commands/hypervisor.ts';
 import { quarantineCommands } from './commands/quarantine.ts';
 import { statCommands } from './commands/stat.ts';
 import { topCommands } from './commands/top.ts';
+import { taskCommands } from './commands/task.ts';
 import { volumeCommands } from './commands/volume.ts';
 import { resolveConnection } from './config.ts';
 import { commandHelp, groupHelp, groupUsage, overviewHelp } from './help.ts';
@@ -58,7 +59,7 @@ const versionCommand = defineCommand({
   },
 });
 
-const COMMANDS: readonly Command[] = [...volumeCommands, ...csCommands, ...statCommands, ...topCommands, ...quarantineCommands, ...hypervisorCommands, ...mdsCommands, helpCommand, versionCommand];
+const COMMANDS: readonly Command[] = [...volumeCommands, ...csCommands, ...statCommands, ...topCommands, ...taskCommands, ...quarantineCommands, ...hypervisorCommands, ...mdsCommands, helpCommand, versionCommand];
 
 export async function runCli(argv: string[]): Promise<void> {
   // A reader that went away (`shoal volume list | head -1`) is not an error worth a stack trace.

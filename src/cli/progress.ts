@@ -21,31 +21,4 @@ export function redrawLine(text: string, columns: number): string {
 /** Clears a line re-drawn with redrawLine, so that the next output starts on a clean line. */
 export const CLEAR_LINE = '\r\u001b[K';
 
-/**
- * Bytes per second over the last `windowMs` of samples of a cumulative counter (the MDS's
- * recovery.copiedBytes). A counter that goes down (the MDS restarted) starts the window over.
- */
-export class RateMeter {
-  private readonly windowMs: number;
-  private samples: Array<{ atMs: number; bytes: number }> = [];
-
-  constructor(windowMs = 10_000) {
-    this.windowMs = windowMs;
-  }
-
-  add(atMs: number, bytes: number): void {
-    const last = this.samples.at(-1);
-    if (last !== undefined && bytes < last.bytes) this.samples = [];
-    this.samples.push({ atMs, bytes });
-    // Keep one sample older than the window, so that the rate always spans the whole window.
-    while (this.samples.length > 2 && (this.samples[1]?.atMs ?? atMs) <= atMs - this.windowMs) this.samples.shift();
-  }
-
-  /** null until two samples at least half a second apart. */
-  bytesPerSecond(): number | null {
-    const first = this.samples[0];
-    const last = this.samples.at(-1);
-    if (first === undefined || last === undefined || last.atMs - first.atMs < 500) return null;
-    return ((last.bytes - first.bytes) * 1000) / (last.atMs - first.atMs);
-  }
-}
+export { RateMeter } from '../util/rate_meter.ts';

@@ -68,6 +68,10 @@ import {
   VolumeQos,
   IoReportBody,
   IoStatsReply,
+  StartTaskBody,
+  TaskIdParams,
+  TaskInfo,
+  TaskList,
   OpenVolumeBody,
   OpenVolumeReply,
   RegisterChunkServerBody,
@@ -228,13 +232,43 @@ function adminRoutes(app: TypedApp, service: MetadataService): void {
       { schema: { tags, params: ChunkServerIdParams, response: { 200: ChunkServerInfo, ...errorResponses } } },
       async (request) => service.cluster.setChunkServerState(request.params.id, adminState),
     );
-  // Drain: replicas move off (rate-limited), progress shows in `mappedReplicaCount`.
-  serverState('/v1/chunk-servers/:id/drain', 'draining');
+  // Drain: replicas move off (rate-limited), progress shows in `mappedReplicaCount`. This older
+  // route starts a drain task, or joins the one going (POST /v1/tasks refuses a second).
+  app.post(
+    '/v1/chunk-servers/:id/drain',
+    { schema: { tags, params: ChunkServerIdParams, response: { 200: ChunkServerInfo, ...errorResponses } } },
+    async (request) => {
+      await service.tasks.startDrain(request.params.id, null, true);
+      return service.cluster.serverInfo(request.params.id);
+    },
+  );
   serverState('/v1/chunk-servers/:id/activate', 'active');
   // Remove: only an emptied server; it is never placed on again.
   serverState('/v1/chunk-servers/:id/remove', 'removed');
   app.get('/v1/stat', { schema: { tags, response: { 200: ClusterStat } } }, async () => service.cluster.stat());
   app.get('/v1/io', { schema: { tags, response: { 200: IoStatsReply } } }, async () => service.ioStats());
+  app.get('/v1/tasks', { schema: { tags, response: { 200: TaskList } } }, async () => ({ tasks: service.tasks.list() }));
+  app.post(
+    '/v1/tasks',
+    { schema: { tags, body: StartTaskBody, response: { 200: TaskInfo, 201: TaskInfo, ...errorResponses } } },
+    async (request, reply) => {
+      const { task, created } = await service.tasks.startDrain(request.body.chunkServerId, request.body.idempotencyKey ?? null);
+      // 201 for a new task; 200 for the one an earlier request with the same key started.
+      return reply.code(created ? 201 : 200).send(task);
+    },
+  );
+  app.get(
+    '/v1/tasks/:id',
+    { schema: { tags, params: TaskIdParams, response: { 200: TaskInfo, ...errorResponses } } },
+    async (request) => service.tasks.get(request.params.id),
+  );
+  for (const action of ['cancel', 'pause', 'resume'] as const) {
+    app.post(
+      `/v1/tasks/:id/${action}`,
+      { schema: { tags, params: TaskIdParams, response: { 200: TaskInfo, ...errorResponses } } },
+      async (request) => service.tasks[action](request.params.id),
+    );
+  }
   app.get('/v1/hypervisors', { schema: { tags, response: { 200: HypervisorList } } }, async () => ({
     hypervisors: service.hypervisors.list(),
   }));

@@ -670,12 +670,17 @@ export class Cluster {
 
   /** Drain (move every replica off), return to service, or remove (only once empty). */
   async setChunkServerState(csId: number, adminState: ChunkServerAdminState): Promise<ChunkServerInfo> {
-    const result = await this.store.submit({ type: 'setChunkServerState', csId, adminState });
+    const result = await this.store.submit({ type: 'setChunkServerState', csId, adminState, nowMs: this.clock.nowMs() });
     assert(result.type === 'chunkServer', 'setChunkServerState yields a server');
     this.log.info('chunk server state changed', { csId, adminState });
     this.recovery.tick();
+    return this.serverInfo(csId);
+  }
+
+  /** One server as the API shows it. */
+  serverInfo(csId: number): ChunkServerInfo {
     const info = this.listChunkServers().find((server) => server.id === csId);
-    assert(info !== undefined, 'a server that changed state is listed');
+    if (info === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${csId} does not exist`);
     return info;
   }
 

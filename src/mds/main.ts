@@ -179,6 +179,7 @@ async function startMds(options: {
       .then(async () => {
         if (stopping) return;
         service.cluster.recoveryTick();
+        await service.tasks.tick();
         await service.cluster.sweepDeletedReplicas();
       })
       .catch((error: unknown) => log.error('background loop failed', { error }));

@@ -7,7 +7,7 @@
 import {
   needsAttention,
   type ChunkKey, type ChunkRecord, type ChunkServerRecord, type HypervisorRecord, type LostGenerations, type MdsTables, type MetaKey,
-  type PendingDeleteRecord, type QuarantineRecord, type ServerMapped, type VolumeRecord,
+  type PendingDeleteRecord, type QuarantineRecord, type ServerMapped, type TaskRecord, type VolumeRecord,
 } from './model.ts';
 import { applyOp, type MdsOp, type MdsOpResult } from './ops.ts';
 
@@ -22,6 +22,7 @@ interface State {
   quarantine: Map<string, QuarantineRecord>;
   lostGenerations: LostGenerations[];
   hypervisors: Map<number, HypervisorRecord>;
+  tasks: Map<number, TaskRecord>;
 }
 
 const chunkKey = (volumeId: number, chunkIndex: number): string => `${volumeId}:${chunkIndex}`;
@@ -38,6 +39,7 @@ export class MemoryTables implements MdsTables {
     quarantine: new Map(),
     lostGenerations: [],
     hypervisors: new Map(),
+    tasks: new Map(),
   };
 
   /** Applies an op atomically: on an error the tables are as they were. */
@@ -63,6 +65,7 @@ export class MemoryTables implements MdsTables {
       quarantine: new Map(this.state.quarantine),
       lostGenerations: [...this.state.lostGenerations],
       hypervisors: new Map(this.state.hypervisors),
+      tasks: new Map(this.state.tasks),
     };
   }
 
@@ -82,6 +85,19 @@ export class MemoryTables implements MdsTables {
   }
   listHypervisors(): HypervisorRecord[] {
     return [...this.state.hypervisors.values()].sort((a, b) => a.id - b.id);
+  }
+
+  getTask(id: number): TaskRecord | undefined {
+    return this.state.tasks.get(id);
+  }
+  putTask(record: TaskRecord): void {
+    this.state.tasks.set(record.id, record);
+  }
+  deleteTask(id: number): void {
+    this.state.tasks.delete(id);
+  }
+  listTasks(): TaskRecord[] {
+    return [...this.state.tasks.values()].sort((a, b) => a.id - b.id);
   }
   putMeta(key: MetaKey, value: number): void {
     this.state.meta.set(key, value);

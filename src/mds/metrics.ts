@@ -6,6 +6,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { MetadataService } from './service.ts';
 import type { MdsStore } from './store.ts';
 import { collectProcessMetrics, counterFromTotal } from '../util/metrics.ts';
+import { TASK_KINDS, TASK_STATES } from './model.ts';
 
 export class MdsMetrics {
   readonly registry = new Registry();
@@ -36,6 +37,18 @@ export class MdsMetrics {
       },
     });
     this.clusterGauges(service);
+    new Gauge({
+      name: 'shoal_mds_tasks',
+      help: 'Tasks the MDS keeps, by kind and state (finished ones for a while)',
+      labelNames: ['kind', 'state'],
+      registers: [this.registry],
+      collect() {
+        this.reset();
+        // Every state at zero too, so that an alert on running or failed tasks has a series.
+        for (const kind of TASK_KINDS) for (const state of TASK_STATES) this.set({ kind, state }, 0);
+        for (const task of store.tables.listTasks()) this.inc({ kind: task.kind, state: task.state });
+      },
+    });
   }
 
   private clusterGauges(service: () => MetadataService | null): void {

@@ -126,6 +126,45 @@ export interface HypervisorRecord {
   readonly revokedAtMs: number | null;
 }
 
+/** What kinds of long operation run as durable tasks; each names its target. */
+export const TASK_KINDS = ['drain'] as const;
+export type TaskKind = (typeof TASK_KINDS)[number];
+
+export const TASK_STATES = ['queued', 'running', 'paused', 'done', 'failed', 'cancelled'] as const;
+export type TaskState = (typeof TASK_STATES)[number];
+
+/** States a task does not leave. */
+export function isFinalTaskState(state: TaskState): boolean {
+  return state === 'done' || state === 'failed' || state === 'cancelled';
+}
+
+/**
+ * A long operation the MDS carries out in the background (tasks.ts): it survives an MDS restart
+ * and the caller that started it going away. Progress is saved every few seconds, so after a
+ * restart it shows at most that much less than was done.
+ */
+export interface TaskRecord {
+  readonly id: number;
+  readonly kind: TaskKind;
+  /** A drain's chunk server. */
+  readonly chunkServerId: number;
+  readonly state: TaskState;
+  /** The caller's key: the same key again gets this task back instead of a second one. */
+  readonly idempotencyKey: string | null;
+  readonly itemsDone: number;
+  readonly itemsTotal: number;
+  readonly bytesDone: number;
+  readonly bytesTotal: number;
+  /** Why it failed or was cancelled. */
+  readonly error: string | null;
+  readonly createdAtMs: number;
+  readonly updatedAtMs: number;
+  readonly finishedAtMs: number | null;
+}
+
+/** Finished tasks kept for `shoal task list`; older ones are dropped as new ones start. */
+export const FINISHED_TASKS_KEPT = 1_000;
+
 /** A hypervisor may name at most this many volumes one by one (beyond, use allVolumes). */
 export const HYPERVISOR_VOLUMES_MAX = 4096;
 
@@ -134,7 +173,7 @@ export const HYPERVISOR_VOLUMES_MAX = 4096;
  * this map (seen there after a restore or rebuild): never handed out, even from a block reserved
  * before it was raised.
  */
-export const META_KEYS = ['nextVolumeId', 'nextChunkId', 'nextCsId', 'opSeq', 'generation', 'chunkIdFloor', 'nextHypervisorId'] as const;
+export const META_KEYS = ['nextVolumeId', 'nextChunkId', 'nextCsId', 'opSeq', 'generation', 'chunkIdFloor', 'nextHypervisorId', 'nextTaskId'] as const;
 export type MetaKey = (typeof META_KEYS)[number];
 
 /** Names one chunk of one volume (the chunk map's key). */
@@ -212,4 +251,10 @@ export interface MdsTables {
   getHypervisorIdByName(name: string): number | undefined;
   putHypervisor(record: HypervisorRecord): void;
   listHypervisors(): HypervisorRecord[];
+
+  getTask(id: number): TaskRecord | undefined;
+  putTask(record: TaskRecord): void;
+  deleteTask(id: number): void;
+  /** Every task kept (at most FINISHED_TASKS_KEPT finished ones plus those still going), by id. */
+  listTasks(): TaskRecord[];
 }

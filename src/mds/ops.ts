@@ -14,7 +14,7 @@ import { resolveQosChange } from './volume_qos.ts';
 import type {
   ChunkKey, ChunkRecord, ChunkServerAdminState, ChunkServerRecord, HypervisorRecord, InDoubtRange, MdsTables, QuarantineRecord, VolumeRecord,
 } from './model.ts';
-import { HYPERVISOR_VOLUMES_MAX, volumeQos } from './model.ts';
+import { FINISHED_TASKS_KEPT, HYPERVISOR_VOLUMES_MAX, isFinalTaskState, volumeQos, type TaskRecord, type TaskState } from './model.ts';
 
 export type MdsOp =
   | { readonly type: 'reserveChunkIds'; readonly count: number }
@@ -106,7 +106,13 @@ export type MdsOp =
       readonly after?: ChunkKey;
       readonly limit?: number;
     }
-  | { readonly type: 'setChunkServerState'; readonly csId: number; readonly adminState: ChunkServerAdminState }
+  | {
+      readonly type: 'setChunkServerState';
+      readonly csId: number;
+      readonly adminState: ChunkServerAdminState;
+      /** When; absent in ops logged before tasks. */
+      readonly nowMs?: number;
+    }
   | {
       /** Older copies of known chunks found on servers that are not members: to be deleted. */
       readonly type: 'queueReplicaDeletes';
@@ -165,6 +171,33 @@ export type MdsOp =
       /** Quarantined replicas an admin confirmed, or whose grace ran out: queued for deletion. */
       readonly type: 'releaseQuarantined';
       readonly entries: ReadonlyArray<{ chunkId: number; csId: number }>;
+    }
+  | {
+      /** A drain starts as a task (tasks.ts): the server takes no new replicas and its replicas move off. */
+      readonly type: 'startDrainTask';
+      readonly csId: number;
+      readonly idempotencyKey: string | null;
+      /** The older drain route: a drain already going on the server is returned (resumed if paused), not refused. */
+      readonly joinRunning: boolean;
+      readonly nowMs: number;
+    }
+  | {
+      /** A task moves on: paused, resumed (running), or ended. A drain's server follows (see setTaskState). */
+      readonly type: 'setTaskState';
+      readonly taskId: number;
+      readonly state: Exclude<TaskState, 'queued'>;
+      readonly error: string | null;
+      readonly nowMs: number;
+    }
+  | {
+      /** A task's progress, saved every few seconds while it runs. */
+      readonly type: 'recordTaskProgress';
+      readonly taskId: number;
+      readonly itemsDone: number;
+      readonly itemsTotal: number;
+      readonly bytesDone: number;
+      readonly bytesTotal: number;
+      readonly nowMs: number;
     };
 
 export type MdsOpType = MdsOp['type'];
@@ -177,6 +210,8 @@ export type MdsOpResult =
   | { readonly type: 'chunkServer'; readonly record: ChunkServerRecord }
   | { readonly type: 'volume'; readonly record: VolumeRecord }
   | { readonly type: 'chunk'; readonly record: ChunkRecord }
+  /** `created`: a new task, rather than the one an earlier request with the same key started. */
+  | { readonly type: 'task'; readonly record: TaskRecord; readonly created?: boolean }
   /** A sliced op's progress: where the next slice starts, or null once the last one is done. */
   | { readonly type: 'cursor'; readonly next: ChunkKey | null };
 
@@ -213,7 +248,13 @@ export function applyOp(tables: MdsTables, op: MdsOp): MdsOpResult {
     case 'setChunkReplicas':
       return setChunkReplicas(tables, op);
     case 'setChunkServerState':
-      return setChunkServerState(tables, op.csId, op.adminState);
+      return setChunkServerState(tables, op.csId, op.adminState, op.nowMs);
+    case 'startDrainTask':
+      return startDrainTask(tables, op);
+    case 'setTaskState':
+      return setTaskState(tables, op);
+    case 'recordTaskProgress':
+      return recordTaskProgress(tables, op);
     case 'markInDoubt':
       return markInDoubt(tables, op);
     case 'markServerChunksInDoubt':
@@ -474,7 +515,7 @@ function setChunkReplicas(tables: MdsTables, op: Extract<MdsOp, { type: 'setChun
   return { type: 'chunk', record };
 }
 
-function setChunkServerState(tables: MdsTables, csId: number, adminState: ChunkServerAdminState): MdsOpResult {
+function setChunkServerState(tables: MdsTables, csId: number, adminState: ChunkServerAdminState, nowMs: number | undefined): MdsOpResult {
   const server = tables.getChunkServer(csId);
   if (server === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${csId} does not exist`);
   if (server.adminState === 'removed') throw new StorageError('ERR_CONFLICT', `chunk server ${csId} was removed already`);
@@ -486,7 +527,114 @@ function setChunkServerState(tables: MdsTables, csId: number, adminState: ChunkS
   }
   const record: ChunkServerRecord = { ...server, adminState };
   tables.putChunkServer(record);
+  // A drain going on ends when the admin makes the server something else (cs activate, cs rm).
+  const drain = adminState === 'draining' ? undefined : activeTaskOn(tables, csId);
+  if (drain !== undefined) {
+    const error = `cancelled: chunk server ${csId} was made ${adminState} (shoal cs ${adminState === 'active' ? 'activate' : 'rm'})`;
+    const atMs = nowMs ?? drain.updatedAtMs;
+    tables.putTask({ ...drain, state: 'cancelled', error, updatedAtMs: atMs, finishedAtMs: atMs });
+  }
   return { type: 'chunkServer', record };
+}
+
+// ---- tasks ---------------------------------------------------------------------------------------
+
+/** The task still going (not finished) on a chunk server, if any: at most one at a time. */
+function activeTaskOn(tables: MdsTables, csId: number): TaskRecord | undefined {
+  return tables.listTasks().find((task) => task.chunkServerId === csId && !isFinalTaskState(task.state));
+}
+
+function describeTask(task: TaskRecord): string {
+  return `task ${task.id} (${task.kind} of chunk server ${task.chunkServerId}, ${task.state}, ${task.itemsDone} of ${task.itemsTotal} replicas moved)`;
+}
+
+function startDrainTask(tables: MdsTables, op: Extract<MdsOp, { type: 'startDrainTask' }>): MdsOpResult {
+  if (op.idempotencyKey !== null) {
+    const same = tables.listTasks().find((task) => task.idempotencyKey === op.idempotencyKey);
+    if (same !== undefined) {
+      if (same.kind === 'drain' && same.chunkServerId === op.csId) return { type: 'task', record: same };
+      throw new StorageError('ERR_CONFLICT', `idempotency key "${op.idempotencyKey}" belongs to ${describeTask(same)}: a different request needs a new key`);
+    }
+  }
+  const server = tables.getChunkServer(op.csId);
+  if (server === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${op.csId} does not exist`);
+  if (server.adminState === 'removed') throw new StorageError('ERR_CONFLICT', `chunk server ${op.csId} was removed already`);
+  const going = activeTaskOn(tables, op.csId);
+  if (going !== undefined) {
+    if (!op.joinRunning) {
+      throw new StorageError('ERR_TASK_CONFLICT',
+        `chunk server ${op.csId} is already being drained by ${describeTask(going)}: follow it with shoal task wait ${going.id}, or cancel it with shoal task cancel ${going.id}`);
+    }
+    if (going.state !== 'paused') return { type: 'task', record: going };
+    return setTaskState(tables, { type: 'setTaskState', taskId: going.id, state: 'running', error: null, nowMs: op.nowMs });
+  }
+  tables.putChunkServer({ ...server, adminState: 'draining' });
+  const mapped = tables.serverMapped(op.csId);
+  const id = Math.max(1, tables.getMeta('nextTaskId'));
+  tables.putMeta('nextTaskId', id + 1);
+  const empty = mapped.replicaCount === 0;
+  const record: TaskRecord = {
+    id, kind: 'drain', chunkServerId: op.csId, state: empty ? 'done' : 'running', idempotencyKey: op.idempotencyKey,
+    itemsDone: 0, itemsTotal: mapped.replicaCount, bytesDone: 0, bytesTotal: mapped.mappedBytes, error: null,
+    createdAtMs: op.nowMs, updatedAtMs: op.nowMs, finishedAtMs: empty ? op.nowMs : null,
+  };
+  tables.putTask(record);
+  pruneFinishedTasks(tables);
+  return { type: 'task', record, created: true };
+}
+
+/** Where a task may go from each state. */
+const TASK_MOVES: Readonly<Record<TaskState, readonly TaskState[]>> = {
+  queued: ['running', 'cancelled'],
+  running: ['paused', 'done', 'failed', 'cancelled'],
+  paused: ['running', 'cancelled'],
+  done: [],
+  failed: [],
+  cancelled: [],
+};
+
+function setTaskState(tables: MdsTables, op: Extract<MdsOp, { type: 'setTaskState' }>): MdsOpResult {
+  const task = tables.getTask(op.taskId);
+  if (task === undefined) throw new StorageError('ERR_NOT_FOUND', `task ${op.taskId} does not exist`);
+  if (!TASK_MOVES[task.state].includes(op.state)) {
+    throw new StorageError('ERR_CONFLICT', `${describeTask(task)} cannot become ${op.state}`);
+  }
+  const server = tables.getChunkServer(task.chunkServerId);
+  assert(server !== undefined, 'a drain task names a registered server');
+  if (op.state === 'done' && tables.serverMapped(task.chunkServerId).replicaCount > 0) {
+    throw new StorageError('ERR_CONFLICT', `${describeTask(task)} is not done: chunk server ${task.chunkServerId} still holds replicas`);
+  }
+  // Paused or cancelled, the server serves again and nothing more moves; resumed, it drains again.
+  // Each replica moved so far stayed moved: a move is one change of a chunk's set, never half made.
+  if (server.adminState !== 'removed') {
+    if (op.state === 'paused' || op.state === 'cancelled' || op.state === 'failed') tables.putChunkServer({ ...server, adminState: 'active' });
+    if (op.state === 'running') tables.putChunkServer({ ...server, adminState: 'draining' });
+  } else if (op.state === 'running') {
+    throw new StorageError('ERR_CONFLICT', `chunk server ${task.chunkServerId} was removed: ${describeTask(task)} cannot resume`);
+  }
+  const final = isFinalTaskState(op.state);
+  const record: TaskRecord = {
+    ...task, state: op.state, error: op.error, updatedAtMs: op.nowMs, finishedAtMs: final ? op.nowMs : null,
+    ...(op.state === 'done' ? { itemsDone: task.itemsTotal, bytesDone: task.bytesTotal } : {}),
+  };
+  tables.putTask(record);
+  return { type: 'task', record };
+}
+
+function recordTaskProgress(tables: MdsTables, op: Extract<MdsOp, { type: 'recordTaskProgress' }>): MdsOpResult {
+  const task = tables.getTask(op.taskId);
+  if (task === undefined || isFinalTaskState(task.state)) return NONE;
+  assert(op.itemsDone <= op.itemsTotal && op.bytesDone <= op.bytesTotal, 'progress is within its total');
+  assert(op.itemsDone >= task.itemsDone, 'a task\'s items done only grow');
+  const record: TaskRecord = { ...task, ...{ itemsDone: op.itemsDone, itemsTotal: op.itemsTotal, bytesDone: op.bytesDone, bytesTotal: op.bytesTotal }, updatedAtMs: op.nowMs };
+  tables.putTask(record);
+  return { type: 'task', record };
+}
+
+/** Keeps the newest FINISHED_TASKS_KEPT finished tasks. */
+function pruneFinishedTasks(tables: MdsTables): void {
+  const finished = tables.listTasks().filter((task) => isFinalTaskState(task.state));
+  for (const task of finished.slice(0, Math.max(0, finished.length - FINISHED_TASKS_KEPT))) tables.deleteTask(task.id);
 }
 
 /** At most this many separate ranges are kept; more become one range over the whole chunk. */

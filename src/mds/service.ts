@@ -37,6 +37,7 @@ import { chooseReplicas } from './placement.ts';
 import { describeVolume, volumeQos } from './model.ts';
 import { resolveQosChange } from './volume_qos.ts';
 import { IoRateTable, sumRates } from './io_rates.ts';
+import { Tasks } from './tasks.ts';
 import type { MdsStore } from './store.ts';
 
 /** Chunk ids are reserved durably in blocks, so a crash never hands out an id twice. */
@@ -47,6 +48,7 @@ const SCAN_WAIT_MS = 10_000;
 export class MetadataService {
   readonly cluster: Cluster;
   readonly hypervisors: Hypervisors;
+  readonly tasks: Tasks;
   private readonly capabilityKey: Buffer;
   private readonly store: MdsStore;
   private readonly config: MdsConfig;
@@ -70,6 +72,7 @@ export class MetadataService {
     this.random = deps.random;
     this.log = deps.log;
     this.cluster = new Cluster(deps);
+    this.tasks = new Tasks({ store: deps.store, clock: deps.clock, log: deps.log, replan: () => this.cluster.recoveryTick() });
     this.capabilityKey = deps.capabilityKey ?? randomBytes(32);
     this.hypervisors = new Hypervisors({
       store: this.store,

@@ -28,6 +28,7 @@ import type {
   PendingDeleteRecord,
   QuarantineRecord,
   ServerMapped,
+  TaskRecord,
   VolumeRecord,
 } from './model.ts';
 import { needsAttention } from './model.ts';
@@ -36,7 +37,7 @@ import { applyOp, type MdsOp, type MdsOpResult } from './ops.ts';
 /** The database file in an MDS's data directory (LMDB adds `<name>-lock` beside it). */
 export const MDS_DB_FILE = 'mds.lmdb';
 
-/** Named databases the MDS's LMDB may hold (it uses 17): whoever opens it passes this. */
+/** Named databases the MDS's LMDB may hold (it uses 18): whoever opens it passes this. */
 export const MDS_DB_TABLES_MAX = 32;
 /** lmdb's option for the mode of the files it creates (missing from its type declarations). */
 const LMDB_FILE_MODE = { permissionsMode: PRIVATE_FILE_MODE };
@@ -73,6 +74,7 @@ export class LmdbTables implements MdsTables {
   readonly lostGenerations: Database<LostGenerations, number>;
   readonly hypervisors: Database<HypervisorRecord, number>;
   readonly hypervisorNames: Database<number, string>;
+  readonly tasks: Database<TaskRecord, number>;
   /**
    * volumeId -> its chunk records, kept by putChunk/deleteChunk in the same transaction, so that
    * counting a volume's chunks (every open, get and list of volumes) does not walk a million keys.
@@ -103,6 +105,7 @@ export class LmdbTables implements MdsTables {
     this.lostGenerations = db('lost-generations', 'ordered-binary');
     this.hypervisors = db('hypervisors', 'uint32');
     this.hypervisorNames = db('hypervisor-names', 'ordered-binary');
+    this.tasks = db('tasks', 'uint32');
     this.chunkCounts = db('chunk-counts', 'ordered-binary');
     this.chunkIds = db('chunk-ids', 'ordered-binary');
     this.serverChunks = db('server-chunks', 'ordered-binary');
@@ -371,6 +374,19 @@ export class LmdbTables implements MdsTables {
   }
   listHypervisors(): HypervisorRecord[] {
     return [...this.hypervisors.getRange({}).map(({ value }) => value)];
+  }
+
+  getTask(id: number): TaskRecord | undefined {
+    return this.tasks.get(id);
+  }
+  putTask(record: TaskRecord): void {
+    void this.tasks.put(record.id, record);
+  }
+  deleteTask(id: number): void {
+    void this.tasks.remove(id);
+  }
+  listTasks(): TaskRecord[] {
+    return [...this.tasks.getRange({}).map(({ value }) => value)];
   }
 
   appendOplog(op: MdsOp): void {

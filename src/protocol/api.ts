@@ -274,6 +274,52 @@ export const RebuildReply = Type.Object({
 });
 export type RebuildReply = Static<typeof RebuildReply>;
 
+// ---- tasks ---------------------------------------------------------------------------------------
+
+
+/** A long operation the MDS carries out in the background (src/mds/tasks.ts). */
+export const TaskInfo = Type.Object({
+  id: Uint(),
+  kind: Type.Literal('drain'),
+  target: Type.Object({ chunkServerId: Uint() }),
+  state: Type.Union([
+    Type.Literal('queued'), Type.Literal('running'), Type.Literal('paused'), Type.Literal('done'), Type.Literal('failed'), Type.Literal('cancelled'),
+  ]),
+  progress: Type.Object({
+    itemsDone: Uint({ description: 'a drain: replicas moved off' }),
+    itemsTotal: Uint(),
+    bytesDone: Uint(),
+    bytesTotal: Uint(),
+  }),
+  bytesPerSecond: Type.Union([Type.Number({ minimum: 0 }), Type.Null()], { description: 'over the last 30 s; null until measured' }),
+  etaSeconds: Type.Union([Uint(), Type.Null()]),
+  error: Type.Union([Type.String(), Type.Null()], { description: 'why it failed or was cancelled' }),
+  idempotencyKey: Type.Union([Type.String(), Type.Null()]),
+  createdAt: Type.String(),
+  updatedAt: Type.String(),
+  finishedAt: Type.Union([Type.String(), Type.Null()]),
+});
+export type TaskInfo = Static<typeof TaskInfo>;
+
+export const TaskList = Type.Object({ tasks: Type.Array(TaskInfo) });
+export type TaskList = Static<typeof TaskList>;
+
+export const TaskIdParams = Type.Object({ id: Uint({ minimum: 1 }) });
+export type TaskIdParams = Static<typeof TaskIdParams>;
+
+export const StartTaskBody = Type.Object(
+  {
+    kind: Type.Literal('drain'),
+    chunkServerId: Uint({ minimum: 1 }),
+    idempotencyKey: Type.Optional(Type.String({
+      minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9._:-]+$',
+      description: 'the same key again returns the task it started instead of starting another',
+    })),
+  },
+  { additionalProperties: false },
+);
+export type StartTaskBody = Static<typeof StartTaskBody>;
+
 export const ClusterStat = Type.Object({
   chunkServers: Type.Object({ total: Uint(), online: Uint(), offline: Uint() }),
   recovery: RecoveryInfo,

@@ -32,6 +32,9 @@ import type {
   LeaseRenewReply,
   IoReportBody,
   IoStatsReply,
+  StartTaskBody,
+  TaskInfo,
+  TaskList,
   UpdateVolumeBody,
   VolumeQos,
   OpenVolumeReply,
@@ -162,6 +165,18 @@ export class MdsClient {
   }
   stat(): Promise<ClusterStat> {
     return this.call('GET', '/v1/stat');
+  }
+  listTasks(): Promise<TaskList> {
+    return this.call('GET', '/v1/tasks');
+  }
+  getTask(id: number): Promise<TaskInfo> {
+    return this.call('GET', `/v1/tasks/${id}`);
+  }
+  startTask(body: StartTaskBody): Promise<TaskInfo> {
+    return this.call('POST', '/v1/tasks', body);
+  }
+  taskAction(id: number, action: 'cancel' | 'pause' | 'resume'): Promise<TaskInfo> {
+    return this.call('POST', `/v1/tasks/${id}/${action}`);
   }
   /** Each volume's and each chunk server's I/O rates (`shoal top`). */
   ioStats(): Promise<IoStatsReply> {

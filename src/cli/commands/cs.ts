@@ -5,7 +5,7 @@
 // must read the same way.
 
 import { StorageError } from '../../errors.ts';
-import type { ChunkServerInfo } from '../../protocol/api.ts';
+import type { ChunkServerInfo, TaskInfo } from '../../protocol/api.ts';
 import type { MdsClient } from '../../protocol/mds_client.ts';
 import { formatBytes } from '../../util/size.ts';
 import { booleanFlag, defineCommand, positional, show, stringFlag, type CliContext, type Command } from '../command.ts';
@@ -136,7 +136,7 @@ const info = defineCommand({
 
 // ---- taking a server out of service -------------------------------------------------------------
 
-function parseServerId(text: string): number {
+export function parseServerId(text: string): number {
   const id = Number(text);
   if (!/^\d+$/.test(text) || !Number.isSafeInteger(id)) {
     throw new StorageError('ERR_INVALID_ARGUMENT', `chunk server ID must be a number (the ID column of shoal cs list), got "${text}"`);
@@ -144,7 +144,7 @@ function parseServerId(text: string): number {
   return id;
 }
 
-function parseTimeoutMs(text: string): number {
+export function parseTimeoutMs(text: string): number {
   const seconds = Number(text);
   if (!/^\s*\d+(\.\d+)?\s*$/.test(text) || !(seconds > 0)) {
     throw new StorageError('ERR_INVALID_ARGUMENT', `--timeout must be a number of seconds greater than 0, got "${text}"`);
@@ -167,10 +167,10 @@ function describeDrainStart(server: ChunkServerInfo): string {
     `in the background${source}\n`;
 }
 
-function drainNextSteps(server: ChunkServerInfo): string {
+function drainNextSteps(server: ChunkServerInfo, task: TaskInfo): string {
   if (server.mappedReplicaCount === 0) return `remove it with: shoal cs rm ${server.id}\n`;
-  return `follow it with: shoal cs drain ${server.id} --wait (or shoal cs info ${server.id}); ` +
-    `cancel it with: shoal cs activate ${server.id}\n`;
+  return `task ${task.id}: follow it with: shoal task wait ${task.id}; pause it with: shoal task pause ${task.id}; ` +
+    `cancel it with: shoal task cancel ${task.id}\n`;
 }
 
 const POLL_INTERVAL_MS = 1_000;
@@ -334,32 +334,41 @@ function sleep(ms: number): Promise<void> {
 
 const drain = defineCommand({
   path: ['cs', 'drain'],
-  synopsis: 'ID [--wait] [--timeout SECONDS]',
+  synopsis: 'ID [--wait] [--timeout SECONDS] [--idempotency-key KEY]',
   summary: 'move every replica off a chunk server (in the background), to remove it or take it down safely',
   details: [
     'ID                 the ID column of shoal cs list',
     '--wait             follow the drain until the server holds no replicas: a progress bar on a terminal, a line',
     '                   every few seconds otherwise, then a final line (with --json: only the server\'s final state)',
     '--timeout SECONDS  with --wait: stop waiting after SECONDS and exit 1; the drain itself goes on',
+    '--idempotency-key KEY  the same KEY again returns the task it started instead of being refused (for scripts that retry)',
+    'The drain is a task (shoal task list): it survives an MDS restart; a second drain of a server with one going is',
+    'refused, naming the task; shoal task pause|resume|cancel ID control it.',
     'The MDS places no new replicas on a draining server and copies each of its replicas to another server,',
     'keeping every chunk\'s copies in distinct failure domains, at the recovery rate limit (shoal stat shows it).',
     'The drain runs in the MDS: it goes on if this command stops waiting, is interrupted or loses its connection.',
-    'Next: shoal cs rm ID once it is empty, or shoal cs activate ID to cancel and keep the server.',
+    'Next: shoal cs rm ID once it is empty, or shoal task cancel TASK (or shoal cs activate ID) to keep the server.',
   ],
-  options: { wait: { type: 'boolean' }, timeout: { type: 'string' } },
+  options: { wait: { type: 'boolean' }, timeout: { type: 'string' }, 'idempotency-key': { type: 'string' } },
   positionals: ['ID'],
   parse(args) {
     const timeout = stringFlag(args, 'timeout');
     const wait = booleanFlag(args, 'wait');
     if (timeout !== undefined && !wait) throw new StorageError('ERR_INVALID_ARGUMENT', '--timeout bounds --wait: give both');
-    return { id: parseServerId(positional(args, 0)), wait, timeoutMs: timeout === undefined ? null : parseTimeoutMs(timeout) };
+    const key = stringFlag(args, 'idempotency-key');
+    return {
+      id: parseServerId(positional(args, 0)), wait, timeoutMs: timeout === undefined ? null : parseTimeoutMs(timeout),
+      ...(key === undefined ? {} : { idempotencyKey: key }),
+    };
   },
-  async run(context, { id, wait, timeoutMs }) {
+  async run(context, { id, wait, timeoutMs, idempotencyKey }) {
     const mds = await context.mds();
-    const server = await mds.setChunkServerState(id, 'drain');
+    const task = await mds.startTask({ kind: 'drain', chunkServerId: id, ...(idempotencyKey === undefined ? {} : { idempotencyKey }) });
+    const server = (await mds.listChunkServers()).chunkServers.find((s) => s.id === id);
+    if (server === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${id} is not listed by the MDS`);
     if (!wait) {
-      if (context.json) return context.writeJson(server);
-      return context.write(describeDrainStart(server) + drainNextSteps(server));
+      if (context.json) return context.writeJson(task);
+      return context.write(describeDrainStart(server) + drainNextSteps(server, task));
     }
     if (!context.json) context.write(describeDrainStart(server));
     const { server: final, moved, elapsedMs } = await followDrain(context, mds, server, timeoutMs);

@@ -1,0 +1,198 @@
+// `shoal task ...`: the long operations the MDS runs in the background (drains today), as durable
+// tasks: list them, show one, follow one to its end (wait), cancel, pause and resume. A task goes
+// on in the MDS whatever happens to the command that started or follows it; `wait` can be run
+// again at any time, from anywhere, and ends with the task.
+
+import { StorageError } from '../../errors.ts';
+import type { TaskInfo } from '../../protocol/api.ts';
+import { formatBytes } from '../../util/size.ts';
+import { defineCommand, positional, show, stringFlag, type CliContext, type Command } from '../command.ts';
+import { formatDuration, formatRate, formatTimestamp } from '../format.ts';
+import { CLEAR_LINE, progressBar, redrawLine } from '../progress.ts';
+import { renderFields, renderTable, type Column, type Style } from '../table.ts';
+import { parseTimeoutMs } from './cs.ts';
+
+const POLL_INTERVAL_MS = 1_000;
+const PLAIN_LINE_INTERVAL_MS = 5_000;
+const BAR_WIDTH = 20;
+/** Errors worth riding out while following a task: the MDS restarting or briefly unreachable. */
+const TRANSIENT_CODES: ReadonlySet<string> = new Set(['ERR_UNAVAILABLE', 'ERR_TIMEOUT', 'ERR_SHUTTING_DOWN']);
+
+export function parseTaskId(text: string): number {
+  const id = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(id) || id < 1) throw new StorageError('ERR_INVALID_ARGUMENT', `task ID must be a number (the ID column of shoal task list), got "${text}"`);
+  return id;
+}
+
+function what(task: TaskInfo): string {
+  return `${task.kind} of chunk server ${task.target.chunkServerId}`;
+}
+
+function stateStyle(task: TaskInfo): Style | undefined {
+  if (task.state === 'failed') return 'red';
+  if (task.state === 'cancelled' || task.state === 'paused') return 'yellow';
+  return task.state === 'done' ? 'green' : undefined;
+}
+
+function eta(task: TaskInfo): string {
+  return task.etaSeconds === null ? '-' : formatDuration(task.etaSeconds * 1000);
+}
+
+const TASK_COLUMNS: readonly Column<TaskInfo>[] = [
+  { header: 'ID', align: 'right', value: (task) => String(task.id) },
+  { header: 'KIND', value: (task) => task.kind },
+  { header: 'TARGET', value: (task) => `cs ${task.target.chunkServerId}` },
+  { header: 'STATE', value: (task) => task.state, style: stateStyle },
+  { header: 'DONE', align: 'right', value: (task) => `${task.progress.itemsDone}/${task.progress.itemsTotal}` },
+  { header: 'BYTES', align: 'right', value: (task) => formatBytes(task.progress.bytesDone) },
+  { header: 'RATE', align: 'right', value: (task) => formatRate(task.bytesPerSecond) },
+  { header: 'ETA', align: 'right', value: eta },
+  { header: 'CREATED', value: (task) => formatTimestamp(task.createdAt) },
+];
+
+function taskFields(task: TaskInfo) {
+  const { itemsDone, itemsTotal, bytesDone, bytesTotal } = task.progress;
+  return [
+    { label: 'task', value: `${task.id}: ${what(task)}` },
+    { label: 'state', value: task.state, style: stateStyle(task) },
+    { label: 'progress', value: `${itemsDone} of ${itemsTotal} replicas moved, ${formatBytes(bytesDone)} of ${formatBytes(bytesTotal)}` },
+    { label: 'rate', value: `${formatRate(task.bytesPerSecond)}, ETA ${eta(task)}` },
+    ...(task.error === null ? [] : [{ label: 'error', value: task.error, style: 'red' as const }]),
+    ...(task.idempotencyKey === null ? [] : [{ label: 'key', value: task.idempotencyKey }]),
+    { label: 'created', value: formatTimestamp(task.createdAt) },
+    { label: 'updated', value: formatTimestamp(task.updatedAt) },
+    { label: 'finished', value: task.finishedAt === null ? '-' : formatTimestamp(task.finishedAt) },
+  ];
+}
+
+const list = defineCommand({
+  path: ['task', 'list'],
+  synopsis: '',
+  summary: 'list tasks (running, paused, and the last finished ones) with their progress',
+  parse: () => undefined,
+  run: (context) =>
+    show(context, (mds) => mds.listTasks(), ({ tasks }) =>
+      tasks.length === 0 ? 'no tasks (a drain starts one: shoal cs drain ID)\n' : renderTable(TASK_COLUMNS, tasks, context.paint)),
+});
+
+const showTask = defineCommand({
+  path: ['task', 'show'],
+  synopsis: 'ID',
+  summary: 'show one task: state, progress, rate, ETA, error',
+  positionals: ['ID'],
+  parse: (args) => parseTaskId(positional(args, 0)),
+  run: (context, id) => show(context, (mds) => mds.getTask(id), (task) => renderFields(taskFields(task), context.paint)),
+});
+
+function bar(task: TaskInfo, elapsedMs: number, note: string): string {
+  const { itemsDone, itemsTotal } = task.progress;
+  const head = `task ${task.id} ${task.kind} cs ${task.target.chunkServerId} ${progressBar(itemsDone, itemsTotal, BAR_WIDTH)} ${itemsDone}/${itemsTotal}`;
+  if (note !== '') return `${head}  ${note}`;
+  return `${head}  ${task.state === 'paused' ? 'paused' : `${formatRate(task.bytesPerSecond)}  ETA ${eta(task)}`}  ${formatDuration(elapsedMs)}`;
+}
+
+function plainLine(task: TaskInfo, note: string): string {
+  const { itemsDone, itemsTotal, bytesDone, bytesTotal } = task.progress;
+  return `task ${task.id} (${what(task)}): ${task.state}, ${itemsDone} of ${itemsTotal} replicas moved, ` +
+    `${formatBytes(bytesDone)} of ${formatBytes(bytesTotal)}, ${formatRate(task.bytesPerSecond)}, ETA ${eta(task)}${note === '' ? '' : `; ${note}`}\n`;
+}
+
+/**
+ * Follows a task until it ends: a bar re-drawn on a terminal, a line every few seconds otherwise.
+ * Resolves with the finished task when it is done; rejects when it failed or was cancelled (exit
+ * 1), on --timeout, or on Ctrl-C (exit 130), saying each time that the task itself goes on.
+ */
+export async function followTask(context: CliContext, id: number, timeoutMs: number | null): Promise<TaskInfo> {
+  const mds = await context.mds();
+  const startMs = Date.now();
+  const deadlineMs = timeoutMs === null ? Infinity : startMs + timeoutMs;
+  let task = await mds.getTask(id);
+  let lastPlainLineMs = -Infinity;
+  let barShown = false;
+  const goesOn = `the task goes on in the MDS (follow it with: shoal task wait ${id})`;
+  const onInterrupt = (): void => {
+    if (barShown) context.write('\n');
+    process.stderr.write(`shoal: stopped waiting for task ${id} (${task.state}); ${goesOn}\n`);
+    process.exit(130);
+  };
+  process.once('SIGINT', onInterrupt);
+  try {
+    for (;;) {
+      let note = '';
+      try {
+        task = await mds.getTask(id);
+      } catch (error) {
+        if (!(error instanceof StorageError) || !TRANSIENT_CODES.has(error.code)) throw error;
+        note = `MDS unreachable, retrying (${error.code})`;
+      }
+      if (task.state === 'done') return task;
+      if (task.state === 'failed' || task.state === 'cancelled') {
+        throw new StorageError('ERR_CONFLICT', `task ${id} (${what(task)}) ${task.state}: ${task.error ?? 'no reason given'}`);
+      }
+      const nowMs = Date.now();
+      if (nowMs >= deadlineMs) {
+        throw new StorageError('ERR_TIMEOUT', `task ${id} (${what(task)}) is still ${task.state} after ${formatDuration(nowMs - startMs)} ` +
+          `(--timeout), ${task.progress.itemsDone} of ${task.progress.itemsTotal} done; ${goesOn}`);
+      }
+      if (!context.json) {
+        if (context.interactive) {
+          const columns = context.columns();
+          context.write(redrawLine(bar(task, nowMs - startMs, note), columns));
+          barShown = true;
+        } else if (nowMs - lastPlainLineMs >= PLAIN_LINE_INTERVAL_MS) {
+          context.write(plainLine(task, note));
+          lastPlainLineMs = nowMs;
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.min(POLL_INTERVAL_MS, deadlineMs - nowMs)));
+    }
+  } finally {
+    process.removeListener('SIGINT', onInterrupt);
+    if (barShown) context.write(CLEAR_LINE);
+  }
+}
+
+const wait = defineCommand({
+  path: ['task', 'wait'],
+  synopsis: 'ID [--timeout SECONDS]',
+  summary: 'follow a task to its end: exit 0 when done, 1 when it failed or was cancelled',
+  details: [
+    '--timeout SECONDS  stop waiting after SECONDS and exit 1; the task itself goes on',
+    'A progress bar on a terminal, a line every few seconds otherwise; with --json only the final task.',
+    'It rides out an MDS restart; Ctrl-C stops only the waiting.',
+  ],
+  options: { timeout: { type: 'string' } },
+  positionals: ['ID'],
+  parse(args) {
+    const timeout = stringFlag(args, 'timeout');
+    return { id: parseTaskId(positional(args, 0)), timeoutMs: timeout === undefined ? null : parseTimeoutMs(timeout) };
+  },
+  async run(context, { id, timeoutMs }) {
+    const startMs = Date.now();
+    const task = await followTask(context, id, timeoutMs);
+    if (context.json) return context.writeJson(task);
+    context.write(`task ${id} (${what(task)}) done: ${task.progress.itemsDone} replicas moved, ` +
+      `${formatBytes(task.progress.bytesDone)}, waited ${formatDuration(Date.now() - startMs)}\n`);
+  },
+});
+
+function actionCommand(action: 'cancel' | 'pause' | 'resume', summary: string, done: (task: TaskInfo) => string): Command {
+  return defineCommand({
+    path: ['task', action],
+    synopsis: 'ID',
+    summary,
+    positionals: ['ID'],
+    parse: (args) => parseTaskId(positional(args, 0)),
+    run: (context, id) => show(context, (mds) => mds.taskAction(id, action), done),
+  });
+}
+
+const cancel = actionCommand('cancel', 'stop a task; what it finished stays (a drain: the replicas moved stay moved, the server serves again)',
+  (task) => `task ${task.id} (${what(task)}) cancelled with ${task.progress.itemsDone} of ${task.progress.itemsTotal} done; ` +
+    `chunk server ${task.target.chunkServerId} is active again\n`);
+const pause = actionCommand('pause', 'hold a task where it is (a drain: nothing more moves; the server serves as active meanwhile)',
+  (task) => `task ${task.id} (${what(task)}) paused at ${task.progress.itemsDone} of ${task.progress.itemsTotal}; resume it with: shoal task resume ${task.id}\n`);
+const resume = actionCommand('resume', 'go on with a paused task',
+  (task) => `task ${task.id} (${what(task)}) running again: ${task.progress.itemsDone} of ${task.progress.itemsTotal} done; follow it with: shoal task wait ${task.id}\n`);
+
+export const taskCommands: readonly Command[] = [list, showTask, wait, cancel, pause, resume];
