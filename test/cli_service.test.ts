@@ -73,7 +73,9 @@ t.test('cs drain, rm, activate and volume fence on a cluster with data', async (
       `${fullest.mappedReplicaCount} replicas? to other servers in the background$`));
     t.match(lines.at(-1), new RegExp(`^chunk server ${fullest.id} .* is drained: ${fullest.mappedReplicaCount} replicas? moved off ` +
       `in \\d+:\\d\\d; remove it with: shoal cs rm ${fullest.id}$`));
-    for (const line of lines.slice(1, -1)) t.match(line, new RegExp(`^chunk server ${fullest.id}: \\d+ of \\d+ replicas? left, `), 'progress lines');
+    for (const line of lines.slice(1, -1)) {
+      t.match(line, new RegExp(`^task \\d+ \\(drain of chunk server ${fullest.id}\\): running, \\d+ of \\d+ replicas moved, `), 'progress lines: the drain\'s task');
+    }
     t.notMatch(result.stdout, /\r/, 'no bar re-drawn when stdout is not a terminal');
 
     const drained = await serverById(big, fullest.id);

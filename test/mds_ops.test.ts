@@ -168,7 +168,24 @@ t.test('drain tasks: one per server, idempotency keys, pause/resume/cancel move 
   t.equal(tables.getChunkServer(1)?.adminState, 'draining', 'a drained server stays draining until removed');
   t.throws(() => move(1, 'running'), { code: 'ERR_CONFLICT', message: /cannot become running/ }, 'a finished task stays finished');
 
+  // Removed before the task saw the server empty (cs drain --wait && cs rm): the drain is done, not cancelled.
+  const third = start(4);
+  const onFour = tables.listServerChunks(4, undefined, 10);
+  for (const key of onFour) {
+    const chunk = tables.getChunk(key.volumeId, key.chunkIndex);
+    if (chunk === undefined) throw new Error('a listed chunk exists');
+    const replicas = chunk.replicas.filter((csId) => csId !== 4);
+    tables.submit({ type: 'setChunkReplicas', volumeId: key.volumeId, chunkIndex: key.chunkIndex, version: chunk.version + 1,
+      replicas: [...replicas, 1].slice(0, 3), deleteFrom: [4], inDoubt: [] });
+  }
+  tables.submit({ type: 'setChunkServerState', csId: 4, adminState: 'removed', nowMs: 35 });
+  t.match(tables.getTask(third.record.id), { state: 'done', error: null, itemsDone: onFour.length, itemsTotal: onFour.length, finishedAtMs: 35 },
+    'a drain whose server was removed once empty is done');
+
   const second = start(3);
+  const paused = move(second.record.id, 'paused');
+  t.match(paused, { record: { itemsDone: 0, itemsTotal: 2 } }, 'a pause records the progress as of the pause');
+  move(second.record.id, 'running');
   tables.submit({ type: 'setChunkServerState', csId: 3, adminState: 'active', nowMs: 40 });
   t.match(tables.getTask(second.record.id), { state: 'cancelled', error: /made active \(shoal cs activate\)/, finishedAtMs: 40 },
     'cs activate cancels the drain going on it');

@@ -162,6 +162,24 @@ export interface TaskRecord {
   readonly finishedAtMs: number | null;
 }
 
+/** A task's progress numbers. */
+export interface TaskProgress {
+  readonly itemsDone: number;
+  readonly itemsTotal: number;
+  readonly bytesDone: number;
+  readonly bytesTotal: number;
+}
+
+/**
+ * A drain's progress now, from what the map still places on its server: done never goes back,
+ * and replicas placed on the server while the drain was paused join the total.
+ */
+export function drainProgress(task: TaskProgress, left: ServerMapped): TaskProgress {
+  const itemsDone = Math.max(task.itemsDone, task.itemsTotal - left.replicaCount);
+  const bytesDone = Math.max(task.bytesDone, task.bytesTotal - left.mappedBytes);
+  return { itemsDone, itemsTotal: itemsDone + left.replicaCount, bytesDone, bytesTotal: bytesDone + left.mappedBytes };
+}
+
 /** Finished tasks kept for `shoal task list`; older ones are dropped as new ones start. */
 export const FINISHED_TASKS_KEPT = 1_000;
 

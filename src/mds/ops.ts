@@ -14,7 +14,9 @@ import { resolveQosChange } from './volume_qos.ts';
 import type {
   ChunkKey, ChunkRecord, ChunkServerAdminState, ChunkServerRecord, HypervisorRecord, InDoubtRange, MdsTables, QuarantineRecord, VolumeRecord,
 } from './model.ts';
-import { FINISHED_TASKS_KEPT, HYPERVISOR_VOLUMES_MAX, isFinalTaskState, volumeQos, type TaskRecord, type TaskState } from './model.ts';
+import {
+  FINISHED_TASKS_KEPT, HYPERVISOR_VOLUMES_MAX, drainProgress, isFinalTaskState, volumeQos, type TaskRecord, type TaskState,
+} from './model.ts';
 
 export type MdsOp =
   | { readonly type: 'reserveChunkIds'; readonly count: number }
@@ -527,12 +529,17 @@ function setChunkServerState(tables: MdsTables, csId: number, adminState: ChunkS
   }
   const record: ChunkServerRecord = { ...server, adminState };
   tables.putChunkServer(record);
-  // A drain going on ends when the admin makes the server something else (cs activate, cs rm).
+  // A drain going on ends when the admin makes the server something else (cs activate, cs rm): done
+  // if nothing is left on it (rm is allowed only then, possibly before the task saw it), else cancelled.
   const drain = adminState === 'draining' ? undefined : activeTaskOn(tables, csId);
   if (drain !== undefined) {
-    const error = `cancelled: chunk server ${csId} was made ${adminState} (shoal cs ${adminState === 'active' ? 'activate' : 'rm'})`;
+    const left = tables.serverMapped(csId);
+    const progress = drainProgress(drain, left);
     const atMs = nowMs ?? drain.updatedAtMs;
-    tables.putTask({ ...drain, state: 'cancelled', error, updatedAtMs: atMs, finishedAtMs: atMs });
+    const ended = left.replicaCount === 0
+      ? { state: 'done' as const, error: null }
+      : { state: 'cancelled' as const, error: `cancelled: chunk server ${csId} was made ${adminState} (shoal cs ${adminState === 'active' ? 'activate' : 'rm'})` };
+    tables.putTask({ ...drain, ...progress, ...ended, updatedAtMs: atMs, finishedAtMs: atMs });
   }
   return { type: 'chunkServer', record };
 }
@@ -546,6 +553,12 @@ function activeTaskOn(tables: MdsTables, csId: number): TaskRecord | undefined {
 
 function describeTask(task: TaskRecord): string {
   return `task ${task.id} (${task.kind} of chunk server ${task.chunkServerId}, ${task.state}, ${task.itemsDone} of ${task.itemsTotal} replicas moved)`;
+}
+
+/** What to do about a task that is in the way. */
+function taskHelp(task: TaskRecord): string {
+  const resume = task.state === 'paused' ? `resume it with shoal task resume ${task.id}, ` : '';
+  return `follow it with shoal task wait ${task.id}, ${resume}or cancel it with shoal task cancel ${task.id}`;
 }
 
 function startDrainTask(tables: MdsTables, op: Extract<MdsOp, { type: 'startDrainTask' }>): MdsOpResult {
@@ -563,7 +576,7 @@ function startDrainTask(tables: MdsTables, op: Extract<MdsOp, { type: 'startDrai
   if (going !== undefined) {
     if (!op.joinRunning) {
       throw new StorageError('ERR_TASK_CONFLICT',
-        `chunk server ${op.csId} is already being drained by ${describeTask(going)}: follow it with shoal task wait ${going.id}, or cancel it with shoal task cancel ${going.id}`);
+        `chunk server ${op.csId} is already being drained by ${describeTask(going)}: ${taskHelp(going)}`);
     }
     if (going.state !== 'paused') return { type: 'task', record: going };
     return setTaskState(tables, { type: 'setTaskState', taskId: going.id, state: 'running', error: null, nowMs: op.nowMs });
@@ -613,9 +626,10 @@ function setTaskState(tables: MdsTables, op: Extract<MdsOp, { type: 'setTaskStat
     throw new StorageError('ERR_CONFLICT', `chunk server ${task.chunkServerId} was removed: ${describeTask(task)} cannot resume`);
   }
   const final = isFinalTaskState(op.state);
+  // Progress as of this change (the last save may be seconds old): a pause or cancel says what was done.
+  const progress = task.state === 'running' ? drainProgress(task, tables.serverMapped(task.chunkServerId)) : task;
   const record: TaskRecord = {
-    ...task, state: op.state, error: op.error, updatedAtMs: op.nowMs, finishedAtMs: final ? op.nowMs : null,
-    ...(op.state === 'done' ? { itemsDone: task.itemsTotal, bytesDone: task.bytesTotal } : {}),
+    ...task, ...progress, state: op.state, error: op.error, updatedAtMs: op.nowMs, finishedAtMs: final ? op.nowMs : null,
   };
   tables.putTask(record);
   return { type: 'task', record };
@@ -623,7 +637,8 @@ function setTaskState(tables: MdsTables, op: Extract<MdsOp, { type: 'setTaskStat
 
 function recordTaskProgress(tables: MdsTables, op: Extract<MdsOp, { type: 'recordTaskProgress' }>): MdsOpResult {
   const task = tables.getTask(op.taskId);
-  if (task === undefined || isFinalTaskState(task.state)) return NONE;
+  // Paused or ended since the progress was measured: its own change recorded the progress then.
+  if (task === undefined || task.state !== 'running') return NONE;
   assert(op.itemsDone <= op.itemsTotal && op.bytesDone <= op.bytesTotal, 'progress is within its total');
   assert(op.itemsDone >= task.itemsDone, 'a task\'s items done only grow');
   const record: TaskRecord = { ...task, ...{ itemsDone: op.itemsDone, itemsTotal: op.itemsTotal, bytesDone: op.bytesDone, bytesTotal: op.bytesTotal }, updatedAtMs: op.nowMs };

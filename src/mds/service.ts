@@ -72,7 +72,10 @@ export class MetadataService {
     this.random = deps.random;
     this.log = deps.log;
     this.cluster = new Cluster(deps);
-    this.tasks = new Tasks({ store: deps.store, clock: deps.clock, log: deps.log, replan: () => this.cluster.recoveryTick() });
+    this.tasks = new Tasks({
+      store: deps.store, clock: deps.clock, log: deps.log,
+      replan: () => this.cluster.recoveryTick(), blockedChunks: () => this.cluster.recovery.stats.blocked,
+    });
     this.capabilityKey = deps.capabilityKey ?? randomBytes(32);
     this.hypervisors = new Hypervisors({
       store: this.store,

@@ -17,11 +17,13 @@ import { assert } from '../util/assert.ts';
 import type { Clock } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
 import { RateMeter } from '../util/rate_meter.ts';
-import { isFinalTaskState, type TaskRecord } from './model.ts';
+import { drainProgress, type TaskRecord } from './model.ts';
 import type { MdsStore } from './store.ts';
 
 /** Progress is saved this often at most while it changes (each save is one op). */
 export const PROGRESS_SAVE_MS = 5_000;
+/** A running task that moved nothing for this long gets a note saying so (and why, when known). */
+export const STALL_NOTE_AFTER_MS = 30_000;
 /** The rate is measured over this window. */
 const RATE_WINDOW_MS = 30_000;
 
@@ -31,12 +33,16 @@ export interface TasksDeps {
   readonly log: Logger;
   /** Asks the recovery planner to look again (a drain started, paused or resumed). */
   readonly replan: () => void;
+  /** Chunks the planner finds no eligible server for (a drain that cannot finish shows it). */
+  readonly blockedChunks: () => number;
 }
 
 export class Tasks {
   private readonly deps: TasksDeps;
   private readonly meters = new Map<number, RateMeter>();
   private readonly savedAtMs = new Map<number, number>();
+  /** When each running task last moved something (or when this MDS first saw it). */
+  private readonly progressAtMs = new Map<number, { atMs: number; itemsDone: number; bytesDone: number }>();
   private ticking = false;
 
   constructor(deps: TasksDeps) {
@@ -80,9 +86,17 @@ export class Tasks {
     if (this.ticking) return;
     this.ticking = true;
     try {
-      for (const task of this.deps.store.tables.listTasks()) {
-        if (task.state === 'running') await this.follow(task);
-        else if (isFinalTaskState(task.state)) this.forget(task.id);
+      for (const { id } of this.deps.store.tables.listTasks()) {
+        // Read again: an admin's pause or cancel may have committed while the last one was saved.
+        const task = this.deps.store.tables.getTask(id);
+        if (task === undefined || task.state !== 'running') {
+          this.forget(id);
+          continue;
+        }
+        await this.follow(task).catch((error: unknown) => {
+          // An admin's change won the race (the task is no longer running): the next tick sees it.
+          this.deps.log.warn('could not update a task; trying again next tick', { task: id, error });
+        });
       }
     } finally {
       this.ticking = false;
@@ -99,16 +113,30 @@ export class Tasks {
       this.forget(task.id);
       return;
     }
-    // Replicas placed on the server while a drain was paused join its total.
-    const itemsDone = Math.max(task.itemsDone, task.itemsTotal - left.replicaCount);
-    const itemsTotal = itemsDone + left.replicaCount;
-    const bytesDone = Math.max(task.bytesDone, task.bytesTotal - left.mappedBytes);
-    const bytesTotal = bytesDone + left.mappedBytes;
-    this.meterOf(task.id).add(nowMs, bytesDone);
-    const changed = itemsDone !== task.itemsDone || itemsTotal !== task.itemsTotal || bytesDone !== task.bytesDone || bytesTotal !== task.bytesTotal;
+    const progress = drainProgress(task, left);
+    this.meterOf(task.id).add(nowMs, progress.bytesDone);
+    const last = this.progressAtMs.get(task.id);
+    if (last === undefined || progress.itemsDone !== last.itemsDone || progress.bytesDone !== last.bytesDone) {
+      this.progressAtMs.set(task.id, { atMs: nowMs, itemsDone: progress.itemsDone, bytesDone: progress.bytesDone });
+    }
+    const changed = progress.itemsDone !== task.itemsDone || progress.itemsTotal !== task.itemsTotal ||
+      progress.bytesDone !== task.bytesDone || progress.bytesTotal !== task.bytesTotal;
     if (!changed || nowMs - (this.savedAtMs.get(task.id) ?? 0) < PROGRESS_SAVE_MS) return;
     this.savedAtMs.set(task.id, nowMs);
-    await this.deps.store.submit({ type: 'recordTaskProgress', taskId: task.id, itemsDone, itemsTotal, bytesDone, bytesTotal, nowMs });
+    await this.deps.store.submit({ type: 'recordTaskProgress', taskId: task.id, ...progress, nowMs });
+  }
+
+  /** Why a running task has moved nothing for a while, or null. */
+  private stallNote(task: TaskRecord): string | null {
+    const last = this.progressAtMs.get(task.id);
+    if (task.state !== 'running' || last === undefined) return null;
+    const stalledMs = this.deps.clock.nowMs() - last.atMs;
+    if (stalledMs < STALL_NOTE_AFTER_MS) return null;
+    const blocked = this.deps.blockedChunks();
+    const why = blocked > 0
+      ? `: the planner finds no eligible server for ${blocked} chunks (too few active servers or failure domains?)`
+      : ' (see the MDS log; recovery may be busy with chunks below their minimum first)';
+    return `nothing moved for ${Math.round(stalledMs / 1000)} s${why}`;
   }
 
   private async move(taskId: number, state: 'paused' | 'running' | 'cancelled', error: string | null): Promise<TaskInfo> {
@@ -132,18 +160,13 @@ export class Tasks {
   private forget(taskId: number): void {
     this.meters.delete(taskId);
     this.savedAtMs.delete(taskId);
+    this.progressAtMs.delete(taskId);
   }
 
   /** The API's view: the record, with the progress of a running drain read live from the map. */
   private info(task: TaskRecord): TaskInfo {
-    let { itemsDone, itemsTotal, bytesDone, bytesTotal } = task;
-    if (task.state === 'running') {
-      const left = this.deps.store.tables.serverMapped(task.chunkServerId);
-      itemsDone = Math.max(itemsDone, itemsTotal - left.replicaCount);
-      itemsTotal = itemsDone + left.replicaCount;
-      bytesDone = Math.max(bytesDone, bytesTotal - left.mappedBytes);
-      bytesTotal = bytesDone + left.mappedBytes;
-    }
+    const { itemsDone, itemsTotal, bytesDone, bytesTotal } = task.state === 'running'
+      ? drainProgress(task, this.deps.store.tables.serverMapped(task.chunkServerId)) : task;
     const rate = task.state === 'running' ? this.meters.get(task.id)?.bytesPerSecond() ?? null : null;
     const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
     return {
@@ -155,6 +178,7 @@ export class Tasks {
       bytesPerSecond: rate,
       etaSeconds: rate !== null && rate > 0 ? Math.ceil((bytesTotal - bytesDone) / rate) : null,
       error: task.error,
+      note: this.stallNote(task),
       idempotencyKey: task.idempotencyKey,
       createdAt: new Date(task.createdAtMs).toISOString(),
       updatedAt: new Date(task.updatedAtMs).toISOString(),

@@ -294,6 +294,7 @@ export const TaskInfo = Type.Object({
   bytesPerSecond: Type.Union([Type.Number({ minimum: 0 }), Type.Null()], { description: 'over the last 30 s; null until measured' }),
   etaSeconds: Type.Union([Uint(), Type.Null()]),
   error: Type.Union([Type.String(), Type.Null()], { description: 'why it failed or was cancelled' }),
+  note: Type.Union([Type.String(), Type.Null()], { description: 'why a running task makes no progress, when it makes none' }),
   idempotencyKey: Type.Union([Type.String(), Type.Null()]),
   createdAt: Type.String(),
   updatedAt: Type.String(),

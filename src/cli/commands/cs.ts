@@ -8,9 +8,9 @@ import { StorageError } from '../../errors.ts';
 import type { ChunkServerInfo, TaskInfo } from '../../protocol/api.ts';
 import type { MdsClient } from '../../protocol/mds_client.ts';
 import { formatBytes } from '../../util/size.ts';
-import { booleanFlag, defineCommand, positional, show, stringFlag, type CliContext, type Command } from '../command.ts';
-import { formatAgeMs, formatDuration, formatPercent, formatRate, formatTimestamp } from '../format.ts';
-import { CLEAR_LINE, progressBar, RateMeter, redrawLine } from '../progress.ts';
+import { booleanFlag, defineCommand, positional, show, stringFlag, type Command } from '../command.ts';
+import { formatAgeMs, formatDuration, formatPercent, formatTimestamp } from '../format.ts';
+import { followTask } from '../task_follow.ts';
 import { renderFields, renderTable, type Column, type Style } from '../table.ts';
 
 type ServerColumn = Column<ChunkServerInfo>;
@@ -160,6 +160,12 @@ function replicas(count: number): string {
   return count === 1 ? '1 replica' : `${count} replicas`;
 }
 
+async function serverById(mds: MdsClient, id: number): Promise<ChunkServerInfo> {
+  const server = (await mds.listChunkServers()).chunkServers.find((s) => s.id === id);
+  if (server === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${id} is not listed by the MDS`);
+  return server;
+}
+
 function describeDrainStart(server: ChunkServerInfo): string {
   if (server.mappedReplicaCount === 0) return `${named(server)} is draining and holds no replicas\n`;
   const source = server.state === 'online' ? '' : `; it is ${server.state}, so the copies are made from the other replicas`;
@@ -173,173 +179,14 @@ function drainNextSteps(server: ChunkServerInfo, task: TaskInfo): string {
     `cancel it with: shoal task cancel ${task.id}\n`;
 }
 
-const POLL_INTERVAL_MS = 1_000;
-const PLAIN_LINE_INTERVAL_MS = 5_000;
-const STALL_NOTE_AFTER_MS = 30_000;
-/** The MDS replans every second: this long with nothing running or planned means it found no move. */
-const IDLE_NOTE_AFTER_MS = 5_000;
-const BAR_WIDTH_MIN = 8;
-const BAR_WIDTH_MAX = 30;
-/** What the figures after the bar usually take: "37/40 moved  148 MiB copied  19.0 MiB/s  0:18". */
-const BAR_COUNTS_ROOM = 48;
-/** Errors worth riding out while following a drain: the MDS restarting or briefly unreachable. */
-const TRANSIENT_CODES: ReadonlySet<string> = new Set(['ERR_UNAVAILABLE', 'ERR_TIMEOUT', 'ERR_SHUTTING_DOWN']);
-
-interface DrainProgress {
-  readonly id: number;
-  /** The most replicas seen on the server since the wait began: the bar's whole. */
-  readonly total: number;
-  readonly left: number;
-  /** Bytes the MDS copied between servers since the wait began (the cluster's, not only this drain's). */
-  readonly copiedBytes: number;
-  readonly elapsedMs: number;
-  readonly bytesPerSecond: number | null;
-  /** Why the numbers may be stale or stuck, or ''. */
-  readonly note: string;
-}
-
-/**
- * The terminal's line, re-drawn every poll. The bar's width depends only on the terminal's, so it
- * does not jump about as the numbers change; a note (the drain is stuck, the MDS unreachable)
- * takes the place of the bar and the copy figures, so that it fits: a line wider than the
- * terminal wraps and can no longer be re-drawn in place.
- */
-function drainBar(p: DrainProgress, columns: number): string {
-  const moved = p.total - p.left;
-  const head = `draining cs ${p.id} `;
-  if (p.note !== '') return `${head}${moved}/${p.total} moved  ${formatDuration(p.elapsedMs)}  ${p.note}`;
-  const counts = `${moved}/${p.total} moved  ${formatBytes(p.copiedBytes)} copied  ${formatRate(p.bytesPerSecond)}  ${formatDuration(p.elapsedMs)}`;
-  const barWidth = Math.min(BAR_WIDTH_MAX, columns - 1 - head.length - BAR_COUNTS_ROOM);
-  const bar = barWidth >= BAR_WIDTH_MIN ? `${progressBar(moved, p.total, barWidth)} ` : '';
-  return `${head}${bar}${counts}`;
-}
-
-/** The line printed every few seconds when stdout is a file or a pipe. */
-function drainLine(p: DrainProgress): string {
-  const note = p.note === '' ? '' : `; ${p.note}`;
-  return `chunk server ${p.id}: ${p.left} of ${replicas(p.total)} left, ${formatBytes(p.copiedBytes)} copied, ` +
-    `${formatDuration(p.elapsedMs)} elapsed, copying at ${formatRate(p.bytesPerSecond)}${note}\n`;
-}
-
-/**
- * Polls the MDS until the server holds no replicas and returns its final state. The rate is the
- * cluster's recovery copy rate (stat().recovery.copiedBytes): the drain's copies, plus any other
- * repair running at the same time. The MDS may copy many replicas before it drops the drained
- * ones, so the bytes copied show progress while the count of replicas left stands still. A drain
- * the MDS cannot carry out (no server left to take the replicas) plans nothing and runs nothing:
- * the progress says so rather than waiting silently. Stopping early (timeout, Ctrl-C, an error)
- * leaves the drain running in the MDS; every message says so.
- */
-async function followDrain(
-  context: CliContext,
-  mds: MdsClient,
-  start: ChunkServerInfo,
-  timeoutMs: number | null,
-): Promise<{ server: ChunkServerInfo; moved: number; elapsedMs: number }> {
-  const startMs = Date.now();
-  const deadlineMs = timeoutMs === null ? Infinity : startMs + timeoutMs;
-  const meter = new RateMeter();
-  const showProgress = !context.json;
-  let server = start;
-  let total = start.mappedReplicaCount;
-  // Progress is a replica moved off or a byte copied: the MDS may copy for a long time first.
-  let lastChange = { left: start.mappedReplicaCount, copiedBytes: 0, atMs: startMs };
-  let lastPlainLineMs = startMs;
-  let barShown = false;
-  let note = '';
-  let lastCopiedTotal: number | null = null;
-  let copiedBytes = 0;
-  let idleSinceMs: number | null = null;
-  const goesOn = (): string => `the drain goes on in the MDS (follow it with: shoal cs info ${start.id})`;
-  const endBar = (): void => {
-    if (barShown) context.write('\n');
-    barShown = false;
-  };
-  const onInterrupt = (): void => {
-    endBar();
-    process.stderr.write(`shoal: stopped waiting with ${replicas(server.mappedReplicaCount)} left; ${goesOn()}\n`);
-    process.exit(130);
-  };
-  process.once('SIGINT', onInterrupt);
-  try {
-    for (;;) {
-      try {
-        const stat = await mds.stat();
-        const found = stat.servers.find((s) => s.id === start.id);
-        if (found === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${start.id} is no longer listed by the MDS`);
-        const { copiedBytes: copiedTotal, running, pending } = stat.recovery;
-        meter.add(Date.now(), copiedTotal);
-        // The counter starts over when the MDS restarts: count what it copied since then.
-        copiedBytes += lastCopiedTotal === null ? 0 : copiedTotal >= lastCopiedTotal ? copiedTotal - lastCopiedTotal : copiedTotal;
-        lastCopiedTotal = copiedTotal;
-        idleSinceMs = running > 0 || pending > 0 ? null : (idleSinceMs ?? Date.now());
-        server = found;
-        note = '';
-      } catch (error) {
-        if (!(error instanceof StorageError) || !TRANSIENT_CODES.has(error.code)) throw error;
-        note = `MDS unreachable, retrying (${error.code})`;
-      }
-      const nowMs = Date.now();
-      if (server.adminState !== 'draining') {
-        if (server.adminState === 'removed' && server.mappedReplicaCount === 0) return { server, moved: total, elapsedMs: nowMs - startMs };
-        throw new StorageError(
-          'ERR_INVALID_ARGUMENT',
-          `${named(server)} is ${server.adminState} now, no longer draining (someone ran shoal cs activate ${server.id}?); ` +
-            `stopped waiting with ${replicas(server.mappedReplicaCount)} on it`,
-        );
-      }
-      const left = server.mappedReplicaCount;
-      if (left === 0) return { server, moved: total, elapsedMs: nowMs - startMs };
-      total = Math.max(total, left);
-      if (left !== lastChange.left || copiedBytes !== lastChange.copiedBytes) lastChange = { left, copiedBytes, atMs: nowMs };
-      if (note === '' && idleSinceMs !== null && nowMs - idleSinceMs >= IDLE_NOTE_AFTER_MS) {
-        note = 'MDS plans no moves: too few active servers?';
-      } else if (note === '' && nowMs - lastChange.atMs >= STALL_NOTE_AFTER_MS) {
-        note = `no progress for ${formatDuration(nowMs - lastChange.atMs)}: see the MDS log`;
-      }
-      if (nowMs >= deadlineMs) {
-        throw new StorageError(
-          'ERR_TIMEOUT',
-          `${named(server)} still holds ${left} of ${replicas(total)} after ${formatDuration(nowMs - startMs)} (--timeout)` +
-            `${note === '' ? '' : `; ${note}`}; ${goesOn()}`,
-        );
-      }
-      if (showProgress) {
-        const progress: DrainProgress = {
-          id: start.id, total, left, copiedBytes, elapsedMs: nowMs - startMs, bytesPerSecond: meter.bytesPerSecond(), note,
-        };
-        if (context.interactive) {
-          const columns = context.columns();
-          context.write(redrawLine(drainBar(progress, columns), columns));
-          barShown = true;
-        } else if (nowMs - lastPlainLineMs >= PLAIN_LINE_INTERVAL_MS) {
-          context.write(drainLine(progress));
-          lastPlainLineMs = nowMs;
-        }
-      }
-      await sleep(Math.min(POLL_INTERVAL_MS, deadlineMs - nowMs));
-    }
-  } catch (error) {
-    endBar();
-    throw error;
-  } finally {
-    process.removeListener('SIGINT', onInterrupt);
-    if (barShown) context.write(CLEAR_LINE);
-  }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
 const drain = defineCommand({
   path: ['cs', 'drain'],
   synopsis: 'ID [--wait] [--timeout SECONDS] [--idempotency-key KEY]',
   summary: 'move every replica off a chunk server (in the background), to remove it or take it down safely',
   details: [
     'ID                 the ID column of shoal cs list',
-    '--wait             follow the drain until the server holds no replicas: a progress bar on a terminal, a line',
-    '                   every few seconds otherwise, then a final line (with --json: only the server\'s final state)',
+    '--wait             follow the drain\'s task until the server holds no replicas (as shoal task wait): a progress bar',
+    '                   on a terminal, a line every few seconds otherwise, then a final line (with --json: the server\'s final state)',
     '--timeout SECONDS  with --wait: stop waiting after SECONDS and exit 1; the drain itself goes on',
     '--idempotency-key KEY  the same KEY again returns the task it started instead of being refused (for scripts that retry)',
     'The drain is a task (shoal task list): it survives an MDS restart; a second drain of a server with one going is',
@@ -364,16 +211,20 @@ const drain = defineCommand({
   async run(context, { id, wait, timeoutMs, idempotencyKey }) {
     const mds = await context.mds();
     const task = await mds.startTask({ kind: 'drain', chunkServerId: id, ...(idempotencyKey === undefined ? {} : { idempotencyKey }) });
-    const server = (await mds.listChunkServers()).chunkServers.find((s) => s.id === id);
-    if (server === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${id} is not listed by the MDS`);
+    const server = await serverById(mds, id);
     if (!wait) {
       if (context.json) return context.writeJson(task);
+      // A key that names a drain that ended: say so, rather than that one starts.
+      if (task.state !== 'running') return context.write(`task ${task.id} (drain of chunk server ${id}, key ${task.idempotencyKey ?? '-'}) is ${task.state}\n`);
       return context.write(describeDrainStart(server) + drainNextSteps(server, task));
     }
     if (!context.json) context.write(describeDrainStart(server));
-    const { server: final, moved, elapsedMs } = await followDrain(context, mds, server, timeoutMs);
+    const startMs = Date.now();
+    const done = await followTask(context, task.id, timeoutMs);
+    const final = await serverById(mds, id);
     if (context.json) return context.writeJson(final);
-    const what = moved === 0 ? 'it holds no replicas' : `${replicas(moved)} moved off in ${formatDuration(elapsedMs)}`;
+    const moved = done.progress.itemsDone;
+    const what = moved === 0 ? 'it holds no replicas' : `${replicas(moved)} moved off in ${formatDuration(Date.now() - startMs)}`;
     context.write(`${named(final)} is drained: ${what}; remove it with: shoal cs rm ${id}\n`);
   },
 });

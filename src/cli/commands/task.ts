@@ -6,17 +6,12 @@
 import { StorageError } from '../../errors.ts';
 import type { TaskInfo } from '../../protocol/api.ts';
 import { formatBytes } from '../../util/size.ts';
-import { defineCommand, positional, show, stringFlag, type CliContext, type Command } from '../command.ts';
+import { defineCommand, positional, show, stringFlag, type Command } from '../command.ts';
 import { formatDuration, formatRate, formatTimestamp } from '../format.ts';
-import { CLEAR_LINE, progressBar, redrawLine } from '../progress.ts';
+import { eta, followTask, what } from '../task_follow.ts';
 import { renderFields, renderTable, type Column, type Style } from '../table.ts';
 import { parseTimeoutMs } from './cs.ts';
 
-const POLL_INTERVAL_MS = 1_000;
-const PLAIN_LINE_INTERVAL_MS = 5_000;
-const BAR_WIDTH = 20;
-/** Errors worth riding out while following a task: the MDS restarting or briefly unreachable. */
-const TRANSIENT_CODES: ReadonlySet<string> = new Set(['ERR_UNAVAILABLE', 'ERR_TIMEOUT', 'ERR_SHUTTING_DOWN']);
 
 export function parseTaskId(text: string): number {
   const id = /^\d+$/.test(text) ? Number(text) : NaN;
@@ -24,9 +19,6 @@ export function parseTaskId(text: string): number {
   return id;
 }
 
-function what(task: TaskInfo): string {
-  return `${task.kind} of chunk server ${task.target.chunkServerId}`;
-}
 
 function stateStyle(task: TaskInfo): Style | undefined {
   if (task.state === 'failed') return 'red';
@@ -34,9 +26,6 @@ function stateStyle(task: TaskInfo): Style | undefined {
   return task.state === 'done' ? 'green' : undefined;
 }
 
-function eta(task: TaskInfo): string {
-  return task.etaSeconds === null ? '-' : formatDuration(task.etaSeconds * 1000);
-}
 
 const TASK_COLUMNS: readonly Column<TaskInfo>[] = [
   { header: 'ID', align: 'right', value: (task) => String(task.id) },
@@ -57,6 +46,7 @@ function taskFields(task: TaskInfo) {
     { label: 'state', value: task.state, style: stateStyle(task) },
     { label: 'progress', value: `${itemsDone} of ${itemsTotal} replicas moved, ${formatBytes(bytesDone)} of ${formatBytes(bytesTotal)}` },
     { label: 'rate', value: `${formatRate(task.bytesPerSecond)}, ETA ${eta(task)}` },
+    ...(task.note === null ? [] : [{ label: 'note', value: task.note, style: 'yellow' as const }]),
     ...(task.error === null ? [] : [{ label: 'error', value: task.error, style: 'red' as const }]),
     ...(task.idempotencyKey === null ? [] : [{ label: 'key', value: task.idempotencyKey }]),
     { label: 'created', value: formatTimestamp(task.createdAt) },
@@ -83,74 +73,6 @@ const showTask = defineCommand({
   parse: (args) => parseTaskId(positional(args, 0)),
   run: (context, id) => show(context, (mds) => mds.getTask(id), (task) => renderFields(taskFields(task), context.paint)),
 });
-
-function bar(task: TaskInfo, elapsedMs: number, note: string): string {
-  const { itemsDone, itemsTotal } = task.progress;
-  const head = `task ${task.id} ${task.kind} cs ${task.target.chunkServerId} ${progressBar(itemsDone, itemsTotal, BAR_WIDTH)} ${itemsDone}/${itemsTotal}`;
-  if (note !== '') return `${head}  ${note}`;
-  return `${head}  ${task.state === 'paused' ? 'paused' : `${formatRate(task.bytesPerSecond)}  ETA ${eta(task)}`}  ${formatDuration(elapsedMs)}`;
-}
-
-function plainLine(task: TaskInfo, note: string): string {
-  const { itemsDone, itemsTotal, bytesDone, bytesTotal } = task.progress;
-  return `task ${task.id} (${what(task)}): ${task.state}, ${itemsDone} of ${itemsTotal} replicas moved, ` +
-    `${formatBytes(bytesDone)} of ${formatBytes(bytesTotal)}, ${formatRate(task.bytesPerSecond)}, ETA ${eta(task)}${note === '' ? '' : `; ${note}`}\n`;
-}
-
-/**
- * Follows a task until it ends: a bar re-drawn on a terminal, a line every few seconds otherwise.
- * Resolves with the finished task when it is done; rejects when it failed or was cancelled (exit
- * 1), on --timeout, or on Ctrl-C (exit 130), saying each time that the task itself goes on.
- */
-export async function followTask(context: CliContext, id: number, timeoutMs: number | null): Promise<TaskInfo> {
-  const mds = await context.mds();
-  const startMs = Date.now();
-  const deadlineMs = timeoutMs === null ? Infinity : startMs + timeoutMs;
-  let task = await mds.getTask(id);
-  let lastPlainLineMs = -Infinity;
-  let barShown = false;
-  const goesOn = `the task goes on in the MDS (follow it with: shoal task wait ${id})`;
-  const onInterrupt = (): void => {
-    if (barShown) context.write('\n');
-    process.stderr.write(`shoal: stopped waiting for task ${id} (${task.state}); ${goesOn}\n`);
-    process.exit(130);
-  };
-  process.once('SIGINT', onInterrupt);
-  try {
-    for (;;) {
-      let note = '';
-      try {
-        task = await mds.getTask(id);
-      } catch (error) {
-        if (!(error instanceof StorageError) || !TRANSIENT_CODES.has(error.code)) throw error;
-        note = `MDS unreachable, retrying (${error.code})`;
-      }
-      if (task.state === 'done') return task;
-      if (task.state === 'failed' || task.state === 'cancelled') {
-        throw new StorageError('ERR_CONFLICT', `task ${id} (${what(task)}) ${task.state}: ${task.error ?? 'no reason given'}`);
-      }
-      const nowMs = Date.now();
-      if (nowMs >= deadlineMs) {
-        throw new StorageError('ERR_TIMEOUT', `task ${id} (${what(task)}) is still ${task.state} after ${formatDuration(nowMs - startMs)} ` +
-          `(--timeout), ${task.progress.itemsDone} of ${task.progress.itemsTotal} done; ${goesOn}`);
-      }
-      if (!context.json) {
-        if (context.interactive) {
-          const columns = context.columns();
-          context.write(redrawLine(bar(task, nowMs - startMs, note), columns));
-          barShown = true;
-        } else if (nowMs - lastPlainLineMs >= PLAIN_LINE_INTERVAL_MS) {
-          context.write(plainLine(task, note));
-          lastPlainLineMs = nowMs;
-        }
-      }
-      await new Promise((resolve) => setTimeout(resolve, Math.min(POLL_INTERVAL_MS, deadlineMs - nowMs)));
-    }
-  } finally {
-    process.removeListener('SIGINT', onInterrupt);
-    if (barShown) context.write(CLEAR_LINE);
-  }
-}
 
 const wait = defineCommand({
   path: ['task', 'wait'],
