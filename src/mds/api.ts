@@ -86,6 +86,7 @@ import { createLogger, type Logger } from '../util/log.ts';
 import type { HypervisorRecord } from './model.ts';
 import type { MdsMetrics } from './metrics.ts';
 import type { MetadataService } from './service.ts';
+import { STATUS_PAGE_CSP, STATUS_PAGE_HTML } from './status_page.ts';
 
 export interface ApiOptions {
   readonly service: MetadataService;
@@ -138,6 +139,15 @@ export async function buildApi(options: ApiOptions): Promise<FastifyInstance> {
     return options.metricsRegistry.metrics();
   });
   app.get('/v1/health', { schema: { response: { 200: OkReply } } }, async () => ({ ok: true }));
+  // The status page: a document with no data in it (its script reads the admin API with the
+  // admin token), so it needs no token itself. Not part of the API document.
+  app.get('/status', { schema: { hide: true } }, async (_request, reply) => {
+    reply.header('content-type', 'text/html; charset=utf-8');
+    reply.header('content-security-policy', STATUS_PAGE_CSP);
+    reply.header('cache-control', 'no-store');
+    reply.header('x-content-type-options', 'nosniff');
+    return STATUS_PAGE_HTML;
+  });
   app.get('/v1/openapi.json', async () => app.swagger());
 
   await app.register(async (scope) => {
