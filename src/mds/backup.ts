@@ -19,7 +19,8 @@ import { readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { StorageError } from '../errors.ts';
 import { syncDirectory, writeFileDurable } from '../util/fs.ts';
-import { MDS_DB_FILE, type MdsStore } from './store.ts';
+import { MDS_DB_FILE } from './db_file.ts';
+import type { MdsStore } from './store.ts';
 
 const MAGIC = Buffer.from('SHOALMDS', 'latin1');
 export const BACKUP_FORMAT = 1;

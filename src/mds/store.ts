@@ -34,8 +34,7 @@ import type {
 import { needsAttention } from './model.ts';
 import { applyOp, type MdsOp, type MdsOpResult } from './ops.ts';
 
-/** The database file in an MDS's data directory (LMDB adds `<name>-lock` beside it). */
-export const MDS_DB_FILE = 'mds.lmdb';
+export { MDS_DB_FILE } from './db_file.ts';
 
 /** Named databases the MDS's LMDB may hold (it uses 18): whoever opens it passes this. */
 export const MDS_DB_TABLES_MAX = 32;
