@@ -1,6 +1,8 @@
-// Progress display for commands that follow a background operation on the MDS (`cs drain --wait`):
+// Progress display for commands that follow a background operation on the MDS (`task wait`, `cs drain --wait`, `top`):
 // a bar re-drawn in place on a terminal, and a copy rate measured from a cumulative byte counter.
 // Pure pieces, so that the command decides what to say and when.
+
+import { StorageError } from '../errors.ts';
 
 /** "[#########...........]": `done` of `total`, `width` characters between the brackets. */
 export function progressBar(done: number, total: number, width: number): string {
@@ -16,6 +18,13 @@ export function progressBar(done: number, total: number, width: number): string 
 export function redrawLine(text: string, columns: number): string {
   const width = Math.max(10, columns - 1);
   return `\r${text.length > width ? text.slice(0, width) : text}\u001b[K`;
+}
+
+/** Errors worth riding out while following the MDS: it is restarting or briefly unreachable. */
+const MDS_AWAY_CODES: ReadonlySet<string> = new Set(['ERR_UNAVAILABLE', 'ERR_TIMEOUT', 'ERR_SHUTTING_DOWN']);
+
+export function isMdsAway(error: unknown): error is StorageError {
+  return error instanceof StorageError && MDS_AWAY_CODES.has(error.code);
 }
 
 /** Clears a line re-drawn with redrawLine, so that the next output starts on a clean line. */

@@ -7,13 +7,11 @@ import type { TaskInfo } from '../protocol/api.ts';
 import { formatBytes } from '../util/size.ts';
 import type { CliContext } from './command.ts';
 import { formatDuration, formatRate } from './format.ts';
-import { CLEAR_LINE, progressBar, redrawLine } from './progress.ts';
+import { CLEAR_LINE, isMdsAway, progressBar, redrawLine } from './progress.ts';
 
 const POLL_INTERVAL_MS = 1_000;
 const PLAIN_LINE_INTERVAL_MS = 5_000;
 const BAR_WIDTH = 20;
-/** Errors worth riding out while following a task: the MDS restarting or briefly unreachable. */
-const TRANSIENT_CODES: ReadonlySet<string> = new Set(['ERR_UNAVAILABLE', 'ERR_TIMEOUT', 'ERR_SHUTTING_DOWN']);
 
 export function what(task: TaskInfo): string {
   return `${task.kind} of chunk server ${task.target.chunkServerId}`;
@@ -62,25 +60,23 @@ export async function followTask(context: CliContext, id: number, timeoutMs: num
         task = await mds.getTask(id);
         note = task.note ?? (task.state === 'paused' ? `paused (shoal task resume ${id})` : '');
       } catch (error) {
-        if (!(error instanceof StorageError) || !TRANSIENT_CODES.has(error.code)) throw error;
+        if (!isMdsAway(error)) throw error;
         note = `MDS unreachable, retrying (${error.code})`;
       }
-      const nowMs = Date.now();
-      if (task === null) {
-        if (nowMs >= deadlineMs) throw new StorageError('ERR_TIMEOUT', `the MDS did not answer for task ${id} within --timeout; ${goesOn}`);
-        await new Promise((resolve) => setTimeout(resolve, Math.min(POLL_INTERVAL_MS, deadlineMs - nowMs)));
-        continue;
-      }
-      if (task.state === 'done') return task;
-      if (task.state === 'failed' || task.state === 'cancelled') {
+      if (task?.state === 'done') return task;
+      if (task?.state === 'failed' || task?.state === 'cancelled') {
         if (context.json) context.writeJson(task);
         throw new StorageError('ERR_CONFLICT', `task ${id} (${what(task)}) ${task.state}: ${task.error ?? 'no reason given'}`);
       }
+      const nowMs = Date.now();
       if (nowMs >= deadlineMs) {
-        throw new StorageError('ERR_TIMEOUT', `task ${id} (${what(task)}) is still ${task.state} after ${formatDuration(nowMs - startMs)} ` +
-          `(--timeout), ${task.progress.itemsDone} of ${task.progress.itemsTotal} done; ${goesOn}`);
+        throw new StorageError('ERR_TIMEOUT', task === null
+          ? `the MDS did not answer for task ${id} within --timeout; ${goesOn}`
+          : `task ${id} (${what(task)}) is still ${task.state} after ${formatDuration(nowMs - startMs)} ` +
+            `(--timeout), ${task.progress.itemsDone} of ${task.progress.itemsTotal} done; ${goesOn}`);
       }
-      if (!context.json) {
+      // Nothing to show until the MDS has answered once.
+      if (task !== null && !context.json) {
         if (context.interactive) {
           const columns = context.columns();
           context.write(redrawLine(bar(task, nowMs - startMs, note), columns));

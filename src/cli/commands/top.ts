@@ -9,13 +9,11 @@ import { StorageError } from '../../errors.ts';
 import type { ClusterStat, IoStatsReply } from '../../protocol/api.ts';
 import type { MdsClient } from '../../protocol/mds_client.ts';
 import { booleanFlag, defineCommand, stringFlag, type CliContext, type Command } from '../command.ts';
-import { RateMeter } from '../progress.ts';
+import { RateMeter, isMdsAway } from '../progress.ts';
 import { TOP_SORT_BY_KEY, TOP_SORT_KEYS, renderTop, type TopFrame, type TopSortKey } from '../top_screen.ts';
 
 const INTERVAL_MS_DEFAULT = 2_000;
 const INTERVAL_MS_MIN = 500;
-/** Errors that leave the screen up, saying the MDS is unreachable, until it answers again. */
-const TRANSIENT_CODES: ReadonlySet<string> = new Set(['ERR_UNAVAILABLE', 'ERR_TIMEOUT', 'ERR_SHUTTING_DOWN']);
 
 const ENTER_SCREEN = '\u001b[?1049h\u001b[?25l';
 const LEAVE_SCREEN = '\u001b[?25h\u001b[?1049l';
@@ -51,7 +49,8 @@ async function fetchFrame(mds: MdsClient): Promise<{ stat: ClusterStat; io: IoSt
     const [stat, io] = await Promise.all([mds.stat(), mds.ioStats()]);
     return { stat, io };
   } catch (error) {
-    if (error instanceof StorageError && TRANSIENT_CODES.has(error.code)) return { note: `MDS unreachable (${error.code}): showing the last figures` };
+    // The screen stays up, saying so, until the MDS answers again.
+    if (isMdsAway(error)) return { note: `MDS unreachable (${error.code}): showing the last figures` };
     throw error;
   }
 }
