@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { startCluster } from './helpers/cluster.ts';
 import { FAST_CS_ARGS, FAST_MDS_ARGS, FAST_NBD_ARGS, checkReplicasIdentical, sleep } from './helpers/faults.ts';
 import { runOk } from './helpers/run.ts';
+import type { TaskInfo } from '../src/protocol/api.ts';
 
 const MiB = 1024 * 1024;
 
@@ -39,12 +40,20 @@ t.test('rebalancing onto a new server, then draining one', async (t) => {
     await cluster.waitOnline(4);
     const newcomer = await cluster.chunkServerId(3);
     t.equal(await mapped(newcomer), 0, 'the new server starts empty');
-    let share = 0;
-    for (let wait = 0; wait < 240 && share < 6; wait += 1) {
+    // The MDS starts a rebalance task by itself (its threshold: 10 points of used space) and ends it
+    // once the servers are within it: with 8 MiB replicas on 512 MiB servers, 1.5625 points each.
+    let task: TaskInfo | undefined;
+    for (let wait = 0; wait < 480 && task?.state !== 'done'; wait += 1) {
       await sleep(250);
-      share = await mapped(newcomer);
+      task = (await cluster.admin.listTasks()).tasks.find((candidate) => candidate.kind === 'rebalance');
     }
-    t.ok(share >= 6, `the new server holds ${share} of 36 replicas after rebalancing`);
+    t.match(task, { state: 'done', startedBy: 'mds', thresholdPercent: 10 }, 'the MDS rebalanced by itself, to within 10 points');
+    const servers = (await cluster.admin.listChunkServers()).chunkServers;
+    const points = servers.map((s) => (s.mappedReplicaCount * 8 * MiB) / s.capacityBytes * 100);
+    t.ok(Math.max(...points) - Math.min(...points) <= 10, `the servers end within 10 points (${servers.map((s) => s.mappedReplicaCount).join(', ')} replicas)`);
+    const share = await mapped(newcomer);
+    t.ok(share >= 5, `the new server holds ${share} of 36 replicas after rebalancing`);
+    t.equal(task?.progress.itemsDone, share, 'the task counted each replica moved to it');
     await waitSettled(cluster);
     await checkReplicasIdentical(t, cluster);
     t.ok(await readBack(), 'the volume reads back exactly');

@@ -14,7 +14,14 @@ const PLAIN_LINE_INTERVAL_MS = 5_000;
 const BAR_WIDTH = 20;
 
 export function what(task: TaskInfo): string {
-  return `${task.kind} of chunk server ${task.target.chunkServerId}`;
+  if (task.target.chunkServerId !== undefined) return `${task.kind} of chunk server ${task.target.chunkServerId}`;
+  const by = task.startedBy === 'mds' ? ', started by the MDS' : '';
+  return `${task.kind} of the chunk servers to within ${task.thresholdPercent ?? '?'} points${by}`;
+}
+
+/** A task's target in a few characters (a table column, a progress bar). */
+export function shortTarget(task: TaskInfo): string {
+  return task.target.chunkServerId === undefined ? 'all cs' : `cs ${task.target.chunkServerId}`;
 }
 
 export function eta(task: TaskInfo): string {
@@ -23,7 +30,7 @@ export function eta(task: TaskInfo): string {
 
 function bar(task: TaskInfo, elapsedMs: number, note: string): string {
   const { itemsDone, itemsTotal } = task.progress;
-  const head = `task ${task.id} ${task.kind} cs ${task.target.chunkServerId} ${progressBar(itemsDone, itemsTotal, BAR_WIDTH)} ${itemsDone}/${itemsTotal}`;
+  const head = `task ${task.id} ${task.kind} ${shortTarget(task)} ${progressBar(itemsDone, itemsTotal, BAR_WIDTH)} ${itemsDone}/${itemsTotal}`;
   if (note !== '') return `${head}  ${formatDuration(elapsedMs)}  ${note}`;
   return `${head}  ${formatRate(task.bytesPerSecond)}  ETA ${eta(task)}  ${formatDuration(elapsedMs)}`;
 }

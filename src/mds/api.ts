@@ -262,7 +262,10 @@ function adminRoutes(app: TypedApp, service: MetadataService): void {
     '/v1/tasks',
     { schema: { tags, body: StartTaskBody, response: { 200: TaskInfo, 201: TaskInfo, ...errorResponses } } },
     async (request, reply) => {
-      const { task, created } = await service.tasks.startDrain(request.body.chunkServerId, request.body.idempotencyKey ?? null);
+      const body = request.body;
+      const { task, created } = body.kind === 'drain'
+        ? await service.tasks.startDrain(body.chunkServerId, body.idempotencyKey ?? null)
+        : await service.tasks.startRebalance(body.thresholdPercent ?? null, body.idempotencyKey ?? null);
       // 201 for a new task; 200 for the one an earlier request with the same key started.
       return reply.code(created ? 201 : 200).send(task);
     },

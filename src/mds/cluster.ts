@@ -34,10 +34,11 @@ import { takeBackup, type TakenBackup } from './backup.ts';
 import { Quarantine } from './quarantine.ts';
 import type { ChunkServerAdminState, ChunkServerRecord, PendingDeleteRecord, QuarantineRecord, VolumeRecord } from './model.ts';
 import type { PlacementCandidate } from './placement.ts';
-import type { PlannerServer } from './recovery.ts';
+import type { PlannerServer, RebalanceJudgement } from './recovery.ts';
 import { RecoveryScheduler, type RecoveryView } from './recovery_scheduler.ts';
 import { chunkHealth, chunksOnServer, recoveryWindow, WINDOW_START, type ChunkHealth, type WindowCursor } from './map_scans.ts';
 import { MARK_IN_DOUBT_SLICE_CHUNKS } from './ops.ts';
+import { rebalanceModeOf } from './tasks.ts';
 import { revocationsOf } from './hypervisors.ts';
 import { CsReplicaIo, type ReplicaIo } from './replica_io.ts';
 import { Replicator } from './replicator.ts';
@@ -75,6 +76,16 @@ const HEALTH_SLICE_RECORDS = 2_048;
 /** Replicas a registration compares with the map per event-loop turn. */
 const RECONCILE_SLICE_REPLICAS = 2_048;
 
+
+/** See Cluster.rebalanceStatus. */
+export interface RebalanceStatus {
+  /** Null until the planner has run once. */
+  readonly judgement: RebalanceJudgement | null;
+  /** Rebalancing moves under way (their commits count them for the task). */
+  readonly movesInFlight: number;
+  /** Mean bytes per replica the map places: turns bytes left to move into replicas. */
+  readonly averageReplicaBytes: number;
+}
 
 export interface ClusterDeps {
   readonly store: MdsStore;
@@ -154,7 +165,6 @@ export class Cluster {
         replaceEndangeredAfterMs: deps.config.replaceEndangeredAfterMs,
         replaceQuorumFraction: REPLACE_QUORUM_FRACTION,
         failureDomain: deps.config.failureDomain,
-        rebalanceThreshold: deps.config.rebalanceThreshold,
         actionsMax: 256,
       },
       view: () => this.recoveryView(),
@@ -721,6 +731,24 @@ export class Cluster {
       chunks: window.chunks,
       mappedBytes,
       chunksOn: (csId) => chunksOnServer(tables, volumes, csId, REBALANCE_LOOK_CHUNKS_MAX),
+      ...rebalanceModeOf(tables, this.config.rebalanceThreshold),
+    };
+  }
+
+  /** The servers' balance as the planner last judged it. */
+  rebalanceStatus(): RebalanceStatus {
+    const tables = this.store.tables;
+    let replicas = 0;
+    let bytes = 0;
+    for (const server of tables.listChunkServers()) {
+      const mapped = tables.serverMapped(server.id);
+      replicas += mapped.replicaCount;
+      bytes += mapped.mappedBytes;
+    }
+    return {
+      judgement: this.recovery.lastRebalance,
+      movesInFlight: this.recovery.rebalanceMovesInFlight,
+      averageReplicaBytes: replicas === 0 ? 0 : bytes / replicas,
     };
   }
 

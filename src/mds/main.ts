@@ -34,8 +34,10 @@ const USAGE = `usage: shoal run mds --data DIR --cluster-key FILE --admin-token 
   --recovery-bytes-per-second N  copy rate of re-replication and rebalancing, 0 = unlimited (default 64 MiB/s)
   --recovery-concurrency N     replica copies in flight at once (default 4)
   --cs-timeout-ms N            a chunk server that does not answer the MDS within this has failed (default 10000)
-  --rebalance-threshold PCT    move replicas when servers' used space differs by more than this
-                               many percentage points (default 10; 100 turns rebalancing off)
+  --rebalance-threshold PCT    start a rebalance task (replicas move from the fullest servers to the
+                               emptiest) when servers' used space differs by more than this many
+                               percentage points (default 10; 100: only when an admin asks, with
+                               shoal cs rebalance --threshold PCT)
   --replace-endangered-after-ms N  a chunk with fewer than its minimum of copies online gets a new
                                replica after this long (default 30000; at most --replace-after-ms);
                                with its minimum online it waits --replace-after-ms for the others

@@ -95,6 +95,15 @@ export class MdsMetrics {
         g.set({ state: 'blocked' }, stat.recovery.blocked);
       });
     // Running totals: read straight from the replicator (the counters' collect cannot wait).
+    new Gauge({
+      name: 'shoal_mds_rebalance_spread_ratio',
+      help: 'Share of capacity the map places on the fullest active chunk server minus the emptiest\'s, as the planner last judged it',
+      registers,
+      collect() {
+        const judgement = service()?.cluster.rebalanceStatus().judgement ?? null;
+        if (judgement !== null) this.set(judgement.spreadFraction);
+      },
+    });
     counterFromTotal(registers, 'shoal_mds_settled_bytes_total',
       'Bytes copied between members of a chunk whose checksums differed (writes that died half-done)',
       () => service()?.cluster.replicator.settledBytesTotal ?? null);

@@ -127,27 +127,22 @@ export interface HypervisorRecord {
 }
 
 /** What kinds of long operation run as durable tasks; each names its target. */
-export const TASK_KINDS = ['drain'] as const;
+export const TASK_KINDS = ['drain', 'rebalance'] as const;
 export type TaskKind = (typeof TASK_KINDS)[number];
 
 export const TASK_STATES = ['queued', 'running', 'paused', 'done', 'failed', 'cancelled'] as const;
 export type TaskState = (typeof TASK_STATES)[number];
+
+/** Who started a task: an admin (API or CLI), or the MDS itself (rebalancing once servers drift apart). */
+export type TaskStarter = 'admin' | 'mds';
 
 /** States a task does not leave. */
 export function isFinalTaskState(state: TaskState): boolean {
   return state === 'done' || state === 'failed' || state === 'cancelled';
 }
 
-/**
- * A long operation the MDS carries out in the background (tasks.ts): it survives an MDS restart
- * and the caller that started it going away. Progress is saved every few seconds, so after a
- * restart it shows at most that much less than was done.
- */
-export interface TaskRecord {
+interface TaskRecordBase {
   readonly id: number;
-  readonly kind: TaskKind;
-  /** A drain's chunk server. */
-  readonly chunkServerId: number;
   readonly state: TaskState;
   /** The caller's key: the same key again gets this task back instead of a second one. */
   readonly idempotencyKey: string | null;
@@ -161,6 +156,31 @@ export interface TaskRecord {
   readonly updatedAtMs: number;
   readonly finishedAtMs: number | null;
 }
+
+/** Every replica of one chunk server moves off. Items: replicas. */
+export interface DrainTaskRecord extends TaskRecordBase {
+  readonly kind: 'drain';
+  readonly chunkServerId: number;
+}
+
+/**
+ * Replicas move from the fullest servers to the emptiest until their used fractions differ by at
+ * most `thresholdFraction`. Items: replicas moved; the totals are done plus an estimate of what
+ * is left (recovery.ts rebalanceJudgement), so they may move as the cluster changes.
+ */
+export interface RebalanceTaskRecord extends TaskRecordBase {
+  readonly kind: 'rebalance';
+  /** 0.1: the servers' shares of their capacity end at most ten points apart. */
+  readonly thresholdFraction: number;
+  readonly startedBy: TaskStarter;
+}
+
+/**
+ * A long operation the MDS carries out in the background (tasks.ts): it survives an MDS restart
+ * and the caller that started it going away. Progress is saved every few seconds, so after a
+ * restart it shows at most that much less than was done.
+ */
+export type TaskRecord = DrainTaskRecord | RebalanceTaskRecord;
 
 /** A task's progress numbers. */
 export interface TaskProgress {

@@ -15,7 +15,7 @@ import type {
   ChunkKey, ChunkRecord, ChunkServerAdminState, ChunkServerRecord, HypervisorRecord, InDoubtRange, MdsTables, QuarantineRecord, VolumeRecord,
 } from './model.ts';
 import {
-  FINISHED_TASKS_KEPT, HYPERVISOR_VOLUMES_MAX, drainProgress, isFinalTaskState, volumeQos, type TaskRecord, type TaskState,
+  FINISHED_TASKS_KEPT, HYPERVISOR_VOLUMES_MAX, drainProgress, isFinalTaskState, volumeQos, type DrainTaskRecord, type TaskProgress, type TaskRecord, type TaskStarter, type TaskState,
 } from './model.ts';
 
 export type MdsOp =
@@ -90,6 +90,8 @@ export type MdsOp =
       readonly deleteFrom: readonly number[];
       /** In-doubt ranges still not settled among the new members (usually none). */
       readonly inDoubt: readonly InDoubtRange[];
+      /** The change completes a move made for this rebalance task: it counts it, in the same commit. */
+      readonly countForTaskId?: number;
     }
   | { readonly type: 'markInDoubt'; readonly volumeId: number; readonly chunkIndex: number; readonly ranges: readonly InDoubtRange[] }
   | {
@@ -184,6 +186,19 @@ export type MdsOp =
       readonly nowMs: number;
     }
   | {
+      /**
+       * A rebalance starts as a task (tasks.ts): from then on the recovery planner moves replicas
+       * from the fullest servers to the emptiest until they are within the threshold.
+       */
+      readonly type: 'startRebalanceTask';
+      readonly thresholdFraction: number;
+      readonly startedBy: TaskStarter;
+      readonly idempotencyKey: string | null;
+      /** What is left to move now, estimated by the caller (it knows the servers' capacities). */
+      readonly estimate: { readonly items: number; readonly bytes: number };
+      readonly nowMs: number;
+    }
+  | {
       /** A task moves on: paused, resumed (running), or ended. A drain's server follows (see setTaskState). */
       readonly type: 'setTaskState';
       readonly taskId: number;
@@ -253,6 +268,8 @@ export function applyOp(tables: MdsTables, op: MdsOp): MdsOpResult {
       return setChunkServerState(tables, op.csId, op.adminState, op.nowMs);
     case 'startDrainTask':
       return startDrainTask(tables, op);
+    case 'startRebalanceTask':
+      return startRebalanceTask(tables, op);
     case 'setTaskState':
       return setTaskState(tables, op);
     case 'recordTaskProgress':
@@ -514,7 +531,17 @@ function setChunkReplicas(tables: MdsTables, op: Extract<MdsOp, { type: 'setChun
   const csIds = [...new Set([...pending, ...op.deleteFrom])];
   if (csIds.length > 0) tables.putPendingDelete({ chunkId: chunk.chunkId, csIds, volumeId: chunk.volumeId, chunkIndex: chunk.chunkIndex });
   else tables.deletePendingDelete(chunk.chunkId);
+  if (op.countForTaskId !== undefined) countMove(tables, op.countForTaskId, tables.getVolume(chunk.volumeId)?.chunkSizeBytes ?? 0);
   return { type: 'chunk', record };
+}
+
+/** One more replica moved for a rebalance task; a task that ended meanwhile keeps what it recorded. */
+function countMove(tables: MdsTables, taskId: number, bytes: number): void {
+  const task = tables.getTask(taskId);
+  if (task === undefined || task.kind !== 'rebalance' || isFinalTaskState(task.state)) return;
+  const itemsDone = task.itemsDone + 1;
+  const bytesDone = task.bytesDone + bytes;
+  tables.putTask({ ...task, itemsDone, bytesDone, itemsTotal: Math.max(task.itemsTotal, itemsDone), bytesTotal: Math.max(task.bytesTotal, bytesDone) });
 }
 
 function setChunkServerState(tables: MdsTables, csId: number, adminState: ChunkServerAdminState, nowMs: number | undefined): MdsOpResult {
@@ -546,13 +573,22 @@ function setChunkServerState(tables: MdsTables, csId: number, adminState: ChunkS
 
 // ---- tasks ---------------------------------------------------------------------------------------
 
-/** The task still going (not finished) on a chunk server, if any: at most one at a time. */
-function activeTaskOn(tables: MdsTables, csId: number): TaskRecord | undefined {
-  return tables.listTasks().find((task) => task.chunkServerId === csId && !isFinalTaskState(task.state));
+/** The drain still going (not finished) of a chunk server, if any: at most one at a time. */
+function activeTaskOn(tables: MdsTables, csId: number): DrainTaskRecord | undefined {
+  return tables.listTasks().find((task): task is DrainTaskRecord =>
+    task.kind === 'drain' && task.chunkServerId === csId && !isFinalTaskState(task.state));
+}
+
+/** The rebalance still going (not finished), if any: at most one at a time. */
+export function activeRebalance(tables: MdsTables): TaskRecord | undefined {
+  return tables.listTasks().find((task) => task.kind === 'rebalance' && !isFinalTaskState(task.state));
 }
 
 function describeTask(task: TaskRecord): string {
-  return `task ${task.id} (${task.kind} of chunk server ${task.chunkServerId}, ${task.state}, ${task.itemsDone} of ${task.itemsTotal} replicas moved)`;
+  const what = task.kind === 'drain'
+    ? `drain of chunk server ${task.chunkServerId}`
+    : `rebalance to within ${Math.round(task.thresholdFraction * 100)} points, started by ${task.startedBy === 'mds' ? 'the MDS' : 'an admin'}`;
+  return `task ${task.id} (${what}, ${task.state}, ${task.itemsDone} of ${task.itemsTotal} replicas moved)`;
 }
 
 /** What to do about a task that is in the way. */
@@ -561,14 +597,23 @@ function taskHelp(task: TaskRecord): string {
   return `follow it with shoal task wait ${task.id}, ${resume}or cancel it with shoal task cancel ${task.id}`;
 }
 
+/** The task an earlier request with the same key started, if `sameRequest` says it is that request; a different one is refused. */
+function taskOfKey(tables: MdsTables, key: string | null, sameRequest: (task: TaskRecord) => boolean): TaskRecord | undefined {
+  if (key === null) return undefined;
+  const same = tables.listTasks().find((task) => task.idempotencyKey === key);
+  if (same === undefined || sameRequest(same)) return same;
+  throw new StorageError('ERR_CONFLICT', `idempotency key "${key}" belongs to ${describeTask(same)}: a different request needs a new key`);
+}
+
+function newTaskId(tables: MdsTables): number {
+  const id = Math.max(1, tables.getMeta('nextTaskId'));
+  tables.putMeta('nextTaskId', id + 1);
+  return id;
+}
+
 function startDrainTask(tables: MdsTables, op: Extract<MdsOp, { type: 'startDrainTask' }>): MdsOpResult {
-  if (op.idempotencyKey !== null) {
-    const same = tables.listTasks().find((task) => task.idempotencyKey === op.idempotencyKey);
-    if (same !== undefined) {
-      if (same.kind === 'drain' && same.chunkServerId === op.csId) return { type: 'task', record: same };
-      throw new StorageError('ERR_CONFLICT', `idempotency key "${op.idempotencyKey}" belongs to ${describeTask(same)}: a different request needs a new key`);
-    }
-  }
+  const same = taskOfKey(tables, op.idempotencyKey, (task) => task.kind === 'drain' && task.chunkServerId === op.csId);
+  if (same !== undefined) return { type: 'task', record: same };
   const server = tables.getChunkServer(op.csId);
   if (server === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${op.csId} does not exist`);
   if (server.adminState === 'removed') throw new StorageError('ERR_CONFLICT', `chunk server ${op.csId} was removed already`);
@@ -583,13 +628,31 @@ function startDrainTask(tables: MdsTables, op: Extract<MdsOp, { type: 'startDrai
   }
   tables.putChunkServer({ ...server, adminState: 'draining' });
   const mapped = tables.serverMapped(op.csId);
-  const id = Math.max(1, tables.getMeta('nextTaskId'));
-  tables.putMeta('nextTaskId', id + 1);
   const empty = mapped.replicaCount === 0;
   const record: TaskRecord = {
-    id, kind: 'drain', chunkServerId: op.csId, state: empty ? 'done' : 'running', idempotencyKey: op.idempotencyKey,
+    id: newTaskId(tables), kind: 'drain', chunkServerId: op.csId, state: empty ? 'done' : 'running', idempotencyKey: op.idempotencyKey,
     itemsDone: 0, itemsTotal: mapped.replicaCount, bytesDone: 0, bytesTotal: mapped.mappedBytes, error: null,
     createdAtMs: op.nowMs, updatedAtMs: op.nowMs, finishedAtMs: empty ? op.nowMs : null,
+  };
+  tables.putTask(record);
+  pruneFinishedTasks(tables);
+  return { type: 'task', record, created: true };
+}
+
+function startRebalanceTask(tables: MdsTables, op: Extract<MdsOp, { type: 'startRebalanceTask' }>): MdsOpResult {
+  assert(op.thresholdFraction > 0 && op.thresholdFraction < 1, 'a rebalance threshold is between 0 and 100 points');
+  assert(Number.isSafeInteger(op.estimate.items) && op.estimate.items >= 0 && Number.isSafeInteger(op.estimate.bytes) && op.estimate.bytes >= 0,
+    'a rebalance estimate counts replicas and bytes');
+  const same = taskOfKey(tables, op.idempotencyKey, (task) => task.kind === 'rebalance' && task.thresholdFraction === op.thresholdFraction);
+  if (same !== undefined) return { type: 'task', record: same };
+  const going = activeRebalance(tables);
+  if (going !== undefined) {
+    throw new StorageError('ERR_TASK_CONFLICT', `the chunk servers are already being rebalanced by ${describeTask(going)}: ${taskHelp(going)}`);
+  }
+  const record: TaskRecord = {
+    id: newTaskId(tables), kind: 'rebalance', thresholdFraction: op.thresholdFraction, startedBy: op.startedBy, state: 'running',
+    idempotencyKey: op.idempotencyKey, itemsDone: 0, itemsTotal: op.estimate.items, bytesDone: 0, bytesTotal: op.estimate.bytes,
+    error: null, createdAtMs: op.nowMs, updatedAtMs: op.nowMs, finishedAtMs: null,
   };
   tables.putTask(record);
   pruneFinishedTasks(tables);
@@ -612,6 +675,9 @@ function setTaskState(tables: MdsTables, op: Extract<MdsOp, { type: 'setTaskStat
   if (!TASK_MOVES[task.state].includes(op.state)) {
     throw new StorageError('ERR_CONFLICT', `${describeTask(task)} cannot become ${op.state}`);
   }
+  // A rebalance's progress is counted by the MDS as moves finish (tasks.ts) and saved before its
+  // state changes; it has no server of its own to follow.
+  if (task.kind === 'rebalance') return putTaskState(tables, task, task, op);
   const server = tables.getChunkServer(task.chunkServerId);
   assert(server !== undefined, 'a drain task names a registered server');
   if (op.state === 'done' && tables.serverMapped(task.chunkServerId).replicaCount > 0) {
@@ -625,11 +691,16 @@ function setTaskState(tables: MdsTables, op: Extract<MdsOp, { type: 'setTaskStat
   } else if (op.state === 'running') {
     throw new StorageError('ERR_CONFLICT', `chunk server ${task.chunkServerId} was removed: ${describeTask(task)} cannot resume`);
   }
-  const final = isFinalTaskState(op.state);
   // Progress as of this change (the last save may be seconds old): a pause or cancel says what was done.
   const progress = task.state === 'running' ? drainProgress(task, tables.serverMapped(task.chunkServerId)) : task;
+  return putTaskState(tables, task, progress, op);
+}
+
+function putTaskState(tables: MdsTables, task: TaskRecord, progress: TaskProgress, op: Extract<MdsOp, { type: 'setTaskState' }>): MdsOpResult {
+  const final = isFinalTaskState(op.state);
+  const { itemsDone, itemsTotal, bytesDone, bytesTotal } = progress;
   const record: TaskRecord = {
-    ...task, ...progress, state: op.state, error: op.error, updatedAtMs: op.nowMs, finishedAtMs: final ? op.nowMs : null,
+    ...task, itemsDone, itemsTotal, bytesDone, bytesTotal, state: op.state, error: op.error, updatedAtMs: op.nowMs, finishedAtMs: final ? op.nowMs : null,
   };
   tables.putTask(record);
   return { type: 'task', record };
@@ -640,6 +711,16 @@ function recordTaskProgress(tables: MdsTables, op: Extract<MdsOp, { type: 'recor
   // Paused or ended since the progress was measured: its own change recorded the progress then.
   if (task === undefined || task.state !== 'running') return NONE;
   assert(op.itemsDone <= op.itemsTotal && op.bytesDone <= op.bytesTotal, 'progress is within its total');
+  if (task.kind === 'rebalance') {
+    // Its moves are counted as they commit (countMove), maybe since the caller read the record:
+    // those counts stand, and the caller's estimate of what is left is added to them.
+    const itemsDone = Math.max(task.itemsDone, op.itemsDone);
+    const bytesDone = Math.max(task.bytesDone, op.bytesDone);
+    const left = { itemsTotal: itemsDone + op.itemsTotal - op.itemsDone, bytesTotal: bytesDone + op.bytesTotal - op.bytesDone };
+    const record: TaskRecord = { ...task, itemsDone, bytesDone, ...left, updatedAtMs: op.nowMs };
+    tables.putTask(record);
+    return { type: 'task', record };
+  }
   assert(op.itemsDone >= task.itemsDone, 'a task\'s items done only grow');
   const record: TaskRecord = { ...task, ...{ itemsDone: op.itemsDone, itemsTotal: op.itemsTotal, bytesDone: op.bytesDone, bytesTotal: op.bytesTotal }, updatedAtMs: op.nowMs };
   tables.putTask(record);

@@ -16,8 +16,10 @@
 //   and that has lasted `replaceEndangeredAfterMs` (data at risk goes first);
 // - a chunk with more healthy-or-draining members than needed sheds one: draining first, then
 //   offline, then the fullest;
-// - with nothing urgent, a replica moves from the fullest to the emptiest server when their used
-//   fractions differ by more than `rebalanceThreshold` (rebalancing, one move per chunk).
+// - with nothing urgent, and a rebalance task running (input.rebalance.move), a replica moves from
+//   the fullest to the emptiest server while their used fractions differ by more than the
+//   task's threshold (one move per chunk); without one, the plan only judges whether the servers
+//   are within the threshold (the MDS starts a task when they are not: tasks.ts).
 // Urgency: fewest live members first (a chunk with one live copy before a chunk with two), then
 // fewest relative to min.
 
@@ -65,8 +67,6 @@ export interface PlannerConfig {
    */
   readonly replaceQuorumFraction: number;
   readonly failureDomain: FailureDomain;
-  /** Used-fraction gap between servers above which replicas move (0.1 = ten points). */
-  readonly rebalanceThreshold: number;
   /** Most actions returned by one plan. */
   readonly actionsMax: number;
 }
@@ -80,12 +80,47 @@ export type RecoveryAction =
       readonly target: number;
       /** A move: once the target has joined, this member leaves (drain, rebalancing). */
       readonly thenDrop: number | null;
+      /** Why: the rebalance task counts its own moves. */
+      readonly purpose: 'repair' | 'drain' | 'rebalance';
       readonly reason: string;
       readonly urgency: number;
     };
 
+/** What the planner may do about the servers' balance this round. */
+export interface RebalanceMode {
+  /** Used-fraction gap allowed between servers (0.1 = ten points). */
+  readonly thresholdFraction: number;
+  /** Plan moves (a rebalance task runs), or only judge whether the servers are within the threshold. */
+  readonly move: boolean;
+}
+
+export type RebalanceOutcome =
+  /** Within the threshold, or fewer than two servers can take replicas. */
+  | 'balanced'
+  /** Recovery has other work first, or members are away: balance is left for later. */
+  | 'deferred'
+  /** Beyond the threshold, and not asked to move anything. */
+  | 'wanted'
+  /** A move is planned, or the chunks that could move are busy with one. */
+  | 'moving'
+  /** Beyond the threshold, yet no replica of the fullest server can go to the emptiest. */
+  | 'stuck';
+
+export interface RebalanceJudgement {
+  readonly outcome: RebalanceOutcome;
+  /** What it was judged against. */
+  readonly mode: RebalanceMode;
+  /** The fullest usable server's share of its capacity minus the emptiest's (0 with fewer than two). */
+  readonly spreadFraction: number;
+  /** An estimate of the bytes still to move to get within the threshold (0 once within). */
+  readonly remainingBytes: number;
+  /** Why it is stuck; empty otherwise. */
+  readonly detail: string;
+}
+
 export interface RecoveryPlan {
   readonly actions: RecoveryAction[];
+  readonly rebalance: RebalanceJudgement;
   /** Chunks that need a new replica but have no eligible server in a free failure domain. */
   readonly blocked: number;
   /** Chunks missing members that are expected back (offline, not yet given up): left as they are. */
@@ -100,6 +135,13 @@ export interface PlannerInput {
   /** Servers not to pick as a new member of this chunk now (a recent add to them failed). */
   readonly avoidTargets?: (chunkId: number) => readonly number[];
   readonly config: PlannerConfig;
+  readonly rebalance: RebalanceMode;
+  /**
+   * A rebalancing move is under way: no other starts until it has committed. Moves planned from
+   * the same map before the first commits would all go from the same fullest server to the same
+   * emptiest one, overshoot, and be undone by the next ones.
+   */
+  readonly rebalanceMoveInFlight?: boolean;
   readonly random: () => number;
   /**
    * Bytes the map places on each server, for rebalancing; default: summed over `chunks`. Given
@@ -134,8 +176,19 @@ export function planRecovery(input: PlannerInput): RecoveryPlan {
     if (action === 'waiting') waitingRebalance = true;
   }
   actions.sort((a, b) => a.urgency - b.urgency);
-  if (actions.length === 0 && blocked === 0 && !waitingRebalance) return { actions: planRebalance(input, servers), blocked, waiting };
-  return { actions: actions.slice(0, input.config.actionsMax), blocked, waiting };
+  // Balance is judged only with every active server counted: one that has not reported its
+  // capacity yet (the MDS just started) or is away but expected back would be left out, and the
+  // others balanced without it, only to move again once it is back.
+  const uncounted = input.servers.some((s) => s.adminState === 'active' &&
+    (s.online ? s.capacityBytes === 0 : s.offlineForMs < input.config.replaceAfterMs));
+  if (actions.length === 0 && blocked === 0 && !waitingRebalance && !uncounted) {
+    const { action, judgement } = planRebalance(input, servers);
+    return { actions: action === null ? [] : [action], rebalance: judgement, blocked, waiting };
+  }
+  const { spreadFraction, remainingBytes } = measureBalance(usableForBalance(servers), input, input.rebalance.thresholdFraction);
+  return {
+    actions: actions.slice(0, input.config.actionsMax), rebalance: { outcome: 'deferred', mode: input.rebalance, spreadFraction, remainingBytes, detail: '' }, blocked, waiting,
+  };
 }
 
 function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, input: PlannerInput,
@@ -177,9 +230,9 @@ function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, inp
     // Enough live copies, one of them on a draining server: move that one (add, then drop).
     const draining = live.find((csId) => servers.get(csId)?.adminState === 'draining');
     if (draining !== undefined && live.length >= chunk.replicasNormal) {
-      return { kind: 'add', chunk, target, thenDrop: draining, reason: `moving off draining server ${draining}`, urgency };
+      return { kind: 'add', chunk, target, thenDrop: draining, purpose: 'drain', reason: `moving off draining server ${draining}`, urgency };
     }
-    return { kind: 'add', chunk, target, thenDrop: null, reason: 'below the normal replica count', urgency };
+    return { kind: 'add', chunk, target, thenDrop: null, purpose: 'repair', reason: 'below the normal replica count', urgency };
   }
   const keepers = chunk.replicas.filter((csId) => servers.get(csId)?.adminState !== 'removed');
   if (healthy.length >= chunk.replicasNormal && keepers.length > chunk.replicasNormal) {
@@ -254,33 +307,92 @@ function victimRank(server: PlannerServer): number {
 }
 
 
+/** Servers whose balance counts: online, healthy, active, with a known capacity. */
+function usableForBalance(servers: Map<number, PlannerServer>): PlannerServer[] {
+  return [...servers.values()].filter((s) => s.online && s.healthy && s.adminState === 'active' && s.capacityBytes > 0);
+}
+
+interface Balance {
+  readonly spreadFraction: number;
+  readonly remainingBytes: number;
+  /** Usable servers from the emptiest to the fullest. */
+  readonly sorted: PlannerServer[];
+  readonly share: (server: PlannerServer) => number;
+}
+
 /**
- * With nothing urgent: one replica from the fullest server to the emptiest, if their shares differ
- * by more than the threshold. Fullness here is the replicas the map places on a server over its
- * capacity: it changes the moment a move commits, where the servers' own reports of used space lag
- * (space is freed only once a left replica is deleted), which would make moves overshoot.
+ * How far apart the servers are. Fullness here is the replicas the map places on a server over
+ * its capacity: it changes the moment a move commits, where the servers' own reports of used
+ * space lag (space is freed only once a left replica is deleted), which would make moves
+ * overshoot. What is left to move is estimated against the mean share: the bytes above the mean
+ * plus half the threshold on the fuller servers, or below the mean less half of it on the
+ * emptier ones, whichever is more (the planner stops earlier when the extremes come within the
+ * threshold).
  */
-function planRebalance(input: PlannerInput, servers: Map<number, PlannerServer>): RecoveryAction[] {
-  const usable = [...servers.values()].filter((s) => s.online && s.healthy && s.adminState === 'active' && s.capacityBytes > 0);
-  if (usable.length < 2) return [];
+function measureBalance(usable: PlannerServer[], input: PlannerInput, thresholdFraction: number): Balance {
   const mappedBytes = input.mappedBytes ?? mappedBytesOf(input.chunks);
-  const share = (server: PlannerServer): number => (mappedBytes.get(server.id) ?? 0) / server.capacityBytes;
+  const mappedOn = (server: PlannerServer): number => mappedBytes.get(server.id) ?? 0;
+  const share = (server: PlannerServer): number => mappedOn(server) / server.capacityBytes;
   const sorted = [...usable].sort((a, b) => share(a) - share(b));
   const emptiest = sorted[0];
   const fullest = sorted.at(-1);
-  if (emptiest === undefined || fullest === undefined) return [];
-  if (share(fullest) - share(emptiest) <= input.config.rebalanceThreshold) return [];
+  if (emptiest === undefined || fullest === undefined || sorted.length < 2) return { spreadFraction: 0, remainingBytes: 0, sorted, share };
+  const spreadFraction = share(fullest) - share(emptiest);
+  if (spreadFraction <= thresholdFraction) return { spreadFraction, remainingBytes: 0, sorted, share };
+  const mean = sorted.reduce((sum, s) => sum + mappedOn(s), 0) / sorted.reduce((sum, s) => sum + s.capacityBytes, 0);
+  let above = 0;
+  let below = 0;
+  for (const server of sorted) {
+    above += Math.max(0, mappedOn(server) - (mean + thresholdFraction / 2) * server.capacityBytes);
+    below += Math.max(0, (mean - thresholdFraction / 2) * server.capacityBytes - mappedOn(server));
+  }
+  return { spreadFraction, remainingBytes: Math.ceil(Math.max(above, below)), sorted, share };
+}
+
+/**
+ * With nothing urgent: judges the servers' balance against the threshold and, when asked to
+ * move, plans one replica from the fullest server to the emptiest.
+ */
+function planRebalance(input: PlannerInput, servers: Map<number, PlannerServer>): { action: RecoveryAction | null; judgement: RebalanceJudgement } {
+  const { thresholdFraction, move } = input.rebalance;
+  const { spreadFraction, remainingBytes, sorted, share } = measureBalance(usableForBalance(servers), input, thresholdFraction);
+  const judged = (outcome: RebalanceOutcome, detail = ''): RebalanceJudgement => ({ outcome, mode: input.rebalance, spreadFraction, remainingBytes, detail });
+  const emptiest = sorted[0];
+  const fullest = sorted.at(-1);
+  if (emptiest === undefined || fullest === undefined || sorted.length < 2 || spreadFraction <= thresholdFraction) {
+    return { action: null, judgement: judged('balanced') };
+  }
+  if (!move) return { action: null, judgement: judged('wanted') };
+  if (input.rebalanceMoveInFlight === true) return { action: null, judgement: judged('moving') };
+  let busy = false;
   for (const chunk of input.chunksOn?.(fullest.id) ?? input.chunks) {
-    if (input.busy(chunk.chunkId) || !chunk.replicas.includes(fullest.id) || chunk.replicas.includes(emptiest.id)) continue;
+    if (!chunk.replicas.includes(fullest.id) || chunk.replicas.includes(emptiest.id)) continue;
+    if (input.busy(chunk.chunkId)) {
+      busy = true;
+      continue;
+    }
     // The move must leave the chunk no fuller on the emptiest than on the fullest, or it flips back.
     if (share(emptiest) + chunk.chunkSizeBytes / emptiest.capacityBytes > share(fullest) - chunk.chunkSizeBytes / fullest.capacityBytes) continue;
     const others = chunk.replicas.filter((csId) => csId !== fullest.id).map((csId) => servers.get(csId));
     const domains = new Set(others.filter((s): s is PlannerServer => s !== undefined).map((s) => domainKey(candidateOf(s, 0, 0), input.config.failureDomain)));
     if (domains.has(domainKey(candidateOf(emptiest, 0, 0), input.config.failureDomain))) continue;
     if (!hasRoomFor(emptiest, chunk.chunkSizeBytes)) continue;
-    return [{ kind: 'add', chunk, target: emptiest.id, thenDrop: fullest.id, reason: `rebalancing from server ${fullest.id}`, urgency: 2_000_000 }];
+    const action: RecoveryAction = {
+      kind: 'add', chunk, target: emptiest.id, thenDrop: fullest.id, purpose: 'rebalance', urgency: 2_000_000,
+      reason: `rebalancing from server ${fullest.id} (${pointsOf(share(fullest))} % full) to server ${emptiest.id} (${pointsOf(share(emptiest))} %)`,
+    };
+    return { action, judgement: judged('moving') };
   }
-  return [];
+  if (busy) return { action: null, judgement: judged('moving') };
+  return {
+    action: null,
+    judgement: judged('stuck', `no replica on chunk server ${fullest.id} (the fullest) can move to chunk server ${emptiest.id} (the emptiest) ` +
+      `without two copies of a chunk in one failure domain (${input.config.failureDomain}), overshooting, or filling it`),
+  };
+}
+
+function pointsOf(fraction: number): string {
+  return (fraction * 100).toFixed(1);
 }
 
 function mappedBytesOf(chunks: Iterable<PlannerChunk>): Map<number, number> {

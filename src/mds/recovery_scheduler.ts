@@ -5,7 +5,9 @@
 
 import { setBounded } from '../util/bounded_map.ts';
 import type { Logger } from '../util/log.ts';
-import { planRecovery, type PlannerChunk, type PlannerConfig, type PlannerServer, type RecoveryAction } from './recovery.ts';
+import {
+  planRecovery, type PlannerChunk, type PlannerConfig, type PlannerServer, type RebalanceJudgement, type RebalanceMode, type RecoveryAction,
+} from './recovery.ts';
 import type { Replicator } from './replicator.ts';
 
 export interface RecoverySchedulerOptions {
@@ -27,6 +29,10 @@ export interface RecoveryView {
   readonly chunks: Iterable<PlannerChunk>;
   readonly mappedBytes?: ReadonlyMap<number, number>;
   readonly chunksOn?: (csId: number) => Iterable<PlannerChunk>;
+  /** Whether a rebalance task runs (moves are planned) and its threshold, or the automatic one's. */
+  readonly rebalance: RebalanceMode;
+  /** The running rebalance task, which counts the moves made for it. */
+  readonly rebalanceTaskId: number | null;
 }
 
 /** How long a server that failed to take a chunk's new replica is passed over for that chunk. */
@@ -51,6 +57,10 @@ export interface RecoveryStats {
 
 export class RecoveryScheduler {
   readonly stats: RecoveryStats = { running: 0, started: 0, succeeded: 0, failed: 0, pending: 0, blocked: 0, waiting: 0 };
+  /** The servers' balance as the last plan judged it (null before the first). */
+  lastRebalance: RebalanceJudgement | null = null;
+  /** Rebalancing moves under way: a rebalance is not done before they have committed (and been counted). */
+  rebalanceMovesInFlight = 0;
   private readonly options: RecoverySchedulerOptions;
   private readonly inFlight = new Set<number>();
   /**
@@ -78,8 +88,11 @@ export class RecoveryScheduler {
       busy: (chunkId) => this.inFlight.has(chunkId) || replicator.isBusy(chunkId),
       avoidTargets: (chunkId) => this.avoidTargets(chunkId),
       config: this.options.planner,
+      rebalance: view.rebalance,
+      rebalanceMoveInFlight: this.rebalanceMovesInFlight > 0,
       random: this.options.random,
     });
+    this.lastRebalance = plan.rebalance;
     this.stats.pending = plan.actions.length;
     this.stats.blocked = plan.blocked;
     this.stats.waiting = plan.waiting;
@@ -87,19 +100,21 @@ export class RecoveryScheduler {
     for (const action of plan.actions) {
       if (this.inFlight.size >= this.options.concurrency) break;
       if (this.inFlight.has(action.chunk.chunkId)) continue;
-      this.start(action);
+      this.start(action, view.rebalanceTaskId);
       started += 1;
     }
     return started;
   }
 
-  private start(action: RecoveryAction): void {
+  private start(action: RecoveryAction, rebalanceTaskId: number | null): void {
     const { chunk } = action;
     this.inFlight.add(chunk.chunkId);
     this.stats.running += 1;
     this.stats.started += 1;
     let succeeded = false;
-    const work = this.execute(action)
+    const rebalancing = action.kind === 'add' && action.purpose === 'rebalance';
+    if (rebalancing) this.rebalanceMovesInFlight += 1;
+    const work = this.execute(action, rebalanceTaskId)
       .then(() => {
         this.stats.succeeded += 1;
         succeeded = true;
@@ -114,6 +129,7 @@ export class RecoveryScheduler {
       .finally(() => {
         this.inFlight.delete(chunk.chunkId);
         this.stats.running -= 1;
+        if (rebalancing) this.rebalanceMovesInFlight -= 1;
         this.running.delete(work);
         // A finished action makes room: plan again now rather than at the next tick. After a
         // failure, wait for the tick: retrying at once would spin on a server that is down.
@@ -138,7 +154,7 @@ export class RecoveryScheduler {
     setBounded(this.failedTargets, chunkId, entries, FAILED_TARGETS_MAX);
   }
 
-  private async execute(action: RecoveryAction): Promise<void> {
+  private async execute(action: RecoveryAction, rebalanceTaskId: number | null): Promise<void> {
     const { replicator } = this.options;
     const { chunk } = action;
     switch (action.kind) {
@@ -151,7 +167,8 @@ export class RecoveryScheduler {
       case 'add':
         await replicator.add(chunk.volumeId, chunk.chunkIndex, action.target);
         if (action.thenDrop !== null) {
-          await replicator.drop(chunk.volumeId, chunk.chunkIndex, [action.thenDrop], { reason: action.reason });
+          const counted = action.purpose === 'rebalance' && rebalanceTaskId !== null ? { countForTaskId: rebalanceTaskId } : {};
+          await replicator.drop(chunk.volumeId, chunk.chunkIndex, [action.thenDrop], { reason: action.reason, ...counted });
         }
         return;
     }

@@ -120,7 +120,11 @@ export class Replicator {
    * to copy from first when making the others equal (members that refused a fenced change).
    */
   async drop(volumeId: number, chunkIndex: number, drop: readonly number[],
-    options: { inDoubt?: InDoubtRange; expectedVersion?: number; preferredSources?: readonly number[]; reason: string }): Promise<ChunkRecord> {
+    options: {
+      inDoubt?: InDoubtRange; expectedVersion?: number; preferredSources?: readonly number[]; reason: string;
+      /** The drop completes a move for this rebalance task: counted in its commit. */
+      countForTaskId?: number;
+    }): Promise<ChunkRecord> {
     const chunkId = this.chunk(volumeId, chunkIndex).chunkId;
     const preferred = options.preferredSources ?? [];
     return this.withChunk(chunkId, async () => {
@@ -133,7 +137,7 @@ export class Replicator {
         return this.sealAndCommit(chunk, chunk.replicas, [options.inDoubt], options.reason, preferred);
       }
       const staying = chunk.replicas.filter((csId) => !drop.includes(csId));
-      return this.sealAndCommit(chunk, staying, options.inDoubt === undefined ? [] : [options.inDoubt], options.reason, preferred);
+      return this.sealAndCommit(chunk, staying, options.inDoubt === undefined ? [] : [options.inDoubt], options.reason, preferred, options.countForTaskId);
     });
   }
 
@@ -153,7 +157,7 @@ export class Replicator {
    * a failed write left in doubt) is recorded on the chunk, and ERR_UNAVAILABLE is thrown.
    */
   private async sealAndCommit(chunk: ChunkRecord, staying: readonly number[], extra: readonly InDoubtRange[],
-    reason: string, preferredSources: readonly number[] = []): Promise<ChunkRecord> {
+    reason: string, preferredSources: readonly number[] = [], countForTaskId?: number): Promise<ChunkRecord> {
     const version = chunk.version + 1;
     const sealed = await this.seal(chunk, staying, version);
     if (sealed.length === 0) {
@@ -163,7 +167,7 @@ export class Replicator {
       throw new StorageError('ERR_UNAVAILABLE', `chunk ${chunk.chunkId}: no member could be reached to continue at version ${version}`);
     }
     const { members, unsettled } = await this.makeEqual(chunk, version, sealed, preferredSources);
-    return this.commit(chunk, members, version, unsettled, reason);
+    return this.commit(chunk, members, version, unsettled, reason, countForTaskId);
   }
 
   /** Moves members to `version`; returns those that made it, in the order given. */
@@ -255,12 +259,12 @@ export class Replicator {
   }
 
   private async commit(chunk: ChunkRecord, members: readonly number[], version: number, inDoubt: readonly InDoubtRange[],
-    reason: string): Promise<ChunkRecord> {
+    reason: string, countForTaskId?: number): Promise<ChunkRecord> {
     assert(members.length > 0, 'a commit keeps at least one member');
     const leaving = chunk.replicas.filter((csId) => !members.includes(csId));
     const result = await this.options.store.submit({
       type: 'setChunkReplicas', volumeId: chunk.volumeId, chunkIndex: chunk.chunkIndex, version, replicas: [...members],
-      deleteFrom: leaving, inDoubt,
+      deleteFrom: leaving, inDoubt, ...(countForTaskId === undefined ? {} : { countForTaskId }),
     });
     assert(result.type === 'chunk', 'setChunkReplicas yields a chunk');
     const volume = this.options.store.tables.getVolume(chunk.volumeId);

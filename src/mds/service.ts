@@ -75,6 +75,7 @@ export class MetadataService {
     this.tasks = new Tasks({
       store: deps.store, clock: deps.clock, log: deps.log,
       replan: () => this.cluster.recoveryTick(), blockedChunks: () => this.cluster.recovery.stats.blocked,
+      rebalance: () => this.cluster.rebalanceStatus(), autoRebalanceThreshold: deps.config.rebalanceThreshold,
     });
     this.capabilityKey = deps.capabilityKey ?? randomBytes(32);
     this.hypervisors = new Hypervisors({

@@ -1,13 +1,24 @@
 // Long operations as durable tasks. A task is a record in the MDS's store (model.ts TaskRecord),
-// changed only by ops (ops.ts: startDrainTask, setTaskState, recordTaskProgress), so it survives
-// an MDS restart and whoever started it going away; `tick` (every second, from the MDS's
-// background loop) follows each running task and saves its progress every PROGRESS_SAVE_MS.
+// changed only by ops (ops.ts: startDrainTask, startRebalanceTask, setTaskState,
+// recordTaskProgress), so it survives an MDS restart and whoever started it going away; `tick`
+// (every second, from the MDS's background loop) follows each running task and saves its
+// progress every PROGRESS_SAVE_MS.
 //
 // A drain is the work the recovery planner already does for a draining server (recovery.ts moves
 // each replica off: add a copy elsewhere, then drop this one, as one change of the chunk's set);
 // the task gives it an id, progress (replicas and bytes still mapped to the server against what it
 // held at the start), a rate and an ETA, pause/resume/cancel, and refusal of a second operation on
 // the same server. It is done when the map places nothing on the server.
+//
+// A rebalance is the planner moving replicas from the fullest server to the emptiest, which it
+// does only while a rebalance task runs (rebalanceModeOf, below). An admin starts one with a
+// threshold; the MDS starts one by itself when the planner judges the servers further apart than
+// its --rebalance-threshold, unless an admin cancelled one (or one failed) in the last
+// AUTO_REBALANCE_HOLDOFF_MS. Its progress is the moves finished for it (each counted in the
+// commit that completes it: ops.ts countMove) against those plus an estimate of what is left
+// (saved with the rest every PROGRESS_SAVE_MS); it is done when the planner finds
+// the servers within the threshold, and fails when no replica can move for STUCK_FAIL_AFTER_MS
+// (failure domains or full servers in the way), saying why.
 //
 // The rate and ETA are measured here, in memory: after a restart they come back within seconds.
 
@@ -17,7 +28,10 @@ import { assert } from '../util/assert.ts';
 import type { Clock } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
 import { RateMeter } from '../util/rate_meter.ts';
-import { drainProgress, type TaskRecord } from './model.ts';
+import type { RebalanceStatus } from './cluster.ts';
+import { drainProgress, isFinalTaskState, type MdsTables, type RebalanceTaskRecord, type TaskProgress, type TaskRecord } from './model.ts';
+import type { RebalanceMode } from './recovery.ts';
+import { activeRebalance } from './ops.ts';
 import type { MdsStore } from './store.ts';
 
 /** Progress is saved this often at most while it changes (each save is one op). */
@@ -26,6 +40,10 @@ export const PROGRESS_SAVE_MS = 5_000;
 export const STALL_NOTE_AFTER_MS = 30_000;
 /** The rate is measured over this window. */
 const RATE_WINDOW_MS = 30_000;
+/** A rebalance whose planner finds no replica that can move for this long fails, saying why. */
+export const STUCK_FAIL_AFTER_MS = 30_000;
+/** After a rebalance was cancelled or failed, the MDS starts none by itself for this long (an admin still can). */
+export const AUTO_REBALANCE_HOLDOFF_MS = 3_600_000;
 
 export interface TasksDeps {
   readonly store: MdsStore;
@@ -35,6 +53,24 @@ export interface TasksDeps {
   readonly replan: () => void;
   /** Chunks the planner finds no eligible server for (a drain that cannot finish shows it). */
   readonly blockedChunks: () => number;
+  /** The servers' balance as the planner last judged it. */
+  readonly rebalance: () => RebalanceStatus;
+  /** The MDS's --rebalance-threshold as a fraction: beyond it the MDS starts a rebalance by itself (1 or more: never). */
+  readonly autoRebalanceThreshold: number;
+}
+
+
+/**
+ * What the recovery planner may do about balance: move replicas, to its threshold, while a
+ * rebalance task runs (whose moves then count for it); otherwise only judge the servers against
+ * the MDS's own threshold (`tick` starts a task when they are beyond it).
+ */
+export function rebalanceModeOf(tables: MdsTables, autoThresholdFraction: number): { rebalance: RebalanceMode; rebalanceTaskId: number | null } {
+  const task = activeRebalance(tables);
+  if (task?.kind === 'rebalance' && task.state === 'running') {
+    return { rebalance: { thresholdFraction: task.thresholdFraction, move: true }, rebalanceTaskId: task.id };
+  }
+  return { rebalance: { thresholdFraction: autoThresholdFraction, move: false }, rebalanceTaskId: null };
 }
 
 export class Tasks {
@@ -43,6 +79,8 @@ export class Tasks {
   private readonly savedAtMs = new Map<number, number>();
   /** When each running task last moved something (or when this MDS first saw it). */
   private readonly progressAtMs = new Map<number, { atMs: number; itemsDone: number; bytesDone: number }>();
+  /** Since when the planner has found no replica a running rebalance could move. */
+  private readonly stuckSinceMs = new Map<number, number>();
   private ticking = false;
 
   constructor(deps: TasksDeps) {
@@ -57,6 +95,42 @@ export class Tasks {
     if (created) this.deps.log.info('task started', { task: result.record.id, kind: 'drain', csId, replicas: result.record.itemsTotal });
     this.deps.replan();
     return { task: this.info(result.record), created };
+  }
+
+  /**
+   * Starts a rebalance to within `thresholdPercent` points (null: the MDS's own threshold), or
+   * returns the task an earlier request with the same key started. One at a time.
+   */
+  async startRebalance(thresholdPercent: number | null, idempotencyKey: string | null): Promise<{ task: TaskInfo; created: boolean }> {
+    let thresholdFraction = this.deps.autoRebalanceThreshold;
+    if (thresholdPercent !== null) thresholdFraction = thresholdPercent / 100;
+    else if (thresholdFraction >= 1) {
+      throw new StorageError('ERR_INVALID_ARGUMENT',
+        'this MDS does not rebalance by itself (--rebalance-threshold 100): give the threshold to balance to (shoal cs rebalance --threshold PCT)');
+    }
+    return this.submitRebalance(thresholdFraction, 'admin', idempotencyKey);
+  }
+
+  private async submitRebalance(thresholdFraction: number, startedBy: 'admin' | 'mds', idempotencyKey: string | null): Promise<{ task: TaskInfo; created: boolean }> {
+    const status = this.deps.rebalance();
+    // Judged against another threshold, the estimate is rough; the first tick under the task corrects it.
+    const bytes = status.judgement?.remainingBytes ?? 0;
+    const estimate = { items: this.replicasFor(bytes, status), bytes };
+    const result = await this.deps.store.submit({ type: 'startRebalanceTask', thresholdFraction, startedBy, idempotencyKey, estimate, nowMs: this.deps.clock.nowMs() });
+    assert(result.type === 'task', 'startRebalanceTask yields a task');
+    const created = result.created === true;
+    if (created) {
+      this.deps.log.info('task started', {
+        task: result.record.id, kind: 'rebalance', startedBy, thresholdPercent: Math.round(thresholdFraction * 100),
+        spreadPercent: status.judgement === null ? null : percent(status.judgement.spreadFraction),
+      });
+    }
+    this.deps.replan();
+    return { task: this.info(result.record), created };
+  }
+
+  private replicasFor(bytes: number, status: RebalanceStatus): number {
+    return bytes === 0 || status.averageReplicaBytes === 0 ? 0 : Math.ceil(bytes / status.averageReplicaBytes);
   }
 
   async pause(taskId: number): Promise<TaskInfo> {
@@ -98,22 +172,41 @@ export class Tasks {
           this.deps.log.warn('could not update a task; trying again next tick', { task: id, error });
         });
       }
+      await this.startRebalanceIfDue().catch((error: unknown) => {
+        this.deps.log.warn('could not start a rebalance; trying again next tick', { error });
+      });
     } finally {
       this.ticking = false;
     }
   }
 
+  /** The MDS's own rebalance: when the planner judges the servers beyond its threshold and none is going. */
+  private async startRebalanceIfDue(): Promise<void> {
+    const threshold = this.deps.autoRebalanceThreshold;
+    const judgement = this.deps.rebalance().judgement;
+    if (threshold >= 1 || judgement === null || judgement.outcome !== 'wanted' || judgement.mode.thresholdFraction !== threshold) return;
+    const tasks = this.deps.store.tables.listTasks();
+    if (activeRebalance(this.deps.store.tables) !== undefined) return;
+    const nowMs = this.deps.clock.nowMs();
+    const held = tasks.some((task) => task.kind === 'rebalance' && (task.state === 'cancelled' || task.state === 'failed') &&
+      task.finishedAtMs !== null && nowMs - task.finishedAtMs < AUTO_REBALANCE_HOLDOFF_MS);
+    if (held) return;
+    await this.submitRebalance(threshold, 'mds', null);
+  }
+
   private async follow(task: TaskRecord): Promise<void> {
     const nowMs = this.deps.clock.nowMs();
-    const left = this.deps.store.tables.serverMapped(task.chunkServerId);
-    if (left.replicaCount === 0) {
-      const done = await this.deps.store.submit({ type: 'setTaskState', taskId: task.id, state: 'done', error: null, nowMs });
+    const ended = task.kind === 'drain' ? this.drainEnd(task) : this.rebalanceEnd(task, nowMs);
+    const progress = this.liveProgress(task);
+    if (ended !== null) {
+      const done = await this.deps.store.submit({ type: 'recordTaskProgress', taskId: task.id, ...progress, nowMs })
+        .then(() => this.deps.store.submit({ type: 'setTaskState', taskId: task.id, state: ended.state, error: ended.error, nowMs }));
       assert(done.type === 'task', 'setTaskState yields a task');
-      this.deps.log.info('task done', { task: task.id, kind: task.kind, csId: task.chunkServerId, replicas: done.record.itemsTotal });
+      const log = ended.state === 'done' ? this.deps.log.info.bind(this.deps.log) : this.deps.log.warn.bind(this.deps.log);
+      log(`task ${ended.state}`, { task: task.id, kind: task.kind, replicas: done.record.itemsDone, error: ended.error });
       this.forget(task.id);
       return;
     }
-    const progress = drainProgress(task, left);
     this.meterOf(task.id).add(nowMs, progress.bytesDone);
     const last = this.progressAtMs.get(task.id);
     if (last === undefined || progress.itemsDone !== last.itemsDone || progress.bytesDone !== last.bytesDone) {
@@ -126,10 +219,57 @@ export class Tasks {
     await this.deps.store.submit({ type: 'recordTaskProgress', taskId: task.id, ...progress, nowMs });
   }
 
+  /** A drain ends when the map places nothing on its server. */
+  private drainEnd(task: Extract<TaskRecord, { kind: 'drain' }>): { state: 'done'; error: null } | null {
+    return this.deps.store.tables.serverMapped(task.chunkServerId).replicaCount === 0 ? { state: 'done', error: null } : null;
+  }
+
+  /** A rebalance ends when the planner, judging under it, finds the servers within its threshold, or finds no move for too long. */
+  private rebalanceEnd(task: RebalanceTaskRecord, nowMs: number): { state: 'done' | 'failed'; error: string | null } | null {
+    const judgement = this.judgementUnder(task);
+    if (judgement === null) return null;
+    if (judgement.outcome === 'balanced') return this.deps.rebalance().movesInFlight === 0 ? { state: 'done', error: null } : null;
+    if (judgement.outcome !== 'stuck') {
+      this.stuckSinceMs.delete(task.id);
+      return null;
+    }
+    const since = this.stuckSinceMs.get(task.id) ?? nowMs;
+    this.stuckSinceMs.set(task.id, since);
+    if (nowMs - since < STUCK_FAIL_AFTER_MS) return null;
+    return {
+      state: 'failed',
+      error: `cannot balance further: the servers are ${percent(judgement.spreadFraction)} points apart, the threshold is ` +
+        `${percent(task.thresholdFraction)}, and ${judgement.detail}`,
+    };
+  }
+
+  /** The planner's last judgement if it was made under this running task (not before it started, nor against another threshold). */
+  private judgementUnder(task: RebalanceTaskRecord) {
+    const judgement = this.deps.rebalance().judgement;
+    if (judgement === null || !judgement.mode.move || judgement.mode.thresholdFraction !== task.thresholdFraction) return null;
+    return judgement;
+  }
+
+  /** A running task's progress now: a drain's from the map, a rebalance's from the moves finished for it. */
+  private liveProgress(task: TaskRecord): TaskProgress {
+    if (task.kind === 'drain') return drainProgress(task, this.deps.store.tables.serverMapped(task.chunkServerId));
+    const { itemsDone, bytesDone } = task;
+    const judgement = this.judgementUnder(task);
+    // Until the planner has judged under this task, what was estimated before stands.
+    const leftBytes = judgement === null ? Math.max(0, task.bytesTotal - task.bytesDone) : judgement.remainingBytes;
+    const leftItems = judgement === null ? Math.max(0, task.itemsTotal - task.itemsDone) : this.replicasFor(leftBytes, this.deps.rebalance());
+    return { itemsDone, itemsTotal: itemsDone + leftItems, bytesDone, bytesTotal: bytesDone + leftBytes };
+  }
+
   /** Why a running task has moved nothing for a while, or null. */
   private stallNote(task: TaskRecord): string | null {
     const last = this.progressAtMs.get(task.id);
     if (task.state !== 'running' || last === undefined) return null;
+    if (task.kind === 'rebalance') {
+      const judgement = this.judgementUnder(task);
+      if (judgement?.outcome === 'deferred') return 'waiting: recovery and drains go first (replicas move for balance only when nothing is more urgent)';
+      if (judgement?.outcome === 'stuck') return `no replica can move now: ${judgement.detail}`;
+    }
     const stalledMs = this.deps.clock.nowMs() - last.atMs;
     if (stalledMs < STALL_NOTE_AFTER_MS) return null;
     const blocked = this.deps.blockedChunks();
@@ -158,31 +298,41 @@ export class Tasks {
   }
 
   private forget(taskId: number): void {
+    this.stuckSinceMs.delete(taskId);
     this.meters.delete(taskId);
     this.savedAtMs.delete(taskId);
     this.progressAtMs.delete(taskId);
   }
 
-  /** The API's view: the record, with the progress of a running drain read live from the map. */
+  /** The API's view: the record, with a running task's progress read live. */
   private info(task: TaskRecord): TaskInfo {
-    const { itemsDone, itemsTotal, bytesDone, bytesTotal } = task.state === 'running'
-      ? drainProgress(task, this.deps.store.tables.serverMapped(task.chunkServerId)) : task;
-    const rate = task.state === 'running' ? this.meters.get(task.id)?.bytesPerSecond() ?? null : null;
+    const running = task.state === 'running';
+    const { itemsDone, itemsTotal, bytesDone, bytesTotal } = running ? this.liveProgress(task) : task;
+    const rate = running ? this.meters.get(task.id)?.bytesPerSecond() ?? null : null;
     const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
+    const judgement = task.kind === 'rebalance' && running ? this.judgementUnder(task) : null;
     return {
       id: task.id,
       kind: task.kind,
-      target: { chunkServerId: task.chunkServerId },
+      target: task.kind === 'drain' ? { chunkServerId: task.chunkServerId } : {},
+      startedBy: task.kind === 'rebalance' ? task.startedBy : 'admin',
+      thresholdPercent: task.kind === 'rebalance' ? percent(task.thresholdFraction) : null,
+      spreadPercent: judgement === null ? null : percent(judgement.spreadFraction),
       state: task.state,
       progress: { itemsDone, itemsTotal, bytesDone, bytesTotal },
       bytesPerSecond: rate,
       etaSeconds: rate !== null && rate > 0 ? Math.ceil((bytesTotal - bytesDone) / rate) : null,
       error: task.error,
-      note: this.stallNote(task),
+      note: isFinalTaskState(task.state) ? null : this.stallNote(task),
       idempotencyKey: task.idempotencyKey,
       createdAt: new Date(task.createdAtMs).toISOString(),
       updatedAt: new Date(task.updatedAtMs).toISOString(),
       finishedAt: iso(task.finishedAtMs),
     };
   }
+}
+
+/** A fraction as percentage points, to one decimal. */
+function percent(fraction: number): number {
+  return Math.round(Math.min(1, Math.max(0, fraction)) * 1000) / 10;
 }

@@ -280,14 +280,25 @@ export type RebuildReply = Static<typeof RebuildReply>;
 /** A long operation the MDS carries out in the background (src/mds/tasks.ts). */
 export const TaskInfo = Type.Object({
   id: Uint(),
-  kind: Type.Literal('drain'),
-  target: Type.Object({ chunkServerId: Uint() }),
+  kind: Type.Union([Type.Literal('drain'), Type.Literal('rebalance')]),
+  target: Type.Object({
+    chunkServerId: Type.Optional(Uint({ description: 'a drain\'s server; a rebalance has none (it works on every server)' })),
+  }),
+  startedBy: Type.Union([Type.Literal('admin'), Type.Literal('mds')], {
+    description: 'mds: the MDS started it by itself (a rebalance once the servers drifted apart beyond its --rebalance-threshold)',
+  }),
+  thresholdPercent: Type.Union([Type.Number({ minimum: 0, maximum: 100 }), Type.Null()], {
+    description: 'a rebalance: the servers end at most this many points of used space apart',
+  }),
+  spreadPercent: Type.Union([Type.Number({ minimum: 0, maximum: 100 }), Type.Null()], {
+    description: 'a running rebalance: how many points of used space the fullest and emptiest servers are apart now',
+  }),
   state: Type.Union([
     Type.Literal('queued'), Type.Literal('running'), Type.Literal('paused'), Type.Literal('done'), Type.Literal('failed'), Type.Literal('cancelled'),
   ]),
   progress: Type.Object({
-    itemsDone: Uint({ description: 'a drain: replicas moved off' }),
-    itemsTotal: Uint(),
+    itemsDone: Uint({ description: 'replicas moved (off a drained server, or between servers for balance)' }),
+    itemsTotal: Uint({ description: 'a rebalance: done plus an estimate of what is left, which moves as the cluster changes' }),
     bytesDone: Uint(),
     bytesTotal: Uint(),
   }),
@@ -308,17 +319,28 @@ export type TaskList = Static<typeof TaskList>;
 export const TaskIdParams = Type.Object({ id: Uint({ minimum: 1 }) });
 export type TaskIdParams = Static<typeof TaskIdParams>;
 
-export const StartTaskBody = Type.Object(
+const IdempotencyKey = Type.String({
+  minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9._:-]+$',
+  description: 'the same key again returns the task it started instead of starting another',
+});
+
+export const StartDrainTaskBody = Type.Object(
+  { kind: Type.Literal('drain'), chunkServerId: Uint({ minimum: 1 }), idempotencyKey: Type.Optional(IdempotencyKey) },
+  { additionalProperties: false },
+);
+
+export const StartRebalanceTaskBody = Type.Object(
   {
-    kind: Type.Literal('drain'),
-    chunkServerId: Uint({ minimum: 1 }),
-    idempotencyKey: Type.Optional(Type.String({
-      minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9._:-]+$',
-      description: 'the same key again returns the task it started instead of starting another',
+    kind: Type.Literal('rebalance'),
+    thresholdPercent: Type.Optional(Type.Integer({
+      minimum: 1, maximum: 99, description: 'move replicas until the servers are at most this many points of used space apart (default: the MDS\'s --rebalance-threshold)',
     })),
+    idempotencyKey: Type.Optional(IdempotencyKey),
   },
   { additionalProperties: false },
 );
+
+export const StartTaskBody = Type.Union([StartDrainTaskBody, StartRebalanceTaskBody]);
 export type StartTaskBody = Static<typeof StartTaskBody>;
 
 export const ClusterStat = Type.Object({

@@ -171,7 +171,8 @@ export class SimWorld {
       }));
     return planRecovery({
       servers, chunks, busy: (chunkId) => this.replicator.isBusy(chunkId),
-      config: { replaceAfterMs, replaceEndangeredAfterMs: replaceAfterMs / 2, replaceQuorumFraction: 0.5, failureDomain: 'disk', rebalanceThreshold: 0.5, actionsMax: 64 },
+      config: { replaceAfterMs, replaceEndangeredAfterMs: replaceAfterMs / 2, replaceQuorumFraction: 0.5, failureDomain: 'disk', actionsMax: 64 },
+      rebalance: { thresholdFraction: 0.5, move: true },
       random: this.random,
     });
   }

@@ -1,6 +1,7 @@
 // `shoal cs ...`: the chunk servers as the MDS sees them (state from heartbeats, health and space
 // as each server last reported), and taking one out of service: drain (the MDS moves its replicas
-// off in the background), activate (cancel a drain), rm (forget an emptied server). The server
+// off in the background), rebalance (move replicas from the fullest servers to the emptiest),
+// activate (cancel a drain), rm (forget an emptied server). The server
 // table's columns are exported because `shoal stat` shows the space part of the same table and
 // must read the same way.
 
@@ -264,4 +265,63 @@ const remove = defineCommand({
     }),
 });
 
-export const csCommands: readonly Command[] = [list, info, drain, activate, remove];
+const rebalance = defineCommand({
+  path: ['cs', 'rebalance'],
+  synopsis: '[--threshold PCT] [--wait] [--timeout SECONDS] [--idempotency-key KEY]',
+  summary: 'move replicas from the fullest chunk servers to the emptiest until their used space is within PCT points',
+  details: [
+    '--threshold PCT    balance to within PCT points of used space, 1-99 (default: the MDS\'s --rebalance-threshold, 10)',
+    '--wait             follow the rebalance\'s task to its end (as shoal task wait)',
+    '--timeout SECONDS  with --wait: stop waiting after SECONDS and exit 1; the rebalance itself goes on',
+    '--idempotency-key KEY  the same KEY again returns the task it started instead of being refused (for scripts that retry)',
+    'The MDS also starts a rebalance by itself whenever the servers drift further apart than its --rebalance-threshold',
+    '(a new server joined, say); this command balances now, or tighter. One rebalance runs at a time: a second is',
+    'refused, naming the task. It is a task: shoal task pause|resume|cancel ID control it; after a cancel the MDS starts',
+    'none by itself for an hour. Replicas move one chunk at a time (a copy is added, then the old one leaves), keeping',
+    'every chunk\'s copies in distinct failure domains, at the recovery rate limit, after recovery and drains.',
+    'It fails, saying why, when no replica can move (failure domains or full servers in the way).',
+  ],
+  options: { threshold: { type: 'string' }, wait: { type: 'boolean' }, timeout: { type: 'string' }, 'idempotency-key': { type: 'string' } },
+  parse(args) {
+    const timeout = stringFlag(args, 'timeout');
+    const wait = booleanFlag(args, 'wait');
+    if (timeout !== undefined && !wait) throw new StorageError('ERR_INVALID_ARGUMENT', '--timeout bounds --wait: give both');
+    const threshold = stringFlag(args, 'threshold');
+    const key = stringFlag(args, 'idempotency-key');
+    return {
+      wait, timeoutMs: timeout === undefined ? null : parseTimeoutMs(timeout),
+      ...(threshold === undefined ? {} : { thresholdPercent: parseThresholdPercent(threshold) }),
+      ...(key === undefined ? {} : { idempotencyKey: key }),
+    };
+  },
+  async run(context, { wait, timeoutMs, thresholdPercent, idempotencyKey }) {
+    const mds = await context.mds();
+    const task = await mds.startTask({
+      kind: 'rebalance', ...(thresholdPercent === undefined ? {} : { thresholdPercent }), ...(idempotencyKey === undefined ? {} : { idempotencyKey }),
+    });
+    const started = `task ${task.id}: rebalancing the chunk servers to within ${task.thresholdPercent ?? '?'} points of used space\n`;
+    if (!wait) {
+      if (context.json) return context.writeJson(task);
+      if (task.state !== 'running') return context.write(`task ${task.id} (rebalance, key ${task.idempotencyKey ?? '-'}) is ${task.state}\n`);
+      return context.write(started + `follow it with: shoal task wait ${task.id}; pause it with: shoal task pause ${task.id}; ` +
+        `cancel it with: shoal task cancel ${task.id}\n`);
+    }
+    if (!context.json) context.write(started);
+    const startMs = Date.now();
+    const done = await followTask(context, task.id, timeoutMs);
+    if (context.json) return context.writeJson(done);
+    const moved = done.progress.itemsDone;
+    context.write(`the chunk servers are balanced to within ${done.thresholdPercent ?? '?'} points: ` +
+      `${moved === 0 ? 'nothing had to move' : `${replicas(moved)} moved in ${formatDuration(Date.now() - startMs)}`}\n`);
+  },
+});
+
+function parseThresholdPercent(text: string): number {
+  const value = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(value) || value < 1 || value > 99) {
+    throw new StorageError('ERR_INVALID_ARGUMENT', `--threshold must be a whole number of percentage points from 1 to 99, got "${text}"`);
+  }
+  return value;
+}
+
+export const csCommands: readonly Command[] = [list, info, drain, rebalance, activate, remove];

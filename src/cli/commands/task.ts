@@ -1,4 +1,4 @@
-// `shoal task ...`: the long operations the MDS runs in the background (drains today), as durable
+// `shoal task ...`: the long operations the MDS runs in the background (drains, rebalances), as durable
 // tasks: list them, show one, follow one to its end (wait), cancel, pause and resume. A task goes
 // on in the MDS whatever happens to the command that started or follows it; `wait` can be run
 // again at any time, from anywhere, and ends with the task.
@@ -8,7 +8,7 @@ import type { TaskInfo } from '../../protocol/api.ts';
 import { formatBytes } from '../../util/size.ts';
 import { defineCommand, positional, show, stringFlag, type Command } from '../command.ts';
 import { formatDuration, formatRate, formatTimestamp } from '../format.ts';
-import { eta, followTask, what } from '../task_follow.ts';
+import { eta, followTask, shortTarget, what } from '../task_follow.ts';
 import { renderFields, renderTable, type Column, type Style } from '../table.ts';
 import { parseTimeoutMs } from './cs.ts';
 
@@ -30,7 +30,7 @@ function stateStyle(task: TaskInfo): Style | undefined {
 const TASK_COLUMNS: readonly Column<TaskInfo>[] = [
   { header: 'ID', align: 'right', value: (task) => String(task.id) },
   { header: 'KIND', value: (task) => task.kind },
-  { header: 'TARGET', value: (task) => `cs ${task.target.chunkServerId}` },
+  { header: 'TARGET', value: shortTarget },
   { header: 'STATE', value: (task) => task.state, style: stateStyle },
   { header: 'DONE', align: 'right', value: (task) => `${task.progress.itemsDone}/${task.progress.itemsTotal}` },
   { header: 'BYTES', align: 'right', value: (task) => formatBytes(task.progress.bytesDone) },
@@ -46,6 +46,7 @@ function taskFields(task: TaskInfo) {
     { label: 'state', value: task.state, style: stateStyle(task) },
     { label: 'progress', value: `${itemsDone} of ${itemsTotal} replicas moved, ${formatBytes(bytesDone)} of ${formatBytes(bytesTotal)}` },
     { label: 'rate', value: `${formatRate(task.bytesPerSecond)}, ETA ${eta(task)}` },
+    ...(task.spreadPercent === null ? [] : [{ label: 'balance', value: `the servers are ${task.spreadPercent} points of used space apart (the threshold: ${task.thresholdPercent ?? '?'})` }]),
     ...(task.note === null ? [] : [{ label: 'note', value: task.note, style: 'yellow' as const }]),
     ...(task.error === null ? [] : [{ label: 'error', value: task.error, style: 'red' as const }]),
     ...(task.idempotencyKey === null ? [] : [{ label: 'key', value: task.idempotencyKey }]),
@@ -62,7 +63,7 @@ const list = defineCommand({
   parse: () => undefined,
   run: (context) =>
     show(context, (mds) => mds.listTasks(), ({ tasks }) =>
-      tasks.length === 0 ? 'no tasks (a drain starts one: shoal cs drain ID)\n' : renderTable(TASK_COLUMNS, tasks, context.paint)),
+      tasks.length === 0 ? 'no tasks (a drain or a rebalance starts one: shoal cs drain ID, shoal cs rebalance)\n' : renderTable(TASK_COLUMNS, tasks, context.paint)),
 });
 
 const showTask = defineCommand({
@@ -109,10 +110,13 @@ function actionCommand(action: 'cancel' | 'pause' | 'resume', summary: string, d
   });
 }
 
-const cancel = actionCommand('cancel', 'stop a task; what it finished stays (a drain: the replicas moved stay moved, the server serves again)',
+const cancel = actionCommand('cancel',
+  'stop a task; what it finished stays (a drain: the replicas moved stay moved, the server serves again; a rebalance: the MDS starts no other by itself for an hour)',
   (task) => `task ${task.id} (${what(task)}) cancelled with ${task.progress.itemsDone} of ${task.progress.itemsTotal} done; ` +
-    `chunk server ${task.target.chunkServerId} is active again\n`);
-const pause = actionCommand('pause', 'hold a task where it is (a drain: nothing more moves; the server serves as active meanwhile)',
+    (task.target.chunkServerId === undefined
+      ? 'the replicas moved stay where they went; the MDS starts no rebalance by itself for an hour (shoal cs rebalance starts one)\n'
+      : `chunk server ${task.target.chunkServerId} is active again\n`));
+const pause = actionCommand('pause', 'hold a task where it is (nothing more moves; a drained server serves as active meanwhile)',
   (task) => `task ${task.id} (${what(task)}) paused at ${task.progress.itemsDone} of ${task.progress.itemsTotal}; resume it with: shoal task resume ${task.id}\n`);
 const resume = actionCommand('resume', 'go on with a paused task',
   (task) => `task ${task.id} (${what(task)}) running again: ${task.progress.itemsDone} of ${task.progress.itemsTotal} done; follow it with: shoal task wait ${task.id}\n`);
