@@ -42,8 +42,8 @@ t.test('a rebalance is a durable task: started by the MDS, refused twice, cancel
   t.setTimeout(240_000);
   const cluster = await startCluster(t, {
     chunkServers: 3,
-    // 2 MiB/s: one 8 MiB move takes about 4 s, so each rebalance is still going when the test acts on it.
-    mdsArgs: ['--heartbeat-interval-ms', '200', '--heartbeat-timeout-ms', '1500', '--recovery-bytes-per-second', String(2 * MiB),
+    // 4 MiB/s: one 8 MiB move takes about 2 s, so each rebalance is still going when the test acts on it.
+    mdsArgs: ['--heartbeat-interval-ms', '200', '--heartbeat-timeout-ms', '1500', '--recovery-bytes-per-second', String(4 * MiB),
       '--rebalance-threshold', '5'],
     csArgs: ['--capacity-bytes', String(CAPACITY_BYTES)],
   });
@@ -63,10 +63,23 @@ t.test('a rebalance is a durable task: started by the MDS, refused twice, cancel
   const newcomer = await cluster.chunkServerId(3);
   const auto = await eventually('the MDS to start a rebalance and move a replica', 30_000, async () =>
     (await rebalanceTasks(cluster)).find((task) => task.state === 'running' && task.progress.itemsDone >= 1) ?? null);
-  t.match(auto, { startedBy: 'mds', thresholdPercent: 5 }, `task ${auto.id} was started by the MDS, to within 5 points`);
+  t.match(auto, { startedBy: 'mds', thresholdPercent: 2.5 }, `task ${auto.id} was started by the MDS, to within half its threshold of 5 points`);
   t.equal(auto.target.chunkServerId, undefined, 'on no one server');
   t.ok(auto.progress.itemsTotal > auto.progress.itemsDone, `with more to move (${auto.progress.itemsDone} of ${auto.progress.itemsTotal})`);
   t.ok(auto.spreadPercent !== null && auto.spreadPercent > 5, `the servers are ${auto.spreadPercent} points apart`);
+
+  // Bodies that mix up the kinds are refused naming what is wrong.
+  const post = async (body: unknown): Promise<{ status: number; message: string }> => {
+    const reply = await fetch(`${cluster.mdsUrl}/v1/tasks`, {
+      method: 'POST', headers: { authorization: `Bearer ${cluster.adminToken}`, 'content-type': 'application/json' }, body: JSON.stringify(body),
+    });
+    return { status: reply.status, message: ((await reply.json()) as { message: string }).message };
+  };
+  t.same(await post({ kind: 'rebalance', chunkServerId: newcomer }),
+    { status: 400, message: 'a rebalance works on every chunk server: leave out chunkServerId (a drain empties one)' });
+  t.same(await post({ kind: 'drain' }), { status: 400, message: 'a drain names the chunk server to empty: chunkServerId' });
+  t.same(await post({ kind: 'scrub' }), { status: 400, message: 'body.kind must be one of: drain, rebalance' });
+  t.same(await post({ kind: 'rebalance', thresholdPercent: 150 }), { status: 400, message: 'body.thresholdPercent must be <= 99' });
 
   const refused = await shoal('cs', 'rebalance');
   t.equal(refused.code, 1, 'a second rebalance is refused');

@@ -70,19 +70,19 @@ t.test('rebalance tasks: started by the MDS, failing when stuck, held off after,
   await tasks.tick();
   const started = rebalances();
   t.equal(started.length, 1, 'the MDS started one by itself');
-  t.match(started[0], { startedBy: 'mds', thresholdPercent: 10, state: 'running' });
+  t.match(started[0], { startedBy: 'mds', thresholdPercent: 5, state: 'running' }, 'to half its threshold, so that it does not stop at the edge');
   t.ok((started[0]?.progress.bytesTotal ?? 0) > 0, `with an estimate of what is left: ${started[0]?.progress.bytesTotal} bytes`);
 
   await tick(1_000);
   t.match(judgement, { outcome: 'stuck', mode: { move: true } }, 'under the task, the planner finds no replica it may move');
-  t.match(tasks.get(started[0]!.id), { state: 'running', note: /^no replica can move now: no replica on chunk server 3/ },
+  t.match(tasks.get(started[0]!.id), { state: 'running', note: /^no replica can move now: every replica on chunk server 3 \(the fullest\) that could move would put two copies/ },
     'not failed at once (a target may free up), and it says why it is stuck');
   await tick(STUCK_FAIL_AFTER_MS / 2);
   t.equal(tasks.get(started[0]!.id).state, 'running', 'still running half-way');
   await tick(STUCK_FAIL_AFTER_MS / 2 + 1_000);
   const failed = tasks.get(started[0]!.id);
   t.equal(failed.state, 'failed', `after ${STUCK_FAIL_AFTER_MS / 1000} s stuck it fails`);
-  t.match(failed.error, /^cannot balance further: the servers are 80 points apart, the threshold is 10, and no replica on chunk server 3 .* to chunk server 4 .*failure domain \(host\)/);
+  t.match(failed.error, /^cannot balance further: the servers are 80 points apart, the threshold is 5, and every replica on chunk server 3 \(the fullest\) .* in one host failure domain: add servers in other hosts or use a larger threshold$/);
 
   await tick(1_000);
   t.match(judgement, { outcome: 'wanted', mode: { move: false } });
@@ -102,6 +102,17 @@ t.test('rebalance tasks: started by the MDS, failing when stuck, held off after,
   const again = rebalances();
   t.equal(again.length, 3, 'after the hold-off the MDS starts one again');
   t.match(again.at(-1), { startedBy: 'mds', state: 'running' });
+
+  // A tighter task an admin asked for that fails does not hold off the MDS's own.
+  const running = again.at(-1)!;
+  await tasks.cancel(running.id);
+  clock.now += AUTO_REBALANCE_HOLDOFF_MS + 1_000;
+  const tight = await tasks.startRebalance(1, null);
+  await tick(1_000);
+  await tick(STUCK_FAIL_AFTER_MS + 1_000);
+  t.equal(tasks.get(tight.task.id).state, 'failed', 'an admin\'s task to within 1 point fails, stuck');
+  await tick(1_000);
+  t.match(rebalances().at(-1), { startedBy: 'mds', state: 'running', thresholdPercent: 5 }, 'and the MDS starts its own, looser one right after');
 
   // With the MDS's own rebalancing off, an admin names the threshold.
   const off = new Tasks({

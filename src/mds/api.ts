@@ -264,8 +264,8 @@ function adminRoutes(app: TypedApp, service: MetadataService): void {
     async (request, reply) => {
       const body = request.body;
       const { task, created } = body.kind === 'drain'
-        ? await service.tasks.startDrain(body.chunkServerId, body.idempotencyKey ?? null)
-        : await service.tasks.startRebalance(body.thresholdPercent ?? null, body.idempotencyKey ?? null);
+        ? await service.tasks.startDrain(drainTarget(body), body.idempotencyKey ?? null)
+        : await service.tasks.startRebalance(rebalanceThreshold(body), body.idempotencyKey ?? null);
       // 201 for a new task; 200 for the one an earlier request with the same key started.
       return reply.code(created ? 201 : 200).send(task);
     },
@@ -470,6 +470,19 @@ function sendError(reply: FastifyReply, error: FastifyError | StorageError, log:
   return reply.code(status).send(errorBody(status, code, error.message));
 }
 
+function drainTarget(body: StartTaskBody): number {
+  if (body.thresholdPercent !== undefined) throw new StorageError('ERR_INVALID_ARGUMENT', 'thresholdPercent is for a rebalance, not a drain');
+  if (body.chunkServerId === undefined) throw new StorageError('ERR_INVALID_ARGUMENT', 'a drain names the chunk server to empty: chunkServerId');
+  return body.chunkServerId;
+}
+
+function rebalanceThreshold(body: StartTaskBody): number | null {
+  if (body.chunkServerId !== undefined) {
+    throw new StorageError('ERR_INVALID_ARGUMENT', 'a rebalance works on every chunk server: leave out chunkServerId (a drain empties one)');
+  }
+  return body.thresholdPercent ?? null;
+}
+
 /** The first schema violation: where (`body`, `body.replicas`), the rule broken, the property it names (an unknown or missing one). */
 function firstViolation(error: FastifyError): { path: string; rule: string; property: string | undefined; text: string | undefined } | null {
   const first = error.validation?.[0];
@@ -500,5 +513,7 @@ function validationMessage(error: FastifyError): string {
   const { path, rule, property, text } = violation;
   if (rule === 'additionalProperties') return `${path} has unknown property "${String(property)}"`;
   if (rule === 'required') return `${path} is missing required property "${String(property)}"`;
+  const allowed = error.validation?.[0]?.params['allowedValues'];
+  if (rule === 'enum' && Array.isArray(allowed)) return `${path} must be one of: ${allowed.map(String).join(', ')}`;
   return `${path} ${text ?? 'is invalid'}`;
 }

@@ -35,9 +35,9 @@ const USAGE = `usage: shoal run mds --data DIR --cluster-key FILE --admin-token 
   --recovery-concurrency N     replica copies in flight at once (default 4)
   --cs-timeout-ms N            a chunk server that does not answer the MDS within this has failed (default 10000)
   --rebalance-threshold PCT    start a rebalance task (replicas move from the fullest servers to the
-                               emptiest) when servers' used space differs by more than this many
-                               percentage points (default 10; 100: only when an admin asks, with
-                               shoal cs rebalance --threshold PCT)
+                               emptiest, until they are within half of PCT) when servers' used space
+                               differs by more than this many percentage points (default 10; 100:
+                               only when an admin asks, with shoal cs rebalance --threshold PCT)
   --replace-endangered-after-ms N  a chunk with fewer than its minimum of copies online gets a new
                                replica after this long (default 30000; at most --replace-after-ms);
                                with its minimum online it waits --replace-after-ms for the others
@@ -107,7 +107,7 @@ export async function runMds(argv: string[]): Promise<void> {
       values['recovery-bytes-per-second'], '--recovery-bytes-per-second', MDS_CONFIG_DEFAULTS.recoveryBytesPerSecond),
     recoveryConcurrency: parseIntegerFlag(values['recovery-concurrency'], '--recovery-concurrency', MDS_CONFIG_DEFAULTS.recoveryConcurrency, 1),
     rebalanceThreshold:
-      parseIntegerFlag(values['rebalance-threshold'], '--rebalance-threshold', MDS_CONFIG_DEFAULTS.rebalanceThreshold * 100) / 100,
+      parseIntegerFlag(values['rebalance-threshold'], '--rebalance-threshold', MDS_CONFIG_DEFAULTS.rebalanceThreshold * 100, 1) / 100,
     replaceEndangeredAfterMs: parseIntegerFlag(
       values['replace-endangered-after-ms'], '--replace-endangered-after-ms', MDS_CONFIG_DEFAULTS.replaceEndangeredAfterMs),
     quarantineGraceMs: parseIntegerFlag(values['quarantine-grace-ms'], '--quarantine-grace-ms', MDS_CONFIG_DEFAULTS.quarantineGraceMs),
@@ -116,6 +116,9 @@ export async function runMds(argv: string[]): Promise<void> {
   const givenClusterId = values['cluster-id'];
   if (givenClusterId !== undefined && !CLUSTER_ID_PATTERN.test(givenClusterId)) {
     throw new StorageError('ERR_CONFIG', `--cluster-id must be a cluster id (a uuid, as in a chunk server's cs.json), got "${givenClusterId}"`);
+  }
+  if (config.rebalanceThreshold > 1) {
+    throw new StorageError('ERR_CONFIG', '--rebalance-threshold is in percentage points of used space: 1-99, or 100 to rebalance only when an admin asks');
   }
   if (config.heartbeatTimeoutMs <= config.heartbeatIntervalMs * 2) {
     throw new StorageError('ERR_CONFIG', '--heartbeat-timeout-ms must exceed twice --heartbeat-interval-ms, or one late heartbeat marks a server offline');

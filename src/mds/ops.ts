@@ -538,7 +538,9 @@ function setChunkReplicas(tables: MdsTables, op: Extract<MdsOp, { type: 'setChun
 /** One more replica moved for a rebalance task; a task that ended meanwhile keeps what it recorded. */
 function countMove(tables: MdsTables, taskId: number, bytes: number): void {
   const task = tables.getTask(taskId);
-  if (task === undefined || task.kind !== 'rebalance' || isFinalTaskState(task.state)) return;
+  // Ended while the move went on (a cancel; or, with a thousand tasks finished since, dropped).
+  if (task === undefined || isFinalTaskState(task.state)) return;
+  assert(task.kind === 'rebalance', 'only a rebalance task counts moves');
   const itemsDone = task.itemsDone + 1;
   const bytesDone = task.bytesDone + bytes;
   tables.putTask({ ...task, itemsDone, bytesDone, itemsTotal: Math.max(task.itemsTotal, itemsDone), bytesTotal: Math.max(task.bytesTotal, bytesDone) });
@@ -677,7 +679,11 @@ function setTaskState(tables: MdsTables, op: Extract<MdsOp, { type: 'setTaskStat
   }
   // A rebalance's progress is counted by the MDS as moves finish (tasks.ts) and saved before its
   // state changes; it has no server of its own to follow.
-  if (task.kind === 'rebalance') return putTaskState(tables, task, task, op);
+  if (task.kind === 'rebalance') {
+    // Done means nothing is left: the estimate of what was left goes.
+    const progress = op.state === 'done' ? { ...task, itemsTotal: task.itemsDone, bytesTotal: task.bytesDone } : task;
+    return putTaskState(tables, task, progress, op);
+  }
   const server = tables.getChunkServer(task.chunkServerId);
   assert(server !== undefined, 'a drain task names a registered server');
   if (op.state === 'done' && tables.serverMapped(task.chunkServerId).replicaCount > 0) {
@@ -714,8 +720,8 @@ function recordTaskProgress(tables: MdsTables, op: Extract<MdsOp, { type: 'recor
   if (task.kind === 'rebalance') {
     // Its moves are counted as they commit (countMove), maybe since the caller read the record:
     // those counts stand, and the caller's estimate of what is left is added to them.
-    const itemsDone = Math.max(task.itemsDone, op.itemsDone);
-    const bytesDone = Math.max(task.bytesDone, op.bytesDone);
+    assert(op.itemsDone <= task.itemsDone && op.bytesDone <= task.bytesDone, 'a rebalance\'s counts come from its record');
+    const { itemsDone, bytesDone } = task;
     const left = { itemsTotal: itemsDone + op.itemsTotal - op.itemsDone, bytesTotal: bytesDone + op.bytesTotal - op.bytesDone };
     const record: TaskRecord = { ...task, itemsDone, bytesDone, ...left, updatedAtMs: op.nowMs };
     tables.putTask(record);

@@ -97,13 +97,13 @@ export interface RebalanceMode {
 export type RebalanceOutcome =
   /** Within the threshold, or fewer than two servers can take replicas. */
   | 'balanced'
-  /** Recovery has other work first, or members are away: balance is left for later. */
+  /** Recovery has other work first, servers are away, or fewer than two can take replicas: balance is left for later. */
   | 'deferred'
   /** Beyond the threshold, and not asked to move anything. */
   | 'wanted'
-  /** A move is planned, or the chunks that could move are busy with one. */
+  /** A move is planned or under way (the balance is judged again once it has committed). */
   | 'moving'
-  /** Beyond the threshold, yet no replica of the fullest server can go to the emptiest. */
+  /** Beyond the threshold, yet no replica of the fullest server can go to any emptier one. */
   | 'stuck';
 
 export interface RebalanceJudgement {
@@ -114,7 +114,7 @@ export interface RebalanceJudgement {
   readonly spreadFraction: number;
   /** An estimate of the bytes still to move to get within the threshold (0 once within). */
   readonly remainingBytes: number;
-  /** Why it is stuck; empty otherwise. */
+  /** Why it is deferred or stuck, or why it counts as balanced beyond the threshold; empty otherwise. */
   readonly detail: string;
 }
 
@@ -179,15 +179,23 @@ export function planRecovery(input: PlannerInput): RecoveryPlan {
   // Balance is judged only with every active server counted: one that has not reported its
   // capacity yet (the MDS just started) or is away but expected back would be left out, and the
   // others balanced without it, only to move again once it is back.
-  const uncounted = input.servers.some((s) => s.adminState === 'active' &&
+  const uncounted = input.servers.filter((s) => s.adminState === 'active' &&
     (s.online ? s.capacityBytes === 0 : s.offlineForMs < input.config.replaceAfterMs));
-  if (actions.length === 0 && blocked === 0 && !waitingRebalance && !uncounted) {
+  const deferral = actions.length > 0 ? `recovery has ${actions.length} replica changes to make first`
+    : blocked > 0 ? `${blocked} chunks cannot be re-replicated (no eligible server) and go first`
+    : waitingRebalance ? `${waiting} chunks wait for members on servers that are away`
+    : uncounted.length > 0 ? `chunk servers ${uncounted.map((s) => s.id).join(', ')} are away or have not reported their capacity yet`
+    : null;
+  if (deferral === null) {
     const { action, judgement } = planRebalance(input, servers);
     return { actions: action === null ? [] : [action], rebalance: judgement, blocked, waiting };
   }
   const { spreadFraction, remainingBytes } = measureBalance(usableForBalance(servers), input, input.rebalance.thresholdFraction);
   return {
-    actions: actions.slice(0, input.config.actionsMax), rebalance: { outcome: 'deferred', mode: input.rebalance, spreadFraction, remainingBytes, detail: '' }, blocked, waiting,
+    actions: actions.slice(0, input.config.actionsMax),
+    rebalance: { outcome: 'deferred', mode: input.rebalance, spreadFraction, remainingBytes, detail: deferral },
+    blocked,
+    waiting,
   };
 }
 
@@ -351,44 +359,63 @@ function measureBalance(usable: PlannerServer[], input: PlannerInput, thresholdF
 
 /**
  * With nothing urgent: judges the servers' balance against the threshold and, when asked to
- * move, plans one replica from the fullest server to the emptiest.
+ * move, plans one replica from the fullest server to the emptiest one that can take it. A move
+ * must leave the target no fuller than the source, or the next one undoes it: when that alone is
+ * what stops every move, the servers are as balanced as whole chunks allow.
  */
 function planRebalance(input: PlannerInput, servers: Map<number, PlannerServer>): { action: RecoveryAction | null; judgement: RebalanceJudgement } {
   const { thresholdFraction, move } = input.rebalance;
   const { spreadFraction, remainingBytes, sorted, share } = measureBalance(usableForBalance(servers), input, thresholdFraction);
   const judged = (outcome: RebalanceOutcome, detail = ''): RebalanceJudgement => ({ outcome, mode: input.rebalance, spreadFraction, remainingBytes, detail });
-  const emptiest = sorted[0];
-  const fullest = sorted.at(-1);
-  if (emptiest === undefined || fullest === undefined || sorted.length < 2 || spreadFraction <= thresholdFraction) {
-    return { action: null, judgement: judged('balanced') };
-  }
-  if (!move) return { action: null, judgement: judged('wanted') };
+  // Mid-move the map counts the copy on its target and on its source: judge once it has committed.
   if (input.rebalanceMoveInFlight === true) return { action: null, judgement: judged('moving') };
+  const fullest = sorted.at(-1);
+  if (fullest === undefined || sorted.length < 2) {
+    return { action: null, judgement: judged('deferred', `${sorted.length} chunk server(s) can take replicas now: nothing to balance between`) };
+  }
+  if (spreadFraction <= thresholdFraction) return { action: null, judgement: judged('balanced') };
+  if (!move) return { action: null, judgement: judged('wanted') };
+  const targets = sorted.slice(0, -1); // emptiest first
   let busy = false;
+  const refused = { overshoot: 0, domain: 0, room: 0 };
   for (const chunk of input.chunksOn?.(fullest.id) ?? input.chunks) {
-    if (!chunk.replicas.includes(fullest.id) || chunk.replicas.includes(emptiest.id)) continue;
+    if (!chunk.replicas.includes(fullest.id)) continue;
     if (input.busy(chunk.chunkId)) {
       busy = true;
       continue;
     }
-    // The move must leave the chunk no fuller on the emptiest than on the fullest, or it flips back.
-    if (share(emptiest) + chunk.chunkSizeBytes / emptiest.capacityBytes > share(fullest) - chunk.chunkSizeBytes / fullest.capacityBytes) continue;
     const others = chunk.replicas.filter((csId) => csId !== fullest.id).map((csId) => servers.get(csId));
     const domains = new Set(others.filter((s): s is PlannerServer => s !== undefined).map((s) => domainKey(candidateOf(s, 0, 0), input.config.failureDomain)));
-    if (domains.has(domainKey(candidateOf(emptiest, 0, 0), input.config.failureDomain))) continue;
-    if (!hasRoomFor(emptiest, chunk.chunkSizeBytes)) continue;
-    const action: RecoveryAction = {
-      kind: 'add', chunk, target: emptiest.id, thenDrop: fullest.id, purpose: 'rebalance', urgency: 2_000_000,
-      reason: `rebalancing from server ${fullest.id} (${pointsOf(share(fullest))} % full) to server ${emptiest.id} (${pointsOf(share(emptiest))} %)`,
-    };
-    return { action, judgement: judged('moving') };
+    for (const target of targets) {
+      if (chunk.replicas.includes(target.id)) continue;
+      if (share(target) + chunk.chunkSizeBytes / target.capacityBytes > share(fullest) - chunk.chunkSizeBytes / fullest.capacityBytes) {
+        refused.overshoot += 1;
+        continue;
+      }
+      if (domains.has(domainKey(candidateOf(target, 0, 0), input.config.failureDomain))) {
+        refused.domain += 1;
+        continue;
+      }
+      if (!hasRoomFor(target, chunk.chunkSizeBytes)) {
+        refused.room += 1;
+        continue;
+      }
+      const action: RecoveryAction = {
+        kind: 'add', chunk, target: target.id, thenDrop: fullest.id, purpose: 'rebalance', urgency: 2_000_000,
+        reason: `rebalancing from server ${fullest.id} (${pointsOf(share(fullest))} % full) to server ${target.id} (${pointsOf(share(target))} %)`,
+      };
+      return { action, judgement: judged('moving') };
+    }
   }
   if (busy) return { action: null, judgement: judged('moving') };
-  return {
-    action: null,
-    judgement: judged('stuck', `no replica on chunk server ${fullest.id} (the fullest) can move to chunk server ${emptiest.id} (the emptiest) ` +
-      `without two copies of a chunk in one failure domain (${input.config.failureDomain}), overshooting, or filling it`),
-  };
+  if (refused.domain === 0 && refused.room === 0) {
+    return { action: null, judgement: judged('balanced', 'as balanced as whole chunks allow: moving any one would leave its target fuller than its source') };
+  }
+  const why = refused.domain >= refused.room
+    ? `every replica on chunk server ${fullest.id} (the fullest) that could move would put two copies of its chunk in one ` +
+      `${input.config.failureDomain} failure domain: add servers in other ${input.config.failureDomain}s or use a larger threshold`
+    : `the servers that could take replicas from chunk server ${fullest.id} (the fullest) are out of room: add capacity`;
+  return { action: null, judgement: judged('stuck', why) };
 }
 
 function pointsOf(fraction: number): string {

@@ -3,6 +3,7 @@
 // replicator's rate limit so foreground I/O keeps its share of disks and network. It never
 // decides anything itself.
 
+import { assert } from '../util/assert.ts';
 import { setBounded } from '../util/bounded_map.ts';
 import type { Logger } from '../util/log.ts';
 import {
@@ -114,6 +115,7 @@ export class RecoveryScheduler {
     let succeeded = false;
     const rebalancing = action.kind === 'add' && action.purpose === 'rebalance';
     if (rebalancing) this.rebalanceMovesInFlight += 1;
+    assert(this.rebalanceMovesInFlight <= 1, 'one rebalancing move at a time (see planRecovery)');
     const work = this.execute(action, rebalanceTaskId)
       .then(() => {
         this.stats.succeeded += 1;

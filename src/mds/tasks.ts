@@ -13,8 +13,9 @@
 // A rebalance is the planner moving replicas from the fullest server to the emptiest, which it
 // does only while a rebalance task runs (rebalanceModeOf, below). An admin starts one with a
 // threshold; the MDS starts one by itself when the planner judges the servers further apart than
-// its --rebalance-threshold, unless an admin cancelled one (or one failed) in the last
-// AUTO_REBALANCE_HOLDOFF_MS. Its progress is the moves finished for it (each counted in the
+// its --rebalance-threshold, to half that threshold (so that servers hovering around it do not
+// start one task after another), unless an admin cancelled one, or one at least as loose failed,
+// in the last AUTO_REBALANCE_HOLDOFF_MS. Its progress is the moves finished for it (each counted in the
 // commit that completes it: ops.ts countMove) against those plus an estimate of what is left
 // (saved with the rest every PROGRESS_SAVE_MS); it is done when the planner finds
 // the servers within the threshold, and fails when no replica can move for STUCK_FAIL_AFTER_MS
@@ -102,9 +103,13 @@ export class Tasks {
    * returns the task an earlier request with the same key started. One at a time.
    */
   async startRebalance(thresholdPercent: number | null, idempotencyKey: string | null): Promise<{ task: TaskInfo; created: boolean }> {
-    let thresholdFraction = this.deps.autoRebalanceThreshold;
-    if (thresholdPercent !== null) thresholdFraction = thresholdPercent / 100;
-    else if (thresholdFraction >= 1) {
+    const thresholdFraction = thresholdPercent === null ? this.deps.autoRebalanceThreshold : thresholdPercent / 100;
+    // A retry with its key gets its task back whatever the MDS's threshold is now.
+    const same = idempotencyKey === null ? undefined : this.deps.store.tables.listTasks().find((task) => task.idempotencyKey === idempotencyKey);
+    if (same?.kind === 'rebalance' && (thresholdPercent === null || same.thresholdFraction === thresholdFraction)) {
+      return { task: this.info(same), created: false };
+    }
+    if (thresholdFraction >= 1) {
       throw new StorageError('ERR_INVALID_ARGUMENT',
         'this MDS does not rebalance by itself (--rebalance-threshold 100): give the threshold to balance to (shoal cs rebalance --threshold PCT)');
     }
@@ -188,10 +193,13 @@ export class Tasks {
     const tasks = this.deps.store.tables.listTasks();
     if (activeRebalance(this.deps.store.tables) !== undefined) return;
     const nowMs = this.deps.clock.nowMs();
-    const held = tasks.some((task) => task.kind === 'rebalance' && (task.state === 'cancelled' || task.state === 'failed') &&
-      task.finishedAtMs !== null && nowMs - task.finishedAtMs < AUTO_REBALANCE_HOLDOFF_MS);
+    // An admin's cancel holds it off; so does a failure of a task at least as loose as this one
+    // would be (it would fail the same way), but not one of a tighter task an admin asked for.
+    const goal = autoRebalanceGoal(threshold);
+    const held = tasks.some((task) => task.kind === 'rebalance' && task.finishedAtMs !== null && nowMs - task.finishedAtMs < AUTO_REBALANCE_HOLDOFF_MS &&
+      (task.state === 'cancelled' || (task.state === 'failed' && task.thresholdFraction >= goal)));
     if (held) return;
-    await this.submitRebalance(threshold, 'mds', null);
+    await this.submitRebalance(goal, 'mds', null);
   }
 
   private async follow(task: TaskRecord): Promise<void> {
@@ -199,8 +207,8 @@ export class Tasks {
     const ended = task.kind === 'drain' ? this.drainEnd(task) : this.rebalanceEnd(task, nowMs);
     const progress = this.liveProgress(task);
     if (ended !== null) {
-      const done = await this.deps.store.submit({ type: 'recordTaskProgress', taskId: task.id, ...progress, nowMs })
-        .then(() => this.deps.store.submit({ type: 'setTaskState', taskId: task.id, state: ended.state, error: ended.error, nowMs }));
+      // One op: the change records the progress as of its commit (a drain's from the map, a rebalance's as counted).
+      const done = await this.deps.store.submit({ type: 'setTaskState', taskId: task.id, state: ended.state, error: ended.error, nowMs });
       assert(done.type === 'task', 'setTaskState yields a task');
       const log = ended.state === 'done' ? this.deps.log.info.bind(this.deps.log) : this.deps.log.warn.bind(this.deps.log);
       log(`task ${ended.state}`, { task: task.id, kind: task.kind, replicas: done.record.itemsDone, error: ended.error });
@@ -267,7 +275,7 @@ export class Tasks {
     if (task.state !== 'running' || last === undefined) return null;
     if (task.kind === 'rebalance') {
       const judgement = this.judgementUnder(task);
-      if (judgement?.outcome === 'deferred') return 'waiting: recovery and drains go first (replicas move for balance only when nothing is more urgent)';
+      if (judgement?.outcome === 'deferred') return `waiting: ${judgement.detail}`;
       if (judgement?.outcome === 'stuck') return `no replica can move now: ${judgement.detail}`;
     }
     const stalledMs = this.deps.clock.nowMs() - last.atMs;
@@ -330,6 +338,14 @@ export class Tasks {
       finishedAt: iso(task.finishedAtMs),
     };
   }
+}
+
+/**
+ * What the MDS's own rebalance balances to: half the threshold that starts it (at least one
+ * point), so that it does not end right at the edge and start again at the next write.
+ */
+export function autoRebalanceGoal(thresholdFraction: number): number {
+  return Math.max(0.01, thresholdFraction / 2);
 }
 
 /** A fraction as percentage points, to one decimal. */

@@ -324,23 +324,19 @@ const IdempotencyKey = Type.String({
   description: 'the same key again returns the task it started instead of starting another',
 });
 
-export const StartDrainTaskBody = Type.Object(
-  { kind: Type.Literal('drain'), chunkServerId: Uint({ minimum: 1 }), idempotencyKey: Type.Optional(IdempotencyKey) },
-  { additionalProperties: false },
-);
-
-export const StartRebalanceTaskBody = Type.Object(
+/** One body for every kind (not a union: a union's violations would name the wrong kind's fields); the MDS checks which fields a kind takes. */
+export const StartTaskBody = Type.Object(
   {
-    kind: Type.Literal('rebalance'),
+    kind: Type.Unsafe<'drain' | 'rebalance'>({ type: 'string', enum: ['drain', 'rebalance'] }),
+    chunkServerId: Type.Optional(Uint({ minimum: 1, description: 'a drain: the chunk server to empty' })),
     thresholdPercent: Type.Optional(Type.Integer({
-      minimum: 1, maximum: 99, description: 'move replicas until the servers are at most this many points of used space apart (default: the MDS\'s --rebalance-threshold)',
+      minimum: 1, maximum: 99,
+      description: 'a rebalance: move replicas until the servers are at most this many points of used space apart (default: the MDS\'s --rebalance-threshold)',
     })),
     idempotencyKey: Type.Optional(IdempotencyKey),
   },
   { additionalProperties: false },
 );
-
-export const StartTaskBody = Type.Union([StartDrainTaskBody, StartRebalanceTaskBody]);
 export type StartTaskBody = Static<typeof StartTaskBody>;
 
 export const ClusterStat = Type.Object({
