@@ -22,6 +22,8 @@ export interface ChunkLocatorOptions {
   readonly chunkMapPagesMax?: number | undefined;
   readonly retrier: Retrier;
   readonly lease: Pick<LeaseKeeper, 'leaseId' | 'lose'>;
+  /** This host, as chunk servers name theirs: a new chunk's first replica goes there when it can. */
+  readonly hostLabel?: string | undefined;
 }
 
 export class ChunkLocator {
@@ -93,7 +95,7 @@ export class ChunkLocator {
   private allocate(chunkIndex: number): Promise<ChunkMapEntry> {
     return this.options.retrier.run(`allocating chunk ${chunkIndex}`, this.options.retrier.deadline(), async () => {
       try {
-        const entry = await this.options.mds.allocateChunk(this.options.volumeName, chunkIndex, this.options.lease.leaseId());
+        const entry = await this.options.mds.allocateChunk(this.options.volumeName, chunkIndex, this.options.lease.leaseId(), this.options.hostLabel);
         this.map.set(entry);
         return entry;
       } catch (error) {

@@ -16,6 +16,8 @@ export interface VolumeProviderDeps {
   readonly ioTimeoutMs: number;
   /** Take write leases from their holders (fencing them) instead of being refused. */
   readonly forceOpen?: boolean;
+  /** This host, as chunk servers name theirs (see VolumeOpenOptions.hostLabel). */
+  readonly hostLabel?: string;
 }
 
 interface Shared {

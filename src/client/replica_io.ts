@@ -27,13 +27,17 @@ export const LOCAL_HOSTS: ReadonlySet<string> = new Set<string>([
 ]);
 
 /**
- * The order in which to try a chunk's members for a read: replicas on `localHosts` first (no
+ * The order in which to try a chunk's members for a read: replicas on this host first (no
  * network hop), and among equals the members rotated by `rotation`, so successive reads spread
- * over the members instead of all landing on the primary.
+ * over the members instead of all landing on the primary. On this host means: named as this
+ * host (`hostLabel`) when both names are known, which is the admin's word; otherwise listening
+ * on one of this host's addresses (`localHosts`).
  */
-export function readOrder<R extends { readonly host: string }>(replicas: readonly R[], rotation: number, localHosts: ReadonlySet<string>): R[] {
+export function readOrder<R extends { readonly host: string; readonly hostLabel?: string | undefined }>(replicas: readonly R[], rotation: number,
+  localHosts: ReadonlySet<string>, hostLabel?: string): R[] {
   const rotated = replicas.map((_, index) => replicas[(rotation + index) % replicas.length]!);
-  return [...rotated.filter((r) => localHosts.has(r.host)), ...rotated.filter((r) => !localHosts.has(r.host))];
+  const local = (r: R): boolean => (hostLabel !== undefined && r.hostLabel !== undefined ? r.hostLabel === hostLabel : localHosts.has(r.host));
+  return [...rotated.filter(local), ...rotated.filter((r) => !local(r))];
 }
 
 export type ChangeOutcome =
@@ -85,6 +89,8 @@ export interface ReplicaIoOptions {
   readonly lease: Pick<LeaseKeeper, 'grant' | 'epoch' | 'leaseId' | 'lose' | 'noteFenced'>;
   readonly retrier: Retrier;
   readonly log: Logger;
+  /** This host, as chunk servers name theirs (--failure-domain-host): their replicas are read first. */
+  readonly hostLabel?: string | undefined;
 }
 
 export class ReplicaIo {
@@ -228,7 +234,7 @@ export class ReplicaIo {
       const entry = await chunks.entryOf(chunkIndex, deadline);
       assert(entry !== undefined, 'reads of unallocated chunks never reach chunk servers');
       let problem = 'no member answered';
-      for (const replica of readOrder(entry.replicas, this.nextRotation(), LOCAL_HOSTS)) {
+      for (const replica of readOrder(entry.replicas, this.nextRotation(), LOCAL_HOSTS, this.options.hostLabel)) {
         try {
           return await attempt({ entry, replica });
         } catch (error) {

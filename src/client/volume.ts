@@ -45,6 +45,11 @@ export interface VolumeOpenOptions {
   readonly ioTimeoutMs?: number;
   /** Chunk-map pages kept in memory (see CHUNK_MAP_PAGES_MAX_DEFAULT). */
   readonly chunkMapPagesMax?: number;
+  /**
+   * This host, as chunk servers name theirs (--failure-domain-host): new chunks get their first
+   * replica (the primary, which takes writes) on it, and reads go to replicas on it first.
+   */
+  readonly hostLabel?: string;
 }
 
 /** How long a read or write keeps trying (failover, waiting for recovery) before ERR_IO. */
@@ -87,8 +92,10 @@ export class Volume implements BlockDevice {
       chunkMapPagesMax: options.chunkMapPagesMax,
       retrier,
       lease: this.lease,
+      hostLabel: options.hostLabel,
     });
     this.replicas = new ReplicaIo({
+      hostLabel: options.hostLabel,
       volumeName: options.name,
       volumeId: info.id,
       pool: options.pool,

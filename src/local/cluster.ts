@@ -25,6 +25,8 @@ export interface ClusterOptions {
   readonly nbd?: boolean;
   readonly mdsArgs?: readonly string[];
   readonly csArgs?: readonly string[];
+  /** Arguments for chunk server `index` alone (after csArgs), e.g. its host label. */
+  readonly csArgsFor?: (index: number) => readonly string[];
   readonly nbdArgs?: readonly string[];
   /** Folder for the chunk servers' data directories (e.g. on another disk); default the cluster's folder. */
   readonly chunkServerParentDir?: string;
@@ -139,7 +141,8 @@ export class LocalCluster {
       name: `cs${index}`,
       stderr: 'collect',
       args: ['run', 'cs', '--data', this.chunkServerDir(index), '--mds', override?.mdsUrl ?? this.mdsUrl,
-        '--cluster-key', join(this.dir, 'cluster.key'), ...(this.options.csArgs ?? []), ...(override?.extraArgs ?? [])],
+        '--cluster-key', join(this.dir, 'cluster.key'), ...(this.options.csArgs ?? []), ...(this.options.csArgsFor?.(index) ?? []),
+        ...(override?.extraArgs ?? [])],
     });
     this.chunkServers[index] = daemon;
     return daemon;
@@ -171,12 +174,13 @@ export class LocalCluster {
     this.mds = await startMds(this.dir, this.mdsPort, this.options.mdsArgs ?? []);
   }
 
-  async startNbd(): Promise<DaemonProcess> {
+  /** Starts (or restarts) the NBD server, with `nbdArgs` in place of the cluster's when given. */
+  async startNbd(nbdArgs: readonly string[] = this.options.nbdArgs ?? []): Promise<DaemonProcess> {
     const start = (port: number) => DaemonProcess.start({
       name: 'nbd',
       stderr: 'collect',
       args: ['run', 'nbd', '--mds', this.mdsUrl, '--credential', this.hypervisorCredentialPath, '--socket', this.nbdSocket,
-        '--listen', `127.0.0.1:${port}`, ...(this.options.nbdArgs ?? [])],
+        '--listen', `127.0.0.1:${port}`, ...nbdArgs],
     });
     try {
       this.nbd = await start(this.nbdPort);

@@ -69,6 +69,8 @@ import {
   IoReportBody,
   IoStatsReply,
   StartTaskBody,
+  AllocateChunkBody,
+  MaintenanceBody,
   TaskIdParams,
   TaskInfo,
   TaskList,
@@ -253,6 +255,17 @@ function adminRoutes(app: TypedApp, service: MetadataService): void {
     },
   );
   serverState('/v1/chunk-servers/:id/activate', 'active');
+  // Maintenance: the server may go away for the window without its replicas being replaced.
+  app.post(
+    '/v1/chunk-servers/:id/maintenance',
+    { schema: { tags, params: ChunkServerIdParams, body: MaintenanceBody, response: { 200: ChunkServerInfo, ...errorResponses } } },
+    async (request) => service.cluster.setMaintenance(request.params.id, request.body.forSeconds * 1000),
+  );
+  app.delete(
+    '/v1/chunk-servers/:id/maintenance',
+    { schema: { tags, params: ChunkServerIdParams, response: { 200: ChunkServerInfo, ...errorResponses } } },
+    async (request) => service.cluster.setMaintenance(request.params.id, null),
+  );
   // Remove: only an emptied server; it is never placed on again.
   serverState('/v1/chunk-servers/:id/remove', 'removed');
   app.get('/v1/stat', { schema: { tags, response: { 200: ClusterStat } } }, async () => service.cluster.stat());
@@ -418,8 +431,8 @@ function clientRoutes(app: TypedApp, service: MetadataService): void {
   );
   app.post(
     '/v1/internal/volumes/:name/chunks/:chunkIndex',
-    { schema: { tags, params: ChunkIndexParams, body: LeaseBody, response: { 200: ChunkMapEntry, ...errorResponses } } },
-    async (request) => service.allocateChunk(request.params.name, request.params.chunkIndex, request.body.leaseId),
+    { schema: { tags, params: ChunkIndexParams, body: AllocateChunkBody, response: { 200: ChunkMapEntry, ...errorResponses } } },
+    async (request) => service.allocateChunk(request.params.name, request.params.chunkIndex, request.body.leaseId, request.body.host ?? null),
   );
   app.get(
     '/v1/internal/volumes/:name/chunks/:chunkIndex',

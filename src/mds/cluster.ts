@@ -132,6 +132,8 @@ export class Cluster {
   private healthCount: Promise<ChunkHealth> | null = null;
   /** Per server, the marking of its chunks in doubt in progress (each pass waits for the one before). */
   private readonly markingInDoubt = new Map<number, Promise<void>>();
+  /** Servers whose maintenance window ran out while away, warned about (once per window). */
+  private readonly maintenanceWarned = new Set<number>();
   /** A rebuild scheduled after replicas newer than the map were found (debounced). */
   private autoRebuild: NodeJS.Timeout | null = null;
 
@@ -293,6 +295,8 @@ export class Cluster {
       const report = this.registry.report(server.id);
       if (server.adminState !== 'active' || report === undefined || !report.healthy) continue;
       if (!this.registry.isOnline(server.id, nowMs) || this.registry.isSuspect(server.id, nowMs)) continue;
+      // Going down for maintenance, or down: new chunks would start below their replica count.
+      if ((server.maintenanceUntilMs ?? 0) > nowMs) continue;
       candidates.push({
         csId: server.id,
         host: server.failureDomainHost,
@@ -344,7 +348,62 @@ export class Cluster {
       mappedReplicaCount,
       lastHeartbeatAgeMs: this.registry.heartbeatAgeMs(server.id, nowMs),
       registeredAt: new Date(server.registeredAtMs).toISOString(),
+      maintenance: this.maintenanceInfo(server, nowMs),
     };
+  }
+
+  /**
+   * A maintenance window: 'window' until it ends, then 'grace' for --replace-after-ms (the
+   * server's replicas are still not replaced, and the admin is warned), then null.
+   */
+  maintenancePhase(server: ChunkServerRecord, nowMs: number): 'window' | 'grace' | null {
+    const untilMs = server.maintenanceUntilMs ?? null;
+    if (untilMs === null || server.adminState === 'removed') return null;
+    if (nowMs < untilMs) return 'window';
+    return nowMs < untilMs + this.config.replaceAfterMs ? 'grace' : null;
+  }
+
+  private maintenanceInfo(server: ChunkServerRecord, nowMs: number): ChunkServerInfo['maintenance'] {
+    const untilMs = server.maintenanceUntilMs ?? null;
+    if (untilMs === null || server.adminState === 'removed') return null;
+    return {
+      until: new Date(untilMs).toISOString(),
+      phase: this.maintenancePhase(server, nowMs) ?? 'over',
+      replicasReplacedFrom: new Date(untilMs + this.config.replaceAfterMs).toISOString(),
+    };
+  }
+
+  /**
+   * Starts, extends or shortens a maintenance window of `forMs` from now, or ends it (null): while
+   * it lasts the server may be away without its replicas being replaced (writes go on with the
+   * other replicas; the server catches up on what changed when it returns), and it takes no new
+   * chunks.
+   */
+  async setMaintenance(csId: number, forMs: number | null): Promise<ChunkServerInfo> {
+    const nowMs = this.clock.nowMs();
+    const untilMs = forMs === null ? null : nowMs + forMs;
+    const result = await this.store.submit({ type: 'setMaintenance', csId, untilMs, nowMs });
+    assert(result.type === 'chunkServer', 'setMaintenance yields a server');
+    this.maintenanceWarned.delete(csId);
+    this.log.info(untilMs === null ? 'maintenance ended' : 'maintenance window set', {
+      csId, until: untilMs === null ? null : new Date(untilMs).toISOString(),
+    });
+    this.recovery.tick();
+    return this.serverInfo(csId);
+  }
+
+  /** Warns once per window when one runs out with its server still away (called every tick). */
+  private warnMaintenanceOverruns(nowMs: number): void {
+    for (const server of this.store.tables.listChunkServers()) {
+      if (this.maintenancePhase(server, nowMs) !== 'grace' || this.registry.isOnline(server.id, nowMs)) continue;
+      if (this.maintenanceWarned.has(server.id)) continue;
+      this.maintenanceWarned.add(server.id);
+      const replaceAtMs = (server.maintenanceUntilMs ?? nowMs) + this.config.replaceAfterMs;
+      this.log.warn('maintenance window ran out with the chunk server away: its replicas are replaced once the grace ends, ' +
+        'unless it returns or the window is extended (shoal cs maintenance ID --for DURATION)', {
+        csId: server.id, replaceAt: new Date(replaceAtMs).toISOString(), inSeconds: Math.ceil((replaceAtMs - nowMs) / 1000),
+      });
+    }
   }
 
   // ---- cluster-wide -------------------------------------------------------------------------------
@@ -696,6 +755,7 @@ export class Cluster {
 
   /** Plans recovery and starts what fits. Called periodically and after failures. */
   recoveryTick(): number {
+    this.warnMaintenanceOverruns(this.clock.nowMs());
     if (this.versionMismatches.size > 0) void this.reconcileReady();
     return this.recovery.tick();
   }
@@ -713,6 +773,7 @@ export class Cluster {
         // heartbeats stop, but it gets no new replicas meanwhile.
         healthy: (report?.healthy ?? false) && !this.registry.isSuspect(server.id, nowMs),
         offlineForMs: this.registry.offlineForMs(server.id, nowMs),
+        maintenance: this.maintenancePhase(server, nowMs) !== null,
         adminState: server.adminState,
         host: server.failureDomainHost,
         rack: server.rack,

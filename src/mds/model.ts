@@ -71,7 +71,16 @@ export interface ChunkServerRecord {
   readonly tier: number;
   readonly registeredAtMs: number;
   readonly adminState: ChunkServerAdminState;
+  /**
+   * An admin's maintenance window (`shoal cs maintenance`): until then, and for the MDS's
+   * --replace-after-ms of grace after it, the server's replicas are not replaced while it is
+   * away, and it gets no new chunks until then. Absent in records written before it existed.
+   */
+  readonly maintenanceUntilMs?: number | null;
 }
+
+/** The longest maintenance window one request sets (extend it with another). */
+export const MAINTENANCE_WINDOW_MAX_MS = 7 * 24 * 3_600_000;
 
 /**
  * Replicas outside a chunk's set still to be removed from their chunk servers: of a deleted chunk,

@@ -15,7 +15,7 @@ import type {
   ChunkKey, ChunkRecord, ChunkServerAdminState, ChunkServerRecord, HypervisorRecord, InDoubtRange, MdsTables, QuarantineRecord, VolumeRecord,
 } from './model.ts';
 import {
-  FINISHED_TASKS_KEPT, HYPERVISOR_VOLUMES_MAX, drainProgress, isFinalTaskState, volumeQos, type DrainTaskRecord, type TaskProgress, type TaskRecord, type TaskStarter, type TaskState,
+  FINISHED_TASKS_KEPT, HYPERVISOR_VOLUMES_MAX, MAINTENANCE_WINDOW_MAX_MS, drainProgress, isFinalTaskState, volumeQos, type DrainTaskRecord, type TaskProgress, type TaskRecord, type TaskStarter, type TaskState,
 } from './model.ts';
 
 export type MdsOp =
@@ -116,6 +116,13 @@ export type MdsOp =
       readonly adminState: ChunkServerAdminState;
       /** When; absent in ops logged before tasks. */
       readonly nowMs?: number;
+    }
+  | {
+      /** A maintenance window starts, is extended or shortened (`untilMs`), or ends (null). */
+      readonly type: 'setMaintenance';
+      readonly csId: number;
+      readonly untilMs: number | null;
+      readonly nowMs: number;
     }
   | {
       /** Older copies of known chunks found on servers that are not members: to be deleted. */
@@ -266,6 +273,8 @@ export function applyOp(tables: MdsTables, op: MdsOp): MdsOpResult {
       return setChunkReplicas(tables, op);
     case 'setChunkServerState':
       return setChunkServerState(tables, op.csId, op.adminState, op.nowMs);
+    case 'setMaintenance':
+      return setMaintenance(tables, op);
     case 'startDrainTask':
       return startDrainTask(tables, op);
     case 'startRebalanceTask':
@@ -374,7 +383,20 @@ function registerChunkServer(tables: MdsTables, op: Extract<MdsOp, { type: 'regi
     rack: op.rack,
     tier: op.tier,
     registeredAtMs: existing?.registeredAtMs ?? op.nowMs,
+    maintenanceUntilMs: existing?.maintenanceUntilMs ?? null,
   };
+  tables.putChunkServer(record);
+  return { type: 'chunkServer', record };
+}
+
+function setMaintenance(tables: MdsTables, op: Extract<MdsOp, { type: 'setMaintenance' }>): MdsOpResult {
+  const server = tables.getChunkServer(op.csId);
+  if (server === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${op.csId} does not exist`);
+  if (server.adminState === 'removed') throw new StorageError('ERR_CONFLICT', `chunk server ${op.csId} was removed`);
+  if (op.untilMs !== null) {
+    assert(op.untilMs > op.nowMs && op.untilMs <= op.nowMs + MAINTENANCE_WINDOW_MAX_MS, 'a maintenance window ends in the future, within the maximum');
+  }
+  const record: ChunkServerRecord = { ...server, maintenanceUntilMs: op.untilMs };
   tables.putChunkServer(record);
   return { type: 'chunkServer', record };
 }

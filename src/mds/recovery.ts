@@ -7,7 +7,8 @@
 // - ranges a failed write left in doubt are settled before anything else, once every member is
 //   online (a member that is only restarting must not be taken out of the set for it);
 // - a member on a server offline longer than `replaceAfterMs`, or removed, is dropped for good,
-//   as long as a live member remains to copy from;
+//   as long as a live member remains to copy from; a server in an admin's maintenance window
+//   (and its grace) is waited for however long it is away;
 // - a chunk with fewer healthy members (live, not draining) than `normal` gets one added, in a
 //   failure domain none of its members use, preferring a server that still holds an older copy
 //   (only what changed is copied then), else the least-full eligible server; but while a member
@@ -31,6 +32,11 @@ export interface PlannerServer {
   readonly online: boolean;
   /** How long it has been offline, or 0 while online. */
   readonly offlineForMs: number;
+  /**
+   * In an admin's maintenance window (or its grace after it): while away it is never given up,
+   * however long, so its chunks wait for it rather than being copied elsewhere.
+   */
+  readonly maintenance?: boolean;
   readonly adminState: ChunkServerAdminState;
   readonly healthy: boolean;
   readonly host: string;
@@ -180,7 +186,7 @@ export function planRecovery(input: PlannerInput): RecoveryPlan {
   // capacity yet (the MDS just started) or is away but expected back would be left out, and the
   // others balanced without it, only to move again once it is back.
   const uncounted = input.servers.filter((s) => s.adminState === 'active' &&
-    (s.online ? s.capacityBytes === 0 : s.offlineForMs < input.config.replaceAfterMs));
+    (s.online ? s.capacityBytes === 0 : !givenUp(s, input.config)));
   const deferral = actions.length > 0 ? `recovery has ${actions.length} replica changes to make first`
     : blocked > 0 ? `${blocked} chunks cannot be re-replicated (no eligible server) and go first`
     : waitingRebalance ? `${waiting} chunks wait for members on servers that are away`
@@ -210,7 +216,7 @@ function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, inp
   }
   const gone = chunk.replicas.filter((csId) => {
     const server = servers.get(csId);
-    return server === undefined || server.adminState === 'removed' || (quorum && !server.online && server.offlineForMs >= config.replaceAfterMs);
+    return server === undefined || server.adminState === 'removed' || (quorum && givenUp(server, config));
   });
   if (gone.length > 0) {
     return { kind: 'drop', chunk, csIds: gone, reason: 'server away too long or removed', urgency };
@@ -222,7 +228,10 @@ function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, inp
     ...chunk.replicas.filter((csId) => !isLive(servers.get(csId))),
     ...chunk.detached.filter((csId) => {
       const server = servers.get(csId);
-      return server !== undefined && !server.online && server.adminState === 'active' && server.offlineForMs < config.replaceAfterMs;
+      // A server in maintenance whose write just failed may still look online for a heartbeat
+      // timeout: it is going down, and its copy is waited for all the same.
+      return server !== undefined && server.adminState === 'active' && !givenUp(server, config) &&
+        (!server.online || (server.maintenance === true && !server.healthy));
     }),
   ];
   if (away.length > 0 && healthy.length < chunk.replicasNormal) {
@@ -248,6 +257,11 @@ function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, inp
     if (victim !== null) return { kind: 'drop', chunk, csIds: [victim], reason: 'above the normal replica count', urgency: 1_000_000 };
   }
   return null;
+}
+
+/** Offline so long that its replicas are replaced: longer than replaceAfterMs, and not in maintenance. */
+function givenUp(server: PlannerServer, config: PlannerConfig): boolean {
+  return !server.online && server.offlineForMs >= config.replaceAfterMs && server.maintenance !== true;
 }
 
 function isLive(server: PlannerServer | undefined): boolean {
@@ -285,7 +299,7 @@ function pickTarget(chunk: PlannerChunk, eligible: readonly PlannerServer[], ser
   // Domains of members still counted (live ones, and offline ones not yet given up) are taken.
   const exclude = chunk.replicas
     .map((csId) => servers.get(csId))
-    .filter((s): s is PlannerServer => s !== undefined && s.adminState !== 'removed' && (s.online || s.offlineForMs < input.config.replaceAfterMs))
+    .filter((s): s is PlannerServer => s !== undefined && s.adminState !== 'removed' && (s.online || !givenUp(s, input.config)))
     .filter((s) => s.adminState === 'active')
     .map((s) => candidateOf(s, 0, chunk.chunkSizeBytes));
   try {

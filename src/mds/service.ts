@@ -340,7 +340,7 @@ export class MetadataService {
   }
 
   /** Returns the chunk's map entry, allocating and placing it first if it was never written. */
-  async allocateChunk(name: string, chunkIndex: number, leaseId: string): Promise<ChunkMapEntry> {
+  async allocateChunk(name: string, chunkIndex: number, leaseId: string, writerHost: string | null = null): Promise<ChunkMapEntry> {
     const volume = this.volumeByName(name);
     this.requireLease(volume, leaseId);
     if (chunkIndex >= this.chunkCountMax(volume)) {
@@ -359,23 +359,25 @@ export class MetadataService {
     const key = `${volume.id}:${chunkIndex}`;
     let allocation = this.allocations.get(key);
     if (allocation === undefined) {
-      allocation = this.placeChunk(volume, chunkIndex).finally(() => this.allocations.delete(key));
+      allocation = this.placeChunk(volume, chunkIndex, writerHost).finally(() => this.allocations.delete(key));
       this.allocations.set(key, allocation);
     }
     return allocation;
   }
 
-  private async placeChunk(volume: VolumeRecord, chunkIndex: number): Promise<ChunkMapEntry> {
+  private async placeChunk(volume: VolumeRecord, chunkIndex: number, writerHost: string | null): Promise<ChunkMapEntry> {
     const chunkId = await this.takeChunkId();
     this.cluster.allocating.add(chunkId);
     try {
-      return await this.placeChunkWithId(volume, chunkIndex, chunkId);
+      return await this.placeChunkWithId(volume, chunkIndex, chunkId, writerHost);
     } finally {
       this.cluster.allocating.delete(chunkId);
     }
   }
 
-  private async placeChunkWithId(volume: VolumeRecord, chunkIndex: number, chunkId: number): Promise<ChunkMapEntry> {
+  private async placeChunkWithId(volume: VolumeRecord, chunkIndex: number, chunkId: number, writerHost: string | null): Promise<ChunkMapEntry> {
+    // The first replica is the primary, which takes the writer's changes: on the writer's own
+    // host, a write's first hop never leaves it (placement.ts puts a local server first).
     const replicas = chooseReplicas(
       this.cluster.placementCandidates(),
       {
@@ -384,6 +386,7 @@ export class MetadataService {
         chunkSizeBytes: volume.chunkSizeBytes,
         failureDomain: this.config.failureDomain,
         exclude: [],
+        ...(writerHost === null ? {} : { preferHost: writerHost }),
       },
       this.random,
     );
@@ -443,7 +446,7 @@ export class MetadataService {
     const replicas = chunk.replicas.map((csId) => {
       const server = this.store.tables.getChunkServer(csId);
       assert(server !== undefined, 'chunk replicas reference registered servers');
-      return { csId, host: server.host, port: server.port };
+      return { csId, host: server.host, port: server.port, hostLabel: server.failureDomainHost };
     });
     const ticket = chunkTicket(this.capabilityKey, chunk.chunkId, chunk.version, chunk.volumeId, replicas).toString('hex');
     return { chunkIndex: chunk.chunkIndex, chunkId: chunk.chunkId, version: chunk.version, replicas, ticket };

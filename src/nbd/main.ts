@@ -43,6 +43,9 @@ const USAGE = `usage: shoal run nbd --mds URL --credential FILE [--socket PATH] 
                            for moving guests off a host that is gone but still holds leases
   --holder NAME            who holds the write leases, shown to admins (default: nbd@HOSTNAME);
                            a restarted server with the same name takes its leases back at once
+  --host NAME              this host, as its chunk servers name it (their --failure-domain-host,
+                           default: HOSTNAME): new chunks get their first replica, which takes the
+                           writes, on a chunk server here, and reads go to replicas here first
   --metrics HOST:PORT      Prometheus /metrics (default 127.0.0.1:0)
   --inflight-requests-max N  per connection, before reading pauses (default 64)
   --inflight-bytes-max N     per connection, before reading pauses (default 128 MiB)
@@ -78,6 +81,7 @@ export async function runNbd(argv: string[]): Promise<void> {
       'read-only': { type: 'boolean' },
       'force-open': { type: 'boolean' },
       holder: { type: 'string' },
+      host: { type: 'string' },
       metrics: { type: 'string', default: '127.0.0.1:0' },
       'inflight-requests-max': { type: 'string' },
       'inflight-bytes-max': { type: 'string' },
@@ -139,6 +143,7 @@ export async function runNbd(argv: string[]): Promise<void> {
     readOnly: values['read-only'] === true,
     forceOpen: values['force-open'] === true,
     holder: values.holder ?? `nbd@${hostname()}`,
+    hostLabel: values.host ?? hostname(),
     metrics: parseHostPort(values.metrics, '--metrics'),
     inflightRequestsMax: parseIntegerFlag(
       values['inflight-requests-max'], '--inflight-requests-max', d.inflightRequestsMax, 1),
@@ -171,6 +176,7 @@ interface NbdDaemonConfig {
   readonly readOnly: boolean;
   readonly forceOpen: boolean;
   readonly holder: string;
+  readonly hostLabel: string;
   readonly metrics: { host: string; port: number };
   readonly inflightRequestsMax: number;
   readonly inflightBytesMax: number;
@@ -192,7 +198,7 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
     credential: { role: 'client' }, requestTimeoutMs: config.csTimeoutMs, observe: clientRequestObserver(registry),
   });
   const provider = new VolumeProvider({
-    mds, pool, log, holder: config.holder, ioTimeoutMs: config.ioTimeoutMs, forceOpen: config.forceOpen,
+    mds, pool, log, holder: config.holder, hostLabel: config.hostLabel, ioTimeoutMs: config.ioTimeoutMs, forceOpen: config.forceOpen,
   });
   registerQosMetrics(registry, () => provider.openVolumes());
   const server = await createNbdServer({

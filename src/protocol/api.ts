@@ -187,8 +187,25 @@ export const ChunkServerInfo = Type.Object({
   mappedReplicaCount: Uint({ description: 'replicas the chunk map places on this server' }),
   lastHeartbeatAgeMs: Type.Union([Uint(), Type.Null()]),
   registeredAt: Type.String(),
+  maintenance: Type.Union([
+    Type.Object({
+      until: Type.String({ description: 'when the window ends' }),
+      phase: Type.Union([Type.Literal('window'), Type.Literal('grace'), Type.Literal('over')], {
+        description: 'window: replicas wait for the server and it takes no new chunks; grace: the window ran out, replicas still wait ' +
+          '(a warning); over: an away server\'s replicas are replaced as for any other',
+      }),
+      replicasReplacedFrom: Type.String({ description: 'from when the replicas of the server, if away, are replaced (the end of the grace)' }),
+    }),
+    Type.Null(),
+  ], { description: 'an admin\'s maintenance window (shoal cs maintenance), or null' }),
 });
 export type ChunkServerInfo = Static<typeof ChunkServerInfo>;
+
+export const MaintenanceBody = Type.Object(
+  { forSeconds: Uint({ minimum: 1, maximum: 7 * 24 * 3600, description: 'the window, from now (a new request replaces it: extend or shorten)' }) },
+  { additionalProperties: false },
+);
+export type MaintenanceBody = Static<typeof MaintenanceBody>;
 
 export const ChunkServerList = Type.Object({ chunkServers: Type.Array(ChunkServerInfo) });
 export type ChunkServerList = Static<typeof ChunkServerList>;
@@ -412,7 +429,12 @@ export type HeartbeatReply = Static<typeof HeartbeatReply>;
 
 // ---- internal routes: clients -------------------------------------------------------------------
 
-export const ReplicaLocation = Type.Object({ csId: Uint(), host: Type.String(), port: Uint() });
+export const ReplicaLocation = Type.Object({
+  csId: Uint(),
+  host: Type.String(),
+  port: Uint(),
+  hostLabel: Type.Optional(Type.String({ description: 'the host the chunk server runs on (its --failure-domain-host): a client on that host reads it first' })),
+});
 export type ReplicaLocation = Static<typeof ReplicaLocation>;
 
 export const ChunkMapEntry = Type.Object({
@@ -467,6 +489,18 @@ export const OpenVolumeReply = Type.Object({
 export type OpenVolumeReply = Static<typeof OpenVolumeReply>;
 
 export const LeaseBody = Type.Object({ leaseId: Type.String({ maxLength: 64 }) }, { additionalProperties: false });
+
+export const AllocateChunkBody = Type.Object(
+  {
+    leaseId: Type.String({ maxLength: 64 }),
+    host: Type.Optional(Type.String({
+      minLength: 1, maxLength: 255,
+      description: 'the writer\'s host, as chunk servers name theirs (--failure-domain-host): the first replica goes to a chunk server there when one can take it',
+    })),
+  },
+  { additionalProperties: false },
+);
+export type AllocateChunkBody = Static<typeof AllocateChunkBody>;
 export type LeaseBody = Static<typeof LeaseBody>;
 
 /** A renewal's answer carries the volume's limits, so that a change reaches its writer within a renewal interval. */

@@ -194,6 +194,12 @@ export class MdsClient {
   setChunkServerState(csId: number, action: 'drain' | 'activate' | 'remove'): Promise<ChunkServerInfo> {
     return this.call('POST', `/v1/chunk-servers/${csId}/${action}`);
   }
+  /** Starts or changes a maintenance window of `forSeconds` from now; null ends it. */
+  setMaintenance(csId: number, forSeconds: number | null): Promise<ChunkServerInfo> {
+    return forSeconds === null
+      ? this.call('DELETE', `/v1/chunk-servers/${csId}/maintenance`)
+      : this.call('POST', `/v1/chunk-servers/${csId}/maintenance`, { forSeconds });
+  }
   listHypervisors(): Promise<HypervisorList> {
     return this.call('GET', '/v1/hypervisors');
   }
@@ -242,8 +248,8 @@ export class MdsClient {
   chunkMap(name: string, fromIndex: number, count: number): Promise<ChunkMapReply> {
     return this.call('GET', `/v1/internal/volumes/${encodeURIComponent(name)}/chunks?fromIndex=${fromIndex}&count=${count}`);
   }
-  allocateChunk(name: string, chunkIndex: number, leaseId: string): Promise<ChunkMapEntry> {
-    return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/chunks/${chunkIndex}`, { leaseId });
+  allocateChunk(name: string, chunkIndex: number, leaseId: string, host?: string): Promise<ChunkMapEntry> {
+    return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/chunks/${chunkIndex}`, { leaseId, ...(host === undefined ? {} : { host }) });
   }
   /** One chunk's entry, once any replica-set change in progress on it has finished. */
   getChunk(name: string, chunkIndex: number): Promise<ChunkMapEntry> {

@@ -25,14 +25,20 @@ function failureDomain(server: ChunkServerInfo): string {
   return rack === '' ? host : `${rack}/${host}`;
 }
 
-/** "online", or with the admin state when it is not active: "online/draining", "offline/removed". */
+/**
+ * "online", or with the admin state when it is not active: "online/draining", "offline/removed";
+ * in a maintenance window "offline/maintenance", once it ran out "offline/maintenance-overrun".
+ */
 function serverState(server: ChunkServerInfo): string {
+  const phase = server.maintenance?.phase;
+  if (phase === 'window' || phase === 'grace') return `${server.state}/maintenance${phase === 'grace' ? '-overrun' : ''}`;
   return server.adminState === 'active' ? server.state : `${server.state}/${server.adminState}`;
 }
 
-/** Removed servers fade out; a draining one is on its way out; offline is the alarm. */
+/** Removed servers fade out; a draining one is on its way out; offline is the alarm, unless planned. */
 function serverStateStyle(server: ChunkServerInfo): Style {
   if (server.adminState === 'removed') return 'dim';
+  if (server.maintenance?.phase === 'window') return 'yellow';
   if (server.state !== 'online') return 'red';
   return server.adminState === 'draining' ? 'yellow' : 'green';
 }
@@ -123,6 +129,14 @@ const info = defineCommand({
           ...(server.healthy && server.lastError !== '' ? [{ label: 'last error', value: server.lastError }] : []),
           { label: 'failure domain', value: failureDomain(server) },
           { label: 'tier', value: String(server.tier) },
+          ...(server.maintenance === null || server.maintenance.phase === 'over' ? [] : [{
+            label: 'maintenance',
+            value: server.maintenance.phase === 'window'
+              ? `until ${formatTimestamp(server.maintenance.until)}: its replicas wait for it; no new chunks`
+              : `ran out at ${formatTimestamp(server.maintenance.until)}; if away, its replicas are replaced from ` +
+                `${formatTimestamp(server.maintenance.replicasReplacedFrom)} (extend: shoal cs maintenance ${server.id} --for DURATION)`,
+            style: server.maintenance.phase === 'window' ? 'yellow' as const : 'red' as const,
+          }]),
           { label: 'capacity', value: formatBytes(server.capacityBytes) },
           { label: 'used', value: `${formatBytes(server.usedBytes)} (${formatPercent(server.usedBytes, server.capacityBytes)})` },
           { label: 'free', value: formatBytes(server.freeBytes) },
@@ -143,6 +157,15 @@ export function parseServerId(text: string): number {
     throw new StorageError('ERR_INVALID_ARGUMENT', `chunk server ID must be a number (the ID column of shoal cs list), got "${text}"`);
   }
   return id;
+}
+
+/** "90s", "30m", "2h", "1d" (or a plain number of seconds) in milliseconds. */
+export function parseDurationMs(text: string, flag: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$/.exec(text);
+  const unitMs = { '': 1_000, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }[match?.[2] ?? ''] ?? 1_000;
+  const ms = match === null ? NaN : Math.round(Number(match[1]) * unitMs);
+  if (!(ms >= 1_000)) throw new StorageError('ERR_INVALID_ARGUMENT', `${flag} must be a duration of at least 1 s such as 90s, 30m, 2h or 1d, got "${text}"`);
+  return ms;
 }
 
 export function parseTimeoutMs(text: string): number {
@@ -265,6 +288,34 @@ const remove = defineCommand({
     }),
 });
 
+const maintenance = defineCommand({
+  path: ['cs', 'maintenance'],
+  synopsis: 'ID (--for DURATION | --end)',
+  summary: 'let a chunk server go down for a window (a reboot, a disk swap) without its replicas being copied elsewhere',
+  details: [
+    '--for DURATION  the window from now: 90s, 30m, 2h, 1d (at most 7d); run it again to extend or shorten it',
+    '--end           end the window now (the server is back for good)',
+    'During the window the server takes no new chunks and, while it is away, its chunks wait for it: writes go on',
+    'with their other replicas (below their normal count: shoal stat shows them degraded), and when it returns it',
+    'copies only the blocks that changed meanwhile. When the window runs out with the server still away, the MDS',
+    'warns (cs list: maintenance-overrun) and waits another --replace-after-ms before replacing its replicas.',
+  ],
+  options: { for: { type: 'string' }, end: { type: 'boolean' } },
+  positionals: ['ID'],
+  parse(args) {
+    const forText = stringFlag(args, 'for');
+    const end = booleanFlag(args, 'end');
+    if ((forText === undefined) === !end) throw new StorageError('ERR_INVALID_ARGUMENT', 'give --for DURATION (start or change the window) or --end');
+    return { id: parseServerId(positional(args, 0)), forMs: forText === undefined ? null : parseDurationMs(forText, '--for') };
+  },
+  run: (context, { id, forMs }) =>
+    show(context, (mds) => mds.setMaintenance(id, forMs === null ? null : Math.ceil(forMs / 1000)), (server) =>
+      server.maintenance === null || server.maintenance.phase === 'over'
+        ? `${named(server)} is out of maintenance: its replicas are replaced as usual when it is away\n`
+        : `${named(server)} is in maintenance until ${formatTimestamp(server.maintenance.until)}: stop it when you like; ` +
+          `its chunks wait for it, then it copies only what changed (end it early with: shoal cs maintenance ${server.id} --end)\n`),
+});
+
 const rebalance = defineCommand({
   path: ['cs', 'rebalance'],
   synopsis: '[--threshold PCT] [--wait] [--timeout SECONDS] [--idempotency-key KEY]',
@@ -324,4 +375,4 @@ function parseThresholdPercent(text: string): number {
   return value;
 }
 
-export const csCommands: readonly Command[] = [list, info, drain, rebalance, activate, remove];
+export const csCommands: readonly Command[] = [list, info, drain, rebalance, maintenance, activate, remove];
