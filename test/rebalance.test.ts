@@ -42,8 +42,8 @@ t.test('a rebalance is a durable task: started by the MDS, refused twice, cancel
   t.setTimeout(240_000);
   const cluster = await startCluster(t, {
     chunkServers: 3,
-    // 4 MiB/s: one 8 MiB move takes about 2 s, so each rebalance is still going when the test acts on it.
-    mdsArgs: ['--heartbeat-interval-ms', '200', '--heartbeat-timeout-ms', '1500', '--recovery-bytes-per-second', String(4 * MiB),
+    // 8 MiB/s: one 8 MiB move takes about a second, so each rebalance is still going when the test acts on it.
+    mdsArgs: ['--heartbeat-interval-ms', '200', '--heartbeat-timeout-ms', '1500', '--recovery-bytes-per-second', String(8 * MiB),
       '--rebalance-threshold', '5'],
     csArgs: ['--capacity-bytes', String(CAPACITY_BYTES)],
   });
