@@ -30,14 +30,15 @@ export const LOCAL_HOSTS: ReadonlySet<string> = new Set<string>([
  * The order in which to try a chunk's members for a read: replicas on this host first (no
  * network hop), and among equals the members rotated by `rotation`, so successive reads spread
  * over the members instead of all landing on the primary. On this host means: named as this
- * host (`hostLabel`) when both names are known, which is the admin's word; otherwise listening
- * on one of this host's addresses (`localHosts`).
+ * host (`hostLabel`, the admin's word), then listening on one of this host's addresses.
  */
 export function readOrder<R extends { readonly host: string; readonly hostLabel?: string | undefined }>(replicas: readonly R[], rotation: number,
   localHosts: ReadonlySet<string>, hostLabel?: string): R[] {
   const rotated = replicas.map((_, index) => replicas[(rotation + index) % replicas.length]!);
-  const local = (r: R): boolean => (hostLabel !== undefined && r.hostLabel !== undefined ? r.hostLabel === hostLabel : localHosts.has(r.host));
-  return [...rotated.filter(local), ...rotated.filter((r) => !local(r))];
+  // Named as this host first; then listening on an address of this host (names that do not match,
+  // say a full and a short host name, must not lose the locality the addresses show).
+  const rank = (r: R): number => (hostLabel !== undefined && r.hostLabel === hostLabel ? 0 : localHosts.has(r.host) ? 1 : 2);
+  return [0, 1, 2].flatMap((wanted) => rotated.filter((r) => rank(r) === wanted));
 }
 
 export type ChangeOutcome =

@@ -774,6 +774,7 @@ export class Cluster {
         healthy: (report?.healthy ?? false) && !this.registry.isSuspect(server.id, nowMs),
         offlineForMs: this.registry.offlineForMs(server.id, nowMs),
         maintenance: this.maintenancePhase(server, nowMs) !== null,
+        maintenanceWindow: this.maintenancePhase(server, nowMs) === 'window',
         adminState: server.adminState,
         host: server.failureDomainHost,
         rack: server.rack,

@@ -88,10 +88,10 @@ export class MdsMetrics {
       for (const [state, count] of Object.entries(stat.chunks.byState)) g.set({ state }, count);
     });
     fromSnapshot('shoal_mds_chunk_servers_maintenance',
-      'Chunk servers in a maintenance window, or past it in its grace (overrun: their replicas are replaced once it ends)',
+      'Chunk servers in a maintenance window, or away past it, in its grace (overrun: their replicas are replaced once the grace ends)',
       ['phase'], (g, stat) => {
         g.set({ phase: 'window' }, stat.servers.filter((s) => s.maintenance?.phase === 'window').length);
-        g.set({ phase: 'overrun' }, stat.servers.filter((s) => s.maintenance?.phase === 'grace').length);
+        g.set({ phase: 'overrun' }, stat.servers.filter((s) => s.maintenance?.phase === 'grace' && s.state !== 'online').length);
       });
     fromSnapshot('shoal_mds_volumes', 'Volumes', [], (g, stat) => g.set(stat.volumes.count));
     fromSnapshot('shoal_mds_recovery_actions', 'Replica-set changes: running, planned, and chunks blocked for lack of servers',

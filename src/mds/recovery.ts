@@ -37,6 +37,8 @@ export interface PlannerServer {
    * however long, so its chunks wait for it rather than being copied elsewhere.
    */
   readonly maintenance?: boolean;
+  /** Inside the window itself (not its grace): about to go down, it takes no new replicas but its own older copies. */
+  readonly maintenanceWindow?: boolean;
   readonly adminState: ChunkServerAdminState;
   readonly healthy: boolean;
   readonly host: string;
@@ -165,7 +167,8 @@ function urgencyOf(live: number, min: number): number {
 
 export function planRecovery(input: PlannerInput): RecoveryPlan {
   const servers = new Map(input.servers.map((server) => [server.id, server]));
-  const active = input.servers.filter((server) => server.adminState !== 'removed');
+  // Servers away for maintenance are planned absences: they count on neither side of the quorum.
+  const active = input.servers.filter((server) => server.adminState !== 'removed' && !(server.maintenance === true && !server.online));
   const quorum = active.filter((server) => server.online).length >= input.config.replaceQuorumFraction * active.length;
   const placed = new Map<number, number>(); // targets chosen this round, to spread them
   const actions: RecoveryAction[] = [];
@@ -186,11 +189,11 @@ export function planRecovery(input: PlannerInput): RecoveryPlan {
   // capacity yet (the MDS just started) or is away but expected back would be left out, and the
   // others balanced without it, only to move again once it is back.
   const uncounted = input.servers.filter((s) => s.adminState === 'active' &&
-    (s.online ? s.capacityBytes === 0 : !givenUp(s, input.config)));
+    (s.maintenance === true || (s.online ? s.capacityBytes === 0 : !givenUp(s, input.config))));
   const deferral = actions.length > 0 ? `recovery has ${actions.length} replica changes to make first`
     : blocked > 0 ? `${blocked} chunks cannot be re-replicated (no eligible server) and go first`
     : waitingRebalance ? `${waiting} chunks wait for members on servers that are away`
-    : uncounted.length > 0 ? `chunk servers ${uncounted.map((s) => s.id).join(', ')} are away or have not reported their capacity yet`
+    : uncounted.length > 0 ? `chunk servers ${uncounted.map((s) => s.id).join(', ')} are away, in maintenance, or have not reported their capacity yet`
     : null;
   if (deferral === null) {
     const { action, judgement } = planRebalance(input, servers);
@@ -236,7 +239,8 @@ function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, inp
   ];
   if (away.length > 0 && healthy.length < chunk.replicasNormal) {
     // Replacing a member that is only restarting copies whole chunks it brings back with it.
-    const awayForMs = Math.min(...away.map((csId) => servers.get(csId)?.offlineForMs ?? 0));
+    // An online holder (a server in maintenance whose write just failed) has no time away to wait out.
+    const awayForMs = Math.min(...away.map((csId) => servers.get(csId)).filter((s): s is PlannerServer => s !== undefined && !s.online).map((s) => s.offlineForMs));
     const endangered = live.length < chunk.replicasMin;
     if (!quorum || !endangered || awayForMs < Math.min(config.replaceEndangeredAfterMs, config.replaceAfterMs)) return 'waiting';
   }
@@ -282,8 +286,10 @@ function candidateOf(server: PlannerServer, pendingChunks: number, chunkSizeByte
 function chooseTarget(chunk: PlannerChunk, servers: Map<number, PlannerServer>, input: PlannerInput,
   placed: Map<number, number>): number | null {
   const avoid = input.avoidTargets?.(chunk.chunkId) ?? [];
+  // A server in a maintenance window takes back its own older copies only (it catches up), nothing new.
   const eligible = [...servers.values()].filter(
-    (s) => s.online && s.healthy && s.adminState === 'active' && !chunk.replicas.includes(s.id) && !avoid.includes(s.id),
+    (s) => s.online && s.healthy && s.adminState === 'active' && !chunk.replicas.includes(s.id) && !avoid.includes(s.id) &&
+      (s.maintenanceWindow !== true || chunk.detached.includes(s.id)),
   );
   // A server that still holds an older copy gets only what changed: it goes first.
   const holders = eligible.filter((s) => chunk.detached.includes(s.id));

@@ -392,8 +392,10 @@ export class MetadataService {
     );
     const identity = { chunkId, volumeId: volume.id, chunkIndex, sizeBytes: volume.chunkSizeBytes, volume: describeVolume(volume) };
     const results = await Promise.allSettled(replicas.map((csId) => this.cluster.io.createChunk(csId, identity, 1)));
-    // A server that fails now (frozen, just died) is left out; recovery adds a replica later.
+    // A server that fails now (frozen, just died) is left out; recovery adds a replica later. It is
+    // passed over for new chunks for a while: as the writer's local server it would come first again.
     const created = replicas.filter((_, index) => results[index]?.status === 'fulfilled');
+    for (const csId of replicas.filter((_, index) => results[index]?.status === 'rejected')) this.cluster.registry.markSuspect(csId, this.clock.nowMs());
     if (created.length < volume.replicasMin) {
       const reasons = results.flatMap((r) => (r.status === 'rejected' ? [(r.reason as Error).message] : []));
       throw new StorageError('ERR_UNAVAILABLE', `could not create chunk ${chunkIndex} of "${volume.name}" on enough servers: ${reasons.join('; ')}`);

@@ -31,8 +31,10 @@ function failureDomain(server: ChunkServerInfo): string {
  */
 function serverState(server: ChunkServerInfo): string {
   const phase = server.maintenance?.phase;
-  if (phase === 'window' || phase === 'grace') return `${server.state}/maintenance${phase === 'grace' ? '-overrun' : ''}`;
-  return server.adminState === 'active' ? server.state : `${server.state}/${server.adminState}`;
+  const admin = server.adminState === 'active' ? [] : [server.adminState];
+  // Past its window a server that is back is simply online; one still away is overrunning.
+  const maintenance = phase === 'window' ? ['maintenance'] : phase === 'grace' && server.state !== 'online' ? ['maintenance-overrun'] : [];
+  return [server.state, ...admin, ...maintenance].join('/');
 }
 
 /** Removed servers fade out; a draining one is on its way out; offline is the alarm, unless planned. */
@@ -164,7 +166,9 @@ export function parseDurationMs(text: string, flag: string): number {
   const match = /^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$/.exec(text);
   const unitMs = { '': 1_000, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 }[match?.[2] ?? ''] ?? 1_000;
   const ms = match === null ? NaN : Math.round(Number(match[1]) * unitMs);
-  if (!(ms >= 1_000)) throw new StorageError('ERR_INVALID_ARGUMENT', `${flag} must be a duration of at least 1 s such as 90s, 30m, 2h or 1d, got "${text}"`);
+  if (!(ms >= 1_000) || ms > 7 * 86_400_000) {
+    throw new StorageError('ERR_INVALID_ARGUMENT', `${flag} must be a duration from 1s to 7d such as 90s, 30m, 2h or 1d, got "${text}"`);
+  }
   return ms;
 }
 
@@ -291,7 +295,7 @@ const remove = defineCommand({
 const maintenance = defineCommand({
   path: ['cs', 'maintenance'],
   synopsis: 'ID (--for DURATION | --end)',
-  summary: 'let a chunk server go down for a window (a reboot, a disk swap) without its replicas being copied elsewhere',
+  summary: 'let a chunk server go down for a window (a reboot, a kernel or firmware update) without its replicas being copied elsewhere',
   details: [
     '--for DURATION  the window from now: 90s, 30m, 2h, 1d (at most 7d); run it again to extend or shorten it',
     '--end           end the window now (the server is back for good)',
@@ -311,7 +315,8 @@ const maintenance = defineCommand({
   run: (context, { id, forMs }) =>
     show(context, (mds) => mds.setMaintenance(id, forMs === null ? null : Math.ceil(forMs / 1000)), (server) =>
       server.maintenance === null || server.maintenance.phase === 'over'
-        ? `${named(server)} is out of maintenance: its replicas are replaced as usual when it is away\n`
+        ? `${named(server)} is out of maintenance: its replicas are replaced as usual when it is away` +
+          (server.state === 'online' ? '\n' : ` (it is ${server.state}: recovery replaces its replicas once it has been away for --replace-after-ms)\n`)
         : `${named(server)} is in maintenance until ${formatTimestamp(server.maintenance.until)}: stop it when you like; ` +
           `its chunks wait for it, then it copies only what changed (end it early with: shoal cs maintenance ${server.id} --end)\n`),
 });
