@@ -99,7 +99,7 @@ t.test('help and version need no cluster', async (t) => {
   t.same(await shoal(['help']), overview, 'shoal help = shoal --help');
   const create = await shoal(['volume', 'create', '--help']);
   t.equal(create.code, 0);
-  t.match(create.stdout, /^usage: shoal volume create NAME --size SIZE \[--chunk-size SIZE\] \[--replicas N:M\] \[--iops-limit N\] \[--bandwidth-limit SIZE\]\n/);
+  t.match(create.stdout, /^usage: shoal volume create NAME --size SIZE \[--chunk-size SIZE\] \[--replicas N:M\] \[--tier N\] \[--iops-limit N\] \[--bandwidth-limit SIZE\]\n/);
   t.same(await shoal(['help', 'volume', 'create']), create, 'shoal help volume create = shoal volume create --help');
   const drain = await shoal(['cs', 'drain', '--help']);
   t.match(drain.stdout, /^usage: shoal cs drain ID \[--wait\] \[--timeout SECONDS\] \[--idempotency-key KEY\]\n/);
@@ -126,8 +126,8 @@ t.test('volume create, list, info, resize, delete: text and --json', async (t) =
 
   const table = await ok(t, 'volume', 'list');
   const [header] = table.split('\n');
-  t.match(header, /^NAME\s+SIZE\s+ALLOCATED\s+USE%\s+CHUNK\s+REPLICAS\s+CREATED\s+WRITER$/);
-  t.match(lineOf(table, 'web'), /^web\s+10\.0 GiB\s+0 B\s+0\.0%\s+64\.0 MiB\s+3:2\s+\S+ \S+\s+-$/);
+  t.match(header, /^NAME\s+SIZE\s+ALLOCATED\s+USE%\s+CHUNK\s+REPLICAS\s+TIER\s+CREATED\s+WRITER$/);
+  t.match(lineOf(table, 'web'), /^web\s+10\.0 GiB\s+0 B\s+0\.0%\s+64\.0 MiB\s+3:2\s+0\s+\S+ \S+\s+-$/);
   t.match(lineOf(table, 'db'), /^db\s+500 MiB\s+0 B\s+0\.0%\s+16\.0 MiB\s+2:1 /);
   t.equal(header!.indexOf('SIZE') + 'SIZE'.length, lineOf(table, 'web').indexOf('GiB') + 'GiB'.length, 'sizes right-aligned under SIZE');
   t.same(await okJson<VolumeList>(t, 'volume', 'list'), await cluster.admin.listVolumes(), '--json is the API body');

@@ -12,13 +12,13 @@ const rebalance = { thresholdFraction: 0.1, move: false };
 
 function server(id: number, overrides: Partial<PlannerServer> = {}): PlannerServer {
   return {
-    id, online: true, offlineForMs: 0, adminState: 'active', healthy: true, host: `h${id}`, rack: '', capacityBytes: 1024 * MiB, freeBytes: 1024 * MiB,
+    id, online: true, offlineForMs: 0, adminState: 'active', healthy: true, host: `h${id}`, rack: '', tier: 0, capacityBytes: 1024 * MiB, freeBytes: 1024 * MiB,
     ...overrides,
   };
 }
 
 function chunk(replicas: number[], detached: number[] = [], min = 2): PlannerChunk {
-  return { volumeId: 1, chunkIndex: 0, chunkId: 1, replicas, replicasNormal: 3, replicasMin: min, chunkSizeBytes: 8 * MiB, inDoubt: false, detached };
+  return { volumeId: 1, chunkIndex: 0, chunkId: 1, replicas, replicasNormal: 3, replicasMin: min, chunkSizeBytes: 8 * MiB, tier: 0, inDoubt: false, detached };
 }
 
 const plan = (servers: PlannerServer[], chunks: PlannerChunk[]) => planRecovery({ servers, chunks, busy: () => false, config, rebalance, random: () => 0.5 });

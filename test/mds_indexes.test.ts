@@ -33,6 +33,12 @@ function sameIndexes(t: Test, lmdb: MdsTables, memory: MdsTables, label: string)
     t.same(lmdb.serverMapped(csId), memory.serverMapped(csId), `${label}: counts of server ${csId}`);
     t.same(all((after) => lmdb.listServerChunks(csId, after, 7)), all((after) => memory.listServerChunks(csId, after, 7)),
       `${label}: chunks of server ${csId}`);
+    const sorted = (counts: ReadonlyMap<number, number>): Array<[number, number]> => [...counts].sort((a, b) => a[0] - b[0]);
+    t.same(sorted(lmdb.serverVolumeReplicas(csId)), sorted(memory.serverVolumeReplicas(csId)), `${label}: per-volume counts of server ${csId}`);
+    for (const volumeId of [1, 2, 3]) {
+      t.same(all((after) => lmdb.listServerVolumeChunks(csId, volumeId, after?.chunkIndex ?? -1, 5)),
+        all((after) => memory.listServerVolumeChunks(csId, volumeId, after?.chunkIndex ?? -1, 5)), `${label}: volume ${volumeId}'s chunks on server ${csId}`);
+    }
   }
   t.same(all((after) => lmdb.listAttentionChunks(after, 5)), all((after) => memory.listAttentionChunks(after, 5)), `${label}: attention set`);
   memory.forEachChunk((chunk) => {
@@ -117,10 +123,22 @@ t.test('indexes kept with the records match a walk, across a reopen and a rebuil
   sameIndexes(t, reopened.tables, memory, 'after a reopen');
   await reopened.close();
 
+  // A database from before the per-volume counts (indexes v1, no v2): they are built at open.
+  const v1 = open({ path, compression: false, maxDbs: MDS_DB_TABLES_MAX });
+  const older = new LmdbTables(v1);
+  await older.chunkCounts.remove('indexes-v2');
+  await older.chunkCounts.put('indexes-v1', 1);
+  await older.serverVolumeCounts.clearAsync();
+  await v1.close();
+  const upgraded = await MdsStore.open(path);
+  sameIndexes(t, upgraded.tables, memory, 'after building the per-volume counts of an indexes-v1 database');
+  await upgraded.close();
+
   // A database from before the indexes: they are built at open.
   const root = open({ path, compression: false, maxDbs: MDS_DB_TABLES_MAX });
   const raw = new LmdbTables(root);
-  await raw.chunkCounts.remove('indexes-v1');
+  await raw.chunkCounts.remove('indexes-v2');
+  await raw.serverVolumeCounts.clearAsync();
   await raw.serverChunks.clearAsync();
   await raw.attention.clearAsync();
   await raw.serverCounts.clearAsync();
@@ -145,7 +163,7 @@ function mixedMap(random: () => number): { tables: MemoryTables; servers: Planne
   }
   tables.submit({ type: 'setChunkServerState', csId: 2, adminState: 'draining' });
   const server = (id: number, online: boolean, offlineForMs: number): PlannerServer => ({
-    id, online, offlineForMs, adminState: tables.getChunkServer(id)?.adminState ?? 'active', healthy: true, host: `h${id}`, rack: 'r',
+    id, online, offlineForMs, adminState: tables.getChunkServer(id)?.adminState ?? 'active', healthy: true, host: `h${id}`, rack: 'r', tier: 0,
     capacityBytes: 1 << 40, freeBytes: (1 << 40) - id * (1 << 30),
   });
   // Server 5 is away (not yet given up), server 6 gone long enough to be replaced.

@@ -96,6 +96,7 @@ function candidates(count: number, freeFraction: (i: number) => number, host: (i
     csId: index + 1,
     host: host(index),
     rack: `rack${index % 2}`,
+    tier: 0,
     capacityBytes: 100 * GiB,
     freeBytes: Math.floor(100 * GiB * freeFraction(index)),
   }));
@@ -104,7 +105,7 @@ function candidates(count: number, freeFraction: (i: number) => number, host: (i
 t.test('placement: distinct domains, least full first, refuses below min', async (t) => {
   const random = seededRandom(7);
   const six = candidates(6, (i) => 0.1 + i * 0.15, (i) => `h${Math.floor(i / 2)}`);
-  const request = { count: 3, minimum: 2, chunkSizeBytes: 64 * MiB, exclude: [] as PlacementCandidate[] };
+  const request = { count: 3, minimum: 2, chunkSizeBytes: 64 * MiB, exclude: [] as PlacementCandidate[], tier: 0 };
   const byHost = chooseReplicas(six, { ...request, failureDomain: 'host' }, random);
   t.same(byHost, [6, 4, 2], 'the emptiest server of each host');
   const hosts = new Set(byHost.map((id) => six[id - 1]!.host));
@@ -125,7 +126,7 @@ t.test('placement spreads equal servers evenly over many chunks', async (t) => {
   const servers = candidates(6, () => 0.5, (i) => `h${i}`);
   const counts = new Map<number, number>();
   for (let chunk = 0; chunk < 3000; chunk += 1) {
-    for (const id of chooseReplicas(servers, { count: 3, minimum: 2, chunkSizeBytes: MiB, failureDomain: 'host', exclude: [] }, random)) {
+    for (const id of chooseReplicas(servers, { count: 3, minimum: 2, chunkSizeBytes: MiB, failureDomain: 'host', exclude: [], tier: 0 }, random)) {
       counts.set(id, (counts.get(id) ?? 0) + 1);
     }
   }

@@ -10,6 +10,7 @@ import { cliRunner } from './helpers/cli.ts';
 import { startCluster, type LocalCluster } from './helpers/cluster.ts';
 import { runOk } from './helpers/run.ts';
 import { eventually } from './helpers/eventually.ts';
+import { postAdmin } from './helpers/admin_api.ts';
 import type { TaskInfo } from '../src/protocol/api.ts';
 
 const MiB = 1024 * 1024;
@@ -70,28 +71,23 @@ t.test('a rebalance is a durable task: started by the MDS, refused twice, cancel
   t.ok(auto.spreadPercent !== null && auto.spreadPercent > 5, `the servers are ${auto.spreadPercent} points apart`);
 
   // (Through the API, not the CLI: a CLI start-up here would let the task make more moves before the cancel.)
-  const refused = await fetch(`${cluster.mdsUrl}/v1/tasks`, {
-    method: 'POST', headers: { authorization: `Bearer ${cluster.adminToken}`, 'content-type': 'application/json' }, body: JSON.stringify({ kind: 'rebalance' }),
-  });
-  const refusal = (await refused.json()) as { code: string; message: string };
+  const refused = await postAdmin(cluster, '/v1/tasks', { kind: 'rebalance' });
   t.equal(refused.status, 409, 'a second rebalance is refused');
-  t.equal(refusal.code, 'ERR_TASK_CONFLICT');
-  t.match(refusal.message, new RegExp(`^the chunk servers are already being rebalanced by task ${auto.id} .*shoal task wait ${auto.id}`));
+  t.equal(refused.code, 'ERR_TASK_CONFLICT');
+  t.match(refused.message, new RegExp(`^the chunk servers are already being rebalanced by task ${auto.id} .*shoal task wait ${auto.id}`));
 
   const cancelled = await shoal('task', 'cancel', String(auto.id));
   t.equal(cancelled.code, 0, cancelled.stderr);
   t.match(cancelled.stdout, /the replicas moved stay where they went; the MDS starts no rebalance by itself for an hour/);
   // Bodies that mix up the kinds are refused naming what is wrong.
-  const post = async (body: unknown): Promise<{ status: number; message: string }> => {
-    const reply = await fetch(`${cluster.mdsUrl}/v1/tasks`, {
-      method: 'POST', headers: { authorization: `Bearer ${cluster.adminToken}`, 'content-type': 'application/json' }, body: JSON.stringify(body),
-    });
-    return { status: reply.status, message: ((await reply.json()) as { message: string }).message };
+  const post = async (body: unknown): Promise<{ status: number; message: string | undefined }> => {
+    const { status, message } = await postAdmin(cluster, '/v1/tasks', body);
+    return { status, message };
   };
   t.same(await post({ kind: 'rebalance', chunkServerId: newcomer }),
     { status: 400, message: 'a rebalance works on every chunk server: leave out chunkServerId (a drain empties one)' });
   t.same(await post({ kind: 'drain' }), { status: 400, message: 'a drain names the chunk server to empty: chunkServerId' });
-  t.same(await post({ kind: 'scrub' }), { status: 400, message: 'body.kind must be one of: drain, rebalance' });
+  t.same(await post({ kind: 'scrub' }), { status: 400, message: 'body.kind must be one of: drain, rebalance, tier' });
   t.same(await post({ kind: 'rebalance', thresholdPercent: 150 }), { status: 400, message: 'body.thresholdPercent must be <= 99' });
 
   await everyChunkHasThreeCopies(t, cluster);

@@ -25,11 +25,11 @@ const AUTO_THRESHOLD = 0.1;
  */
 function stuckCluster(): { servers: PlannerServer[]; chunks: PlannerChunk[] } {
   const server = (id: number, host: string): PlannerServer => ({
-    id, online: true, offlineForMs: 0, adminState: 'active', healthy: true, host, rack: '', capacityBytes: 100 * MiB, freeBytes: 100 * MiB,
+    id, online: true, offlineForMs: 0, adminState: 'active', healthy: true, host, rack: '', tier: 0, capacityBytes: 100 * MiB, freeBytes: 100 * MiB,
   });
   const chunks = Array.from({ length: 10 }, (_, index): PlannerChunk => ({
     volumeId: 1, chunkIndex: index, chunkId: index + 1, replicas: [1, 2, 3], replicasNormal: 3, replicasMin: 2,
-    chunkSizeBytes: 8 * MiB, inDoubt: false, detached: [],
+    chunkSizeBytes: 8 * MiB, tier: 0, inDoubt: false, detached: [],
   }));
   return { servers: [server(1, 'a'), server(2, 'b'), server(3, 'c'), server(4, 'a')], chunks };
 }
@@ -54,7 +54,7 @@ t.test('rebalance tasks: started by the MDS, failing when stuck, held off after,
     return 0;
   };
   const tasks = new Tasks({
-    store, clock, log: silent, replan: plan, blockedChunks: () => 0,
+    store, clock, log: silent, replan: plan, blockedChunks: () => 0, misplacedStuckChunks: () => 0, volumeName: () => null,
     rebalance: () => ({ judgement, movesInFlight: 0, averageReplicaBytes: 8 * MiB }), autoRebalanceThreshold: AUTO_THRESHOLD,
   });
   const tick = async (advanceMs: number): Promise<void> => {
@@ -116,7 +116,7 @@ t.test('rebalance tasks: started by the MDS, failing when stuck, held off after,
 
   // With the MDS's own rebalancing off, an admin names the threshold.
   const off = new Tasks({
-    store, clock, log: silent, replan: plan, blockedChunks: () => 0,
+    store, clock, log: silent, replan: plan, blockedChunks: () => 0, misplacedStuckChunks: () => 0, volumeName: () => null,
     rebalance: () => ({ judgement, movesInFlight: 0, averageReplicaBytes: 8 * MiB }), autoRebalanceThreshold: 1,
   });
   await t.rejects(off.startRebalance(null, null), { code: 'ERR_INVALID_ARGUMENT', message: /--rebalance-threshold 100.*--threshold PCT/ });

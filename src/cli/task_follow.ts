@@ -14,6 +14,11 @@ const PLAIN_LINE_INTERVAL_MS = 5_000;
 const BAR_WIDTH = 20;
 
 export function what(task: TaskInfo): string {
+  if (task.kind === 'tier') {
+    const subject = task.target.chunkServerId !== undefined ? `chunk server ${task.target.chunkServerId}`
+      : `volume ${task.target.volume === undefined ? task.target.volumeId ?? '?' : `"${task.target.volume}"`}`;
+    return `move of ${subject} from tier ${task.tier?.from ?? '?'} to tier ${task.tier?.to ?? '?'}`;
+  }
   if (task.target.chunkServerId !== undefined) return `${task.kind} of chunk server ${task.target.chunkServerId}`;
   const by = task.startedBy === 'mds' ? ', started by the MDS' : '';
   return `${task.kind} of the chunk servers to within ${task.thresholdPercent ?? '?'} points${by}`;
@@ -21,7 +26,9 @@ export function what(task: TaskInfo): string {
 
 /** A task's target in a few characters (a table column, a progress bar). */
 export function shortTarget(task: TaskInfo): string {
-  return task.target.chunkServerId === undefined ? 'all cs' : `cs ${task.target.chunkServerId}`;
+  if (task.target.chunkServerId !== undefined) return `cs ${task.target.chunkServerId}`;
+  if (task.target.volumeId !== undefined) return `vol ${task.target.volume ?? task.target.volumeId}`;
+  return 'all cs';
 }
 
 export function eta(task: TaskInfo): string {

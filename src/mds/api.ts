@@ -85,7 +85,7 @@ import {
 } from '../protocol/api.ts';
 import { tokenEqual } from '../protocol/auth.ts';
 import { createLogger, type Logger } from '../util/log.ts';
-import type { HypervisorRecord } from './model.ts';
+import type { HypervisorRecord, TierTarget } from './model.ts';
 import type { MdsMetrics } from './metrics.ts';
 import type { MetadataService } from './service.ts';
 import { STATUS_PAGE_CSP, STATUS_PAGE_HTML } from './status_page.ts';
@@ -276,9 +276,12 @@ function adminRoutes(app: TypedApp, service: MetadataService): void {
     { schema: { tags, body: StartTaskBody, response: { 200: TaskInfo, 201: TaskInfo, ...errorResponses } } },
     async (request, reply) => {
       const body = request.body;
+      const key = body.idempotencyKey ?? null;
       const { task, created } = body.kind === 'drain'
-        ? await service.tasks.startDrain(drainTarget(body), body.idempotencyKey ?? null)
-        : await service.tasks.startRebalance(rebalanceThreshold(body), body.idempotencyKey ?? null);
+        ? await service.tasks.startDrain(drainTarget(body), key)
+        : body.kind === 'tier'
+          ? await service.tasks.startTier(tierTarget(body, (name) => service.volumeByName(name).id), tierOf(body), key)
+          : await service.tasks.startRebalance(rebalanceThreshold(body), key);
       // 201 for a new task; 200 for the one an earlier request with the same key started.
       return reply.code(created ? 201 : 200).send(task);
     },
@@ -485,6 +488,7 @@ function sendError(reply: FastifyReply, error: FastifyError | StorageError, log:
 
 function drainTarget(body: StartTaskBody): number {
   if (body.thresholdPercent !== undefined) throw new StorageError('ERR_INVALID_ARGUMENT', 'thresholdPercent is for a rebalance, not a drain');
+  notTierFields(body, 'a drain');
   if (body.chunkServerId === undefined) throw new StorageError('ERR_INVALID_ARGUMENT', 'a drain names the chunk server to empty: chunkServerId');
   return body.chunkServerId;
 }
@@ -493,7 +497,28 @@ function rebalanceThreshold(body: StartTaskBody): number | null {
   if (body.chunkServerId !== undefined) {
     throw new StorageError('ERR_INVALID_ARGUMENT', 'a rebalance works on every chunk server: leave out chunkServerId (a drain empties one)');
   }
+  notTierFields(body, 'a rebalance');
   return body.thresholdPercent ?? null;
+}
+
+function notTierFields(body: StartTaskBody, what: string): void {
+  for (const field of ['volume', 'tier'] as const) {
+    if (body[field] !== undefined) throw new StorageError('ERR_INVALID_ARGUMENT', `${field} is for a tier move (kind "tier"), not ${what}`);
+  }
+}
+
+/** A tier move names one chunk server or one volume. */
+function tierTarget(body: StartTaskBody, volumeId: (name: string) => number): TierTarget {
+  if (body.thresholdPercent !== undefined) throw new StorageError('ERR_INVALID_ARGUMENT', 'thresholdPercent is for a rebalance, not a tier move');
+  if ((body.chunkServerId === undefined) === (body.volume === undefined)) {
+    throw new StorageError('ERR_INVALID_ARGUMENT', 'a tier move names either the chunk server (chunkServerId) or the volume (volume) whose tier changes');
+  }
+  return body.chunkServerId !== undefined ? { chunkServerId: body.chunkServerId } : { volumeId: volumeId(body.volume ?? '') };
+}
+
+function tierOf(body: StartTaskBody): number {
+  if (body.tier === undefined) throw new StorageError('ERR_INVALID_ARGUMENT', 'a tier move names the new tier (0-3): tier');
+  return body.tier;
 }
 
 /** The first schema violation: where (`body`, `body.replicas`), the rule broken, the property it names (an unknown or missing one). */

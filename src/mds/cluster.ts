@@ -20,6 +20,7 @@ import type {
   HeartbeatBody,
   RegisterChunkServerBody,
   RegisterChunkServerReply,
+  TierStat,
 } from '../protocol/api.ts';
 import type { CsConnectionPool } from '../protocol/cs_connection.ts';
 import type { ChunkListEntry } from '../protocol/cs_messages.ts';
@@ -32,13 +33,14 @@ import { lostRange, newerThanMapTest, proposedGeneration } from './generations.t
 import { planRebuild, type ServerHoldings } from './rebuild.ts';
 import { takeBackup, type TakenBackup } from './backup.ts';
 import { Quarantine } from './quarantine.ts';
-import type { ChunkServerAdminState, ChunkServerRecord, PendingDeleteRecord, QuarantineRecord, VolumeRecord } from './model.ts';
+import { volumeTier, type ChunkServerAdminState, type ChunkServerRecord, type PendingDeleteRecord, type QuarantineRecord, type VolumeRecord } from './model.ts';
 import type { PlacementCandidate } from './placement.ts';
 import type { PlannerServer, RebalanceJudgement } from './recovery.ts';
 import { RecoveryScheduler, type RecoveryView } from './recovery_scheduler.ts';
 import { chunkHealth, chunksOnServer, recoveryWindow, WINDOW_START, type ChunkHealth, type WindowCursor } from './map_scans.ts';
 import { MARK_IN_DOUBT_SLICE_CHUNKS } from './ops.ts';
-import { rebalanceModeOf } from './tasks.ts';
+import { rebalanceModeOf, tierMovesHeld } from './tasks.ts';
+import { misplacedOnServer, misplacedPairs, tierReplicas } from './tiers.ts';
 import { revocationsOf } from './hypervisors.ts';
 import { CsReplicaIo, type ReplicaIo } from './replica_io.ts';
 import { Replicator } from './replicator.ts';
@@ -301,6 +303,7 @@ export class Cluster {
         csId: server.id,
         host: server.failureDomainHost,
         rack: server.rack,
+        tier: server.tier,
         capacityBytes: report.capacityBytes,
         freeBytes: report.freeBytes,
       });
@@ -322,11 +325,13 @@ export class Cluster {
 
   listChunkServers(): ChunkServerInfo[] {
     const tables = this.store.tables;
+    const volumes = new Map(tables.listVolumes().map((volume) => [volume.id, volume]));
     // Counted with the records (store.ts): no walk of the map.
-    return tables.listChunkServers().map((server) => this.chunkServerInfo(server, tables.serverMapped(server.id).replicaCount));
+    return tables.listChunkServers().map((server) => this.chunkServerInfo(server, tables.serverMapped(server.id).replicaCount,
+      misplacedOnServer(tables, server, volumes).replicaCount));
   }
 
-  private chunkServerInfo(server: ChunkServerRecord, mappedReplicaCount: number): ChunkServerInfo {
+  private chunkServerInfo(server: ChunkServerRecord, mappedReplicaCount: number, misplacedReplicas: number): ChunkServerInfo {
     const nowMs = this.clock.nowMs();
     const report = this.registry.report(server.id);
     return {
@@ -346,6 +351,7 @@ export class Cluster {
       freeBytes: report?.freeBytes ?? 0,
       chunkCount: report?.chunkCount ?? 0,
       mappedReplicaCount,
+      misplacedReplicas,
       lastHeartbeatAgeMs: this.registry.heartbeatAgeMs(server.id, nowMs),
       registeredAt: new Date(server.registeredAtMs).toISOString(),
       maintenance: this.maintenanceInfo(server, nowMs),
@@ -422,6 +428,7 @@ export class Cluster {
         pending: this.recovery.stats.pending,
         blocked: this.recovery.stats.blocked,
         waiting: this.recovery.stats.waiting,
+        misplacedStuck: this.recovery.stats.misplacedStuck,
         succeeded: this.recovery.stats.succeeded,
         failed: this.recovery.stats.failed,
         copiedBytes: this.replicator.copiedBytesTotal,
@@ -433,11 +440,31 @@ export class Cluster {
         usedBytes: sum(online.map((s) => s.usedBytes)),
         freeBytes: sum(online.map((s) => s.freeBytes)),
       },
+      tiers: this.tierStats(servers, volumes),
       volumes: { count: volumes.length, sizeBytes: sum(volumes.map((v) => v.sizeBytes)) },
       chunks: { total, byState },
       quarantine: this.quarantine.summary(),
       servers: listed,
     };
+  }
+
+  /** Space and replicas per tier (the tiers that have servers, volumes or replicas). */
+  private tierStats(servers: readonly ChunkServerInfo[], volumes: readonly VolumeRecord[]): TierStat[] {
+    const tables = this.store.tables;
+    const replicas = tierReplicas(tables, tables.listChunkServers(), new Map(volumes.map((volume) => [volume.id, volume])));
+    return replicas.map((counts) => {
+      const inTier = servers.filter((server) => server.tier === counts.tier);
+      const online = inTier.filter((server) => server.state === 'online');
+      return {
+        ...counts,
+        servers: inTier.length,
+        online: online.length,
+        capacityBytes: sum(online.map((s) => s.capacityBytes)),
+        usedBytes: sum(online.map((s) => s.usedBytes)),
+        freeBytes: sum(online.map((s) => s.freeBytes)),
+        volumes: volumes.filter((volume) => volumeTier(volume) === counts.tier).length,
+      };
+    }).filter((tier) => tier.servers > 0 || tier.volumes > 0 || tier.replicas > 0);
   }
 
   /**
@@ -778,14 +805,17 @@ export class Cluster {
         adminState: server.adminState,
         host: server.failureDomainHost,
         rack: server.rack,
+        tier: server.tier,
         capacityBytes: report?.capacityBytes ?? 0,
         freeBytes: report?.freeBytes ?? 0,
       };
     });
     const volumes = new Map(tables.listVolumes().map((volume) => [volume.id, volume]));
-    // Members on these servers are what the planner may act on; on the rest, nothing (map_scans.ts).
+    // Members on these servers, and members on the wrong tier, are what the planner may act on;
+    // on the rest, nothing (map_scans.ts).
     const notServing = servers.filter((server) => !server.online || server.adminState !== 'active').map((server) => server.id);
-    const window = recoveryWindow(tables, volumes, notServing, this.recoveryCursor, RECOVERY_WINDOW_CHUNKS_MAX);
+    const misplaced = misplacedPairs(tables, records, volumes);
+    const window = recoveryWindow(tables, volumes, notServing, this.recoveryCursor, RECOVERY_WINDOW_CHUNKS_MAX, misplaced);
     this.recoveryCursor = window.next;
     const mappedBytes = new Map(records.map((server) => [server.id, tables.serverMapped(server.id).mappedBytes]));
     return {
@@ -793,6 +823,7 @@ export class Cluster {
       chunks: window.chunks,
       mappedBytes,
       chunksOn: (csId) => chunksOnServer(tables, volumes, csId, REBALANCE_LOOK_CHUNKS_MAX),
+      tierMoveHeld: tierMovesHeld(tables),
       ...rebalanceModeOf(tables, this.config.rebalanceThreshold),
     };
   }

@@ -4,10 +4,12 @@
 // server's chunks, per-server counts).
 //
 // A chunk can need the planner only if its record says so (in doubt, or a replica count other
-// than its volume's normal: the attention set) or a member sits on a server that is not serving
-// (offline, draining, removed). Any other chunk has every member live and active and exactly
-// `normal` of them, for which the planner decides nothing (see planChunk in recovery.ts); so a
-// plan over these candidates equals a plan over the whole map. Candidates are read in windows
+// than its volume's normal: the attention set), a member sits on a server that is not serving
+// (offline, draining, removed), or a member sits on a server of another tier than its volume's
+// (tiers.ts misplacedPairs, read through the server's index one volume at a time). Any other
+// chunk has every member live, active, on its tier, and exactly `normal` of them, for which the
+// planner decides nothing (see planChunk in recovery.ts); so a plan over these candidates equals
+// a plan over the whole map. Candidates are read in windows
 // of at most `windowChunksMax`, the next tick going on where the last stopped: while a server
 // holding a million replicas is offline, each tick reads a bounded slice of them, and "most
 // endangered first" holds within a window (a non-goal: a global order over a million chunks).
@@ -18,16 +20,28 @@
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { ChunkHealthCounts } from '../protocol/api.ts';
 import { assert } from '../util/assert.ts';
-import type { ChunkKey, ChunkRecord, MdsTables, VolumeRecord } from './model.ts';
+import { volumeTier, type ChunkKey, type ChunkRecord, type MdsTables, type VolumeRecord } from './model.ts';
 import type { PlannerChunk } from './recovery.ts';
 
-/** Where the next recovery window starts: a source (-1: the attention set, else a server) and a key in it. */
+/** Where the planner's candidates come from: the attention set, every chunk of a server, or one volume's chunks on a server. */
+export type WindowSource =
+  | { readonly kind: 'attention' }
+  | { readonly kind: 'server'; readonly csId: number }
+  | { readonly kind: 'misplaced'; readonly csId: number; readonly volumeId: number };
+
+/** Where the next recovery window starts: a source (by its key) and a chunk key in it. */
 export interface WindowCursor {
-  readonly source: number;
+  readonly source: string;
   readonly after: ChunkKey | undefined;
 }
 
-export const WINDOW_START: WindowCursor = { source: -1, after: undefined };
+const ATTENTION: WindowSource = { kind: 'attention' };
+
+function sourceKey(source: WindowSource): string {
+  return source.kind === 'attention' ? 'attention' : source.kind === 'server' ? `server:${source.csId}` : `misplaced:${source.csId}:${source.volumeId}`;
+}
+
+export const WINDOW_START: WindowCursor = { source: sourceKey(ATTENTION), after: undefined };
 
 /** Keys read from an index per call. */
 const KEYS_PER_READ = 1_024;
@@ -43,26 +57,41 @@ export function plannerChunk(tables: MdsTables, chunk: ChunkRecord, volume: Volu
     replicasNormal: volume.replicasNormal,
     replicasMin: volume.replicasMin,
     chunkSizeBytes: volume.chunkSizeBytes,
+    tier: volumeTier(volume),
     inDoubt: (chunk.inDoubt ?? []).length > 0,
     detached: tables.getPendingDelete(chunk.chunkId)?.csIds ?? [],
   };
 }
 
-function listSource(tables: MdsTables, source: number, after: ChunkKey | undefined, limit: number): ChunkKey[] {
-  return source === -1 ? tables.listAttentionChunks(after, limit) : tables.listServerChunks(source, after, limit);
+function listSource(tables: MdsTables, source: WindowSource, after: ChunkKey | undefined, limit: number): ChunkKey[] {
+  switch (source.kind) {
+    case 'attention':
+      return tables.listAttentionChunks(after, limit);
+    case 'server':
+      return tables.listServerChunks(source.csId, after, limit);
+    case 'misplaced':
+      return tables.listServerVolumeChunks(source.csId, source.volumeId, after?.chunkIndex ?? -1, limit);
+  }
 }
 
 /**
  * The planner's candidates for one tick: the attention set, then the chunks of each server in
- * `notServing` (ascending ids), from `cursor` on and wrapping around, at most `windowChunksMax`
- * distinct chunks. `next` is where the following window starts.
+ * `notServing` (ascending ids), then each volume's chunks on a server of another tier
+ * (`misplaced`), from `cursor` on and wrapping around, at most `windowChunksMax` distinct chunks.
+ * `next` is where the following window starts.
  */
 export function recoveryWindow(tables: MdsTables, volumes: ReadonlyMap<number, VolumeRecord>, notServing: readonly number[],
-  cursor: WindowCursor, windowChunksMax: number): { chunks: PlannerChunk[]; next: WindowCursor } {
+  cursor: WindowCursor, windowChunksMax: number,
+  misplaced: ReadonlyArray<{ readonly csId: number; readonly volumeId: number }> = []): { chunks: PlannerChunk[]; next: WindowCursor } {
   assert(windowChunksMax > 0, 'a window holds chunks');
-  const sources = [-1, ...notServing];
-  let index = Math.max(0, sources.indexOf(cursor.source));
-  let after = sources[index] === cursor.source ? cursor.after : undefined;
+  const sources: WindowSource[] = [
+    ATTENTION,
+    ...notServing.map((csId): WindowSource => ({ kind: 'server', csId })),
+    ...misplaced.map(({ csId, volumeId }): WindowSource => ({ kind: 'misplaced', csId, volumeId })),
+  ];
+  const keys = sources.map(sourceKey);
+  let index = Math.max(0, keys.indexOf(cursor.source));
+  let after = keys[index] === cursor.source ? cursor.after : undefined;
   const seen = new Set<string>();
   const chunks: PlannerChunk[] = [];
   // One lap over every source, then the start source again up to where the lap began.
@@ -80,7 +109,7 @@ export function recoveryWindow(tables: MdsTables, volumes: ReadonlyMap<number, V
         if (chunk !== undefined && volume !== undefined) chunks.push(plannerChunk(tables, chunk, volume));
       }
       after = keys.at(-1) ?? after;
-      if (seen.size >= windowChunksMax) return { chunks: inMapOrder(chunks), next: { source, after } };
+      if (seen.size >= windowChunksMax) return { chunks: inMapOrder(chunks), next: { source: sourceKey(source), after } };
       if (keys.length < Math.min(KEYS_PER_READ, room)) break;
     }
     index = (index + 1) % sources.length;
@@ -143,7 +172,7 @@ export async function chunkHealth(tables: MdsTables, volumes: ReadonlyMap<number
     else byState.healthy += 1;
     counted += 1;
   };
-  const sources = [-1, ...offline];
+  const sources: WindowSource[] = [ATTENTION, ...offline.map((csId): WindowSource => ({ kind: 'server', csId }))];
   for (const [position, source] of sources.entries()) {
     const earlier = new Set(offline.slice(0, Math.max(0, position - 1)));
     let after: ChunkKey | undefined;
@@ -152,7 +181,7 @@ export async function chunkHealth(tables: MdsTables, volumes: ReadonlyMap<number
       for (const key of keys) {
         const chunk = tables.getChunk(key.volumeId, key.chunkIndex);
         if (chunk === undefined) continue; // deleted between two slices
-        if (source !== -1 && (tables.isAttentionChunk(key.volumeId, key.chunkIndex) || chunk.replicas.some((csId) => earlier.has(csId)))) continue;
+        if (source.kind !== 'attention' && (tables.isAttentionChunk(key.volumeId, key.chunkIndex) || chunk.replicas.some((csId) => earlier.has(csId)))) continue;
         classify(chunk);
       }
       sliceRecords += keys.length;

@@ -160,6 +160,16 @@ export class MemoryTables implements MdsTables {
   listServerChunks(csId: number, after: ChunkKey | undefined, limit: number): ChunkKey[] {
     return this.keysAfter((chunk) => chunk.replicas.includes(csId), after, limit);
   }
+  listServerVolumeChunks(csId: number, volumeId: number, afterChunkIndex: number, limit: number): ChunkKey[] {
+    return this.keysAfter((chunk) => chunk.volumeId === volumeId && chunk.replicas.includes(csId), { volumeId, chunkIndex: afterChunkIndex }, limit);
+  }
+  serverVolumeReplicas(csId: number): ReadonlyMap<number, number> {
+    const counts = new Map<number, number>();
+    for (const chunk of this.state.chunks.values()) {
+      if (chunk.replicas.includes(csId)) counts.set(chunk.volumeId, (counts.get(chunk.volumeId) ?? 0) + 1);
+    }
+    return counts;
+  }
   listAttentionChunks(after: ChunkKey | undefined, limit: number): ChunkKey[] {
     return this.keysAfter((chunk) => needsAttention(chunk, this.state.volumes.get(chunk.volumeId)), after, limit);
   }

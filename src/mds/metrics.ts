@@ -93,12 +93,28 @@ export class MdsMetrics {
         g.set({ phase: 'window' }, stat.servers.filter((s) => s.maintenance?.phase === 'window').length);
         g.set({ phase: 'overrun' }, stat.servers.filter((s) => s.maintenance?.phase === 'grace' && s.state !== 'online').length);
       });
+    fromSnapshot('shoal_mds_tier_space_bytes', 'Space of the online chunk servers of each tier', ['tier', 'kind'], (g, stat) => {
+      for (const tier of stat.tiers) {
+        g.set({ tier: String(tier.tier), kind: 'capacity' }, tier.capacityBytes);
+        g.set({ tier: String(tier.tier), kind: 'used' }, tier.usedBytes);
+        g.set({ tier: String(tier.tier), kind: 'free' }, tier.freeBytes);
+      }
+    });
+    fromSnapshot('shoal_mds_tier_replicas',
+      'Replicas on each tier\'s chunk servers: all of them, and misplaced ones (of volumes of another tier: spilled while that tier was full, or still moving)',
+      ['tier', 'placement'], (g, stat) => {
+        for (const tier of stat.tiers) {
+          g.set({ tier: String(tier.tier), placement: 'all' }, tier.replicas);
+          g.set({ tier: String(tier.tier), placement: 'misplaced' }, tier.misplacedReplicas);
+        }
+      });
     fromSnapshot('shoal_mds_volumes', 'Volumes', [], (g, stat) => g.set(stat.volumes.count));
     fromSnapshot('shoal_mds_recovery_actions', 'Replica-set changes: running, planned, and chunks blocked for lack of servers',
       ['state'], (g, stat) => {
         g.set({ state: 'running' }, stat.recovery.running);
         g.set({ state: 'pending' }, stat.recovery.pending);
         g.set({ state: 'blocked' }, stat.recovery.blocked);
+        g.set({ state: 'misplaced_stuck' }, stat.recovery.misplacedStuck);
       });
     // Running totals: read straight from the replicator (the counters' collect cannot wait).
     new Gauge({

@@ -24,10 +24,19 @@ export interface VolumeRecord {
   readonly lease: LeaseRecord | null;
   /** I/O limits; absent (records written before limits existed, or never set): none. */
   readonly qos?: VolumeQos;
+  /** The storage tier its chunks belong on (tiers.ts); absent in records written before tiers: 0. */
+  readonly tier?: number;
 }
 
 export function volumeQos(volume: VolumeRecord): VolumeQos {
   return volume.qos ?? UNLIMITED_QOS;
+}
+
+/** Storage tiers are 0..TIER_MAX (e.g. 0 = HDD, 1 = HDD with an SSD journal, 2 = SSD). */
+export const TIER_MAX = 3;
+
+export function volumeTier(volume: VolumeRecord): number {
+  return volume.tier ?? 0;
 }
 
 /** What chunk servers keep of a volume with each of its replicas (for rebuilding a lost map). */
@@ -77,6 +86,11 @@ export interface ChunkServerRecord {
    * away, and it gets no new chunks until then. Absent in records written before it existed.
    */
   readonly maintenanceUntilMs?: number | null;
+  /**
+   * The tier was set by an admin (`shoal cs set-tier`): a restart with another --tier keeps it.
+   * Absent in records written before it existed: the flag's tier.
+   */
+  readonly tierSetByAdmin?: boolean;
 }
 
 /** The longest maintenance window one request sets (extend it with another). */
@@ -136,7 +150,7 @@ export interface HypervisorRecord {
 }
 
 /** What kinds of long operation run as durable tasks; each names its target. */
-export const TASK_KINDS = ['drain', 'rebalance'] as const;
+export const TASK_KINDS = ['drain', 'rebalance', 'tier'] as const;
 export type TaskKind = (typeof TASK_KINDS)[number];
 
 export const TASK_STATES = ['queued', 'running', 'paused', 'done', 'failed', 'cancelled'] as const;
@@ -185,11 +199,27 @@ export interface RebalanceTaskRecord extends TaskRecordBase {
 }
 
 /**
+ * A volume's tier, or a chunk server's, changed from `fromTier` to `toTier` (in the same commit
+ * that started the task): the replicas that now sit on the wrong tier (the volume's wherever they
+ * are, or the other volumes' on the server) move. Items: those replicas. Cancelling puts the
+ * tier back (what moved moves back).
+ */
+export interface TierTaskRecord extends TaskRecordBase {
+  readonly kind: 'tier';
+  readonly target: TierTarget;
+  readonly fromTier: number;
+  readonly toTier: number;
+}
+
+/** What changes tier: one chunk server, or one volume. */
+export type TierTarget = { readonly chunkServerId: number } | { readonly volumeId: number };
+
+/**
  * A long operation the MDS carries out in the background (tasks.ts): it survives an MDS restart
  * and the caller that started it going away. Progress is saved every few seconds, so after a
  * restart it shows at most that much less than was done.
  */
-export type TaskRecord = DrainTaskRecord | RebalanceTaskRecord;
+export type TaskRecord = DrainTaskRecord | RebalanceTaskRecord | TierTaskRecord;
 
 /** A task's progress numbers. */
 export interface TaskProgress {
@@ -200,10 +230,12 @@ export interface TaskProgress {
 }
 
 /**
- * A drain's progress now, from what the map still places on its server: done never goes back,
- * and replicas placed on the server while the drain was paused join the total.
+ * A drain's or a tier move's progress now, from what is still to move (what the map places on
+ * the drained server; the replicas on the wrong tier): done never goes back, and replicas that
+ * joined what is to move meanwhile (placed on the server while the drain was paused) join the
+ * total.
  */
-export function drainProgress(task: TaskProgress, left: ServerMapped): TaskProgress {
+export function progressFromLeft(task: TaskProgress, left: ServerMapped): TaskProgress {
   const itemsDone = Math.max(task.itemsDone, task.itemsTotal - left.replicaCount);
   const bytesDone = Math.max(task.bytesDone, task.bytesTotal - left.mappedBytes);
   return { itemsDone, itemsTotal: itemsDone + left.replicaCount, bytesDone, bytesTotal: bytesDone + left.mappedBytes };
@@ -268,6 +300,10 @@ export interface MdsTables {
   serverMapped(csId: number): ServerMapped;
   /** The chunks `csId` is a member of, in (volumeId, chunkIndex) order after `after`, at most `limit`. */
   listServerChunks(csId: number, after: ChunkKey | undefined, limit: number): ChunkKey[];
+  /** The chunks of one volume `csId` is a member of, by index after `afterChunkIndex` (-1: from the first), at most `limit`. */
+  listServerVolumeChunks(csId: number, volumeId: number, afterChunkIndex: number, limit: number): ChunkKey[];
+  /** Kept with the records: volumeId -> the replicas of its chunks on `csId` (volumes with none are absent). */
+  serverVolumeReplicas(csId: number): ReadonlyMap<number, number>;
   /**
    * The chunks whose record alone needs the recovery planner (in doubt, or a replica count other
    * than their volume's normal), in key order after `after`, at most `limit`.

@@ -15,8 +15,10 @@ import type {
   ChunkKey, ChunkRecord, ChunkServerAdminState, ChunkServerRecord, HypervisorRecord, InDoubtRange, MdsTables, QuarantineRecord, VolumeRecord,
 } from './model.ts';
 import {
-  FINISHED_TASKS_KEPT, HYPERVISOR_VOLUMES_MAX, MAINTENANCE_WINDOW_MAX_MS, drainProgress, isFinalTaskState, volumeQos, type DrainTaskRecord, type TaskProgress, type TaskRecord, type TaskStarter, type TaskState,
+  FINISHED_TASKS_KEPT, HYPERVISOR_VOLUMES_MAX, MAINTENANCE_WINDOW_MAX_MS, TIER_MAX, progressFromLeft, isFinalTaskState, volumeQos, volumeTier,
+  type DrainTaskRecord, type ServerMapped, type TaskProgress, type TaskRecord, type TaskStarter, type TaskState, type TierTarget, type TierTaskRecord,
 } from './model.ts';
+import { misplacedOfVolume, misplacedOnServer } from './tiers.ts';
 
 export type MdsOp =
   | { readonly type: 'reserveChunkIds'; readonly count: number }
@@ -48,6 +50,8 @@ export type MdsOp =
       readonly nowMs: number;
       /** Absent in ops logged before volumes had limits: none. */
       readonly qos?: VolumeQos;
+      /** Absent in ops logged before tiers: 0. */
+      readonly tier?: number;
     }
   | { readonly type: 'resizeVolume'; readonly volumeId: number; readonly sizeBytes: number }
   | {
@@ -206,6 +210,17 @@ export type MdsOp =
       readonly nowMs: number;
     }
   | {
+      /**
+       * A volume's or a chunk server's tier changes, and a task starts that follows the moves of
+       * the replicas now on the wrong tier (the planner moves them: recovery.ts).
+       */
+      readonly type: 'startTierTask';
+      readonly target: TierTarget;
+      readonly tier: number;
+      readonly idempotencyKey: string | null;
+      readonly nowMs: number;
+    }
+  | {
       /** A task moves on: paused, resumed (running), or ended. A drain's server follows (see setTaskState). */
       readonly type: 'setTaskState';
       readonly taskId: number;
@@ -279,6 +294,8 @@ export function applyOp(tables: MdsTables, op: MdsOp): MdsOpResult {
       return startDrainTask(tables, op);
     case 'startRebalanceTask':
       return startRebalanceTask(tables, op);
+    case 'startTierTask':
+      return startTierTask(tables, op);
     case 'setTaskState':
       return setTaskState(tables, op);
     case 'recordTaskProgress':
@@ -381,10 +398,13 @@ function registerChunkServer(tables: MdsTables, op: Extract<MdsOp, { type: 'regi
     metricsPort: op.metricsPort,
     failureDomainHost: op.failureDomainHost,
     rack: op.rack,
-    tier: op.tier,
+    // An admin's `cs set-tier` outlives the --tier of later starts.
+    tier: existing?.tierSetByAdmin === true ? existing.tier : op.tier,
     registeredAtMs: existing?.registeredAtMs ?? op.nowMs,
     maintenanceUntilMs: existing?.maintenanceUntilMs ?? null,
+    ...(existing?.tierSetByAdmin === true ? { tierSetByAdmin: true } : {}),
   };
+  assert(Number.isInteger(record.tier) && record.tier >= 0 && record.tier <= TIER_MAX, 'a chunk server\'s tier is within 0..TIER_MAX');
   tables.putChunkServer(record);
   return { type: 'chunkServer', record };
 }
@@ -408,6 +428,7 @@ function createVolume(tables: MdsTables, op: Extract<MdsOp, { type: 'createVolum
   assert(op.replicasMin >= 1 && op.replicasMin <= op.replicasNormal, 'replicas min within 1..normal');
   assert(op.sizeBytes > 0 && op.chunkSizeBytes > 0, 'volume and chunk sizes are positive');
   if (op.qos !== undefined) assertQos(op.qos);
+  assert(op.tier === undefined || (Number.isInteger(op.tier) && op.tier >= 0 && op.tier <= TIER_MAX), 'a volume\'s tier is within 0..TIER_MAX');
   const id = Math.max(1, tables.getMeta('nextVolumeId'));
   tables.putMeta('nextVolumeId', id + 1);
   const record: VolumeRecord = {
@@ -421,6 +442,7 @@ function createVolume(tables: MdsTables, op: Extract<MdsOp, { type: 'createVolum
     epoch: 0,
     lease: null,
     ...(op.qos === undefined ? {} : { qos: op.qos }),
+    ...(op.tier === undefined || op.tier === 0 ? {} : { tier: op.tier }),
   };
   tables.putVolume(record);
   return { type: 'volume', record };
@@ -585,7 +607,7 @@ function setChunkServerState(tables: MdsTables, csId: number, adminState: ChunkS
   const drain = adminState === 'draining' ? undefined : activeTaskOn(tables, csId);
   if (drain !== undefined) {
     const left = tables.serverMapped(csId);
-    const progress = drainProgress(drain, left);
+    const progress = progressFromLeft(drain, left);
     const atMs = nowMs ?? drain.updatedAtMs;
     const ended = left.replicaCount === 0
       ? { state: 'done' as const, error: null }
@@ -611,7 +633,9 @@ export function activeRebalance(tables: MdsTables): TaskRecord | undefined {
 function describeTask(task: TaskRecord): string {
   const what = task.kind === 'drain'
     ? `drain of chunk server ${task.chunkServerId}`
-    : `rebalance to within ${Math.round(task.thresholdFraction * 100)} points, started by ${task.startedBy === 'mds' ? 'the MDS' : 'an admin'}`;
+    : task.kind === 'tier'
+      ? `move of ${'chunkServerId' in task.target ? `chunk server ${task.target.chunkServerId}` : `volume ${task.target.volumeId}`} from tier ${task.fromTier} to tier ${task.toTier}`
+      : `rebalance to within ${Math.round(task.thresholdFraction * 100)} points, started by ${task.startedBy === 'mds' ? 'the MDS' : 'an admin'}`;
   return `task ${task.id} (${what}, ${task.state}, ${task.itemsDone} of ${task.itemsTotal} replicas moved)`;
 }
 
@@ -683,6 +707,66 @@ function startRebalanceTask(tables: MdsTables, op: Extract<MdsOp, { type: 'start
   return { type: 'task', record, created: true };
 }
 
+/** The tier task still going (not finished) of a server or volume, if any: at most one at a time. */
+export function activeTierTask(tables: MdsTables, target: TierTarget): TierTaskRecord | undefined {
+  return tables.listTasks().find((task): task is TierTaskRecord => task.kind === 'tier' && !isFinalTaskState(task.state) && sameTierTarget(task.target, target));
+}
+
+function sameTierTarget(a: TierTarget, b: TierTarget): boolean {
+  return 'chunkServerId' in a ? 'chunkServerId' in b && a.chunkServerId === b.chunkServerId : 'volumeId' in b && a.volumeId === b.volumeId;
+}
+
+/** The replicas a tier task's target still has on the wrong tier (see tiers.ts). */
+export function tierTaskLeft(tables: MdsTables, target: TierTarget): ServerMapped {
+  if ('chunkServerId' in target) {
+    const server = tables.getChunkServer(target.chunkServerId);
+    assert(server !== undefined, 'a tier task names a registered server');
+    return misplacedOnServer(tables, server, new Map(tables.listVolumes().map((volume) => [volume.id, volume])));
+  }
+  const volume = tables.getVolume(target.volumeId);
+  // Deleted since: nothing of it is left to move.
+  return volume === undefined ? { replicaCount: 0, mappedBytes: 0 } : misplacedOfVolume(tables, volume, tables.listChunkServers());
+}
+
+/** Sets the target's tier (a server's as set by an admin, kept across restarts); returns the tier it had. */
+function putTier(tables: MdsTables, target: TierTarget, tier: number): number {
+  assert(Number.isInteger(tier) && tier >= 0 && tier <= TIER_MAX, 'a tier is within 0..TIER_MAX');
+  if ('chunkServerId' in target) {
+    const server = tables.getChunkServer(target.chunkServerId);
+    if (server === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${target.chunkServerId} does not exist`);
+    if (server.adminState === 'removed') throw new StorageError('ERR_CONFLICT', `chunk server ${target.chunkServerId} was removed`);
+    tables.putChunkServer({ ...server, tier, tierSetByAdmin: true });
+    return server.tier;
+  }
+  const volume = requireVolume(tables, target.volumeId);
+  const { tier: _previous, ...rest } = volume;
+  tables.putVolume(tier === 0 ? rest : { ...rest, tier });
+  return volumeTier(volume);
+}
+
+function startTierTask(tables: MdsTables, op: Extract<MdsOp, { type: 'startTierTask' }>): MdsOpResult {
+  const same = taskOfKey(tables, op.idempotencyKey, (task) => task.kind === 'tier' && sameTierTarget(task.target, op.target) && task.toTier === op.tier);
+  if (same !== undefined) return { type: 'task', record: same };
+  const going = activeTierTask(tables, op.target);
+  const name = 'chunkServerId' in op.target ? `chunk server ${op.target.chunkServerId}`
+    : `volume "${tables.getVolume(op.target.volumeId)?.name ?? op.target.volumeId}"`;
+  if (going !== undefined) {
+    throw new StorageError('ERR_TASK_CONFLICT', `${name} is already moving by ${describeTask(going)}: ${taskHelp(going)} (a cancel puts its tier back)`);
+  }
+  const fromTier = putTier(tables, op.target, op.tier);
+  if (fromTier === op.tier) throw new StorageError('ERR_INVALID_ARGUMENT', `${name} is in tier ${op.tier} already`);
+  const left = tierTaskLeft(tables, op.target);
+  const empty = left.replicaCount === 0;
+  const record: TaskRecord = {
+    id: newTaskId(tables), kind: 'tier', target: op.target, fromTier, toTier: op.tier, state: empty ? 'done' : 'running',
+    idempotencyKey: op.idempotencyKey, itemsDone: 0, itemsTotal: left.replicaCount, bytesDone: 0, bytesTotal: left.mappedBytes, error: null,
+    createdAtMs: op.nowMs, updatedAtMs: op.nowMs, finishedAtMs: empty ? op.nowMs : null,
+  };
+  tables.putTask(record);
+  pruneFinishedTasks(tables);
+  return { type: 'task', record, created: true };
+}
+
 /** Where a task may go from each state. */
 const TASK_MOVES: Readonly<Record<TaskState, readonly TaskState[]>> = {
   queued: ['running', 'cancelled'],
@@ -706,6 +790,20 @@ function setTaskState(tables: MdsTables, op: Extract<MdsOp, { type: 'setTaskStat
     const progress = op.state === 'done' ? { ...task, itemsTotal: task.itemsDone, bytesTotal: task.bytesDone } : task;
     return putTaskState(tables, task, progress, op);
   }
+  if (task.kind === 'tier') {
+    const left = tierTaskLeft(tables, task.target);
+    if (op.state === 'done' && left.replicaCount > 0) {
+      throw new StorageError('ERR_CONFLICT', `${describeTask(task)} is not done: ${left.replicaCount} replicas are still on the wrong tier`);
+    }
+    const progress = task.state === 'running' ? progressFromLeft(task, left) : task;
+    // A cancel puts the tier back: what moved is then on the wrong tier, and moves back.
+    // (Not when the server was removed or the volume deleted since: there is nothing to put back.)
+    const exists = 'chunkServerId' in task.target
+      ? tables.getChunkServer(task.target.chunkServerId)?.adminState !== 'removed'
+      : tables.getVolume(task.target.volumeId) !== undefined;
+    if (op.state === 'cancelled' && exists) putTier(tables, task.target, task.fromTier);
+    return putTaskState(tables, task, progress, op);
+  }
   const server = tables.getChunkServer(task.chunkServerId);
   assert(server !== undefined, 'a drain task names a registered server');
   if (op.state === 'done' && tables.serverMapped(task.chunkServerId).replicaCount > 0) {
@@ -720,7 +818,7 @@ function setTaskState(tables: MdsTables, op: Extract<MdsOp, { type: 'setTaskStat
     throw new StorageError('ERR_CONFLICT', `chunk server ${task.chunkServerId} was removed: ${describeTask(task)} cannot resume`);
   }
   // Progress as of this change (the last save may be seconds old): a pause or cancel says what was done.
-  const progress = task.state === 'running' ? drainProgress(task, tables.serverMapped(task.chunkServerId)) : task;
+  const progress = task.state === 'running' ? progressFromLeft(task, tables.serverMapped(task.chunkServerId)) : task;
   return putTaskState(tables, task, progress, op);
 }
 

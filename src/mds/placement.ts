@@ -1,13 +1,16 @@
 // Replica placement: a pure function of the candidates, the request and a random source, so that
 // simulation tests can drive it through many seeds.
 //
-// Rules: replicas sit in distinct failure domains; the least-full servers (by fraction used) go
-// first, ties broken at random so that equal servers share the load; a server without room for a
-// whole chunk plus its reserve is never chosen; the writer's own host is preferred for the first
-// replica (locality) when it has a candidate.
+// Rules: replicas sit in distinct failure domains; servers of the volume's tier go first, then
+// those of the nearest tiers (tiers.ts tierOrder: a full tier spills, and the planner moves the
+// spilled replicas back once it has room); within a tier the least-full servers (by fraction
+// used) go first, ties broken at random so that equal servers share the load; a server without
+// room for a whole chunk plus its reserve is never chosen; the writer's own host is preferred for
+// the first replica (locality) when it has a candidate in the best tier there is room on.
 
 import { StorageError } from '../errors.ts';
 import { assert } from '../util/assert.ts';
+import { tierRank } from './tiers.ts';
 
 export const FAILURE_DOMAINS = ['disk', 'host', 'rack'] as const;
 export type FailureDomain = (typeof FAILURE_DOMAINS)[number];
@@ -19,6 +22,7 @@ export interface PlacementCandidate {
   readonly rack: string;
   readonly capacityBytes: number;
   readonly freeBytes: number;
+  readonly tier: number;
 }
 
 export interface PlacementRequest {
@@ -29,6 +33,8 @@ export interface PlacementRequest {
   /** Servers already holding the chunk (their domains are taken) or to avoid. */
   readonly exclude: readonly PlacementCandidate[];
   readonly preferHost?: string;
+  /** The volume's tier: its servers first, then the nearest tiers'. */
+  readonly tier: number;
 }
 
 /** Free space a server keeps back, as a fraction of capacity, so it never fills to the last byte. */
@@ -68,12 +74,14 @@ export function chooseReplicas(
   const excludedIds = new Set(request.exclude.map((c) => c.csId));
   const eligible = candidates.filter((c) => !excludedIds.has(c.csId));
   const withRoom = eligible.filter((c) => hasRoom(c, request.chunkSizeBytes));
+  const rankOf = (candidate: PlacementCandidate): number => tierRank(request.tier, candidate.tier);
   const ranked = withRoom
     .map((candidate) => ({ candidate, tieBreak: random() }))
-    .sort((a, b) => usedFraction(a.candidate) - usedFraction(b.candidate) || a.tieBreak - b.tieBreak)
+    .sort((a, b) => rankOf(a.candidate) - rankOf(b.candidate) || usedFraction(a.candidate) - usedFraction(b.candidate) || a.tieBreak - b.tieBreak)
     .map(({ candidate }) => candidate);
-  if (request.preferHost !== undefined) {
-    const local = ranked.findIndex((c) => c.host === request.preferHost);
+  const best = ranked[0];
+  if (request.preferHost !== undefined && best !== undefined) {
+    const local = ranked.findIndex((c) => c.host === request.preferHost && rankOf(c) === rankOf(best));
     if (local > 0) ranked.unshift(...ranked.splice(local, 1));
   }
   const chosen: number[] = [];

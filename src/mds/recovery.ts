@@ -16,16 +16,22 @@
 //   replacing it would copy whole chunks it brings back: unless fewer than `min` members are live
 //   and that has lasted `replaceEndangeredAfterMs` (data at risk goes first);
 // - a chunk with more healthy-or-draining members than needed sheds one: draining first, then
-//   offline, then the fullest;
+//   offline, then one on the wrong tier, then the fullest;
+// - new members go to the chunk's tier (its volume's) first, else the nearest tier with room
+//   (tiers.ts tierOrder); a chunk with all its members and one on the wrong tier (spilled while
+//   its tier was full, or its volume's or server's tier changed) moves that one to a server of
+//   its tier that has room, unless a paused tier task holds it;
 // - with nothing urgent, and a rebalance task running (input.rebalance.move), a replica moves from
-//   the fullest to the emptiest server while their used fractions differ by more than the
-//   task's threshold (one move per chunk); without one, the plan only judges whether the servers
-//   are within the threshold (the MDS starts a task when they are not: tasks.ts).
+//   the fullest to the emptiest server of the same tier while their used fractions differ by more
+//   than the task's threshold (one move per chunk); without one, the plan only judges whether the
+//   servers of each tier are within the threshold (the MDS starts a task when they are not: tasks.ts).
 // Urgency: fewest live members first (a chunk with one live copy before a chunk with two), then
 // fewest relative to min.
 
 import { RESERVE_FRACTION, chooseReplicas, domainKey, type FailureDomain, type PlacementCandidate } from './placement.ts';
 import type { ChunkServerAdminState } from './model.ts';
+import { tierRank } from './tiers.ts';
+import { assert } from '../util/assert.ts';
 
 export interface PlannerServer {
   readonly id: number;
@@ -43,6 +49,7 @@ export interface PlannerServer {
   readonly healthy: boolean;
   readonly host: string;
   readonly rack: string;
+  readonly tier: number;
   readonly capacityBytes: number;
   readonly freeBytes: number;
 }
@@ -55,6 +62,8 @@ export interface PlannerChunk {
   readonly replicasNormal: number;
   readonly replicasMin: number;
   readonly chunkSizeBytes: number;
+  /** Its volume's tier: where its members belong. */
+  readonly tier: number;
   /** A failed write left ranges that may differ between members: settle them first. */
   readonly inDoubt: boolean;
   /** Servers holding an older copy of the chunk (members that left): cheap to bring back. */
@@ -89,7 +98,7 @@ export type RecoveryAction =
       /** A move: once the target has joined, this member leaves (drain, rebalancing). */
       readonly thenDrop: number | null;
       /** Why: the rebalance task counts its own moves. */
-      readonly purpose: 'repair' | 'drain' | 'rebalance';
+      readonly purpose: 'repair' | 'drain' | 'rebalance' | 'tier';
       readonly reason: string;
       readonly urgency: number;
     };
@@ -133,6 +142,8 @@ export interface RecoveryPlan {
   readonly blocked: number;
   /** Chunks missing members that are expected back (offline, not yet given up): left as they are. */
   readonly waiting: number;
+  /** Chunks with a member on the wrong tier and no server of their tier with room to move it to. */
+  readonly misplacedStuck: number;
 }
 
 export interface PlannerInput {
@@ -158,6 +169,8 @@ export interface PlannerInput {
   readonly mappedBytes?: ReadonlyMap<number, number>;
   /** The chunks one server is a member of, in map order, for rebalancing; default: `chunks`. */
   readonly chunksOn?: (csId: number) => Iterable<PlannerChunk>;
+  /** The member on `csId` stays on the wrong tier for now: a paused tier task of its server or volume holds it. */
+  readonly tierMoveHeld?: (chunk: PlannerChunk, csId: number) => boolean;
 }
 
 /** Lower is more urgent. */
@@ -174,12 +187,14 @@ export function planRecovery(input: PlannerInput): RecoveryPlan {
   const actions: RecoveryAction[] = [];
   let blocked = 0;
   let waiting = 0;
+  let misplacedStuck = 0;
   let waitingRebalance = false;
   for (const chunk of input.chunks) {
     if (input.busy(chunk.chunkId)) continue;
     const action = planChunk(chunk, servers, input, placed, quorum);
     if (action === 'blocked') blocked += 1;
     else if (action === 'waiting') waiting += 1;
+    else if (action === 'misplaced') misplacedStuck += 1;
     else if (action !== null) actions.push(action);
     // A chunk missing a member that is away is not balanced: moving replicas now would be undone.
     if (action === 'waiting') waitingRebalance = true;
@@ -197,19 +212,20 @@ export function planRecovery(input: PlannerInput): RecoveryPlan {
     : null;
   if (deferral === null) {
     const { action, judgement } = planRebalance(input, servers);
-    return { actions: action === null ? [] : [action], rebalance: judgement, blocked, waiting };
+    return { actions: action === null ? [] : [action], rebalance: judgement, blocked, waiting, misplacedStuck };
   }
-  const { spreadFraction, remainingBytes } = measureBalance(usableForBalance(servers), input, input.rebalance.thresholdFraction);
+  const { spreadFraction, remainingBytes } = measureTiers(servers, input, input.rebalance.thresholdFraction);
   return {
     actions: actions.slice(0, input.config.actionsMax),
     rebalance: { outcome: 'deferred', mode: input.rebalance, spreadFraction, remainingBytes, detail: deferral },
     blocked,
     waiting,
+    misplacedStuck,
   };
 }
 
 function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, input: PlannerInput,
-  placed: Map<number, number>, quorum: boolean): RecoveryAction | 'blocked' | 'waiting' | null {
+  placed: Map<number, number>, quorum: boolean): RecoveryAction | 'blocked' | 'waiting' | 'misplaced' | null {
   const { config } = input;
   const live = chunk.replicas.filter((csId) => isLive(servers.get(csId)));
   if (live.length === 0) return null; // nothing to copy from: wait for a member to return
@@ -260,7 +276,16 @@ function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, inp
     const victim = chooseVictim(chunk, servers);
     if (victim !== null) return { kind: 'drop', chunk, csIds: [victim], reason: 'above the normal replica count', urgency: 1_000_000 };
   }
-  return null;
+  // Every member there: one on the wrong tier moves to the chunk's own, when a server there has room.
+  const misplaced = healthy.find((csId) => servers.get(csId)?.tier !== chunk.tier && input.tierMoveHeld?.(chunk, csId) !== true);
+  if (misplaced === undefined) return null;
+  const target = chooseTierTarget(chunk, misplaced, servers, input, placed);
+  if (target === null) return 'misplaced';
+  placed.set(target, (placed.get(target) ?? 0) + 1);
+  return {
+    kind: 'add', chunk, target, thenDrop: misplaced, purpose: 'tier', urgency: 1_500_000,
+    reason: `moving to tier ${chunk.tier}: off chunk server ${misplaced} (tier ${servers.get(misplaced)?.tier})`,
+  };
 }
 
 /** Offline so long that its replicas are replaced: longer than replaceAfterMs, and not in maintenance. */
@@ -277,6 +302,7 @@ function candidateOf(server: PlannerServer, pendingChunks: number, chunkSizeByte
     csId: server.id,
     host: server.host,
     rack: server.rack,
+    tier: server.tier,
     capacityBytes: server.capacityBytes,
     // Targets already chosen this round count as used, so one plan spreads its copies.
     freeBytes: Math.max(0, server.freeBytes - pendingChunks * chunkSizeBytes),
@@ -291,19 +317,40 @@ function chooseTarget(chunk: PlannerChunk, servers: Map<number, PlannerServer>, 
     (s) => s.online && s.healthy && s.adminState === 'active' && !chunk.replicas.includes(s.id) && !avoid.includes(s.id) &&
       (s.maintenanceWindow !== true || chunk.detached.includes(s.id)),
   );
-  // A server that still holds an older copy gets only what changed: it goes first.
-  const holders = eligible.filter((s) => chunk.detached.includes(s.id));
+  // The best new server: of the chunk's tier, else the nearest tier with room (placement.ts).
+  const fresh = pickTarget(chunk, eligible, servers, input, placed, null);
+  // A server that still holds an older copy gets only what changed: it goes first, unless it
+  // sits on a worse tier than a fresh server would.
+  const freshRank = fresh === null ? Number.POSITIVE_INFINITY : tierRank(chunk.tier, servers.get(fresh)?.tier ?? chunk.tier);
+  const holders = eligible.filter((s) => chunk.detached.includes(s.id) && tierRank(chunk.tier, s.tier) <= freshRank);
   if (holders.length > 0) {
-    const target = pickTarget(chunk, holders, servers, input, placed);
+    const target = pickTarget(chunk, holders, servers, input, placed, null);
     if (target !== null) return target;
   }
-  return pickTarget(chunk, eligible, servers, input, placed);
+  return fresh;
+}
+
+/**
+ * A server of the chunk's own tier to take over from `leaving`, a member on the wrong tier (whose
+ * failure domain it may share: the member leaves once it has joined); one holding an older copy first.
+ */
+function chooseTierTarget(chunk: PlannerChunk, leaving: number, servers: Map<number, PlannerServer>, input: PlannerInput,
+  placed: Map<number, number>): number | null {
+  const avoid = input.avoidTargets?.(chunk.chunkId) ?? [];
+  const eligible = [...servers.values()].filter(
+    (s) => s.tier === chunk.tier && s.online && s.healthy && s.adminState === 'active' && !chunk.replicas.includes(s.id) && !avoid.includes(s.id) &&
+      (s.maintenanceWindow !== true || chunk.detached.includes(s.id)),
+  );
+  const holders = eligible.filter((s) => chunk.detached.includes(s.id));
+  return (holders.length > 0 ? pickTarget(chunk, holders, servers, input, placed, leaving) : null) ??
+    pickTarget(chunk, eligible, servers, input, placed, leaving);
 }
 
 function pickTarget(chunk: PlannerChunk, eligible: readonly PlannerServer[], servers: Map<number, PlannerServer>,
-  input: PlannerInput, placed: Map<number, number>): number | null {
+  input: PlannerInput, placed: Map<number, number>, leaving: number | null): number | null {
   // Domains of members still counted (live ones, and offline ones not yet given up) are taken.
   const exclude = chunk.replicas
+    .filter((csId) => csId !== leaving)
     .map((csId) => servers.get(csId))
     .filter((s): s is PlannerServer => s !== undefined && s.adminState !== 'removed' && (s.online || !givenUp(s, input.config)))
     .filter((s) => s.adminState === 'active')
@@ -311,7 +358,7 @@ function pickTarget(chunk: PlannerChunk, eligible: readonly PlannerServer[], ser
   try {
     const [target] = chooseReplicas(
       eligible.map((s) => candidateOf(s, placed.get(s.id) ?? 0, chunk.chunkSizeBytes)),
-      { count: 1, minimum: 1, chunkSizeBytes: chunk.chunkSizeBytes, failureDomain: input.config.failureDomain, exclude },
+      { count: 1, minimum: 1, chunkSizeBytes: chunk.chunkSizeBytes, failureDomain: input.config.failureDomain, exclude, tier: chunk.tier },
       input.random,
     );
     return target ?? null;
@@ -324,14 +371,14 @@ function chooseVictim(chunk: PlannerChunk, servers: Map<number, PlannerServer>):
   const ranked = chunk.replicas
     .map((csId) => ({ csId, server: servers.get(csId) }))
     .filter((entry): entry is { csId: number; server: PlannerServer } => entry.server !== undefined)
-    .sort((a, b) => victimRank(b.server) - victimRank(a.server));
+    .sort((a, b) => victimRank(b.server, chunk.tier) - victimRank(a.server, chunk.tier));
   return ranked[0]?.csId ?? null;
 }
 
-/** Higher goes first: draining, then offline, then the fullest. */
-function victimRank(server: PlannerServer): number {
+/** Higher goes first: draining, then offline, then on the wrong tier, then the fullest. */
+function victimRank(server: PlannerServer, tier: number): number {
   const used = server.capacityBytes > 0 ? 1 - server.freeBytes / server.capacityBytes : 1;
-  return (server.adminState === 'draining' ? 4 : 0) + (server.online ? 0 : 2) + used;
+  return (server.adminState === 'draining' ? 8 : 0) + (server.online ? 0 : 4) + (server.tier === tier ? 0 : 2) + used;
 }
 
 
@@ -377,24 +424,73 @@ function measureBalance(usable: PlannerServer[], input: PlannerInput, thresholdF
   return { spreadFraction, remainingBytes: Math.ceil(Math.max(above, below)), sorted, share };
 }
 
+/** The servers' balance, tier by tier: each tier is balanced within itself (replicas never move between tiers for balance). */
+interface TiersBalance {
+  /** The widest spread of any tier. */
+  readonly spreadFraction: number;
+  /** Summed over the tiers. */
+  readonly remainingBytes: number;
+  /** One per tier with usable servers, by tier. */
+  readonly tiers: Balance[];
+}
+
+function measureTiers(servers: Map<number, PlannerServer>, input: PlannerInput, thresholdFraction: number): TiersBalance {
+  const byTier = new Map<number, PlannerServer[]>();
+  for (const server of usableForBalance(servers)) byTier.set(server.tier, [...(byTier.get(server.tier) ?? []), server]);
+  const tiers = [...byTier].sort((a, b) => a[0] - b[0]).map(([, group]) => measureBalance(group, input, thresholdFraction));
+  return {
+    spreadFraction: Math.max(0, ...tiers.map((balance) => balance.spreadFraction)),
+    remainingBytes: tiers.reduce((sum, balance) => sum + balance.remainingBytes, 0),
+    tiers,
+  };
+}
+
+/** One tier's move, or why there is none. */
+type TierMove =
+  | { readonly kind: 'move'; readonly action: RecoveryAction }
+  | { readonly kind: 'busy' }
+  | { readonly kind: 'balanced' }
+  | { readonly kind: 'stuck'; readonly why: string };
+
 /**
- * With nothing urgent: judges the servers' balance against the threshold and, when asked to
- * move, plans one replica from the fullest server to the emptiest one that can take it. A move
- * must leave the target no fuller than the source, or the next one undoes it: when that alone is
- * what stops every move, the servers are as balanced as whole chunks allow.
+ * With nothing urgent: judges each tier's balance against the threshold and, when asked to move,
+ * plans one replica from the fullest server of the tier furthest apart to the emptiest one of the
+ * same tier that can take it. A move must leave the target no fuller than the source, or the
+ * next one undoes it: when that alone is what stops every move, the servers are as balanced as
+ * whole chunks allow.
  */
 function planRebalance(input: PlannerInput, servers: Map<number, PlannerServer>): { action: RecoveryAction | null; judgement: RebalanceJudgement } {
   const { thresholdFraction, move } = input.rebalance;
-  const { spreadFraction, remainingBytes, sorted, share } = measureBalance(usableForBalance(servers), input, thresholdFraction);
+  const { spreadFraction, remainingBytes, tiers } = measureTiers(servers, input, thresholdFraction);
   const judged = (outcome: RebalanceOutcome, detail = ''): RebalanceJudgement => ({ outcome, mode: input.rebalance, spreadFraction, remainingBytes, detail });
   // Mid-move the map counts the copy on its target and on its source: judge once it has committed.
   if (input.rebalanceMoveInFlight === true) return { action: null, judgement: judged('moving') };
-  const fullest = sorted.at(-1);
-  if (fullest === undefined || sorted.length < 2) {
-    return { action: null, judgement: judged('deferred', `${sorted.length} chunk server(s) can take replicas now: nothing to balance between`) };
+  if (tiers.every((balance) => balance.sorted.length < 2)) {
+    const usable = tiers.reduce((sum, balance) => sum + balance.sorted.length, 0);
+    const where = tiers.length > 1 ? ', none of them in the same tier' : '';
+    return { action: null, judgement: judged('deferred', `${usable} chunk server(s) can take replicas now${where}: nothing to balance between`) };
   }
   if (spreadFraction <= thresholdFraction) return { action: null, judgement: judged('balanced') };
   if (!move) return { action: null, judgement: judged('wanted') };
+  let busy = false;
+  let stuck: string | null = null;
+  const beyond = tiers.filter((balance) => balance.spreadFraction > thresholdFraction).sort((a, b) => b.spreadFraction - a.spreadFraction);
+  for (const balance of beyond) {
+    const result = planTierMove(balance, input, servers, tiers.length > 1);
+    if (result.kind === 'move') return { action: result.action, judgement: judged('moving') };
+    if (result.kind === 'busy') busy = true;
+    if (result.kind === 'stuck') stuck ??= result.why;
+  }
+  if (busy) return { action: null, judgement: judged('moving') };
+  if (stuck !== null) return { action: null, judgement: judged('stuck', stuck) };
+  return { action: null, judgement: judged('balanced', 'as balanced as whole chunks allow: moving any one would leave its target fuller than its source') };
+}
+
+function planTierMove(balance: Balance, input: PlannerInput, servers: Map<number, PlannerServer>, severalTiers: boolean): TierMove {
+  const { sorted, share } = balance;
+  const fullest = sorted.at(-1);
+  assert(fullest !== undefined && sorted.length >= 2, 'a tier beyond the threshold has two servers or more');
+  const inTier = severalTiers ? ` of tier ${fullest.tier}` : '';
   const targets = sorted.slice(0, -1); // emptiest first
   let busy = false;
   const refused = { overshoot: 0, domain: 0, room: 0 };
@@ -422,20 +518,18 @@ function planRebalance(input: PlannerInput, servers: Map<number, PlannerServer>)
       }
       const action: RecoveryAction = {
         kind: 'add', chunk, target: target.id, thenDrop: fullest.id, purpose: 'rebalance', urgency: 2_000_000,
-        reason: `rebalancing from server ${fullest.id} (${pointsOf(share(fullest))} % full) to server ${target.id} (${pointsOf(share(target))} %)`,
+        reason: `rebalancing${inTier} from server ${fullest.id} (${pointsOf(share(fullest))} % full) to server ${target.id} (${pointsOf(share(target))} %)`,
       };
-      return { action, judgement: judged('moving') };
+      return { kind: 'move', action };
     }
   }
-  if (busy) return { action: null, judgement: judged('moving') };
-  if (refused.domain === 0 && refused.room === 0) {
-    return { action: null, judgement: judged('balanced', 'as balanced as whole chunks allow: moving any one would leave its target fuller than its source') };
-  }
+  if (busy) return { kind: 'busy' };
+  if (refused.domain === 0 && refused.room === 0) return { kind: 'balanced' };
   const why = refused.domain >= refused.room
-    ? `every replica on chunk server ${fullest.id} (the fullest) that could move would put two copies of its chunk in one ` +
-      `${input.config.failureDomain} failure domain: add servers in other ${input.config.failureDomain}s or use a larger threshold`
-    : `the servers that could take replicas from chunk server ${fullest.id} (the fullest) are out of room: add capacity`;
-  return { action: null, judgement: judged('stuck', why) };
+    ? `every replica on chunk server ${fullest.id} (the fullest${inTier}) that could move would put two copies of its chunk in one ` +
+      `${input.config.failureDomain} failure domain: add servers in other ${input.config.failureDomain}s${severalTiers ? ' to the tier' : ''} or use a larger threshold`
+    : `the servers${inTier} that could take replicas from chunk server ${fullest.id} (the fullest) are out of room: add capacity`;
+  return { kind: 'stuck', why };
 }
 
 function pointsOf(fraction: number): string {

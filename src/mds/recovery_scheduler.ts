@@ -30,6 +30,8 @@ export interface RecoveryView {
   readonly chunks: Iterable<PlannerChunk>;
   readonly mappedBytes?: ReadonlyMap<number, number>;
   readonly chunksOn?: (csId: number) => Iterable<PlannerChunk>;
+  /** Members on the wrong tier that a paused tier task holds where they are. */
+  readonly tierMoveHeld?: (chunk: PlannerChunk, csId: number) => boolean;
   /** Whether a rebalance task runs (moves are planned) and its threshold, or the automatic one's. */
   readonly rebalance: RebalanceMode;
   /** The running rebalance task, which counts the moves made for it. */
@@ -54,10 +56,12 @@ export interface RecoveryStats {
   blocked: number;
   /** Chunks missing members that are expected back: left alone until they return or are given up. */
   waiting: number;
+  /** Chunks with a member on the wrong tier that no server of their tier has room for now. */
+  misplacedStuck: number;
 }
 
 export class RecoveryScheduler {
-  readonly stats: RecoveryStats = { running: 0, started: 0, succeeded: 0, failed: 0, pending: 0, blocked: 0, waiting: 0 };
+  readonly stats: RecoveryStats = { running: 0, started: 0, succeeded: 0, failed: 0, pending: 0, blocked: 0, waiting: 0, misplacedStuck: 0 };
   /** The servers' balance as the last plan judged it (null before the first). */
   lastRebalance: RebalanceJudgement | null = null;
   /** Rebalancing moves under way: a rebalance is not done before they have committed (and been counted). */
@@ -86,6 +90,7 @@ export class RecoveryScheduler {
       chunks: view.chunks,
       ...(view.mappedBytes === undefined ? {} : { mappedBytes: view.mappedBytes }),
       ...(view.chunksOn === undefined ? {} : { chunksOn: view.chunksOn }),
+      ...(view.tierMoveHeld === undefined ? {} : { tierMoveHeld: view.tierMoveHeld }),
       busy: (chunkId) => this.inFlight.has(chunkId) || replicator.isBusy(chunkId),
       avoidTargets: (chunkId) => this.avoidTargets(chunkId),
       config: this.options.planner,
@@ -97,6 +102,7 @@ export class RecoveryScheduler {
     this.stats.pending = plan.actions.length;
     this.stats.blocked = plan.blocked;
     this.stats.waiting = plan.waiting;
+    this.stats.misplacedStuck = plan.misplacedStuck;
     let started = 0;
     for (const action of plan.actions) {
       if (this.inFlight.size >= this.options.concurrency) break;

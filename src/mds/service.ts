@@ -34,7 +34,8 @@ import { Hypervisors } from './hypervisors.ts';
 import type { ChunkRecord, HypervisorRecord, VolumeRecord } from './model.ts';
 import type { MdsConfig } from './config.ts';
 import { chooseReplicas } from './placement.ts';
-import { describeVolume, volumeQos } from './model.ts';
+import { describeVolume, volumeQos, volumeTier } from './model.ts';
+import { misplacedOfVolume } from './tiers.ts';
 import { resolveQosChange } from './volume_qos.ts';
 import { IoRateTable, sumRates } from './io_rates.ts';
 import { Tasks } from './tasks.ts';
@@ -75,6 +76,8 @@ export class MetadataService {
     this.tasks = new Tasks({
       store: deps.store, clock: deps.clock, log: deps.log,
       replan: () => this.cluster.recoveryTick(), blockedChunks: () => this.cluster.recovery.stats.blocked,
+      misplacedStuckChunks: () => this.cluster.recovery.stats.misplacedStuck,
+      volumeName: (volumeId) => this.store.tables.getVolume(volumeId)?.name ?? null,
       rebalance: () => this.cluster.rebalanceStatus(), autoRebalanceThreshold: deps.config.rebalanceThreshold,
     });
     this.capabilityKey = deps.capabilityKey ?? randomBytes(32);
@@ -119,9 +122,12 @@ export class MetadataService {
       replicasMin: replicas.min,
       nowMs: this.clock.nowMs(),
       ...(body.qos === undefined ? {} : { qos: resolveQosChange(UNLIMITED_QOS, body.qos) }),
+      ...(body.tier === undefined ? {} : { tier: body.tier }),
     });
     assert(result.type === 'volume', 'createVolume yields a volume');
-    this.log.info('volume created', { name: body.name, sizeBytes: body.sizeBytes, chunkSizeBytes, replicas, qos: volumeQos(result.record) });
+    this.log.info('volume created', {
+      name: body.name, sizeBytes: body.sizeBytes, chunkSizeBytes, replicas, qos: volumeQos(result.record), tier: volumeTier(result.record),
+    });
     return this.volumeInfo(result.record);
   }
 
@@ -188,6 +194,8 @@ export class MetadataService {
           ? null
           : { holder: volume.lease.holder, epoch: volume.epoch, acquiredAt: new Date(volume.lease.acquiredAtMs).toISOString() },
       qos: volumeQos(volume),
+      tier: volumeTier(volume),
+      misplacedReplicas: misplacedOfVolume(this.store.tables, volume, this.store.tables.listChunkServers()).replicaCount,
     };
   }
 
@@ -386,6 +394,7 @@ export class MetadataService {
         chunkSizeBytes: volume.chunkSizeBytes,
         failureDomain: this.config.failureDomain,
         exclude: [],
+        tier: volumeTier(volume),
         ...(writerHost === null ? {} : { preferHost: writerHost }),
       },
       this.random,

@@ -8,7 +8,7 @@
 // Besides the records, the tables keep indexes derived from the chunk records alone, written by
 // putChunk/deleteChunk in the same transaction as the record (so they can never disagree with
 // it, before or after a restart): chunk id -> chunk, server -> its chunks, per-server replica and
-// byte counts, and the chunks whose record alone says they need the planner (in doubt, or a
+// byte counts, per-server replica counts of each volume, and the chunks whose record alone says they need the planner (in doubt, or a
 // replica count other than the volume's normal). They let the MDS answer and plan without
 // walking a map of millions of records. A database written before they existed gets them built
 // once at open (ensureIndexes).
@@ -36,7 +36,7 @@ import { applyOp, type MdsOp, type MdsOpResult } from './ops.ts';
 
 export { MDS_DB_FILE } from './db_file.ts';
 
-/** Named databases the MDS's LMDB may hold (it uses 18): whoever opens it passes this. */
+/** Named databases the MDS's LMDB may hold (it uses 19): whoever opens it passes this. */
 export const MDS_DB_TABLES_MAX = 32;
 /** lmdb's option for the mode of the files it creates (missing from its type declarations). */
 const LMDB_FILE_MODE = { permissionsMode: PRIVATE_FILE_MODE };
@@ -46,8 +46,11 @@ const OPLOG_ENTRIES_KEPT = 100_000;
 
 /** Key in chunk-counts that says the counts cover every chunk record. */
 const CHUNK_COUNTS_COMPLETE = 'complete';
-/** Key in chunk-counts that says the chunk indexes (see the header) cover every chunk record. */
-const CHUNK_INDEXES_COMPLETE = 'indexes-v1';
+/**
+ * Key in chunk-counts that says the chunk indexes (see the header) cover every chunk record. v2
+ * added the per-server, per-volume replica counts: a database with only v1's is reindexed once.
+ */
+const CHUNK_INDEXES_COMPLETE = 'indexes-v2';
 /** Records per write transaction when building the indexes of an older database. */
 const INDEX_BUILD_RECORDS_PER_TRANSACTION = 65_536;
 
@@ -88,6 +91,8 @@ export class LmdbTables implements MdsTables {
   readonly serverCounts: Database<[number, number], number>;
   /** [volumeId, chunkIndex] -> 1 for every chunk that needsAttention. */
   readonly attention: Database<number, [number, number]>;
+  /** [csId, volumeId] -> replicas of the volume's chunks on the server (tiers.ts finds misplaced ones with it). */
+  readonly serverVolumeCounts: Database<number, [number, number]>;
 
   constructor(root: RootDatabase) {
     const db = <V, K extends string | number | [number, number] | [number, number, number]>(name: string, keyEncoding: 'uint32' | 'ordered-binary') =>
@@ -110,6 +115,7 @@ export class LmdbTables implements MdsTables {
     this.serverChunks = db('server-chunks', 'ordered-binary');
     this.serverCounts = db('server-counts', 'ordered-binary');
     this.attention = db('attention', 'ordered-binary');
+    this.serverVolumeCounts = db('server-volume-counts', 'ordered-binary');
   }
 
   /**
@@ -119,7 +125,7 @@ export class LmdbTables implements MdsTables {
   ensureIndexes(): void {
     if (this.chunkCounts.get(CHUNK_INDEXES_COMPLETE) !== undefined) return;
     this.chunkCounts.transactionSync(() => {
-      for (const table of [this.chunkIds, this.serverChunks, this.serverCounts, this.attention] as Database[]) {
+      for (const table of [this.chunkIds, this.serverChunks, this.serverCounts, this.attention, this.serverVolumeCounts] as Database[]) {
         for (const key of table.getKeys({})) void table.remove(key);
       }
     });
@@ -145,6 +151,7 @@ export class LmdbTables implements MdsTables {
   indexChunks(records: readonly ChunkRecord[]): void {
     const volumes = new Map<number, VolumeRecord | undefined>();
     const deltas = new Map<number, [number, number]>();
+    const volumeDeltas = new Map<string, { csId: number; volumeId: number; replicas: number }>();
     for (const record of records) {
       if (!volumes.has(record.volumeId)) volumes.set(record.volumeId, this.volumes.get(record.volumeId));
       const volume = volumes.get(record.volumeId);
@@ -156,9 +163,14 @@ export class LmdbTables implements MdsTables {
         delta[0] += 1;
         delta[1] += volume?.chunkSizeBytes ?? 0;
         deltas.set(csId, delta);
+        const key = `${csId}:${record.volumeId}`;
+        const volumeDelta = volumeDeltas.get(key) ?? { csId, volumeId: record.volumeId, replicas: 0 };
+        volumeDelta.replicas += 1;
+        volumeDeltas.set(key, volumeDelta);
       }
     }
     for (const [csId, [replicas, bytes]] of deltas) this.addServerCount(csId, replicas, bytes);
+    for (const { csId, volumeId, replicas } of volumeDeltas.values()) this.addServerVolumeCount(csId, volumeId, replicas);
   }
 
   /**
@@ -184,6 +196,13 @@ export class LmdbTables implements MdsTables {
     else void this.serverCounts.put(csId, counts);
   }
 
+  private addServerVolumeCount(csId: number, volumeId: number, replicas: number): void {
+    const count = (this.serverVolumeCounts.get([csId, volumeId]) ?? 0) + replicas;
+    assert(count >= 0, 'a server never holds fewer than no replicas of a volume');
+    if (count === 0) void this.serverVolumeCounts.remove([csId, volumeId]);
+    else void this.serverVolumeCounts.put([csId, volumeId], count);
+  }
+
   /** Keeps the indexes of one chunk as its record goes from `before` to `after` (either may be absent). */
   private reindexChunk(before: ChunkRecord | undefined, after: ChunkRecord | undefined): void {
     const some = after ?? before;
@@ -198,11 +217,13 @@ export class LmdbTables implements MdsTables {
       if (membersAfter.includes(csId)) continue;
       void this.serverChunks.remove([csId, ...key]);
       this.addServerCount(csId, -1, -chunkSizeBytes);
+      this.addServerVolumeCount(csId, some.volumeId, -1);
     }
     for (const csId of membersAfter) {
       if (membersBefore.includes(csId)) continue;
       void this.serverChunks.put([csId, ...key], some.chunkId);
       this.addServerCount(csId, 1, chunkSizeBytes);
+      this.addServerVolumeCount(csId, some.volumeId, 1);
     }
     if (before === undefined) void this.chunkIds.put(some.chunkId, key);
     if (after === undefined) void this.chunkIds.remove(some.chunkId);
@@ -287,6 +308,13 @@ export class LmdbTables implements MdsTables {
     const start = after === undefined ? [csId] : [csId, after.volumeId, after.chunkIndex];
     const keys = this.serverChunks.getKeys({ start, end: [csId + 1], exclusiveStart: after !== undefined, limit });
     return [...keys.map(([, volumeId, chunkIndex]) => ({ volumeId, chunkIndex }))];
+  }
+  listServerVolumeChunks(csId: number, volumeId: number, afterChunkIndex: number, limit: number): ChunkKey[] {
+    const keys = this.serverChunks.getKeys({ start: [csId, volumeId, afterChunkIndex], end: [csId, volumeId + 1], exclusiveStart: true, limit });
+    return [...keys.map(([, , chunkIndex]) => ({ volumeId, chunkIndex }))];
+  }
+  serverVolumeReplicas(csId: number): ReadonlyMap<number, number> {
+    return new Map([...this.serverVolumeCounts.getRange({ start: [csId], end: [csId + 1] }).map(({ key, value }) => [key[1], value] as const)]);
   }
   listAttentionChunks(after: ChunkKey | undefined, limit: number): ChunkKey[] {
     const keys = after === undefined ? this.attention.getKeys({ limit })

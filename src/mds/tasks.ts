@@ -21,6 +21,13 @@
 // the servers within the threshold, and fails when no replica can move for STUCK_FAIL_AFTER_MS
 // (failure domains or full servers in the way), saying why.
 //
+// A tier move follows the replicas a change of tier left on the wrong tier: the change itself
+// (a volume's or a chunk server's tier) commits with the start of the task, and the planner moves
+// those replicas at the recovery rate (recovery.ts). Progress: the replicas still on the wrong
+// tier (tiers.ts, from the kept counts) against what there was at the start. Done when none is
+// left; a pause holds its replicas where they are; a cancel puts the tier back, and what moved
+// moves back. While the tier has no room, the task waits and its note says so.
+//
 // The rate and ETA are measured here, in memory: after a restart they come back within seconds.
 
 import { StorageError } from '../errors.ts';
@@ -30,9 +37,11 @@ import type { Clock } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
 import { RateMeter } from '../util/rate_meter.ts';
 import type { RebalanceStatus } from './cluster.ts';
-import { drainProgress, isFinalTaskState, type MdsTables, type RebalanceTaskRecord, type TaskProgress, type TaskRecord } from './model.ts';
-import type { RebalanceMode } from './recovery.ts';
-import { activeRebalance } from './ops.ts';
+import {
+  progressFromLeft, isFinalTaskState, type MdsTables, type RebalanceTaskRecord, type TaskProgress, type TaskRecord, type TierTarget, type TierTaskRecord,
+} from './model.ts';
+import type { PlannerChunk, RebalanceMode } from './recovery.ts';
+import { activeRebalance, tierTaskLeft } from './ops.ts';
 import type { MdsStore } from './store.ts';
 
 /** Progress is saved this often at most while it changes (each save is one op). */
@@ -54,6 +63,10 @@ export interface TasksDeps {
   readonly replan: () => void;
   /** Chunks the planner finds no eligible server for (a drain that cannot finish shows it). */
   readonly blockedChunks: () => number;
+  /** Chunks on the wrong tier the planner finds no server of their tier with room for. */
+  readonly misplacedStuckChunks: () => number;
+  /** A volume's name, for the API's view of a tier task (null once deleted). */
+  readonly volumeName: (volumeId: number) => string | null;
   /** The servers' balance as the planner last judged it. */
   readonly rebalance: () => RebalanceStatus;
   /** The MDS's --rebalance-threshold as a fraction: beyond it the MDS starts a rebalance by itself (1 or more: never). */
@@ -72,6 +85,18 @@ export function rebalanceModeOf(tables: MdsTables, autoThresholdFraction: number
     return { rebalance: { thresholdFraction: task.thresholdFraction, move: true }, rebalanceTaskId: task.id };
   }
   return { rebalance: { thresholdFraction: autoThresholdFraction, move: false }, rebalanceTaskId: null };
+}
+
+/** Members on the wrong tier that a paused tier task holds where they are (its server's, or its volume's). */
+export function tierMovesHeld(tables: MdsTables): (chunk: PlannerChunk, csId: number) => boolean {
+  const servers = new Set<number>();
+  const volumes = new Set<number>();
+  for (const task of tables.listTasks()) {
+    if (task.kind !== 'tier' || task.state !== 'paused') continue;
+    if ('chunkServerId' in task.target) servers.add(task.target.chunkServerId);
+    else volumes.add(task.target.volumeId);
+  }
+  return (chunk, csId) => servers.has(csId) || volumes.has(chunk.volumeId);
 }
 
 export class Tasks {
@@ -114,6 +139,23 @@ export class Tasks {
         'this MDS does not rebalance by itself (--rebalance-threshold 100): give the threshold to balance to (shoal cs rebalance --threshold PCT)');
     }
     return this.submitRebalance(thresholdFraction, 'admin', idempotencyKey);
+  }
+
+  /**
+   * Changes a volume's or a chunk server's tier and starts the task that follows the moves it
+   * causes, or returns the task an earlier request with the same key started.
+   */
+  async startTier(target: TierTarget, tier: number, idempotencyKey: string | null): Promise<{ task: TaskInfo; created: boolean }> {
+    const result = await this.deps.store.submit({ type: 'startTierTask', target, tier, idempotencyKey, nowMs: this.deps.clock.nowMs() });
+    assert(result.type === 'task' && result.record.kind === 'tier', 'startTierTask yields a tier task');
+    const created = result.created === true;
+    if (created) {
+      this.deps.log.info('task started', {
+        task: result.record.id, kind: 'tier', ...target, fromTier: result.record.fromTier, toTier: tier, replicas: result.record.itemsTotal,
+      });
+    }
+    this.deps.replan();
+    return { task: this.info(result.record), created };
   }
 
   private async submitRebalance(thresholdFraction: number, startedBy: 'admin' | 'mds', idempotencyKey: string | null): Promise<{ task: TaskInfo; created: boolean }> {
@@ -204,7 +246,7 @@ export class Tasks {
 
   private async follow(task: TaskRecord): Promise<void> {
     const nowMs = this.deps.clock.nowMs();
-    const ended = task.kind === 'drain' ? this.drainEnd(task) : this.rebalanceEnd(task, nowMs);
+    const ended = task.kind === 'drain' ? this.drainEnd(task) : task.kind === 'tier' ? this.tierEnd(task) : this.rebalanceEnd(task, nowMs);
     const progress = this.liveProgress(task);
     if (ended !== null) {
       // One op: the change records the progress as of its commit (a drain's from the map, a rebalance's as counted).
@@ -230,6 +272,11 @@ export class Tasks {
   /** A drain ends when the map places nothing on its server. */
   private drainEnd(task: Extract<TaskRecord, { kind: 'drain' }>): { state: 'done'; error: null } | null {
     return this.deps.store.tables.serverMapped(task.chunkServerId).replicaCount === 0 ? { state: 'done', error: null } : null;
+  }
+
+  /** A tier move ends when no replica of its target is left on the wrong tier. */
+  private tierEnd(task: TierTaskRecord): { state: 'done'; error: null } | null {
+    return tierTaskLeft(this.deps.store.tables, task.target).replicaCount === 0 ? { state: 'done', error: null } : null;
   }
 
   /** A rebalance ends when the planner, judging under it, finds the servers within its threshold, or finds no move for too long. */
@@ -260,7 +307,8 @@ export class Tasks {
 
   /** A running task's progress now: a drain's from the map, a rebalance's from the moves finished for it. */
   private liveProgress(task: TaskRecord): TaskProgress {
-    if (task.kind === 'drain') return drainProgress(task, this.deps.store.tables.serverMapped(task.chunkServerId));
+    if (task.kind === 'drain') return progressFromLeft(task, this.deps.store.tables.serverMapped(task.chunkServerId));
+    if (task.kind === 'tier') return progressFromLeft(task, tierTaskLeft(this.deps.store.tables, task.target));
     const { itemsDone, bytesDone } = task;
     const judgement = this.judgementUnder(task);
     // Until the planner has judged under this task, what was estimated before stands.
@@ -280,6 +328,11 @@ export class Tasks {
     }
     const stalledMs = this.deps.clock.nowMs() - last.atMs;
     if (stalledMs < STALL_NOTE_AFTER_MS) return null;
+    const stuck = this.deps.misplacedStuckChunks();
+    if (task.kind === 'tier' && stuck > 0) {
+      return `nothing moved for ${Math.round(stalledMs / 1000)} s: the planner finds no server of the right tier with room ` +
+        `(and a free failure domain) for ${stuck} chunks: add capacity to tier ${task.toTier}, or cancel the task to put the tier back`;
+    }
     const blocked = this.deps.blockedChunks();
     const why = blocked > 0
       ? `: the planner finds no eligible server for ${blocked} chunks (too few active servers or failure domains?)`
@@ -322,7 +375,8 @@ export class Tasks {
     return {
       id: task.id,
       kind: task.kind,
-      target: task.kind === 'drain' ? { chunkServerId: task.chunkServerId } : {},
+      target: this.targetOf(task),
+      tier: task.kind === 'tier' ? { from: task.fromTier, to: task.toTier } : null,
       startedBy: task.kind === 'rebalance' ? task.startedBy : 'admin',
       thresholdPercent: task.kind === 'rebalance' ? percent(task.thresholdFraction) : null,
       spreadPercent: judgement === null ? null : percent(judgement.spreadFraction),
@@ -337,6 +391,14 @@ export class Tasks {
       updatedAt: new Date(task.updatedAtMs).toISOString(),
       finishedAt: iso(task.finishedAtMs),
     };
+  }
+
+  private targetOf(task: TaskRecord): TaskInfo['target'] {
+    if (task.kind === 'drain') return { chunkServerId: task.chunkServerId };
+    if (task.kind === 'rebalance') return {};
+    if ('chunkServerId' in task.target) return { chunkServerId: task.target.chunkServerId };
+    const name = this.deps.volumeName(task.target.volumeId);
+    return { volumeId: task.target.volumeId, ...(name === null ? {} : { volume: name }) };
   }
 }
 

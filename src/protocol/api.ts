@@ -119,6 +119,7 @@ export const CreateVolumeBody = Type.Object(
     chunkSizeBytes: Type.Optional(Uint({ minimum: CHUNK_BYTES_MIN, maximum: CHUNK_BYTES_MAX })),
     replicas: Type.Optional(Replicas),
     qos: Type.Optional(VolumeQosChange),
+    tier: Type.Optional(Uint({ maximum: 3, description: 'the storage tier its chunks go to (default 0); when it is full, the nearest tier with room' })),
   },
   { additionalProperties: false },
 );
@@ -159,6 +160,8 @@ export const VolumeInfo = Type.Object({
   epoch: Uint({ description: 'lease epoch: grows with every write open' }),
   lease: Type.Union([LeaseInfo, Type.Null()]),
   qos: VolumeQos,
+  tier: Uint({ maximum: 3 }),
+  misplacedReplicas: Uint({ description: 'replicas on chunk servers of another tier (spilled while the tier was full, or not yet moved after a change of tier)' }),
 });
 export type VolumeInfo = Static<typeof VolumeInfo>;
 
@@ -185,6 +188,7 @@ export const ChunkServerInfo = Type.Object({
   freeBytes: Uint(),
   chunkCount: Uint({ description: 'replicas stored, as the chunk server last reported' }),
   mappedReplicaCount: Uint({ description: 'replicas the chunk map places on this server' }),
+  misplacedReplicas: Uint({ description: 'of those, replicas of volumes of another tier (they move to their tier once it has room)' }),
   lastHeartbeatAgeMs: Type.Union([Uint(), Type.Null()]),
   registeredAt: Type.String(),
   maintenance: Type.Union([
@@ -223,6 +227,7 @@ export const RecoveryInfo = Type.Object({
   pending: Uint({ description: 'changes the last plan held: 0 when every chunk is as it should be' }),
   blocked: Uint({ description: 'chunks that need a replica but have no eligible server in a free failure domain' }),
   waiting: Uint({ description: 'chunks missing members that are expected back (restarting servers): nothing is copied for them meanwhile' }),
+  misplacedStuck: Uint({ description: 'chunks with a replica on the wrong tier that no server of their tier has room for now' }),
   succeeded: Uint(),
   failed: Uint(),
   copiedBytes: Uint({ description: 'bytes copied between chunk servers since the MDS started' }),
@@ -297,9 +302,14 @@ export type RebuildReply = Static<typeof RebuildReply>;
 /** A long operation the MDS carries out in the background (src/mds/tasks.ts). */
 export const TaskInfo = Type.Object({
   id: Uint(),
-  kind: Type.Union([Type.Literal('drain'), Type.Literal('rebalance')]),
+  kind: Type.Union([Type.Literal('drain'), Type.Literal('rebalance'), Type.Literal('tier')]),
   target: Type.Object({
-    chunkServerId: Type.Optional(Uint({ description: 'a drain\'s server; a rebalance has none (it works on every server)' })),
+    chunkServerId: Type.Optional(Uint({ description: 'a drain\'s server, or the server a tier move changed; a rebalance has none (it works on every server)' })),
+    volumeId: Type.Optional(Uint({ description: 'a tier move: the volume whose tier changed' })),
+    volume: Type.Optional(Type.String({ description: 'a tier move: that volume\'s name (absent once it is deleted)' })),
+  }),
+  tier: Type.Union([Type.Object({ from: Uint({ maximum: 3 }), to: Uint({ maximum: 3 }) }), Type.Null()], {
+    description: 'a tier move: the tier its target had and has now (a cancel puts it back)',
   }),
   startedBy: Type.Union([Type.Literal('admin'), Type.Literal('mds')], {
     description: 'mds: the MDS started it by itself (a rebalance once the servers drifted apart beyond its --rebalance-threshold)',
@@ -314,7 +324,7 @@ export const TaskInfo = Type.Object({
     Type.Literal('queued'), Type.Literal('running'), Type.Literal('paused'), Type.Literal('done'), Type.Literal('failed'), Type.Literal('cancelled'),
   ]),
   progress: Type.Object({
-    itemsDone: Uint({ description: 'replicas moved (off a drained server, or between servers for balance)' }),
+    itemsDone: Uint({ description: 'replicas moved (off a drained server, between servers for balance, or to their tier)' }),
     itemsTotal: Uint({ description: 'a rebalance: done plus an estimate of what is left, which moves as the cluster changes' }),
     bytesDone: Uint(),
     bytesTotal: Uint(),
@@ -344,8 +354,10 @@ const IdempotencyKey = Type.String({
 /** One body for every kind (not a union: a union's violations would name the wrong kind's fields); the MDS checks which fields a kind takes. */
 export const StartTaskBody = Type.Object(
   {
-    kind: Type.Unsafe<'drain' | 'rebalance'>({ type: 'string', enum: ['drain', 'rebalance'] }),
-    chunkServerId: Type.Optional(Uint({ minimum: 1, description: 'a drain: the chunk server to empty' })),
+    kind: Type.Unsafe<'drain' | 'rebalance' | 'tier'>({ type: 'string', enum: ['drain', 'rebalance', 'tier'] }),
+    chunkServerId: Type.Optional(Uint({ minimum: 1, description: 'a drain: the chunk server to empty; a tier move: the chunk server whose tier changes' })),
+    volume: Type.Optional(Type.String({ pattern: VOLUME_NAME_PATTERN, maxLength: 128, description: 'a tier move: the volume whose tier changes' })),
+    tier: Type.Optional(Uint({ maximum: 3, description: 'a tier move: the new tier (0-3); the replicas then on the wrong tier move' })),
     thresholdPercent: Type.Optional(Type.Integer({
       minimum: 1, maximum: 99,
       description: 'a rebalance: move replicas until the servers are at most this many points of used space apart (default: the MDS\'s --rebalance-threshold)',
@@ -356,11 +368,27 @@ export const StartTaskBody = Type.Object(
 );
 export type StartTaskBody = Static<typeof StartTaskBody>;
 
+/** One storage tier in the stat: its servers' space and the replicas on it. */
+export const TierStat = Type.Object({
+  tier: Uint({ maximum: 3 }),
+  servers: Uint({ description: 'chunk servers of the tier (not removed)' }),
+  online: Uint(),
+  capacityBytes: Uint({ description: 'of the online servers' }),
+  usedBytes: Uint(),
+  freeBytes: Uint(),
+  replicas: Uint({ description: 'replicas the chunk map places on the tier\'s servers' }),
+  misplacedReplicas: Uint({ description: 'of those, replicas of volumes of another tier' }),
+  elsewhereReplicas: Uint({ description: 'replicas of this tier\'s volumes on other tiers (spilled while it was full, or still to move after a change of tier)' }),
+  volumes: Uint({ description: 'volumes of this tier' }),
+});
+export type TierStat = Static<typeof TierStat>;
+
 export const ClusterStat = Type.Object({
   chunkServers: Type.Object({ total: Uint(), online: Uint(), offline: Uint() }),
   recovery: RecoveryInfo,
   quarantine: QuarantineSummary,
   space: Type.Object({ capacityBytes: Uint(), usedBytes: Uint(), freeBytes: Uint() }),
+  tiers: Type.Array(TierStat, { description: 'tiers that have servers, volumes or replicas, by tier' }),
   volumes: Type.Object({ count: Uint(), sizeBytes: Uint() }),
   chunks: Type.Object({ total: Uint(), byState: ChunkHealthCounts }),
   servers: Type.Array(ChunkServerInfo),

@@ -122,10 +122,10 @@ export class SimWorld {
     if (existing !== undefined) return existing;
     const candidates = this.servers
       .filter((s) => this.mdsView.get(s.id) === true && this.tables.getChunkServer(s.id)?.adminState === 'active')
-      .map((s) => ({ csId: s.id, host: `h${s.id}`, rack: 'r', capacityBytes: 1 << 30, freeBytes: (1 << 30) - s.replicas.size * CHUNK_BYTES }));
+      .map((s) => ({ csId: s.id, host: `h${s.id}`, rack: 'r', tier: 0, capacityBytes: 1 << 30, freeBytes: (1 << 30) - s.replicas.size * CHUNK_BYTES }));
     let chosen: number[];
     try {
-      chosen = chooseReplicas(candidates, { count: 3, minimum: 2, chunkSizeBytes: CHUNK_BYTES, failureDomain: 'disk', exclude: [] }, this.random);
+      chosen = chooseReplicas(candidates, { count: 3, minimum: 2, chunkSizeBytes: CHUNK_BYTES, failureDomain: 'disk', exclude: [], tier: 0 }, this.random);
     } catch {
       return null;
     }
@@ -160,13 +160,14 @@ export class SimWorld {
       healthy: true,
       host: `h${s.id}`,
       rack: 'r',
+      tier: 0,
       capacityBytes: 1 << 30,
       freeBytes: (1 << 30) - s.replicas.size * CHUNK_BYTES,
     }));
     const chunks: PlannerChunk[] = [];
     this.tables.forEachChunk((chunk) =>
       chunks.push({
-        ...chunk, replicasNormal: 3, replicasMin: 2, chunkSizeBytes: CHUNK_BYTES, inDoubt: (chunk.inDoubt ?? []).length > 0,
+        ...chunk, replicasNormal: 3, replicasMin: 2, chunkSizeBytes: CHUNK_BYTES, tier: 0, inDoubt: (chunk.inDoubt ?? []).length > 0,
         detached: this.tables.getPendingDelete(chunk.chunkId)?.csIds ?? [],
       }));
     return planRecovery({

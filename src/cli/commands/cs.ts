@@ -12,6 +12,7 @@ import { formatBytes } from '../../util/size.ts';
 import { booleanFlag, defineCommand, positional, show, stringFlag, type Command } from '../command.ts';
 import { formatAgeMs, formatDuration, formatPercent, formatTimestamp } from '../format.ts';
 import { followTask } from '../task_follow.ts';
+import { TIER_DETAILS, TIER_OPTIONS, parseTier, runTierMove } from '../tier_move.ts';
 import { renderFields, renderTable, type Column, type Style } from '../table.ts';
 
 type ServerColumn = Column<ChunkServerInfo>;
@@ -372,6 +373,34 @@ const rebalance = defineCommand({
   },
 });
 
+const setTier = defineCommand({
+  path: ['cs', 'set-tier'],
+  synopsis: 'ID TIER [--detach] [--timeout SECONDS] [--idempotency-key KEY]',
+  summary: 'change a chunk server\'s tier, live: the replicas of other tiers\' volumes on it move off',
+  details: [
+    'ID                 the ID column of shoal cs list',
+    'TIER               0-3; kept across restarts of the server, whatever its --tier flag says',
+    'Nothing is removed and re-added: the server keeps serving, new chunks of its new tier\'s volumes come to it,',
+    'and the replicas on it of volumes of other tiers move to servers of their tier (followed here with a progress bar).',
+    ...TIER_DETAILS,
+  ],
+  options: TIER_OPTIONS,
+  positionals: ['ID', 'TIER'],
+  parse(args) {
+    const timeout = stringFlag(args, 'timeout');
+    const key = stringFlag(args, 'idempotency-key');
+    return {
+      id: parseServerId(positional(args, 0)), tier: parseTier(positional(args, 1), 'TIER'), detach: booleanFlag(args, 'detach'),
+      timeoutMs: timeout === undefined ? null : parseTimeoutMs(timeout), ...(key === undefined ? {} : { idempotencyKey: key }),
+    };
+  },
+  async run(context, { id, tier, detach, timeoutMs, idempotencyKey }) {
+    const server = await serverById(await context.mds(), id);
+    await runTierMove(context, { kind: 'tier', chunkServerId: id, tier, ...(idempotencyKey === undefined ? {} : { idempotencyKey }) },
+      named(server), { detach, timeoutMs });
+  },
+});
+
 function parseThresholdPercent(text: string): number {
   const value = /^\d+$/.test(text) ? Number(text) : NaN;
   if (!Number.isSafeInteger(value) || value < 1 || value > 99) {
@@ -380,4 +409,4 @@ function parseThresholdPercent(text: string): number {
   return value;
 }
 
-export const csCommands: readonly Command[] = [list, info, drain, rebalance, maintenance, activate, remove];
+export const csCommands: readonly Command[] = [list, info, drain, rebalance, maintenance, setTier, activate, remove];

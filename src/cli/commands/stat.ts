@@ -80,6 +80,7 @@ export function statFields(stat: ClusterStat): Field[] {
       value: `${formatBytes(space.capacityBytes)} capacity, ${formatBytes(space.usedBytes)} used ` +
         `(${formatPercent(space.usedBytes, space.capacityBytes)}), ${formatBytes(space.freeBytes)} free`,
     },
+    ...tierFields(stat),
     { label: 'volumes', value: `${volumes.count}, ${formatBytes(volumes.sizeBytes)} provisioned` },
     {
       label: 'chunks',
@@ -89,6 +90,28 @@ export function statFields(stat: ClusterStat): Field[] {
     ...recoveryFields(stat.recovery),
     ...quarantineFields(stat.quarantine),
   ];
+}
+
+/**
+ * One line per tier when there is more than one (or anything sits on the wrong tier): space,
+ * replicas, and what is misplaced (spilled while a tier was full, or still moving after a change of tier).
+ */
+function tierFields(stat: ClusterStat): Field[] {
+  const misplaced = stat.tiers.some((tier) => tier.misplacedReplicas > 0);
+  if (stat.tiers.length < 2 && !misplaced) return [];
+  const fields: Field[] = stat.tiers.map((tier) => ({
+    label: `tier ${tier.tier}`,
+    value: `${tier.online}/${tier.servers} servers online, ${formatBytes(tier.usedBytes)} of ${formatBytes(tier.capacityBytes)} used ` +
+      `(${formatPercent(tier.usedBytes, tier.capacityBytes)}), ${tier.volumes} volumes, ${tier.replicas} replicas` +
+      (tier.misplacedReplicas === 0 ? '' : `, ${tier.misplacedReplicas} of other tiers' volumes`) +
+      (tier.elsewhereReplicas === 0 ? '' : `, ${tier.elsewhereReplicas} of its volumes' on other tiers`),
+    style: tier.misplacedReplicas > 0 ? 'yellow' as const : undefined,
+  }));
+  const stuck = stat.recovery.misplacedStuck;
+  if (stuck > 0) {
+    fields.push({ label: 'misplaced', value: `${stuck} chunks wait for room on their tier (they move once it has some): add capacity there`, style: 'yellow' });
+  }
+  return fields;
 }
 
 function quarantineFields(quarantine: ClusterStat['quarantine']): Field[] {
@@ -110,7 +133,9 @@ const stat = defineCommand({
     'Chunk states: healthy = every replica online; degraded = fewer than the normal count but at least the minimum;',
     'endangered = fewer than the minimum online, so I/O to them waits; unavailable = no replica online.',
     'A WARNING line comes first when any chunk is not healthy.',
-    'Recovery: replica changes (re-replication, drains, rebalancing) running and still planned, and the bytes',
+    'Tiers (with more than one): each tier\'s space and replicas, and replicas on the wrong tier (spilled while their tier',
+    'was full, or still moving after shoal volume set --tier or shoal cs set-tier).',
+    'Recovery: replica changes (re-replication, drains, tier moves, rebalancing) running and still planned, and the bytes',
     'copied for them, paced by the MDS\'s --recovery-bytes-per-second.',
   ],
   parse: () => undefined,

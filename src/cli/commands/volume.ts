@@ -20,6 +20,8 @@ import { formatBytes, parseSizeBytes } from '../../util/size.ts';
 import { booleanFlag, defineCommand, positional, show, stringFlag, type Command, type CommandArgs } from '../command.ts';
 import { formatPercent, formatRate, formatReplicas, formatTimestamp } from '../format.ts';
 import { renderFields, renderTable, type Column } from '../table.ts';
+import { TIER_DETAILS, TIER_OPTIONS, parseTier, runTierMove } from '../tier_move.ts';
+import { parseTimeoutMs } from './cs.ts';
 
 // ---- argument checks ------------------------------------------------------------------------------
 
@@ -140,6 +142,7 @@ const VOLUME_COLUMNS: readonly Column<VolumeInfo>[] = [
   { header: 'USE%', align: 'right', value: (v) => formatPercent(v.allocatedBytes, v.sizeBytes) },
   { header: 'CHUNK', align: 'right', value: (v) => formatBytes(v.chunkSizeBytes) },
   { header: 'REPLICAS', value: (v) => formatReplicas(v.replicas) },
+  { header: 'TIER', align: 'right', value: (v) => (v.misplacedReplicas === 0 ? String(v.tier) : `${v.tier} (${v.misplacedReplicas} elsewhere)`) },
   { header: 'CREATED', value: (v) => formatTimestamp(v.createdAt) },
   { header: 'WRITER', value: (v) => v.lease?.holder ?? '-', style: (v) => (v.lease === null ? 'dim' : undefined) },
 ];
@@ -171,6 +174,11 @@ function volumeFields(volume: VolumeInfo) {
     },
     { label: 'epoch', value: String(volume.epoch) },
     { label: 'I/O limits', value: describeQos(volume.qos) },
+    {
+      label: 'tier',
+      value: volume.misplacedReplicas === 0 ? String(volume.tier)
+        : `${volume.tier} (${volume.misplacedReplicas} replicas on other tiers: spilled while it was full, or still moving)`,
+    },
     { label: 'created', value: formatTimestamp(volume.createdAt) },
   ];
 }
@@ -202,25 +210,28 @@ const info = defineCommand({
 
 const create = defineCommand({
   path: ['volume', 'create'],
-  synopsis: 'NAME --size SIZE [--chunk-size SIZE] [--replicas N:M] [--iops-limit N] [--bandwidth-limit SIZE]',
+  synopsis: 'NAME --size SIZE [--chunk-size SIZE] [--replicas N:M] [--tier N] [--iops-limit N] [--bandwidth-limit SIZE]',
   summary: 'create a volume (thin: space is taken as chunks are written)',
   details: [
     `NAME               1 to 128 of A-Z a-z 0-9 . _ -, starting with a letter or digit`,
     `--size SIZE        e.g. 10G, 500M, 1T (powers of two); at most ${formatBytes(VOLUME_BYTES_MAX)}`,
     `--chunk-size SIZE  unit of placement, a power of two from ${formatBytes(CHUNK_BYTES_MIN)} to ${formatBytes(CHUNK_BYTES_MAX)} (default ${formatBytes(CHUNK_BYTES_DEFAULT)})`,
     `--replicas N:M     keep N copies of each chunk; I/O continues while at least M are online (default: the MDS's, 3:2)`,
+    `--tier N           the storage tier (0-3) its chunks go to (default 0); while it is full, the nearest tier with room`,
     ...QOS_DETAILS,
   ],
   options: {
     size: { type: 'string' },
     'chunk-size': { type: 'string' },
     replicas: { type: 'string' },
+    tier: { type: 'string' },
     ...QOS_FLAGS,
   },
   positionals: ['NAME'],
   parse(args) {
     const chunkSize = stringFlag(args, 'chunk-size');
     const replicas = stringFlag(args, 'replicas');
+    const tier = stringFlag(args, 'tier');
     const qos = parseQosFlags(args);
     return {
       name: parseVolumeName(positional(args, 0)),
@@ -228,6 +239,7 @@ const create = defineCommand({
       ...(chunkSize === undefined ? {} : { chunkSizeBytes: parseChunkSize(chunkSize) }),
       ...(replicas === undefined ? {} : { replicas: parseReplicas(replicas) }),
       ...(qos === undefined ? {} : { qos }),
+      ...(tier === undefined ? {} : { tier: parseTier(tier, '--tier') }),
     };
   },
   run: (context, body) =>
@@ -237,26 +249,50 @@ const create = defineCommand({
 
 const set = defineCommand({
   path: ['volume', 'set'],
-  synopsis: 'NAME [--iops-limit N] [--iops-burst N] [--bandwidth-limit SIZE] [--bandwidth-burst SIZE]',
-  summary: 'change a volume\'s I/O limits, live: the NBD server serving it applies them within seconds',
+  synopsis: 'NAME [--iops-limit N] [--iops-burst N] [--bandwidth-limit SIZE] [--bandwidth-burst SIZE] [--tier N [--detach] [--timeout SECONDS]]',
+  summary: 'change a volume\'s I/O limits or its tier, live: the NBD server serving it applies limits within seconds; its chunks move to a new tier',
   details: [
     ...QOS_DETAILS,
     'Limits not named stay as they are. A limit holds for the volume as a whole, however many connections serve it.',
     'Requests over the limit wait (the guest sees latency, never an error).',
+    '--tier N           move the volume to tier N (0-3): new chunks go there at once, and its chunks move there while',
+    '                   it stays in use; this follows the move with a progress bar',
+    ...TIER_DETAILS,
   ],
-  options: QOS_FLAGS,
+  options: { ...QOS_FLAGS, tier: { type: 'string' }, ...TIER_OPTIONS },
   positionals: ['NAME'],
   parse(args) {
     const qos = parseQosFlags(args);
-    if (qos === undefined) throw new StorageError('ERR_INVALID_ARGUMENT', 'nothing to change: give at least one of --iops-limit, --iops-burst, --bandwidth-limit, --bandwidth-burst');
-    return { name: parseVolumeName(positional(args, 0)), qos };
+    const tier = stringFlag(args, 'tier');
+    if (qos === undefined && tier === undefined) {
+      throw new StorageError('ERR_INVALID_ARGUMENT', 'nothing to change: give at least one of --iops-limit, --iops-burst, --bandwidth-limit, --bandwidth-burst, --tier');
+    }
+    const timeout = stringFlag(args, 'timeout');
+    const key = stringFlag(args, 'idempotency-key');
+    if (tier === undefined && (timeout !== undefined || key !== undefined || booleanFlag(args, 'detach'))) {
+      throw new StorageError('ERR_INVALID_ARGUMENT', '--detach, --timeout and --idempotency-key are for a change of --tier');
+    }
+    return {
+      name: parseVolumeName(positional(args, 0)), qos, tier: tier === undefined ? null : parseTier(tier, '--tier'),
+      detach: booleanFlag(args, 'detach'), timeoutMs: timeout === undefined ? null : parseTimeoutMs(timeout), idempotencyKey: key ?? null,
+    };
   },
-  async run(context, { name, qos }) {
+  async run(context, { name, qos, tier, detach, timeoutMs, idempotencyKey }) {
     const mds = await context.mds();
-    const before = context.json ? null : await mds.getVolume(name);
-    const after = await mds.updateVolume(name, { qos });
-    if (context.json || before === null) return context.writeJson(after);
-    context.write(`volume "${name}": I/O limits ${describeQos(before.qos)} -> ${describeQos(after.qos)}\n`);
+    if (qos !== undefined) {
+      const before = context.json ? null : await mds.getVolume(name);
+      const after = await mds.updateVolume(name, { qos });
+      if (tier === null && (context.json || before === null)) return context.writeJson(after);
+      if (before !== null) context.write(`volume "${name}": I/O limits ${describeQos(before.qos)} -> ${describeQos(after.qos)}\n`);
+    }
+    if (tier === null) return;
+    const volume = await mds.getVolume(name);
+    if (volume.tier === tier && idempotencyKey === null) {
+      if (context.json) return context.writeJson(volume);
+      return context.write(`volume "${name}" is in tier ${tier} already; nothing changed\n`);
+    }
+    await runTierMove(context, { kind: 'tier', volume: name, tier, ...(idempotencyKey === null ? {} : { idempotencyKey }) },
+      `volume "${name}"`, { detach, timeoutMs });
   },
 });
 
