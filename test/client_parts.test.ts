@@ -167,11 +167,13 @@ t.test('stopping releases a held lease once and cancels the renewals', async (t)
   t.equal(timers.pending, 0);
 });
 
-t.test('reads try local members first, rotating among equals; a change answer is sorted', async (t) => {
-  const replicas = [{ host: '10.0.0.1', id: 'a' }, { host: '127.0.0.1', id: 'b' }, { host: '10.0.0.3', id: 'c' }];
+t.test('reads try local members first, rotating among equals, ill servers last; a change answer is sorted', async (t) => {
+  const replicas = [{ csId: 1, host: '10.0.0.1', id: 'a' }, { csId: 2, host: '127.0.0.1', id: 'b' }, { csId: 3, host: '10.0.0.3', id: 'c' }];
   const local = new Set(['127.0.0.1']);
   t.same([0, 1, 2, 3].map((rotation) => readOrder(replicas, rotation, local).map((r) => r.id).join('')), ['bac', 'bca', 'bca', 'bac']);
   t.same([0, 1, 2].map((rotation) => readOrder(replicas, rotation, new Set()).map((r) => r.id).join('')), ['abc', 'bca', 'cab']);
+  // The local member's disk is ill: it is read last, after the remote ones.
+  t.same([0, 1, 2].map((rotation) => readOrder(replicas, rotation, local, undefined, new Set([2])).map((r) => r.id).join('')), ['acb', 'cab', 'cab']);
 
   t.same(changeOutcome(4, {}), { kind: 'done' });
   const failed = changeOutcome(4, { code: 'ERR_IO', message: 'forward', failedReplicas: [{ csId: 6, code: 'ERR_TIMEOUT', message: 'slow' }] });

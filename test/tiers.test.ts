@@ -1,5 +1,5 @@
 // Storage tiers on a real cluster: four chunk servers of tier 0 and three small ones of tier 1.
-// Volumes' chunks land only on their tier; a full tier spills to the nearest one, counted as
+// Volumes' chunks land only on their tier (a volume created without one may use any); a full tier spills to the nearest one, counted as
 // misplaced, and the spilled replicas move back once space returns; `shoal volume set --tier`
 // and `shoal cs set-tier` move live data, each followed by the CLI to the end of its task, while
 // fio writes and verifies the volume being moved (zero errors); a server's tier set by an admin
@@ -57,9 +57,16 @@ t.test('tiers: chunks land on their tier, a full tier spills and comes back, vol
   const shoal = (...args: string[]) => cli.shoal(args, env, 120_000);
 
   // ---- chunks land only on their tier
-  await shoal('volume', 'create', 'cold', '--size', '64M', '--chunk-size', '4M');
+  await shoal('volume', 'create', 'cold', '--size', '64M', '--chunk-size', '4M', '--tier', '0');
   const created = await shoal('volume', 'create', 'hot', '--size', '64M', '--chunk-size', '4M', '--tier', '1');
   t.match(created.stdout, /created volume "hot"/);
+  await shoal('volume', 'create', 'anywhere', '--size', '64M', '--chunk-size', '4M');
+  const listed = await shoal('volume', 'list');
+  t.match(listed.stdout, /\nanywhere .* any /, 'a volume created without a tier may use any');
+  t.match(listed.stdout, /\nhot .* 1 /);
+  const noRoom = await cli.shoal(['volume', 'create', 'nowhere', '--size', '64M', '--tier', '3'], env, 60_000);
+  t.equal(noRoom.code, 1, 'a tier without servers is refused');
+  t.match(noRoom.stderr, /tier 3 has 0 active chunk servers in 0 distinct disk failure domains, and volume "nowhere" keeps 3 copies: add servers to tier 3 first/);
   await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0xc0 0 16M', cluster.nbdUnixUri('cold')], { timeoutMs: 60_000 });
   await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x40 0 16M', cluster.nbdUnixUri('hot')], { timeoutMs: 60_000 });
   t.same([...new Set(await tiersOf(cluster, 'cold'))], [0], 'every replica of the tier-0 volume is on tier 0');
@@ -98,11 +105,14 @@ t.test('tiers: chunks land on their tier, a full tier spills and comes back, vol
   t.same([...new Set(await tiersOf(cluster, 'hot'))], [0], 'every replica of "hot" is on tier 0 now');
   const again = await shoal('volume', 'set', 'hot', '--tier', '0');
   t.match(again.stdout, /in tier 0 already; nothing changed/);
+  const tier0 = (await cluster.admin.listChunkServers()).chunkServers.find((s) => s.tier === 0);
+  const sameServerTier = await shoal('cs', 'set-tier', String(tier0?.id ?? 0), '0');
+  t.match(sameServerTier.stdout, /is in tier 0 already; nothing changed/);
   // Bodies that mix up the kinds, or name no target or tier, are refused naming what is wrong.
   const refusals = await Promise.all([
     { kind: 'tier', tier: 1 }, { kind: 'tier', volume: 'hot', chunkServerId: 1, tier: 1 }, { kind: 'tier', volume: 'hot' },
     { kind: 'tier', volume: 'hot', tier: 4 }, { kind: 'drain', chunkServerId: 1, tier: 1 }, { kind: 'tier', volume: 'nope', tier: 1 },
-    { kind: 'tier', volume: 'hot', tier: 0 },
+    { kind: 'tier', volume: 'hot', tier: 0 }, { kind: 'tier', volume: 'hot', tier: 2 },
   ].map((body) => postAdmin(cluster, '/v1/tasks', body)));
   t.same(refusals.map(({ status, message }) => [status, message]), [
     [400, 'a tier move names either the chunk server (chunkServerId) or the volume (volume) whose tier changes'],
@@ -112,6 +122,7 @@ t.test('tiers: chunks land on their tier, a full tier spills and comes back, vol
     [400, 'tier is for a tier move (kind "tier"), not a drain'],
     [404, 'volume "nope" does not exist'],
     [400, 'volume "hot" is in tier 0 already'],
+    [503, 'tier 2 has 0 active chunk servers in 0 distinct disk failure domains, and volume "hot" keeps 3 copies: add servers to tier 2 first (shoal run cs --tier 2, or shoal cs set-tier ID 2)'],
   ]);
 
   // ---- cs set-tier, live: a tier-0 server joins tier 1, and the tier-0 replicas on it move off

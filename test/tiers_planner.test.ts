@@ -12,6 +12,7 @@ import { chooseReplicas, type PlacementCandidate } from '../src/mds/placement.ts
 import { planRecovery, type PlannerChunk, type PlannerServer } from '../src/mds/recovery.ts';
 import { misplacedOfVolume, misplacedOnServer, misplacedPairs, tierOrder, tierReplicas } from '../src/mds/tiers.ts';
 import { tierTaskLeft } from '../src/mds/ops.ts';
+import { recoveryWindow, WINDOW_START } from '../src/mds/map_scans.ts';
 import { seededRandom } from '../src/util/clock.ts';
 
 const MiB = 1024 * 1024;
@@ -129,7 +130,7 @@ t.test('ops: a change of tier and its task commit together; a cancel puts it bac
   for (let i = 1; i <= 3; i += 1) register(i, 0);
   for (let i = 4; i <= 6; i += 1) register(i, 1);
   tables.submit({ type: 'reserveChunkIds', count: 100 });
-  tables.submit({ type: 'createVolume', name: 'slow', sizeBytes: 64 * MiB, chunkSizeBytes: MiB, replicasNormal: 3, replicasMin: 2, nowMs: 1 });
+  tables.submit({ type: 'createVolume', name: 'slow', sizeBytes: 64 * MiB, chunkSizeBytes: MiB, replicasNormal: 3, replicasMin: 2, nowMs: 1, tier: 0 });
   tables.submit({ type: 'createVolume', name: 'fast', sizeBytes: 64 * MiB, chunkSizeBytes: MiB, replicasNormal: 3, replicasMin: 2, nowMs: 1, tier: 1 });
   for (let index = 0; index < 4; index += 1) tables.submit({ type: 'allocateChunk', volumeId: 1, chunkIndex: index, chunkId: index + 1, replicas: [1, 2, 3] });
   // "fast" spilled one copy of chunk 0 onto tier 0.
@@ -158,7 +159,7 @@ t.test('ops: a change of tier and its task commit together; a cancel puts it bac
   t.same(tierTaskLeft(tables, { volumeId: 1 }), { replicaCount: 9, mappedBytes: 9 * MiB });
   const cancelled = tables.submit({ type: 'setTaskState', taskId: 1, state: 'cancelled', error: 'cancelled by an admin', nowMs: 5 });
   t.match(cancelled, { record: { state: 'cancelled', itemsDone: 3, itemsTotal: 12 } }, 'a cancel records what had moved');
-  t.equal(tables.getVolume(1)?.tier, undefined, 'and puts the tier back (0)');
+  t.equal(tables.getVolume(1)?.tier, 0, 'and puts the tier back');
   t.same(misplacedPairs(tables, tables.listChunkServers(), volumes()).map((p) => [p.csId, p.volumeId]), [[1, 2], [4, 1], [5, 1], [6, 1]],
     'what moved is misplaced now, and moves back');
 
@@ -172,4 +173,62 @@ t.test('ops: a change of tier and its task commit together; a cancel puts it bac
   t.equal(tables.getChunkServer(1)?.tierSetByAdmin, true);
   register(2, 2);
   t.equal(tables.getChunkServer(2)?.tier, 2, 'a server never set by an admin takes its flag\'s tier');
+  // A cancel of a server's move gives its flag back the say.
+  const cancelServer = tables.submit({ type: 'setTaskState', taskId: 2, state: 'cancelled', error: 'cancelled by an admin', nowMs: 7 });
+  t.match(cancelServer, { record: { state: 'cancelled' } });
+  t.equal(tables.getChunkServer(1)?.tier, 0, 'back in its tier');
+  t.equal(tables.getChunkServer(1)?.tierSetByAdmin, undefined, 'as its flag had it: the flag decides again');
+  register(1, 3);
+  t.equal(tables.getChunkServer(1)?.tier, 3);
+
+  // A volume created without a tier may use any: nothing of it is ever misplaced, and an upgrade moves nothing.
+  tables.submit({ type: 'createVolume', name: 'any', sizeBytes: 64 * MiB, chunkSizeBytes: MiB, replicasNormal: 3, replicasMin: 2, nowMs: 8 });
+  tables.submit({ type: 'allocateChunk', volumeId: 3, chunkIndex: 0, chunkId: 20, replicas: [2, 4, 5] });
+  t.equal(tables.getVolume(3)?.tier, undefined);
+  t.same(misplacedPairs(tables, tables.listChunkServers(), volumes()).filter((pair) => pair.volumeId === 3), [], 'a volume of any tier is never misplaced');
+  const anyToTier = tables.submit({ type: 'startTierTask', target: { volumeId: 3 }, tier: 1, idempotencyKey: null, nowMs: 9 });
+  t.match(anyToTier, { record: { fromTier: null, toTier: 1, itemsTotal: 1 } }, 'pinned to tier 1: its copy on tier 2 moves');
+});
+
+t.test('a chunk of a volume of any tier: placed by room alone, never moved for its tier', async (t) => {
+  const candidate = (csId: number, tier: number, freeFraction: number): PlacementCandidate => ({
+    csId, host: `h${csId}`, rack: 'r', tier, capacityBytes: 1024 * MiB, freeBytes: Math.floor(1024 * MiB * freeFraction),
+  });
+  const servers = [candidate(1, 0, 0.2), candidate(2, 0, 0.3), candidate(3, 1, 0.9), candidate(4, 2, 0.8), candidate(5, 2, 0.7)];
+  t.same(chooseReplicas(servers, { count: 3, minimum: 2, chunkSizeBytes: 8 * MiB, failureDomain: 'host', exclude: [], tier: null }, seededRandom(1)),
+    [3, 4, 5], 'the emptiest servers, whatever their tier');
+  const plan1 = plan([server(1, 0), server(2, 1), server(3, 2), server(4, 1)], [{ ...chunk([1, 2, 3], 0), tier: null }]);
+  t.same(plan1.actions, [], 'members on three tiers: nothing to do');
+  t.equal(plan1.misplacedStuck, 0);
+});
+
+t.test('recovery windows: repairs first in every window, misplaced chunks in the room left, all of them over a lap', async (t) => {
+  const tables = new MemoryTables();
+  for (let i = 1; i <= 4; i += 1) {
+    tables.submit({ type: 'registerChunkServer', uuid: `cs-${i}`, host: '127.0.0.1', port: 9000 + i, metricsPort: 0, failureDomainHost: `h${i}`,
+      rack: 'r', tier: i === 4 ? 1 : 0, nowMs: 1 });
+  }
+  tables.submit({ type: 'reserveChunkIds', count: 1000 });
+  tables.submit({ type: 'createVolume', name: 'any', sizeBytes: 64 * MiB, chunkSizeBytes: MiB, replicasNormal: 3, replicasMin: 2, nowMs: 1 });
+  tables.submit({ type: 'createVolume', name: 'pinned', sizeBytes: 512 * MiB, chunkSizeBytes: MiB, replicasNormal: 3, replicasMin: 2, nowMs: 1, tier: 1 });
+  // One chunk below its count (the attention set), and 300 chunks of a tier-1 volume all on tier 0.
+  tables.submit({ type: 'allocateChunk', volumeId: 1, chunkIndex: 0, chunkId: 1, replicas: [1, 2] });
+  for (let index = 0; index < 300; index += 1) tables.submit({ type: 'allocateChunk', volumeId: 2, chunkIndex: index, chunkId: 10 + index, replicas: [1, 2, 3] });
+  const volumes = new Map(tables.listVolumes().map((v) => [v.id, v]));
+  const pairs = misplacedPairs(tables, tables.listChunkServers(), volumes);
+  t.same(pairs.map((p) => [p.csId, p.volumeId, p.replicas]), [[1, 2, 300], [2, 2, 300], [3, 2, 300]]);
+  const seen = new Set<number>();
+  let cursor = WINDOW_START;
+  let windows = 0;
+  do {
+    const window = recoveryWindow(tables, volumes, [], cursor, 50, pairs);
+    t.ok(window.chunks.length <= 50, 'bounded');
+    if (!window.chunks.some((chunk) => chunk.chunkId === 1)) t.fail(`window ${windows} holds the chunk below its count`);
+    for (const chunk of window.chunks) seen.add(chunk.chunkId);
+    cursor = window.next;
+    windows += 1;
+  } while (cursor !== WINDOW_START && windows < 100);
+  t.equal(seen.size, 301, `a lap of ${windows} windows saw every misplaced chunk once and the repair in each`);
+  // Held by a paused task: left out of the sources.
+  t.same(misplacedPairs(tables, tables.listChunkServers(), volumes, (_, volumeId) => volumeId === 2), []);
 });

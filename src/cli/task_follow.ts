@@ -17,7 +17,8 @@ export function what(task: TaskInfo): string {
   if (task.kind === 'tier') {
     const subject = task.target.chunkServerId !== undefined ? `chunk server ${task.target.chunkServerId}`
       : `volume ${task.target.volume === undefined ? task.target.volumeId ?? '?' : `"${task.target.volume}"`}`;
-    return `move of ${subject} from tier ${task.tier?.from ?? '?'} to tier ${task.tier?.to ?? '?'}`;
+    const from = task.tier === null ? '?' : task.tier.from === null ? 'any tier' : `tier ${task.tier.from}`;
+    return `move of ${subject} from ${from} to tier ${task.tier?.to ?? '?'}`;
   }
   if (task.target.chunkServerId !== undefined) return `${task.kind} of chunk server ${task.target.chunkServerId}`;
   const by = task.startedBy === 'mds' ? ', started by the MDS' : '';

@@ -32,12 +32,15 @@ export async function runTierMove(context: CliContext, body: StartTaskBody, subj
   options: { detach: boolean; timeoutMs: number | null }): Promise<void> {
   const mds = await context.mds();
   const task = await mds.startTask(body);
-  const from = task.tier?.from ?? '?';
+  const from = task.tier === null ? '?' : task.tier.from ?? 'any';
   const to = task.tier?.to ?? '?';
   const started = `task ${task.id}: ${subject} is in tier ${to} now (was ${from}); ${task.progress.itemsTotal} replicas on the wrong tier to move\n`;
   if (options.detach || task.state !== 'running') {
     if (context.json) return context.writeJson(task);
-    if (task.state === 'done') return context.write(`task ${task.id}: ${subject} is in tier ${to} (was ${from}): nothing had to move\n`);
+    if (task.state === 'done') {
+      const moved = task.progress.itemsDone === 0 ? 'nothing had to move' : `${task.progress.itemsDone} replicas moved`;
+      return context.write(`task ${task.id}: ${subject} is in tier ${to} (was ${from}): ${moved}\n`);
+    }
     if (task.state !== 'running') return context.write(`task ${task.id} (${subject} to tier ${to}, key ${task.idempotencyKey ?? '-'}) is ${task.state}\n`);
     return context.write(started + followUp(task));
   }

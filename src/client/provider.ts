@@ -18,6 +18,8 @@ export interface VolumeProviderDeps {
   readonly forceOpen?: boolean;
   /** This host, as chunk servers name theirs (see VolumeOpenOptions.hostLabel). */
   readonly hostLabel?: string;
+  /** Chunk servers to read from last (see VolumeOpenOptions.avoidServers). */
+  readonly avoidServers?: ReadonlySet<number>;
 }
 
 interface Shared {

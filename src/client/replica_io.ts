@@ -30,15 +30,17 @@ export const LOCAL_HOSTS: ReadonlySet<string> = new Set<string>([
  * The order in which to try a chunk's members for a read: replicas on this host first (no
  * network hop), and among equals the members rotated by `rotation`, so successive reads spread
  * over the members instead of all landing on the primary. On this host means: named as this
- * host (`hostLabel`, the admin's word), then listening on one of this host's addresses.
+ * host (`hostLabel`, the admin's word), then listening on one of this host's addresses. Replicas
+ * on servers whose disks are ill (`avoid`) come last, wherever they are: they are read only when
+ * no other member answers.
  */
-export function readOrder<R extends { readonly host: string; readonly hostLabel?: string | undefined }>(replicas: readonly R[], rotation: number,
-  localHosts: ReadonlySet<string>, hostLabel?: string): R[] {
+export function readOrder<R extends { readonly csId: number; readonly host: string; readonly hostLabel?: string | undefined }>(
+  replicas: readonly R[], rotation: number, localHosts: ReadonlySet<string>, hostLabel?: string, avoid?: ReadonlySet<number>): R[] {
   const rotated = replicas.map((_, index) => replicas[(rotation + index) % replicas.length]!);
   // Named as this host first; then listening on an address of this host (names that do not match,
   // say a full and a short host name, must not lose the locality the addresses show).
-  const rank = (r: R): number => (hostLabel !== undefined && r.hostLabel === hostLabel ? 0 : localHosts.has(r.host) ? 1 : 2);
-  return [0, 1, 2].flatMap((wanted) => rotated.filter((r) => rank(r) === wanted));
+  const rank = (r: R): number => (avoid?.has(r.csId) === true ? 3 : hostLabel !== undefined && r.hostLabel === hostLabel ? 0 : localHosts.has(r.host) ? 1 : 2);
+  return [0, 1, 2, 3].flatMap((wanted) => rotated.filter((r) => rank(r) === wanted));
 }
 
 export type ChangeOutcome =
@@ -92,6 +94,8 @@ export interface ReplicaIoOptions {
   readonly log: Logger;
   /** This host, as chunk servers name theirs (--failure-domain-host): their replicas are read first. */
   readonly hostLabel?: string | undefined;
+  /** Chunk servers whose disks are ill: read last, whatever their host. */
+  readonly avoidServers?: ReadonlySet<number> | undefined;
 }
 
 export class ReplicaIo {
@@ -235,7 +239,7 @@ export class ReplicaIo {
       const entry = await chunks.entryOf(chunkIndex, deadline);
       assert(entry !== undefined, 'reads of unallocated chunks never reach chunk servers');
       let problem = 'no member answered';
-      for (const replica of readOrder(entry.replicas, this.nextRotation(), LOCAL_HOSTS, this.options.hostLabel)) {
+      for (const replica of readOrder(entry.replicas, this.nextRotation(), LOCAL_HOSTS, this.options.hostLabel, this.options.avoidServers)) {
         try {
           return await attempt({ entry, replica });
         } catch (error) {

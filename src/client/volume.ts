@@ -50,6 +50,8 @@ export interface VolumeOpenOptions {
    * replica (the primary, which takes writes) on it, and reads go to replicas on it first.
    */
   readonly hostLabel?: string;
+  /** Chunk servers whose disks are ill (the MDS says so; kept up to date by the caller): read last. */
+  readonly avoidServers?: ReadonlySet<number>;
 }
 
 /** How long a read or write keeps trying (failover, waiting for recovery) before ERR_IO. */
@@ -96,6 +98,7 @@ export class Volume implements BlockDevice {
     });
     this.replicas = new ReplicaIo({
       hostLabel: options.hostLabel,
+      avoidServers: options.avoidServers,
       volumeName: options.name,
       volumeId: info.id,
       pool: options.pool,

@@ -196,7 +196,11 @@ export class CsMetrics {
   /** Reads and writes served since start (clients' and peers'), for the MDS's heartbeat (`shoal top`). */
   ioTotals(): IoTotals {
     const stats = this.store()?.stats;
-    return { ...this.requestTotals, readBytes: stats?.readBytesTotal ?? 0, writtenBytes: stats?.writtenBytesTotal ?? 0 };
+    const journal = this.store()?.journal.stats;
+    return {
+      ...this.requestTotals, readBytes: stats?.readBytesTotal ?? 0, writtenBytes: stats?.writtenBytesTotal ?? 0,
+      journalCommits: journal?.commitsTotal ?? 0, journalCommitSeconds: journal?.commitSecondsTotal ?? 0,
+    };
   }
 }
 

@@ -67,6 +67,7 @@ import {
   LeaseRenewReply,
   VolumeQos,
   IoReportBody,
+  IoReportReply,
   IoStatsReply,
   StartTaskBody,
   AllocateChunkBody,
@@ -85,7 +86,7 @@ import {
 } from '../protocol/api.ts';
 import { tokenEqual } from '../protocol/auth.ts';
 import { createLogger, type Logger } from '../util/log.ts';
-import type { HypervisorRecord, TierTarget } from './model.ts';
+import type { HypervisorRecord } from './model.ts';
 import type { MdsMetrics } from './metrics.ts';
 import type { MetadataService } from './service.ts';
 import { STATUS_PAGE_CSP, STATUS_PAGE_HTML } from './status_page.ts';
@@ -280,7 +281,7 @@ function adminRoutes(app: TypedApp, service: MetadataService): void {
       const { task, created } = body.kind === 'drain'
         ? await service.tasks.startDrain(drainTarget(body), key)
         : body.kind === 'tier'
-          ? await service.tasks.startTier(tierTarget(body, (name) => service.volumeByName(name).id), tierOf(body), key)
+          ? await startTierMove(service, body, key)
           : await service.tasks.startRebalance(rebalanceThreshold(body), key);
       // 201 for a new task; 200 for the one an earlier request with the same key started.
       return reply.code(created ? 201 : 200).send(task);
@@ -408,10 +409,11 @@ function clientRoutes(app: TypedApp, service: MetadataService): void {
   );
   app.post(
     '/v1/internal/io-report',
-    { bodyLimit: IO_REPORT_BODY_BYTES_MAX, schema: { tags, body: IoReportBody, response: { 200: OkReply, ...errorResponses } } },
+    { bodyLimit: IO_REPORT_BODY_BYTES_MAX, schema: { tags, body: IoReportBody, response: { 200: IoReportReply, ...errorResponses } } },
     async (request) => {
       service.recordVolumeIo(hypervisorOf(request), request.body);
-      return { ok: true };
+      // The answer tells the NBD server which replicas to read last (it asks every couple of seconds).
+      return { ok: true, avoidCsIds: service.cluster.sickDisks.illServers() };
     },
   );
   app.get(
@@ -507,13 +509,15 @@ function notTierFields(body: StartTaskBody, what: string): void {
   }
 }
 
-/** A tier move names one chunk server or one volume. */
-function tierTarget(body: StartTaskBody, volumeId: (name: string) => number): TierTarget {
+/** A tier move names one chunk server or one volume, and the new tier. */
+async function startTierMove(service: MetadataService, body: StartTaskBody, key: string | null): Promise<{ task: TaskInfo; created: boolean }> {
   if (body.thresholdPercent !== undefined) throw new StorageError('ERR_INVALID_ARGUMENT', 'thresholdPercent is for a rebalance, not a tier move');
   if ((body.chunkServerId === undefined) === (body.volume === undefined)) {
     throw new StorageError('ERR_INVALID_ARGUMENT', 'a tier move names either the chunk server (chunkServerId) or the volume (volume) whose tier changes');
   }
-  return body.chunkServerId !== undefined ? { chunkServerId: body.chunkServerId } : { volumeId: volumeId(body.volume ?? '') };
+  const tier = tierOf(body);
+  return body.volume !== undefined ? service.startVolumeTier(body.volume, tier, key)
+    : service.tasks.startTier({ chunkServerId: body.chunkServerId ?? 0 }, tier, key);
 }
 
 function tierOf(body: StartTaskBody): number {

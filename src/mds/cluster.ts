@@ -40,7 +40,8 @@ import { RecoveryScheduler, type RecoveryView } from './recovery_scheduler.ts';
 import { chunkHealth, chunksOnServer, recoveryWindow, WINDOW_START, type ChunkHealth, type WindowCursor } from './map_scans.ts';
 import { MARK_IN_DOUBT_SLICE_CHUNKS } from './ops.ts';
 import { rebalanceModeOf, tierMovesHeld } from './tasks.ts';
-import { misplacedOnServer, misplacedPairs, tierReplicas } from './tiers.ts';
+import { isMisplaced, misplacedOnServer, misplacedPairs, tierReplicas } from './tiers.ts';
+import { SICK_DISK_DEFAULTS, SickDisks } from './sick_disks.ts';
 import { revocationsOf } from './hypervisors.ts';
 import { CsReplicaIo, type ReplicaIo } from './replica_io.ts';
 import { Replicator } from './replicator.ts';
@@ -138,6 +139,8 @@ export class Cluster {
   private readonly maintenanceWarned = new Set<number>();
   /** A rebuild scheduled after replicas newer than the map were found (debounced). */
   private autoRebuild: NodeJS.Timeout | null = null;
+  /** Disks far slower than their peers' (sick_disks.ts): reads and new chunks avoid them. */
+  readonly sickDisks: SickDisks;
 
   constructor(deps: ClusterDeps) {
     this.clusterId = deps.clusterId;
@@ -147,6 +150,7 @@ export class Cluster {
     this.clock = deps.clock;
     this.log = deps.log;
     this.registry = new ChunkServerRegistry(deps.config.heartbeatTimeoutMs, this.clock.nowMs());
+    this.sickDisks = new SickDisks({ ...SICK_DISK_DEFAULTS, factor: deps.config.sickLatencyFactor, sickAfterMs: deps.config.sickAfterMs });
     this.io = deps.io ?? new CsReplicaIo(deps.pool, deps.bulkPool ?? deps.pool, (csId) => this.serverAddress(csId),
       () => proposedGeneration(this.store.tables));
     this.recoveryLimiter = new RateLimiter(deps.config.recoveryBytesPerSecond, this.clock, (ms) => new Promise((resolve) => setTimeout(resolve, ms)));
@@ -173,6 +177,11 @@ export class Cluster {
       },
       view: () => this.recoveryView(),
       nowMs: () => this.clock.nowMs(),
+      stillMisplaced: (volumeId, csId) => {
+        const volume = this.store.tables.getVolume(volumeId);
+        const server = this.store.tables.getChunkServer(csId);
+        return volume !== undefined && server !== undefined && isMisplaced(volume, server.tier);
+      },
     });
   }
 
@@ -199,6 +208,11 @@ export class Cluster {
       nowMs: this.clock.nowMs(),
     });
     assert(result.type === 'chunkServer', 'registerChunkServer yields a server');
+    if (result.record.tier !== body.tier) {
+      this.log.warn('chunk server started with another --tier than an admin set (shoal cs set-tier): it keeps the admin\'s', {
+        csId: result.record.id, tier: result.record.tier, flagTier: body.tier,
+      });
+    }
     // A server that stopped uncleanly may have died while forwarding a write whose writer died too:
     // its chunks are compared with their other members (checksums only; differing blocks copied)
     // once they are all online. After a clean stop there is nothing to compare: a restart of the
@@ -306,6 +320,8 @@ export class Cluster {
         tier: server.tier,
         capacityBytes: report.capacityBytes,
         freeBytes: report.freeBytes,
+        // Ill: chosen only when no other server will do.
+        avoid: this.sickDisks.illness(server.id) !== undefined,
       });
     }
     return candidates;
@@ -355,7 +371,28 @@ export class Cluster {
       lastHeartbeatAgeMs: this.registry.heartbeatAgeMs(server.id, nowMs),
       registeredAt: new Date(server.registeredAtMs).toISOString(),
       maintenance: this.maintenanceInfo(server, nowMs),
+      ill: this.illInfo(server.id),
     };
+  }
+
+  private illInfo(csId: number): ChunkServerInfo['ill'] {
+    const illness = this.sickDisks.illness(csId);
+    return illness === undefined ? null : { since: new Date(illness.sinceMs).toISOString(), reason: illness.reason };
+  }
+
+  /** Judges the servers' disks against their peers' (every tick), logging who falls ill or recovers. */
+  private judgeDisks(nowMs: number): void {
+    const servers = this.store.tables.listChunkServers().filter((server) => server.adminState !== 'removed')
+      .map((server) => ({ csId: server.id, tier: server.tier, online: this.registry.isOnline(server.id, nowMs) }));
+    for (const event of this.sickDisks.judge(servers, nowMs)) {
+      if (event.kind === 'ill') {
+        this.log.warn('chunk server marked ill: its disk is far slower than its peers\'; reads and new chunks avoid it (replace the disk?)', {
+          csId: event.csId, reason: event.reason,
+        });
+      } else {
+        this.log.info('chunk server recovered: its disk keeps pace with its peers\' again', { csId: event.csId });
+      }
+    }
   }
 
   /**
@@ -783,6 +820,7 @@ export class Cluster {
   /** Plans recovery and starts what fits. Called periodically and after failures. */
   recoveryTick(): number {
     this.warnMaintenanceOverruns(this.clock.nowMs());
+    this.judgeDisks(this.clock.nowMs());
     if (this.versionMismatches.size > 0) void this.reconcileReady();
     return this.recovery.tick();
   }
@@ -806,6 +844,7 @@ export class Cluster {
         host: server.failureDomainHost,
         rack: server.rack,
         tier: server.tier,
+        ill: this.sickDisks.illness(server.id) !== undefined,
         capacityBytes: report?.capacityBytes ?? 0,
         freeBytes: report?.freeBytes ?? 0,
       };
@@ -814,7 +853,8 @@ export class Cluster {
     // Members on these servers, and members on the wrong tier, are what the planner may act on;
     // on the rest, nothing (map_scans.ts).
     const notServing = servers.filter((server) => !server.online || server.adminState !== 'active').map((server) => server.id);
-    const misplaced = misplacedPairs(tables, records, volumes);
+    const held = tierMovesHeld(tables);
+    const misplaced = misplacedPairs(tables, records, volumes, held);
     const window = recoveryWindow(tables, volumes, notServing, this.recoveryCursor, RECOVERY_WINDOW_CHUNKS_MAX, misplaced);
     this.recoveryCursor = window.next;
     const mappedBytes = new Map(records.map((server) => [server.id, tables.serverMapped(server.id).mappedBytes]));
@@ -823,7 +863,7 @@ export class Cluster {
       chunks: window.chunks,
       mappedBytes,
       chunksOn: (csId) => chunksOnServer(tables, volumes, csId, REBALANCE_LOOK_CHUNKS_MAX),
-      tierMoveHeld: tierMovesHeld(tables),
+      tierMoveHeld: (chunk, csId) => held(csId, chunk.volumeId),
       ...rebalanceModeOf(tables, this.config.rebalanceThreshold),
     };
   }

@@ -2,6 +2,7 @@
 
 import { CHUNK_BYTES_DEFAULT } from '../limits.ts';
 import type { FailureDomain } from './placement.ts';
+import { SICK_DISK_DEFAULTS } from './sick_disks.ts';
 
 export interface MdsConfig {
   readonly failureDomain: FailureDomain;
@@ -27,6 +28,10 @@ export interface MdsConfig {
   readonly rebalanceThreshold: number;
   /** How long a capability the MDS issues to a hypervisor's client is valid (it renews well before). */
   readonly capabilityTtlMs: number;
+  /** A chunk server whose disk is this many times slower than its tier's median ... (sick_disks.ts) */
+  readonly sickLatencyFactor: number;
+  /** ... for this long on end is marked ill: reads and new chunks avoid it. */
+  readonly sickAfterMs: number;
 }
 
 const MiB = 1024 * 1024;
@@ -46,4 +51,6 @@ export const MDS_CONFIG_DEFAULTS: MdsConfig = {
   recoveryConcurrency: 4,
   rebalanceThreshold: 0.1,
   capabilityTtlMs: 3_600_000,
+  sickLatencyFactor: SICK_DISK_DEFAULTS.factor,
+  sickAfterMs: SICK_DISK_DEFAULTS.sickAfterMs,
 };

@@ -49,7 +49,11 @@ const USAGE = `usage: shoal run mds --data DIR --cluster-key FILE --admin-token 
                                FILE's name ending .pub for the chunk servers (default: mds.key and
                                mds.pub beside the cluster key); it never leaves this host
   --capability-ttl-ms N        how long a capability issued to a hypervisor's client is valid
-                               (default 3600000; clients renew it well before)`;
+                               (default 3600000; clients renew it well before)
+  --sick-latency-factor N      a chunk server whose journal commits or reads take N times the median
+                               of its tier's other servers (and 20 ms more) ... (default 5)
+  --sick-after-ms N            ... for this long on end is marked ill: reads and new chunks avoid it,
+                               and shoal cs list says why (default 60000)`;
 
 const BACKGROUND_TICK_MS = 1_000;
 const CLUSTER_ID_PATTERN = /^[0-9a-f-]{36}$/;
@@ -82,6 +86,8 @@ export async function runMds(argv: string[]): Promise<void> {
       'cluster-id': { type: 'string' },
       'mds-key': { type: 'string' },
       'capability-ttl-ms': { type: 'string' },
+      'sick-latency-factor': { type: 'string' },
+      'sick-after-ms': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -112,6 +118,8 @@ export async function runMds(argv: string[]): Promise<void> {
       values['replace-endangered-after-ms'], '--replace-endangered-after-ms', MDS_CONFIG_DEFAULTS.replaceEndangeredAfterMs),
     quarantineGraceMs: parseIntegerFlag(values['quarantine-grace-ms'], '--quarantine-grace-ms', MDS_CONFIG_DEFAULTS.quarantineGraceMs),
     capabilityTtlMs: parseIntegerFlag(values['capability-ttl-ms'], '--capability-ttl-ms', MDS_CONFIG_DEFAULTS.capabilityTtlMs, 1_000),
+    sickLatencyFactor: parseIntegerFlag(values['sick-latency-factor'], '--sick-latency-factor', MDS_CONFIG_DEFAULTS.sickLatencyFactor, 2),
+    sickAfterMs: parseIntegerFlag(values['sick-after-ms'], '--sick-after-ms', MDS_CONFIG_DEFAULTS.sickAfterMs, 1_000),
   };
   const givenClusterId = values['cluster-id'];
   if (givenClusterId !== undefined && !CLUSTER_ID_PATTERN.test(givenClusterId)) {

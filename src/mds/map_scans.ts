@@ -29,10 +29,25 @@ export type WindowSource =
   | { readonly kind: 'server'; readonly csId: number }
   | { readonly kind: 'misplaced'; readonly csId: number; readonly volumeId: number };
 
-/** Where the next recovery window starts: a source (by its key) and a chunk key in it. */
-export interface WindowCursor {
+/** Keys read from an index per call. */
+const KEYS_PER_READ = 1_024;
+
+const keyOf = (key: ChunkKey): string => `${key.volumeId}:${key.chunkIndex}`;
+
+/** Where a scan of some sources goes on: a source (by its key) and a chunk key in it. */
+export interface SourceCursor {
   readonly source: string;
   readonly after: ChunkKey | undefined;
+}
+
+/**
+ * Where the next recovery window starts. The chunks that can need repair (the attention set, the
+ * servers not serving) and the misplaced ones have a cursor each: a tier change that leaves a
+ * million replicas on the wrong tier must not push a failed server's chunks out of the windows.
+ */
+export interface WindowCursor {
+  readonly main: SourceCursor;
+  readonly misplaced: SourceCursor;
 }
 
 const ATTENTION: WindowSource = { kind: 'attention' };
@@ -41,12 +56,8 @@ function sourceKey(source: WindowSource): string {
   return source.kind === 'attention' ? 'attention' : source.kind === 'server' ? `server:${source.csId}` : `misplaced:${source.csId}:${source.volumeId}`;
 }
 
-export const WINDOW_START: WindowCursor = { source: sourceKey(ATTENTION), after: undefined };
-
-/** Keys read from an index per call. */
-const KEYS_PER_READ = 1_024;
-
-const keyOf = (key: ChunkKey): string => `${key.volumeId}:${key.chunkIndex}`;
+const SOURCES_START: SourceCursor = { source: '', after: undefined };
+export const WINDOW_START: WindowCursor = { main: SOURCES_START, misplaced: SOURCES_START };
 
 export function plannerChunk(tables: MdsTables, chunk: ChunkRecord, volume: VolumeRecord): PlannerChunk {
   return {
@@ -75,47 +86,57 @@ function listSource(tables: MdsTables, source: WindowSource, after: ChunkKey | u
 }
 
 /**
- * The planner's candidates for one tick: the attention set, then the chunks of each server in
- * `notServing` (ascending ids), then each volume's chunks on a server of another tier
- * (`misplaced`), from `cursor` on and wrapping around, at most `windowChunksMax` distinct chunks.
- * `next` is where the following window starts.
+ * The planner's candidates for one tick, at most `windowChunksMax` distinct chunks: the attention
+ * set, then the chunks of each server in `notServing` (ascending ids), from their cursor on and
+ * wrapping around; then, in the room left, each volume's chunks on a server of another tier
+ * (`misplaced`), from theirs. `next` is where the following window starts.
  */
 export function recoveryWindow(tables: MdsTables, volumes: ReadonlyMap<number, VolumeRecord>, notServing: readonly number[],
   cursor: WindowCursor, windowChunksMax: number,
   misplaced: ReadonlyArray<{ readonly csId: number; readonly volumeId: number }> = []): { chunks: PlannerChunk[]; next: WindowCursor } {
   assert(windowChunksMax > 0, 'a window holds chunks');
-  const sources: WindowSource[] = [
-    ATTENTION,
-    ...notServing.map((csId): WindowSource => ({ kind: 'server', csId })),
-    ...misplaced.map(({ csId, volumeId }): WindowSource => ({ kind: 'misplaced', csId, volumeId })),
-  ];
+  const seen = new Set<string>();
+  const chunks: PlannerChunk[] = [];
+  const main = scanSources(tables, volumes, [ATTENTION, ...notServing.map((csId): WindowSource => ({ kind: 'server', csId }))],
+    cursor.main, windowChunksMax, seen, chunks);
+  const rest = misplaced.length === 0 || seen.size >= windowChunksMax ? (misplaced.length === 0 ? SOURCES_START : cursor.misplaced)
+    : scanSources(tables, volumes, misplaced.map(({ csId, volumeId }): WindowSource => ({ kind: 'misplaced', csId, volumeId })),
+      cursor.misplaced, windowChunksMax, seen, chunks);
+  const next = main === SOURCES_START && rest === SOURCES_START ? WINDOW_START : { main, misplaced: rest };
+  return { chunks: inMapOrder(chunks), next };
+}
+
+/**
+ * Reads `sources` from `cursor` on, wrapping around once, into `chunks` until `seen` holds
+ * `windowChunksMax` chunks; returns where the next scan starts (SOURCES_START after a full lap).
+ */
+function scanSources(tables: MdsTables, volumes: ReadonlyMap<number, VolumeRecord>, sources: readonly WindowSource[], cursor: SourceCursor,
+  windowChunksMax: number, seen: Set<string>, chunks: PlannerChunk[]): SourceCursor {
   const keys = sources.map(sourceKey);
   let index = Math.max(0, keys.indexOf(cursor.source));
   let after = keys[index] === cursor.source ? cursor.after : undefined;
-  const seen = new Set<string>();
-  const chunks: PlannerChunk[] = [];
   // One lap over every source, then the start source again up to where the lap began.
   for (let visits = 0; visits <= sources.length; visits += 1) {
     const source = sources[index];
     assert(source !== undefined, 'the source index stays in range');
     for (;;) {
       const room = windowChunksMax - seen.size;
-      const keys = listSource(tables, source, after, Math.min(KEYS_PER_READ, room));
-      for (const key of keys) {
+      const page = listSource(tables, source, after, Math.min(KEYS_PER_READ, room));
+      for (const key of page) {
         if (seen.has(keyOf(key))) continue;
         seen.add(keyOf(key));
         const chunk = tables.getChunk(key.volumeId, key.chunkIndex);
         const volume = volumes.get(key.volumeId);
         if (chunk !== undefined && volume !== undefined) chunks.push(plannerChunk(tables, chunk, volume));
       }
-      after = keys.at(-1) ?? after;
-      if (seen.size >= windowChunksMax) return { chunks: inMapOrder(chunks), next: { source: sourceKey(source), after } };
-      if (keys.length < Math.min(KEYS_PER_READ, room)) break;
+      after = page.at(-1) ?? after;
+      if (seen.size >= windowChunksMax) return { source: sourceKey(source), after };
+      if (page.length < Math.min(KEYS_PER_READ, room)) break;
     }
     index = (index + 1) % sources.length;
     after = undefined;
   }
-  return { chunks: inMapOrder(chunks), next: WINDOW_START };
+  return SOURCES_START;
 }
 
 /**

@@ -163,6 +163,9 @@ export class MemoryTables implements MdsTables {
   listServerVolumeChunks(csId: number, volumeId: number, afterChunkIndex: number, limit: number): ChunkKey[] {
     return this.keysAfter((chunk) => chunk.volumeId === volumeId && chunk.replicas.includes(csId), { volumeId, chunkIndex: afterChunkIndex }, limit);
   }
+  serverVolumeReplicaCount(csId: number, volumeId: number): number {
+    return this.serverVolumeReplicas(csId).get(volumeId) ?? 0;
+  }
   serverVolumeReplicas(csId: number): ReadonlyMap<number, number> {
     const counts = new Map<number, number>();
     for (const chunk of this.state.chunks.values()) {

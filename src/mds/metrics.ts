@@ -108,6 +108,9 @@ export class MdsMetrics {
           g.set({ tier: String(tier.tier), placement: 'misplaced' }, tier.misplacedReplicas);
         }
       });
+    fromSnapshot('shoal_mds_chunk_servers_ill',
+      'Chunk servers whose disks are far slower than their tier\'s other servers\' for a sustained time: reads and new chunks avoid them',
+      [], (g, stat) => g.set(stat.servers.filter((s) => s.ill !== null && s.adminState !== 'removed').length));
     fromSnapshot('shoal_mds_volumes', 'Volumes', [], (g, stat) => g.set(stat.volumes.count));
     fromSnapshot('shoal_mds_recovery_actions', 'Replica-set changes: running, planned, and chunks blocked for lack of servers',
       ['state'], (g, stat) => {

@@ -24,7 +24,10 @@ export interface VolumeRecord {
   readonly lease: LeaseRecord | null;
   /** I/O limits; absent (records written before limits existed, or never set): none. */
   readonly qos?: VolumeQos;
-  /** The storage tier its chunks belong on (tiers.ts); absent in records written before tiers: 0. */
+  /**
+   * The storage tier its chunks belong on (tiers.ts); absent: any tier (volumes created without
+   * one, and every volume written before tiers: an upgrade moves nothing).
+   */
   readonly tier?: number;
 }
 
@@ -35,8 +38,9 @@ export function volumeQos(volume: VolumeRecord): VolumeQos {
 /** Storage tiers are 0..TIER_MAX (e.g. 0 = HDD, 1 = HDD with an SSD journal, 2 = SSD). */
 export const TIER_MAX = 3;
 
-export function volumeTier(volume: VolumeRecord): number {
-  return volume.tier ?? 0;
+/** The volume's tier, or null: any tier will do. */
+export function volumeTier(volume: VolumeRecord): number | null {
+  return volume.tier ?? null;
 }
 
 /** What chunk servers keep of a volume with each of its replicas (for rebuilding a lost map). */
@@ -207,8 +211,11 @@ export interface RebalanceTaskRecord extends TaskRecordBase {
 export interface TierTaskRecord extends TaskRecordBase {
   readonly kind: 'tier';
   readonly target: TierTarget;
-  readonly fromTier: number;
+  /** Null: a volume of any tier. */
+  readonly fromTier: number | null;
   readonly toTier: number;
+  /** A server's: whether its tier before was an admin's (kept across restarts) or its --tier flag's; a cancel restores it. */
+  readonly fromTierSetByAdmin?: boolean;
 }
 
 /** What changes tier: one chunk server, or one volume. */
@@ -304,6 +311,8 @@ export interface MdsTables {
   listServerVolumeChunks(csId: number, volumeId: number, afterChunkIndex: number, limit: number): ChunkKey[];
   /** Kept with the records: volumeId -> the replicas of its chunks on `csId` (volumes with none are absent). */
   serverVolumeReplicas(csId: number): ReadonlyMap<number, number>;
+  /** Kept with the records: the replicas of one volume's chunks on `csId`. */
+  serverVolumeReplicaCount(csId: number, volumeId: number): number;
   /**
    * The chunks whose record alone needs the recovery planner (in doubt, or a replica count other
    * than their volume's normal), in key order after `after`, at most `limit`.

@@ -442,7 +442,7 @@ function createVolume(tables: MdsTables, op: Extract<MdsOp, { type: 'createVolum
     epoch: 0,
     lease: null,
     ...(op.qos === undefined ? {} : { qos: op.qos }),
-    ...(op.tier === undefined || op.tier === 0 ? {} : { tier: op.tier }),
+    ...(op.tier === undefined ? {} : { tier: op.tier }),
   };
   tables.putVolume(record);
   return { type: 'volume', record };
@@ -634,7 +634,8 @@ function describeTask(task: TaskRecord): string {
   const what = task.kind === 'drain'
     ? `drain of chunk server ${task.chunkServerId}`
     : task.kind === 'tier'
-      ? `move of ${'chunkServerId' in task.target ? `chunk server ${task.target.chunkServerId}` : `volume ${task.target.volumeId}`} from tier ${task.fromTier} to tier ${task.toTier}`
+      ? `move of ${'chunkServerId' in task.target ? `chunk server ${task.target.chunkServerId}` : `volume ${task.target.volumeId}`} ` +
+        `from ${task.fromTier === null ? 'any tier' : `tier ${task.fromTier}`} to tier ${task.toTier}`
       : `rebalance to within ${Math.round(task.thresholdFraction * 100)} points, started by ${task.startedBy === 'mds' ? 'the MDS' : 'an admin'}`;
   return `task ${task.id} (${what}, ${task.state}, ${task.itemsDone} of ${task.itemsTotal} replicas moved)`;
 }
@@ -728,20 +729,26 @@ export function tierTaskLeft(tables: MdsTables, target: TierTarget): ServerMappe
   return volume === undefined ? { replicaCount: 0, mappedBytes: 0 } : misplacedOfVolume(tables, volume, tables.listChunkServers());
 }
 
-/** Sets the target's tier (a server's as set by an admin, kept across restarts); returns the tier it had. */
-function putTier(tables: MdsTables, target: TierTarget, tier: number): number {
-  assert(Number.isInteger(tier) && tier >= 0 && tier <= TIER_MAX, 'a tier is within 0..TIER_MAX');
+/**
+ * Sets the target's tier: a volume's (null: any tier), or a server's, as set by an admin (kept
+ * across restarts) unless `setByAdmin` says otherwise (a cancel restoring a flag's tier). Returns
+ * the tier it had, and for a server whether an admin had set it.
+ */
+function putTier(tables: MdsTables, target: TierTarget, tier: number | null, setByAdmin = true): { tier: number | null; setByAdmin: boolean } {
+  assert(tier === null || (Number.isInteger(tier) && tier >= 0 && tier <= TIER_MAX), 'a tier is within 0..TIER_MAX');
   if ('chunkServerId' in target) {
+    assert(tier !== null, 'a chunk server has a tier');
     const server = tables.getChunkServer(target.chunkServerId);
     if (server === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk server ${target.chunkServerId} does not exist`);
     if (server.adminState === 'removed') throw new StorageError('ERR_CONFLICT', `chunk server ${target.chunkServerId} was removed`);
-    tables.putChunkServer({ ...server, tier, tierSetByAdmin: true });
-    return server.tier;
+    const { tierSetByAdmin: _before, ...rest } = server;
+    tables.putChunkServer({ ...rest, tier, ...(setByAdmin ? { tierSetByAdmin: true } : {}) });
+    return { tier: server.tier, setByAdmin: server.tierSetByAdmin === true };
   }
   const volume = requireVolume(tables, target.volumeId);
   const { tier: _previous, ...rest } = volume;
-  tables.putVolume(tier === 0 ? rest : { ...rest, tier });
-  return volumeTier(volume);
+  tables.putVolume(tier === null ? rest : { ...rest, tier });
+  return { tier: volumeTier(volume), setByAdmin: false };
 }
 
 function startTierTask(tables: MdsTables, op: Extract<MdsOp, { type: 'startTierTask' }>): MdsOpResult {
@@ -753,12 +760,13 @@ function startTierTask(tables: MdsTables, op: Extract<MdsOp, { type: 'startTierT
   if (going !== undefined) {
     throw new StorageError('ERR_TASK_CONFLICT', `${name} is already moving by ${describeTask(going)}: ${taskHelp(going)} (a cancel puts its tier back)`);
   }
-  const fromTier = putTier(tables, op.target, op.tier);
-  if (fromTier === op.tier) throw new StorageError('ERR_INVALID_ARGUMENT', `${name} is in tier ${op.tier} already`);
+  const before = putTier(tables, op.target, op.tier);
+  if (before.tier === op.tier) throw new StorageError('ERR_INVALID_ARGUMENT', `${name} is in tier ${op.tier} already`);
   const left = tierTaskLeft(tables, op.target);
   const empty = left.replicaCount === 0;
   const record: TaskRecord = {
-    id: newTaskId(tables), kind: 'tier', target: op.target, fromTier, toTier: op.tier, state: empty ? 'done' : 'running',
+    id: newTaskId(tables), kind: 'tier', target: op.target, fromTier: before.tier, toTier: op.tier, state: empty ? 'done' : 'running',
+    ...('chunkServerId' in op.target ? { fromTierSetByAdmin: before.setByAdmin } : {}),
     idempotencyKey: op.idempotencyKey, itemsDone: 0, itemsTotal: left.replicaCount, bytesDone: 0, bytesTotal: left.mappedBytes, error: null,
     createdAtMs: op.nowMs, updatedAtMs: op.nowMs, finishedAtMs: empty ? op.nowMs : null,
   };
@@ -801,7 +809,7 @@ function setTaskState(tables: MdsTables, op: Extract<MdsOp, { type: 'setTaskStat
     const exists = 'chunkServerId' in task.target
       ? tables.getChunkServer(task.target.chunkServerId)?.adminState !== 'removed'
       : tables.getVolume(task.target.volumeId) !== undefined;
-    if (op.state === 'cancelled' && exists) putTier(tables, task.target, task.fromTier);
+    if (op.state === 'cancelled' && exists) putTier(tables, task.target, task.fromTier, task.fromTierSetByAdmin ?? true);
     return putTaskState(tables, task, progress, op);
   }
   const server = tables.getChunkServer(task.chunkServerId);

@@ -4,7 +4,8 @@
 // Rules: replicas sit in distinct failure domains; servers of the volume's tier go first, then
 // those of the nearest tiers (tiers.ts tierOrder: a full tier spills, and the planner moves the
 // spilled replicas back once it has room); within a tier the least-full servers (by fraction
-// used) go first, ties broken at random so that equal servers share the load; a server without
+// used) go first, ties broken at random so that equal servers share the load, and servers with an
+// ill disk (sick_disks.ts) go last; a server without
 // room for a whole chunk plus its reserve is never chosen; the writer's own host is preferred for
 // the first replica (locality) when it has a candidate in the best tier there is room on.
 
@@ -23,6 +24,8 @@ export interface PlacementCandidate {
   readonly capacityBytes: number;
   readonly freeBytes: number;
   readonly tier: number;
+  /** Chosen only after every other server of its tier: its disk is ill (sick_disks.ts). */
+  readonly avoid?: boolean;
 }
 
 export interface PlacementRequest {
@@ -33,8 +36,8 @@ export interface PlacementRequest {
   /** Servers already holding the chunk (their domains are taken) or to avoid. */
   readonly exclude: readonly PlacementCandidate[];
   readonly preferHost?: string;
-  /** The volume's tier: its servers first, then the nearest tiers'. */
-  readonly tier: number;
+  /** The volume's tier: its servers first, then the nearest tiers'; null: any tier. */
+  readonly tier: number | null;
 }
 
 /** Free space a server keeps back, as a fraction of capacity, so it never fills to the last byte. */
@@ -74,7 +77,7 @@ export function chooseReplicas(
   const excludedIds = new Set(request.exclude.map((c) => c.csId));
   const eligible = candidates.filter((c) => !excludedIds.has(c.csId));
   const withRoom = eligible.filter((c) => hasRoom(c, request.chunkSizeBytes));
-  const rankOf = (candidate: PlacementCandidate): number => tierRank(request.tier, candidate.tier);
+  const rankOf = (candidate: PlacementCandidate): number => tierRank(request.tier, candidate.tier) * 2 + (candidate.avoid === true ? 1 : 0);
   const ranked = withRoom
     .map((candidate) => ({ candidate, tieBreak: random() }))
     .sort((a, b) => rankOf(a.candidate) - rankOf(b.candidate) || usedFraction(a.candidate) - usedFraction(b.candidate) || a.tieBreak - b.tieBreak)

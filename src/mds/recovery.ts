@@ -50,6 +50,8 @@ export interface PlannerServer {
   readonly host: string;
   readonly rack: string;
   readonly tier: number;
+  /** Its disk is ill (sick_disks.ts): a new replica goes there only when no other server will do. */
+  readonly ill?: boolean;
   readonly capacityBytes: number;
   readonly freeBytes: number;
 }
@@ -62,8 +64,8 @@ export interface PlannerChunk {
   readonly replicasNormal: number;
   readonly replicasMin: number;
   readonly chunkSizeBytes: number;
-  /** Its volume's tier: where its members belong. */
-  readonly tier: number;
+  /** Its volume's tier: where its members belong (null: any tier). */
+  readonly tier: number | null;
   /** A failed write left ranges that may differ between members: settle them first. */
   readonly inDoubt: boolean;
   /** Servers holding an older copy of the chunk (members that left): cheap to bring back. */
@@ -277,7 +279,8 @@ function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, inp
     if (victim !== null) return { kind: 'drop', chunk, csIds: [victim], reason: 'above the normal replica count', urgency: 1_000_000 };
   }
   // Every member there: one on the wrong tier moves to the chunk's own, when a server there has room.
-  const misplaced = healthy.find((csId) => servers.get(csId)?.tier !== chunk.tier && input.tierMoveHeld?.(chunk, csId) !== true);
+  const misplaced = chunk.tier === null ? undefined
+    : healthy.find((csId) => servers.get(csId)?.tier !== chunk.tier && input.tierMoveHeld?.(chunk, csId) !== true);
   if (misplaced === undefined) return null;
   const target = chooseTierTarget(chunk, misplaced, servers, input, placed);
   if (target === null) return 'misplaced';
@@ -303,6 +306,7 @@ function candidateOf(server: PlannerServer, pendingChunks: number, chunkSizeByte
     host: server.host,
     rack: server.rack,
     tier: server.tier,
+    avoid: server.ill === true,
     capacityBytes: server.capacityBytes,
     // Targets already chosen this round count as used, so one plan spreads its copies.
     freeBytes: Math.max(0, server.freeBytes - pendingChunks * chunkSizeBytes),
@@ -321,7 +325,7 @@ function chooseTarget(chunk: PlannerChunk, servers: Map<number, PlannerServer>, 
   const fresh = pickTarget(chunk, eligible, servers, input, placed, null);
   // A server that still holds an older copy gets only what changed: it goes first, unless it
   // sits on a worse tier than a fresh server would.
-  const freshRank = fresh === null ? Number.POSITIVE_INFINITY : tierRank(chunk.tier, servers.get(fresh)?.tier ?? chunk.tier);
+  const freshRank = fresh === null ? Number.POSITIVE_INFINITY : tierRank(chunk.tier, servers.get(fresh)?.tier ?? chunk.tier ?? 0);
   const holders = eligible.filter((s) => chunk.detached.includes(s.id) && tierRank(chunk.tier, s.tier) <= freshRank);
   if (holders.length > 0) {
     const target = pickTarget(chunk, holders, servers, input, placed, null);
@@ -337,9 +341,14 @@ function chooseTarget(chunk: PlannerChunk, servers: Map<number, PlannerServer>, 
 function chooseTierTarget(chunk: PlannerChunk, leaving: number, servers: Map<number, PlannerServer>, input: PlannerInput,
   placed: Map<number, number>): number | null {
   const avoid = input.avoidTargets?.(chunk.chunkId) ?? [];
+  // Room is judged by the map too: the servers' reports of free space lag by seconds, and tier
+  // moves come many at a time once a tier has room again; they must not fill it into its reserve.
+  const roomByMap = (s: PlannerServer): boolean => input.mappedBytes === undefined ||
+    s.capacityBytes - (input.mappedBytes.get(s.id) ?? 0) - (placed.get(s.id) ?? 0) * chunk.chunkSizeBytes >=
+      chunk.chunkSizeBytes + s.capacityBytes * RESERVE_FRACTION;
   const eligible = [...servers.values()].filter(
     (s) => s.tier === chunk.tier && s.online && s.healthy && s.adminState === 'active' && !chunk.replicas.includes(s.id) && !avoid.includes(s.id) &&
-      (s.maintenanceWindow !== true || chunk.detached.includes(s.id)),
+      (s.maintenanceWindow !== true || chunk.detached.includes(s.id)) && roomByMap(s),
   );
   const holders = eligible.filter((s) => chunk.detached.includes(s.id));
   return (holders.length > 0 ? pickTarget(chunk, holders, servers, input, placed, leaving) : null) ??
@@ -376,15 +385,15 @@ function chooseVictim(chunk: PlannerChunk, servers: Map<number, PlannerServer>):
 }
 
 /** Higher goes first: draining, then offline, then on the wrong tier, then the fullest. */
-function victimRank(server: PlannerServer, tier: number): number {
+function victimRank(server: PlannerServer, tier: number | null): number {
   const used = server.capacityBytes > 0 ? 1 - server.freeBytes / server.capacityBytes : 1;
-  return (server.adminState === 'draining' ? 8 : 0) + (server.online ? 0 : 4) + (server.tier === tier ? 0 : 2) + used;
+  return (server.adminState === 'draining' ? 8 : 0) + (server.online ? 0 : 4) + (tier === null || server.tier === tier ? 0 : 2) + used;
 }
 
 
-/** Servers whose balance counts: online, healthy, active, with a known capacity. */
+/** Servers whose balance counts: online, healthy (and not ill), active, with a known capacity. */
 function usableForBalance(servers: Map<number, PlannerServer>): PlannerServer[] {
-  return [...servers.values()].filter((s) => s.online && s.healthy && s.adminState === 'active' && s.capacityBytes > 0);
+  return [...servers.values()].filter((s) => s.online && s.healthy && s.ill !== true && s.adminState === 'active' && s.capacityBytes > 0);
 }
 
 interface Balance {

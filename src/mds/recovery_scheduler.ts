@@ -23,6 +23,11 @@ export interface RecoverySchedulerOptions {
    */
   readonly view: () => RecoveryView;
   readonly nowMs: () => number;
+  /**
+   * Whether a replica of the volume on the server is still on the wrong tier: a tier move whose
+   * task was cancelled (the tier put back) while its copy was being made keeps the member.
+   */
+  readonly stillMisplaced?: (volumeId: number, csId: number) => boolean;
 }
 
 export interface RecoveryView {
@@ -174,6 +179,9 @@ export class RecoveryScheduler {
         return;
       case 'add':
         await replicator.add(chunk.volumeId, chunk.chunkIndex, action.target);
+        // The tier changed back meanwhile: the leaving member is where it belongs again, and the
+        // new copy is the one too many (the planner sheds it, the one on the wrong tier first).
+        if (action.purpose === 'tier' && action.thenDrop !== null && this.options.stillMisplaced?.(chunk.volumeId, action.thenDrop) === false) return;
         if (action.thenDrop !== null) {
           const counted = action.purpose === 'rebalance' && rebalanceTaskId !== null ? { countForTaskId: rebalanceTaskId } : {};
           await replicator.drop(chunk.volumeId, chunk.chunkIndex, [action.thenDrop], { reason: action.reason, ...counted });

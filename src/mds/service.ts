@@ -22,6 +22,7 @@ import type {
   CreateVolumeBody,
   OpenVolumeBody,
   OpenVolumeReply,
+  TaskInfo,
   VolumeInfo,
 } from '../protocol/api.ts';
 import { BLOCK_BYTES, isPowerOfTwo } from '../limits.ts';
@@ -31,9 +32,9 @@ import type { Logger } from '../util/log.ts';
 import { Cluster, type ClusterDeps } from './cluster.ts';
 import { chunkTicket, type CapabilityGrant } from '../protocol/capability.ts';
 import { Hypervisors } from './hypervisors.ts';
-import type { ChunkRecord, HypervisorRecord, VolumeRecord } from './model.ts';
+import type { ChunkRecord, ChunkServerRecord, HypervisorRecord, VolumeRecord } from './model.ts';
 import type { MdsConfig } from './config.ts';
-import { chooseReplicas } from './placement.ts';
+import { chooseReplicas, domainKey } from './placement.ts';
 import { describeVolume, volumeQos, volumeTier } from './model.ts';
 import { misplacedOfVolume } from './tiers.ts';
 import { resolveQosChange } from './volume_qos.ts';
@@ -113,6 +114,7 @@ export class MetadataService {
     if (replicas.min > replicas.normal) {
       throw new StorageError('ERR_INVALID_ARGUMENT', `replicas min (${replicas.min}) must not exceed normal (${replicas.normal})`);
     }
+    if (body.tier !== undefined) this.requireTierFits(body.tier, replicas.normal, `volume "${body.name}"`);
     const result = await this.store.submit({
       type: 'createVolume',
       name: body.name,
@@ -131,8 +133,30 @@ export class MetadataService {
     return this.volumeInfo(result.record);
   }
 
+  /**
+   * Moves a volume to `tier` (a task: tasks.ts), once the tier can hold its copies at all: a tier
+   * without enough servers would leave every chunk spilled, and the task running for ever.
+   */
+  async startVolumeTier(name: string, tier: number, idempotencyKey: string | null): Promise<{ task: TaskInfo; created: boolean }> {
+    const volume = this.volumeByName(name);
+    if (volumeTier(volume) !== tier) this.requireTierFits(tier, volume.replicasNormal, `volume "${name}"`);
+    return this.tasks.startTier({ volumeId: volume.id }, tier, idempotencyKey);
+  }
+
+  /** Refuses a tier with fewer active chunk servers in distinct failure domains than `copies`. */
+  private requireTierFits(tier: number, copies: number, what: string): void {
+    const servers = this.store.tables.listChunkServers().filter((server) => server.adminState === 'active' && server.tier === tier);
+    const domains = new Set(servers.map((server) => domainKey(
+      { csId: server.id, host: server.failureDomainHost, rack: server.rack, tier, capacityBytes: 0, freeBytes: 0 }, this.config.failureDomain)));
+    if (domains.size >= copies) return;
+    throw new StorageError('ERR_NOT_ENOUGH_SERVERS',
+      `tier ${tier} has ${servers.length} active chunk servers in ${domains.size} distinct ${this.config.failureDomain} failure domains, ` +
+      `and ${what} keeps ${copies} copies: add servers to tier ${tier} first (shoal run cs --tier ${tier}, or shoal cs set-tier ID ${tier})`);
+  }
+
   listVolumes(): VolumeInfo[] {
-    return this.store.tables.listVolumes().map((volume) => this.volumeInfo(volume));
+    const servers = this.store.tables.listChunkServers();
+    return this.store.tables.listVolumes().map((volume) => this.volumeInfo(volume, servers));
   }
 
   volumeByName(name: string): VolumeRecord {
@@ -177,7 +201,7 @@ export class MetadataService {
     this.log.info('volume deleted', { name });
   }
 
-  private volumeInfo(volume: VolumeRecord): VolumeInfo {
+  private volumeInfo(volume: VolumeRecord, servers: readonly ChunkServerRecord[] = this.store.tables.listChunkServers()): VolumeInfo {
     const chunkCount = this.store.tables.countChunks(volume.id);
     return {
       id: volume.id,
@@ -195,7 +219,7 @@ export class MetadataService {
           : { holder: volume.lease.holder, epoch: volume.epoch, acquiredAt: new Date(volume.lease.acquiredAtMs).toISOString() },
       qos: volumeQos(volume),
       tier: volumeTier(volume),
-      misplacedReplicas: misplacedOfVolume(this.store.tables, volume, this.store.tables.listChunkServers()).replicaCount,
+      misplacedReplicas: misplacedOfVolume(this.store.tables, volume, servers).replicaCount,
     };
   }
 
@@ -297,7 +321,13 @@ export class MetadataService {
 
   /** A chunk server's totals, from its heartbeat. */
   recordServerIo(csId: number, totals: IoTotals): void {
-    this.serverIo.record(String(csId), csId, totals, this.clock.nowMs());
+    const nowMs = this.clock.nowMs();
+    this.serverIo.record(String(csId), csId, totals, nowMs);
+    if (totals.journalCommits !== undefined && totals.journalCommitSeconds !== undefined) {
+      this.cluster.sickDisks.record(csId, {
+        commits: totals.journalCommits, commitSeconds: totals.journalCommitSeconds, reads: totals.readOps, readSeconds: totals.readSeconds,
+      }, nowMs);
+    }
   }
 
   /** An NBD server's totals per volume; volumes it may not serve are left out (it reports what it was told to serve). */

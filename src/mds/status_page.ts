@@ -108,7 +108,8 @@ const SCRIPT = `
         const bar = el('progress', { max: Math.max(1, progress.itemsTotal), value: progress.itemsDone });
         const stateClass = task.state === 'failed' ? 'bad' : task.state === 'cancelled' || task.state === 'paused' ? 'warn' : task.state === 'done' ? 'ok' : '';
         return el('tr', { 'data-task': task.id, 'data-state': task.state },
-          cell(task.id, 'num'), cell(task.kind), cell(task.target.chunkServerId === undefined ? 'all chunk servers' : 'chunk server ' + task.target.chunkServerId), cell(task.state, stateClass),
+          cell(task.id, 'num'), cell(task.kind), cell(task.target.chunkServerId !== undefined ? 'chunk server ' + task.target.chunkServerId
+            : task.target.volumeId !== undefined ? 'volume ' + (task.target.volume ?? task.target.volumeId) : 'all chunk servers'), cell(task.state, stateClass),
           el('td', {}, bar), el('td', { className: 'num progress-text' }, progress.itemsDone + '/' + progress.itemsTotal),
           cell(task.bytesPerSecond === null ? '-' : bytes(Math.round(task.bytesPerSecond)) + '/s', 'num'),
           cell(task.etaSeconds === null ? '-' : task.etaSeconds + ' s', 'num'), cell(task.note || task.error || ''));

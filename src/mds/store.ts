@@ -313,6 +313,9 @@ export class LmdbTables implements MdsTables {
     const keys = this.serverChunks.getKeys({ start: [csId, volumeId, afterChunkIndex], end: [csId, volumeId + 1], exclusiveStart: true, limit });
     return [...keys.map(([, , chunkIndex]) => ({ volumeId, chunkIndex }))];
   }
+  serverVolumeReplicaCount(csId: number, volumeId: number): number {
+    return this.serverVolumeCounts.get([csId, volumeId]) ?? 0;
+  }
   serverVolumeReplicas(csId: number): ReadonlyMap<number, number> {
     return new Map([...this.serverVolumeCounts.getRange({ start: [csId], end: [csId + 1] }).map(({ key, value }) => [key[1], value] as const)]);
   }

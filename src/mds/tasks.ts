@@ -40,7 +40,7 @@ import type { RebalanceStatus } from './cluster.ts';
 import {
   progressFromLeft, isFinalTaskState, type MdsTables, type RebalanceTaskRecord, type TaskProgress, type TaskRecord, type TierTarget, type TierTaskRecord,
 } from './model.ts';
-import type { PlannerChunk, RebalanceMode } from './recovery.ts';
+import type { RebalanceMode } from './recovery.ts';
 import { activeRebalance, tierTaskLeft } from './ops.ts';
 import type { MdsStore } from './store.ts';
 
@@ -87,8 +87,11 @@ export function rebalanceModeOf(tables: MdsTables, autoThresholdFraction: number
   return { rebalance: { thresholdFraction: autoThresholdFraction, move: false }, rebalanceTaskId: null };
 }
 
-/** Members on the wrong tier that a paused tier task holds where they are (its server's, or its volume's). */
-export function tierMovesHeld(tables: MdsTables): (chunk: PlannerChunk, csId: number) => boolean {
+/**
+ * Replicas on the wrong tier that a paused tier task holds where they are: those on its server,
+ * or those of its volume. `(csId, volumeId) => held`.
+ */
+export function tierMovesHeld(tables: MdsTables): (csId: number, volumeId: number) => boolean {
   const servers = new Set<number>();
   const volumes = new Set<number>();
   for (const task of tables.listTasks()) {
@@ -96,7 +99,7 @@ export function tierMovesHeld(tables: MdsTables): (chunk: PlannerChunk, csId: nu
     if ('chunkServerId' in task.target) servers.add(task.target.chunkServerId);
     else volumes.add(task.target.volumeId);
   }
-  return (chunk, csId) => servers.has(csId) || volumes.has(chunk.volumeId);
+  return (csId, volumeId) => servers.has(csId) || volumes.has(volumeId);
 }
 
 export class Tasks {
@@ -330,8 +333,9 @@ export class Tasks {
     if (stalledMs < STALL_NOTE_AFTER_MS) return null;
     const stuck = this.deps.misplacedStuckChunks();
     if (task.kind === 'tier' && stuck > 0) {
+      const where = 'volumeId' in task.target ? `tier ${task.toTier}` : 'the tiers of the volumes whose replicas it holds';
       return `nothing moved for ${Math.round(stalledMs / 1000)} s: the planner finds no server of the right tier with room ` +
-        `(and a free failure domain) for ${stuck} chunks: add capacity to tier ${task.toTier}, or cancel the task to put the tier back`;
+        `and a free failure domain for ${stuck} chunks: add servers or capacity to ${where}, or cancel the task to put the tier back`;
     }
     const blocked = this.deps.blockedChunks();
     const why = blocked > 0

@@ -22,8 +22,9 @@ export function tierOrder(wanted: number): number[] {
   return order;
 }
 
-/** 0 for the wanted tier, then 1, 2, ... in tierOrder's order. */
-export function tierRank(wanted: number, actual: number): number {
+/** 0 for the wanted tier, then 1, 2, ... in tierOrder's order; 0 for every tier when any will do (null). */
+export function tierRank(wanted: number | null, actual: number): number {
+  if (wanted === null) return 0;
   const rank = tierOrder(wanted).indexOf(actual);
   assert(rank >= 0, 'a server\'s tier is within 0..TIER_MAX');
   return rank;
@@ -36,15 +37,25 @@ export interface MisplacedPair {
   readonly replicas: number;
 }
 
-/** Every (server, volume) whose replicas there are misplaced, by server then volume: where the planner looks. */
-export function misplacedPairs(tables: MdsTables, servers: readonly ChunkServerRecord[], volumes: ReadonlyMap<number, VolumeRecord>): MisplacedPair[] {
+/** Whether a replica of `volume` on a server of `serverTier` is on the wrong tier. */
+export function isMisplaced(volume: VolumeRecord, serverTier: number): boolean {
+  const tier = volumeTier(volume);
+  return tier !== null && tier !== serverTier;
+}
+
+/**
+ * Every (server, volume) whose replicas there are misplaced, by server then volume: where the
+ * planner looks. `held`: pairs a paused tier task holds where they are (left out).
+ */
+export function misplacedPairs(tables: MdsTables, servers: readonly ChunkServerRecord[], volumes: ReadonlyMap<number, VolumeRecord>,
+  held: (csId: number, volumeId: number) => boolean = () => false): MisplacedPair[] {
   const pairs: MisplacedPair[] = [];
   for (const server of [...servers].sort((a, b) => a.id - b.id)) {
     if (server.adminState === 'removed') continue;
-    const held = [...tables.serverVolumeReplicas(server.id)].sort((a, b) => a[0] - b[0]);
-    for (const [volumeId, replicas] of held) {
+    const onServer = [...tables.serverVolumeReplicas(server.id)].sort((a, b) => a[0] - b[0]);
+    for (const [volumeId, replicas] of onServer) {
       const volume = volumes.get(volumeId);
-      if (volume !== undefined && volumeTier(volume) !== server.tier) pairs.push({ csId: server.id, volumeId, replicas });
+      if (volume !== undefined && isMisplaced(volume, server.tier) && !held(server.id, volumeId)) pairs.push({ csId: server.id, volumeId, replicas });
     }
   }
   return pairs;
@@ -56,7 +67,7 @@ export function misplacedOnServer(tables: MdsTables, server: ChunkServerRecord, 
   let mappedBytes = 0;
   for (const [volumeId, replicas] of tables.serverVolumeReplicas(server.id)) {
     const volume = volumes.get(volumeId);
-    if (volume === undefined || volumeTier(volume) === server.tier) continue;
+    if (volume === undefined || !isMisplaced(volume, server.tier)) continue;
     replicaCount += replicas;
     mappedBytes += replicas * volume.chunkSizeBytes;
   }
@@ -67,8 +78,8 @@ export function misplacedOnServer(tables: MdsTables, server: ChunkServerRecord, 
 export function misplacedOfVolume(tables: MdsTables, volume: VolumeRecord, servers: readonly ChunkServerRecord[]): ServerMapped {
   let replicaCount = 0;
   for (const server of servers) {
-    if (server.adminState === 'removed' || server.tier === volumeTier(volume)) continue;
-    replicaCount += tables.serverVolumeReplicas(server.id).get(volume.id) ?? 0;
+    if (server.adminState === 'removed' || !isMisplaced(volume, server.tier)) continue;
+    replicaCount += tables.serverVolumeReplicaCount(server.id, volume.id);
   }
   return { replicaCount, mappedBytes: replicaCount * volume.chunkSizeBytes };
 }
@@ -94,9 +105,10 @@ export function tierReplicas(tables: MdsTables, servers: readonly ChunkServerRec
       assert(here !== undefined, 'a server\'s tier is within 0..TIER_MAX');
       here.replicas += replicas;
       const volume = volumes.get(volumeId);
-      if (volume === undefined || volumeTier(volume) === server.tier) continue;
+      const tier = volume === undefined ? null : volumeTier(volume);
+      if (tier === null || tier === server.tier) continue;
       here.misplacedReplicas += replicas;
-      const home = counts[volumeTier(volume)];
+      const home = counts[tier];
       assert(home !== undefined, 'a volume\'s tier is within 0..TIER_MAX');
       home.elsewhereReplicas += replicas;
     }

@@ -23,7 +23,14 @@ export class IoReporter {
   private failing = false;
   private stopped = false;
 
-  constructor(options: { stats: VolumeIoStats; mds: Pick<MdsClient, 'ioReport'>; log: Logger; timers: Timers; intervalMs?: number }) {
+  private readonly onAvoid: (csIds: readonly number[]) => void;
+
+  constructor(options: {
+    stats: VolumeIoStats; mds: Pick<MdsClient, 'ioReport'>; log: Logger; timers: Timers; intervalMs?: number;
+    /** The MDS's answer: chunk servers with ill disks, to read from last (see sick_disks.ts). */
+    onAvoid?: (csIds: readonly number[]) => void;
+  }) {
+    this.onAvoid = options.onAvoid ?? (() => undefined);
     this.stats = options.stats;
     this.mds = options.mds;
     this.log = options.log;
@@ -58,7 +65,7 @@ export class IoReporter {
     if (this.stopped) return;
     this.cancel = this.timers.background(this.intervalMs, () => {
       const body = this.body();
-      const sent = body.volumes.length === 0 ? Promise.resolve() : this.mds.ioReport(body).then(() => undefined);
+      const sent = body.volumes.length === 0 ? Promise.resolve() : this.mds.ioReport(body).then((reply) => this.onAvoid(reply.avoidCsIds ?? []));
       sent.then(() => {
         if (this.failing) this.log.info('I/O reports reach the MDS again');
         this.failing = false;

@@ -197,8 +197,10 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
   const pool = new CsConnectionPool({
     credential: { role: 'client' }, requestTimeoutMs: config.csTimeoutMs, observe: clientRequestObserver(registry),
   });
+  // Chunk servers whose disks the MDS finds ill: every volume reads them last (io_reporter.ts brings the list).
+  const avoidServers = new Set<number>();
   const provider = new VolumeProvider({
-    mds, pool, log, holder: config.holder, hostLabel: config.hostLabel, ioTimeoutMs: config.ioTimeoutMs, forceOpen: config.forceOpen,
+    mds, pool, log, holder: config.holder, hostLabel: config.hostLabel, ioTimeoutMs: config.ioTimeoutMs, forceOpen: config.forceOpen, avoidServers,
   });
   registerQosMetrics(registry, () => provider.openVolumes());
   const server = await createNbdServer({
@@ -227,7 +229,15 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
   log.info('NBD daemon ready', { ...ready, defaultExport: config.defaultExport });
   announceReady({ service: 'nbd', ...ready });
 
-  const ioReporter = new IoReporter({ stats: volumeIoStats(registry), mds, log, timers: systemTimers });
+  const ioReporter = new IoReporter({
+    stats: volumeIoStats(registry), mds, log, timers: systemTimers,
+    onAvoid: (csIds) => {
+      if (csIds.length === avoidServers.size && csIds.every((csId) => avoidServers.has(csId))) return;
+      log.info('chunk servers to read from last (ill disks, says the MDS)', { csIds });
+      avoidServers.clear();
+      for (const csId of csIds) avoidServers.add(csId);
+    },
+  });
   ioReporter.start();
 
   onShutdownSignal(log, async () => {

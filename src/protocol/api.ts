@@ -49,6 +49,8 @@ export const IoTotals = Type.Object({
   writtenBytes: Uint(),
   readSeconds: Type.Number({ minimum: 0 }),
   writeSeconds: Type.Number({ minimum: 0 }),
+  journalCommits: Type.Optional(Uint({ description: 'a chunk server: durable journal writes of its own disk (the MDS finds sick disks with them)' })),
+  journalCommitSeconds: Type.Optional(Type.Number({ minimum: 0 })),
 });
 export type IoTotals = Static<typeof IoTotals>;
 
@@ -119,7 +121,7 @@ export const CreateVolumeBody = Type.Object(
     chunkSizeBytes: Type.Optional(Uint({ minimum: CHUNK_BYTES_MIN, maximum: CHUNK_BYTES_MAX })),
     replicas: Type.Optional(Replicas),
     qos: Type.Optional(VolumeQosChange),
-    tier: Type.Optional(Uint({ maximum: 3, description: 'the storage tier its chunks go to (default 0); when it is full, the nearest tier with room' })),
+    tier: Type.Optional(Uint({ maximum: 3, description: 'the storage tier its chunks go to, the nearest tier with room while it is full (default: any tier, wherever there is most room)' })),
   },
   { additionalProperties: false },
 );
@@ -160,7 +162,7 @@ export const VolumeInfo = Type.Object({
   epoch: Uint({ description: 'lease epoch: grows with every write open' }),
   lease: Type.Union([LeaseInfo, Type.Null()]),
   qos: VolumeQos,
-  tier: Uint({ maximum: 3 }),
+  tier: Type.Union([Uint({ maximum: 3 }), Type.Null()], { description: 'the storage tier its chunks go to; null: any tier (created without one)' }),
   misplacedReplicas: Uint({ description: 'replicas on chunk servers of another tier (spilled while the tier was full, or not yet moved after a change of tier)' }),
 });
 export type VolumeInfo = Static<typeof VolumeInfo>;
@@ -202,6 +204,10 @@ export const ChunkServerInfo = Type.Object({
     }),
     Type.Null(),
   ], { description: 'an admin\'s maintenance window (shoal cs maintenance), or null' }),
+  ill: Type.Union([
+    Type.Object({ since: Type.String(), reason: Type.String({ description: 'what is slow, by how much, against which peers' }) }),
+    Type.Null(),
+  ], { description: 'its disk is far slower than its peers\' (a disk about to fail?): reads and new chunks avoid it; null when well' }),
 });
 export type ChunkServerInfo = Static<typeof ChunkServerInfo>;
 
@@ -227,7 +233,7 @@ export const RecoveryInfo = Type.Object({
   pending: Uint({ description: 'changes the last plan held: 0 when every chunk is as it should be' }),
   blocked: Uint({ description: 'chunks that need a replica but have no eligible server in a free failure domain' }),
   waiting: Uint({ description: 'chunks missing members that are expected back (restarting servers): nothing is copied for them meanwhile' }),
-  misplacedStuck: Uint({ description: 'chunks with a replica on the wrong tier that no server of their tier has room for now' }),
+  misplacedStuck: Uint({ description: 'chunks with a replica on the wrong tier that no server of their tier can take now, among those the last plan looked at (at most 4,096)' }),
   succeeded: Uint(),
   failed: Uint(),
   copiedBytes: Uint({ description: 'bytes copied between chunk servers since the MDS started' }),
@@ -308,7 +314,7 @@ export const TaskInfo = Type.Object({
     volumeId: Type.Optional(Uint({ description: 'a tier move: the volume whose tier changed' })),
     volume: Type.Optional(Type.String({ description: 'a tier move: that volume\'s name (absent once it is deleted)' })),
   }),
-  tier: Type.Union([Type.Object({ from: Uint({ maximum: 3 }), to: Uint({ maximum: 3 }) }), Type.Null()], {
+  tier: Type.Union([Type.Object({ from: Type.Union([Uint({ maximum: 3 }), Type.Null()], { description: 'null: a volume of any tier' }), to: Uint({ maximum: 3 }) }), Type.Null()], {
     description: 'a tier move: the tier its target had and has now (a cancel puts it back)',
   }),
   startedBy: Type.Union([Type.Literal('admin'), Type.Literal('mds')], {
@@ -693,6 +699,14 @@ export const IoReportBody = Type.Object(
   { additionalProperties: false },
 );
 export type IoReportBody = Static<typeof IoReportBody>;
+
+export const IoReportReply = Type.Object({
+  ok: Type.Boolean(),
+  avoidCsIds: Type.Optional(Type.Array(Uint(), {
+    maxItems: 65_536, description: 'chunk servers whose disks are ill (far slower than their peers\'): read other replicas first',
+  })),
+});
+export type IoReportReply = Static<typeof IoReportReply>;
 
 export const OkReply = Type.Object({ ok: Type.Boolean() });
 export type OkReply = Static<typeof OkReply>;

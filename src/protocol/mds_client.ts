@@ -29,6 +29,7 @@ import type {
   HeartbeatBody,
   OpenVolumeBody,
   OkReply,
+  IoReportReply,
   LeaseRenewReply,
   IoReportBody,
   IoStatsReply,
@@ -235,7 +236,7 @@ export class MdsClient {
     return this.call('POST', `/v1/internal/volumes/${encodeURIComponent(name)}/lease/renew`, { leaseId });
   }
   /** This NBD server's totals per volume it serves (or served lately). */
-  ioReport(body: IoReportBody): Promise<OkReply> {
+  ioReport(body: IoReportBody): Promise<IoReportReply> {
     return this.call('POST', '/v1/internal/io-report', body);
   }
   volumeQos(name: string): Promise<VolumeQos> {

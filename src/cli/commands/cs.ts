@@ -28,21 +28,22 @@ function failureDomain(server: ChunkServerInfo): string {
 
 /**
  * "online", or with the admin state when it is not active: "online/draining", "offline/removed";
- * in a maintenance window "offline/maintenance", once it ran out "offline/maintenance-overrun".
+ * in a maintenance window "offline/maintenance", once it ran out "offline/maintenance-overrun";
+ * with a disk far slower than its peers' "online/ill".
  */
 function serverState(server: ChunkServerInfo): string {
   const phase = server.maintenance?.phase;
   const admin = server.adminState === 'active' ? [] : [server.adminState];
   // Past its window a server that is back is simply online; one still away is overrunning.
   const maintenance = phase === 'window' ? ['maintenance'] : phase === 'grace' && server.state !== 'online' ? ['maintenance-overrun'] : [];
-  return [server.state, ...admin, ...maintenance].join('/');
+  return [server.state, ...admin, ...maintenance, ...(server.ill === null ? [] : ['ill'])].join('/');
 }
 
 /** Removed servers fade out; a draining one is on its way out; offline is the alarm, unless planned. */
 function serverStateStyle(server: ChunkServerInfo): Style {
   if (server.adminState === 'removed') return 'dim';
   if (server.maintenance?.phase === 'window') return 'yellow';
-  if (server.state !== 'online') return 'red';
+  if (server.state !== 'online' || server.ill !== null) return 'red';
   return server.adminState === 'draining' ? 'yellow' : 'green';
 }
 
@@ -130,6 +131,11 @@ const info = defineCommand({
             style: server.healthy ? undefined : 'red',
           },
           ...(server.healthy && server.lastError !== '' ? [{ label: 'last error', value: server.lastError }] : []),
+          ...(server.ill === null ? [] : [{
+            label: 'ill',
+            value: `since ${formatTimestamp(server.ill.since)}: ${server.ill.reason}; reads and new chunks avoid it (replace the disk, or drain it)`,
+            style: 'red' as const,
+          }]),
           { label: 'failure domain', value: failureDomain(server) },
           { label: 'tier', value: String(server.tier) },
           ...(server.maintenance === null || server.maintenance.phase === 'over' ? [] : [{
@@ -396,6 +402,10 @@ const setTier = defineCommand({
   },
   async run(context, { id, tier, detach, timeoutMs, idempotencyKey }) {
     const server = await serverById(await context.mds(), id);
+    if (server.tier === tier && idempotencyKey === undefined) {
+      if (context.json) return context.writeJson(server);
+      return context.write(`${named(server)} is in tier ${tier} already; nothing changed\n`);
+    }
     await runTierMove(context, { kind: 'tier', chunkServerId: id, tier, ...(idempotencyKey === undefined ? {} : { idempotencyKey }) },
       named(server), { detach, timeoutMs });
   },

@@ -80,6 +80,7 @@ export function statFields(stat: ClusterStat): Field[] {
       value: `${formatBytes(space.capacityBytes)} capacity, ${formatBytes(space.usedBytes)} used ` +
         `(${formatPercent(space.usedBytes, space.capacityBytes)}), ${formatBytes(space.freeBytes)} free`,
     },
+    ...illFields(stat),
     ...tierFields(stat),
     { label: 'volumes', value: `${volumes.count}, ${formatBytes(volumes.sizeBytes)} provisioned` },
     {
@@ -90,6 +91,15 @@ export function statFields(stat: ClusterStat): Field[] {
     ...recoveryFields(stat.recovery),
     ...quarantineFields(stat.quarantine),
   ];
+}
+
+/** A line per chunk server whose disk is ill: what is slow, and by how much. */
+function illFields(stat: ClusterStat): Field[] {
+  return stat.servers.filter((server) => server.ill !== null && server.adminState !== 'removed').map((server) => ({
+    label: `ill: cs ${server.id}`,
+    value: `${server.ill?.reason ?? ''}; reads and new chunks avoid it (replace the disk, or drain it: shoal cs drain ${server.id})`,
+    style: 'red' as const,
+  }));
 }
 
 /**
@@ -109,7 +119,12 @@ function tierFields(stat: ClusterStat): Field[] {
   }));
   const stuck = stat.recovery.misplacedStuck;
   if (stuck > 0) {
-    fields.push({ label: 'misplaced', value: `${stuck} chunks wait for room on their tier (they move once it has some): add capacity there`, style: 'yellow' });
+    fields.push({
+      label: 'misplaced',
+      value: `${stuck} chunks (of those the last plan looked at) wait for a server of their tier with room in a free failure domain: ` +
+        'they move once there is one; add servers or capacity to that tier',
+      style: 'yellow',
+    });
   }
   return fields;
 }

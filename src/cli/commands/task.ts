@@ -111,11 +111,18 @@ function actionCommand(action: 'cancel' | 'pause' | 'resume', summary: string, d
 }
 
 const cancel = actionCommand('cancel',
-  'stop a task; what it finished stays (a drain: the replicas moved stay moved, the server serves again; a rebalance: the MDS starts no other by itself for an hour)',
-  (task) => `task ${task.id} (${what(task)}) cancelled with ${task.progress.itemsDone} of ${task.progress.itemsTotal} done; ` +
-    (task.target.chunkServerId === undefined
-      ? 'the replicas moved stay where they went; the MDS starts no rebalance by itself for an hour (shoal cs rebalance starts one)\n'
-      : `chunk server ${task.target.chunkServerId} is active again\n`));
+  'stop a task (a drain: the replicas moved stay moved, the server serves again; a rebalance: the MDS starts no other by itself for an hour; ' +
+    'a tier move: the tier is put back, and what moved moves back)',
+  (task) => `task ${task.id} (${what(task)}) cancelled with ${task.progress.itemsDone} of ${task.progress.itemsTotal} done; ${cancelled(task)}\n`);
+
+function cancelled(task: TaskInfo): string {
+  if (task.kind === 'tier') {
+    if (task.tier?.from === null) return 'the volume is of any tier again: its replicas stay where they are';
+    return `${task.tier === null ? 'its tier is put back' : `it is in tier ${task.tier.from} again`}: the replicas that moved move back`;
+  }
+  if (task.kind === 'drain') return `chunk server ${task.target.chunkServerId ?? '?'} is active again`;
+  return 'the replicas moved stay where they went; the MDS starts no rebalance by itself for an hour (shoal cs rebalance starts one)';
+}
 const pause = actionCommand('pause', 'hold a task where it is (nothing more moves; a drained server serves as active meanwhile)',
   (task) => `task ${task.id} (${what(task)}) paused at ${task.progress.itemsDone} of ${task.progress.itemsTotal}; resume it with: shoal task resume ${task.id}\n`);
 const resume = actionCommand('resume', 'go on with a paused task',

@@ -142,7 +142,7 @@ const VOLUME_COLUMNS: readonly Column<VolumeInfo>[] = [
   { header: 'USE%', align: 'right', value: (v) => formatPercent(v.allocatedBytes, v.sizeBytes) },
   { header: 'CHUNK', align: 'right', value: (v) => formatBytes(v.chunkSizeBytes) },
   { header: 'REPLICAS', value: (v) => formatReplicas(v.replicas) },
-  { header: 'TIER', align: 'right', value: (v) => (v.misplacedReplicas === 0 ? String(v.tier) : `${v.tier} (${v.misplacedReplicas} elsewhere)`) },
+  { header: 'TIER', align: 'right', value: (v) => `${v.tier ?? 'any'}${v.misplacedReplicas === 0 ? '' : ` (${v.misplacedReplicas} elsewhere)`}` },
   { header: 'CREATED', value: (v) => formatTimestamp(v.createdAt) },
   { header: 'WRITER', value: (v) => v.lease?.holder ?? '-', style: (v) => (v.lease === null ? 'dim' : undefined) },
 ];
@@ -176,8 +176,9 @@ function volumeFields(volume: VolumeInfo) {
     { label: 'I/O limits', value: describeQos(volume.qos) },
     {
       label: 'tier',
-      value: volume.misplacedReplicas === 0 ? String(volume.tier)
-        : `${volume.tier} (${volume.misplacedReplicas} replicas on other tiers: spilled while it was full, or still moving)`,
+      value: volume.tier === null ? 'any (its chunks go wherever there is most room; pin it with shoal volume set --tier N)'
+        : volume.misplacedReplicas === 0 ? String(volume.tier)
+          : `${volume.tier} (${volume.misplacedReplicas} replicas on other tiers: spilled while it was full, or still moving)`,
     },
     { label: 'created', value: formatTimestamp(volume.createdAt) },
   ];
@@ -217,7 +218,8 @@ const create = defineCommand({
     `--size SIZE        e.g. 10G, 500M, 1T (powers of two); at most ${formatBytes(VOLUME_BYTES_MAX)}`,
     `--chunk-size SIZE  unit of placement, a power of two from ${formatBytes(CHUNK_BYTES_MIN)} to ${formatBytes(CHUNK_BYTES_MAX)} (default ${formatBytes(CHUNK_BYTES_DEFAULT)})`,
     `--replicas N:M     keep N copies of each chunk; I/O continues while at least M are online (default: the MDS's, 3:2)`,
-    `--tier N           the storage tier (0-3) its chunks go to (default 0); while it is full, the nearest tier with room`,
+    `--tier N           the storage tier (0-3) its chunks go to; while it is full, the nearest tier with room (default: any`,
+    `                   tier, wherever there is most room)`,
     ...QOS_DETAILS,
   ],
   options: {
