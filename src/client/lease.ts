@@ -57,6 +57,8 @@ export class LeaseKeeper {
   private readonly lease: LeaseGrant | null;
   private grant_: CapabilityGrant;
   private lost_: StorageError | null = null;
+  /** When the MDS last confirmed the lease (the open, then each renewal), on performance.now(). */
+  private confirmedAtMs = performance.now();
   private stopped = false;
   private cancelLeaseRenewal: (() => void) | null = null;
   private cancelCapabilityRenewal: (() => void) | null = null;
@@ -84,6 +86,14 @@ export class LeaseKeeper {
   /** The lease's epoch, which writes carry; 0 without a lease. */
   get epoch(): number {
     return this.lease?.epoch ?? 0;
+  }
+
+  /**
+   * The MDS confirmed the write lease within two renewal intervals: nobody has taken it over for
+   * longer than that without this client knowing (a cache may answer for the volume).
+   */
+  confirmedLately(): boolean {
+    return this.lease !== null && this.lost_ === null && performance.now() - this.confirmedAtMs <= 2 * this.lease.renewIntervalMs;
   }
 
   /** Why the lease is gone, or null while it is held (or there is none). */
@@ -131,6 +141,7 @@ export class LeaseKeeper {
       if (this.stopped) return;
       this.scheduleLeaseRenewal(lease);
       this.options.mds.renewLease(this.options.volumeName, lease.leaseId).then((reply) => {
+        this.confirmedAtMs = performance.now();
         this.applyQos(reply.qos);
       }, (error: unknown) => {
         if (losesLease('leaseRenewal', error)) {

@@ -2,6 +2,7 @@
 // of the same name in this process: one lease, one chunk map, one write-ordering lock. The volume
 // closes (and its lease is released) when the last user lets go.
 
+import type { ReadCache } from './read_cache.ts';
 import type { CsConnectionPool } from '../protocol/cs_connection.ts';
 import type { MdsClient } from '../protocol/mds_client.ts';
 import type { Logger } from '../util/log.ts';
@@ -20,6 +21,8 @@ export interface VolumeProviderDeps {
   readonly hostLabel?: string;
   /** Chunk servers to read from last (see VolumeOpenOptions.avoidServers). */
   readonly avoidServers?: ReadonlySet<number>;
+  /** The process's local read cache (see VolumeOpenOptions.readCache). */
+  readonly readCache?: ReadCache;
 }
 
 interface Shared {

@@ -29,6 +29,7 @@ import { ChunkLocator } from './chunk_locator.ts';
 import { LeaseKeeper, capabilityGrant } from './lease.ts';
 import { QosGate } from './qos_gate.ts';
 import { blockSpan, checkRange, firstPiece, splitRange, type Piece } from './ranges.ts';
+import { CACHE_BLOCK_BYTES, type BlockAddress, type ReadCache } from './read_cache.ts';
 import { ReplicaIo } from './replica_io.ts';
 import { Retrier } from './retry.ts';
 
@@ -52,6 +53,11 @@ export interface VolumeOpenOptions {
   readonly hostLabel?: string;
   /** Chunk servers whose disks are ill (the MDS says so; kept up to date by the caller): read last. */
   readonly avoidServers?: ReadonlySet<number>;
+  /**
+   * A local read cache shared by the process's volumes (read_cache.ts). Used only by write opens
+   * while their lease is held and confirmed lately: nobody else writes the volume then.
+   */
+  readonly readCache?: ReadCache;
 }
 
 /** How long a read or write keeps trying (failover, waiting for recovery) before ERR_IO. */
@@ -65,6 +71,9 @@ export class Volume implements BlockDevice {
   private readonly chunks: ChunkLocator;
   private readonly replicas: ReplicaIo;
   private readonly writeOrder = new RangeLock();
+  private readonly readCache: ReadCache | undefined;
+  /** This open's generation in the read cache (read_cache.ts openVolume). */
+  private cacheGeneration = 0;
   /** The volume's I/O limits, kept current by the lease keeper. */
   readonly qos: QosGate;
   private closed = false;
@@ -73,6 +82,8 @@ export class Volume implements BlockDevice {
     this.name = options.name;
     this.readOnly = options.readOnly;
     this.info = info;
+    // Blocks must lie within chunks: chunk sizes are powers of two of at least 1 MiB (limits.ts).
+    this.readCache = options.readOnly || info.chunkSizeBytes % CACHE_BLOCK_BYTES !== 0 ? undefined : options.readCache;
     const timers = systemTimers;
     const retrier = new Retrier({
       subject: `volume "${options.name}"`,
@@ -117,6 +128,7 @@ export class Volume implements BlockDevice {
       ...(options.force === true ? { force: true } : {}),
     });
     const volume = new Volume(options, opened.volume, opened.lease, capabilityGrant(opened.capability));
+    if (volume.readCache !== undefined) volume.cacheGeneration = volume.readCache.openVolume(opened.volume.id, volume.lease.epoch);
     volume.lease.start();
     return volume;
   }
@@ -135,12 +147,13 @@ export class Volume implements BlockDevice {
     this.checkRange(offsetBytes, lengthBytes);
     const gate = this.qos.admit(lengthBytes);
     if (gate !== null) await gate;
+    const scan = this.readCache?.noteRead(this.info.id, offsetBytes, lengthBytes).scan ?? true;
     const pieces = splitRange(offsetBytes, lengthBytes, this.info.chunkSizeBytes);
-    if (pieces.length === 1 && pieces[0] !== undefined) return this.readPiece(pieces[0]);
+    if (pieces.length === 1 && pieces[0] !== undefined) return this.readPiece(pieces[0], scan);
     const result = Buffer.allocUnsafe(lengthBytes);
     await Promise.all(
       pieces.map(async (piece) => {
-        const bytes = await this.readPiece(piece);
+        const bytes = await this.readPiece(piece, scan);
         bytes.copy(result, piece.bufferOffset);
       }),
     );
@@ -152,13 +165,13 @@ export class Volume implements BlockDevice {
     this.checkRange(offsetBytes, data.length);
     const gate = this.qos.admit(data.length);
     if (gate !== null) await gate;
-    await this.ordered(offsetBytes, data.length, () =>
+    await this.ordered(offsetBytes, data.length, () => this.changing(offsetBytes, data.length, () =>
       Promise.all(
         splitRange(offsetBytes, data.length, this.info.chunkSizeBytes).map((piece) =>
           this.replicas.change(piece, CS_OP.WRITE, data.subarray(piece.bufferOffset, piece.bufferOffset + piece.lengthBytes)),
         ),
       ),
-    );
+    ));
   }
 
   async zero(offsetBytes: number, lengthBytes: number): Promise<void> {
@@ -167,7 +180,7 @@ export class Volume implements BlockDevice {
     // A zeroing moves no data: it counts as a request, not as bytes.
     const gate = this.qos.admit(0);
     if (gate !== null) await gate;
-    await this.ordered(offsetBytes, lengthBytes, () =>
+    await this.ordered(offsetBytes, lengthBytes, () => this.changing(offsetBytes, lengthBytes, () =>
       Promise.all(
         // A zeroing carries no data: one request per chunk, whatever its length (TRIM of a whole disk).
         splitRange(offsetBytes, lengthBytes, this.info.chunkSizeBytes, this.info.chunkSizeBytes).map(async (piece) => {
@@ -176,7 +189,7 @@ export class Volume implements BlockDevice {
           await this.replicas.change(piece, CS_OP.ZERO, undefined);
         }),
       ),
-    );
+    ));
   }
 
   trim(offsetBytes: number, lengthBytes: number): Promise<void> {
@@ -201,14 +214,70 @@ export class Volume implements BlockDevice {
     if (this.closed) return;
     this.closed = true;
     this.qos.releaseAll();
+    // Released cleanly, what is cached may serve this host's next open (read_cache.ts).
+    this.readCache?.closeVolume(this.info.id, this.lease.epoch, this.lease.lost === null);
     await this.lease.stop();
   }
 
   // ---- helpers ----------------------------------------------------------------------------------
 
-  private async readPiece(piece: Piece): Promise<Buffer> {
-    if ((await this.chunks.entryOf(piece.chunkIndex)) === undefined) return Buffer.alloc(piece.lengthBytes);
-    return this.replicas.read(piece);
+  private async readPiece(piece: Piece, scan: boolean): Promise<Buffer> {
+    const entry = await this.chunks.entryOf(piece.chunkIndex);
+    if (entry === undefined) return Buffer.alloc(piece.lengthBytes);
+    const cache = this.readCache;
+    // Only while nobody else can write the volume: the lease held, and confirmed lately.
+    if (cache === undefined || this.lease.lost !== null || !this.lease.confirmedLately()) return this.replicas.read(piece);
+    const firstBlock = Math.floor(piece.offsetInChunk / CACHE_BLOCK_BYTES);
+    const lastBlock = Math.floor((piece.offsetInChunk + piece.lengthBytes - 1) / CACHE_BLOCK_BYTES);
+    const chunkFirstBlock = (piece.chunkIndex * this.info.chunkSizeBytes) / CACHE_BLOCK_BYTES;
+    const address = (block: number): BlockAddress => ({
+      volumeId: this.info.id, generation: this.cacheGeneration, chunkId: entry.chunkId, version: entry.version, blockIndex: chunkFirstBlock + block,
+    });
+    const sinceSeq = cache.sequence;
+    const cached = await Promise.all(Array.from({ length: lastBlock - firstBlock + 1 }, (_, i) => cache.lookup(address(firstBlock + i), scan)));
+    if (cached.every((block) => block !== null)) {
+      const result = Buffer.allocUnsafe(piece.lengthBytes);
+      for (const [i, block] of cached.entries()) {
+        const blockStart = (firstBlock + i) * CACHE_BLOCK_BYTES;
+        const from = Math.max(piece.offsetInChunk, blockStart);
+        const to = Math.min(piece.offsetInChunk + piece.lengthBytes, blockStart + CACHE_BLOCK_BYTES);
+        block?.copy(result, from - piece.offsetInChunk, from - blockStart, to - blockStart);
+      }
+      return result;
+    }
+    // A small read of a block worth keeping: read the whole block, keep it, answer from it.
+    const endOfVolume = (chunkFirstBlock + firstBlock + 1) * CACHE_BLOCK_BYTES > this.info.sizeBytes;
+    if (firstBlock === lastBlock && !endOfVolume && cache.wants(address(firstBlock), scan)) {
+      const block = await this.replicas.read({ chunkIndex: piece.chunkIndex, offsetInChunk: firstBlock * CACHE_BLOCK_BYTES, lengthBytes: CACHE_BLOCK_BYTES, bufferOffset: 0 });
+      void cache.admit(address(firstBlock), block, sinceSeq);
+      const within = piece.offsetInChunk - firstBlock * CACHE_BLOCK_BYTES;
+      return block.subarray(within, within + piece.lengthBytes);
+    }
+    const data = await this.replicas.read(piece);
+    // Whole blocks the read covered, worth keeping.
+    for (let block = firstBlock; block <= lastBlock; block += 1) {
+      const from = block * CACHE_BLOCK_BYTES - piece.offsetInChunk;
+      if (from < 0 || from + CACHE_BLOCK_BYTES > piece.lengthBytes || cached[block - firstBlock] !== null || !cache.wants(address(block), scan)) continue;
+      void cache.admit(address(block), Buffer.from(data.subarray(from, from + CACHE_BLOCK_BYTES)), sinceSeq);
+    }
+    return data;
+  }
+
+  /**
+   * Runs a change of bytes [offset, offset + length), dropping the cached blocks it touches before
+   * and after: a block read from the chunk servers while the change was in flight is not kept.
+   */
+  private async changing<T>(offsetBytes: number, lengthBytes: number, change: () => Promise<T>): Promise<T> {
+    const cache = this.readCache;
+    if (cache === undefined) return change();
+    const firstBlock = Math.floor(offsetBytes / CACHE_BLOCK_BYTES);
+    const lastBlock = Math.floor((offsetBytes + lengthBytes - 1) / CACHE_BLOCK_BYTES);
+    cache.invalidate(this.info.id, firstBlock, lastBlock);
+    try {
+      return await change();
+    } finally {
+      cache.invalidate(this.info.id, firstBlock, lastBlock);
+    }
   }
 
   /** Runs a change once no in-flight change overlaps its blocks. */

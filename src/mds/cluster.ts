@@ -42,6 +42,7 @@ import { MARK_IN_DOUBT_SLICE_CHUNKS } from './ops.ts';
 import { rebalanceModeOf, tierMovesHeld } from './tasks.ts';
 import { isMisplaced, misplacedOnServer, misplacedPairs, tierReplicas } from './tiers.ts';
 import { SICK_DISK_DEFAULTS, SickDisks } from './sick_disks.ts';
+import { ReadCacheReports } from './read_cache_reports.ts';
 import { revocationsOf } from './hypervisors.ts';
 import { CsReplicaIo, type ReplicaIo } from './replica_io.ts';
 import { Replicator } from './replicator.ts';
@@ -141,6 +142,8 @@ export class Cluster {
   private autoRebuild: NodeJS.Timeout | null = null;
   /** Disks far slower than their peers' (sick_disks.ts): reads and new chunks avoid them. */
   readonly sickDisks: SickDisks;
+  /** The hypervisors' read caches, as they report them. */
+  readonly readCaches = new ReadCacheReports();
 
   constructor(deps: ClusterDeps) {
     this.clusterId = deps.clusterId;
@@ -478,6 +481,7 @@ export class Cluster {
         freeBytes: sum(online.map((s) => s.freeBytes)),
       },
       tiers: this.tierStats(servers, volumes),
+      readCaches: this.readCaches.current(this.clock.nowMs()),
       volumes: { count: volumes.length, sizeBytes: sum(volumes.map((v) => v.sizeBytes)) },
       chunks: { total, byState },
       quarantine: this.quarantine.summary(),

@@ -336,6 +336,7 @@ export class MetadataService {
     for (const { name, ...totals } of body.volumes) {
       if (this.hypervisors.mayServe(hypervisor, name)) this.volumeIo.record(`${hypervisor.id}/${name}`, name, totals, nowMs);
     }
+    if (body.readCache !== undefined) this.cluster.readCaches.record(hypervisor.name, body.readCache, nowMs);
   }
 
   /** Each volume's rates (all its NBD servers together) and each chunk server's, busiest first by IOPS. */

@@ -4,6 +4,7 @@
 // when they start and when they end, not on every tick.
 
 import type { IoReportBody } from '../protocol/api.ts';
+import type { ReadCache } from '../client/read_cache.ts';
 import type { MdsClient } from '../protocol/mds_client.ts';
 import { IO_REPORT_VOLUMES_MAX } from '../limits.ts';
 import type { Timers } from '../util/clock.ts';
@@ -24,12 +25,16 @@ export class IoReporter {
   private stopped = false;
 
   private readonly onAvoid: (csIds: readonly number[]) => void;
+  private readonly readCache: ReadCache | undefined;
 
   constructor(options: {
     stats: VolumeIoStats; mds: Pick<MdsClient, 'ioReport'>; log: Logger; timers: Timers; intervalMs?: number;
     /** The MDS's answer: chunk servers with ill disks, to read from last (see sick_disks.ts). */
     onAvoid?: (csIds: readonly number[]) => void;
+    /** Its totals go with each report (the stat shows them). */
+    readCache?: ReadCache;
   }) {
+    this.readCache = options.readCache;
     this.onAvoid = options.onAvoid ?? (() => undefined);
     this.stats = options.stats;
     this.mds = options.mds;
@@ -58,14 +63,21 @@ export class IoReporter {
       readSeconds: entry.readSeconds,
       writeSeconds: entry.writeSeconds,
     }));
-    return { volumes };
+    const cache = this.readCache;
+    return cache === undefined ? { volumes } : {
+      volumes,
+      readCache: {
+        hits: cache.stats.hits, misses: cache.stats.misses, admissions: cache.stats.admissions, evictions: cache.stats.evictions,
+        corrupt: cache.stats.corrupt, usedBytes: cache.usedBytes, capacityBytes: cache.capacityBytes,
+      },
+    };
   }
 
   private schedule(): void {
     if (this.stopped) return;
     this.cancel = this.timers.background(this.intervalMs, () => {
       const body = this.body();
-      const sent = body.volumes.length === 0 ? Promise.resolve() : this.mds.ioReport(body).then((reply) => this.onAvoid(reply.avoidCsIds ?? []));
+      const sent = body.volumes.length === 0 && body.readCache === undefined ? Promise.resolve() : this.mds.ioReport(body).then((reply) => this.onAvoid(reply.avoidCsIds ?? []));
       sent.then(() => {
         if (this.failing) this.log.info('I/O reports reach the MDS again');
         this.failing = false;

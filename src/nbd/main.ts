@@ -12,7 +12,9 @@ import { VolumeProvider } from '../client/provider.ts';
 import { IO_TIMEOUT_MS_DEFAULT } from '../client/volume.ts';
 import { StorageError } from '../errors.ts';
 import { readHypervisorCredential } from '../protocol/auth.ts';
-import { clientRequestObserver, registerQosMetrics } from '../client/metrics.ts';
+import { clientRequestObserver, registerQosMetrics, registerReadCacheMetrics } from '../client/metrics.ts';
+import { ReadCache } from '../client/read_cache.ts';
+import { parseSizeBytes } from '../util/size.ts';
 import { systemTimers } from '../util/clock.ts';
 import { IoReporter } from './io_reporter.ts';
 import { volumeIoStats } from './volume_stats.ts';
@@ -60,7 +62,10 @@ const USAGE = `usage: shoal run nbd --mds URL --credential FILE [--socket PATH] 
   --io-timeout-ms N          a read or write keeps trying (failover, waiting for recovery) this long
                              before the guest gets EIO (default 60000)
   --cs-timeout-ms N          a chunk server that does not answer within this is treated as failed
-                             (default 6000; keep it above the chunk servers' --peer-timeout-ms)`;
+                             (default 6000; keep it above the chunk servers' --peer-timeout-ms)
+  --cache-dir PATH           keep a local read cache there (an SSD): 64 KiB blocks of the volumes
+                             served, checked by checksum on every hit, emptied at start
+  --cache-size N             its size (e.g. 8G; at least 1M); with --cache-dir`;
 
 /** Leaves the daemon's own deadline room to close volumes after connections drain. */
 const CONNECTIONS_DRAIN_MS = 5_000;
@@ -93,6 +98,8 @@ export async function runNbd(argv: string[]): Promise<void> {
       'handshake-timeout-ms': { type: 'string' },
       'write-stall-timeout-ms': { type: 'string' },
       'io-timeout-ms': { type: 'string' },
+      'cache-dir': { type: 'string' },
+      'cache-size': { type: 'string' },
       'cs-timeout-ms': { type: 'string' },
       'tls-cert': { type: 'string' },
       'tls-key': { type: 'string' },
@@ -131,8 +138,14 @@ export async function runNbd(argv: string[]): Promise<void> {
   }
   const tls = tlsCert === undefined || tlsKey === undefined ? undefined
     : await loadNbdTls({ certPath: tlsCert, keyPath: tlsKey, ...(tlsCa === undefined ? {} : { caPath: tlsCa }) });
+  if ((values['cache-dir'] === undefined) !== (values['cache-size'] === undefined)) {
+    throw new StorageError('ERR_CONFIG', '--cache-dir and --cache-size go together');
+  }
+  const cache = values['cache-dir'] === undefined || values['cache-size'] === undefined ? undefined
+    : { dir: values['cache-dir'], sizeBytes: parseSizeBytes(values['cache-size'], '--cache-size') };
   const d = NBD_SERVER_DEFAULTS;
   await startNbd({
+    cache,
     tls,
     mdsUrl: values.mds,
     credential: await readHypervisorCredential(values.credential),
@@ -166,6 +179,8 @@ export async function runNbd(argv: string[]): Promise<void> {
 
 interface NbdDaemonConfig {
   readonly tls: NbdTlsConfig | undefined;
+  /** The local read cache, if any (read_cache.ts). */
+  readonly cache: { readonly dir: string; readonly sizeBytes: number } | undefined;
   readonly mdsUrl: string;
   /** The hypervisor's own credential: neither the cluster key nor the MDS's key ever reach this host. */
   readonly credential: string;
@@ -199,8 +214,11 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
   });
   // Chunk servers whose disks the MDS finds ill: every volume reads them last (io_reporter.ts brings the list).
   const avoidServers = new Set<number>();
+  const readCache = config.cache === undefined ? undefined : await ReadCache.open(config.cache.dir, config.cache.sizeBytes, log);
+  if (readCache !== undefined) registerReadCacheMetrics(registry, readCache);
   const provider = new VolumeProvider({
     mds, pool, log, holder: config.holder, hostLabel: config.hostLabel, ioTimeoutMs: config.ioTimeoutMs, forceOpen: config.forceOpen, avoidServers,
+    ...(readCache === undefined ? {} : { readCache }),
   });
   registerQosMetrics(registry, () => provider.openVolumes());
   const server = await createNbdServer({
@@ -230,7 +248,7 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
   announceReady({ service: 'nbd', ...ready });
 
   const ioReporter = new IoReporter({
-    stats: volumeIoStats(registry), mds, log, timers: systemTimers,
+    stats: volumeIoStats(registry), mds, log, timers: systemTimers, ...(readCache === undefined ? {} : { readCache }),
     onAvoid: (csIds) => {
       if (csIds.length === avoidServers.size && csIds.every((csId) => avoidServers.has(csId))) return;
       log.info('chunk servers to read from last (ill disks, says the MDS)', { csIds });
@@ -244,6 +262,7 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
     ioReporter.stop();
     await server.close();
     await provider.closeAll();
+    await readCache?.close();
     pool.closeAll();
     await metricsServer.close();
   }, SHUTDOWN_DEADLINE_MS);

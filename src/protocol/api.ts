@@ -374,6 +374,25 @@ export const StartTaskBody = Type.Object(
 );
 export type StartTaskBody = Static<typeof StartTaskBody>;
 
+/** An NBD server's read cache, as running totals (src/client/read_cache.ts). */
+export const ReadCacheTotals = Type.Object({
+  hits: Uint(),
+  misses: Uint(),
+  admissions: Uint(),
+  evictions: Uint(),
+  corrupt: Uint({ description: 'cached blocks that failed their checksum (read from the chunk servers instead)' }),
+  usedBytes: Uint(),
+  capacityBytes: Uint(),
+}, { additionalProperties: false });
+export type ReadCacheTotals = Static<typeof ReadCacheTotals>;
+
+export const ReadCacheInfo = Type.Object({
+  hypervisor: Type.String(),
+  ...ReadCacheTotals.properties,
+  hitRatio: Type.Union([Type.Number({ minimum: 0, maximum: 1 }), Type.Null()], { description: 'over its last report interval (a couple of seconds); null without lookups' }),
+});
+export type ReadCacheInfo = Static<typeof ReadCacheInfo>;
+
 /** One storage tier in the stat: its servers' space and the replicas on it. */
 export const TierStat = Type.Object({
   tier: Uint({ maximum: 3 }),
@@ -395,6 +414,7 @@ export const ClusterStat = Type.Object({
   quarantine: QuarantineSummary,
   space: Type.Object({ capacityBytes: Uint(), usedBytes: Uint(), freeBytes: Uint() }),
   tiers: Type.Array(TierStat, { description: 'tiers that have servers, volumes or replicas, by tier' }),
+  readCaches: Type.Array(ReadCacheInfo, { description: 'the NBD servers\' read caches, as they last reported (every couple of seconds)' }),
   volumes: Type.Object({ count: Uint(), sizeBytes: Uint() }),
   chunks: Type.Object({ total: Uint(), byState: ChunkHealthCounts }),
   servers: Type.Array(ChunkServerInfo),
@@ -695,6 +715,7 @@ export const IoReportBody = Type.Object(
       Type.Object({ name: VolumeName, ...IoTotals.properties }, { additionalProperties: false }),
       { maxItems: IO_REPORT_VOLUMES_MAX },
     ),
+    readCache: Type.Optional(ReadCacheTotals),
   },
   { additionalProperties: false },
 );

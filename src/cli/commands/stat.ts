@@ -81,6 +81,7 @@ export function statFields(stat: ClusterStat): Field[] {
         `(${formatPercent(space.usedBytes, space.capacityBytes)}), ${formatBytes(space.freeBytes)} free`,
     },
     ...illFields(stat),
+    ...readCacheFields(stat),
     ...tierFields(stat),
     { label: 'volumes', value: `${volumes.count}, ${formatBytes(volumes.sizeBytes)} provisioned` },
     {
@@ -91,6 +92,18 @@ export function statFields(stat: ClusterStat): Field[] {
     ...recoveryFields(stat.recovery),
     ...quarantineFields(stat.quarantine),
   ];
+}
+
+/** A line per hypervisor read cache: fill and hit ratio lately. */
+function readCacheFields(stat: ClusterStat): Field[] {
+  return stat.readCaches.map((cache) => ({
+    label: `read cache ${cache.hypervisor}`,
+    value: `${formatBytes(cache.usedBytes)} of ${formatBytes(cache.capacityBytes)}, ` +
+      `${cache.hitRatio === null ? 'no reads lately' : `${(cache.hitRatio * 100).toFixed(1)} % hits lately`}; ` +
+      `${cache.admissions} blocks taken in, ${cache.evictions} evicted since its start` +
+      (cache.corrupt === 0 ? '' : `; ${cache.corrupt} damaged blocks found (the cache device may be failing)`),
+    style: cache.corrupt > 0 ? 'yellow' as const : undefined,
+  }));
 }
 
 /** A line per chunk server whose disk is ill: what is slow, and by how much. */
