@@ -134,6 +134,8 @@ t.test('never old or wrong bytes: a change in flight, another epoch, a corrupted
 
   // A restart: empty, whatever the file held.
   const reopened = await ReadCache.open(dir, 16 * CACHE_BLOCK_BYTES, log);
+  // One process per directory: a second one is refused while the first runs.
+  await t.rejects(ReadCache.open(dir, 16 * CACHE_BLOCK_BYTES, log), { code: 'ERR_CONFIG', message: /in use by process \d+: give each NBD server its own --cache-dir/ });
   t.equal(reopened.usedBytes, 0);
   t.equal(await reopened.lookup(address(7), false), null, 'nothing survives a restart');
   await reopened.close();

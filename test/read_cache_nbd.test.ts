@@ -2,9 +2,9 @@
 // 4 KiB random reads over twice the cache's size hit at least 80 % once warm, across fio's
 // reconnections (this host's next lease follows its last); a full sequential read of the volume in
 // between costs at most 5 points; the cache file damaged under the running server, another host
-// writing while this one had the volume closed, another host taking the lease by force and
-// writing, and a restart of the server never give old or wrong bytes (every byte read back
-// checked against its pattern).
+// writing while this one had the volume closed, another host taking the lease by force (its
+// writes held until this server's cache stops answering) and writing, and a restart of the server
+// never give old or wrong bytes (every byte read back checked against its pattern).
 
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -105,7 +105,12 @@ t.test('the read cache: zipf hits, a scan, a damaged file, a forced takeover and
   ], { timeoutMs: 90_000 });
   await new Promise((resolve) => setTimeout(resolve, 2_000));
   const other = await Volume.open({ mds: cluster.internal, pool, name: 'vm', readOnly: false, force: true, holder: 'other-host', log: clientLog });
+  // The server it took the lease from may answer its guest from its cache for 1.5 renewal
+  // intervals (1.5 s here) after its lease was last confirmed: the new writer waits that out.
+  const writeStartMs = performance.now();
   await other.write(0, Buffer.alloc(HOT_BYTES, 0xb2));
+  const heldMs = performance.now() - writeStartMs;
+  t.ok(heldMs >= 1_200, `the new writer's first write waited ${heldMs.toFixed(0)} ms for the old writer's cache to stop answering`);
   await other.close();
   await reading; // its reads after the takeover may fail (its lease is gone): only what follows matters
   await verifyBlocks(cluster, 0xb2);

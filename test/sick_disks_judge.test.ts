@@ -9,14 +9,31 @@ import { SickDisks, type DiskTotals, type JudgedServer } from '../src/mds/sick_d
 
 const config = { factor: 5, floorMs: 20, sickAfterMs: 10_000, recoverAfterMs: 20_000, windowMs: 5_000, minOps: 5 };
 
-/** Four servers reporting every second: `commitMs(csId, second)` is each one's commit latency then, 10 commits a second. */
-function simulate(seconds: number, servers: readonly JudgedServer[], commitMs: (csId: number, second: number) => number, sick = new SickDisks(config),
+/** One second of a server's work: commits and reads, each count with its mean latency (and a read's size). */
+interface Second {
+  readonly commits?: number;
+  readonly commitMs: number;
+  readonly reads?: number;
+  readonly readMs?: number;
+  readonly readBytes?: number;
+}
+
+/**
+ * Servers reporting every second. `work(csId, second)` is what each did then: a latency in ms
+ * alone means 10 commits at that latency and no reads.
+ */
+function simulate(seconds: number, servers: readonly JudgedServer[], work: (csId: number, second: number) => number | Second, sick = new SickDisks(config),
   startSecond = 0, totals = new Map<number, DiskTotals>()) {
   const events: Array<{ second: number; kind: string; csId: number; reason?: string }> = [];
   for (let second = startSecond; second < startSecond + seconds; second += 1) {
     for (const server of servers) {
-      const before = totals.get(server.csId) ?? { commits: 0, commitSeconds: 0, reads: 0, readSeconds: 0 };
-      const after = { ...before, commits: before.commits + 10, commitSeconds: before.commitSeconds + (10 * commitMs(server.csId, second)) / 1000 };
+      const done = work(server.csId, second);
+      const { commits = 10, commitMs, reads = 0, readMs = 0, readBytes = 4096 } = typeof done === 'number' ? { commitMs: done } : done;
+      const before = totals.get(server.csId) ?? { commits: 0, commitSeconds: 0, reads: 0, readSeconds: 0, readBytes: 0 };
+      const after = {
+        commits: before.commits + commits, commitSeconds: before.commitSeconds + (commits * commitMs) / 1000,
+        reads: before.reads + reads, readSeconds: before.readSeconds + (reads * readMs) / 1000, readBytes: before.readBytes + reads * readBytes,
+      };
       totals.set(server.csId, after);
       sick.record(server.csId, after, second * 1000);
     }
@@ -72,3 +89,26 @@ t.test('an offline server keeps its state; a restart of its server starts the me
   slow.sick.forget(3);
   t.same(slow.sick.illServers(), []);
 });
+
+t.test('ill for its reads: cleared only by its reads; large reads are no sickness; a gap starts the count again', async (t) => {
+  // Server 3 reads slowly (60 ms against 2 ms) until second 30, then nobody reads from it any more
+  // (readers avoid it); its commits are fine throughout.
+  const readsThenAvoided = simulate(120, four, (csId, second) => ({
+    commitMs: 1, reads: csId === 3 && second >= 30 ? 0 : 20, readMs: csId === 3 ? 60 : 2,
+  }));
+  t.match(readsThenAvoided.events, [{ kind: 'ill', csId: 3, reason: /^reads take 60\.0 ms/ }], 'ill for its reads, and never cleared by its commits');
+  t.ok(readsThenAvoided.sick.illness(3) !== undefined, 'still ill 90 s after its reads stopped');
+
+  // Server 3 serves a backup's 1 MiB reads (20 ms each); the others serve 4 KiB reads (1 ms).
+  const backup = simulate(60, four, (csId) => ({ commitMs: 1, reads: 20, readMs: csId === 3 ? 20 : 1, readBytes: csId === 3 ? 1024 * 1024 : 4096 }));
+  t.same(backup.events, [], 'reads of another size are not compared');
+
+  // Slow for 6 s, then idle (not measured) for a minute, then slow for 6 s: never 10 s on end.
+  const gappy = simulate(72, four, (csId, second) => {
+    if (csId !== 3) return 2;
+    if (second >= 6 && second < 66) return { commits: 0, commitMs: 0 };
+    return 60;
+  });
+  t.same(gappy.events, [], 'a gap longer than the window starts the count again');
+});
+

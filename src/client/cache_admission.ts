@@ -70,27 +70,28 @@ export function hashKey(key: string): number {
 
 /**
  * Tells a volume's sequential stream (a scan) from random reads: per volume, where its reads
- * have got to. A read starting near there (within `nearBytes`: a scan with several requests in
- * flight sends them slightly out of order) continues the run; a read alone longer than
- * `sequentialBytes` is a scan by itself.
+ * have got to. A read starting near there (within `nearLengths` of its own length: a scan with
+ * several requests in flight sends them slightly out of order) continues the run; a read alone
+ * longer than `sequentialBytes` is a scan by itself. Random reads of a small hot region seldom
+ * land that near the last end, so they never add up to a run.
  */
 export class SequentialDetector {
   private readonly lastEnd = new Map<number, { endBytes: number; runBytes: number }>();
   private readonly sequentialBytes: number;
   private readonly streamsMax: number;
 
-  private readonly nearBytes: number;
+  private readonly nearLengths: number;
 
-  constructor(sequentialBytes: number, nearBytes: number, streamsMax = 4096) {
+  constructor(sequentialBytes: number, nearLengths: number, streamsMax = 4096) {
     this.sequentialBytes = sequentialBytes;
-    this.nearBytes = nearBytes;
+    this.nearLengths = nearLengths;
     this.streamsMax = streamsMax;
   }
 
   /** Records a read; true when it is part of a run longer than `sequentialBytes`. */
   isSequential(streamId: number, offsetBytes: number, lengthBytes: number): boolean {
     const last = this.lastEnd.get(streamId);
-    const continues = last !== undefined && Math.abs(offsetBytes - last.endBytes) <= this.nearBytes;
+    const continues = last !== undefined && Math.abs(offsetBytes - last.endBytes) <= this.nearLengths * lengthBytes;
     const runBytes = continues ? last.runBytes + lengthBytes : lengthBytes;
     const endBytes = continues ? Math.max(last.endBytes, offsetBytes + lengthBytes) : offsetBytes + lengthBytes;
     if (!this.lastEnd.has(streamId) && this.lastEnd.size >= this.streamsMax) {

@@ -22,6 +22,13 @@ import type { Timers } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
 import { losesLease } from './retry.ts';
 
+/**
+ * A write open's read cache answers only while the MDS confirmed its lease within this many
+ * renewal intervals (counted from when the confirming request was sent); whoever takes the lease
+ * from it writes nothing for that long (the MDS says so: LeaseGrant.holdWritesMs).
+ */
+export const CACHE_TRUST_RENEWALS = 1.5;
+
 /** A capability is renewed once this share of its lifetime has passed. */
 export const CAPABILITY_RENEW_AT = 1 / 3;
 /** The wait before asking again after a renewal failed, and the shortest wait before any renewal. */
@@ -50,6 +57,8 @@ export interface LeaseKeeperOptions {
   readonly timers: Timers;
   /** Called with the volume's limits as the MDS states them, after each renewal or refresh. */
   readonly onQos?: (qos: VolumeQos) => void;
+  /** When the open that brought the lease was sent (performance.now()): the lease is confirmed as of then. */
+  readonly openedAtMs?: number;
 }
 
 export class LeaseKeeper {
@@ -58,7 +67,7 @@ export class LeaseKeeper {
   private grant_: CapabilityGrant;
   private lost_: StorageError | null = null;
   /** When the MDS last confirmed the lease (the open, then each renewal), on performance.now(). */
-  private confirmedAtMs = performance.now();
+  private confirmedAtMs: number;
   private stopped = false;
   private cancelLeaseRenewal: (() => void) | null = null;
   private cancelCapabilityRenewal: (() => void) | null = null;
@@ -68,6 +77,7 @@ export class LeaseKeeper {
     this.options = options;
     this.lease = options.lease;
     this.grant_ = options.grant;
+    this.confirmedAtMs = options.openedAtMs ?? performance.now();
   }
 
   /** Starts the renewals (once). */
@@ -89,11 +99,11 @@ export class LeaseKeeper {
   }
 
   /**
-   * The MDS confirmed the write lease within two renewal intervals: nobody has taken it over for
-   * longer than that without this client knowing (a cache may answer for the volume).
+   * The MDS confirmed the write lease within CACHE_TRUST_RENEWALS renewal intervals: a host that
+   * took it over since then writes nothing yet (a cache may answer for the volume).
    */
   confirmedLately(): boolean {
-    return this.lease !== null && this.lost_ === null && performance.now() - this.confirmedAtMs <= 2 * this.lease.renewIntervalMs;
+    return this.lease !== null && this.lost_ === null && performance.now() - this.confirmedAtMs <= CACHE_TRUST_RENEWALS * this.lease.renewIntervalMs;
   }
 
   /** Why the lease is gone, or null while it is held (or there is none). */
@@ -140,8 +150,10 @@ export class LeaseKeeper {
     this.cancelLeaseRenewal = this.options.timers.background(lease.renewIntervalMs, () => {
       if (this.stopped) return;
       this.scheduleLeaseRenewal(lease);
+      const sentAtMs = performance.now();
       this.options.mds.renewLease(this.options.volumeName, lease.leaseId).then((reply) => {
-        this.confirmedAtMs = performance.now();
+        // From when it was sent: the MDS confirmed the lease at some moment after that.
+        this.confirmedAtMs = Math.max(this.confirmedAtMs, sentAtMs);
         this.applyQos(reply.qos);
       }, (error: unknown) => {
         if (losesLease('leaseRenewal', error)) {

@@ -25,7 +25,7 @@ import { join } from 'node:path';
 import { crc32c } from '@node-rs/crc32';
 import { StorageError } from '../errors.ts';
 import { assert } from '../util/assert.ts';
-import { mkdirDurable } from '../util/fs.ts';
+import { lockFile, mkdirDurable } from '../util/fs.ts';
 import type { Logger } from '../util/log.ts';
 import { FrequencySketch, SequentialDetector, hashKey } from './cache_admission.ts';
 
@@ -35,7 +35,8 @@ export const CACHE_BYTES_MIN = 16 * CACHE_BLOCK_BYTES;
 const CACHE_FILE = 'read-cache.bin';
 /** A stream of reads past this many bytes is a scan: not taken in, not counted. */
 const SEQUENTIAL_BYTES = 512 * 1024;
-const SEQUENTIAL_NEAR_BYTES = 4 * 1024 * 1024;
+/** A read continues a stream when it starts within this many of its own lengths of where the stream got to. */
+const SEQUENTIAL_NEAR_LENGTHS = 8;
 /** Changes remembered for the in-flight check; a read older than the oldest one is not taken in. */
 const CHANGES_KEPT = 1024;
 /** Volumes whose generation is remembered (the oldest forgotten, with its blocks). */
@@ -73,6 +74,7 @@ export class ReadCache {
   readonly stats: ReadCacheStats = { hits: 0, misses: 0, admissions: 0, evictions: 0, corrupt: 0, invalidations: 0 };
   readonly capacityBytes: number;
   private readonly file: FileHandle;
+  private readonly releaseLock: () => Promise<void>;
   private readonly log: Logger;
   private readonly slots: number;
   /** key -> entry, in least-recently-used-first order (a hit moves it to the end). */
@@ -81,14 +83,15 @@ export class ReadCache {
   private readonly byVolume = new Map<number, Map<number, Set<string>>>();
   private readonly free: number[] = [];
   private readonly sketch: FrequencySketch;
-  private readonly sequential = new SequentialDetector(SEQUENTIAL_BYTES, SEQUENTIAL_NEAR_BYTES);
-  /** Grows with every change through this host; changes kept as (seq, volume, first and last block). */
+  private readonly sequential = new SequentialDetector(SEQUENTIAL_BYTES, SEQUENTIAL_NEAR_LENGTHS);
+  /** Grows with every change through this host; each volume's last changes kept as (seq, first and last block). */
   private changeSeq = 0;
-  private readonly changes: Array<{ seq: number; volumeId: number; firstBlock: number; lastBlock: number }> = [];
+  private readonly changes = new Map<number, Array<{ seq: number; firstBlock: number; lastBlock: number }>>();
   /** Per volume served: its generation, and the epoch of the lease it last closed cleanly with. */
   private readonly volumes = new Map<number, { generation: number; closedEpoch: number | null }>();
 
-  private constructor(file: FileHandle, capacityBytes: number, log: Logger) {
+  private constructor(file: FileHandle, capacityBytes: number, log: Logger, releaseLock: () => Promise<void>) {
+    this.releaseLock = releaseLock;
     this.file = file;
     this.log = log;
     this.capacityBytes = capacityBytes;
@@ -103,6 +106,11 @@ export class ReadCache {
       throw new StorageError('ERR_CONFIG', `--cache-size must be at least ${CACHE_BYTES_MIN} bytes (16 blocks of 64 KiB)`);
     }
     await mkdirDurable(dir);
+    // One process per cache directory: two would write each other's slots.
+    const lock = await lockFile(join(dir, 'lock'));
+    if (!('release' in lock)) {
+      throw new StorageError('ERR_CONFIG', `the read cache in ${dir} is in use by process ${lock.heldBy}: give each NBD server its own --cache-dir`);
+    }
     const path = join(dir, CACHE_FILE);
     // What a previous process cached has no index any more: start empty.
     await rm(path, { force: true });
@@ -110,7 +118,7 @@ export class ReadCache {
     const capacityBytes = Math.floor(sizeBytes / CACHE_BLOCK_BYTES) * CACHE_BLOCK_BYTES;
     await file.truncate(capacityBytes);
     log.info('read cache ready', { path, capacityBytes });
-    return new ReadCache(file, capacityBytes, log);
+    return new ReadCache(file, capacityBytes, log, lock.release);
   }
 
   /**
@@ -173,7 +181,13 @@ export class ReadCache {
     this.index.delete(key);
     this.index.set(key, entry);
     const block = Buffer.allocUnsafe(CACHE_BLOCK_BYTES);
-    const { bytesRead } = await this.file.read(block, 0, CACHE_BLOCK_BYTES, entry.slot * CACHE_BLOCK_BYTES);
+    let bytesRead = 0;
+    try {
+      ({ bytesRead } = await this.file.read(block, 0, CACHE_BLOCK_BYTES, entry.slot * CACHE_BLOCK_BYTES));
+    } catch (error) {
+      // A failing cache device costs misses, never a guest's read.
+      this.log.warn('the read cache could not read a block: read from the chunk servers', { slot: entry.slot, error });
+    }
     // The slot may have been given to another block meanwhile: the checksum tells.
     if (bytesRead !== CACHE_BLOCK_BYTES || crc32c(block) !== entry.crc) {
       if (this.index.get(key) === entry) {
@@ -186,6 +200,17 @@ export class ReadCache {
     }
     this.stats.hits += 1;
     return block;
+  }
+
+  /** Whether the block is cached (counts nothing). */
+  has(address: BlockAddress): boolean {
+    return this.index.has(keyOf(address));
+  }
+
+  /** A block looked up in vain (it was not all there): counted as a miss, and as an access unless `scan`. */
+  noteMiss(address: BlockAddress, scan: boolean): void {
+    if (!scan) this.sketch.increment(hashKey(keyOf(address)));
+    this.stats.misses += 1;
   }
 
   /** The change sequence now: a block read after this may be taken in if no change overlapped it since. */
@@ -217,6 +242,8 @@ export class ReadCache {
       slot = this.free.pop();
       if (slot === undefined) return;
     }
+    // Summed before the write: what the slot is checked against is what was handed in.
+    const crc = crc32c(block);
     try {
       await this.file.write(block, 0, CACHE_BLOCK_BYTES, slot * CACHE_BLOCK_BYTES);
     } catch (error) {
@@ -229,7 +256,7 @@ export class ReadCache {
       this.free.push(slot);
       return;
     }
-    const entry: Entry = { slot, crc: crc32c(block), volumeId: address.volumeId };
+    const entry: Entry = { slot, crc, volumeId: address.volumeId };
     this.index.set(key, entry);
     let blocks = this.byVolume.get(address.volumeId);
     if (blocks === undefined) {
@@ -248,8 +275,17 @@ export class ReadCache {
   /** A write, zeroing or trim through this host of blocks first..last of a volume: they leave the cache. */
   invalidate(volumeId: number, firstBlock: number, lastBlock: number): void {
     this.changeSeq += 1;
-    this.changes.push({ seq: this.changeSeq, volumeId, firstBlock, lastBlock });
-    if (this.changes.length > CHANGES_KEPT) this.changes.shift();
+    let changes = this.changes.get(volumeId);
+    if (changes === undefined) {
+      if (this.changes.size >= VOLUMES_MAX) {
+        const oldest = this.changes.keys().next();
+        if (oldest.done !== true) this.changes.delete(oldest.value);
+      }
+      changes = [];
+      this.changes.set(volumeId, changes);
+    }
+    changes.push({ seq: this.changeSeq, firstBlock, lastBlock });
+    if (changes.length > CHANGES_KEPT) changes.shift();
     const blocks = this.byVolume.get(volumeId);
     if (blocks === undefined) return;
     if (lastBlock - firstBlock + 1 > blocks.size) {
@@ -269,14 +305,17 @@ export class ReadCache {
 
   async close(): Promise<void> {
     await this.file.close();
+    await this.releaseLock();
   }
 
   private changedSince(address: BlockAddress, sinceSeq: number): boolean {
     if (this.changeSeq === sinceSeq) return false;
-    const oldest = this.changes[0];
-    if (oldest === undefined || oldest.seq > sinceSeq + 1) return true; // forgotten: assume it overlapped
-    return this.changes.some((change) => change.seq > sinceSeq && change.volumeId === address.volumeId &&
-      change.firstBlock <= address.blockIndex && address.blockIndex <= change.lastBlock);
+    const changes = this.changes.get(address.volumeId) ?? [];
+    // This volume's changes since `sinceSeq` are all still kept unless the list is full and its
+    // oldest is newer than that: then one may have been forgotten, and it is assumed to overlap.
+    const oldest = changes[0];
+    if (oldest !== undefined && changes.length >= CHANGES_KEPT && oldest.seq > sinceSeq) return true;
+    return changes.some((change) => change.seq > sinceSeq && change.firstBlock <= address.blockIndex && address.blockIndex <= change.lastBlock);
   }
 
   private dropKeys(keys: ReadonlySet<string>): void {

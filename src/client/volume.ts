@@ -74,11 +74,13 @@ export class Volume implements BlockDevice {
   private readonly readCache: ReadCache | undefined;
   /** This open's generation in the read cache (read_cache.ts openVolume). */
   private cacheGeneration = 0;
+  /** No write before this (performance.now()): the previous writer's read cache may still answer (LeaseGrant.holdWritesMs). */
+  private writesFromMs = 0;
   /** The volume's I/O limits, kept current by the lease keeper. */
   readonly qos: QosGate;
   private closed = false;
 
-  private constructor(options: VolumeOpenOptions, info: VolumeInfo, lease: LeaseGrant | null, grant: CapabilityGrant) {
+  private constructor(options: VolumeOpenOptions, info: VolumeInfo, lease: LeaseGrant | null, grant: CapabilityGrant, openedAtMs: number) {
     this.name = options.name;
     this.readOnly = options.readOnly;
     this.info = info;
@@ -94,7 +96,7 @@ export class Volume implements BlockDevice {
     // An MDS older than volume limits sends none: no limit.
     this.qos = new QosGate(info.qos ?? UNLIMITED_QOS, timers);
     this.lease = new LeaseKeeper({
-      volumeName: options.name, lease, grant, mds: options.mds, log: options.log, timers,
+      volumeName: options.name, lease, grant, mds: options.mds, log: options.log, timers, openedAtMs,
       onQos: (qos) => this.qos.setLimits(qos),
     });
     this.chunks = new ChunkLocator({
@@ -122,12 +124,19 @@ export class Volume implements BlockDevice {
   }
 
   static async open(options: VolumeOpenOptions): Promise<Volume> {
+    const openedAtMs = performance.now();
     const opened = await options.mds.openVolume(options.name, {
       mode: options.readOnly ? 'read' : 'write',
       holder: options.holder ?? `${hostname()} pid ${process.pid}`,
       ...(options.force === true ? { force: true } : {}),
+      ...(!options.readOnly && options.readCache !== undefined ? { cachedReads: true } : {}),
     });
-    const volume = new Volume(options, opened.volume, opened.lease, capabilityGrant(opened.capability));
+    const volume = new Volume(options, opened.volume, opened.lease, capabilityGrant(opened.capability), openedAtMs);
+    const holdWritesMs = opened.lease?.holdWritesMs ?? 0;
+    if (holdWritesMs > 0) {
+      volume.writesFromMs = performance.now() + holdWritesMs;
+      options.log.info('writes held while the previous writer\'s read cache may still answer its guest', { volume: options.name, holdWritesMs });
+    }
     if (volume.readCache !== undefined) volume.cacheGeneration = volume.readCache.openVolume(opened.volume.id, volume.lease.epoch);
     volume.lease.start();
     return volume;
@@ -163,6 +172,7 @@ export class Volume implements BlockDevice {
   async write(offsetBytes: number, data: Buffer): Promise<void> {
     this.checkWritable();
     this.checkRange(offsetBytes, data.length);
+    await this.writesAllowed();
     const gate = this.qos.admit(data.length);
     if (gate !== null) await gate;
     await this.ordered(offsetBytes, data.length, () => this.changing(offsetBytes, data.length, () =>
@@ -177,6 +187,7 @@ export class Volume implements BlockDevice {
   async zero(offsetBytes: number, lengthBytes: number): Promise<void> {
     this.checkWritable();
     this.checkRange(offsetBytes, lengthBytes);
+    await this.writesAllowed();
     // A zeroing moves no data: it counts as a request, not as bytes.
     const gate = this.qos.admit(0);
     if (gate !== null) await gate;
@@ -234,8 +245,11 @@ export class Volume implements BlockDevice {
       volumeId: this.info.id, generation: this.cacheGeneration, chunkId: entry.chunkId, version: entry.version, blockIndex: chunkFirstBlock + block,
     });
     const sinceSeq = cache.sequence;
-    const cached = await Promise.all(Array.from({ length: lastBlock - firstBlock + 1 }, (_, i) => cache.lookup(address(firstBlock + i), scan)));
-    if (cached.every((block) => block !== null)) {
+    const blocks = Array.from({ length: lastBlock - firstBlock + 1 }, (_, i) => address(firstBlock + i));
+    // Answered from the cache only when every block is there; else the piece is read whole.
+    const cached = blocks.every((block) => cache.has(block)) ? await Promise.all(blocks.map((block) => cache.lookup(block, scan))) : null;
+    if (cached === null) for (const block of blocks) cache.noteMiss(block, scan);
+    if (cached !== null && cached.every((block) => block !== null)) {
       const result = Buffer.allocUnsafe(piece.lengthBytes);
       for (const [i, block] of cached.entries()) {
         const blockStart = (firstBlock + i) * CACHE_BLOCK_BYTES;
@@ -257,7 +271,7 @@ export class Volume implements BlockDevice {
     // Whole blocks the read covered, worth keeping.
     for (let block = firstBlock; block <= lastBlock; block += 1) {
       const from = block * CACHE_BLOCK_BYTES - piece.offsetInChunk;
-      if (from < 0 || from + CACHE_BLOCK_BYTES > piece.lengthBytes || cached[block - firstBlock] !== null || !cache.wants(address(block), scan)) continue;
+      if (from < 0 || from + CACHE_BLOCK_BYTES > piece.lengthBytes || cache.has(address(block)) || !cache.wants(address(block), scan)) continue;
       void cache.admit(address(block), Buffer.from(data.subarray(from, from + CACHE_BLOCK_BYTES)), sinceSeq);
     }
     return data;
@@ -278,6 +292,12 @@ export class Volume implements BlockDevice {
     } finally {
       cache.invalidate(this.info.id, firstBlock, lastBlock);
     }
+  }
+
+  /** Waits out a hold on writes after the lease was taken from a holder with a read cache. */
+  private async writesAllowed(): Promise<void> {
+    const waitMs = this.writesFromMs - performance.now();
+    if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, waitMs));
   }
 
   /** Runs a change once no in-flight change overlaps its blocks. */

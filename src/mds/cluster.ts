@@ -385,7 +385,9 @@ export class Cluster {
 
   /** Judges the servers' disks against their peers' (every tick), logging who falls ill or recovers. */
   private judgeDisks(nowMs: number): void {
-    const servers = this.store.tables.listChunkServers().filter((server) => server.adminState !== 'removed')
+    const records = this.store.tables.listChunkServers();
+    for (const server of records) if (server.adminState === 'removed') this.sickDisks.forget(server.id);
+    const servers = records.filter((server) => server.adminState !== 'removed')
       .map((server) => ({ csId: server.id, tier: server.tier, online: this.registry.isOnline(server.id, nowMs) }));
     for (const event of this.sickDisks.judge(servers, nowMs)) {
       if (event.kind === 'ill') {

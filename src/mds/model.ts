@@ -9,6 +9,8 @@ export interface LeaseRecord {
   readonly holder: string;
   readonly leaseId: string;
   readonly acquiredAtMs: number;
+  /** The holder answers reads from a local cache while its lease is confirmed (see service.ts openVolume). */
+  readonly cachedReads?: boolean;
 }
 
 export interface VolumeRecord {

@@ -79,6 +79,8 @@ export type MdsOp =
       readonly holder: string;
       readonly leaseId: string;
       readonly force: boolean;
+      /** Absent in ops logged before read caches: false. */
+      readonly cachedReads?: boolean;
       readonly nowMs: number;
     }
   | { readonly type: 'releaseLease'; readonly volumeId: number; readonly leaseId: string }
@@ -532,7 +534,7 @@ function acquireLease(tables: MdsTables, op: Extract<MdsOp, { type: 'acquireLeas
   const record: VolumeRecord = {
     ...volume,
     epoch: volume.epoch + 1,
-    lease: { holder: op.holder, leaseId: op.leaseId, acquiredAtMs: op.nowMs },
+    lease: { holder: op.holder, leaseId: op.leaseId, acquiredAtMs: op.nowMs, ...(op.cachedReads === true ? { cachedReads: true } : {}) },
   };
   assert(record.epoch > volume.epoch, 'lease epochs only grow');
   tables.putVolume(record);

@@ -384,10 +384,11 @@ function chooseVictim(chunk: PlannerChunk, servers: Map<number, PlannerServer>):
   return ranked[0]?.csId ?? null;
 }
 
-/** Higher goes first: draining, then offline, then on the wrong tier, then the fullest. */
+/** Higher goes first: draining, then offline, then on the wrong tier, then ill, then the fullest. */
 function victimRank(server: PlannerServer, tier: number | null): number {
   const used = server.capacityBytes > 0 ? 1 - server.freeBytes / server.capacityBytes : 1;
-  return (server.adminState === 'draining' ? 8 : 0) + (server.online ? 0 : 4) + (tier === null || server.tier === tier ? 0 : 2) + used;
+  return (server.adminState === 'draining' ? 16 : 0) + (server.online ? 0 : 8) + (tier === null || server.tier === tier ? 0 : 4) +
+    (server.ill === true ? 2 : 0) + used;
 }
 
 

@@ -32,7 +32,8 @@ import type { Logger } from '../util/log.ts';
 import { Cluster, type ClusterDeps } from './cluster.ts';
 import { chunkTicket, type CapabilityGrant } from '../protocol/capability.ts';
 import { Hypervisors } from './hypervisors.ts';
-import type { ChunkRecord, ChunkServerRecord, HypervisorRecord, VolumeRecord } from './model.ts';
+import type { ChunkRecord, ChunkServerRecord, HypervisorRecord, LeaseRecord, VolumeRecord } from './model.ts';
+import { CACHE_TRUST_RENEWALS } from '../client/lease.ts';
 import type { MdsConfig } from './config.ts';
 import { chooseReplicas, domainKey } from './placement.ts';
 import { describeVolume, volumeQos, volumeTier } from './model.ts';
@@ -59,6 +60,12 @@ export class MetadataService {
   private readonly log: Logger;
   /** leaseId -> when it expires unless renewed. */
   private readonly leaseExpiryMs = new Map<string, number>();
+  /**
+   * volumeId -> until when a writer taken over with a live read cache may still answer its guest
+   * from it (it stops within CACHE_TRUST_RENEWALS renewal intervals of its last confirmed one): a
+   * new writer writes nothing before then, or that guest could read bytes already overwritten.
+   */
+  private readonly cachedReadsUntilMs = new Map<number, number>();
   /** Rates for watching (io_rates.ts): in memory only. */
   private readonly serverIo = new IoRateTable<number>();
   private readonly volumeIo = new IoRateTable<string>();
@@ -244,12 +251,14 @@ export class MetadataService {
         holder: body.holder,
         leaseId,
         force: body.force === true || expired || reclaimed,
+        ...(body.cachedReads === true ? { cachedReads: true } : {}),
         nowMs: this.clock.nowMs(),
       });
       assert(result.type === 'volume', 'acquireLease yields a volume');
       const previous = volume.lease;
       if (previous !== null) {
         this.leaseExpiryMs.delete(previous.leaseId);
+        if (!expired) this.noteCachedHolderGone(volume.id, previous);
         this.log.warn('write lease taken over', { name, from: previous.holder, to: body.holder, expired, reclaimed });
       }
       volume = result.record;
@@ -264,11 +273,14 @@ export class MetadataService {
         await this.closeVolume(name, leaseId);
         throw error;
       }
+      const holdWritesMs = Math.max(0, (this.cachedReadsUntilMs.get(volume.id) ?? 0) - this.clock.nowMs());
+      if (holdWritesMs > 0) this.log.info('new writer holds its writes while the previous one\'s read cache may still answer', { name, holdWritesMs });
       lease = {
         leaseId,
         epoch: volume.epoch,
-        renewIntervalMs: Math.floor(this.config.leaseTimeoutMs / 4),
+        renewIntervalMs: this.renewIntervalMs(),
         timeoutMs: this.config.leaseTimeoutMs,
+        ...(holdWritesMs > 0 ? { holdWritesMs } : {}),
       };
     }
     const capability = this.hypervisors.issue(hypervisor, volume.id, lease === null ? 'read' : 'write', volume.epoch);
@@ -299,7 +311,10 @@ export class MetadataService {
       type: 'acquireLease', volumeId: volume.id, holder: 'admin fence', leaseId, force: true, nowMs: this.clock.nowMs(),
     });
     assert(result.type === 'volume', 'acquireLease yields a volume');
-    if (volume.lease !== null) this.leaseExpiryMs.delete(volume.lease.leaseId);
+    if (volume.lease !== null) {
+      if (!this.leaseExpired(volume.lease.leaseId)) this.noteCachedHolderGone(volume.id, volume.lease);
+      this.leaseExpiryMs.delete(volume.lease.leaseId);
+    }
     try {
       await this.cluster.fenceVolume(result.record);
     } finally {
@@ -307,6 +322,18 @@ export class MetadataService {
     }
     this.log.warn('writer fenced by an admin', { name, previous: volume.lease?.holder ?? null, epoch: result.record.epoch });
     return this.getVolume(name);
+  }
+
+  private renewIntervalMs(): number {
+    return Math.floor(this.config.leaseTimeoutMs / 4);
+  }
+
+  /** A live lease with a read cache was taken: its cache may answer for CACHE_TRUST_RENEWALS renewals more. */
+  private noteCachedHolderGone(volumeId: number, previous: LeaseRecord): void {
+    if (previous.cachedReads !== true) return;
+    const untilMs = this.clock.nowMs() + Math.ceil(CACHE_TRUST_RENEWALS * this.renewIntervalMs());
+    this.cachedReadsUntilMs.set(volumeId, Math.max(untilMs, this.cachedReadsUntilMs.get(volumeId) ?? 0));
+    for (const [id, until] of this.cachedReadsUntilMs) if (until < this.clock.nowMs()) this.cachedReadsUntilMs.delete(id);
   }
 
   /** Extends the lease; answers with the volume's limits, which its writer applies (live changes). */
@@ -326,6 +353,7 @@ export class MetadataService {
     if (totals.journalCommits !== undefined && totals.journalCommitSeconds !== undefined) {
       this.cluster.sickDisks.record(csId, {
         commits: totals.journalCommits, commitSeconds: totals.journalCommitSeconds, reads: totals.readOps, readSeconds: totals.readSeconds,
+        readBytes: totals.readBytes,
       }, nowMs);
     }
   }

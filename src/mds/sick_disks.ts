@@ -7,13 +7,18 @@
 // Rules:
 // - a server's latency is measured over the last `windowMs` of its reports: the mean journal
 //   commit (a durable write of its own disk) and the mean read, each only when at least
-//   `minOps` of them happened (an idle server is not judged on one slow request);
+//   `minOps` of them happened (an idle server is not judged on one slow request); reads are
+//   compared only with peers whose reads are of about the same size (a server serving a backup's
+//   large reads is not sick for taking longer per read);
 // - it is slow when either mean exceeds `factor` times the median of the same mean on its peers
 //   (the other online servers of its tier: an HDD tier is not judged against SSDs) and exceeds
 //   that median by at least `floorMs` (fast disks differing by fractions of a millisecond are
 //   not sick); with fewer than two peers measured there is nothing to compare with;
-// - slow for `sickAfterMs` on end, it is ill; ill, it recovers only once it has been measured and
-//   not slow for `recoverAfterMs` on end (hysteresis: a disk at the edge does not flap);
+// - slow for `sickAfterMs` on end, it is ill; ill, it recovers only once the measure that made it
+//   ill (its commits, or its reads) has been measured and not slow for `recoverAfterMs` on end
+//   (hysteresis: a disk at the edge does not flap; and one whose reads others now avoid is not
+//   cleared by its commits);
+// - "on end" means measured all along: a gap longer than the window starts the count again;
 // - a server not measured (idle, offline) keeps its state.
 // Nothing here is durable: after an MDS restart an ill disk is found again within sickAfterMs.
 
@@ -24,6 +29,7 @@ export interface DiskTotals {
   readonly commitSeconds: number;
   readonly reads: number;
   readonly readSeconds: number;
+  readonly readBytes: number;
 }
 
 export interface SickDiskConfig {
@@ -48,6 +54,8 @@ export const SICK_DISK_DEFAULTS: SickDiskConfig = {
 export interface Illness {
   readonly sinceMs: number;
   readonly reason: string;
+  /** What made it ill: only that measure, found fine again, clears it. */
+  readonly metric: Metric;
 }
 
 export interface JudgedServer {
@@ -69,12 +77,20 @@ const SAMPLES_MAX = 256;
 
 type Metric = 'commit' | 'read';
 
+/** A server's means over the window: per commit, per read (ms), and bytes per read. */
+type Latency = Partial<Record<Metric, number>> & { readonly readSize?: number };
+
+/** Peers whose mean read is more than this many times larger or smaller are not compared on reads. */
+const READ_SIZE_SPREAD_MAX = 2;
+
 export class SickDisks {
   private readonly config: SickDiskConfig;
   private readonly samples = new Map<number, Sample[]>();
   private readonly slowSinceMs = new Map<number, number>();
   private readonly fineSinceMs = new Map<number, number>();
   private readonly ill = new Map<number, Illness>();
+  /** When each server was last measured (its slow or fine spell counts only while measured). */
+  private readonly measuredAtMs = new Map<number, number>();
 
   constructor(config: SickDiskConfig = SICK_DISK_DEFAULTS) {
     assert(config.factor > 1 && config.floorMs >= 0 && config.windowMs > 0 && config.minOps >= 1, 'sick-disk thresholds are sane');
@@ -97,7 +113,7 @@ export class SickDisks {
 
   /** Judges every server once; returns what changed. */
   judge(servers: readonly JudgedServer[], nowMs: number): SickDiskEvent[] {
-    const latency = new Map<number, Partial<Record<Metric, number>>>();
+    const latency = new Map<number, Latency>();
     for (const server of servers) {
       if (server.online) latency.set(server.csId, this.latencyOf(server.csId, nowMs));
     }
@@ -105,9 +121,22 @@ export class SickDisks {
     for (const server of servers) {
       const own = latency.get(server.csId);
       if (own === undefined || (own.commit === undefined && own.read === undefined)) continue; // not measured: as it was
+      // A spell counts only while measured all along.
+      const lastMeasuredMs = this.measuredAtMs.get(server.csId);
+      if (lastMeasuredMs !== undefined && nowMs - lastMeasuredMs > this.config.windowMs) {
+        this.slowSinceMs.delete(server.csId);
+        this.fineSinceMs.delete(server.csId);
+      }
+      this.measuredAtMs.set(server.csId, nowMs);
       const peers = servers.filter((other) => other.csId !== server.csId && other.tier === server.tier);
-      const why = (['commit', 'read'] as const).map((metric) => this.slowness(metric, own, peers, latency)).find((text) => text !== null) ?? null;
-      const event = why === null ? this.fine(server.csId, nowMs) : this.slow(server.csId, why, nowMs);
+      const slow = (['commit', 'read'] as const).map((metric) => ({ metric, why: this.slowness(metric, own, peers, latency) }))
+        .find((found) => found.why !== null);
+      const current = this.ill.get(server.csId);
+      let event: SickDiskEvent | null;
+      if (slow !== undefined && slow.why !== null) event = this.slow(server.csId, slow.metric, slow.why, nowMs);
+      // Ill: only the measure that made it so, measured again and fine, counts towards recovery.
+      else if (current !== undefined && own[current.metric] === undefined) event = null;
+      else event = this.fine(server.csId, nowMs);
       if (event !== null) events.push(event);
     }
     return events;
@@ -123,31 +152,36 @@ export class SickDisks {
 
   /** A server that left the cluster (removed). */
   forget(csId: number): void {
+    this.measuredAtMs.delete(csId);
     this.samples.delete(csId);
     this.slowSinceMs.delete(csId);
     this.fineSinceMs.delete(csId);
     this.ill.delete(csId);
   }
 
-  private latencyOf(csId: number, nowMs: number): Partial<Record<Metric, number>> {
+  private latencyOf(csId: number, nowMs: number): Latency {
     const list = this.samples.get(csId) ?? [];
     const newest = list.at(-1);
     const oldest = list[0];
     if (newest === undefined || oldest === undefined || newest === oldest || nowMs - newest.atMs > this.config.windowMs) return {};
     const commits = newest.totals.commits - oldest.totals.commits;
     const reads = newest.totals.reads - oldest.totals.reads;
-    const result: Partial<Record<Metric, number>> = {};
-    if (commits >= this.config.minOps) result.commit = ((newest.totals.commitSeconds - oldest.totals.commitSeconds) / commits) * 1000;
-    if (reads >= this.config.minOps) result.read = ((newest.totals.readSeconds - oldest.totals.readSeconds) / reads) * 1000;
-    return result;
+    const commit = commits >= this.config.minOps ? ((newest.totals.commitSeconds - oldest.totals.commitSeconds) / commits) * 1000 : undefined;
+    const read = reads >= this.config.minOps ? ((newest.totals.readSeconds - oldest.totals.readSeconds) / reads) * 1000 : undefined;
+    return {
+      ...(commit === undefined ? {} : { commit }),
+      ...(read === undefined ? {} : { read, readSize: (newest.totals.readBytes - oldest.totals.readBytes) / reads }),
+    };
   }
 
   /** Why `own` is slow on `metric` against its peers, or null. */
-  private slowness(metric: Metric, own: Partial<Record<Metric, number>>, peers: readonly JudgedServer[],
-    latency: ReadonlyMap<number, Partial<Record<Metric, number>>>): string | null {
+  private slowness(metric: Metric, own: Latency, peers: readonly JudgedServer[], latency: ReadonlyMap<number, Latency>): string | null {
     const value = own[metric];
     if (value === undefined) return null;
-    const measured = peers.map((peer) => latency.get(peer.csId)?.[metric]).filter((ms): ms is number => ms !== undefined).sort((a, b) => a - b);
+    const comparable = (peer: Latency | undefined): boolean => metric === 'commit' || (peer?.readSize !== undefined && own.readSize !== undefined &&
+      Math.max(peer.readSize, own.readSize) <= READ_SIZE_SPREAD_MAX * Math.max(1, Math.min(peer.readSize, own.readSize)));
+    const measured = peers.map((peer) => latency.get(peer.csId)).filter(comparable).map((peer) => peer?.[metric])
+      .filter((ms): ms is number => ms !== undefined).sort((a, b) => a - b);
     if (measured.length < 2) return null;
     const middle = measured.length / 2;
     const median = measured.length % 2 === 1 ? measured[Math.floor(middle)] ?? 0 : ((measured[middle - 1] ?? 0) + (measured[middle] ?? 0)) / 2;
@@ -157,17 +191,17 @@ export class SickDisks {
       `the median of the ${measured.length} other servers of its tier (${median.toFixed(1)} ms)`;
   }
 
-  private slow(csId: number, reason: string, nowMs: number): SickDiskEvent | null {
+  private slow(csId: number, metric: Metric, reason: string, nowMs: number): SickDiskEvent | null {
     this.fineSinceMs.delete(csId);
     const since = this.slowSinceMs.get(csId) ?? nowMs;
     this.slowSinceMs.set(csId, since);
     const current = this.ill.get(csId);
     if (current !== undefined) {
-      this.ill.set(csId, { sinceMs: current.sinceMs, reason });
+      this.ill.set(csId, { sinceMs: current.sinceMs, reason, metric });
       return null;
     }
     if (nowMs - since < this.config.sickAfterMs) return null;
-    this.ill.set(csId, { sinceMs: nowMs, reason: `${reason}, for ${Math.round((nowMs - since) / 1000)} s` });
+    this.ill.set(csId, { sinceMs: nowMs, reason: `${reason}, for ${Math.round((nowMs - since) / 1000)} s`, metric });
     return { kind: 'ill', csId, reason };
   }
 

@@ -505,6 +505,9 @@ export const OpenVolumeBody = Type.Object(
     mode: Type.Union([Type.Literal('read'), Type.Literal('write')]),
     holder: Type.String({ minLength: 1, maxLength: 255, description: 'who opens: host and process, shown to admins' }),
     force: Type.Optional(Type.Boolean({ description: 'take the write lease from its holder, fencing it' })),
+    cachedReads: Type.Optional(Type.Boolean({
+      description: 'a write open that answers reads from a local cache while its lease is confirmed: whoever takes the lease from it waits that out before writing',
+    })),
   },
   { additionalProperties: false },
 );
@@ -515,6 +518,9 @@ export const LeaseGrant = Type.Object({
   epoch: Uint(),
   renewIntervalMs: Uint(),
   timeoutMs: Uint(),
+  holdWritesMs: Type.Optional(Uint({
+    description: 'write nothing for this long: the lease was taken from a holder whose read cache may still answer its guest until then',
+  })),
 });
 export type LeaseGrant = Static<typeof LeaseGrant>;
 
