@@ -7,7 +7,8 @@
 import t from 'tap';
 import { startCluster } from './helpers/cluster.ts';
 import { metricValue } from './helpers/metrics.ts';
-import { runOk } from './helpers/run.ts';
+import { eventually } from './helpers/eventually.ts';
+import { run, runOk } from './helpers/run.ts';
 
 const MiB = 1024 * 1024;
 const CHUNK_BYTES = 4 * MiB;
@@ -54,4 +55,38 @@ t.test('new chunks start on the writer\'s host and reads stay there', async (t) 
   const spreadAfter = await reads();
   const served = servers.filter((server) => (spreadAfter.get(server.id) ?? 0) > (spreadBefore.get(server.id) ?? 0)).length;
   t.equal(served, 3, 'from elsewhere, every member serves some of the reads');
+});
+
+t.test('after its writer moves to another host, a volume\'s hot chunks follow it there', async (t) => {
+  t.setTimeout(150_000);
+  const hosts = ['h1', 'h2', 'h3', 'h4'];
+  const cluster = await startCluster(t, {
+    chunkServers: 4,
+    mdsArgs: ['--locality-bytes-per-second', String(64 * MiB)],
+    csArgsFor: (index) => ['--failure-domain-host', hosts[index] ?? `h${index + 1}`],
+    nbdArgs: ['--host', 'h1'],
+  });
+  await cluster.admin.createVolume({ name: 'vm', sizeBytes: 128 * MiB, chunkSizeBytes: CHUNK_BYTES });
+  const image = cluster.nbdUnixUri('vm');
+  await runOk('qemu-io', ['-f', 'raw', '-c', `write -P 0x5e 0 ${WRITTEN_BYTES}`, image], { timeoutMs: 60_000 });
+  const servers = (await cluster.admin.listChunkServers()).chunkServers;
+  const idOn = (host: string): number => servers.find((s) => s.failureDomain.host === host)?.id ?? -1;
+  const primaries = async (): Promise<number[]> => (await cluster.internal.chunkMap('vm', 0, 64)).chunks.map((chunk) => chunk.replicas[0]?.csId ?? -1);
+  t.ok((await primaries()).every((csId) => csId === idOn('h1')), 'written from h1: every primary on h1');
+  const withoutH4 = (await cluster.internal.chunkMap('vm', 0, 64)).chunks.filter((chunk) => chunk.replicas.every((r) => r.csId !== idOn('h4'))).length;
+
+  // The VM moves to h4: its NBD server there reads the volume (its hot chunks are all of it).
+  await cluster.nbd?.stop('SIGTERM');
+  await cluster.startNbd(['--host', 'h4']);
+  const reading = run('fio', [
+    '--name=vm', '--ioengine=nbd', `--uri=${image}`, '--rw=randrw', '--bs=4k', '--iodepth=4', `--size=${WRITTEN_BYTES}`,
+    '--time_based', '--runtime=30', '--verify=0', '--output-format=json',
+  ], { timeoutMs: 120_000 });
+  await eventually('every hot chunk\'s primary to be on h4', 60_000, async () => ((await primaries()).every((csId) => csId === idOn('h4')) ? true : null));
+  t.pass(`every chunk's primary followed the writer to h4 (${withoutH4} of ${WRITTEN_BYTES / CHUNK_BYTES} had no copy there and were copied first)`);
+  const followed = await metricValue(Number(cluster.mds.ready['port']), 'shoal_mds_locality_follows_total');
+  t.ok(followed >= WRITTEN_BYTES / CHUNK_BYTES, `shoal_mds_locality_follows_total: ${followed}`);
+  const { chunks } = await cluster.internal.chunkMap('vm', 0, 64);
+  t.ok(chunks.every((chunk) => new Set(chunk.replicas.map((r) => r.csId)).size === 3), 'every chunk keeps three copies');
+  t.equal((await reading).code, 0, 'the guest\'s I/O went on meanwhile');
 });

@@ -267,6 +267,7 @@ async function recover(world: SimWorld): Promise<number> {
     try {
       if (action.kind === 'drop') await world.replicator.drop(action.chunk.volumeId, action.chunk.chunkIndex, action.csIds, { reason: action.reason });
       else if (action.kind === 'settle') await world.replicator.settle(action.chunk.volumeId, action.chunk.chunkIndex);
+      else if (action.kind === 'promote') await world.replicator.promote(action.chunk.volumeId, action.chunk.chunkIndex, action.csId, action.reason);
       else {
         await world.replicator.add(action.chunk.volumeId, action.chunk.chunkIndex, action.target);
         if (action.thenDrop !== null) await world.replicator.drop(action.chunk.volumeId, action.chunk.chunkIndex, [action.thenDrop], { reason: action.reason });

@@ -83,6 +83,11 @@ export class VolumeProvider implements BlockDeviceProvider {
     };
   }
 
+  /** The volume open for write here under `name`, if any. */
+  writableVolume(name: string): Volume | undefined {
+    return this.open_.get(`rw:${name}`)?.opened ?? undefined;
+  }
+
   /** The volumes open now (for metrics). */
   *openVolumes(): Iterable<Volume> {
     for (const shared of this.open_.values()) if (shared.opened !== null) yield shared.opened;

@@ -60,6 +60,9 @@ export interface VolumeOpenOptions {
   readonly readCache?: ReadCache;
 }
 
+/** Chunks whose accesses are counted between two I/O reports at most (the rest go uncounted). */
+const CHUNK_ACCESSES_TRACKED_MAX = 4_096;
+
 /** How long a read or write keeps trying (failover, waiting for recovery) before ERR_IO. */
 export const IO_TIMEOUT_MS_DEFAULT = 60_000;
 
@@ -76,6 +79,8 @@ export class Volume implements BlockDevice {
   private cacheGeneration = 0;
   /** No write before this (performance.now()): the previous writer's read cache may still answer (LeaseGrant.holdWritesMs). */
   private writesFromMs = 0;
+  /** chunkIndex -> requests since the hot chunks were last taken (takeHotChunks); bounded. */
+  private readonly chunkAccesses = new Map<number, number>();
   /** The volume's I/O limits, kept current by the lease keeper. */
   readonly qos: QosGate;
   private closed = false;
@@ -130,6 +135,7 @@ export class Volume implements BlockDevice {
       holder: options.holder ?? `${hostname()} pid ${process.pid}`,
       ...(options.force === true ? { force: true } : {}),
       ...(!options.readOnly && options.readCache !== undefined ? { cachedReads: true } : {}),
+      ...(!options.readOnly && options.hostLabel !== undefined ? { host: options.hostLabel } : {}),
     });
     const volume = new Volume(options, opened.volume, opened.lease, capabilityGrant(opened.capability), openedAtMs);
     const holdWritesMs = opened.lease?.holdWritesMs ?? 0;
@@ -154,6 +160,7 @@ export class Volume implements BlockDevice {
 
   async read(offsetBytes: number, lengthBytes: number): Promise<Buffer> {
     this.checkRange(offsetBytes, lengthBytes);
+    this.noteAccess(offsetBytes);
     const gate = this.qos.admit(lengthBytes);
     if (gate !== null) await gate;
     const scan = this.readCache?.noteRead(this.info.id, offsetBytes, lengthBytes).scan ?? true;
@@ -172,6 +179,7 @@ export class Volume implements BlockDevice {
   async write(offsetBytes: number, data: Buffer): Promise<void> {
     this.checkWritable();
     this.checkRange(offsetBytes, data.length);
+    this.noteAccess(offsetBytes);
     await this.writesAllowed();
     const gate = this.qos.admit(data.length);
     if (gate !== null) await gate;
@@ -237,7 +245,8 @@ export class Volume implements BlockDevice {
     if (entry === undefined) return Buffer.alloc(piece.lengthBytes);
     const cache = this.readCache;
     // Only while nobody else can write the volume: the lease held, and confirmed lately.
-    if (cache === undefined || this.lease.lost !== null || !this.lease.confirmedLately()) return this.replicas.read(piece);
+    // A chunk in doubt may read differently from each member until the MDS settles it (under a new version).
+    if (cache === undefined || entry.inDoubt === true || this.lease.lost !== null || !this.lease.confirmedLately()) return this.replicas.read(piece);
     const firstBlock = Math.floor(piece.offsetInChunk / CACHE_BLOCK_BYTES);
     const lastBlock = Math.floor((piece.offsetInChunk + piece.lengthBytes - 1) / CACHE_BLOCK_BYTES);
     const chunkFirstBlock = (piece.chunkIndex * this.info.chunkSizeBytes) / CACHE_BLOCK_BYTES;
@@ -292,6 +301,23 @@ export class Volume implements BlockDevice {
     } finally {
       cache.invalidate(this.info.id, firstBlock, lastBlock);
     }
+  }
+
+  /**
+   * The chunks read and written most since the last call, hottest first, at most `max` (the I/O
+   * report carries them to the MDS, whose planner moves them to this host: recovery.ts).
+   */
+  takeHotChunks(max: number): number[] {
+    const hottest = [...this.chunkAccesses].sort((a, b) => b[1] - a[1]).slice(0, max).map(([chunkIndex]) => chunkIndex);
+    this.chunkAccesses.clear();
+    return hottest;
+  }
+
+  private noteAccess(offsetBytes: number): void {
+    const chunkIndex = Math.floor(offsetBytes / this.info.chunkSizeBytes);
+    const count = this.chunkAccesses.get(chunkIndex);
+    if (count !== undefined) this.chunkAccesses.set(chunkIndex, count + 1);
+    else if (this.chunkAccesses.size < CHUNK_ACCESSES_TRACKED_MAX) this.chunkAccesses.set(chunkIndex, 1);
   }
 
   /** Waits out a hold on writes after the lease was taken from a holder with a read cache. */

@@ -35,14 +35,15 @@ import { takeBackup, type TakenBackup } from './backup.ts';
 import { Quarantine } from './quarantine.ts';
 import { volumeTier, type ChunkServerAdminState, type ChunkServerRecord, type PendingDeleteRecord, type QuarantineRecord, type VolumeRecord } from './model.ts';
 import type { PlacementCandidate } from './placement.ts';
-import type { PlannerServer, RebalanceJudgement } from './recovery.ts';
+import type { PlannerChunk, PlannerServer, RebalanceJudgement } from './recovery.ts';
 import { RecoveryScheduler, type RecoveryView } from './recovery_scheduler.ts';
-import { chunkHealth, chunksOnServer, recoveryWindow, WINDOW_START, type ChunkHealth, type WindowCursor } from './map_scans.ts';
+import { chunkHealth, chunksOnServer, plannerChunk, recoveryWindow, WINDOW_START, type ChunkHealth, type WindowCursor } from './map_scans.ts';
 import { MARK_IN_DOUBT_SLICE_CHUNKS } from './ops.ts';
 import { rebalanceModeOf, tierMovesHeld } from './tasks.ts';
 import { isMisplaced, misplacedOnServer, misplacedPairs, tierReplicas } from './tiers.ts';
 import { SICK_DISK_DEFAULTS, SickDisks } from './sick_disks.ts';
 import { ReadCacheReports } from './read_cache_reports.ts';
+import { HotChunks } from './hot_chunks.ts';
 import { revocationsOf } from './hypervisors.ts';
 import { CsReplicaIo, type ReplicaIo } from './replica_io.ts';
 import { Replicator } from './replicator.ts';
@@ -144,6 +145,8 @@ export class Cluster {
   readonly sickDisks: SickDisks;
   /** The hypervisors' read caches, as they report them. */
   readonly readCaches = new ReadCacheReports();
+  /** Each volume's hot chunks, as its writer's NBD server reports them: they follow the writer's host. */
+  readonly hotChunks = new HotChunks();
 
   constructor(deps: ClusterDeps) {
     this.clusterId = deps.clusterId;
@@ -180,6 +183,7 @@ export class Cluster {
       },
       view: () => this.recoveryView(),
       nowMs: () => this.clock.nowMs(),
+      localityBytesPerSecond: deps.config.localityBytesPerSecond,
       stillMisplaced: (volumeId, csId) => {
         const volume = this.store.tables.getVolume(volumeId);
         const server = this.store.tables.getChunkServer(csId);
@@ -867,11 +871,28 @@ export class Cluster {
     return {
       servers,
       chunks: window.chunks,
+      follow: this.followers(volumes, nowMs),
       mappedBytes,
       chunksOn: (csId) => chunksOnServer(tables, volumes, csId, REBALANCE_LOOK_CHUNKS_MAX),
       tierMoveHeld: (chunk, csId) => held(csId, chunk.volumeId),
       ...rebalanceModeOf(tables, this.config.rebalanceThreshold),
     };
+  }
+
+  /** Hot chunks of volumes whose writer named its host, with that host (recovery.ts planFollow). */
+  private followers(volumes: ReadonlyMap<number, VolumeRecord>, nowMs: number): Array<{ chunk: PlannerChunk; host: string }> {
+    if (this.config.localityBytesPerSecond === 0) return [];
+    const follow: Array<{ chunk: PlannerChunk; host: string }> = [];
+    for (const { volumeId, chunkIndexes } of this.hotChunks.current(nowMs)) {
+      const volume = volumes.get(volumeId);
+      const host = volume?.lease?.host;
+      if (volume === undefined || host === undefined) continue;
+      for (const chunkIndex of chunkIndexes) {
+        const record = this.store.tables.getChunk(volumeId, chunkIndex);
+        if (record !== undefined) follow.push({ chunk: plannerChunk(this.store.tables, record, volume), host });
+      }
+    }
+    return follow;
   }
 
   /** The servers' balance as the planner last judged it. */

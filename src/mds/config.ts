@@ -32,6 +32,8 @@ export interface MdsConfig {
   readonly sickLatencyFactor: number;
   /** ... for this long on end is marked ill: reads and new chunks avoid it. */
   readonly sickAfterMs: number;
+  /** Copy rate at which a volume's hot chunks follow its writer to its host (0: they stay). */
+  readonly localityBytesPerSecond: number;
 }
 
 const MiB = 1024 * 1024;
@@ -53,4 +55,5 @@ export const MDS_CONFIG_DEFAULTS: MdsConfig = {
   capabilityTtlMs: 3_600_000,
   sickLatencyFactor: SICK_DISK_DEFAULTS.factor,
   sickAfterMs: SICK_DISK_DEFAULTS.sickAfterMs,
+  localityBytesPerSecond: 4 * MiB,
 };

@@ -53,7 +53,10 @@ const USAGE = `usage: shoal run mds --data DIR --cluster-key FILE --admin-token 
   --sick-latency-factor N      a chunk server whose journal commits or reads take N times the median
                                of its tier's other servers (and 20 ms more) ... (default 5)
   --sick-after-ms N            ... for this long on end is marked ill: reads and new chunks avoid it,
-                               and shoal cs list says why (default 60000)`;
+                               and shoal cs list says why (default 60000)
+  --locality-bytes-per-second N  a volume's hot chunks follow its writer to its host (after a VM
+                               moved) at most this fast, one at a time, when nothing else is to
+                               do (default 4 MiB/s; 0: never)`;
 
 const BACKGROUND_TICK_MS = 1_000;
 const CLUSTER_ID_PATTERN = /^[0-9a-f-]{36}$/;
@@ -88,6 +91,7 @@ export async function runMds(argv: string[]): Promise<void> {
       'capability-ttl-ms': { type: 'string' },
       'sick-latency-factor': { type: 'string' },
       'sick-after-ms': { type: 'string' },
+      'locality-bytes-per-second': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -120,6 +124,7 @@ export async function runMds(argv: string[]): Promise<void> {
     capabilityTtlMs: parseIntegerFlag(values['capability-ttl-ms'], '--capability-ttl-ms', MDS_CONFIG_DEFAULTS.capabilityTtlMs, 1_000),
     sickLatencyFactor: parseIntegerFlag(values['sick-latency-factor'], '--sick-latency-factor', MDS_CONFIG_DEFAULTS.sickLatencyFactor, 2),
     sickAfterMs: parseIntegerFlag(values['sick-after-ms'], '--sick-after-ms', MDS_CONFIG_DEFAULTS.sickAfterMs, 1_000),
+    localityBytesPerSecond: parseIntegerFlag(values['locality-bytes-per-second'], '--locality-bytes-per-second', MDS_CONFIG_DEFAULTS.localityBytesPerSecond),
   };
   const givenClusterId = values['cluster-id'];
   if (givenClusterId !== undefined && !CLUSTER_ID_PATTERN.test(givenClusterId)) {

@@ -132,6 +132,9 @@ export class MdsMetrics {
     counterFromTotal(registers, 'shoal_mds_settled_bytes_total',
       'Bytes copied between members of a chunk whose checksums differed (writes that died half-done)',
       () => service()?.cluster.replicator.settledBytesTotal ?? null);
+    counterFromTotal(registers, 'shoal_mds_locality_follows_total',
+      'Hot chunks whose primary moved to their writer\'s host (made primary there, or copied there first), since the MDS started',
+      () => service()?.cluster.recovery.followed ?? null);
     counterFromTotal(registers, 'shoal_mds_recovery_copied_bytes_total',
       'Bytes copied between chunk servers by re-replication, rebalancing and drains',
       () => service()?.cluster.replicator.copiedBytesTotal ?? null);

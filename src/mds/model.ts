@@ -11,6 +11,8 @@ export interface LeaseRecord {
   readonly acquiredAtMs: number;
   /** The holder answers reads from a local cache while its lease is confirmed (see service.ts openVolume). */
   readonly cachedReads?: boolean;
+  /** The host the holder runs on, as chunk servers name theirs: the volume's hot chunks follow it (recovery.ts). */
+  readonly host?: string;
 }
 
 export interface VolumeRecord {

@@ -81,6 +81,8 @@ export type MdsOp =
       readonly force: boolean;
       /** Absent in ops logged before read caches: false. */
       readonly cachedReads?: boolean;
+      /** Absent in ops logged before locality: unknown. */
+      readonly host?: string;
       readonly nowMs: number;
     }
   | { readonly type: 'releaseLease'; readonly volumeId: number; readonly leaseId: string }
@@ -534,7 +536,10 @@ function acquireLease(tables: MdsTables, op: Extract<MdsOp, { type: 'acquireLeas
   const record: VolumeRecord = {
     ...volume,
     epoch: volume.epoch + 1,
-    lease: { holder: op.holder, leaseId: op.leaseId, acquiredAtMs: op.nowMs, ...(op.cachedReads === true ? { cachedReads: true } : {}) },
+    lease: {
+      holder: op.holder, leaseId: op.leaseId, acquiredAtMs: op.nowMs,
+      ...(op.cachedReads === true ? { cachedReads: true } : {}), ...(op.host === undefined ? {} : { host: op.host }),
+    },
   };
   assert(record.epoch > volume.epoch, 'lease epochs only grow');
   tables.putVolume(record);

@@ -21,6 +21,9 @@
 //   (tiers.ts tierOrder); a chunk with all its members and one on the wrong tier (spilled while
 //   its tier was full, or its volume's or server's tier changed) moves that one to a server of
 //   its tier that has room, unless a paused tier task holds it;
+// - with nothing urgent, and when the scheduler's pace allows (input.followAllowed), a hot chunk
+//   of a volume whose writer named its host follows it (planFollow): a member on that host
+//   becomes the primary, or a server there takes the place of the primary (then becomes it);
 // - with nothing urgent, and a rebalance task running (input.rebalance.move), a replica moves from
 //   the fullest to the emptiest server of the same tier while their used fractions differ by more
 //   than the task's threshold (one move per chunk); without one, the plan only judges whether the
@@ -100,10 +103,12 @@ export type RecoveryAction =
       /** A move: once the target has joined, this member leaves (drain, rebalancing). */
       readonly thenDrop: number | null;
       /** Why: the rebalance task counts its own moves. */
-      readonly purpose: 'repair' | 'drain' | 'rebalance' | 'tier';
+      readonly purpose: 'repair' | 'drain' | 'rebalance' | 'tier' | 'locality';
       readonly reason: string;
       readonly urgency: number;
-    };
+    }
+  /** The member `csId` becomes the chunk's primary (first member), the others keeping their order. */
+  | { readonly kind: 'promote'; readonly chunk: PlannerChunk; readonly csId: number; readonly reason: string; readonly urgency: number };
 
 /** What the planner may do about the servers' balance this round. */
 export interface RebalanceMode {
@@ -173,6 +178,10 @@ export interface PlannerInput {
   readonly chunksOn?: (csId: number) => Iterable<PlannerChunk>;
   /** The member on `csId` stays on the wrong tier for now: a paused tier task of its server or volume holds it. */
   readonly tierMoveHeld?: (chunk: PlannerChunk, csId: number) => boolean;
+  /** Hot chunks (hottest first) and the host their volume's writer runs on: they follow it there (planFollow). */
+  readonly follow?: ReadonlyArray<{ readonly chunk: PlannerChunk; readonly host: string }>;
+  /** The scheduler's pace allows a following move now (one at a time, at the locality rate). */
+  readonly followAllowed?: boolean;
 }
 
 /** Lower is more urgent. */
@@ -214,7 +223,10 @@ export function planRecovery(input: PlannerInput): RecoveryPlan {
     : null;
   if (deferral === null) {
     const { action, judgement } = planRebalance(input, servers);
-    return { actions: action === null ? [] : [action], rebalance: judgement, blocked, waiting, misplacedStuck };
+    // A hot chunk following its writer goes before balance: it is paced apart (followAllowed).
+    const follow = input.followAllowed === true ? planFollow(input, servers) : null;
+    const chosen = follow ?? action;
+    return { actions: chosen === null ? [] : [chosen], rebalance: judgement, blocked, waiting, misplacedStuck };
   }
   const { spreadFraction, remainingBytes } = measureTiers(servers, input, input.rebalance.thresholdFraction);
   return {
@@ -289,6 +301,33 @@ function planChunk(chunk: PlannerChunk, servers: Map<number, PlannerServer>, inp
     kind: 'add', chunk, target, thenDrop: misplaced, purpose: 'tier', urgency: 1_500_000,
     reason: `moving to tier ${chunk.tier}: off chunk server ${misplaced} (tier ${servers.get(misplaced)?.tier})`,
   };
+}
+
+/**
+ * The first hot chunk (hottest first) whose primary is not on its writer's host, and what to do:
+ * make a member on that host the primary, or, with none there, let a server there (of the
+ * chunk's tier, with room, in a failure domain the other members leave free) take the primary's
+ * place: it becomes the primary on a later round. Only chunks with every member live and active
+ * and exactly `normal` of them; none while the scheduler's pace says wait.
+ */
+function planFollow(input: PlannerInput, servers: Map<number, PlannerServer>): RecoveryAction | null {
+  for (const { chunk, host } of input.follow ?? []) {
+    if (input.busy(chunk.chunkId)) continue;
+    const members = chunk.replicas.map((csId) => servers.get(csId));
+    if (members.length !== chunk.replicasNormal || members.some((s) => s === undefined || !isLive(s) || s.adminState !== 'active')) continue;
+    const primary = members[0];
+    if (primary === undefined || primary.host === host) continue;
+    const reason = `following its writer to host ${host}`;
+    const onHost = members.find((s) => s !== undefined && s.host === host && s.healthy && s.ill !== true);
+    if (onHost !== undefined) return { kind: 'promote', chunk, csId: onHost.id, reason, urgency: 1_800_000 };
+    const eligible = [...servers.values()].filter((s) => s.host === host && s.online && s.healthy && s.ill !== true && s.adminState === 'active' &&
+      s.maintenanceWindow !== true && !chunk.replicas.includes(s.id) && (chunk.tier === null || s.tier === chunk.tier));
+    if (eligible.length === 0) continue;
+    const target = pickTarget(chunk, eligible, servers, input, new Map(), primary.id);
+    if (target === null) continue;
+    return { kind: 'add', chunk, target, thenDrop: primary.id, purpose: 'locality', reason, urgency: 1_800_000 };
+  }
+  return null;
 }
 
 /** Offline so long that its replicas are replaced: longer than replaceAfterMs, and not in maintenance. */
@@ -504,8 +543,10 @@ function planTierMove(balance: Balance, input: PlannerInput, servers: Map<number
   const targets = sorted.slice(0, -1); // emptiest first
   let busy = false;
   const refused = { overshoot: 0, domain: 0, room: 0 };
+  // Hot chunks that followed their writer to this server's host stay: moving them would be undone.
+  const followed = new Set((input.follow ?? []).filter((entry) => entry.host === fullest.host).map((entry) => entry.chunk.chunkId));
   for (const chunk of input.chunksOn?.(fullest.id) ?? input.chunks) {
-    if (!chunk.replicas.includes(fullest.id)) continue;
+    if (!chunk.replicas.includes(fullest.id) || followed.has(chunk.chunkId)) continue;
     if (input.busy(chunk.chunkId)) {
       busy = true;
       continue;

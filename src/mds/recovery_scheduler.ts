@@ -23,6 +23,8 @@ export interface RecoverySchedulerOptions {
    */
   readonly view: () => RecoveryView;
   readonly nowMs: () => number;
+  /** Copy rate of hot chunks following their writer (0: they do not): one move at a time, spaced by its copy's time at this rate. */
+  readonly localityBytesPerSecond?: number;
   /**
    * Whether a replica of the volume on the server is still on the wrong tier: a tier move whose
    * task was cancelled (the tier put back) while its copy was being made keeps the member.
@@ -37,11 +39,16 @@ export interface RecoveryView {
   readonly chunksOn?: (csId: number) => Iterable<PlannerChunk>;
   /** Members on the wrong tier that a paused tier task holds where they are. */
   readonly tierMoveHeld?: (chunk: PlannerChunk, csId: number) => boolean;
+  /** Hot chunks and their writer's host (recovery.ts planFollow). */
+  readonly follow?: ReadonlyArray<{ readonly chunk: PlannerChunk; readonly host: string }>;
   /** Whether a rebalance task runs (moves are planned) and its threshold, or the automatic one's. */
   readonly rebalance: RebalanceMode;
   /** The running rebalance task, which counts the moves made for it. */
   readonly rebalanceTaskId: number | null;
 }
+
+/** Pause after a primary moved to its writer's host (no copy to pace by). */
+const PROMOTE_GAP_MS = 500;
 
 /** How long a server that failed to take a chunk's new replica is passed over for that chunk. */
 const FAILED_TARGET_BACKOFF_MS = 60_000;
@@ -71,6 +78,11 @@ export class RecoveryScheduler {
   lastRebalance: RebalanceJudgement | null = null;
   /** Rebalancing moves under way: a rebalance is not done before they have committed (and been counted). */
   rebalanceMovesInFlight = 0;
+  /** A hot chunk following its writer is under way (one at a time); the next not before `followNextAtMs`. */
+  private followInFlight = 0;
+  private followNextAtMs = 0;
+  /** Hot chunks moved to (or made primary on) their writer's host since start. */
+  followed = 0;
   private readonly options: RecoverySchedulerOptions;
   private readonly inFlight = new Set<number>();
   /**
@@ -96,6 +108,8 @@ export class RecoveryScheduler {
       ...(view.mappedBytes === undefined ? {} : { mappedBytes: view.mappedBytes }),
       ...(view.chunksOn === undefined ? {} : { chunksOn: view.chunksOn }),
       ...(view.tierMoveHeld === undefined ? {} : { tierMoveHeld: view.tierMoveHeld }),
+      ...(view.follow === undefined ? {} : { follow: view.follow }),
+      followAllowed: (this.options.localityBytesPerSecond ?? 0) > 0 && this.followInFlight === 0 && this.options.nowMs() >= this.followNextAtMs,
       busy: (chunkId) => this.inFlight.has(chunkId) || replicator.isBusy(chunkId),
       avoidTargets: (chunkId) => this.avoidTargets(chunkId),
       config: this.options.planner,
@@ -126,6 +140,8 @@ export class RecoveryScheduler {
     let succeeded = false;
     const rebalancing = action.kind === 'add' && action.purpose === 'rebalance';
     if (rebalancing) this.rebalanceMovesInFlight += 1;
+    const following = action.kind === 'promote' || (action.kind === 'add' && action.purpose === 'locality');
+    if (following) this.followInFlight += 1;
     assert(this.rebalanceMovesInFlight <= 1, 'one rebalancing move at a time (see planRecovery)');
     const work = this.execute(action, rebalanceTaskId)
       .then(() => {
@@ -143,6 +159,13 @@ export class RecoveryScheduler {
         this.inFlight.delete(chunk.chunkId);
         this.stats.running -= 1;
         if (rebalancing) this.rebalanceMovesInFlight -= 1;
+        if (following) {
+          this.followInFlight -= 1;
+          const rate = this.options.localityBytesPerSecond ?? 0;
+          const gapMs = action.kind === 'promote' || rate === 0 ? PROMOTE_GAP_MS : (chunk.chunkSizeBytes / rate) * 1000;
+          this.followNextAtMs = this.options.nowMs() + gapMs;
+          if (succeeded) this.followed += 1;
+        }
         this.running.delete(work);
         // A finished action makes room: plan again now rather than at the next tick. After a
         // failure, wait for the tick: retrying at once would spin on a server that is down.
@@ -176,6 +199,9 @@ export class RecoveryScheduler {
         return;
       case 'drop':
         await replicator.drop(chunk.volumeId, chunk.chunkIndex, action.csIds, { reason: action.reason });
+        return;
+      case 'promote':
+        await replicator.promote(chunk.volumeId, chunk.chunkIndex, action.csId, action.reason);
         return;
       case 'add':
         await replicator.add(chunk.volumeId, chunk.chunkIndex, action.target);

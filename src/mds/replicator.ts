@@ -141,6 +141,19 @@ export class Replicator {
     });
   }
 
+  /**
+   * Makes member `csId` the chunk's primary (its writes' first hop), the others keeping their
+   * order: the members are sealed at a new version and made equal, as for any change of the set.
+   */
+  async promote(volumeId: number, chunkIndex: number, csId: number, reason: string): Promise<ChunkRecord> {
+    const chunkId = this.chunk(volumeId, chunkIndex).chunkId;
+    return this.withChunk(chunkId, async () => {
+      const chunk = this.chunk(volumeId, chunkIndex);
+      if (chunk.replicas[0] === csId || !chunk.replicas.includes(csId)) return chunk;
+      return this.sealAndCommit(chunk, [csId, ...chunk.replicas.filter((member) => member !== csId)], [], reason);
+    });
+  }
+
   /** Seals every member and settles the chunk's recorded in-doubt ranges. */
   async settle(volumeId: number, chunkIndex: number): Promise<ChunkRecord> {
     const chunkId = this.chunk(volumeId, chunkIndex).chunkId;

@@ -252,6 +252,7 @@ export class MetadataService {
         leaseId,
         force: body.force === true || expired || reclaimed,
         ...(body.cachedReads === true ? { cachedReads: true } : {}),
+        ...(body.host === undefined ? {} : { host: body.host }),
         nowMs: this.clock.nowMs(),
       });
       assert(result.type === 'volume', 'acquireLease yields a volume');
@@ -361,8 +362,11 @@ export class MetadataService {
   /** An NBD server's totals per volume; volumes it may not serve are left out (it reports what it was told to serve). */
   recordVolumeIo(hypervisor: HypervisorRecord, body: IoReportBody): void {
     const nowMs = this.clock.nowMs();
-    for (const { name, ...totals } of body.volumes) {
-      if (this.hypervisors.mayServe(hypervisor, name)) this.volumeIo.record(`${hypervisor.id}/${name}`, name, totals, nowMs);
+    for (const { name, hotChunks, ...totals } of body.volumes) {
+      if (!this.hypervisors.mayServe(hypervisor, name)) continue;
+      this.volumeIo.record(`${hypervisor.id}/${name}`, name, totals, nowMs);
+      const id = this.store.tables.getVolumeIdByName(name);
+      if (id !== undefined && hotChunks !== undefined && hotChunks.length > 0) this.cluster.hotChunks.record(id, hotChunks, nowMs);
     }
     if (body.readCache !== undefined) this.cluster.readCaches.record(hypervisor.name, body.readCache, nowMs);
   }
@@ -519,7 +523,10 @@ export class MetadataService {
       return { csId, host: server.host, port: server.port, hostLabel: server.failureDomainHost };
     });
     const ticket = chunkTicket(this.capabilityKey, chunk.chunkId, chunk.version, chunk.volumeId, replicas).toString('hex');
-    return { chunkIndex: chunk.chunkIndex, chunkId: chunk.chunkId, version: chunk.version, replicas, ticket };
+    return {
+      chunkIndex: chunk.chunkIndex, chunkId: chunk.chunkId, version: chunk.version, replicas, ticket,
+      ...((chunk.inDoubt ?? []).length > 0 ? { inDoubt: true } : {}),
+    };
   }
 
   // ---- failures, repairs, recovery ----------------------------------------------------------------
@@ -543,10 +550,19 @@ export class MetadataService {
   async reportChunkFailure(name: string, chunkIndex: number, report: ChunkFailureBody): Promise<ChunkMapEntry> {
     const volume = this.volumeByName(name);
     this.requireLease(volume, report.leaseId);
+    const before = this.store.tables.getChunk(volume.id, chunkIndex);
+    if (before === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk ${chunkIndex} of volume "${name}" was never written`);
+    // A change of the set in progress (its seal may be what the members refused) finishes first.
+    await this.cluster.replicator.idle(before.chunkId);
     const chunk = this.store.tables.getChunk(volume.id, chunkIndex);
-    if (chunk === undefined) throw new StorageError('ERR_NOT_FOUND', `chunk ${chunkIndex} of volume "${name}" was never written`);
+    assert(chunk !== undefined, 'an allocated chunk stays until its volume is deleted');
     let record: ChunkRecord;
-    if (report.failedCsIds.length === 0) {
+    if (report.failedCsIds.length > 0 && report.version < chunk.version) {
+      // The set changed under a newer version since the write was sent (a member moved: a drain,
+      // a tier move, a primary following its writer): the members refused a stale write, which
+      // says nothing of their health. The writer gets the current entry and tries again.
+      record = chunk;
+    } else if (report.failedCsIds.length === 0) {
       record = await this.cluster.replicator.reconcileVersion(volume.id, chunkIndex);
     } else {
       this.log.warn('write failed on replicas; they leave the set', {

@@ -3,7 +3,7 @@
 // report that fails is not retried: the next one carries the newer totals. Failures are logged
 // when they start and when they end, not on every tick.
 
-import type { IoReportBody } from '../protocol/api.ts';
+import { HOT_CHUNKS_REPORTED_MAX, type IoReportBody } from '../protocol/api.ts';
 import type { ReadCache } from '../client/read_cache.ts';
 import type { MdsClient } from '../protocol/mds_client.ts';
 import { IO_REPORT_VOLUMES_MAX } from '../limits.ts';
@@ -13,6 +13,10 @@ import type { VolumeIoStats } from './volume_stats.ts';
 
 /** How often the totals go to the MDS: rates in `shoal top` are over this interval. */
 export const IO_REPORT_INTERVAL_MS = 2_000;
+
+function hot(chunks: readonly number[]): { hotChunks?: number[] } {
+  return chunks.length === 0 ? {} : { hotChunks: chunks.slice(0, HOT_CHUNKS_REPORTED_MAX) };
+}
 
 export class IoReporter {
   private readonly stats: VolumeIoStats;
@@ -26,6 +30,7 @@ export class IoReporter {
 
   private readonly onAvoid: (csIds: readonly number[]) => void;
   private readonly readCache: ReadCache | undefined;
+  private readonly hotChunks: (volume: string) => number[];
 
   constructor(options: {
     stats: VolumeIoStats; mds: Pick<MdsClient, 'ioReport'>; log: Logger; timers: Timers; intervalMs?: number;
@@ -33,7 +38,10 @@ export class IoReporter {
     onAvoid?: (csIds: readonly number[]) => void;
     /** Its totals go with each report (the stat shows them). */
     readCache?: ReadCache;
+    /** A volume's hottest chunks since the last report (Volume.takeHotChunks), or none when it is not open for write here. */
+    hotChunks?: (volume: string) => number[];
   }) {
+    this.hotChunks = options.hotChunks ?? (() => []);
     this.readCache = options.readCache;
     this.onAvoid = options.onAvoid ?? (() => undefined);
     this.stats = options.stats;
@@ -62,6 +70,7 @@ export class IoReporter {
       writtenBytes: entry.writtenBytes,
       readSeconds: entry.readSeconds,
       writeSeconds: entry.writeSeconds,
+      ...hot(this.hotChunks(entry.volume)),
     }));
     const cache = this.readCache;
     return cache === undefined ? { volumes } : {

@@ -14,6 +14,7 @@ import { StorageError } from '../errors.ts';
 import { readHypervisorCredential } from '../protocol/auth.ts';
 import { clientRequestObserver, registerQosMetrics, registerReadCacheMetrics } from '../client/metrics.ts';
 import { ReadCache } from '../client/read_cache.ts';
+import { HOT_CHUNKS_REPORTED_MAX } from '../protocol/api.ts';
 import { parseSizeBytes } from '../util/size.ts';
 import { systemTimers } from '../util/clock.ts';
 import { IoReporter } from './io_reporter.ts';
@@ -249,6 +250,7 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
 
   const ioReporter = new IoReporter({
     stats: volumeIoStats(registry), mds, log, timers: systemTimers, ...(readCache === undefined ? {} : { readCache }),
+    hotChunks: (name) => provider.writableVolume(name)?.takeHotChunks(HOT_CHUNKS_REPORTED_MAX) ?? [],
     onAvoid: (csIds) => {
       if (csIds.length === avoidServers.size && csIds.every((csId) => avoidServers.has(csId))) return;
       log.info('chunk servers to read from last (ill disks, says the MDS)', { csIds });

@@ -374,6 +374,9 @@ export const StartTaskBody = Type.Object(
 );
 export type StartTaskBody = Static<typeof StartTaskBody>;
 
+/** Hot chunks an NBD server names per volume in one I/O report at most. */
+export const HOT_CHUNKS_REPORTED_MAX = 16;
+
 /** An NBD server's read cache, as running totals (src/client/read_cache.ts). */
 export const ReadCacheTotals = Type.Object({
   hits: Uint(),
@@ -497,6 +500,9 @@ export const ChunkMapEntry = Type.Object({
   version: Uint(),
   replicas: Type.Array(ReplicaLocation),
   ticket: Type.String({ pattern: '^[0-9a-f]{32}$', description: 'vouches for this version and members to the primary: writes carry it' }),
+  inDoubt: Type.Optional(Type.Boolean({
+    description: 'a write that died half-done may have left its members different until the MDS settles them (under a new version): not to be cached',
+  })),
 });
 export type ChunkMapEntry = Static<typeof ChunkMapEntry>;
 
@@ -505,6 +511,10 @@ export const OpenVolumeBody = Type.Object(
     mode: Type.Union([Type.Literal('read'), Type.Literal('write')]),
     holder: Type.String({ minLength: 1, maxLength: 255, description: 'who opens: host and process, shown to admins' }),
     force: Type.Optional(Type.Boolean({ description: 'take the write lease from its holder, fencing it' })),
+    host: Type.Optional(Type.String({
+      minLength: 1, maxLength: 255,
+      description: 'a write open: the host the writer runs on (its chunk servers\' --failure-domain-host): the volume\'s hot chunks follow it there',
+    })),
     cachedReads: Type.Optional(Type.Boolean({
       description: 'a write open that answers reads from a local cache while its lease is confirmed: whoever takes the lease from it waits that out before writing',
     })),
@@ -718,7 +728,12 @@ export type ExportList = Static<typeof ExportList>;
 export const IoReportBody = Type.Object(
   {
     volumes: Type.Array(
-      Type.Object({ name: VolumeName, ...IoTotals.properties }, { additionalProperties: false }),
+      Type.Object({
+        name: VolumeName, ...IoTotals.properties,
+        hotChunks: Type.Optional(Type.Array(Uint(), {
+          maxItems: HOT_CHUNKS_REPORTED_MAX, description: 'the chunk indexes read and written most since the last report, hottest first',
+        })),
+      }, { additionalProperties: false }),
       { maxItems: IO_REPORT_VOLUMES_MAX },
     ),
     readCache: Type.Optional(ReadCacheTotals),
