@@ -45,6 +45,13 @@ t.test('nothing to follow: the pace says wait, already local, members missing, a
     'a server of another tier does not take a pinned chunk');
   t.same(plan([server(1), server(2), server(3), server(4, { ill: true })], [], [chunk([1, 2, 3])], 'h4').actions, [], 'nor an ill one');
   t.same(plan([...four, server(5, { host: 'h5' })], [], [chunk([1, 2, 3])], 'nowhere').actions, [], 'a host without servers');
+  t.same(plan([server(1), server(2, { maintenance: true, maintenanceWindow: true }), server(3), server(4)], [], [chunk([1, 2, 3])], 'h2').actions, [],
+    'not onto a server going down for maintenance, nor while a member is');
+  const avoided = planRecovery({
+    servers: four, chunks: [], busy: () => false, config, random: () => 0.5, rebalance: { thresholdFraction: 0.5, move: false },
+    follow: [{ chunk: chunk([1, 2, 3]), host: 'h4' }], followAllowed: true, avoidTargets: () => [4],
+  });
+  t.same(avoided.actions, [], 'not onto a server a copy to which failed lately');
   // A chunk below its count elsewhere: repairs go first, and nothing follows meanwhile.
   const repairs = plan([server(1), server(2), server(3), server(4), server(5, { online: false, offlineForMs: 120_000 })],
     [chunk([1, 2, 5], 7)], [chunk([1, 2, 3])], 'h4');

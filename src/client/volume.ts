@@ -308,6 +308,11 @@ export class Volume implements BlockDevice {
    * report carries them to the MDS, whose planner moves them to this host: recovery.ts).
    */
   takeHotChunks(max: number): number[] {
+    // A writer whose lease was taken is not the one the chunks should follow.
+    if (this.lease.lost !== null) {
+      this.chunkAccesses.clear();
+      return [];
+    }
     const hottest = [...this.chunkAccesses].sort((a, b) => b[1] - a[1]).slice(0, max).map(([chunkIndex]) => chunkIndex);
     this.chunkAccesses.clear();
     return hottest;

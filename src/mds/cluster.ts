@@ -74,6 +74,8 @@ const FENCE_RETRY_MS = 250;
  * replicas is away.
  */
 const RECOVERY_WINDOW_CHUNKS_MAX = 4_096;
+/** Hot chunks the planner considers for following their writer per tick at most. */
+const FOLLOW_CHUNKS_MAX = 256;
 /** Chunks of the fullest server looked at per tick for a rebalancing move at most. */
 const REBALANCE_LOOK_CHUNKS_MAX = 4_096;
 /** Records the stat's health count reads per event-loop turn. */
@@ -793,6 +795,11 @@ export class Cluster {
     if (report.failedCsIds.length === 0 && clean.length === 0) {
       throw new StorageError('ERR_INVALID_ARGUMENT', 'a partial-write report names no failed member and no member that refused the change as fenced');
     }
+    const before = this.store.tables.getChunk(report.volumeId, report.chunkIndex);
+    if (before === undefined || before.chunkId !== report.chunkId || before.version !== report.version) return;
+    // A change of the set in progress (a seal the members refused the write for) finishes first:
+    // if it moved the version on, the report is about a stale write, not about failing servers.
+    await this.replicator.idle(before.chunkId);
     const chunk = this.store.tables.getChunk(report.volumeId, report.chunkIndex);
     if (chunk === undefined || chunk.chunkId !== report.chunkId || chunk.version !== report.version) return;
     this.log.warn(clean.length > 0 ? 'a primary reports a fenced change applied on some members' : 'a primary reports a change incomplete on members',
@@ -879,17 +886,26 @@ export class Cluster {
     };
   }
 
-  /** Hot chunks of volumes whose writer named its host, with that host (recovery.ts planFollow). */
+  /**
+   * Hot chunks of volumes whose writer named a host that has active chunk servers, and whose
+   * primary is elsewhere, with that host (recovery.ts planFollow); at most FOLLOW_CHUNKS_MAX.
+   */
   private followers(volumes: ReadonlyMap<number, VolumeRecord>, nowMs: number): Array<{ chunk: PlannerChunk; host: string }> {
     if (this.config.localityBytesPerSecond === 0) return [];
+    const hostOf = new Map<number, string>();
+    for (const server of this.store.tables.listChunkServers()) if (server.adminState === 'active') hostOf.set(server.id, server.failureDomainHost);
+    const hosts = new Set(hostOf.values());
     const follow: Array<{ chunk: PlannerChunk; host: string }> = [];
     for (const { volumeId, chunkIndexes } of this.hotChunks.current(nowMs)) {
       const volume = volumes.get(volumeId);
       const host = volume?.lease?.host;
-      if (volume === undefined || host === undefined) continue;
+      if (volume === undefined || host === undefined || !hosts.has(host)) continue;
       for (const chunkIndex of chunkIndexes) {
         const record = this.store.tables.getChunk(volumeId, chunkIndex);
-        if (record !== undefined) follow.push({ chunk: plannerChunk(this.store.tables, record, volume), host });
+        const primary = record?.replicas[0];
+        if (record === undefined || primary === undefined || hostOf.get(primary) === host) continue;
+        follow.push({ chunk: plannerChunk(this.store.tables, record, volume), host });
+        if (follow.length >= FOLLOW_CHUNKS_MAX) return follow;
       }
     }
     return follow;

@@ -133,7 +133,7 @@ export class MdsMetrics {
       'Bytes copied between members of a chunk whose checksums differed (writes that died half-done)',
       () => service()?.cluster.replicator.settledBytesTotal ?? null);
     counterFromTotal(registers, 'shoal_mds_locality_follows_total',
-      'Hot chunks whose primary moved to their writer\'s host (made primary there, or copied there first), since the MDS started',
+      'Hot chunks whose primary moved to their writer\'s host (a copy there made primary, after copying the chunk there if none was), since the MDS started',
       () => service()?.cluster.recovery.followed ?? null);
     counterFromTotal(registers, 'shoal_mds_recovery_copied_bytes_total',
       'Bytes copied between chunk servers by re-replication, rebalancing and drains',

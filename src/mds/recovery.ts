@@ -317,11 +317,15 @@ function planFollow(input: PlannerInput, servers: Map<number, PlannerServer>): R
     if (members.length !== chunk.replicasNormal || members.some((s) => s === undefined || !isLive(s) || s.adminState !== 'active')) continue;
     const primary = members[0];
     if (primary === undefined || primary.host === host) continue;
+    // Not while a member is about to go down for maintenance.
+    if (members.some((s) => s?.maintenanceWindow === true)) continue;
     const reason = `following its writer to host ${host}`;
-    const onHost = members.find((s) => s !== undefined && s.host === host && s.healthy && s.ill !== true);
+    const onHost = members.find((s) => s !== undefined && s.host === host && s.healthy && s.ill !== true && s.maintenance !== true);
     if (onHost !== undefined) return { kind: 'promote', chunk, csId: onHost.id, reason, urgency: 1_800_000 };
+    const avoid = input.avoidTargets?.(chunk.chunkId) ?? [];
     const eligible = [...servers.values()].filter((s) => s.host === host && s.online && s.healthy && s.ill !== true && s.adminState === 'active' &&
-      s.maintenanceWindow !== true && !chunk.replicas.includes(s.id) && (chunk.tier === null || s.tier === chunk.tier));
+      s.maintenance !== true && !avoid.includes(s.id) && !chunk.replicas.includes(s.id) && (chunk.tier === null || s.tier === chunk.tier) &&
+      roomByMap(s, chunk, input, new Map()));
     if (eligible.length === 0) continue;
     const target = pickTarget(chunk, eligible, servers, input, new Map(), primary.id);
     if (target === null) continue;
@@ -380,18 +384,23 @@ function chooseTarget(chunk: PlannerChunk, servers: Map<number, PlannerServer>, 
 function chooseTierTarget(chunk: PlannerChunk, leaving: number, servers: Map<number, PlannerServer>, input: PlannerInput,
   placed: Map<number, number>): number | null {
   const avoid = input.avoidTargets?.(chunk.chunkId) ?? [];
-  // Room is judged by the map too: the servers' reports of free space lag by seconds, and tier
-  // moves come many at a time once a tier has room again; they must not fill it into its reserve.
-  const roomByMap = (s: PlannerServer): boolean => input.mappedBytes === undefined ||
-    s.capacityBytes - (input.mappedBytes.get(s.id) ?? 0) - (placed.get(s.id) ?? 0) * chunk.chunkSizeBytes >=
-      chunk.chunkSizeBytes + s.capacityBytes * RESERVE_FRACTION;
   const eligible = [...servers.values()].filter(
     (s) => s.tier === chunk.tier && s.online && s.healthy && s.adminState === 'active' && !chunk.replicas.includes(s.id) && !avoid.includes(s.id) &&
-      (s.maintenanceWindow !== true || chunk.detached.includes(s.id)) && roomByMap(s),
+      (s.maintenanceWindow !== true || chunk.detached.includes(s.id)) && roomByMap(s, chunk, input, placed),
   );
   const holders = eligible.filter((s) => chunk.detached.includes(s.id));
   return (holders.length > 0 ? pickTarget(chunk, holders, servers, input, placed, leaving) : null) ??
     pickTarget(chunk, eligible, servers, input, placed, leaving);
+}
+
+/**
+ * Room judged by the map too: the servers' reports of free space lag by seconds, and tier moves
+ * come many at a time once a tier has room again; they must not fill a server into its reserve.
+ */
+function roomByMap(s: PlannerServer, chunk: PlannerChunk, input: PlannerInput, placed: ReadonlyMap<number, number>): boolean {
+  return input.mappedBytes === undefined ||
+    s.capacityBytes - (input.mappedBytes.get(s.id) ?? 0) - (placed.get(s.id) ?? 0) * chunk.chunkSizeBytes >=
+      chunk.chunkSizeBytes + s.capacityBytes * RESERVE_FRACTION;
 }
 
 function pickTarget(chunk: PlannerChunk, eligible: readonly PlannerServer[], servers: Map<number, PlannerServer>,

@@ -81,7 +81,7 @@ export class RecoveryScheduler {
   /** A hot chunk following its writer is under way (one at a time); the next not before `followNextAtMs`. */
   private followInFlight = 0;
   private followNextAtMs = 0;
-  /** Hot chunks moved to (or made primary on) their writer's host since start. */
+  /** Hot chunks made primary on their writer's host since start (after a copy there, where there was none). */
   followed = 0;
   private readonly options: RecoverySchedulerOptions;
   private readonly inFlight = new Set<number>();
@@ -164,7 +164,7 @@ export class RecoveryScheduler {
           const rate = this.options.localityBytesPerSecond ?? 0;
           const gapMs = action.kind === 'promote' || rate === 0 ? PROMOTE_GAP_MS : (chunk.chunkSizeBytes / rate) * 1000;
           this.followNextAtMs = this.options.nowMs() + gapMs;
-          if (succeeded) this.followed += 1;
+          if (succeeded && action.kind === 'promote') this.followed += 1;
         }
         this.running.delete(work);
         // A finished action makes room: plan again now rather than at the next tick. After a
