@@ -57,6 +57,13 @@ export type { InDoubtRange };
 export class Replicator {
   private readonly options: ReplicatorOptions;
   private readonly locks = new Map<number, Promise<void>>();
+  /**
+   * The add in progress per chunk: adds of one chunk run one after the other. Each add asks its
+   * source to track changes from the start of its bulk copy; a second add's request would reset
+   * the source's change map under the first, whose final step would then miss writes made in
+   * between and commit a member without them.
+   */
+  private readonly adding = new Map<number, Promise<unknown>>();
   /** `chunkId:csId` of replicas being filled by `add`: never deleted from under it. */
   private readonly filling = new Set<string>();
   /** Bytes sent by copies since start, for metrics and the closing figures. */
@@ -295,6 +302,20 @@ export class Replicator {
    * `onProgress` sees bytes copied so far.
    */
   async add(volumeId: number, chunkIndex: number, target: number, onProgress?: (bytes: number) => void): Promise<ChunkRecord> {
+    const chunkId = this.chunk(volumeId, chunkIndex).chunkId;
+    for (let held = this.adding.get(chunkId); held !== undefined; held = this.adding.get(chunkId)) {
+      await held.catch(() => undefined); // that add's failure is its caller's to handle
+    }
+    const adding = this.addNow(volumeId, chunkIndex, target, onProgress);
+    this.adding.set(chunkId, adding);
+    try {
+      return await adding;
+    } finally {
+      if (this.adding.get(chunkId) === adding) this.adding.delete(chunkId);
+    }
+  }
+
+  private async addNow(volumeId: number, chunkIndex: number, target: number, onProgress: ((bytes: number) => void) | undefined): Promise<ChunkRecord> {
     const initial = this.chunk(volumeId, chunkIndex);
     if (initial.replicas.includes(target)) return initial;
     const key = `${initial.chunkId}:${target}`;

@@ -54,7 +54,8 @@ export class SimWorld {
   crashDuringIoChance = 0;
   private nextChunkId = 1;
 
-  constructor(random: () => number, serverCount: number) {
+  /** `pace`: what the replicator awaits before each copy (default: nothing; a test may yield there to let writes in). */
+  constructor(random: () => number, serverCount: number, options: { pace?: (bytes: number) => Promise<void> } = {}) {
     this.random = random;
     for (let id = 1; id <= serverCount; id += 1) {
       this.tables.submit({
@@ -73,7 +74,7 @@ export class SimWorld {
     const store = { tables: this.tables, submit: async (op: MdsOp): Promise<MdsOpResult> => this.tables.submit(op) };
     this.replicator = new Replicator({
       store, io: new SimReplicaIo(this), log: silent, isUsable: (csId) => this.mdsView.get(csId) === true,
-      pace: async () => undefined, copyStepBytes: CHUNK_BYTES / 2,
+      pace: options.pace ?? (async () => undefined), copyStepBytes: CHUNK_BYTES / 2,
     });
   }
 
