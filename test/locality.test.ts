@@ -58,7 +58,7 @@ t.test('new chunks start on the writer\'s host and reads stay there', async (t) 
 });
 
 t.test('after its writer moves to another host, a volume\'s hot chunks follow it there', async (t) => {
-  t.setTimeout(150_000);
+  t.setTimeout(180_000);
   const hosts = ['h1', 'h2', 'h3', 'h4'];
   const cluster = await startCluster(t, {
     chunkServers: 4,
@@ -78,11 +78,23 @@ t.test('after its writer moves to another host, a volume\'s hot chunks follow it
   // The VM moves to h4: its NBD server there reads the volume (its hot chunks are all of it).
   await cluster.nbd?.stop('SIGTERM');
   await cluster.startNbd(['--host', 'h4']);
-  const reading = run('fio', [
-    '--name=vm', '--ioengine=nbd', `--uri=${image}`, '--rw=randrw', '--bs=4k', '--iodepth=4', `--size=${WRITTEN_BYTES}`,
-    '--time_based', '--runtime=30', '--verify=0', '--output-format=json',
-  ], { timeoutMs: 120_000 });
-  await eventually('every hot chunk\'s primary to be on h4', 60_000, async () => ((await primaries()).every((csId) => csId === idOn('h4')) ? true : null));
+  // The guest's I/O goes on, in short fio runs, until its chunks have followed (slow on a loaded machine).
+  let followedAll = false;
+  const reading = (async () => {
+    let code: number | null = 0;
+    while (!followedAll && code === 0) {
+      code = (await run('fio', [
+        '--name=vm', '--ioengine=nbd', `--uri=${image}`, '--rw=randrw', '--bs=4k', '--iodepth=4', `--size=${WRITTEN_BYTES}`,
+        '--time_based', '--runtime=10', '--verify=0', '--output-format=json',
+      ], { timeoutMs: 60_000 })).code;
+    }
+    return { code };
+  })();
+  try {
+    await eventually('every hot chunk\'s primary to be on h4', 90_000, async () => ((await primaries()).every((csId) => csId === idOn('h4')) ? true : null));
+  } finally {
+    followedAll = true;
+  }
   t.pass(`every chunk's primary followed the writer to h4 (${withoutH4} of ${WRITTEN_BYTES / CHUNK_BYTES} had no copy there and were copied first)`);
   const followed = await metricValue(Number(cluster.mds.ready['port']), 'shoal_mds_locality_follows_total');
   t.ok(followed >= WRITTEN_BYTES / CHUNK_BYTES, `shoal_mds_locality_follows_total: ${followed}`);

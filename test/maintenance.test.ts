@@ -14,7 +14,8 @@ import { runOk } from './helpers/run.ts';
 const MiB = 1024 * 1024;
 const CHUNK_BYTES = 4 * MiB;
 const CHUNKS = 8;
-const REPLACE_AFTER_MS = 4_000;
+// Long enough that the grace after an overrun outlasts the CLI calls that look at it on a loaded machine.
+const REPLACE_AFTER_MS = 8_000;
 
 async function members(cluster: LocalCluster): Promise<number[][]> {
   const { chunks } = await cluster.internal.chunkMap('data', 0, 64);
@@ -82,10 +83,16 @@ t.test('a chunk server in maintenance is waited for, then catches up on what cha
   t.equal(short.code, 0, short.stderr);
   await cluster.chunkServers[victimIndex]?.stop('SIGTERM');
   const overrunCopied = await copied();
-  await eventually('the window to run out', 10_000, async () =>
-    ((await shoal('cs', 'list')).stdout.includes('offline/maintenance-overrun') ? true : null));
-  t.equal(await metricValue(mdsMetrics, 'shoal_mds_chunk_servers_maintenance', '{phase="overrun"}'), 1, 'the overrun is in the metrics');
-  const info = await shoal('cs', 'info', String(victim.id));
+  await eventually('the window to run out', 15_000, async () => {
+    const server = (await cluster.admin.listChunkServers()).chunkServers.find((s) => s.id === victim.id);
+    return server?.maintenance?.phase === 'grace' && server.state !== 'online' ? true : null;
+  });
+  // Each CLI call is a node start (a second or more when the machine is busy): in parallel, inside the grace.
+  const [list, info, overrunMetric] = await Promise.all([
+    shoal('cs', 'list'), shoal('cs', 'info', String(victim.id)), metricValue(mdsMetrics, 'shoal_mds_chunk_servers_maintenance', '{phase="overrun"}'),
+  ]);
+  t.match(list.stdout, /offline\/maintenance-overrun/, 'cs list shows the overrun');
+  t.equal(overrunMetric, 1, 'the overrun is in the metrics');
   t.match(info.stdout, /maintenance:\s+ran out at [\s\S]*its replicas are\s+replaced from/, 'cs info says when its replicas will be replaced');
   t.equal(await copied(), overrunCopied, 'nothing copied yet, in the grace');
   await eventually('its replicas to be replaced after the grace', 60_000, async () => ((await copied()) > overrunCopied ? true : null));
