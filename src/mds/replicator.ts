@@ -350,6 +350,14 @@ export class Replicator {
       await io.deleteChunk(target, initial.chunkId);
       heldVersion = null;
     }
+    if (heldVersion !== null && heldVersion < initial.version) {
+      // Fence the older copy first: a write sent to it before it left (a forward that timed out at
+      // the primary but still waits in its queue) is taken only at the version it names, and would
+      // otherwise land after its block was compared here, bringing back bytes the members have
+      // overwritten since. The seal takes the whole chunk's block lock, so nothing lands after it.
+      await io.setVersion(target, initial.chunkId, initial.version, heldVersion);
+      heldVersion = initial.version;
+    }
     if (heldVersion === null) {
       await io.createChunk(target, { chunkId: initial.chunkId, volumeId, chunkIndex, sizeBytes: volume.chunkSizeBytes, volume: describeVolume(volume) }, 0);
     }
