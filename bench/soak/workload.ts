@@ -20,6 +20,7 @@ export interface SoakClient {
   read(offsetBytes: number, lengthBytes: number): Promise<Buffer>;
   /** The NBD error number of the reply (0: acknowledged); rejects when the connection is gone. */
   write(offsetBytes: number, data: Buffer): Promise<number>;
+  close(): void;
 }
 
 export const BLOCK_BYTES = 64 * 1024;
@@ -76,7 +77,7 @@ export interface WorkloadOptions {
   readonly workers: number;
   /** Share of requests that are writes (0..1). */
   readonly writeShare: number;
-  /** The workers stop once this many reads were checked. */
+  /** The workers stop once this many reads were checked (see Workload.readsWanted). */
   readonly readsWanted: number;
   /** Problems kept in detail (all are counted). */
   readonly problemsKept?: number;
@@ -93,6 +94,8 @@ export class Workload {
   readonly problems: Problem[] = [];
   /** Named by the harness while it injects a fault. */
   phase = 'steady';
+  /** The workers stop once this many reads were checked; the harness may move it (to finish its faults first). */
+  readsWanted: number;
   private readonly options: WorkloadOptions;
   private readonly blocks: number;
   private target_: Target | null = null;
@@ -106,6 +109,7 @@ export class Workload {
 
   constructor(options: WorkloadOptions) {
     this.options = options;
+    this.readsWanted = options.readsWanted;
     this.blocks = Math.floor((options.model.sectors * SECTOR_BYTES) / BLOCK_BYTES);
   }
 
@@ -114,7 +118,7 @@ export class Workload {
   }
 
   get done(): boolean {
-    return this.stopping || this.total.reads >= this.options.readsWanted;
+    return this.stopping || this.total.reads >= this.readsWanted;
   }
 
   /** Moves the workload (null: nowhere; the workers wait). Requests already sent finish where they are. */
