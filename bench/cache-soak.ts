@@ -338,7 +338,11 @@ async function main(): Promise<number> {
       return `${before} -> ${after}; ${from.name} probed ${(probeMs / 1000).toFixed(1)} s: ${probe.reads} reads checked (${probe.failedReads} failed), ` +
         `writes refused ${probe.fencedWritesRefused}, acknowledged ${probe.fencedWritesAcknowledged}`;
     };
-    /** Every request done, the guest closes its connections to `from` (its lease released) and opens `to`. */
+    const cacheUsed = async (server: NbdServer): Promise<string> => formatBytes((await readCacheCounters(server.metricsPort)).used);
+    /**
+     * Every request done, the guest closes its connections to `from` (its lease released) and
+     * opens `to`. What `to`'s cache holds before and after says whether it kept its blocks.
+     */
     const handover = async (from: NbdServer, to: NbdServer): Promise<string> => {
       const before = await epochNote();
       workload.setTarget(null);
@@ -349,9 +353,10 @@ async function main(): Promise<number> {
         if (performance.now() > deadline) throw new Error(`${from.name} did not release the lease within 20 s of its guest leaving`);
         await sleep(100);
       }
+      const usedBefore = await cacheUsed(to);
       current = await open(to);
       workload.setTarget(current);
-      return `${before} -> released -> ${await epochNote()}`;
+      return `${before} -> released -> ${await epochNote()}; ${to.name}'s cache held ${usedBefore} before the open, ${await cacheUsed(to)} after`;
     };
     const restart = async (server: NbdServer): Promise<string> => {
       const tracker = tracked(server);
@@ -366,16 +371,16 @@ async function main(): Promise<number> {
       return `killed under load; ${damaged}; up and reopened in ${((performance.now() - startedAt) / 1000).toFixed(1)} s (${await epochNote()})`;
     };
 
-    const events: Array<{ at: number; name: string; run: () => Promise<string> }> = [
-      { at: 0.1, name: `damage ${a.name}'s cache (running)`, run: () => damage(a, true) },
-      { at: 0.25, name: `forced takeover ${a.name} -> ${b.name}`, run: () => takeover(a, b) },
-      { at: 0.4, name: `damage ${b.name}'s cache (running)`, run: () => damage(b, true) },
-      { at: 0.5, name: `kill -9 ${b.name}, damage its cache, restart`, run: () => restart(b) },
-      { at: 0.62, name: `forced takeover ${b.name} -> ${a.name}`, run: () => takeover(b, a) },
-      { at: 0.72, name: `damage ${a.name}'s cache (running)`, run: () => damage(a, true) },
-      { at: 0.8, name: `clean reconnect to ${a.name} (cache kept)`, run: () => handover(a, a) },
-      { at: 0.86, name: `clean handover ${a.name} -> ${b.name}`, run: () => handover(a, b) },
-      { at: 0.92, name: `clean handover ${b.name} -> ${a.name}`, run: () => handover(b, a) },
+    const events: Array<{ name: string; run: () => Promise<string> }> = [
+      { name: `damage ${a.name}'s cache (running)`, run: () => damage(a, true) },
+      { name: `forced takeover ${a.name} -> ${b.name}`, run: () => takeover(a, b) },
+      { name: `damage ${b.name}'s cache (running)`, run: () => damage(b, true) },
+      { name: `kill -9 ${b.name}, damage its cache, restart`, run: () => restart(b) },
+      { name: `forced takeover ${b.name} -> ${a.name}`, run: () => takeover(b, a) },
+      { name: `damage ${a.name}'s cache (running)`, run: () => damage(a, true) },
+      { name: `clean reconnect to ${a.name} (cache kept)`, run: () => handover(a, a) },
+      { name: `clean handover ${a.name} -> ${b.name}`, run: () => handover(a, b) },
+      { name: `clean handover ${b.name} -> ${a.name}`, run: () => handover(b, a) },
     ];
 
     log(`workload: ${settings.reads} reads, ${settings.workers} in flight over ${settings.connections} connections, ` +
@@ -406,10 +411,14 @@ async function main(): Promise<number> {
     const running = workload.run();
     const records: EventRecord[] = [];
     const skipped: string[] = [];
-    // The run ends at --reads, but not before the last fault: the guest keeps reading meanwhile.
+    // The faults are spread over the run: each comes `spacing` reads after the previous one ended
+    // (the guest reads on during a fault, a takeover's lasting seconds). The run ends at --reads,
+    // but not before `spacing` reads after the last fault.
+    const spacing = Math.floor(settings.reads / (events.length + 1));
     workload.readsWanted = Number.POSITIVE_INFINITY;
+    let lastEnded = 0;
     for (const event of events) {
-      while (!workload.done && workload.total.reads < event.at * settings.reads) await sleep(50);
+      while (!workload.done && workload.total.reads < lastEnded + spacing) await sleep(50);
       if (workload.done) {
         skipped.push(event.name);
         continue;
@@ -426,8 +435,9 @@ async function main(): Promise<number> {
       log(`  ${note}`);
       workload.phase = 'steady';
       eventRunning = false;
+      lastEnded = workload.total.reads;
     }
-    workload.readsWanted = settings.reads;
+    workload.readsWanted = Math.max(settings.reads, lastEnded + spacing);
     await running;
     const elapsed = seconds();
     clearTimeout(limit);
