@@ -411,14 +411,15 @@ async function main(): Promise<number> {
     const running = workload.run();
     const records: EventRecord[] = [];
     const skipped: string[] = [];
-    // The faults are spread over the run: each comes `spacing` reads after the previous one ended
-    // (the guest reads on during a fault, a takeover's lasting seconds). The run ends at --reads,
-    // but not before `spacing` reads after the last fault.
+    // The faults are spread over the run, fault i at i/(faults + 1) of --reads, but each at least
+    // half a share after the previous one ended (the guest reads on during a fault, and a takeover
+    // lasts seconds). The run ends at --reads, and not before half a share after the last fault.
     const spacing = Math.floor(settings.reads / (events.length + 1));
     workload.readsWanted = Number.POSITIVE_INFINITY;
     let lastEnded = 0;
-    for (const event of events) {
-      while (!workload.done && workload.total.reads < lastEnded + spacing) await sleep(50);
+    for (const [index, event] of events.entries()) {
+      const startAt = Math.max((index + 1) * spacing, lastEnded + Math.floor(spacing / 2));
+      while (!workload.done && workload.total.reads < startAt) await sleep(50);
       if (workload.done) {
         skipped.push(event.name);
         continue;
@@ -437,7 +438,7 @@ async function main(): Promise<number> {
       eventRunning = false;
       lastEnded = workload.total.reads;
     }
-    workload.readsWanted = Math.max(settings.reads, lastEnded + spacing);
+    workload.readsWanted = Math.max(settings.reads, lastEnded + Math.floor(spacing / 2));
     await running;
     const elapsed = seconds();
     clearTimeout(limit);
