@@ -8,7 +8,8 @@
 // The guest (bench/soak/workload.ts, over the repo's pipelined NBD client) keeps `--workers`
 // requests in flight: reads of zipf-drawn 64 KiB blocks of a volume several times the cache, a few
 // writes; every sector read is checked against the model of what it must hold (bench/soak/model.ts).
-// At set shares of the reads the harness:
+// Spread over the run (fault i of 9 at i/10 of the reads, each at least half a share after the
+// previous one ended), the harness:
 //   - damages hv-a's slot file while it runs (random ranges overwritten with random bytes);
 //   - moves the guest to hv-b, which takes the volume by force while hv-a still holds it and
 //     still has requests in flight; hv-a's connections stay open for a while and are probed:
@@ -22,7 +23,8 @@
 //   - hands the volume to hv-b cleanly (hv-a closes, hv-b opens and writes) and back to hv-a
 //     (whose cache must not answer from before hv-b's writes).
 // Prints progress every few seconds and a report; exits 1 on any stale or wrong read (or a write a
-// fenced server acknowledged), 2 when the time limit came first, 0 otherwise.
+// fenced server acknowledged), 2 when the time limit came first, 3 when the harness itself failed,
+// 0 otherwise.
 //
 // Usage: node --enable-source-maps build/bench/cache-soak.js [--reads N | --quick] [--max-seconds S] [...] (--help)
 

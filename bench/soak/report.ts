@@ -66,6 +66,9 @@ export function hitRatio(cache: CacheFigures): number | null {
   return lookups === 0 ? null : cache.hits / lookups;
 }
 
+/** Bad sectors listed in the report (the JSON has every one the workload kept). */
+const PROBLEMS_SHOWN = 20;
+
 const count = (value: number): string => value.toLocaleString('en-US');
 const percent = (value: number | null): string => (value === null ? '-' : `${(value * 100).toFixed(1)} %`);
 
@@ -124,8 +127,9 @@ export function formatReport(report: SoakReport): string {
   lines.push(`failed I/O by phase: ${failures.length === 0 ? 'none' : failures.map(([phase, n]) => `${phase}: ${count(n)}`).join('; ')}` +
     `; connections lost outside a fault: ${report.unexpectedDisconnects}`);
   if (report.problems.length > 0) {
-    lines.push('', `first ${report.problems.length} bad sectors:`, '| at s | phase | server | read | sector | kind | found | committed at send | newest issued |', '|---:|---|---|---|---:|---|---:|---:|---:|');
-    for (const problem of report.problems) {
+    const shown = report.problems.slice(0, PROBLEMS_SHOWN);
+    lines.push('', `first ${shown.length} bad sectors (of ${report.total.stale + report.total.wrong}; --json has ${report.problems.length}):`, '| at s | phase | server | read | sector | kind | found | committed at send | newest issued |', '|---:|---|---|---|---:|---|---:|---:|---:|');
+    for (const problem of shown) {
       lines.push(`| ${(problem.atMs / 1000).toFixed(1)} | ${problem.phase} | ${problem.server} | ${problem.readOffsetBytes}+${problem.readLengthBytes} | ${problem.sector} | ` +
         `${problem.kind} | ${problem.found ?? '-'} | ${problem.floor} | ${problem.newest} |`);
     }
