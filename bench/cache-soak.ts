@@ -64,6 +64,9 @@ const USAGE = `usage: node build/bench/cache-soak.js [options]
 
 const VOLUME = 'soak';
 
+/** A flag the harness cannot use: said in one line, with the usage. */
+class UsageError extends Error {}
+
 interface Settings {
   readonly reads: number;
   readonly maxSeconds: number;
@@ -109,7 +112,7 @@ function settingsFrom(argv: string[]): Settings | null {
   const quick = values.quick === true;
   const number = (text: string, flag: string, min: number): number => {
     const value = Number(text);
-    if (!Number.isFinite(value) || value < min) throw new Error(`${flag} must be a number of at least ${min}, not "${text}"`);
+    if (!Number.isFinite(value) || value < min) throw new UsageError(`${flag} must be a number of at least ${min}, not "${text}"`);
     return value;
   };
   const settings: Settings = {
@@ -129,9 +132,9 @@ function settingsFrom(argv: string[]): Settings | null {
     json: values.json,
     keep: values.keep === true,
   };
-  if (settings.volumeBytes % BLOCK_BYTES !== 0 || settings.volumeBytes < 4 * BLOCK_BYTES) throw new Error('--volume-size must be a multiple of 64 KiB, at least 256 KiB');
-  if (settings.volumeBytes <= settings.cacheBytes) throw new Error('--volume-size must be larger than --cache-size: the cache must evict');
-  if (settings.writeShare >= 1) throw new Error('--write-percent must be below 100');
+  if (settings.volumeBytes % BLOCK_BYTES !== 0 || settings.volumeBytes < 4 * BLOCK_BYTES) throw new UsageError('--volume-size must be a multiple of 64 KiB, at least 256 KiB');
+  if (settings.volumeBytes <= settings.cacheBytes) throw new UsageError('--volume-size must be larger than --cache-size: the cache must evict');
+  if (settings.writeShare >= 1) throw new UsageError('--write-percent must be below 100');
   return settings;
 }
 
@@ -487,6 +490,11 @@ async function main(): Promise<number> {
 }
 
 main().then((code) => process.exit(code), (error: unknown) => {
-  process.stderr.write(`cache-soak: ${String(error instanceof Error ? error.stack : error)}\n`);
+  const code = error instanceof Error && 'code' in error ? String(error.code) : '';
+  if (error instanceof UsageError || code.startsWith('ERR_PARSE_ARGS') || code === 'ERR_INVALID_ARGUMENT') {
+    process.stderr.write(`cache-soak: ${(error as Error).message}\n${USAGE}\n`);
+  } else {
+    process.stderr.write(`cache-soak: ${String(error instanceof Error ? error.stack : error)}\n`);
+  }
   process.exit(3);
 });
