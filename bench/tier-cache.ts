@@ -21,7 +21,7 @@ import { parseArgs } from 'node:util';
 import { LocalCluster } from '../src/local/cluster.ts';
 import { parseSizeBytes } from '../src/util/size.ts';
 import { SlowDisk } from '../test/helpers/slow_disk.ts';
-import { metricValue } from '../test/helpers/metrics.ts';
+import { readCacheArgs, readCacheCounters } from '../test/helpers/read_cache.ts';
 import { run, runOk } from '../test/helpers/run.ts';
 
 const MiB = 2 ** 20;
@@ -44,10 +44,7 @@ function dropPageCache(): void {
 
 async function fioZipf(cluster: LocalCluster, volume: string, hotBytes: number, runtimeSeconds: number, label: string): Promise<RunResult> {
   const port = Number(cluster.nbd?.ready['metricsPort']);
-  const counters = async () => ({
-    hits: await metricValue(port, 'shoal_client_read_cache_hits_total'),
-    misses: await metricValue(port, 'shoal_client_read_cache_misses_total'),
-  });
+  const counters = () => readCacheCounters(port);
   dropPageCache();
   const before = await counters();
   const result = await run('fio', [
@@ -105,7 +102,7 @@ async function main(): Promise<void> {
       await started.startNbd();
       const baseline = await fioZipf(started, 'ssd', hotBytes, runtimeSeconds, 'SSD tier, no cache');
       await started.nbd?.stop('SIGTERM');
-      await started.startNbd(['--cache-dir', join(root, 'nbd-cache'), '--cache-size', String(cacheBytes)]);
+      await started.startNbd(readCacheArgs(join(root, 'nbd-cache'), cacheBytes));
       const cold = await fioZipf(started, 'hdd', hotBytes, runtimeSeconds, `HDD tier, cache ${values['cache-size']} cold`);
       const warm = await fioZipf(started, 'hdd', hotBytes, runtimeSeconds, `HDD tier, cache ${values['cache-size']} warm`);
       for (const result of [baseline, cold, warm]) results.push({ ...result, hotBytes, ratio: result.iops / baseline.iops });

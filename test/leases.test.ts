@@ -3,25 +3,19 @@
 // writes are rejected and never land. A writer that dies loses its lease after the timeout.
 
 import t, { type Test } from 'tap';
-import { join } from 'node:path';
-import { DaemonProcess } from '../src/local/daemon_process.ts';
 import { COMMAND } from '../src/nbd/protocol.ts';
 import type { LocalCluster } from '../src/local/cluster.ts';
 import { startCluster } from './helpers/cluster.ts';
 import { RawNbdClient } from './helpers/nbd_raw.ts';
+import { NbdServer } from './helpers/nbd_server.ts';
 import { run, runOk } from './helpers/run.ts';
 
 const MiB = 1024 * 1024;
 
-async function startNbd(t: Test, cluster: LocalCluster, name: string, extra: string[]): Promise<{ daemon: DaemonProcess; uri: string }> {
-  const socket = join(cluster.dir, `${name}.sock`);
-  const daemon = await DaemonProcess.start({
-    name,
-    stderr: 'collect',
-    args: ['run', 'nbd', '--mds', cluster.mdsUrl, '--credential', cluster.hypervisorCredentialPath, '--socket', socket, ...extra],
-  });
-  t.teardown(() => daemon.stop('SIGKILL'));
-  return { daemon, uri: `nbd+unix:///v?socket=${socket}` };
+async function startNbd(t: Test, cluster: LocalCluster, name: string, extra: string[]): Promise<NbdServer> {
+  const server = await NbdServer.start(cluster, name, extra);
+  t.teardown(() => server.stop('SIGKILL'));
+  return server;
 }
 
 t.test('one writer per volume: refusal, forced takeover, fencing, expiry', async (t) => {
@@ -32,12 +26,12 @@ t.test('one writer per volume: refusal, forced takeover, fencing, expiry', async
   const b = await startNbd(t, cluster, 'hv-b', ['--holder', 'hv-b']);
 
   // Host A's guest holds the volume open (the connection keeps the write lease).
-  const guestA = await RawNbdClient.connect(a.uri.slice(a.uri.indexOf('socket=') + 7));
+  const guestA = await RawNbdClient.connect(a.socket);
   t.teardown(() => guestA.close());
   await guestA.handshake('v');
   t.equal((await guestA.request(COMMAND.WRITE, 0, 4096, Buffer.alloc(4096, 0x11))).error, 0, 'host A writes');
 
-  const refused = await run('qemu-io', ['-f', 'raw', '-c', 'read 0 4096', b.uri]);
+  const refused = await run('qemu-io', ['-f', 'raw', '-c', 'read 0 4096', b.uri('v')]);
   t.not(refused.code, 0, 'host B cannot open the volume while A holds it');
   t.match(`${refused.stdout}${refused.stderr}`, /hv-a/, 'and the error names the holder');
   t.match(b.daemon.log, /open for write by hv-a/, 'host B logs who holds it');
@@ -45,28 +39,28 @@ t.test('one writer per volume: refusal, forced takeover, fencing, expiry', async
   t.equal(info.lease?.holder, 'hv-a', 'the MDS shows A as the writer');
 
   const forced = await startNbd(t, cluster, 'hv-c', ['--holder', 'hv-c', '--force-open']);
-  await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x22 0 4096', forced.uri]);
+  await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x22 0 4096', forced.uri('v')]);
   t.pass('host C, forced, takes the volume and writes');
   t.ok((await cluster.admin.getVolume('v')).epoch > info.epoch, 'the lease epoch grew');
   const late = await guestA.request(COMMAND.WRITE, 0, 4096, Buffer.alloc(4096, 0x33));
   t.not(late.error, 0, `host A's later write is rejected (errno ${late.error})`);
-  const { stdout } = await runOk('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x22 0 4096', forced.uri]);
+  const { stdout } = await runOk('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0x22 0 4096', forced.uri('v')]);
   t.notMatch(stdout, /verification failed/, "A's rejected write did not land");
 
-  await forced.daemon.stop('SIGTERM');
+  await forced.stop('SIGTERM');
   guestA.close();
-  await a.daemon.stop('SIGTERM');
+  await a.stop('SIGTERM');
 
   // A writer that dies without closing: its lease expires, then another host may open.
   const d = await startNbd(t, cluster, 'hv-d', ['--holder', 'hv-d']);
-  const guestD = await RawNbdClient.connect(d.uri.slice(d.uri.indexOf('socket=') + 7));
+  const guestD = await RawNbdClient.connect(d.socket);
   await guestD.handshake('v');
-  await d.daemon.stop('SIGKILL');
+  await d.stop('SIGKILL');
   guestD.close();
-  const early = await run('qemu-io', ['-f', 'raw', '-c', 'read 0 4096', b.uri]);
+  const early = await run('qemu-io', ['-f', 'raw', '-c', 'read 0 4096', b.uri('v')]);
   t.not(early.code, 0, 'right after the writer died its lease still holds');
   await new Promise((resolve) => setTimeout(resolve, 3_500));
-  await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x44 4096 4096', b.uri]);
+  await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x44 4096 4096', b.uri('v')]);
   t.pass('after the lease timeout, host B opens and writes');
   let lease = (await cluster.admin.getVolume('v')).lease;
   for (let wait = 0; lease !== null && wait < 50; wait += 1) {

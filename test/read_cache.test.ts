@@ -3,38 +3,19 @@
 // most 5 points; a block changed while it was being read is not taken in; a corrupted cache file
 // is a miss, never wrong bytes; a reopened cache is empty.
 
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
 import { CACHE_BLOCK_BYTES, ReadCache, type BlockAddress } from '../src/client/read_cache.ts';
 import type { Logger } from '../src/util/log.ts';
 import { seededRandom } from '../src/util/clock.ts';
+import { damageCacheFile } from './helpers/read_cache.ts';
+import { zipf } from './helpers/zipf.ts';
 
 const log: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
 const CACHE_BLOCKS = 256;
 const VOLUME_BLOCKS = 2 * CACHE_BLOCKS;
-
-/** A zipf(s) sampler over n items by inverse CDF, item 0 the hottest, items shuffled over the range. */
-function zipf(n: number, s: number, random: () => number): () => number {
-  const weights = Array.from({ length: n }, (_, k) => 1 / Math.pow(k + 1, s));
-  const total = weights.reduce((a, b) => a + b, 0);
-  const cdf: number[] = [];
-  let sum = 0;
-  for (const weight of weights) cdf.push((sum += weight / total));
-  const places = Array.from({ length: n }, (_, i) => i).sort(() => random() - 0.5);
-  return () => {
-    const u = random();
-    let lo = 0;
-    let hi = n - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if ((cdf[mid] ?? 1) < u) lo = mid + 1;
-      else hi = mid;
-    }
-    return places[lo] ?? 0;
-  };
-}
 
 const address = (blockIndex: number, generation = 1): BlockAddress => ({ volumeId: 1, generation, chunkId: 100 + (blockIndex >> 4), version: 1, blockIndex });
 const contentOf = (blockIndex: number): Buffer => Buffer.alloc(CACHE_BLOCK_BYTES, blockIndex % 251);
@@ -123,9 +104,7 @@ t.test('never old or wrong bytes: a change in flight, another epoch, a corrupted
   // The cache file is damaged under it: a miss, counted, never the damaged bytes.
   await keep(11);
   await keep(7);
-  const file = await open(join(dir, 'read-cache.bin'), 'r+');
-  for (let slot = 0; slot < 16; slot += 1) await file.write(Buffer.alloc(4096, 0xee), 0, 4096, slot * CACHE_BLOCK_BYTES + 8192);
-  await file.close();
+  await damageCacheFile(dir, Array.from({ length: 16 }, (_, slot) => ({ offsetBytes: slot * CACHE_BLOCK_BYTES + 8192, data: Buffer.alloc(4096, 0xee) })));
   t.equal(await cache.lookup(address(11), false), null, 'a corrupted block is a miss');
   t.equal(await cache.lookup(address(7), false), null);
   t.equal(cache.stats.corrupt, 2, 'both counted');

@@ -6,29 +6,20 @@
 // writes held until this server's cache stops answering) and writing, and a restart of the server
 // never give old or wrong bytes (every byte read back checked against its pattern).
 
-import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { Volume } from '../src/client/volume.ts';
 import { createLogger } from '../src/util/log.ts';
 import { startCluster, type LocalCluster } from './helpers/cluster.ts';
 import { eventually } from './helpers/eventually.ts';
-import { metricValue } from './helpers/metrics.ts';
+import { damageCacheFile, readCacheArgs, readCacheCounters } from './helpers/read_cache.ts';
 import { run, runOk } from './helpers/run.ts';
 
 const MiB = 1024 * 1024;
 const CACHE_BYTES = 16 * MiB;
 const HOT_BYTES = 2 * CACHE_BYTES;
 
-async function cacheCounters(cluster: LocalCluster): Promise<{ hits: number; misses: number; corrupt: number; used: number }> {
-  const port = Number(cluster.nbd?.ready['metricsPort']);
-  return {
-    hits: await metricValue(port, 'shoal_client_read_cache_hits_total'),
-    misses: await metricValue(port, 'shoal_client_read_cache_misses_total'),
-    corrupt: await metricValue(port, 'shoal_client_read_cache_corrupt_blocks_total'),
-    used: await metricValue(port, 'shoal_client_read_cache_bytes', '{kind="used"}'),
-  };
-}
+const cacheCounters = (cluster: LocalCluster) => readCacheCounters(Number(cluster.nbd?.ready['metricsPort']));
 
 /**
  * Reads every 64 KiB block of the hot range through the NBD server, each checked against
@@ -59,7 +50,7 @@ t.test('the read cache: zipf hits, a scan, a damaged file, a forced takeover and
   // Leases renewed every second: the server that loses one to a forced takeover knows within two.
   const cluster = await startCluster(t, { chunkServers: 3, mdsArgs: ['--lease-timeout-ms', '4000'] });
   const cacheDir = join(cluster.dir, 'nbd-cache');
-  const cacheArgs = ['--cache-dir', cacheDir, '--cache-size', String(CACHE_BYTES)];
+  const cacheArgs = readCacheArgs(cacheDir, CACHE_BYTES);
   await cluster.nbd?.stop('SIGTERM');
   await cluster.startNbd(cacheArgs);
   await cluster.admin.createVolume({ name: 'vm', sizeBytes: 64 * MiB, chunkSizeBytes: 4 * MiB });
@@ -79,9 +70,7 @@ t.test('the read cache: zipf hits, a scan, a damaged file, a forced takeover and
   t.ok(warm - afterScan <= 0.05, `after a full scan: ${(afterScan * 100).toFixed(1)} % (${((warm - afterScan) * 100).toFixed(1)} points from warm)`);
 
   // The cache file damaged under the running server: misses, never the damaged bytes.
-  const file = await open(join(cacheDir, 'read-cache.bin'), 'r+');
-  for (let offset = 0; offset < CACHE_BYTES; offset += 256 * 1024) await file.write(Buffer.alloc(4096, 0xee), 0, 4096, offset + 4096);
-  await file.close();
+  await damageCacheFile(cacheDir, Array.from({ length: CACHE_BYTES / (256 * 1024) }, (_, i) => ({ offsetBytes: i * 256 * 1024 + 4096, data: Buffer.alloc(4096, 0xee) })));
   await verifyBlocks(cluster, 0xa1);
   const damaged = await cacheCounters(cluster);
   t.ok(damaged.corrupt > 0, `${damaged.corrupt} damaged blocks found by their checksums, read from the chunk servers`);

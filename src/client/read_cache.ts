@@ -32,7 +32,8 @@ import { FrequencySketch, SequentialDetector, hashKey } from './cache_admission.
 export const CACHE_BLOCK_BYTES = 64 * 1024;
 /** The smallest cache worth having: 16 blocks. */
 export const CACHE_BYTES_MIN = 16 * CACHE_BLOCK_BYTES;
-const CACHE_FILE = 'read-cache.bin';
+/** The slot file's name in --cache-dir. */
+export const READ_CACHE_FILE = 'read-cache.bin';
 /** A stream of reads past this many bytes is a scan: not taken in, not counted. */
 const SEQUENTIAL_BYTES = 512 * 1024;
 /** A read continues a stream when it starts within this many of its own lengths of where the stream got to. */
@@ -111,7 +112,7 @@ export class ReadCache {
     if (!('release' in lock)) {
       throw new StorageError('ERR_CONFIG', `the read cache in ${dir} is in use by process ${lock.heldBy}: give each NBD server its own --cache-dir`);
     }
-    const path = join(dir, CACHE_FILE);
+    const path = join(dir, READ_CACHE_FILE);
     // What a previous process cached has no index any more: start empty.
     await rm(path, { force: true });
     const file = await open(path, 'w+', 0o600);
