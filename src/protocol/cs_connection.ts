@@ -3,9 +3,17 @@
 // by chunk servers forwarding writes to their peers, and by the MDS.
 //
 // Bounds: at most CS_CONNECTION_INFLIGHT_MAX requests and INFLIGHT_BYTES_MAX payload bytes are
-// outstanding per connection; further requests wait in a FIFO. Every request has a deadline; a
-// connection that misses one is closed, failing everything outstanding on it, because a reply that
-// never came means the stream can no longer be trusted.
+// outstanding per connection; further requests wait in a FIFO.
+//
+// Timeouts judge whether the server is alive, not how fast it is: a connection with requests
+// outstanding must see some reply every requestTimeoutMs (a server that answers nothing for that
+// long is dead or cut off), and each request must be answered within STALLED_REQUEST_FACTOR times
+// that (a server that answers others but never this one has lost it). Either miss closes the
+// connection, failing everything outstanding on it, because a reply that never came means the
+// stream can no longer be trusted. A server that is only slow under load (its requests queued
+// behind others, replies still flowing) is waited for: timing out there would drop healthy
+// replicas from their sets and start copying just when the disks are busiest, while the requests
+// given up on still wait in the server's queue and land later.
 
 import { connect as netConnect, type Socket } from 'node:net';
 import { StorageError } from '../errors.ts';
@@ -29,6 +37,8 @@ const INFLIGHT_BYTES_MAX = 64 * 1024 * 1024;
 const CONNECT_TIMEOUT_MS_DEFAULT = 5_000;
 const REQUEST_TIMEOUT_MS_DEFAULT = 30_000;
 const DEADLINE_SWEEP_MS = 500;
+/** A request is given up on after this many request timeouts even while others are answered. */
+export const STALLED_REQUEST_FACTOR = 8;
 
 /** A request as the caller builds it: the connection assigns the id. */
 export type CsRequestBody = CsRequest extends infer R ? (R extends CsRequest ? Omit<R, 'id'> : never) : never;
@@ -87,6 +97,8 @@ export class CsConnection {
   private readonly sweepTimer: NodeJS.Timeout;
   private nextId = 1;
   private inflightBytes = 0;
+  /** Date.now() of the last reply, or of the send that found nothing outstanding. */
+  private lastProgressMs = 0;
   private closedError: StorageError | null = null;
   private readonly closeListeners: Array<(error: StorageError) => void> = [];
 
@@ -230,10 +242,12 @@ export class CsConnection {
   private send(item: Waiting): void {
     const id = this.allocateId();
     const payloadBytes = item.payload?.length ?? 0;
+    const nowMs = Date.now();
+    if (this.pending.size === 0) this.lastProgressMs = nowMs;
     this.pending.set(id, {
       resolve: item.resolve,
       reject: item.reject,
-      deadlineMs: Date.now() + this.requestTimeoutMs,
+      deadlineMs: nowMs + this.requestTimeoutMs * STALLED_REQUEST_FACTOR,
       payloadBytes,
       op: item.body.op,
       sentAtMs: this.observe === undefined ? 0 : performance.now(),
@@ -275,6 +289,7 @@ export class CsConnection {
         return;
       }
       this.pending.delete(reply.id);
+      this.lastProgressMs = Date.now();
       this.inflightBytes -= entry.payloadBytes;
       this.observe?.(entry.op, (performance.now() - entry.sentAtMs) / 1000);
       entry.resolve({ reply, payload: frame.payload });
@@ -293,10 +308,17 @@ export class CsConnection {
   }
 
   private sweepDeadlines(): void {
+    if (this.pending.size === 0) return;
     const nowMs = Date.now();
+    if (nowMs - this.lastProgressMs > this.requestTimeoutMs) {
+      this.close(new StorageError('ERR_TIMEOUT',
+        `chunk server ${this.address} did not answer within ${this.requestTimeoutMs} ms (none of ${this.pending.size} requests in flight)`));
+      return;
+    }
     for (const entry of this.pending.values()) {
       if (entry.deadlineMs <= nowMs) {
-        this.close(new StorageError('ERR_TIMEOUT', `chunk server ${this.address} did not answer within ${this.requestTimeoutMs} ms`));
+        this.close(new StorageError('ERR_TIMEOUT',
+          `chunk server ${this.address} did not answer a request within ${this.requestTimeoutMs * STALLED_REQUEST_FACTOR} ms, while answering others`));
         return;
       }
     }

@@ -2,7 +2,7 @@
 // directions while the connections stay open (a partition: the peers see silence and time out),
 // `heal()` lets the held bytes through again. Used to cut one chunk server off from everyone.
 // `holdReplies()` holds only what the target sends back (requests still arrive): a reply delayed
-// on the way.
+// on the way. `trickleReplies()` lets the replies through at a set pace: a server slow but alive.
 
 import { createServer, connect, type Server, type Socket } from 'node:net';
 
@@ -11,6 +11,8 @@ export class FaultProxy {
   private readonly pairs = new Set<[Socket, Socket]>();
   private target: { host: string; port: number } | null;
   private holding: 'nothing' | 'both' | 'replies' = 'nothing';
+  private trickle: { bytesPerTick: number; tickMs: number } | null = null;
+  private readonly timers = new Set<NodeJS.Timeout>();
   port = 0;
 
   private constructor(target: { host: string; port: number } | null) {
@@ -54,7 +56,16 @@ export class FaultProxy {
     }
   }
 
+  /**
+   * For connections made from now on: the target's bytes reach the client `bytesPerTick` at a time
+   * every `tickMs` (requests go through at once).
+   */
+  trickleReplies(bytesPerTick: number, tickMs: number): void {
+    this.trickle = { bytesPerTick, tickMs };
+  }
+
   async close(): Promise<void> {
+    for (const timer of this.timers) clearInterval(timer);
     for (const [a, b] of this.pairs) {
       a.destroy();
       b.destroy();
@@ -80,7 +91,25 @@ export class FaultProxy {
     upstream.on('error', end).on('close', end);
     // pipe() respects backpressure; pausing the sources holds the bytes during a blackhole.
     client.pipe(upstream);
-    upstream.pipe(client);
+    if (this.trickle === null) {
+      upstream.pipe(client);
+    } else {
+      const { bytesPerTick, tickMs } = this.trickle;
+      let queued = Buffer.alloc(0);
+      upstream.on('data', (data: Buffer) => {
+        queued = Buffer.concat([queued, data]);
+      });
+      const timer = setInterval(() => {
+        if (this.holding !== 'nothing' || queued.length === 0) return;
+        client.write(queued.subarray(0, bytesPerTick));
+        queued = queued.subarray(bytesPerTick);
+      }, tickMs);
+      this.timers.add(timer);
+      client.on('close', () => {
+        clearInterval(timer);
+        this.timers.delete(timer);
+      });
+    }
     if (this.holding === 'both') client.pause();
     if (this.holding !== 'nothing') upstream.pause();
   }
