@@ -21,9 +21,12 @@ import { systemClock, systemMonotonicClock } from '../util/clock.ts';
 import { createLogger } from '../util/log.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
 import { RateLimiter } from '../util/rate_limiter.ts';
+import { ByteGate } from '../util/byte_gate.ts';
+import { MemoryWatch, formatMiB, parseMemoryBudget, registerMemoryMetrics } from '../util/memory_budget.ts';
 import { parseSizeBytes } from '../util/size.ts';
 import { ChunkStore, IN_PLACE_WRITE_BYTES_MIN_DEFAULT, IN_PLACE_WRITE_BYTES_MIN_OWN_JOURNAL_DEVICE, REAL_STORE_ENV } from './store/chunk_store.ts';
 import { DiskUsage } from './disk_usage.ts';
+import { CS_MEMORY_BUDGET_MIN, csMemoryPlan, type CsMemoryLimits } from './memory_plan.ts';
 import { JOURNAL_SEGMENTS_DEFAULT, JOURNAL_SEGMENTS_MIN } from './journal/journal.ts';
 import { lockDataDir, lockJournalDir, loadIdentity, saveIdentity, type DataDirLock } from './data_dir.ts';
 import { PartialWriteReporter } from './partial_writes.ts';
@@ -41,7 +44,12 @@ const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [opti
   --failure-domain-host NAME  host label for placement (default: this machine's hostname)
   --rack NAME                 rack label for placement (default "default")
   --tier N                    storage tier 0-3 (default 0)
-  --inflight-bytes-max N      payload bytes in flight before reads pause (default 256 MiB)
+  --memory-budget N           memory for the whole process: runtime, requests in flight, open chunks'
+                              checksums, journal and connection buffers (default 512M; at least
+                              ${formatMiB(CS_MEMORY_BUDGET_MIN)}). A plan that does not fit refuses to start; under pressure
+                              the server takes in fewer requests, it is not killed
+  --inflight-bytes-max N      payload bytes in flight before reads pause (default: what the budget
+                              leaves, up to 256M)
   --open-chunks-max N         chunk files kept open (default 256)
   --journal-dir PATH          the journal's directory, e.g. on an SSD in front of an HDD (default: where
                               this data directory's journal was last, else DIR/journal); a journal moved
@@ -88,6 +96,7 @@ export async function runChunkServer(argv: string[]): Promise<void> {
       rack: { type: 'string', default: 'default' },
       tier: { type: 'string' },
       'inflight-bytes-max': { type: 'string' },
+      'memory-budget': { type: 'string' },
       'open-chunks-max': { type: 'string' },
       'journal-segment-bytes': { type: 'string' },
       'journal-dir': { type: 'string' },
@@ -120,8 +129,15 @@ export async function runChunkServer(argv: string[]): Promise<void> {
     throw new StorageError('ERR_CONFIG',
       `--unauthenticated-connections-max (${unauthenticatedConnectionsMax}) must not exceed --connections-max (${connectionsMax})`);
   }
+  const openChunksMax = parseIntegerFlag(values['open-chunks-max'], '--open-chunks-max', 256, 1);
   const journalSegmentBytes = values['journal-segment-bytes'] === undefined
     ? 64 * MiB : Math.max(MiB, parseSizeBytes(values['journal-segment-bytes'], '--journal-segment-bytes'));
+  // Before anything is read or opened: a budget that cannot be kept is a configuration error.
+  const memory = csMemoryPlan({
+    budgetBytes: parseMemoryBudget(values['memory-budget'], CS_MEMORY_BUDGET_MIN),
+    inflightBytesMax: values['inflight-bytes-max'] === undefined ? null : Math.max(MiB, parseSizeBytes(values['inflight-bytes-max'], '--inflight-bytes-max')),
+    openChunksMax,
+  });
   await startChunkServer({
     dataDir: values.data,
     mdsUrl: values.mds,
@@ -133,8 +149,8 @@ export async function runChunkServer(argv: string[]): Promise<void> {
     failureDomainHost: values['failure-domain-host'],
     rack: values.rack,
     tier,
-    inflightBytesMax: parseIntegerFlag(values['inflight-bytes-max'], '--inflight-bytes-max', 256 * MiB, MiB),
-    openChunksMax: parseIntegerFlag(values['open-chunks-max'], '--open-chunks-max', 256, 1),
+    memory,
+    openChunksMax,
     journalSegmentBytes,
     journalSegmentsMax: parseJournalSize(values['journal-size'], journalSegmentBytes),
     journalDir: values['journal-dir'] === undefined ? null : resolve(values['journal-dir']),
@@ -185,7 +201,7 @@ interface ChunkServerConfig {
   readonly failureDomainHost: string;
   readonly rack: string;
   readonly tier: number;
-  readonly inflightBytesMax: number;
+  readonly memory: CsMemoryLimits;
   readonly openChunksMax: number;
   readonly journalSegmentBytes: number;
   readonly journalSegmentsMax: number;
@@ -225,6 +241,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
       ...REAL_STORE_ENV,
       directory: config.dataDir,
       openChunksMax: config.openChunksMax,
+      openSumsBytesMax: config.memory.openSumsBytesMax,
       journalSegmentBytesMax: config.journalSegmentBytes,
       journalSegmentsMax: config.journalSegmentsMax,
       journalDirectory: journalDir,
@@ -260,6 +277,10 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   metrics.watchPartialWrites(partialWrites);
   let advertisedPort = 0;
   const ticketKey = capabilityKey(config.clusterKey);
+  const inflightGate = new ByteGate('requests', config.memory.inflightBytesMax, systemMonotonicClock);
+  const memoryWatch = new MemoryWatch({ plan: config.memory.plan, gates: [inflightGate], clock: systemMonotonicClock, log });
+  registerMemoryMetrics(metrics.registry, memoryWatch, config.memory.plan, [inflightGate]);
+  memoryWatch.start();
   const server = new ChunkServer({
     store,
     clusterKey: config.clusterKey,
@@ -272,7 +293,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     },
     peers,
     bulkPeers,
-    inflightBytesMax: config.inflightBytesMax,
+    inflightGate,
     log,
     metrics,
     writeBlocker: () => (link === null ? new StorageError('ERR_UNAVAILABLE', 'chunk server is starting') : link.writeBlocker()),
@@ -341,10 +362,12 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   const checkpointTimer = setInterval(() => {
     store.journal.checkpoint().catch((error: unknown) => log.error('checkpoint failed', { error }));
   }, 30_000);
-  log.info('chunk server ready', { dataDir: config.dataDir, journalDir, journalOwnDevice, uuid: identity.uuid, port, metricsPort: metricsServer.port });
+  log.info('chunk server ready', { dataDir: config.dataDir, journalDir, journalOwnDevice, uuid: identity.uuid, port, metricsPort: metricsServer.port,
+    memoryBudgetBytes: config.memory.plan.budgetBytes, inflightBytesMax: config.memory.inflightBytesMax });
   announceReady({ service: 'cs', port, metricsPort: metricsServer.port, uuid: identity.uuid });
 
   onShutdownSignal(log, async () => {
+    memoryWatch.stop();
     clearInterval(checkpointTimer);
     clearInterval(usageTimer);
     // Closing the listener and every connection ends what callers wait for: a client's write

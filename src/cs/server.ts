@@ -4,7 +4,8 @@
 //
 // Bounds: a connection with CS_CONNECTION_INFLIGHT_MAX requests outstanding, or whose replies the
 // peer is not reading, stops being read; all connections stop being read while the payload bytes
-// in flight exceed the server's budget. A framing error closes only that connection; a request
+// in flight exceed the server's gate (util/byte_gate.ts: its share of the memory budget, a quarter
+// of it under memory pressure). A framing error closes only that connection; a request
 // that is well framed but invalid gets an error reply and the connection goes on.
 //
 // Before a peer has authenticated it may send one frame of at most PREAUTH_FRAME_BODY_BYTES_MAX
@@ -34,6 +35,7 @@ import type { CsConnectionPool } from '../protocol/cs_connection.ts';
 import { FrameReader, PREAUTH_FRAME_BODY_BYTES_MAX, writeFrame, type RawFrame } from '../protocol/frame.ts';
 import { assert } from '../util/assert.ts';
 import { setBounded } from '../util/bounded_map.ts';
+import type { ByteGate } from '../util/byte_gate.ts';
 import { TickCorker } from '../util/tick_cork.ts';
 import type { Logger } from '../util/log.ts';
 import type { PartialWriteReporter } from './partial_writes.ts';
@@ -63,7 +65,8 @@ export interface ChunkServerOptions {
   readonly peers: CsConnectionPool;
   /** For COPY_RANGE's transfers: a long timeout, where `peers` has a short one to spot failures. */
   readonly bulkPeers: CsConnectionPool;
-  readonly inflightBytesMax: number;
+  /** Payload bytes of requests in flight across all connections (part of the memory budget). */
+  readonly inflightGate: ByteGate;
   readonly log: Logger;
   readonly metrics: CsMetrics;
   /** Null once writes may be accepted: the server has registered and loaded the volumes' fences. */
@@ -96,8 +99,7 @@ export class ChunkServer {
   private readonly unauthenticatedConnectionsMax: number;
   /** When each rate-limited warning was last logged, by message (a handful of fixed messages). */
   private readonly warnedAtMs = new Map<string, number>();
-  private inflightBytes = 0;
-  private throttled = false;
+  private readonly stopWatchingGate: () => void;
 
   constructor(options: ChunkServerOptions) {
     this.options = options;
@@ -110,6 +112,10 @@ export class ChunkServer {
       'unauthenticatedConnectionsMax is a positive integer no greater than connectionsMax',
     );
     this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // The gate opening or closing (requests answered, memory pressure) changes who may read.
+    this.stopWatchingGate = options.inflightGate.onChange(() => {
+      for (const connection of this.connections) connection.updateFlow();
+    });
   }
 
   async listen(host: string, port: number): Promise<number> {
@@ -126,6 +132,7 @@ export class ChunkServer {
   }
 
   async close(): Promise<void> {
+    this.stopWatchingGate();
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const connection of this.connections) connection.socket.destroy();
     await closed;
@@ -198,24 +205,15 @@ export class ChunkServer {
 
   /** Global memory bound: payload bytes held by requests in flight across all connections. */
   reserveBytes(bytes: number): void {
-    this.inflightBytes += bytes;
-    if (!this.throttled && this.inflightBytes > this.options.inflightBytesMax) {
-      this.throttled = true;
-      for (const connection of this.connections) connection.updateFlow();
-    }
+    this.options.inflightGate.reserve(bytes);
   }
 
   releaseBytes(bytes: number): void {
-    this.inflightBytes -= bytes;
-    assert(this.inflightBytes >= 0, 'in-flight bytes never negative');
-    if (this.throttled && this.inflightBytes <= this.options.inflightBytesMax / 2) {
-      this.throttled = false;
-      for (const connection of this.connections) connection.updateFlow();
-    }
+    this.options.inflightGate.release(bytes);
   }
 
   get isThrottled(): boolean {
-    return this.throttled;
+    return this.options.inflightGate.isClosed;
   }
 
   /**

@@ -30,6 +30,8 @@ export interface ClusterOptions {
   readonly nbdArgs?: readonly string[];
   /** Folder for the chunk servers' data directories (e.g. on another disk); default the cluster's folder. */
   readonly chunkServerParentDir?: string;
+  /** The cgroup.procs file each daemon ("mds", "cs0", "nbd") joins before it starts, if any (DaemonOptions.cgroupProcs). */
+  readonly cgroupProcsOf?: (name: string) => string | undefined;
 }
 
 export interface ChunkServerOverrides {
@@ -76,7 +78,7 @@ export class LocalCluster {
     const adminToken = randomBytes(32).toString('hex');
     await writeFileDurable(join(dir, 'cluster.key'), `${clusterKey.toString('hex')}\n`, { mode: 0o600, exclusive: true });
     await writeFileDurable(join(dir, 'admin.token'), `${adminToken}\n`, { mode: 0o600, exclusive: true });
-    const mds = await startMds(dir, 0, options.mdsArgs ?? []);
+    const mds = await startMds(dir, 0, options.mdsArgs ?? [], options);
     let credential: string;
     try {
       const admin = new MdsClient({ url: `http://127.0.0.1:${Number(mds.ready['port'])}`, token: adminToken });
@@ -140,6 +142,7 @@ export class LocalCluster {
     const daemon = await DaemonProcess.start({
       name: `cs${index}`,
       stderr: 'collect',
+      ...cgroupOf(this.options, `cs${index}`),
       args: ['run', 'cs', '--data', this.chunkServerDir(index), '--mds', override?.mdsUrl ?? this.mdsUrl,
         '--cluster-key', join(this.dir, 'cluster.key'), ...(this.options.csArgs ?? []), ...(this.options.csArgsFor?.(index) ?? []),
         ...(override?.extraArgs ?? [])],
@@ -171,7 +174,7 @@ export class LocalCluster {
 
   async restartMds(): Promise<void> {
     await this.mds.stop('SIGTERM');
-    this.mds = await startMds(this.dir, this.mdsPort, this.options.mdsArgs ?? []);
+    this.mds = await startMds(this.dir, this.mdsPort, this.options.mdsArgs ?? [], this.options);
   }
 
   /** Starts (or restarts) the NBD server, with `nbdArgs` in place of the cluster's when given. */
@@ -179,6 +182,7 @@ export class LocalCluster {
     const start = (port: number) => DaemonProcess.start({
       name: 'nbd',
       stderr: 'collect',
+      ...cgroupOf(this.options, 'nbd'),
       args: ['run', 'nbd', '--mds', this.mdsUrl, '--credential', this.hypervisorCredentialPath, '--socket', this.nbdSocket,
         '--listen', `127.0.0.1:${port}`, ...nbdArgs],
     });
@@ -215,7 +219,7 @@ export class LocalCluster {
 
   /** Starts every daemon again on the same folders and ports. */
   async startAll(): Promise<void> {
-    this.mds = await startMds(this.dir, this.mdsPort, this.options.mdsArgs ?? []);
+    this.mds = await startMds(this.dir, this.mdsPort, this.options.mdsArgs ?? [], this.options);
     await Promise.all(this.chunkServers.map((_, index) => this.startChunkServer(index)));
     await this.waitOnline(this.chunkServers.length);
     if (this.options.nbd ?? true) await this.startNbd();
@@ -282,10 +286,16 @@ export class LocalCluster {
   }
 }
 
-function startMds(dir: string, port: number, extraArgs: readonly string[]): Promise<DaemonProcess> {
+function cgroupOf(options: ClusterOptions, name: string): { cgroupProcs?: string } {
+  const procs = options.cgroupProcsOf?.(name);
+  return procs === undefined ? {} : { cgroupProcs: procs };
+}
+
+function startMds(dir: string, port: number, extraArgs: readonly string[], options: ClusterOptions): Promise<DaemonProcess> {
   return DaemonProcess.start({
     name: 'mds',
     stderr: 'collect',
+    ...cgroupOf(options, 'mds'),
     args: ['run', 'mds', '--data', join(dir, 'mds'), '--listen', `127.0.0.1:${port}`, '--cluster-key', join(dir, 'cluster.key'),
       '--admin-token', join(dir, 'admin.token'), '--failure-domain', 'disk', ...extraArgs],
   });

@@ -28,6 +28,11 @@ export interface DaemonOptions {
   readonly stderr?: 'inherit' | 'collect';
   /** Lines the daemon prints on stdout that are not its ready line. */
   readonly onLine?: (line: string) => void;
+  /**
+   * A cgroup's `cgroup.procs` file: the daemon joins that cgroup before node starts (a shell joins
+   * and execs it), so every page it ever allocates is charged there. Tests limit memory this way.
+   */
+  readonly cgroupProcs?: string;
 }
 
 const STDERR_TAIL_BYTES = 64 * 1024;
@@ -54,7 +59,10 @@ export class DaemonProcess {
     // SHOAL_NODE_ARGS passes extra options to node for every daemon (e.g. --cpu-prof when profiling).
     const nodeArgs = (process.env['SHOAL_NODE_ARGS'] ?? '').split(' ').filter((arg) => arg !== '');
     const supervised = options.supervised === true;
-    const child = spawn(process.execPath, ['--enable-source-maps', ...nodeArgs, SHOAL_ENTRY, ...options.args], {
+    const command = [process.execPath, '--enable-source-maps', ...nodeArgs, SHOAL_ENTRY, ...options.args];
+    const [file, ...args] = options.cgroupProcs === undefined ? command
+      : ['/bin/sh', '-c', 'echo $$ > "$0" && exec "$@"', options.cgroupProcs, ...command];
+    const child = spawn(file!, args, {
       stdio: [supervised ? 'pipe' : 'ignore', 'pipe', options.stderr === 'collect' ? 'pipe' : 'inherit'],
       detached: options.detached ?? false,
       env: {

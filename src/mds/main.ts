@@ -13,7 +13,9 @@ import type { KeyObject } from 'node:crypto';
 import { CLUSTER_KEY_BYTES, clusterRestToken, ensureMdsKeyPair, readSecretFile } from '../protocol/auth.ts';
 import { capabilityKey } from '../protocol/capability.ts';
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
-import { systemClock } from '../util/clock.ts';
+import { systemClock, systemMonotonicClock } from '../util/clock.ts';
+import { MemoryWatch, formatMiB, parseMemoryBudget, registerMemoryMetrics, type MemoryPlan } from '../util/memory_budget.ts';
+import { MDS_MEMORY_BUDGET_MIN, mdsMemoryPlan } from './memory_plan.ts';
 import { announceReady, onShutdownSignal, parseHostPort, parseIntegerFlag } from '../util/daemon.ts';
 import { formatMode, lockFile, makeDirectoryPrivate, mkdirDurable, usePrivateUmask, writeFileDurable } from '../util/fs.ts';
 import { createLogger } from '../util/log.ts';
@@ -56,7 +58,10 @@ const USAGE = `usage: shoal run mds --data DIR --cluster-key FILE --admin-token 
                                and shoal cs list says why (default 60000)
   --locality-bytes-per-second N  a volume's hot chunks follow its writer to its host (after a VM
                                moved) at most this fast, one at a time, when nothing else is to
-                               do (default 4 MiB/s; 0: never)`;
+                               do (default 4 MiB/s; 0: never)
+  --memory-budget N            memory for the whole process: runtime, REST requests, the recovery
+                               planner, repairs in flight (default 512M; at least ${formatMiB(MDS_MEMORY_BUDGET_MIN)}); LMDB's
+                               pages are the kernel's page cache, outside it`;
 
 const BACKGROUND_TICK_MS = 1_000;
 const CLUSTER_ID_PATTERN = /^[0-9a-f-]{36}$/;
@@ -92,6 +97,7 @@ export async function runMds(argv: string[]): Promise<void> {
       'sick-latency-factor': { type: 'string' },
       'sick-after-ms': { type: 'string' },
       'locality-bytes-per-second': { type: 'string' },
+      'memory-budget': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -142,7 +148,10 @@ export async function runMds(argv: string[]): Promise<void> {
   const mdsKeyPath = values['mds-key'] ?? join(dirname(values['cluster-key']), 'mds.key');
   const mdsKey = await ensureMdsKeyPair(mdsKeyPath, mdsKeyPath.replace(/(\.key)?$/, '.pub'));
   const csTimeoutMs = parseIntegerFlag(values['cs-timeout-ms'], '--cs-timeout-ms', 10_000, 100);
-  await startMds({ dataDir: values.data, listen, clusterKey, mdsKey, adminToken, config, csTimeoutMs, givenClusterId });
+  const memory = mdsMemoryPlan({
+    budgetBytes: parseMemoryBudget(values['memory-budget'], MDS_MEMORY_BUDGET_MIN), recoveryConcurrency: config.recoveryConcurrency,
+  });
+  await startMds({ dataDir: values.data, listen, clusterKey, mdsKey, adminToken, config, csTimeoutMs, givenClusterId, memory });
 }
 
 async function startMds(options: {
@@ -154,6 +163,7 @@ async function startMds(options: {
   config: MdsConfig;
   csTimeoutMs: number;
   givenClusterId: string | undefined;
+  memory: MemoryPlan;
 }): Promise<void> {
   const log = createLogger('mds');
   await mkdirDurable(options.dataDir);
@@ -186,6 +196,11 @@ async function startMds(options: {
     metrics,
     log,
   });
+  // No gate of its own: under pressure the MDS collects garbage sooner; its requests are small and
+  // bounded, and its map is in LMDB's file pages.
+  const memoryWatch = new MemoryWatch({ plan: options.memory, gates: [], clock: systemMonotonicClock, log });
+  registerMemoryMetrics(metrics.registry, memoryWatch, options.memory, []);
+  memoryWatch.start();
   await app.listen({ host: options.listen.host, port: options.listen.port });
   const address = app.server.address();
   const port = typeof address === 'object' && address !== null ? address.port : options.listen.port;
@@ -207,6 +222,7 @@ async function startMds(options: {
   announceReady({ service: 'mds', port });
 
   onShutdownSignal(log, async () => {
+    memoryWatch.stop();
     stopping = true;
     clearInterval(tick);
     await app.close();

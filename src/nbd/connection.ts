@@ -4,8 +4,10 @@
 // Flow control: during negotiation the socket is paused while an option is being answered.
 // During transmission, reading stops (socket paused, nothing parsed) while the connection has
 // inflightRequestsMax requests or inflightBytesMax bytes in flight, or while the socket's write
-// buffer waits for 'drain'; a completion or a drain starts it again. So one client's memory is
-// bounded by those limits plus one request being received.
+// buffer waits for 'drain', or while the server's gate on the bytes of every connection's requests
+// is closed (util/byte_gate.ts, the requests' share of the memory budget); a completion, a drain or
+// the gate opening starts it again. So one client's memory is bounded by those limits plus one
+// request being received, and all clients' by the gate.
 //
 // Lifetime: a protocol violation destroys only this socket. DISC, a client half-close or a server
 // shutdown stop reading, let in-flight requests reply, then end the socket. The device handle is
@@ -26,6 +28,7 @@ import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import type { BlockDeviceHandle, BlockDeviceProvider } from '../client/block_device.ts';
 import { assert } from '../util/assert.ts';
+import type { ByteGate } from '../util/byte_gate.ts';
 import type { Logger } from '../util/log.ts';
 import { TickCorker } from '../util/tick_cork.ts';
 import type { NbdTlsConfig } from './tls.ts';
@@ -57,6 +60,8 @@ export interface ConnectionContext {
   /** Per-volume running totals; a connection holds its volume's entry while it serves it. */
   readonly volumeStats: VolumeIoStats;
   readonly limits: ConnectionLimits;
+  /** Bytes of all connections' requests in flight: reading stops while it is closed. */
+  readonly inflightGate: ByteGate;
   /** Which listener accepted the socket: its metrics series. */
   readonly listener: ListenerKind;
   /** Set: clients must start TLS before anything else is served (tls.ts). */
@@ -105,6 +110,7 @@ export class NbdConnection implements ReplySink {
   /** For the detach log line. */
   private exportName: string | null = null;
   private requestCount = 0;
+  private pumping = false;
 
   constructor(socket: Socket, context: ConnectionContext, id: number) {
     this.socket = socket;
@@ -208,6 +214,12 @@ export class NbdConnection implements ReplySink {
     if (this.phase === 'transmission') this.pump();
   }
 
+  /** The server's gate opened or closed: read again if this connection may. */
+  flowChanged(): void {
+    // Inside pump (a request's reservation closed the gate) the loop itself sees the change.
+    if (this.phase === 'transmission' && !this.pumping) this.pump();
+  }
+
   /** Last resort after the shutdown deadline: close now and release the device regardless. */
   forceClose(): void {
     if (this.inflightCount > 0) {
@@ -215,6 +227,9 @@ export class NbdConnection implements ReplySink {
       this.context.logger.warn('closing with requests still in flight', fields);
     }
     this.inflightCount = 0;
+    // The requests given up on never release their bytes (requestDone ignores them): release now.
+    this.context.inflightGate.release(this.inflightBytes);
+    this.inflightBytes = 0;
     this.optionBusy = false;
     this.socket.destroy();
     if (this.phase === 'closed') this.maybeFinish();
@@ -281,6 +296,15 @@ export class NbdConnection implements ReplySink {
 
   /** Parses and dispatches whatever the buffered bytes allow, then sets the socket's flow. */
   private pump(): void {
+    this.pumping = true;
+    try {
+      this.pumpNow();
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private pumpNow(): void {
     let starved = false; // the parser waits for bytes that have not arrived
     while (this.phase === 'handshake' || this.phase === 'transmission') {
       if (this.phase === 'handshake') {
@@ -315,7 +339,8 @@ export class NbdConnection implements ReplySink {
     const { limits } = this.context;
     return this.stopReading || this.waitingForDrain ||
       this.inflightCount >= limits.inflightRequestsMax ||
-      this.inflightBytes >= limits.inflightBytesMax;
+      this.inflightBytes >= limits.inflightBytesMax ||
+      this.context.inflightGate.isClosed;
   }
 
   private setFlow(): void {
@@ -465,6 +490,7 @@ export class NbdConnection implements ReplySink {
     const costBytes = inflightCost(request);
     this.inflightCount += 1;
     this.inflightBytes += costBytes;
+    this.context.inflightGate.reserve(costBytes);
     session.execute(request).then(
       () => this.requestDone(costBytes),
       (error: unknown) => {
@@ -481,6 +507,7 @@ export class NbdConnection implements ReplySink {
     if (this.inflightCount === 0) return; // forceClose already gave up on this request
     this.inflightCount -= 1;
     this.inflightBytes -= costBytes;
+    this.context.inflightGate.release(costBytes);
     if (this.phase === 'closed') return this.maybeFinish();
     this.pump();
   }

@@ -16,7 +16,11 @@ import { clientRequestObserver, registerQosMetrics, registerReadCacheMetrics } f
 import { ReadCache } from '../client/read_cache.ts';
 import { HOT_CHUNKS_REPORTED_MAX } from '../protocol/api.ts';
 import { parseSizeBytes } from '../util/size.ts';
-import { systemTimers } from '../util/clock.ts';
+import { systemMonotonicClock, systemTimers } from '../util/clock.ts';
+import { ByteGate } from '../util/byte_gate.ts';
+import { MemoryWatch, formatMiB, parseMemoryBudget, registerMemoryMetrics } from '../util/memory_budget.ts';
+import { IO_BYTES_MAX } from '../limits.ts';
+import { NBD_MEMORY_BUDGET_MIN, nbdMemoryPlan, type NbdMemoryLimits } from './memory_plan.ts';
 import { IoReporter } from './io_reporter.ts';
 import { volumeIoStats } from './volume_stats.ts';
 import { CsConnectionPool } from '../protocol/cs_connection.ts';
@@ -51,7 +55,13 @@ const USAGE = `usage: shoal run nbd --mds URL --credential FILE [--socket PATH] 
                            writes, on a chunk server here, and reads go to replicas here first
   --metrics HOST:PORT      Prometheus /metrics (default 127.0.0.1:0)
   --inflight-requests-max N  per connection, before reading pauses (default 64)
-  --inflight-bytes-max N     per connection, before reading pauses (default 128 MiB)
+  --inflight-bytes-max N     per connection, before reading pauses (default 128M, at most the total)
+  --inflight-bytes-total-max N  all connections, before every one pauses (default: what the memory
+                             budget leaves, up to 256M)
+  --memory-budget N          memory for the whole process: runtime, requests in flight, connection
+                             buffers, open volumes, the read cache's index (default 512M; at least
+                             ${formatMiB(NBD_MEMORY_BUDGET_MIN)} without a cache). A plan that does not fit refuses to start;
+                             under pressure the server takes in fewer requests, it is not killed
   --unix-connections-max N   clients on the unix socket at once (default 256)
   --tcp-connections-max N    clients over TCP at once, apart from the unix socket's (default 128)
   --tcp-connections-per-address-max N
@@ -91,6 +101,8 @@ export async function runNbd(argv: string[]): Promise<void> {
       metrics: { type: 'string', default: '127.0.0.1:0' },
       'inflight-requests-max': { type: 'string' },
       'inflight-bytes-max': { type: 'string' },
+      'inflight-bytes-total-max': { type: 'string' },
+      'memory-budget': { type: 'string' },
       'connections-max': { type: 'string' },
       'cluster-key': { type: 'string' },
       'unix-connections-max': { type: 'string' },
@@ -161,8 +173,14 @@ export async function runNbd(argv: string[]): Promise<void> {
     metrics: parseHostPort(values.metrics, '--metrics'),
     inflightRequestsMax: parseIntegerFlag(
       values['inflight-requests-max'], '--inflight-requests-max', d.inflightRequestsMax, 1),
-    inflightBytesMax: parseIntegerFlag(
-      values['inflight-bytes-max'], '--inflight-bytes-max', d.inflightBytesMax, 1),
+    memory: nbdMemoryPlan({
+      budgetBytes: parseMemoryBudget(values['memory-budget'], NBD_MEMORY_BUDGET_MIN),
+      inflightBytesTotalMax: values['inflight-bytes-total-max'] === undefined ? null
+        : Math.max(IO_BYTES_MAX, parseSizeBytes(values['inflight-bytes-total-max'], '--inflight-bytes-total-max')),
+      inflightBytesMax: values['inflight-bytes-max'] === undefined ? null
+        : Math.max(1, parseSizeBytes(values['inflight-bytes-max'], '--inflight-bytes-max')),
+      cacheSizeBytes: cache?.sizeBytes ?? null,
+    }),
     unixConnectionsMax: parseIntegerFlag(
       values['unix-connections-max'], '--unix-connections-max', d.unixConnectionsMax, 1),
     tcpConnectionsMax: parseIntegerFlag(
@@ -195,7 +213,7 @@ interface NbdDaemonConfig {
   readonly hostLabel: string;
   readonly metrics: { host: string; port: number };
   readonly inflightRequestsMax: number;
-  readonly inflightBytesMax: number;
+  readonly memory: NbdMemoryLimits;
   readonly unixConnectionsMax: number;
   readonly tcpConnectionsMax: number;
   readonly tcpConnectionsPerAddressMax: number;
@@ -215,6 +233,10 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
   });
   // Chunk servers whose disks the MDS finds ill: every volume reads them last (io_reporter.ts brings the list).
   const avoidServers = new Set<number>();
+  const inflightGate = new ByteGate('requests', config.memory.inflightBytesTotalMax, systemMonotonicClock);
+  const memoryWatch = new MemoryWatch({ plan: config.memory.plan, gates: [inflightGate], clock: systemMonotonicClock, log });
+  registerMemoryMetrics(registry, memoryWatch, config.memory.plan, [inflightGate]);
+  memoryWatch.start();
   const readCache = config.cache === undefined ? undefined : await ReadCache.open(config.cache.dir, config.cache.sizeBytes, log);
   if (readCache !== undefined) registerReadCacheMetrics(registry, readCache);
   const provider = new VolumeProvider({
@@ -229,7 +251,8 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
     readOnly: config.readOnly,
     unixSocketMode: config.socketMode,
     inflightRequestsMax: config.inflightRequestsMax,
-    inflightBytesMax: config.inflightBytesMax,
+    inflightBytesMax: config.memory.inflightBytesMax,
+    inflightGate,
     unixConnectionsMax: config.unixConnectionsMax,
     tcpConnectionsMax: config.tcpConnectionsMax,
     tcpConnectionsPerAddressMax: config.tcpConnectionsPerAddressMax,
@@ -261,6 +284,7 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
   ioReporter.start();
 
   onShutdownSignal(log, async () => {
+    memoryWatch.stop();
     ioReporter.stop();
     await server.close();
     await provider.closeAll();

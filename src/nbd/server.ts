@@ -23,6 +23,8 @@ import type { Registry } from 'prom-client';
 import type { BlockDeviceProvider } from '../client/block_device.ts';
 import { fail, fromSystemError } from '../errors.ts';
 import { assert, isUint } from '../util/assert.ts';
+import { ByteGate } from '../util/byte_gate.ts';
+import { systemMonotonicClock } from '../util/clock.ts';
 import { createLogger } from '../util/log.ts';
 import type { Logger } from '../util/log.ts';
 import { NbdConnection } from './connection.ts';
@@ -51,6 +53,11 @@ export interface NbdServerOptions {
   readonly inflightRequestsMax?: number;
   /** Per connection: READ/WRITE bytes in flight before reading pauses (default 128 MiB). */
   readonly inflightBytesMax?: number;
+  /**
+   * All connections: READ/WRITE bytes in flight before every connection pauses (the requests'
+   * share of the memory budget, memory_plan.ts); default a gate of inflightBytesTotalMax.
+   */
+  readonly inflightGate?: ByteGate;
   /** Connections on the unix socket; more are refused (default 256). */
   readonly unixConnectionsMax?: number;
   /** Connections over TCP; more are refused (default 128). */
@@ -82,6 +89,7 @@ export const NBD_SERVER_DEFAULTS = {
   tcpHost: '127.0.0.1',
   inflightRequestsMax: 64,
   inflightBytesMax: 128 * MiB,
+  inflightBytesTotalMax: 256 * MiB,
   unixConnectionsMax: 256,
   tcpConnectionsMax: 128,
   tcpConnectionsPerAddressMax: 32,
@@ -100,6 +108,10 @@ export async function createNbdServer(options: NbdServerOptions): Promise<NbdSer
   const logger = options.logger ?? createLogger('nbd');
   const connections = new Set<NbdConnection>();
   let shuttingDown = false;
+  const inflightGate = options.inflightGate ?? new ByteGate('requests', NBD_SERVER_DEFAULTS.inflightBytesTotalMax, systemMonotonicClock);
+  const stopWatchingGate = inflightGate.onChange(() => {
+    for (const connection of connections) connection.flowChanged();
+  });
   const contextFor = (listener: ListenerKind): ConnectionContext => ({
     provider: options.provider,
     defaultExport: options.defaultExport,
@@ -108,6 +120,7 @@ export async function createNbdServer(options: NbdServerOptions): Promise<NbdSer
     metrics: nbdMetrics(options.registry),
     volumeStats: volumeIoStats(options.registry),
     limits: settings.limits,
+    inflightGate,
     listener,
     tls: listener === 'tcp' ? options.tls ?? null : null,
     isShuttingDown: () => shuttingDown,
@@ -132,6 +145,7 @@ export async function createNbdServer(options: NbdServerOptions): Promise<NbdSer
       tcpPort = typeof address === 'object' && address !== null ? address.port : tcp.port;
     }
   } catch (error) {
+    stopWatchingGate();
     await Promise.all(listeners.map(closeListener));
     throw error;
   }
@@ -143,7 +157,7 @@ export async function createNbdServer(options: NbdServerOptions): Promise<NbdSer
   const close = (): Promise<void> => {
     if (closing !== null) return closing;
     shuttingDown = true;
-    closing = shutDown(listeners, connections, settings.shutdownTimeoutMs, logger);
+    closing = shutDown(listeners, connections, settings.shutdownTimeoutMs, logger).finally(stopWatchingGate);
     return closing;
   };
   return {

@@ -47,6 +47,8 @@ export type { ChunkStoreStats } from './replica_store.ts';
 export interface ChunkStoreOptions {
   readonly directory: string;
   readonly openChunksMax: number;
+  /** The open chunks' checksums in memory at most (handle_cache.ts); default: only the count bounds them. */
+  readonly openSumsBytesMax?: number;
   readonly journalSegmentBytesMax: number;
   /** Segment files the journal's space holds (at least 2); default JOURNAL_SEGMENTS_DEFAULT. */
   readonly journalSegmentsMax?: number;
@@ -130,6 +132,7 @@ export class ChunkStore implements ReplicaStore {
     this.handles = new HandleCache({
       disk: options.disk,
       openChunksMax: options.openChunksMax,
+      ...(options.openSumsBytesMax === undefined ? {} : { openSumsBytesMax: options.openSumsBytesMax }),
       log: options.log,
       getMeta: (chunkId) => this.getMeta(chunkId),
       paths: (chunkId) => this.files.paths(chunkId),

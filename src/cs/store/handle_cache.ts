@@ -51,6 +51,12 @@ export interface HandleCacheOptions {
   readonly disk: Disk;
   /** Handles kept open; past it idle ones are closed (all in use: over the limit until they are not). */
   readonly openChunksMax: number;
+  /**
+   * The open handles' checksums in memory (a .sums file each, sized by its chunk) at most: past it
+   * idle ones are closed as past openChunksMax (default: no limit but the count). Part of the
+   * chunk server's memory budget.
+   */
+  readonly openSumsBytesMax?: number;
   readonly log: Logger;
   /** The chunk's catalog record, or undefined when this server does not hold the chunk. */
   readonly getMeta: (chunkId: number) => ChunkMeta | undefined;
@@ -76,6 +82,8 @@ export class HandleCache {
   private readonly deleting = new Set<number>();
   /** An evicted handle's sync failed: no later syncDirty succeeds (see syncAndClose). */
   private chunkSyncFailure: unknown = null;
+  /** Bytes of checksums the handles in `handles` hold. */
+  private openSumsBytes = 0;
 
   constructor(options: HandleCacheOptions) {
     this.options = options;
@@ -109,7 +117,7 @@ export class HandleCache {
       await this.closing.get(chunkId)?.catch(() => undefined);
       const handle = this.handles.get(chunkId);
       if (handle !== undefined) {
-        this.handles.delete(chunkId);
+        this.untrack(chunkId);
         await waitUnused(handle);
         await closeHandle(handle);
       }
@@ -141,6 +149,7 @@ export class HandleCache {
   async closeAll(): Promise<void> {
     for (const handle of this.handles.values()) await closeHandle(handle);
     this.handles.clear();
+    this.openSumsBytes = 0;
   }
 
   /** Closes everything without syncing, as a crash would: the evictions in flight end first. */
@@ -148,6 +157,7 @@ export class HandleCache {
     await Promise.allSettled(this.closing.values());
     for (const handle of this.handles.values()) await closeHandle(handle).catch(() => undefined);
     this.handles.clear();
+    this.openSumsBytes = 0;
   }
 
   private async acquire(chunkId: number): Promise<ChunkHandle> {
@@ -196,7 +206,7 @@ export class HandleCache {
       const handle: ChunkHandle = {
         meta, data, sumsFile, sums, lock: new RangeLock(), users: 0, unusedWaiters: [], dirty: false, sumsDirty: null,
       };
-      this.handles.set(chunkId, handle);
+      this.track(handle);
       return handle;
     } catch (error) {
       await data?.close().catch(() => undefined);
@@ -212,7 +222,8 @@ export class HandleCache {
    * checkpoint waits for it. A failed sync there is a failed chunk sync: the journal stops.
    */
   private evictIfNeeded(): void {
-    while (this.handles.size > this.options.openChunksMax) {
+    const sumsBytesMax = this.options.openSumsBytesMax ?? Number.POSITIVE_INFINITY;
+    while (this.handles.size > this.options.openChunksMax || (this.openSumsBytes > sumsBytesMax && this.handles.size > 1)) {
       let victim: ChunkHandle | undefined;
       for (const handle of this.handles.values()) {
         if (handle.users === 0 && handle.lock.idle && !this.closing.has(handle.meta.chunkId)) {
@@ -222,13 +233,28 @@ export class HandleCache {
       }
       if (victim === undefined) return; // everything is in use: go over the limit until it is not
       const chunkId = victim.meta.chunkId;
-      this.handles.delete(chunkId);
+      this.untrack(chunkId);
       const closed = this.syncAndClose(victim).finally(() => {
         if (this.closing.get(chunkId) === closed) this.closing.delete(chunkId);
       });
       this.closing.set(chunkId, closed);
       closed.catch(() => undefined); // reported through the journal; awaited by the next checkpoint
     }
+  }
+
+  /** Every change of `handles` goes through track/untrack, which keep openSumsBytes. */
+  private track(handle: ChunkHandle): void {
+    assert(!this.handles.has(handle.meta.chunkId), 'one handle per chunk');
+    this.handles.set(handle.meta.chunkId, handle);
+    this.openSumsBytes += handle.sums.length;
+  }
+
+  private untrack(chunkId: number): void {
+    const handle = this.handles.get(chunkId);
+    if (handle === undefined) return;
+    this.handles.delete(chunkId);
+    this.openSumsBytes -= handle.sums.length;
+    assert(this.openSumsBytes >= 0, 'open checksum bytes never negative');
   }
 
   private async syncAndClose(handle: ChunkHandle): Promise<void> {
@@ -241,7 +267,7 @@ export class HandleCache {
       this.options.failChunkSync(error);
       // Kept open: its checksums in memory are the only ones that match the file's bytes now (the
       // .sums file missed them), so reads go on through it until a restart replays the journal.
-      this.handles.set(handle.meta.chunkId, handle);
+      this.track(handle);
       throw error;
     }
     await closeHandle(handle).catch((error: unknown) => this.options.log.warn('closing a chunk file failed', { error }));
