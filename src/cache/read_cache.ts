@@ -118,7 +118,16 @@ export interface ReadCacheConfig {
 /** --cache-dir and --cache-size, which go together; undefined without them. */
 export function parseReadCacheFlags(dir: string | undefined, size: string | undefined): ReadCacheConfig | undefined {
   if ((dir === undefined) !== (size === undefined)) throw new StorageError('ERR_CONFIG', '--cache-dir and --cache-size go together');
-  return dir === undefined || size === undefined ? undefined : { dir, sizeBytes: parseSizeBytes(size, '--cache-size') };
+  if (dir === undefined || size === undefined) return undefined;
+  const sizeBytes = parseSizeBytes(size, '--cache-size');
+  checkCacheSize(sizeBytes);
+  return { dir, sizeBytes };
+}
+
+function checkCacheSize(sizeBytes: number): void {
+  if (sizeBytes < CACHE_BYTES_MIN) {
+    throw new StorageError('ERR_CONFIG', `--cache-size must be at least ${CACHE_BYTES_MIN} bytes (16 blocks of 64 KiB)`);
+  }
 }
 
 interface Entry {
@@ -172,9 +181,7 @@ export class ReadCache {
 
   /** Opens (emptying) the cache file in `dir`, of `sizeBytes` rounded down to whole blocks. */
   static async open(dir: string, sizeBytes: number, log: Logger, options: ReadCacheOpenOptions): Promise<ReadCache> {
-    if (sizeBytes < CACHE_BYTES_MIN) {
-      throw new StorageError('ERR_CONFIG', `--cache-size must be at least ${CACHE_BYTES_MIN} bytes (16 blocks of 64 KiB)`);
-    }
+    checkCacheSize(sizeBytes);
     await mkdirDurable(dir);
     // One process per cache directory: two would write each other's slots.
     const lock = await lockFile(join(dir, 'lock'));
