@@ -37,11 +37,18 @@ async function openStore(root: string, uuid: string): Promise<Opened> {
   return { store, cache };
 }
 
-async function setUp(t: Test): Promise<Opened & { root: string; uuid: string }> {
+/** A store with a cache and one empty chunk; closed when `t` ends unless `closedByTest`. */
+async function setUp(t: Test, closedByTest = false): Promise<Opened & { root: string; uuid: string }> {
   const root = await mkdtemp(join(tmpdir(), 'shoal-cs-cache-'));
   t.teardown(() => rm(root, { recursive: true, force: true }));
   const uuid = randomUUID();
   const opened = await openStore(root, uuid);
+  if (!closedByTest) {
+    t.teardown(async () => {
+      await opened.store.close();
+      await opened.cache.close();
+    });
+  }
   await opened.store.createChunk({ chunkId: CHUNK, volumeId: 1, chunkIndex: 0, sizeBytes: CHUNK_BYTES, version: 1, generation: 0 });
   return { ...opened, root, uuid };
 }
@@ -72,10 +79,6 @@ async function readsBack(t: Test, { store, cache }: Opened, version: number, off
 t.test('every change of a replica drops what the cache holds of it', async (t) => {
   const opened = await setUp(t);
   const { store, cache } = opened;
-  t.teardown(async () => {
-    await store.close();
-    await cache.close();
-  });
   await store.write(CHUNK, 1, 0, Buffer.alloc(CHUNK_BYTES, 0xa1));
   t.same(await readCached(t, opened, 1, 12 * KiB), Buffer.alloc(4 * KiB, 0xa1), 'the cached bytes are the written ones');
   t.equal(cache.usedBytes, CACHE_BLOCK_BYTES, 'one 64 KiB block kept');
@@ -129,10 +132,6 @@ t.test('every change of a replica drops what the cache holds of it', async (t) =
 t.test('a read racing a write never leaves the old bytes in the cache', async (t) => {
   const opened = await setUp(t);
   const { store, cache } = opened;
-  t.teardown(async () => {
-    await store.close();
-    await cache.close();
-  });
   await store.write(CHUNK, 1, 0, Buffer.alloc(CHUNK_BYTES, 0));
   for (let round = 1; round <= 200; round += 1) {
     const offset = (round % 4) * CACHE_BLOCK_BYTES + 4 * KiB * (round % 16);
@@ -156,10 +155,6 @@ t.test('a read racing a write never leaves the old bytes in the cache', async (t
 t.test('a damaged cache file is a miss, never wrong bytes; copies bypass the cache; scans take nothing in', async (t) => {
   const opened = await setUp(t);
   const { store, cache } = opened;
-  t.teardown(async () => {
-    await store.close();
-    await cache.close();
-  });
   await store.write(CHUNK, 1, 0, Buffer.alloc(CHUNK_BYTES, 0x5a));
   for (const offset of [0, 128 * KiB, 512 * KiB]) await readCached(t, opened, 1, offset);
   const file = await open(join(opened.root, 'cache', 'read-cache.bin'), 'r+');
@@ -191,7 +186,7 @@ t.test('a damaged cache file is a miss, never wrong bytes; copies bypass the cac
 });
 
 t.test('a restart, clean or not, starts empty and replays through the cache\'s hook; one server per cache directory', async (t) => {
-  const opened = await setUp(t);
+  const opened = await setUp(t, true);
   await opened.store.write(CHUNK, 1, 0, Buffer.alloc(CHUNK_BYTES, 0x31));
   await readCached(t, opened, 1, 4 * KiB);
   await t.rejects(ReadCache.open(join(opened.root, 'cache'), 32 * CACHE_BLOCK_BYTES, log, CS),

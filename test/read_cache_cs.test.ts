@@ -16,7 +16,8 @@ import { cliRunner } from './helpers/cli.ts';
 import { startCluster, type LocalCluster } from './helpers/cluster.ts';
 import { eventually } from './helpers/eventually.ts';
 import { metricValue } from './helpers/metrics.ts';
-import { run, runOk } from './helpers/run.ts';
+import { verifyBlocks, zipfHitRatio } from './helpers/read_cache.ts';
+import { runOk } from './helpers/run.ts';
 
 const MiB = 1024 * 1024;
 const CACHE_BYTES = 16 * MiB;
@@ -46,26 +47,9 @@ async function cacheCounters(cluster: LocalCluster): Promise<Counters> {
 }
 
 const escape = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-
-/** Reads every 64 KiB block of the hot range through the NBD server, each checked against `pattern`. */
-async function verifyBlocks(cluster: LocalCluster, pattern: number): Promise<void> {
-  const commands = Array.from({ length: HOT_BYTES / (64 * 1024) }, (_, i) => ['-c', `read -P 0x${pattern.toString(16)} ${i * 64 * 1024} 64k`]).flat();
-  await runOk('qemu-io', ['-f', 'raw', ...commands, cluster.nbdUnixUri('vm')], { timeoutMs: 120_000 });
-}
-
-/** fio's 4 KiB zipf(1.1) random reads over the hot range for `seconds`; the caches' hit ratio meanwhile. */
-async function zipfHitRatio(t: Test, cluster: LocalCluster, seconds: number): Promise<number> {
-  const before = await cacheCounters(cluster);
-  const result = await run('fio', [
-    '--name=zipf', '--ioengine=nbd', `--uri=${cluster.nbdUnixUri('vm')}`, '--rw=randread', '--bs=4k', '--iodepth=8', `--size=${HOT_BYTES}`,
-    '--random_distribution=zipf:1.1', '--norandommap', '--time_based', `--runtime=${seconds}`, '--output-format=json',
-  ], { timeoutMs: (seconds + 60) * 1000 });
-  t.equal(result.code, 0, `fio exits 0\n${result.stderr}`);
-  const after = await cacheCounters(cluster);
-  const lookups = after.hits + after.misses - before.hits - before.misses;
-  t.ok(lookups > 1000, `${lookups} cache lookups`);
-  return (after.hits - before.hits) / lookups;
-}
+const verify = (cluster: LocalCluster, pattern: number): Promise<void> => verifyBlocks(cluster.nbdUnixUri('vm'), HOT_BYTES, pattern);
+const zipf = (t: Test, cluster: LocalCluster, seconds: number): Promise<number> =>
+  zipfHitRatio(t, cluster.nbdUnixUri('vm'), HOT_BYTES, seconds, () => cacheCounters(cluster));
 
 t.test('chunk servers\' read caches: zipf hits, the stat, a write, a damaged file, a restart', async (t) => {
   t.setTimeout(300_000);
@@ -85,8 +69,8 @@ t.test('chunk servers\' read caches: zipf hits, the stat, a write, a damaged fil
   await runOk('qemu-io', ['-f', 'raw', '-c', `write -P 0xa1 0 ${HOT_BYTES}`, cluster.nbdUnixUri('vm')], { timeoutMs: 60_000 });
 
   // ---- zipf(1.1) over twice a cache's size
-  await zipfHitRatio(t, cluster, 8); // warm-up
-  const warm = await zipfHitRatio(t, cluster, 8);
+  await zipf(t, cluster, 8); // warm-up
+  const warm = await zipf(t, cluster, 8);
   t.ok(warm >= 0.8, `zipf(1.1) over twice each cache, warm: ${(warm * 100).toFixed(1)} % hits`);
   const reported = await eventually('the stat to show the chunk servers\' caches', 10_000, async () => {
     const caches = (await cluster.admin.stat()).chunkServerReadCaches;
@@ -108,11 +92,11 @@ t.test('chunk servers\' read caches: zipf hits, the stat, a write, a damaged fil
   const beforeWrite = await cacheCounters(cluster);
   await runOk('qemu-io', ['-f', 'raw', '-c', `write -P 0xb2 0 ${HOT_BYTES}`, cluster.nbdUnixUri('vm')], { timeoutMs: 60_000 });
   t.ok((await cacheCounters(cluster)).invalidations > beforeWrite.invalidations, 'the write dropped cached blocks');
-  await verifyBlocks(cluster, 0xb2);
+  await verify(cluster, 0xb2);
   t.pass('after the write, every byte read is the new one');
-  const again = await zipfHitRatio(t, cluster, 3);
+  const again = await zipf(t, cluster, 3);
   t.ok(again > 0.3, `the caches fill again with the new bytes: ${(again * 100).toFixed(1)} % hits`);
-  await verifyBlocks(cluster, 0xb2);
+  await verify(cluster, 0xb2);
   t.pass('and read from the caches, every byte is still the new one');
 
   // ---- the caches' files damaged under the running servers: misses, never the damaged bytes
@@ -121,8 +105,8 @@ t.test('chunk servers\' read caches: zipf hits, the stat, a write, a damaged fil
     for (let offset = 0; offset < CACHE_BYTES; offset += 128 * 1024) await file.write(Buffer.alloc(4096, 0xee), 0, 4096, offset + 4096);
     await file.close();
   }
-  await verifyBlocks(cluster, 0xb2);
-  await verifyBlocks(cluster, 0xb2);
+  await verify(cluster, 0xb2);
+  await verify(cluster, 0xb2);
   const damaged = await cacheCounters(cluster);
   t.ok(damaged.corrupt > 0, `${damaged.corrupt} damaged blocks found by their checksums, read from the disks`);
   await eventually('the stat to count the damaged blocks', 10_000, async () => {
@@ -135,6 +119,6 @@ t.test('chunk servers\' read caches: zipf hits, the stat, a write, a damaged fil
   const restarted = await cluster.startChunkServer(0);
   t.equal(await metricValue(Number(restarted.ready['metricsPort']), 'shoal_cs_read_cache_bytes', '{kind="used"}'), 0, 'the restarted server\'s cache is empty');
   await cluster.waitOnline(SERVERS);
-  await verifyBlocks(cluster, 0xb2);
+  await verify(cluster, 0xb2);
   t.pass('after the restart, every byte read is still the new one');
 });
