@@ -16,7 +16,7 @@ import { run } from './helpers/run.ts';
 const MiB = 1024 * 1024;
 
 t.test('the default flags fit the default budget, every share named', async (t) => {
-  const cs = csMemoryPlan({ budgetBytes: MEMORY_BUDGET_BYTES_DEFAULT, inflightBytesMax: null, openChunksMax: 256 });
+  const cs = csMemoryPlan({ budgetBytes: MEMORY_BUDGET_BYTES_DEFAULT, inflightBytesMax: null, openChunksMax: 256, cacheSizeBytes: null });
   t.ok(plannedBytes(cs.plan) <= MEMORY_BUDGET_BYTES_DEFAULT, `cs plans ${plannedBytes(cs.plan) / MiB} MiB`);
   t.same(cs.plan.shares.map((share) => share.name), ['runtime', 'chunk_checksums', 'journal_buffers', 'connection_buffers', 'requests']);
   t.equal(cs.inflightBytesMax, 256 * MiB, 'the in-flight gate gets its full default when the budget leaves room');
@@ -29,14 +29,14 @@ t.test('the default flags fit the default budget, every share named', async (t) 
 });
 
 t.test('a smaller budget leaves less to requests in flight, down to the minimum', async (t) => {
-  const cs = csMemoryPlan({ budgetBytes: CS_MEMORY_BUDGET_MIN + 8 * MiB, inflightBytesMax: null, openChunksMax: 256 });
+  const cs = csMemoryPlan({ budgetBytes: CS_MEMORY_BUDGET_MIN + 8 * MiB, inflightBytesMax: null, openChunksMax: 256, cacheSizeBytes: null });
   t.equal(plannedBytes(cs.plan), cs.plan.budgetBytes, 'the requests take what the others leave');
   const nbd = nbdMemoryPlan({ budgetBytes: NBD_MEMORY_BUDGET_MIN, inflightBytesTotalMax: null, inflightBytesMax: null, cacheSizeBytes: null });
   t.equal(plannedBytes(nbd.plan), NBD_MEMORY_BUDGET_MIN);
 });
 
 t.test('a plan that does not fit is refused, naming the shares and the budget that would do', async (t) => {
-  t.throws(() => csMemoryPlan({ budgetBytes: 256 * MiB, inflightBytesMax: 512 * MiB, openChunksMax: 256 }), {
+  t.throws(() => csMemoryPlan({ budgetBytes: 256 * MiB, inflightBytesMax: 512 * MiB, openChunksMax: 256, cacheSizeBytes: null }), {
     code: 'ERR_CONFIG',
     message: /requests 512M \(--inflight-bytes-max\).*Raise --memory-budget to at least 688M/,
   });
@@ -44,13 +44,17 @@ t.test('a plan that does not fit is refused, naming the shares and the budget th
     code: 'ERR_CONFIG',
     message: /read_cache_index \d+M \(--cache-size\)/,
   });
+  t.throws(() => csMemoryPlan({ budgetBytes: MEMORY_BUDGET_BYTES_DEFAULT, inflightBytesMax: null, openChunksMax: 256, cacheSizeBytes: 64 * 1024 * MiB }), {
+    code: 'ERR_CONFIG',
+    message: /for this cs: .*read_cache_index \d+M \(--cache-size\)/,
+  }, 'a chunk server\'s 64 GiB read cache needs an index larger than the default budget leaves');
   t.throws(() => parseMemoryBudget('64M', CS_MEMORY_BUDGET_MIN), { code: 'ERR_CONFIG', message: /--memory-budget 64M is too small/ });
   t.throws(() => parseMemoryBudget('lots', CS_MEMORY_BUDGET_MIN), { code: 'ERR_INVALID_ARGUMENT', message: /--memory-budget: cannot parse size "lots"/ });
   t.equal(parseMemoryBudget('1G', CS_MEMORY_BUDGET_MIN), 1024 * MiB);
 });
 
 t.test('an explicit in-flight limit is honoured', async (t) => {
-  const cs = csMemoryPlan({ budgetBytes: 1024 * MiB, inflightBytesMax: 64 * MiB, openChunksMax: 16 });
+  const cs = csMemoryPlan({ budgetBytes: 1024 * MiB, inflightBytesMax: 64 * MiB, openChunksMax: 16, cacheSizeBytes: null });
   t.equal(cs.inflightBytesMax, 64 * MiB);
   t.equal(cs.openSumsBytesMax, 16 * 128 * 1024, 'the checksums of 16 open 64 MiB chunks: 8 bytes per 4 KiB block');
   const nbd = nbdMemoryPlan({ budgetBytes: 1024 * MiB, inflightBytesTotalMax: 96 * MiB, inflightBytesMax: 512 * MiB, cacheSizeBytes: null });

@@ -1,23 +1,26 @@
-// The NBD server's read cache (src/client/read_cache.ts) on a real file: a zipf(1.1) workload over
+// The read cache (src/cache/read_cache.ts) on a real file, keyed as the NBD server keys it: a zipf(1.1) workload over
 // twice the cache's size hits at least 80 % once warm; a full sequential scan in between costs at
 // most 5 points; a block changed while it was being read is not taken in; a corrupted cache file
-// is a miss, never wrong bytes; a reopened cache is empty.
+// is a miss, never wrong bytes; a reopened cache is empty; a full cache keeps within
+// READ_CACHE_FIXED_BYTES + READ_CACHE_INDEX_BYTES_PER_SLOT a slot.
 
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t from 'tap';
-import { CACHE_BLOCK_BYTES, ReadCache, type BlockAddress } from '../src/client/read_cache.ts';
+import { CACHE_BLOCK_BYTES, READ_CACHE_FIXED_BYTES, READ_CACHE_INDEX_BYTES_PER_SLOT, ReadCache, type BlockKey } from '../src/cache/read_cache.ts';
 import type { Logger } from '../src/util/log.ts';
 import { seededRandom } from '../src/util/clock.ts';
 import { damageCacheFile } from './helpers/read_cache.ts';
 import { zipf } from './helpers/zipf.ts';
+import { run } from './helpers/run.ts';
 
 const log: Logger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
 const CACHE_BLOCKS = 256;
 const VOLUME_BLOCKS = 2 * CACHE_BLOCKS;
 
-const address = (blockIndex: number, generation = 1): BlockAddress => ({ volumeId: 1, generation, chunkId: 100 + (blockIndex >> 4), version: 1, blockIndex });
+const address = (blockIndex: number, generation = 1): BlockKey => ({ group: 1, blockIndex, tag: `${generation}/${100 + (blockIndex >> 4)}/1` });
+const NBD = { owner: 'NBD server' };
 const contentOf = (blockIndex: number): Buffer => Buffer.alloc(CACHE_BLOCK_BYTES, blockIndex % 251);
 
 /** What the NBD server does per 4 KiB read of a block: look up, else read the block and maybe keep it. */
@@ -38,10 +41,42 @@ async function hitRatio(cache: ReadCache, next: () => number, reads: number): Pr
   return hits / reads;
 }
 
+t.test('a full cache takes at most READ_CACHE_FIXED_BYTES + READ_CACHE_INDEX_BYTES_PER_SLOT a slot, with the longest keys', async (t) => {
+  // In a process of its own: what this one holds (tap, the other tests) would blur the figure.
+  const slots = 4096;
+  const budget = READ_CACHE_FIXED_BYTES + slots * READ_CACHE_INDEX_BYTES_PER_SLOT;
+  const dir = await mkdtemp(join(tmpdir(), 'shoal-cache-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const script = `
+    const { ReadCache, CACHE_BLOCK_BYTES } = await import(${JSON.stringify(new URL('../src/cache/read_cache.js', import.meta.url).href)});
+    const log = { debug() {}, info() {}, warn() {}, error() {} };
+    // The NBD server's longest keys: a large volume id, 13-digit chunk ids, 10-digit versions;
+    // a chunk server's with each block in a chunk of its own.
+    const keyOf = (shape, i) => shape === 'nbd'
+      ? { group: 1048576, blockIndex: 16000000000 + i, tag: '4096/' + (1000000000000 + (i >> 6)) + '/4000000000' }
+      : { group: 1000000000000 + i, blockIndex: 1023, tag: '4000000000' };
+    const memory = () => { gc(); gc(); const { heapUsed, arrayBuffers } = process.memoryUsage(); return heapUsed + arrayBuffers; };
+    const block = Buffer.alloc(CACHE_BLOCK_BYTES, 1);
+    const before = memory();
+    const cache = await ReadCache.open(process.argv[1], ${slots} * CACHE_BLOCK_BYTES, log, { owner: 'test' });
+    for (let i = 0; i < ${slots}; i += 1) await cache.admit(keyOf(process.argv[2], i), block, cache.sequence);
+    const used = memory() - before;
+    if (cache.stats.admissions !== ${slots}) throw new Error('the cache is not full: ' + cache.stats.admissions);
+    await cache.close();
+    process.stdout.write(String(used));
+  `;
+  for (const [shape, what] of [['nbd', 'the NBD server\'s longest keys'], ['cs', 'a chunk server\'s keys, a block a chunk']] as const) {
+    const result = await run(process.execPath, ['--expose-gc', '--input-type=module', '-e', script, dir, shape], { timeoutMs: 60_000 });
+    t.equal(result.code, 0, `the measurement runs\n${result.stderr}`);
+    const used = Number(result.stdout);
+    t.ok(used > 0 && used <= budget, `${what}: ${used} bytes for ${slots} slots, ${(used / slots).toFixed(0)} a slot (budget ${budget})`);
+  }
+});
+
 t.test('zipf(1.1) over twice the cache: 80 % hits when warm; a full scan costs at most 5 points', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'shoal-cache-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const cache = await ReadCache.open(dir, CACHE_BLOCKS * CACHE_BLOCK_BYTES, log);
+  const cache = await ReadCache.open(dir, CACHE_BLOCKS * CACHE_BLOCK_BYTES, log, NBD);
   t.teardown(() => cache.close());
   const random = seededRandom(11);
   const next = zipf(VOLUME_BLOCKS, 1.1, random);
@@ -64,8 +99,8 @@ t.test('zipf(1.1) over twice the cache: 80 % hits when warm; a full scan costs a
 t.test('never old or wrong bytes: a change in flight, another epoch, a corrupted file, a restart', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'shoal-cache-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const cache = await ReadCache.open(dir, 16 * CACHE_BLOCK_BYTES, log);
-  t.equal(cache.openVolume(1, 5), 1, 'the first open at epoch 5: generation 1');
+  const cache = await ReadCache.open(dir, 16 * CACHE_BLOCK_BYTES, log, NBD);
+  t.equal(cache.openGroup(1, 5), 1, 'the first open at epoch 5: generation 1');
   const keep = async (blockIndex: number, sinceSeq = cache.sequence): Promise<void> => {
     await cache.lookup(address(blockIndex), false);
     await cache.lookup(address(blockIndex), false);
@@ -90,16 +125,16 @@ t.test('never old or wrong bytes: a change in flight, another epoch, a corrupted
   t.equal(await cache.lookup(address(3), false), null, 'a write drops what it touches');
   // Generations: a clean close at epoch 5 and this host's next open at 6 keep what is cached; a
   // gap (another host opened it for write in between), or a lease lost, does not.
-  cache.closeVolume(1, 5, true);
-  t.equal(cache.openVolume(1, 6), 1, 'reopened right after its own lease: the same generation');
+  cache.closeGroup(1, 5, true);
+  t.equal(cache.openGroup(1, 6), 1, 'reopened right after its own lease: the same generation');
   t.ok((await cache.lookup(address(7), false)) !== null, 'and its blocks');
-  cache.closeVolume(1, 6, true);
-  t.equal(cache.openVolume(1, 8), 2, 'another host held epoch 7: a new generation');
+  cache.closeGroup(1, 6, true);
+  t.equal(cache.openGroup(1, 8), 2, 'another host held epoch 7: a new generation');
   t.equal(await cache.lookup(address(7), false), null, 'nothing of the old one is found');
   t.equal(await cache.lookup(address(7, 2), false), null);
   await keep(7);
-  cache.closeVolume(1, 8, false);
-  t.equal(cache.openVolume(1, 9), 3, 'after a lost lease: a new generation, even at the next epoch');
+  cache.closeGroup(1, 8, false);
+  t.equal(cache.openGroup(1, 9), 3, 'after a lost lease: a new generation, even at the next epoch');
 
   // The cache file is damaged under it: a miss, counted, never the damaged bytes.
   await keep(11);
@@ -112,9 +147,9 @@ t.test('never old or wrong bytes: a change in flight, another epoch, a corrupted
   await cache.close();
 
   // A restart: empty, whatever the file held.
-  const reopened = await ReadCache.open(dir, 16 * CACHE_BLOCK_BYTES, log);
+  const reopened = await ReadCache.open(dir, 16 * CACHE_BLOCK_BYTES, log, NBD);
   // One process per directory: a second one is refused while the first runs.
-  await t.rejects(ReadCache.open(dir, 16 * CACHE_BLOCK_BYTES, log), { code: 'ERR_CONFIG', message: /in use by process \d+: give each NBD server its own --cache-dir/ });
+  await t.rejects(ReadCache.open(dir, 16 * CACHE_BLOCK_BYTES, log, NBD), { code: 'ERR_CONFIG', message: /in use by process \d+: give each NBD server its own --cache-dir/ });
   t.equal(reopened.usedBytes, 0);
   t.equal(await reopened.lookup(address(7), false), null, 'nothing survives a restart');
   await reopened.close();

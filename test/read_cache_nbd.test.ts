@@ -12,7 +12,7 @@ import { Volume } from '../src/client/volume.ts';
 import { createLogger } from '../src/util/log.ts';
 import { startCluster, type LocalCluster } from './helpers/cluster.ts';
 import { eventually } from './helpers/eventually.ts';
-import { damageCacheFile, readCacheArgs, readCacheCounters } from './helpers/read_cache.ts';
+import { damageCacheFile, readCacheArgs, readCacheCounters, verifyBlocks, zipfHitRatio, zipfReadArgs } from './helpers/read_cache.ts';
 import { run, runOk } from './helpers/run.ts';
 
 const MiB = 1024 * 1024;
@@ -21,29 +21,9 @@ const HOT_BYTES = 2 * CACHE_BYTES;
 
 const cacheCounters = (cluster: LocalCluster) => readCacheCounters(Number(cluster.nbd?.ready['metricsPort']));
 
-/**
- * Reads every 64 KiB block of the hot range through the NBD server, each checked against
- * `pattern`: block-sized reads are what the cache answers (a large read of blocks not all cached
- * goes to the chunk servers whole).
- */
-async function verifyBlocks(cluster: LocalCluster, pattern: number): Promise<void> {
-  const commands = Array.from({ length: HOT_BYTES / (64 * 1024) }, (_, i) => ['-c', `read -P 0x${pattern.toString(16)} ${i * 64 * 1024} 64k`]).flat();
-  await runOk('qemu-io', ['-f', 'raw', ...commands, cluster.nbdUnixUri('vm')], { timeoutMs: 120_000 });
-}
-
-/** fio's 4 KiB zipf(1.1) random reads over the hot range for `seconds`; the cache's hit ratio meanwhile. */
-async function zipfHitRatio(t: Test, cluster: LocalCluster, seconds: number): Promise<number> {
-  const before = await cacheCounters(cluster);
-  const result = await run('fio', [
-    '--name=zipf', '--ioengine=nbd', `--uri=${cluster.nbdUnixUri('vm')}`, '--rw=randread', '--bs=4k', '--iodepth=8', `--size=${HOT_BYTES}`,
-    '--random_distribution=zipf:1.1', '--norandommap', '--time_based', `--runtime=${seconds}`, '--output-format=json',
-  ], { timeoutMs: (seconds + 60) * 1000 });
-  t.equal(result.code, 0, `fio exits 0\n${result.stderr}`);
-  const after = await cacheCounters(cluster);
-  const lookups = after.hits + after.misses - before.hits - before.misses;
-  t.ok(lookups > 1000, `${lookups} cache lookups`);
-  return (after.hits - before.hits) / lookups;
-}
+const verify = (cluster: LocalCluster, pattern: number): Promise<void> => verifyBlocks(cluster.nbdUnixUri('vm'), HOT_BYTES, pattern);
+const zipf = (t: Test, cluster: LocalCluster, seconds: number): Promise<number> =>
+  zipfHitRatio(t, cluster.nbdUnixUri('vm'), HOT_BYTES, seconds, () => cacheCounters(cluster));
 
 t.test('the read cache: zipf hits, a scan, a damaged file, a forced takeover and a restart', async (t) => {
   t.setTimeout(240_000);
@@ -57,8 +37,8 @@ t.test('the read cache: zipf hits, a scan, a damaged file, a forced takeover and
   const image = cluster.nbdUnixUri('vm');
   await runOk('qemu-io', ['-f', 'raw', '-c', `write -P 0xa1 0 ${HOT_BYTES}`, image], { timeoutMs: 60_000 });
 
-  await zipfHitRatio(t, cluster, 8); // warm-up
-  const warm = await zipfHitRatio(t, cluster, 8);
+  await zipf(t, cluster, 8); // warm-up
+  const warm = await zipf(t, cluster, 8);
   t.ok(warm >= 0.8, `zipf(1.1) over twice the cache, warm: ${(warm * 100).toFixed(1)} % hits`);
   const reported = await eventually('the stat to show the server\'s read cache', 10_000, async () => (await cluster.admin.stat()).readCaches[0] ?? null);
   t.match(reported, { hypervisor: 'local', capacityBytes: CACHE_BYTES, corrupt: 0 }, 'the stat shows the cache');
@@ -66,32 +46,29 @@ t.test('the read cache: zipf hits, a scan, a damaged file, a forced takeover and
 
   // A backup reads the whole volume in order (and every byte of the hot range is checked).
   await runOk('qemu-io', ['-f', 'raw', '-c', `read -P 0xa1 0 ${HOT_BYTES}`, '-c', `read ${HOT_BYTES} ${64 * MiB - HOT_BYTES}`, image], { timeoutMs: 60_000 });
-  const afterScan = await zipfHitRatio(t, cluster, 8);
+  const afterScan = await zipf(t, cluster, 8);
   t.ok(warm - afterScan <= 0.05, `after a full scan: ${(afterScan * 100).toFixed(1)} % (${((warm - afterScan) * 100).toFixed(1)} points from warm)`);
 
   // The cache file damaged under the running server: misses, never the damaged bytes.
   await damageCacheFile(cacheDir, Array.from({ length: CACHE_BYTES / (256 * 1024) }, (_, i) => ({ offsetBytes: i * 256 * 1024 + 4096, data: Buffer.alloc(4096, 0xee) })));
-  await verifyBlocks(cluster, 0xa1);
+  await verify(cluster, 0xa1);
   const damaged = await cacheCounters(cluster);
   t.ok(damaged.corrupt > 0, `${damaged.corrupt} damaged blocks found by their checksums, read from the chunk servers`);
 
   // While this server has the volume closed (its lease released), another host opens it, writes
   // everything anew and closes: the next open here is not the one right after this server's own.
-  await zipfHitRatio(t, cluster, 3); // the cache full of the old bytes again
+  await zipf(t, cluster, 3); // the cache full of the old bytes again
   const pool = cluster.pool();
   t.teardown(() => pool.closeAll());
   const clientLog = createLogger('test-client');
   const between = await Volume.open({ mds: cluster.internal, pool, name: 'vm', readOnly: false, holder: 'other-host', log: clientLog });
   await between.write(0, Buffer.alloc(HOT_BYTES, 0xc3));
   await between.close();
-  await verifyBlocks(cluster, 0xc3);
+  await verify(cluster, 0xc3);
   t.pass('after another host wrote while this one had the volume closed, every byte read here is the new one');
 
   // Another host takes the lease by force while the server is reading, and writes everything anew.
-  const reading = run('fio', [
-    '--name=zipf', '--ioengine=nbd', `--uri=${image}`, '--rw=randread', '--bs=4k', '--iodepth=8', `--size=${HOT_BYTES}`,
-    '--random_distribution=zipf:1.1', '--norandommap', '--time_based', '--runtime=8', '--output-format=json',
-  ], { timeoutMs: 90_000 });
+  const reading = run('fio', zipfReadArgs(image, HOT_BYTES, 8), { timeoutMs: 90_000 });
   await new Promise((resolve) => setTimeout(resolve, 2_000));
   const other = await Volume.open({ mds: cluster.internal, pool, name: 'vm', readOnly: false, force: true, holder: 'other-host', log: clientLog });
   // The server it took the lease from may answer its guest from its cache for 1.5 renewal
@@ -102,14 +79,14 @@ t.test('the read cache: zipf hits, a scan, a damaged file, a forced takeover and
   t.ok(heldMs >= 1_200, `the new writer's first write waited ${heldMs.toFixed(0)} ms for the old writer's cache to stop answering`);
   await other.close();
   await reading; // its reads after the takeover may fail (its lease is gone): only what follows matters
-  await verifyBlocks(cluster, 0xb2);
+  await verify(cluster, 0xb2);
   t.pass('after the other host\'s writes, every byte read through the cached server is the new one');
-  await zipfHitRatio(t, cluster, 3);
-  await verifyBlocks(cluster, 0xb2);
+  await zipf(t, cluster, 3);
+  await verify(cluster, 0xb2);
 
   // A restart empties the cache.
   await cluster.nbd?.stop('SIGTERM');
   await cluster.startNbd(cacheArgs);
   t.equal((await cacheCounters(cluster)).used, 0, 'the restarted server\'s cache is empty');
-  await verifyBlocks(cluster, 0xb2);
+  await verify(cluster, 0xb2);
 });

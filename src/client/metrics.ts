@@ -2,13 +2,11 @@
 // how long each chunk-server request takes from being handed to the connection until its reply
 // arrives. Set beside the NBD server's own request histogram, it splits a guest's latency into
 // the NBD server's part and the chunk servers' (the primary, its replicas and their journals).
-// And per open volume, what its I/O limits hold back.
+// And per open volume, what its I/O limits hold back. (The read cache's: src/cache/metrics.ts.)
 
 import { Counter, Gauge, Histogram, exponentialBuckets, type Registry } from 'prom-client';
 import { CS_OP } from '../protocol/cs_messages.ts';
 import type { QosGate } from './qos_gate.ts';
-import type { ReadCache, ReadCacheStats } from './read_cache.ts';
-import { counterFromTotal } from '../util/metrics.ts';
 
 /** Called once per reply: the request's op and its time in seconds. */
 export type RequestObserver = (op: number, seconds: number) => void;
@@ -87,30 +85,6 @@ export function registerQosMetrics(registry: Registry, openVolumes: () => Iterab
         this.set({ ...labels(open), limit: 'iops' }, iopsLimit);
         this.set({ ...labels(open), limit: 'bandwidth' }, bandwidthLimitBytesPerSecond);
       }
-    },
-  });
-}
-
-/** The read cache's counters and size (read_cache.ts), read at scrape time. */
-export function registerReadCacheMetrics(registry: Registry, cache: ReadCache): void {
-  const registers = [registry];
-  const totals: Array<[string, string, (stats: ReadCacheStats) => number]> = [
-    ['shoal_client_read_cache_hits_total', 'Blocks read from the local read cache (checksum checked)', (s) => s.hits],
-    ['shoal_client_read_cache_misses_total', 'Blocks looked up in the read cache and read from the chunk servers instead', (s) => s.misses],
-    ['shoal_client_read_cache_admissions_total', 'Blocks taken into the read cache', (s) => s.admissions],
-    ['shoal_client_read_cache_evictions_total', 'Blocks evicted from the full read cache for others', (s) => s.evictions],
-    ['shoal_client_read_cache_invalidations_total', 'Cached blocks dropped by writes through this host', (s) => s.invalidations],
-    ['shoal_client_read_cache_corrupt_blocks_total', 'Cached blocks that failed their checksum (dropped, read from the chunk servers)', (s) => s.corrupt],
-  ];
-  for (const [name, help, read] of totals) counterFromTotal(registers, name, help, () => read(cache.stats));
-  new Gauge({
-    name: 'shoal_client_read_cache_bytes',
-    help: 'The read cache\'s size and what it holds',
-    labelNames: ['kind'] as const,
-    registers,
-    collect() {
-      this.set({ kind: 'capacity' }, cache.capacityBytes);
-      this.set({ kind: 'used' }, cache.usedBytes);
     },
   });
 }

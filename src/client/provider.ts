@@ -2,7 +2,7 @@
 // of the same name in this process: one lease, one chunk map, one write-ordering lock. The volume
 // closes (and its lease is released) when the last user lets go.
 
-import type { ReadCache } from './read_cache.ts';
+import type { ReadCache } from '../cache/read_cache.ts';
 import type { CsConnectionPool } from '../protocol/cs_connection.ts';
 import type { MdsClient } from '../protocol/mds_client.ts';
 import type { Logger } from '../util/log.ts';

@@ -24,12 +24,12 @@ import type { MdsClient } from '../protocol/mds_client.ts';
 import { systemTimers } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
 import { RangeLock } from '../util/range_lock.ts';
+import { CACHE_BLOCK_BYTES, type ReadCache } from '../cache/read_cache.ts';
 import type { BlockDevice, Extent } from './block_device.ts';
 import { ChunkLocator } from './chunk_locator.ts';
 import { LeaseKeeper, capabilityGrant } from './lease.ts';
 import { QosGate } from './qos_gate.ts';
 import { blockSpan, checkRange, firstPiece, splitRange, type Piece } from './ranges.ts';
-import { CACHE_BLOCK_BYTES, type BlockAddress, type ReadCache } from './read_cache.ts';
 import { ReplicaIo } from './replica_io.ts';
 import { Retrier } from './retry.ts';
 
@@ -54,7 +54,8 @@ export interface VolumeOpenOptions {
   /** Chunk servers whose disks are ill (the MDS says so; kept up to date by the caller): read last. */
   readonly avoidServers?: ReadonlySet<number>;
   /**
-   * A local read cache shared by the process's volumes (read_cache.ts). Used only by write opens
+   * A local read cache shared by the process's volumes (../cache/read_cache.ts), a volume a group
+   * of it (with generations). Used only by write opens
    * while their lease is held and confirmed lately: nobody else writes the volume then.
    */
   readonly readCache?: ReadCache;
@@ -75,7 +76,7 @@ export class Volume implements BlockDevice {
   private readonly replicas: ReplicaIo;
   private readonly writeOrder = new RangeLock();
   private readonly readCache: ReadCache | undefined;
-  /** This open's generation in the read cache (read_cache.ts openVolume). */
+  /** This open's generation in the read cache (ReadCache.openGroup). */
   private cacheGeneration = 0;
   /** No write before this (performance.now()): the previous writer's read cache may still answer (LeaseGrant.holdWritesMs). */
   private writesFromMs = 0;
@@ -143,7 +144,7 @@ export class Volume implements BlockDevice {
       volume.writesFromMs = performance.now() + holdWritesMs;
       options.log.info('writes held while the previous writer\'s read cache may still answer its guest', { volume: options.name, holdWritesMs });
     }
-    if (volume.readCache !== undefined) volume.cacheGeneration = volume.readCache.openVolume(opened.volume.id, volume.lease.epoch);
+    if (volume.readCache !== undefined) volume.cacheGeneration = volume.readCache.openGroup(opened.volume.id, volume.lease.epoch);
     volume.lease.start();
     return volume;
   }
@@ -233,8 +234,8 @@ export class Volume implements BlockDevice {
     if (this.closed) return;
     this.closed = true;
     this.qos.releaseAll();
-    // Released cleanly, what is cached may serve this host's next open (read_cache.ts).
-    this.readCache?.closeVolume(this.info.id, this.lease.epoch, this.lease.lost === null);
+    // Released cleanly, what is cached may serve this host's next open (ReadCache.openGroup).
+    this.readCache?.closeGroup(this.info.id, this.lease.epoch, this.lease.lost === null);
     await this.lease.stop();
   }
 
@@ -247,43 +248,17 @@ export class Volume implements BlockDevice {
     // Only while nobody else can write the volume: the lease held, and confirmed lately.
     // A chunk in doubt may read differently from each member until the MDS settles it (under a new version).
     if (cache === undefined || entry.inDoubt === true || this.lease.lost !== null || !this.lease.confirmedLately()) return this.replicas.read(piece);
-    const firstBlock = Math.floor(piece.offsetInChunk / CACHE_BLOCK_BYTES);
-    const lastBlock = Math.floor((piece.offsetInChunk + piece.lengthBytes - 1) / CACHE_BLOCK_BYTES);
-    const chunkFirstBlock = (piece.chunkIndex * this.info.chunkSizeBytes) / CACHE_BLOCK_BYTES;
-    const address = (block: number): BlockAddress => ({
-      volumeId: this.info.id, generation: this.cacheGeneration, chunkId: entry.chunkId, version: entry.version, blockIndex: chunkFirstBlock + block,
+    const chunkStartBytes = piece.chunkIndex * this.info.chunkSizeBytes;
+    const chunkFirstBlock = chunkStartBytes / CACHE_BLOCK_BYTES;
+    const tag = `${this.cacheGeneration}/${entry.chunkId}/${entry.version}`;
+    return cache.read({
+      offsetBytes: piece.offsetInChunk,
+      lengthBytes: piece.lengthBytes,
+      endBytes: Math.min(this.info.chunkSizeBytes, this.info.sizeBytes - chunkStartBytes),
+      scan,
+      keyOf: (block) => ({ group: this.info.id, blockIndex: chunkFirstBlock + block, tag }),
+      source: (offsetInChunk, lengthBytes) => this.replicas.read({ chunkIndex: piece.chunkIndex, offsetInChunk, lengthBytes, bufferOffset: 0 }),
     });
-    const sinceSeq = cache.sequence;
-    const blocks = Array.from({ length: lastBlock - firstBlock + 1 }, (_, i) => address(firstBlock + i));
-    // Answered from the cache only when every block is there; else the piece is read whole.
-    const cached = blocks.every((block) => cache.has(block)) ? await Promise.all(blocks.map((block) => cache.lookup(block, scan))) : null;
-    if (cached === null) for (const block of blocks) cache.noteMiss(block, scan);
-    if (cached !== null && cached.every((block) => block !== null)) {
-      const result = Buffer.allocUnsafe(piece.lengthBytes);
-      for (const [i, block] of cached.entries()) {
-        const blockStart = (firstBlock + i) * CACHE_BLOCK_BYTES;
-        const from = Math.max(piece.offsetInChunk, blockStart);
-        const to = Math.min(piece.offsetInChunk + piece.lengthBytes, blockStart + CACHE_BLOCK_BYTES);
-        block?.copy(result, from - piece.offsetInChunk, from - blockStart, to - blockStart);
-      }
-      return result;
-    }
-    // A small read of a block worth keeping: read the whole block, keep it, answer from it.
-    const endOfVolume = (chunkFirstBlock + firstBlock + 1) * CACHE_BLOCK_BYTES > this.info.sizeBytes;
-    if (firstBlock === lastBlock && !endOfVolume && cache.wants(address(firstBlock), scan)) {
-      const block = await this.replicas.read({ chunkIndex: piece.chunkIndex, offsetInChunk: firstBlock * CACHE_BLOCK_BYTES, lengthBytes: CACHE_BLOCK_BYTES, bufferOffset: 0 });
-      void cache.admit(address(firstBlock), block, sinceSeq);
-      const within = piece.offsetInChunk - firstBlock * CACHE_BLOCK_BYTES;
-      return block.subarray(within, within + piece.lengthBytes);
-    }
-    const data = await this.replicas.read(piece);
-    // Whole blocks the read covered, worth keeping.
-    for (let block = firstBlock; block <= lastBlock; block += 1) {
-      const from = block * CACHE_BLOCK_BYTES - piece.offsetInChunk;
-      if (from < 0 || from + CACHE_BLOCK_BYTES > piece.lengthBytes || cache.has(address(block)) || !cache.wants(address(block), scan)) continue;
-      void cache.admit(address(block), Buffer.from(data.subarray(from, from + CACHE_BLOCK_BYTES)), sinceSeq);
-    }
-    return data;
   }
 
   /**

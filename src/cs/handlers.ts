@@ -327,7 +327,8 @@ async function fillReplica(
 
 /**
  * COPY_RANGE: sends this replica's bytes for a range to the target, data as data (read through the
- * checksums, so a bad block stops the copy rather than spreading) and holes as holes.
+ * checksums, so a bad block stops the copy rather than spreading; not through the read cache,
+ * whose hot set a copy would only disturb) and holes as holes.
  */
 async function copyRange(deps: ChunkServerOptions, request: CopyRangeRequest): Promise<number> {
   const { store, bulkPeers: peers } = deps;
@@ -341,7 +342,7 @@ async function copyRange(deps: ChunkServerOptions, request: CopyRangeRequest): P
       const base = { chunkId: request.chunkId, offsetBytes: offset, lengthBytes };
       const response = allocated
         ? await peers.request(host, port, { op: CS_OP.REPLICA_WRITE, ...base },
-            await store.read(request.chunkId, request.version, offset, lengthBytes))
+            await store.read(request.chunkId, request.version, offset, lengthBytes, { uncached: true }))
         : await peers.request(host, port, { op: CS_OP.REPLICA_ZERO, ...base });
       if (response.reply.code !== undefined) {
         throw StorageError.fromWire(response.reply.code, `copy target ${host}:${port}: ${response.reply.message ?? ''}`);

@@ -18,12 +18,15 @@ import { MdsClient } from '../protocol/mds_client.ts';
 import { announceReady, onShutdownSignal, parseHostPort, parseIntegerFlag } from '../util/daemon.ts';
 import { formatMode, usePrivateUmask } from '../util/fs.ts';
 import { systemClock, systemMonotonicClock } from '../util/clock.ts';
-import { createLogger } from '../util/log.ts';
+import { createLogger, type Logger } from '../util/log.ts';
 import { serveMetrics } from '../util/metrics_http.ts';
 import { RateLimiter } from '../util/rate_limiter.ts';
 import { ByteGate } from '../util/byte_gate.ts';
 import { MemoryWatch, formatMiB, parseMemoryBudget, registerMemoryMetrics } from '../util/memory_budget.ts';
 import { parseSizeBytes } from '../util/size.ts';
+import { registerReadCacheMetrics } from '../cache/metrics.ts';
+import { ReadCache, parseReadCacheFlags, type ReadCacheConfig } from '../cache/read_cache.ts';
+import { ChunkReadCache } from './store/chunk_read_cache.ts';
 import { ChunkStore, IN_PLACE_WRITE_BYTES_MIN_DEFAULT, IN_PLACE_WRITE_BYTES_MIN_OWN_JOURNAL_DEVICE, REAL_STORE_ENV } from './store/chunk_store.ts';
 import { DiskUsage } from './disk_usage.ts';
 import { CS_MEMORY_BUDGET_MIN, csMemoryPlan, type CsMemoryLimits } from './memory_plan.ts';
@@ -67,6 +70,10 @@ const USAGE = `usage: shoal run cs --data DIR --mds URL --cluster-key FILE [opti
   --scrub-bytes-per-second N  background checksum scrub rate, 0 = off (default 4 MiB/s)
   --scrub-interval-ms N       pause between scrub passes (default 21600000, six hours)
   --capacity-bytes N          use at most this much of the disk (default: all of it)
+  --cache-dir PATH            keep a read cache there (an SSD in front of an HDD): 64 KiB blocks of
+                              the replicas clients read, checked by checksum on every hit, dropped by
+                              every change of their replica, emptied at start; one server per directory
+  --cache-size N              its size (e.g. 16G; at least 1M); with --cache-dir
   --connections-max N         open connections at most; beyond it a new one closes the oldest
                               unauthenticated one, or is refused when all have authenticated
                               (default ${CS_CONNECTIONS_MAX_DEFAULT})
@@ -107,6 +114,8 @@ export async function runChunkServer(argv: string[]): Promise<void> {
       'scrub-bytes-per-second': { type: 'string' },
       'scrub-interval-ms': { type: 'string' },
       'capacity-bytes': { type: 'string' },
+      'cache-dir': { type: 'string' },
+      'cache-size': { type: 'string' },
       'connections-max': { type: 'string' },
       'unauthenticated-connections-max': { type: 'string' },
       help: { type: 'boolean' },
@@ -132,11 +141,13 @@ export async function runChunkServer(argv: string[]): Promise<void> {
   const openChunksMax = parseIntegerFlag(values['open-chunks-max'], '--open-chunks-max', 256, 1);
   const journalSegmentBytes = values['journal-segment-bytes'] === undefined
     ? 64 * MiB : Math.max(MiB, parseSizeBytes(values['journal-segment-bytes'], '--journal-segment-bytes'));
+  const readCache = parseReadCacheFlags(values['cache-dir'], values['cache-size']);
   // Before anything is read or opened: a budget that cannot be kept is a configuration error.
   const memory = csMemoryPlan({
     budgetBytes: parseMemoryBudget(values['memory-budget'], CS_MEMORY_BUDGET_MIN),
     inflightBytesMax: values['inflight-bytes-max'] === undefined ? null : Math.max(MiB, parseSizeBytes(values['inflight-bytes-max'], '--inflight-bytes-max')),
     openChunksMax,
+    cacheSizeBytes: readCache?.sizeBytes ?? null,
   });
   await startChunkServer({
     dataDir: values.data,
@@ -160,6 +171,7 @@ export async function runChunkServer(argv: string[]): Promise<void> {
     scrubBytesPerSecond: parseIntegerFlag(values['scrub-bytes-per-second'], '--scrub-bytes-per-second', 4 * MiB),
     scrubIntervalMs: parseIntegerFlag(values['scrub-interval-ms'], '--scrub-interval-ms', 6 * 3_600_000),
     capacityBytes: values['capacity-bytes'] === undefined ? null : parseSizeBytes(values['capacity-bytes'], '--capacity-bytes'),
+    readCache,
     connectionsMax,
     unauthenticatedConnectionsMax,
   });
@@ -214,6 +226,8 @@ interface ChunkServerConfig {
   readonly scrubBytesPerSecond: number;
   readonly scrubIntervalMs: number;
   readonly capacityBytes: number | null;
+  /** --cache-dir and --cache-size, if given (chunk_read_cache.ts). */
+  readonly readCache: ReadCacheConfig | undefined;
   readonly connectionsMax: number;
   readonly unauthenticatedConnectionsMax: number;
 }
@@ -233,10 +247,12 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   const journalDirRecorded = journalDirInside.startsWith('..') ? journalDir : journalDirInside;
   let journalLock: DataDirLock | null = null;
   let journalOwnDevice = false;
+  let readCache: ReadCache | undefined;
   let store: ChunkStore;
   try {
     journalLock = await lockJournalDir(journalDir);
     journalOwnDevice = (await stat(journalDir)).dev !== (await stat(config.dataDir)).dev;
+    readCache = config.readCache === undefined ? undefined : await openReadCache(config.readCache, config.dataDir, log);
     store = await ChunkStore.open({
       ...REAL_STORE_ENV,
       directory: config.dataDir,
@@ -248,9 +264,11 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
       ownerUuid: identity.uuid,
       journalRecorded: identity.journalDir !== undefined,
       inPlaceWriteBytesMin: config.inPlaceWriteBytesMin ?? (journalOwnDevice ? IN_PLACE_WRITE_BYTES_MIN_OWN_JOURNAL_DEVICE : IN_PLACE_WRITE_BYTES_MIN_DEFAULT),
+      ...(readCache === undefined ? {} : { readCache: new ChunkReadCache(readCache) }),
       log,
     });
   } catch (error) {
+    await readCache?.close();
     await journalLock?.release();
     await lock.release();
     throw error;
@@ -266,6 +284,11 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   let link: MdsLink | null = null;
   const metrics = new CsMetrics(() => store, () => link?.lastSpace ?? null);
   metrics.watchJournal(store.journal, { directory: journalDir, ownDevice: journalOwnDevice });
+  if (readCache !== undefined) {
+    registerReadCacheMetrics(metrics.registry, readCache, {
+      prefix: 'shoal_cs', source: 'the disk', changes: 'changes of their replicas (writes, copies, repairs, new versions, deletes)',
+    });
+  }
   const peerCredential = { role: 'peer', clusterKey: config.clusterKey } as const;
   const peers = new CsConnectionPool({ credential: peerCredential, requestTimeoutMs: config.peerTimeoutMs });
   const bulkPeers = new CsConnectionPool({ credential: peerCredential, requestTimeoutMs: 120_000 });
@@ -328,6 +351,7 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     partialWrites,
     revoke: (hypervisorId, issuedBeforeMs) => server.revoke(hypervisorId, issuedBeforeMs),
     ioTotals: () => metrics.ioTotals(),
+    ...(readCache === undefined ? {} : { readCacheTotals: () => readCache.totals() }),
     clusterId: () => identity.clusterId,
     adoptCluster: async (clusterId) => {
       if (identity.clusterId === clusterId) return;
@@ -362,8 +386,11 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
   const checkpointTimer = setInterval(() => {
     store.journal.checkpoint().catch((error: unknown) => log.error('checkpoint failed', { error }));
   }, 30_000);
-  log.info('chunk server ready', { dataDir: config.dataDir, journalDir, journalOwnDevice, uuid: identity.uuid, port, metricsPort: metricsServer.port,
-    memoryBudgetBytes: config.memory.plan.budgetBytes, inflightBytesMax: config.memory.inflightBytesMax });
+  log.info('chunk server ready', {
+    dataDir: config.dataDir, journalDir, journalOwnDevice, uuid: identity.uuid, port, metricsPort: metricsServer.port,
+    memoryBudgetBytes: config.memory.plan.budgetBytes, inflightBytesMax: config.memory.inflightBytesMax,
+    readCache: readCache === undefined || config.readCache === undefined ? null : { dir: config.readCache.dir, capacityBytes: readCache.capacityBytes },
+  });
   announceReady({ service: 'cs', port, metricsPort: metricsServer.port, uuid: identity.uuid });
 
   onShutdownSignal(log, async () => {
@@ -382,7 +409,17 @@ async function startChunkServer(config: ChunkServerConfig): Promise<void> {
     await metricsServer.close();
     // Checkpoints the journal: not needed for the data (it replays), but the next start is quicker.
     await store.close();
+    await readCache?.close();
     await journalLock?.release();
     await lock.release();
   });
+}
+
+/** Opens (emptying) the read cache; one on the data directory's own device is allowed, but gains nothing. */
+async function openReadCache(config: ReadCacheConfig, dataDir: string, log: Logger): Promise<ReadCache> {
+  const cache = await ReadCache.open(config.dir, config.sizeBytes, log, { owner: 'chunk server' });
+  if ((await stat(config.dir)).dev === (await stat(dataDir)).dev) {
+    log.warn('the read cache is on the data directory\'s own device: it saves no disk reads (give it an SSD)', { cacheDir: config.dir, dataDir });
+  }
+  return cache;
 }

@@ -12,7 +12,7 @@
 // stretch either.
 
 import { StorageError, isStorageError } from '../errors.ts';
-import type { IoTotals, RegisterChunkServerBody } from '../protocol/api.ts';
+import type { IoTotals, ReadCacheTotals, RegisterChunkServerBody } from '../protocol/api.ts';
 import type { MdsClient } from '../protocol/mds_client.ts';
 import type { MonotonicClock } from '../util/clock.ts';
 import type { Logger } from '../util/log.ts';
@@ -45,6 +45,8 @@ export interface MdsLinkOptions {
   readonly revoke: (hypervisorId: number, issuedBeforeMs: number) => void;
   /** Requests served since start, sent with each heartbeat (the MDS makes rates of them). */
   readonly ioTotals?: () => IoTotals;
+  /** The read cache's totals, if the server has one, sent with each heartbeat (`shoal stat`). */
+  readonly readCacheTotals?: () => ReadCacheTotals;
 }
 
 export class MdsLink {
@@ -119,8 +121,10 @@ export class MdsLink {
       if (this.csId === null || this.writeBlocker() !== null) await this.register(report, divergencePossible);
       else {
         const io = this.options.ioTotals?.();
+        const readCache = this.options.readCacheTotals?.();
         await this.options.mds.heartbeat({
           csId: this.csId, uuid: this.options.registration.uuid, divergencePossible, ...report, ...(io === undefined ? {} : { io }),
+          ...(readCache === undefined ? {} : { readCache }),
         });
       }
       if (divergencePossible) this.divergencePossible = false;

@@ -1,8 +1,9 @@
 // What a chunk server's memory budget (--memory-budget) goes to, from its flags: the runtime, the
 // payloads of requests in flight (the gate that pauses reading, --inflight-bytes-max; by default
 // what the budget leaves, up to INFLIGHT_BYTES_DEFAULT_MAX), the checksums of open chunks, the
-// journal's buffers and the connections' partly received frames. Pure: main.ts applies it.
+// journal's buffers, the connections' partly received frames and the read cache's index. Pure: main.ts applies it.
 
+import { readCacheIndexBytes } from '../cache/read_cache.ts';
 import { CHUNK_BYTES_DEFAULT, FRAME_BODY_BYTES_MAX } from '../limits.ts';
 import { checkPlan, plannedBytes, runtimeShare, type MemoryPlan, type MemoryShare } from '../util/memory_budget.ts';
 import { sumsBytes } from './store/block_sums.ts';
@@ -26,6 +27,8 @@ export interface CsMemoryFlags {
   /** --inflight-bytes-max, or null for what the budget leaves. */
   readonly inflightBytesMax: number | null;
   readonly openChunksMax: number;
+  /** --cache-size, or null without a read cache. */
+  readonly cacheSizeBytes: number | null;
 }
 
 export interface CsMemoryLimits {
@@ -44,6 +47,9 @@ export function csMemoryPlan(flags: CsMemoryFlags): CsMemoryLimits {
     { name: 'journal_buffers', bytes: JOURNAL_BUFFERS_BYTES, setBy: 'the journal' },
     { name: 'connection_buffers', bytes: CONNECTION_BUFFERS_BYTES, setBy: 'partly received frames' },
   ];
+  if (flags.cacheSizeBytes !== null) {
+    fixed.push({ name: 'read_cache_index', bytes: readCacheIndexBytes(flags.cacheSizeBytes), setBy: '--cache-size' });
+  }
   const left = flags.budgetBytes - plannedBytes({ daemon: 'cs', budgetBytes: flags.budgetBytes, shares: fixed });
   const inflightBytesMax = flags.inflightBytesMax ?? Math.max(INFLIGHT_BYTES_MIN, Math.min(INFLIGHT_BYTES_DEFAULT_MAX, left));
   const plan: MemoryPlan = {
@@ -56,4 +62,4 @@ export function csMemoryPlan(flags: CsMemoryFlags): CsMemoryLimits {
 }
 
 /** The smallest budget that fits the default flags. */
-export const CS_MEMORY_BUDGET_MIN = plannedBytes(csMemoryPlan({ budgetBytes: Number.MAX_SAFE_INTEGER, inflightBytesMax: INFLIGHT_BYTES_MIN, openChunksMax: 256 }).plan);
+export const CS_MEMORY_BUDGET_MIN = plannedBytes(csMemoryPlan({ budgetBytes: Number.MAX_SAFE_INTEGER, inflightBytesMax: INFLIGHT_BYTES_MIN, openChunksMax: 256, cacheSizeBytes: null }).plan);

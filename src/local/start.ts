@@ -26,6 +26,7 @@ import {
 } from '../util/fs.ts';
 import { createLogger, type Logger } from '../util/log.ts';
 import { formatBytes, parseSizeBytes } from '../util/size.ts';
+import { parseReadCacheFlags, type ReadCacheConfig } from '../cache/read_cache.ts';
 import { DaemonProcess } from './daemon_process.ts';
 import { DaemonRecord, lockSupervisor, stopLeftovers } from './daemon_record.ts';
 
@@ -42,7 +43,10 @@ const USAGE = `usage: shoal start [options]        (environment variables in bra
   --journal-dir DIR      the chunk servers' journals in DIR/cs<i>, e.g. on an SSD when DIR (the
                          data folder) is on an HDD (default: each in its data directory; a later
                          start without the flag finds them where they were)
-  --journal-size SIZE    each chunk server's journal space (default: the chunk server's, 192M)`;
+  --journal-size SIZE    each chunk server's journal space (default: the chunk server's, 192M)
+  --cs-cache-dir DIR     a read cache for each chunk server in DIR/cs<i>, e.g. on an SSD when the
+                         data folder is on an HDD (emptied at every start); with --cs-cache-size
+  --cs-cache-size SIZE   each chunk server's read cache (at least 1M)`;
 
 export interface ClusterFile {
   readonly mdsUrl: string;
@@ -83,6 +87,8 @@ interface StartConfig {
   /** Folder of the chunk servers' journals (one folder each), or null: in their data directories. */
   readonly journalDir: string | null;
   readonly journalSize: string | null;
+  /** Folder of the chunk servers' read caches (one folder each) and each one's size, or undefined: none. */
+  readonly csCache: ReadCacheConfig | undefined;
   readonly clusterKeyFile: string;
   readonly adminTokenFile: string;
   readonly adminToken: string;
@@ -126,6 +132,8 @@ export async function runLocalCluster(argv: string[]): Promise<void> {
       'volume-size': { type: 'string', default: '4G' },
       'journal-dir': { type: 'string' },
       'journal-size': { type: 'string' },
+      'cs-cache-dir': { type: 'string' },
+      'cs-cache-size': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -149,6 +157,7 @@ export async function runLocalCluster(argv: string[]): Promise<void> {
     journalDir: values['journal-dir'] === undefined ? null : resolve(values['journal-dir']),
     // Checked here (a typo stops the start at once), passed on as given.
     journalSize: values['journal-size'] === undefined ? null : String(parseSizeBytes(values['journal-size'], '--journal-size')),
+    csCache: parseCsCacheFlags(values['cs-cache-dir'], values['cs-cache-size']),
     clusterKeyFile: join(dataDir, 'cluster.key'),
     adminTokenFile: join(dataDir, 'admin.token'),
   };
@@ -261,7 +270,8 @@ async function startChunkServers(
       args: ['run', 'cs', '--data', csDir, '--mds', mdsUrl, '--cluster-key', config.clusterKeyFile,
         '--listen', `127.0.0.1:${port}`, '--metrics', `127.0.0.1:${metricsPort}`,
         ...(config.journalDir === null ? [] : ['--journal-dir', join(config.journalDir, `cs${index}`)]),
-        ...(config.journalSize === null ? [] : ['--journal-size', config.journalSize])],
+        ...(config.journalSize === null ? [] : ['--journal-size', config.journalSize]),
+        ...(config.csCache === undefined ? [] : ['--cache-dir', join(config.csCache.dir, `cs${index}`), '--cache-size', String(config.csCache.sizeBytes)])],
     });
   }
   const results = await Promise.allSettled(specs.map((spec) => supervisor.start(spec)));
@@ -277,6 +287,18 @@ async function startChunkServers(
     throw new StorageError('ERR_UNAVAILABLE', 'no chunk server could start (the reasons are above): the cluster could store nothing');
   }
   return { running, failed };
+}
+
+/** --cs-cache-dir and --cs-cache-size, as each chunk server's --cache-dir and --cache-size go. */
+function parseCsCacheFlags(dir: string | undefined, size: string | undefined): ReadCacheConfig | undefined {
+  try {
+    const cache = parseReadCacheFlags(dir, size);
+    return cache === undefined ? undefined : { dir: resolve(cache.dir), sizeBytes: cache.sizeBytes };
+  } catch (error) {
+    // The chunk servers' flags are named so here.
+    if (error instanceof StorageError) throw new StorageError(error.code, error.message.replaceAll('--cache-', '--cs-cache-'));
+    throw error;
+  }
 }
 
 function describeError(error: unknown): string {

@@ -146,7 +146,9 @@ export class Cluster {
   /** Disks far slower than their peers' (sick_disks.ts): reads and new chunks avoid them. */
   readonly sickDisks: SickDisks;
   /** The hypervisors' read caches, as they report them. */
-  readonly readCaches = new ReadCacheReports();
+  readonly readCaches = new ReadCacheReports<string>();
+  /** The chunk servers' read caches, from their heartbeats. */
+  readonly chunkServerReadCaches = new ReadCacheReports<number>();
   /** Each volume's hot chunks, as its writer's NBD server reports them: they follow the writer's host. */
   readonly hotChunks = new HotChunks();
 
@@ -250,6 +252,7 @@ export class Cluster {
     // A forwarded write it could not report: its members may differ, compare them (once).
     if (body.divergencePossible === true) await this.markServerChunksInDoubt(body.csId);
     this.registry.heartbeat(body.csId, body, this.clock.nowMs());
+    if (body.readCache !== undefined) this.chunkServerReadCaches.record(body.csId, body.readCache, this.clock.nowMs());
     // A server this MDS has not heard from since it started (an MDS restart, perhaps onto an
     // older database) is compared with the map as on a registration.
     if (!this.scans.has(body.csId)) this.startScan(body.csId);
@@ -489,7 +492,8 @@ export class Cluster {
         freeBytes: sum(online.map((s) => s.freeBytes)),
       },
       tiers: this.tierStats(servers, volumes),
-      readCaches: this.readCaches.current(this.clock.nowMs()),
+      readCaches: this.readCaches.current(this.clock.nowMs()).map(({ source, totals, hitRatio }) => ({ hypervisor: source, ...totals, hitRatio })),
+      chunkServerReadCaches: this.chunkServerReadCaches.current(this.clock.nowMs()).map(({ source, totals, hitRatio }) => ({ csId: source, ...totals, hitRatio })),
       volumes: { count: volumes.length, sizeBytes: sum(volumes.map((v) => v.sizeBytes)) },
       chunks: { total, byState },
       quarantine: this.quarantine.summary(),

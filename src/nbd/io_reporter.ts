@@ -4,7 +4,7 @@
 // when they start and when they end, not on every tick.
 
 import { HOT_CHUNKS_REPORTED_MAX, type IoReportBody } from '../protocol/api.ts';
-import type { ReadCache } from '../client/read_cache.ts';
+import type { ReadCache } from '../cache/read_cache.ts';
 import type { MdsClient } from '../protocol/mds_client.ts';
 import { IO_REPORT_VOLUMES_MAX } from '../limits.ts';
 import type { Timers } from '../util/clock.ts';
@@ -73,13 +73,7 @@ export class IoReporter {
       ...hot(this.hotChunks(entry.volume)),
     }));
     const cache = this.readCache;
-    return cache === undefined ? { volumes } : {
-      volumes,
-      readCache: {
-        hits: cache.stats.hits, misses: cache.stats.misses, admissions: cache.stats.admissions, evictions: cache.stats.evictions,
-        corrupt: cache.stats.corrupt, usedBytes: cache.usedBytes, capacityBytes: cache.capacityBytes,
-      },
-    };
+    return cache === undefined ? { volumes } : { volumes, readCache: cache.totals() };
   }
 
   private schedule(): void {

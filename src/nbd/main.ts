@@ -12,8 +12,9 @@ import { VolumeProvider } from '../client/provider.ts';
 import { IO_TIMEOUT_MS_DEFAULT } from '../client/volume.ts';
 import { StorageError } from '../errors.ts';
 import { readHypervisorCredential } from '../protocol/auth.ts';
-import { clientRequestObserver, registerQosMetrics, registerReadCacheMetrics } from '../client/metrics.ts';
-import { ReadCache } from '../client/read_cache.ts';
+import { registerReadCacheMetrics } from '../cache/metrics.ts';
+import { ReadCache, parseReadCacheFlags, type ReadCacheConfig } from '../cache/read_cache.ts';
+import { clientRequestObserver, registerQosMetrics } from '../client/metrics.ts';
 import { HOT_CHUNKS_REPORTED_MAX } from '../protocol/api.ts';
 import { parseSizeBytes } from '../util/size.ts';
 import { systemMonotonicClock, systemTimers } from '../util/clock.ts';
@@ -151,11 +152,7 @@ export async function runNbd(argv: string[]): Promise<void> {
   }
   const tls = tlsCert === undefined || tlsKey === undefined ? undefined
     : await loadNbdTls({ certPath: tlsCert, keyPath: tlsKey, ...(tlsCa === undefined ? {} : { caPath: tlsCa }) });
-  if ((values['cache-dir'] === undefined) !== (values['cache-size'] === undefined)) {
-    throw new StorageError('ERR_CONFIG', '--cache-dir and --cache-size go together');
-  }
-  const cache = values['cache-dir'] === undefined || values['cache-size'] === undefined ? undefined
-    : { dir: values['cache-dir'], sizeBytes: parseSizeBytes(values['cache-size'], '--cache-size') };
+  const cache = parseReadCacheFlags(values['cache-dir'], values['cache-size']);
   const d = NBD_SERVER_DEFAULTS;
   await startNbd({
     cache,
@@ -198,8 +195,8 @@ export async function runNbd(argv: string[]): Promise<void> {
 
 interface NbdDaemonConfig {
   readonly tls: NbdTlsConfig | undefined;
-  /** The local read cache, if any (read_cache.ts). */
-  readonly cache: { readonly dir: string; readonly sizeBytes: number } | undefined;
+  /** The local read cache, if any (../cache/read_cache.ts). */
+  readonly cache: ReadCacheConfig | undefined;
   readonly mdsUrl: string;
   /** The hypervisor's own credential: neither the cluster key nor the MDS's key ever reach this host. */
   readonly credential: string;
@@ -237,8 +234,10 @@ async function startNbd(config: NbdDaemonConfig): Promise<void> {
   const memoryWatch = new MemoryWatch({ plan: config.memory.plan, gates: [inflightGate], clock: systemMonotonicClock, log });
   registerMemoryMetrics(registry, memoryWatch, config.memory.plan, [inflightGate]);
   memoryWatch.start();
-  const readCache = config.cache === undefined ? undefined : await ReadCache.open(config.cache.dir, config.cache.sizeBytes, log);
-  if (readCache !== undefined) registerReadCacheMetrics(registry, readCache);
+  const readCache = config.cache === undefined ? undefined : await ReadCache.open(config.cache.dir, config.cache.sizeBytes, log, { owner: 'NBD server' });
+  if (readCache !== undefined) {
+    registerReadCacheMetrics(registry, readCache, { prefix: 'shoal_client', source: 'the chunk servers', changes: 'writes through this host' });
+  }
   const provider = new VolumeProvider({
     mds, pool, log, holder: config.holder, hostLabel: config.hostLabel, ioTimeoutMs: config.ioTimeoutMs, forceOpen: config.forceOpen, avoidServers,
     ...(readCache === undefined ? {} : { readCache }),

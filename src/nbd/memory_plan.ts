@@ -5,7 +5,7 @@
 // main.ts applies it.
 
 import { IO_BYTES_MAX } from '../limits.ts';
-import { CACHE_BLOCK_BYTES } from '../client/read_cache.ts';
+import { readCacheIndexBytes } from '../cache/read_cache.ts';
 import { checkPlan, plannedBytes, runtimeShare, type MemoryPlan, type MemoryShare } from '../util/memory_budget.ts';
 
 const MiB = 1024 * 1024;
@@ -31,8 +31,6 @@ const VOLUMES_BYTES = 16 * MiB;
  * its budget (236 MiB resident for 224 MiB, without this share).
  */
 const COLLECTOR_LAG_BYTES = 64 * MiB;
-/** A cache slot's index entry and its share of the frequency sketch, as measured (read_cache.ts). */
-export const READ_CACHE_INDEX_BYTES_PER_SLOT = 512;
 
 export interface NbdMemoryFlags {
   readonly budgetBytes: number;
@@ -59,8 +57,7 @@ export function nbdMemoryPlan(flags: NbdMemoryFlags): NbdMemoryLimits {
     { name: 'collector_lag', bytes: COLLECTOR_LAG_BYTES, setBy: 'buffers not yet collected' },
   ];
   if (flags.cacheSizeBytes !== null) {
-    const slots = Math.floor(flags.cacheSizeBytes / CACHE_BLOCK_BYTES);
-    fixed.push({ name: 'read_cache_index', bytes: slots * READ_CACHE_INDEX_BYTES_PER_SLOT, setBy: '--cache-size' });
+    fixed.push({ name: 'read_cache_index', bytes: readCacheIndexBytes(flags.cacheSizeBytes), setBy: '--cache-size' });
   }
   const left = flags.budgetBytes - plannedBytes({ daemon: 'nbd', budgetBytes: flags.budgetBytes, shares: fixed });
   const inflightBytesTotalMax = flags.inflightBytesTotalMax ?? Math.max(INFLIGHT_BYTES_TOTAL_MIN, Math.min(INFLIGHT_BYTES_TOTAL_DEFAULT_MAX, left));

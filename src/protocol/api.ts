@@ -377,13 +377,16 @@ export type StartTaskBody = Static<typeof StartTaskBody>;
 /** Hot chunks an NBD server names per volume in one I/O report at most. */
 export const HOT_CHUNKS_REPORTED_MAX = 16;
 
-/** An NBD server's read cache, as running totals (src/client/read_cache.ts). */
+/**
+ * A read cache's running totals since its process started (src/cache/read_cache.ts): an NBD
+ * server's in its I/O reports, a chunk server's in its heartbeats.
+ */
 export const ReadCacheTotals = Type.Object({
   hits: Uint(),
   misses: Uint(),
   admissions: Uint(),
   evictions: Uint(),
-  corrupt: Uint({ description: 'cached blocks that failed their checksum (read from the chunk servers instead)' }),
+  corrupt: Uint({ description: 'cached blocks that failed their checksum (read from the chunk servers, or the disk, instead)' }),
   usedBytes: Uint(),
   capacityBytes: Uint(),
 }, { additionalProperties: false });
@@ -395,6 +398,13 @@ export const ReadCacheInfo = Type.Object({
   hitRatio: Type.Union([Type.Number({ minimum: 0, maximum: 1 }), Type.Null()], { description: 'over its last report interval (a couple of seconds); null without lookups' }),
 });
 export type ReadCacheInfo = Static<typeof ReadCacheInfo>;
+
+export const ChunkServerReadCacheInfo = Type.Object({
+  csId: Uint(),
+  ...ReadCacheTotals.properties,
+  hitRatio: Type.Union([Type.Number({ minimum: 0, maximum: 1 }), Type.Null()], { description: 'over its last heartbeat interval; null without lookups' }),
+});
+export type ChunkServerReadCacheInfo = Static<typeof ChunkServerReadCacheInfo>;
 
 /** One storage tier in the stat: its servers' space and the replicas on it. */
 export const TierStat = Type.Object({
@@ -418,6 +428,7 @@ export const ClusterStat = Type.Object({
   space: Type.Object({ capacityBytes: Uint(), usedBytes: Uint(), freeBytes: Uint() }),
   tiers: Type.Array(TierStat, { description: 'tiers that have servers, volumes or replicas, by tier' }),
   readCaches: Type.Array(ReadCacheInfo, { description: 'the NBD servers\' read caches, as they last reported (every couple of seconds)' }),
+  chunkServerReadCaches: Type.Array(ChunkServerReadCacheInfo, { description: 'the chunk servers\' read caches, as their last heartbeats reported them, by id' }),
   volumes: Type.Object({ count: Uint(), sizeBytes: Uint() }),
   chunks: Type.Object({ total: Uint(), byState: ChunkHealthCounts }),
   servers: Type.Array(ChunkServerInfo),
@@ -475,6 +486,8 @@ export const HeartbeatBody = Type.Object(
     uuid: Type.String({ maxLength: 36 }),
     divergencePossible: Type.Optional(Type.Boolean({ description: 'a write it forwarded could not be reported: compare its chunks' })),
     io: Type.Optional(IoTotals),
+    // Its read cache (--cache-dir); absent without one, so that a server without a cache needs no newer MDS.
+    readCache: Type.Optional(ReadCacheTotals),
     ...ChunkServerSpace,
   },
   { additionalProperties: false },

@@ -2,7 +2,7 @@
 // its replica count (then a warning line comes first), are servers missing, is space running out,
 // is recovery copying. Then the per-server space table, with the same columns as `shoal cs list`.
 
-import type { ClusterStat } from '../../protocol/api.ts';
+import type { ChunkServerReadCacheInfo, ClusterStat, ReadCacheInfo } from '../../protocol/api.ts';
 import { formatBytes } from '../../util/size.ts';
 import { defineCommand, show, type Command } from '../command.ts';
 import { formatPercent, formatRate } from '../format.ts';
@@ -94,16 +94,21 @@ export function statFields(stat: ClusterStat): Field[] {
   ];
 }
 
-/** A line per hypervisor read cache: fill and hit ratio lately. */
+/** A line per read cache, the hypervisors' then the chunk servers': fill and hit ratio lately. */
 function readCacheFields(stat: ClusterStat): Field[] {
-  return stat.readCaches.map((cache) => ({
-    label: `read cache ${cache.hypervisor}`,
+  const line = (label: string, cache: ReadCacheInfo | ChunkServerReadCacheInfo): Field => ({
+    label,
     value: `${formatBytes(cache.usedBytes)} of ${formatBytes(cache.capacityBytes)}, ` +
       `${cache.hitRatio === null ? 'no reads lately' : `${(cache.hitRatio * 100).toFixed(1)} % hits lately`}; ` +
       `${cache.admissions} blocks taken in, ${cache.evictions} evicted since its start` +
       (cache.corrupt === 0 ? '' : `; ${cache.corrupt} damaged blocks found (the cache device may be failing)`),
     style: cache.corrupt > 0 ? 'yellow' as const : undefined,
-  }));
+  });
+  return [
+    ...stat.readCaches.map((cache) => line(`read cache ${cache.hypervisor}`, cache)),
+    // An MDS older than chunk-server caches sends none.
+    ...(stat.chunkServerReadCaches ?? []).map((cache) => line(`read cache cs ${cache.csId}`, cache)),
+  ];
 }
 
 /** A line per chunk server whose disk is ill: what is slow, and by how much. */

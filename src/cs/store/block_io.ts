@@ -82,6 +82,12 @@ export interface BlockIOOptions {
   readonly onChecksumError: () => void;
   /** Live writes of at least this many bytes go in place (see the header); Infinity: none. */
   readonly inPlaceBytesMin: number;
+  /**
+   * Blocks first..last of a chunk are about to change, or a change of them is over (landed or
+   * failed): called for both, under the blocks' lock, by every change of a replica's bytes
+   * (the read cache drops them: chunk_read_cache.ts).
+   */
+  readonly changing?: (chunkId: number, first: number, last: number) => void;
 }
 
 export class BlockIO {
@@ -113,6 +119,7 @@ export class BlockIO {
   async writeLocked(handle: ChunkHandle, offsetBytes: number, data: Buffer, mode: Mode): Promise<void> {
     const { first, last } = blockSpan(offsetBytes, data.length);
     let ticket: JournalTicket | null = null;
+    this.options.changing?.(handle.meta.chunkId, first, last);
     try {
       this.checkVersion(handle.meta.chunkId, mode);
       const alignedStart = first * BLOCK_BYTES;
@@ -158,6 +165,7 @@ export class BlockIO {
       this.options.changes.mark(handle.meta.chunkId, first, last);
     } finally {
       ticket?.applied();
+      this.options.changing?.(handle.meta.chunkId, first, last);
     }
   }
 
@@ -179,6 +187,7 @@ export class BlockIO {
     const count = sums.length / 4;
     const release = await handle.lock.acquire(first, first + count - 1, true);
     let settled = 0;
+    this.options.changing?.(handle.meta.chunkId, first, first + count - 1);
     try {
       const bytes = Buffer.allocUnsafe(count * BLOCK_BYTES);
       await readFully(handle.data, bytes, offsetBytes);
@@ -197,6 +206,7 @@ export class BlockIO {
         markDirty(handle, block, block);
       }
     } finally {
+      this.options.changing?.(handle.meta.chunkId, first, first + count - 1);
       release();
     }
     return settled;
@@ -218,6 +228,7 @@ export class BlockIO {
     const { first, last } = blockSpan(offsetBytes, lengthBytes);
     const release = await handle.lock.acquire(first, last, true);
     const tickets: JournalTicket[] = [];
+    this.options.changing?.(handle.meta.chunkId, first, last);
     try {
       this.checkVersion(handle.meta.chunkId, mode);
       const endBytes = offsetBytes + lengthBytes;
@@ -257,6 +268,7 @@ export class BlockIO {
       this.options.changes.mark(handle.meta.chunkId, first, last);
     } finally {
       for (const ticket of tickets) ticket.applied();
+      this.options.changing?.(handle.meta.chunkId, first, last);
       release();
     }
   }

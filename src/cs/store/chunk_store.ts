@@ -9,8 +9,9 @@
 // This module says what each operation on a replica means in the catalog (create, delete, version
 // changes, volumes) and ties the parts together: fences and admission (fences.ts), the data path
 // with its checksums (block_io.ts), change tracking for copies (changes.ts), journal replay
-// (replay.ts), health (health.ts). When a chunk's files are opened, synced and closed is the
-// handle cache's business (handle_cache.ts).
+// (replay.ts), health (health.ts), the read cache on an SSD if the server has one
+// (chunk_read_cache.ts: told of every change). When a chunk's files are opened, synced and closed
+// is the handle cache's business (handle_cache.ts).
 //
 // Invariants: a replica's version only grows; a journal segment is recycled only after every chunk
 // file its records went to was synced without error (a failed sync stops the disk for writes and
@@ -35,10 +36,11 @@ import { BlockIO, blockSpan } from './block_io.ts';
 import { LmdbCatalog, type Catalog, type ChunkMeta } from './catalog.ts';
 import { ChangeTracker } from './changes.ts';
 import { ChunkFiles } from './chunk_files.ts';
+import type { ChunkReadCache } from './chunk_read_cache.ts';
 import { Fences } from './fences.ts';
 import { HandleCache } from './handle_cache.ts';
 import { StoreHealth } from './health.ts';
-import type { ChunkStoreStats, ReplicaStore } from './replica_store.ts';
+import type { ChunkStoreStats, ReadOptions, ReplicaStore } from './replica_store.ts';
 import { JournalReplay } from './replay.ts';
 
 export type { ChunkMeta } from './catalog.ts';
@@ -71,6 +73,8 @@ export interface ChunkStoreOptions {
   readonly timers?: Timers;
   /** Opens the catalog, durably created; the daemon's is LMDB in `<directory>/meta`. */
   readonly openCatalog: (path: string) => Catalog | Promise<Catalog>;
+  /** Clients' reads go through it, and every change of a replica drops what it touches (chunk_read_cache.ts). */
+  readonly readCache?: ChunkReadCache;
 }
 
 /**
@@ -151,6 +155,7 @@ export class ChunkStore implements ReplicaStore {
         this.stats.checksumErrorsTotal += 1;
       },
       inPlaceBytesMin: options.inPlaceWriteBytesMin ?? IN_PLACE_WRITE_BYTES_MIN_DEFAULT,
+      changing: (chunkId, first, last) => options.readCache?.changing(chunkId, first, last),
     });
   }
 
@@ -279,6 +284,8 @@ export class ChunkStore implements ReplicaStore {
       }
       throw new StorageError('ERR_INVALID_ARGUMENT', `chunk ${meta.chunkId} exists here for another volume or size`);
     }
+    // A replica of this id deleted before (its blocks are gone from the cache then) or left by a crash.
+    this.options.readCache?.changingChunk(meta.chunkId);
     try {
       await this.files.create(meta.chunkId, meta.sizeBytes);
     } catch (error) {
@@ -318,10 +325,15 @@ export class ChunkStore implements ReplicaStore {
       throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server`);
     }
     this.changes.forget(chunkId);
-    await this.handles.closeForDelete(chunkId, async () => {
-      await this.files.remove(chunkId);
-      await this.catalog.removeChunk(chunkId);
-    });
+    this.options.readCache?.changingChunk(chunkId);
+    try {
+      await this.handles.closeForDelete(chunkId, async () => {
+        await this.files.remove(chunkId);
+        await this.catalog.removeChunk(chunkId);
+      });
+    } finally {
+      this.options.readCache?.changingChunk(chunkId);
+    }
   }
 
   /**
@@ -344,6 +356,8 @@ export class ChunkStore implements ReplicaStore {
         assert(toVersion > meta.version, 'replica versions only grow');
         const updated: ChunkMeta = { ...meta, version: toVersion, generation: Math.max(meta.generation, generation) };
         await this.catalog.putChunk(updated);
+        // The old version's blocks would never be found again (the version is in their keys): their slots go now.
+        this.options.readCache?.changingChunk(chunkId);
         return updated;
       } finally {
         release();
@@ -382,9 +396,19 @@ export class ChunkStore implements ReplicaStore {
     this.stats.zeroedBytesTotal += lengthBytes;
   }
 
-  /** Reads a range, every written block checked against its checksum (ERR_CHECKSUM if one fails). */
-  async read(chunkId: number, version: number | null, offsetBytes: number, lengthBytes: number): Promise<Buffer> {
-    const bytes = await this.handles.withHandle(chunkId, (handle) => this.blocks.read(handle, offsetBytes, lengthBytes, version));
+  /**
+   * Reads a range, every written block checked against its checksum (ERR_CHECKSUM if one fails).
+   * A client's read goes through the read cache, if any, when it asks for the replica's version
+   * (any other is refused by the disk's read); a copy's (`uncached`) does not.
+   */
+  async read(chunkId: number, version: number | null, offsetBytes: number, lengthBytes: number, options: ReadOptions = {}): Promise<Buffer> {
+    const fromDisk = (offset: number, length: number): Promise<Buffer> =>
+      this.handles.withHandle(chunkId, (handle) => this.blocks.read(handle, offset, length, version));
+    const cache = this.options.readCache;
+    const meta = cache === undefined || options.uncached === true ? undefined : this.getMeta(chunkId);
+    const bytes = cache === undefined || meta === undefined || (version !== null && version !== meta.version) || this.handles.isDeleting(chunkId)
+      ? await fromDisk(offsetBytes, lengthBytes)
+      : await cache.read(meta, offsetBytes, lengthBytes, fromDisk);
     this.stats.readBytesTotal += lengthBytes;
     return bytes;
   }
@@ -512,6 +536,7 @@ export class ChunkStore implements ReplicaStore {
    */
   private async finishDelete(chunkId: number): Promise<never> {
     this.options.log.warn('finishing the removal of a chunk whose files were already removed', { chunkId });
+    this.options.readCache?.changingChunk(chunkId);
     await this.files.remove(chunkId);
     await this.catalog.removeChunk(chunkId);
     throw new StorageError('ERR_CHUNK_NOT_FOUND', `chunk ${chunkId} is not on this server (its removal was cut short and is now finished)`);

@@ -18,6 +18,11 @@ export interface ChunkStoreStats {
   filledBytesTotal: number;
 }
 
+export interface ReadOptions {
+  /** Not through the read cache: a copy to another server reads each block once, in order. */
+  readonly uncached?: boolean;
+}
+
 export interface ReplicaStore {
   readonly stats: ChunkStoreStats;
   readonly journal: Journal;
@@ -44,7 +49,7 @@ export interface ReplicaStore {
 
   write(chunkId: number, version: number | null, offsetBytes: number, data: Buffer): Promise<void>;
   zero(chunkId: number, version: number | null, offsetBytes: number, lengthBytes: number): Promise<void>;
-  read(chunkId: number, version: number | null, offsetBytes: number, lengthBytes: number): Promise<Buffer>;
+  read(chunkId: number, version: number | null, offsetBytes: number, lengthBytes: number, options?: ReadOptions): Promise<Buffer>;
   blockSums(chunkId: number, version: number, offsetBytes: number, lengthBytes: number): Promise<Buffer>;
   blockStatus(chunkId: number, offsetBytes: number, lengthBytes: number): Promise<number[]>;
   repair(chunkId: number, version: number, offsetBytes: number, blocks: Buffer): Promise<number>;

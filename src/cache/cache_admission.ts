@@ -3,8 +3,9 @@
 // `sampleSize` accesses so old popularity fades); a block that missed is taken in only when it
 // was seen before and, with the cache full, it is seen more often than the block it would evict.
 // A one-pass scan (a backup reading the whole volume) touches each block once: it never beats a
-// hot block and flushes nothing. Reads that continue where the volume's last read ended are a
-// sequential stream once past `sequentialBytes`, and are not even counted (the incumbent's rule:
+// hot block and flushes nothing. Reads that continue where the last read of their stream (a
+// volume, a chunk) ended are a sequential stream once past `sequentialBytes`, and are not even
+// counted (the incumbent's rule:
 // 64 KiB blocks read more than 3 times, sequential reads skipped; this one also compares with
 // what it would evict, so a slow scan that touches blocks twice does not flush the hot set).
 
@@ -69,8 +70,8 @@ export function hashKey(key: string): number {
 }
 
 /**
- * Tells a volume's sequential stream (a scan) from random reads: per volume, where its reads
- * have got to. A read starting near there (within `nearLengths` of its own length: a scan with
+ * Tells a sequential stream (a scan) from random reads: per stream (a volume, a chunk), where its
+ * reads have got to. A read starting near there (within `nearLengths` of its own length: a scan with
  * several requests in flight sends them slightly out of order) continues the run; a read alone
  * longer than `sequentialBytes` is a scan by itself. Random reads of a small hot region seldom
  * land that near the last end, so they never add up to a run.
