@@ -48,18 +48,18 @@ t.test('shoal top in an 80x24 terminal shows the volume fio writes, with fio\'s 
   const cli = await cliRunner(t);
   const env = { SHOAL_MDS: cluster.mdsUrl, SHOAL_TOKEN: cluster.adminToken };
   // A limit keeps fio's rate steady on a shared machine, so that a glance and fio's average agree.
-  await cluster.admin.createVolume({ name: 'busy', sizeBytes: 256 * MiB, chunkSizeBytes: 16 * MiB, qos: { iopsLimit: 300, iopsBurst: 30 } });
+  await cluster.admin.createVolume({ name: 'busy', sizeBytes: 256 * MiB, chunkSizeBytes: 16 * MiB, qos: { iopsLimit: 150, iopsBurst: 15 } });
   await cluster.admin.createVolume({ name: 'quiet', sizeBytes: 64 * MiB });
 
   const job: FioJob = { name: 'top-randwrite', rw: 'randwrite', blockBytes: 4096, iodepth: 8 };
   const fioOutput = join(cluster.dir, 'fio-top.json');
-  const fio = run('fio', fioArgs(job, { uris: [cluster.nbdUnixUri('busy')], regionBytes: 64 * MiB, runtimeSeconds: 25, outputPath: fioOutput }),
+  const fio = run('fio', fioArgs(job, { uris: [cluster.nbdUnixUri('busy')], regionBytes: 64 * MiB, runtimeSeconds: 40, outputPath: fioOutput }),
     { timeoutMs: 90_000 });
 
   const io = await eventually('the MDS to report the volume\'s writes', 30_000, async () => {
     const reply = await cluster.admin.ioStats();
     const busy = reply.volumes.find((volume) => volume.name === 'busy');
-    return busy !== undefined && busy.writeIops > 100 && reply.chunkServers.length === 3 ? reply : null;
+    return busy !== undefined && busy.writeIops > 50 && reply.chunkServers.length === 3 ? reply : null;
   });
   t.equal(io.volumes[0]?.name, 'busy', 'GET /v1/io: the written volume comes first');
   t.ok(io.chunkServers.every((server) => server.writeIops > 0), 'every chunk server reports the writes it holds a replica of');
@@ -86,18 +86,19 @@ t.test('shoal top in an 80x24 terminal shows the volume fio writes, with fio\'s 
   t.ok(screen.length <= 24, 'and the screen 24 rows');
   t.match(screen.join('\n'), /health: OK, 3 of 3 chunk servers online/, 'health first');
   t.match(screen.join('\n'), /space tier 0: .* used/, 'space per tier');
-  // What a person glancing at it sees, a few times while fio runs: each figure is one 2 s report
-  // interval, fio's is its whole run, so the middle of several glances is what is compared.
+  // What a person glancing at it sees, every 2 s (one report interval each) for most of fio's run:
+  // their mean is compared with fio's own over its whole run. A single glance is one interval of a
+  // rate that dips whenever the shared machine is busy; the mean of many follows fio's.
   const glances: number[] = [];
-  for (let index = 0; index < 7; index += 1) {
+  for (let index = 0; index < 10; index += 1) {
     const lines = (await tmux('capture-pane', '-p', '-t', 'top')).stdout.split('\n');
     const header = lines.findIndex((line) => line.startsWith('VOLUME'));
     const row = lines[header + 1] ?? '';
     if (row.startsWith('busy')) glances.push(Number(row.trim().split(/\s+/)[2]));
-    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
   }
-  t.ok(glances.length >= 5, `the volume stays on top (${glances.length} of 7 glances)`);
-  const shownWriteIops = [...glances].sort((a, b) => a - b)[Math.floor(glances.length / 2)] ?? NaN;
+  t.ok(glances.length >= 8, `the volume stays on top (${glances.length} of 10 glances)`);
+  const shownWriteIops = Math.round(glances.reduce((sum, glance) => sum + glance, 0) / glances.length);
   t.ok(screen.some((line) => /^\s+\d+\s+127\.0\.0\.1:\d+\s+0\s/.test(line)), 'the chunk servers, with address and tier');
 
   await tmux('send-keys', '-t', 'top', 'n');
@@ -114,8 +115,8 @@ t.test('shoal top in an 80x24 terminal shows the volume fio writes, with fio\'s 
   t.equal(fioResult.code, 0, `fio exits 0: ${fioResult.stderr}`);
   const fioIops = parseFioReport(job, await readFile(fioOutput, 'utf8')).iops;
   const ratio = shownWriteIops / fioIops;
-  t.ok(ratio >= 0.8 && ratio <= 1.2,
-    `shoal top showed ${shownWriteIops} write IOPS for the volume (middle of ${glances.join(', ')}), fio measured ${fioIops.toFixed(0)} (ratio ${ratio.toFixed(2)})`);
+  t.ok(ratio >= 0.75 && ratio <= 1.25,
+    `shoal top showed ${shownWriteIops} write IOPS for the volume (mean of ${glances.join(', ')}), fio measured ${fioIops.toFixed(0)} (ratio ${ratio.toFixed(2)})`);
 
   // Not a terminal: one screen, plain, and the same view.
   const piped = await cli.shoal(['top'], env);
