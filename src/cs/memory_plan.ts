@@ -5,7 +5,7 @@
 
 import { readCacheIndexBytes } from '../cache/read_cache.ts';
 import { CHUNK_BYTES_DEFAULT, FRAME_BODY_BYTES_MAX } from '../limits.ts';
-import { checkPlan, plannedBytes, runtimeShare, type MemoryPlan, type MemoryShare } from '../util/memory_budget.ts';
+import { planWithRequests, plannedBytes, runtimeShare, type MemoryPlan, type MemoryShare } from '../util/memory_budget.ts';
 import { sumsBytes } from './store/block_sums.ts';
 
 const MiB = 1024 * 1024;
@@ -50,14 +50,9 @@ export function csMemoryPlan(flags: CsMemoryFlags): CsMemoryLimits {
   if (flags.cacheSizeBytes !== null) {
     fixed.push({ name: 'read_cache_index', bytes: readCacheIndexBytes(flags.cacheSizeBytes), setBy: '--cache-size' });
   }
-  const left = flags.budgetBytes - plannedBytes({ daemon: 'cs', budgetBytes: flags.budgetBytes, shares: fixed });
-  const inflightBytesMax = flags.inflightBytesMax ?? Math.max(INFLIGHT_BYTES_MIN, Math.min(INFLIGHT_BYTES_DEFAULT_MAX, left));
-  const plan: MemoryPlan = {
-    daemon: 'cs',
-    budgetBytes: flags.budgetBytes,
-    shares: [...fixed, { name: 'requests', bytes: inflightBytesMax, setBy: '--inflight-bytes-max' }],
-  };
-  checkPlan(plan);
+  const { plan, requestsBytes: inflightBytesMax } = planWithRequests('cs', flags.budgetBytes, fixed, {
+    givenBytes: flags.inflightBytesMax, minBytes: INFLIGHT_BYTES_MIN, defaultMaxBytes: INFLIGHT_BYTES_DEFAULT_MAX, setBy: '--inflight-bytes-max',
+  });
   return { plan, inflightBytesMax, openSumsBytesMax };
 }
 

@@ -6,7 +6,7 @@
 
 import { IO_BYTES_MAX } from '../limits.ts';
 import { readCacheIndexBytes } from '../cache/read_cache.ts';
-import { checkPlan, plannedBytes, runtimeShare, type MemoryPlan, type MemoryShare } from '../util/memory_budget.ts';
+import { planWithRequests, plannedBytes, runtimeShare, type MemoryPlan, type MemoryShare } from '../util/memory_budget.ts';
 
 const MiB = 1024 * 1024;
 
@@ -59,14 +59,10 @@ export function nbdMemoryPlan(flags: NbdMemoryFlags): NbdMemoryLimits {
   if (flags.cacheSizeBytes !== null) {
     fixed.push({ name: 'read_cache_index', bytes: readCacheIndexBytes(flags.cacheSizeBytes), setBy: '--cache-size' });
   }
-  const left = flags.budgetBytes - plannedBytes({ daemon: 'nbd', budgetBytes: flags.budgetBytes, shares: fixed });
-  const inflightBytesTotalMax = flags.inflightBytesTotalMax ?? Math.max(INFLIGHT_BYTES_TOTAL_MIN, Math.min(INFLIGHT_BYTES_TOTAL_DEFAULT_MAX, left));
-  const plan: MemoryPlan = {
-    daemon: 'nbd',
-    budgetBytes: flags.budgetBytes,
-    shares: [...fixed, { name: 'requests', bytes: inflightBytesTotalMax, setBy: '--inflight-bytes-total-max' }],
-  };
-  checkPlan(plan);
+  const { plan, requestsBytes: inflightBytesTotalMax } = planWithRequests('nbd', flags.budgetBytes, fixed, {
+    givenBytes: flags.inflightBytesTotalMax, minBytes: INFLIGHT_BYTES_TOTAL_MIN, defaultMaxBytes: INFLIGHT_BYTES_TOTAL_DEFAULT_MAX,
+    setBy: '--inflight-bytes-total-max',
+  });
   return {
     plan,
     inflightBytesTotalMax,

@@ -88,6 +88,21 @@ export function checkPlan(plan: MemoryPlan): void {
     `${formatMiB(needed)} in all. Raise --memory-budget to at least ${formatMiB(needed)}, or lower the flags named.`);
 }
 
+/**
+ * A plan whose requests in flight take what the fixed shares leave of the budget, between
+ * `requests.minBytes` and `requests.defaultMaxBytes`, unless their flag set them (`givenBytes`).
+ * Throws ERR_CONFIG (checkPlan) when it does not fit. Returns the plan and the requests' bytes.
+ */
+export function planWithRequests(daemon: DaemonKind, budgetBytes: number, fixed: readonly MemoryShare[], requests: {
+  readonly givenBytes: number | null; readonly minBytes: number; readonly defaultMaxBytes: number; readonly setBy: string;
+}): { plan: MemoryPlan; requestsBytes: number } {
+  const left = budgetBytes - plannedBytes({ daemon, budgetBytes, shares: fixed });
+  const requestsBytes = requests.givenBytes ?? Math.max(requests.minBytes, Math.min(requests.defaultMaxBytes, left));
+  const plan: MemoryPlan = { daemon, budgetBytes, shares: [...fixed, { name: 'requests', bytes: requestsBytes, setBy: requests.setBy }] };
+  checkPlan(plan);
+  return { plan, requestsBytes };
+}
+
 export function formatMiB(bytes: number): string {
   return `${Math.ceil(bytes / MiB)}M`;
 }
