@@ -10,7 +10,7 @@
 import t from 'tap';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { seededRandom } from '../src/util/clock.ts';
-import { BLOCKS_PER_CHUNK, SimWorld } from './sim/world.ts';
+import { BLOCKS_PER_CHUNK, SimWorld, yieldingPace } from './sim/world.ts';
 
 const SEEDS = Number(process.env['SIM_SEEDS'] ?? 200);
 const SERVERS = 5;
@@ -24,12 +24,7 @@ interface Outcome {
 
 async function runSeed(seed: number): Promise<Outcome> {
   const random = seededRandom(seed);
-  const world = new SimWorld(random, SERVERS, {
-    pace: async () => {
-      const turns = 1 + Math.floor(random() * 4);
-      for (let turn = 0; turn < turns; turn += 1) await yieldToLoop();
-    },
-  });
+  const world = new SimWorld(random, SERVERS, { pace: yieldingPace(random) });
   const first = await world.allocate(0);
   if (first === null) throw new Error('allocation failed');
   const acknowledged = new Map<number, number>();
@@ -64,15 +59,7 @@ async function runSeed(seed: number): Promise<Outcome> {
   }));
   adding = false;
   await writer;
-  const final = world.tables.getChunk(world.volumeId, 0)!;
-  const missing: string[] = [];
-  for (const csId of final.replicas) {
-    const replica = world.server(csId).replicas.get(final.chunkId)!;
-    for (const [block, value] of acknowledged) {
-      const held = replica.blocks.get(block) ?? 0;
-      if (held !== value) missing.push(`server ${csId} block ${block}: holds ${held}, acknowledged ${value}`);
-    }
-  }
+  const missing = world.missingAcknowledged(0, acknowledged);
   return { acked: acknowledged.size, missing, addsFailed: adds.filter((add) => add.status === 'rejected').length };
 }
 

@@ -7,6 +7,7 @@
 // their server is down, a server may crash in the middle of a procedure (before any I/O call), and
 // the MDS's view of which servers are up lags behind the truth.
 
+import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { StorageError } from '../../src/errors.ts';
 import { MemoryTables } from '../../src/mds/memory_tables.ts';
 import type { ChunkRecord } from '../../src/mds/model.ts';
@@ -82,6 +83,24 @@ export class SimWorld {
     const server = this.servers[csId - 1];
     if (server === undefined) throw new Error(`no sim server ${csId}`);
     return server;
+  }
+
+  /**
+   * For every member of chunk `chunkIndex` and every acknowledged write (block -> value), a line
+   * `server S block B: holds X, acknowledged Y` where the member does not hold it.
+   */
+  missingAcknowledged(chunkIndex: number, acknowledged: ReadonlyMap<number, number>): string[] {
+    const chunk = this.tables.getChunk(this.volumeId, chunkIndex);
+    if (chunk === undefined) throw new Error(`sim chunk ${chunkIndex} was never allocated`);
+    const missing: string[] = [];
+    for (const csId of chunk.replicas) {
+      const replica = this.server(csId).replicas.get(chunk.chunkId);
+      for (const [block, value] of acknowledged) {
+        const held = replica?.blocks.get(block) ?? 0;
+        if (held !== value) missing.push(`server ${csId} block ${block}: holds ${held}, acknowledged ${value}`);
+      }
+    }
+    return missing;
   }
 
   /** The MDS catches up with the truth (a heartbeat round). */
@@ -178,6 +197,14 @@ export class SimWorld {
       random: this.random,
     });
   }
+}
+
+/** A copy pace that yields one to four turns of the loop before each step, so that writes land between them. */
+export function yieldingPace(random: () => number): () => Promise<void> {
+  return async () => {
+    const turns = 1 + Math.floor(random() * 4);
+    for (let turn = 0; turn < turns; turn += 1) await yieldToLoop();
+  };
 }
 
 /** ReplicaIo on the simulated servers. */
