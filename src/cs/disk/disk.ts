@@ -46,6 +46,8 @@ export interface DiskFile {
   /** fsync: data and every attribute. */
   sync(): Promise<void>;
   truncate(sizeBytes: number): Promise<void>;
+  /** The file's size (fstat), with writes not yet synced. */
+  sizeBytes(): Promise<number>;
   /** Deallocates a range, which then reads as zeroes; throws ENOTSUP/EOPNOTSUPP where unsupported. */
   punchHole(offsetBytes: number, lengthBytes: number): Promise<void>;
   close(): Promise<void>;

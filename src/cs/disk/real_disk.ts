@@ -54,6 +54,10 @@ class RealFile implements DiskFile {
     return this.handle.truncate(sizeBytes);
   }
 
+  async sizeBytes(): Promise<number> {
+    return (await this.handle.stat()).size;
+  }
+
   punchHole(offsetBytes: number, lengthBytes: number): Promise<void> {
     return fsx.trim(this.handle.fd, offsetBytes, lengthBytes);
   }

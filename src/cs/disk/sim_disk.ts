@@ -651,6 +651,10 @@ class SimFile implements DiskFile {
     return this.op('ftruncate', true, () => this.disk.resize(this.node, sizeBytes));
   }
 
+  sizeBytes(): Promise<number> {
+    return this.op('fstat', false, () => this.node.sizeBytes);
+  }
+
   punchHole(offsetBytes: number, lengthBytes: number): Promise<void> {
     return this.op('fallocate', true, () => {
       if (!this.disk.punchSupported) {

@@ -29,7 +29,8 @@ import { decideJournalOwner, type FoundSegment, type JournalOwnerFacts } from '.
 import {
   JOURNAL_RECORD_TYPE, SEGMENT_HEADER_BYTES, parseSegmentHeader, payloadFits, recordBytes, type JournalRecord, type JournalRecordType, type RecordContent,
 } from './record.ts';
-import { replaySegment, segmentRecords } from './replay.ts';
+import { replaySegment } from './replay.ts';
+import { SegmentReader } from './segment_reader.ts';
 import { SegmentFiles, type Segment } from './segments.ts';
 
 export type { JournalStats } from './group_commit.ts';
@@ -212,15 +213,18 @@ export class Journal {
     if (scan !== undefined) {
       // A first pass, so that applying a record can take the later ones into account.
       for (const segment of segments) {
-        for (const { record } of segmentRecords(await files.read(segment.name), segment.number)) scan(record);
+        await readSegment(files, segment.name, async (reader) => {
+          for await (const record of reader.records(segment.number)) scan(record);
+        });
       }
     }
     let replayed = 0;
     const replayedFileBytes = new Map<string, number>();
     for (const [index, segment] of segments.entries()) {
-      const bytes = await files.read(segment.name);
-      replayedFileBytes.set(segment.name, bytes.length);
-      const result = await replaySegment(bytes, segment, index === segments.length - 1, apply, options.log);
+      const result = await readSegment(files, segment.name, (reader) => {
+        replayedFileBytes.set(segment.name, reader.fileBytes);
+        return replaySegment(reader, segment, index === segments.length - 1, options.batchBytesMax, apply, options.log);
+      });
       replayed += result.records;
       journal.replayFailuresTotal += result.failures;
       if (result.damaged) journal.damagedRecordsTotal += 1;
@@ -613,9 +617,10 @@ export class Journal {
 async function checkOwner(options: JournalOptions, files: SegmentFiles, segments: ReadonlyArray<{ name: string; number: number }>): Promise<void> {
   const found: FoundSegment[] = [];
   for (const segment of segments) {
-    const bytes = await files.read(segment.name);
-    const hasRecords = !segmentRecords(bytes, segment.number).next().done;
-    found.push({ name: segment.name, header: parseSegmentHeader(bytes), hasRecords });
+    await readSegment(files, segment.name, async (reader) => {
+      const hasRecords = (await reader.records(segment.number).next()).done !== true;
+      found.push({ name: segment.name, header: reader.header, hasRecords });
+    });
   }
   const spareHeaders = [];
   for (const spare of (await files.list()).spares) spareHeaders.push(parseSegmentHeader(await files.readHead(spare.name, SEGMENT_HEADER_BYTES)));
@@ -635,4 +640,14 @@ async function checkOwner(options: JournalOptions, files: SegmentFiles, segments
     throw decision.error;
   }
   if (decision.kind === 'recreate') options.log.warn(decision.warning, { journalDir: options.directory });
+}
+
+/** Runs `read` on a reader of the segment, closing the file after. */
+async function readSegment<T>(files: SegmentFiles, name: string, read: (reader: SegmentReader) => Promise<T>): Promise<T> {
+  const reader = await SegmentReader.open(await files.openRead(name));
+  try {
+    return await read(reader);
+  } finally {
+    await reader.close();
+  }
 }

@@ -35,8 +35,8 @@
 //
 // Each record knows its position in its batch (the records written with one writev and synced with
 // one fdatasync), so replay can tell the unsynced rest of a batch from damage (see
-// hasLaterRecord). Journals written before the position existed hold zeroes there: every record
-// then counts as its batch's first.
+// isRecordOfLaterBatch and segment_reader.ts). Journals written before the position existed hold
+// zeroes there: every record then counts as its batch's first.
 
 import { crc32c } from '@node-rs/crc32';
 import { BLOCK_BYTES, CHUNK_BYTES_MAX } from '../../limits.ts';
@@ -149,20 +149,21 @@ export function payloadFits(type: JournalRecordType, offsetBytes: number, length
   }
 }
 
+const RECORD_MAGIC_BYTES = Buffer.alloc(4);
+RECORD_MAGIC_BYTES.writeUInt32BE(MAGIC, 0);
+
+/** Where the next record magic in `bytes` from `from` on begins, or -1 (a candidate for parseRecord). */
+export function recordMagicAt(bytes: Buffer, from: number): number {
+  return bytes.indexOf(RECORD_MAGIC_BYTES, from);
+}
+
 /**
- * A valid record of this segment after `position`, of a batch that began after the record replay
- * stopped at (`index`): that batch was written only once the one holding `index` had been synced,
- * so the record at `index` was lost after it was durable: damage.
+ * Whether a record of the segment replay stopped in, past the record it stopped at (`stopIndex`),
+ * belongs to a batch that began after that record: that batch was written only once the one
+ * holding `stopIndex` had been synced, so the record at `stopIndex` was lost after it was durable.
  */
-export function hasLaterRecord(bytes: Buffer, position: number, segmentNumber: number, index: number): boolean {
-  const magic = Buffer.alloc(4);
-  magic.writeUInt32BE(MAGIC, 0);
-  for (let at = bytes.indexOf(magic, position + 1); at >= 0; at = bytes.indexOf(magic, at + 1)) {
-    const parsed = parseRecord(bytes, at);
-    if (parsed === null || parsed.record.segmentNumber !== segmentNumber || parsed.record.index <= index) continue;
-    if (parsed.record.index - parsed.positionInBatch > index) return true;
-  }
-  return false;
+export function isRecordOfLaterBatch(parsed: { record: JournalRecord; positionInBatch: number }, stopIndex: number): boolean {
+  return parsed.record.index - parsed.positionInBatch > stopIndex;
 }
 
 /** What a segment's first bytes say about it. */

@@ -100,8 +100,9 @@ export class SegmentFiles {
     return { segments: pick(SEGMENT_NAME), spares: pick(SPARE_NAME) };
   }
 
-  read(name: string): Promise<Buffer> {
-    return this.options.disk.readFile(join(this.options.directory, name));
+  /** A file of the journal opened for reading (segment_reader.ts reads segments from it). */
+  openRead(name: string): Promise<DiskFile> {
+    return this.options.disk.open(join(this.options.directory, name), 'read');
   }
 
   /** The first `bytes` of a file (fewer if it is shorter). */

@@ -58,6 +58,7 @@ export function shareSyncs(file: DiskFile): SharedSyncFile {
     // Data files need their data and size only (they are created at their full size).
     sync,
     truncate: (sizeBytes) => file.truncate(sizeBytes),
+    sizeBytes: () => file.sizeBytes(),
     punchHole: (offsetBytes, lengthBytes) => file.punchHole(offsetBytes, lengthBytes),
     close: () => file.close(),
   };
