@@ -30,6 +30,12 @@ export interface DiskFile {
   readonly durableWrites: boolean;
   /** Reads up to `lengthBytes` at `positionBytes` into `target[targetOffset..]`; returns bytes read (0 at end of file). */
   read(target: Buffer, targetOffset: number, lengthBytes: number, positionBytes: number): Promise<number>;
+  /**
+   * The same read, done before returning (pread on the calling thread). For small reads of blocks
+   * that are likely in the page cache, where a thread-pool round trip costs several times the copy;
+   * a read that must wait for the device holds the caller that long (see on_loop_gate.ts).
+   */
+  readNow(target: Buffer, targetOffset: number, lengthBytes: number, positionBytes: number): number;
   /** Writes `source[sourceOffset..sourceOffset+lengthBytes)` at `positionBytes`; returns bytes written. */
   write(source: Buffer, sourceOffset: number, lengthBytes: number, positionBytes: number): Promise<number>;
   /**

@@ -3,7 +3,7 @@
 // reported to the caller, which must treat the data it covered as possibly lost.
 
 import fsx from 'fs-native-extensions';
-import { constants, writeSync } from 'node:fs';
+import { constants, readSync, writeSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
 import type { Disk, DiskFile, OpenMode, OpenOptions } from './disk.ts';
 
@@ -28,6 +28,10 @@ class RealFile implements DiskFile {
 
   async read(target: Buffer, targetOffset: number, lengthBytes: number, positionBytes: number): Promise<number> {
     return (await this.handle.read(target, targetOffset, lengthBytes, positionBytes)).bytesRead;
+  }
+
+  readNow(target: Buffer, targetOffset: number, lengthBytes: number, positionBytes: number): number {
+    return readSync(this.handle.fd, target, targetOffset, lengthBytes, positionBytes);
   }
 
   async write(source: Buffer, sourceOffset: number, lengthBytes: number, positionBytes: number): Promise<number> {

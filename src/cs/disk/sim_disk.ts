@@ -612,6 +612,15 @@ class SimFile implements DiskFile {
     });
   }
 
+  readNow(target: Buffer, targetOffset: number, lengthBytes: number, positionBytes: number): number {
+    return this.disk.callNow('read', this.path, () => {
+      if (this.closed) throw simErrno('EBADF', 'read', this.path);
+      const bytes = Math.max(0, Math.min(lengthBytes, this.node.sizeBytes - positionBytes));
+      readPages(this.node, target, targetOffset, bytes, positionBytes);
+      return bytes;
+    });
+  }
+
   write(source: Buffer, sourceOffset: number, lengthBytes: number, positionBytes: number): Promise<number> {
     return this.durably(this.op('write', true, () => this.writeChecked(source.subarray(sourceOffset, sourceOffset + lengthBytes), positionBytes)));
   }

@@ -57,8 +57,8 @@ import type { Journal, JournalAppend, JournalTicket } from '../journal/journal.t
 import { JOURNAL_RECORD_TYPE, inPlaceSumsBytes } from '../journal/record.ts';
 import { FLAG_WRITTEN, ZERO_BLOCK_SUM, blockSums, clearSums, isWritten, setSum, storedSum } from './block_sums.ts';
 import type { ChangeTracker } from './changes.ts';
-import { WRITE_NOW_BYTES_MAX, readFully, writeFully, writeFullyNow, writeZeroes } from './chunk_file_io.ts';
-import { WRITE_NOW_GATE_LIMITS, WriteNowGate } from './write_now_gate.ts';
+import { READ_NOW_BYTES_MAX, WRITE_NOW_BYTES_MAX, readFully, readFullyNow, writeFully, writeFullyNow, writeZeroes } from './chunk_file_io.ts';
+import { READ_NOW_GATE_LIMITS, WRITE_NOW_GATE_LIMITS, OnLoopGate } from './on_loop_gate.ts';
 import type { ChunkHandle } from './handle_cache.ts';
 import { markDirty } from './handle_cache.ts';
 import type { StoreHealth } from './health.ts';
@@ -93,8 +93,10 @@ export interface BlockIOOptions {
 export class BlockIO {
   private readonly options: BlockIOOptions;
   private punchSupported = true;
-  /** Whether small applies may be done on the event loop (write_now_gate.ts). */
-  private readonly writeNowGate = new WriteNowGate();
+  /** Whether small applies may be done on the event loop (on_loop_gate.ts). */
+  private readonly writeNowGate = new OnLoopGate(WRITE_NOW_GATE_LIMITS);
+  /** Whether small reads may be done on the event loop (on_loop_gate.ts). */
+  private readonly readNowGate = new OnLoopGate(READ_NOW_GATE_LIMITS);
 
   constructor(options: BlockIOOptions) {
     this.options = options;
@@ -285,7 +287,10 @@ export class BlockIO {
       this.checkVersion(handle.meta.chunkId, { kind: 'live', version });
       if (!anyWritten) return Buffer.alloc(lengthBytes);
       const bytes = Buffer.allocUnsafe(alignedBytes);
-      await readFully(handle.data, bytes, alignedStart);
+      // A small read from the page cache costs less done at once than the thread pool's round
+      // trip (its wake-ups take the other core on a small host); reads that miss it close the gate.
+      if (alignedBytes <= READ_NOW_BYTES_MAX && this.readNowGate.isOpen(performance.now())) this.readDataNow(handle, bytes, alignedStart);
+      else await readFully(handle.data, bytes, alignedStart);
       for (let block = first; block <= last; block += 1) {
         const view = bytes.subarray((block - first) * BLOCK_BYTES, (block - first + 1) * BLOCK_BYTES);
         if (isWritten(handle.sums, block)) this.verifyBlock(handle, block, view);
@@ -394,6 +399,18 @@ export class BlockIO {
       await readFully(handle.data, view, block * BLOCK_BYTES);
       // During replay a block may hold a torn, never-acknowledged write; the record rewrites it.
       if (mode.kind === 'live') this.verifyBlock(handle, block, view);
+    }
+  }
+
+  private readDataNow(handle: ChunkHandle, bytes: Buffer, position: number): void {
+    const startedMs = performance.now();
+    readFullyNow(handle.data, bytes, position);
+    const endedMs = performance.now();
+    const tookMs = endedMs - startedMs;
+    if (this.readNowGate.observe(endedMs, tookMs) === 'closed') {
+      this.options.log.info('reads missed the page cache: they go through the thread pool for a while', {
+        chunkId: handle.meta.chunkId, bytes: bytes.length, tookMs: Math.round(tookMs * 1000) / 1000, pauseMs: READ_NOW_GATE_LIMITS.pauseMs,
+      });
     }
   }
 

@@ -21,6 +21,22 @@ export async function readFully(handle: DiskFile, target: Buffer, position: numb
   }
 }
 
+/**
+ * readFully done before returning, for small reads of blocks likely in the page cache (see
+ * DiskFile.readNow): at most this many bytes, so the event loop is never held for a large copy.
+ */
+export const READ_NOW_BYTES_MAX = 64 * 1024;
+
+export function readFullyNow(handle: DiskFile, target: Buffer, position: number): void {
+  assert(target.length <= READ_NOW_BYTES_MAX, `a read of ${target.length} bytes is too large to do on the event loop`);
+  let done = 0;
+  while (done < target.length) {
+    const bytesRead = handle.readNow(target, done, target.length - done, position + done);
+    if (bytesRead === 0) throw new StorageError('ERR_IO', `short read at ${position + done}: chunk file is shorter than its chunk`);
+    done += bytesRead;
+  }
+}
+
 export async function writeFully(handle: DiskFile, source: Buffer, position: number): Promise<void> {
   let done = 0;
   while (done < source.length) {

@@ -51,6 +51,7 @@ export function shareSyncs(file: DiskFile): SharedSyncFile {
     },
     durableWrites: file.durableWrites,
     read: (target, targetOffset, lengthBytes, positionBytes) => file.read(target, targetOffset, lengthBytes, positionBytes),
+    readNow: (target, targetOffset, lengthBytes, positionBytes) => file.readNow(target, targetOffset, lengthBytes, positionBytes),
     write: (source, sourceOffset, lengthBytes, positionBytes) => file.write(source, sourceOffset, lengthBytes, positionBytes),
     writeNow: (source, sourceOffset, lengthBytes, positionBytes) => file.writeNow(source, sourceOffset, lengthBytes, positionBytes),
     writev: (buffers, positionBytes) => file.writev(buffers, positionBytes),
