@@ -126,4 +126,21 @@ t.test('shoal top in an 80x24 terminal shows the volume fio writes, with fio\'s 
   const bad = await cli.shoal(['top', '--sort', 'size'], env);
   t.equal(bad.code, 2);
   t.match(bad.stderr, /--sort must be one of iops, bandwidth, latency, name, got "size"/);
+
+  // q while a refresh is still waiting for the MDS: top quits once it answers (a refresh in flight
+  // at the quit had started the next one, and the process ran on without a screen).
+  const again = await tmux('new-session', '-d', '-s', 'top2', '-x', '80', '-y', '24',
+    `env ${envText} TERM=xterm ${process.execPath} ${SHOAL_ENTRY} top --interval 1`);
+  t.equal(again.code, 0, `tmux starts shoal top again: ${again.stderr}`);
+  await eventually('shoal top to draw', 20_000, async () => ((await tmux('capture-pane', '-p', '-t', 'top2')).stdout.includes('VOLUME') ? true : null));
+  cluster.mds.kill('SIGSTOP');
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 2_500)); // past the next refresh, which now waits
+    await tmux('send-keys', '-t', 'top2', 'q');
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  } finally {
+    cluster.mds.kill('SIGCONT');
+  }
+  await eventually('shoal top to quit after the MDS answers', 15_000, async () => ((await tmux('has-session', '-t', 'top2')).code !== 0 ? true : null));
+  t.pass('q during a refresh quits once the refresh ends');
 });

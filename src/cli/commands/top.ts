@@ -111,18 +111,24 @@ async function runTop(context: CliContext, params: TopParams): Promise<void> {
   process.stdout.on('resize', draw);
   let timer: NodeJS.Timeout | null = null;
   let failure: unknown = null;
+  let stopped = false;
   const tick = (): void => {
-    refresh().then(draw, (error: unknown) => {
+    refresh().then(() => {
+      if (!stopped) draw();
+    }, (error: unknown) => {
       failure = error;
       quit();
     }).finally(() => {
-      timer = setTimeout(tick, params.intervalMs);
+      // A refresh still under way when q was pressed must not start the next one: its timer
+      // would keep the process alive after the screen is gone.
+      if (!stopped) timer = setTimeout(tick, params.intervalMs);
     });
   };
   try {
     tick();
     await quitting;
   } finally {
+    stopped = true;
     if (timer !== null) clearTimeout(timer);
     stdin.off('data', onKey);
     process.stdout.off('resize', draw);
