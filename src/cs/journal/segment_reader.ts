@@ -1,9 +1,9 @@
 // Reading a journal segment at start-up, a piece at a time. Segments are preallocated (64 MiB by
 // default) and usually hold far fewer bytes of records than that: reading whole files made a start
-// after a crash read every segment in full, twice, into one buffer each (about 10 s per chunk
-// server on the power-cut disk of the tests, where a fresh start takes 3.5 s). Here a segment
-// costs the bytes of its records, plus a bounded look past where they stop (see laterBatchPastStop),
-// and memory holds one piece, or the largest record met.
+// after a crash read every segment in full three times (owner check, scan, replay), into one
+// buffer each (about 10 s per chunk server on the power-cut disk of the tests, where a fresh start
+// takes 3.5 s). Here a segment costs the bytes of its records, plus a bounded look past where they
+// stop (see laterBatchPastStop), and memory holds one piece, or the largest record met.
 
 import { assert } from '../../util/assert.ts';
 import type { DiskFile } from '../disk/disk.ts';
