@@ -7,6 +7,8 @@ import { FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES_MAX, FRAME_PREFIX_BYTES } from
 import { CS_OP, decodeExtents, encodeExtents, parseReply, parseRequest } from '../src/protocol/cs_messages.ts';
 import { FrameReader, encodeFrameHead, type RawFrame } from '../src/protocol/frame.ts';
 import { seededRandom } from '../src/util/clock.ts';
+import { changeFields } from '../src/client/replica_io.ts';
+import type { ChunkMapEntry } from '../src/protocol/api.ts';
 
 function frameBytes(header: object, payload = Buffer.alloc(0)): Buffer {
   return Buffer.concat([encodeFrameHead(header, payload.length), payload]);
@@ -128,6 +130,28 @@ t.test('data-path headers travel binary and parse as their msgpack form would', 
   const frame = reader.next()!;
   t.same(parseReply(frame), { op: CS_OP.REPLY, id: 12 });
   t.equal(frame.payload.toString(), 'abcde');
+});
+
+t.test('the client\'s change request travels binary, its members\' host labels left out', async (t) => {
+  const entry: ChunkMapEntry = {
+    chunkIndex: 3, chunkId: 41, version: 5, ticket: 'ab'.repeat(16),
+    replicas: [
+      { csId: 1, host: '127.0.0.1', port: 9631, hostLabel: 'hv-a' },
+      { csId: 2, host: '127.0.0.1', port: 9632, hostLabel: 'hv-b' },
+      { csId: 3, host: '127.0.0.1', port: 9633 },
+    ],
+  };
+  const fields = changeFields(entry, CS_OP.WRITE, 9, 2, { chunkIndex: 3, offsetInChunk: 8192, lengthBytes: 4096, bufferOffset: 0 });
+  const header = { ...fields, id: 1 };
+  const head = encodeFrameHead(header, 4096);
+  t.ok(head[FRAME_PREFIX_BYTES]! < 0x80, 'a write from the map\'s entry has a binary header');
+  const reader = new FrameReader();
+  reader.push(Buffer.concat([head, Buffer.alloc(4096)]));
+  const parsed = parseRequest(reader.next()!);
+  t.same(parsed, header, 'it parses as sent');
+  t.same(fields.forward, [{ csId: 2, host: '127.0.0.1', port: 9632 }, { csId: 3, host: '127.0.0.1', port: 9633 }], 'forward: the members after the primary');
+  t.equal(changeFields(entry, CS_OP.ZERO, 9, 2, { chunkIndex: 3, offsetInChunk: 0, lengthBytes: 1, bufferOffset: 0 }).forward, fields.forward,
+    'the forward list is made once per entry');
 });
 
 t.test('headers outside the binary layouts keep msgpack', async (t) => {

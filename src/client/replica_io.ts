@@ -67,15 +67,48 @@ export function changeOutcome(primaryCsId: number, reply: Pick<CsReply, 'code' |
   return kind === 'failed' ? { kind, failedCsIds: [primaryCsId], error } : { kind, error };
 }
 
-/** Each entry's ticket as bytes, decoded once per entry (entries are replaced, never changed). */
-const tickets = new WeakMap<ChunkMapEntry, Buffer>();
-function ticketOf(entry: ChunkMapEntry): Buffer {
-  let ticket = tickets.get(entry);
-  if (ticket === undefined) {
-    ticket = Buffer.from(entry.ticket, 'hex');
-    tickets.set(entry, ticket);
+/** A change's request header fields, as the wire carries them. */
+export interface ChangeFields {
+  readonly op: typeof CS_OP.WRITE | typeof CS_OP.ZERO;
+  readonly chunkId: number;
+  readonly version: number;
+  readonly volumeId: number;
+  readonly epoch: number;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+  readonly forward: readonly ForwardTarget[];
+  readonly ticket: Buffer;
+}
+
+/** A member the primary forwards a change to: what the ticket names, nothing more. */
+export interface ForwardTarget {
+  readonly csId: number;
+  readonly host: string;
+  readonly port: number;
+}
+
+/**
+ * Per entry (entries are replaced, never changed): the ticket as bytes and the members after the
+ * primary as forward targets. The map's members carry more (`hostLabel`) than a forward target
+ * does; a header with those extra fields would not fit the binary layout and would go by msgpack,
+ * encoded on the client and decoded on the primary for every write.
+ */
+const changeParts = new WeakMap<ChunkMapEntry, { readonly ticket: Buffer; readonly forward: readonly ForwardTarget[] }>();
+
+/** The header of a change to `entry`'s chunk, to be sent to its primary (the first member). */
+export function changeFields(entry: ChunkMapEntry, op: ChangeFields['op'], volumeId: number, epoch: number, piece: Piece): ChangeFields {
+  let parts = changeParts.get(entry);
+  if (parts === undefined) {
+    parts = {
+      ticket: Buffer.from(entry.ticket, 'hex'),
+      forward: entry.replicas.slice(1).map(({ csId, host, port }) => ({ csId, host, port })),
+    };
+    changeParts.set(entry, parts);
   }
-  return ticket;
+  return {
+    op, chunkId: entry.chunkId, version: entry.version, volumeId, epoch,
+    offsetBytes: piece.offsetInChunk, lengthBytes: piece.lengthBytes, forward: parts.forward, ticket: parts.ticket,
+  };
 }
 
 interface Target {
@@ -153,20 +186,9 @@ export class ReplicaIo {
     const deadline = retrier.deadline();
     await retrier.run(`${op === CS_OP.WRITE ? 'write to' : 'zeroing of'} chunk ${piece.chunkIndex}`, deadline, async () => {
       const entry = await chunks.writableEntry(piece.chunkIndex, deadline);
-      const [primary, ...others] = entry.replicas;
+      const primary = entry.replicas[0];
       assert(primary !== undefined, 'a writable chunk has a primary replica');
-      const body = {
-        op,
-        chunkId: entry.chunkId,
-        version: entry.version,
-        volumeId: this.options.volumeId,
-        epoch: lease.epoch,
-        offsetBytes: piece.offsetInChunk,
-        lengthBytes: piece.lengthBytes,
-        forward: others,
-        ticket: ticketOf(entry),
-      };
-      const outcome = await this.sendChange(primary, body, data);
+      const outcome = await this.sendChange(primary, changeFields(entry, op, this.options.volumeId, lease.epoch, piece), data);
       if (outcome.kind === 'done') return undefined;
       if (outcome.kind === 'fatal') throw lease.noteFenced(outcome.error);
       let problem = outcome.error.message;
