@@ -14,7 +14,7 @@
 // Non-goals: asserting performance (this is a tool, not a test), tuning shoal, repeated runs.
 //
 // Usage: node --enable-source-maps build/bench/nbd-fio.js [--quick] [--runtime S] [--size BYTES]
-//        [--dir DIR] [--json FILE] [--jobs a,b] [--settle S] [--profile DIR]
+//        [--dir DIR] [--json FILE] [--jobs a,b] [--settle S] [--warmup S] [--profile DIR]
 
 import { execFileSync } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
@@ -43,6 +43,8 @@ const USAGE = `usage: nbd-fio [options]
   --json FILE        also write every raw number to FILE
   --jobs a,b         run only these jobs (${FIO_JOBS.map((job) => job.name).join(', ')})
   --settle S         pause after syncing the file system before each job (default 2; --quick: 0.5)
+  --warmup S         run each job on each target this long, unmeasured, before its measured run
+                     (default 3; --quick: 1; 0: none)
   --quick            smoke test of the harness: --runtime 3 --size 256M
   --profile DIR      run shoal's daemons under node --cpu-prof, profiles in DIR (new or without
                      .cpuprofile files), and summarise each daemon per job
@@ -56,6 +58,8 @@ interface Parameters {
   readonly jsonPath: string | null;
   readonly jobs: readonly FioJob[];
   readonly settleSeconds: number;
+  /** Seconds each job runs on each target, unmeasured, before its measured run. */
+  readonly warmupSeconds: number;
   readonly quick: boolean;
   readonly profileDir: string | null;
 }
@@ -76,7 +80,7 @@ function parseParameters(argv: readonly string[]): Parameters | null {
     args: [...argv],
     options: {
       runtime: text, size: text, 'volume-size': text, dir: text, json: text, jobs: text,
-      settle: text, profile: text, quick: flag, help: flag,
+      settle: text, warmup: text, profile: text, quick: flag, help: flag,
     },
     strict: true,
   });
@@ -87,6 +91,7 @@ function parseParameters(argv: readonly string[]): Parameters | null {
   const volumeBytes = values['volume-size'] === undefined
     ? Math.max(2 * GiB, regionBytes) : parseSizeBytes(values['volume-size'], '--volume-size');
   const settleSeconds = Number(values.settle ?? (quick ? 0.5 : 2));
+  const warmupSeconds = Number(values.warmup ?? (quick ? 1 : 3));
   const allNames = FIO_JOBS.map((job) => job.name);
   const names = values.jobs?.split(',').map((name) => name.trim()) ?? allNames;
   const unknown = names.filter((name) => !allNames.includes(name));
@@ -97,12 +102,13 @@ function parseParameters(argv: readonly string[]): Parameters | null {
   check(regionBytes >= MiB && regionBytes % MiB === 0, '--size: a multiple of 1 MiB');
   check(volumeBytes >= regionBytes, '--volume-size: at least --size');
   check(settleSeconds >= 0, '--settle: seconds, 0 or more');
+  check(Number.isInteger(warmupSeconds) && warmupSeconds >= 0, '--warmup: whole seconds, 0 or more');
   check(unknown.length === 0, `--jobs: unknown job ${unknown.join(', ')}`);
   const profileDir = values.profile === undefined ? null : resolve(values.profile);
   // SHOAL_NODE_ARGS is split on spaces.
   check(profileDir === null || !/\s/.test(profileDir), '--profile: a path without spaces');
   return {
-    runtimeSeconds, regionBytes, volumeBytes, settleSeconds, quick, profileDir,
+    runtimeSeconds, regionBytes, volumeBytes, settleSeconds, warmupSeconds, quick, profileDir,
     jobs: FIO_JOBS.filter((job) => names.includes(job.name)),
     parentDir: resolve(values.dir ?? tmpdir()),
     jsonPath: values.json === undefined ? null : resolve(values.json),
@@ -195,12 +201,17 @@ async function prefill(run: Run, targets: readonly Target[]): Promise<Record<str
 }
 
 async function measure(run: Run, targets: readonly Target[]): Promise<Measurement[]> {
-  const { jobs, runtimeSeconds } = run.parameters;
+  const { jobs, runtimeSeconds, warmupSeconds } = run.parameters;
   const measurements: Measurement[] = [];
   for (const [jobIndex, job] of jobs.entries()) {
     // Rotate the order: over the jobs each target runs first, second and third equally often.
     const order = targets.map((_, index) => targets[(index + jobIndex) % targets.length]!);
     for (const [position, target] of order.entries()) {
+      // A daemon that has not yet run this job's code paths at this rate spends part of a short
+      // run compiling them (node's optimizing compiler: 18 % of a chunk server's CPU in the first
+      // seconds of a 4k QD1 write run, perf): measured is the service as it runs for days.
+      // Every target gets the same warm-up, as fio's ramp_time would give it.
+      if (warmupSeconds > 0) await runFioOn(target, job, fioOptions(run, target.uris, warmupSeconds));
       await settle(run);
       log(`${job.name} on ${target.label} (${runtimeSeconds} s)`);
       const notReset = await resetPeakRss(target.pids);
@@ -272,7 +283,7 @@ function formatReport(run: Run, outcome: Outcome): string {
   return [
     `# shoal vs qemu-nbd over NBD (fio ioengine=nbd), ${outcome.startedAt.toISOString()}`,
     '', `command: ${outcome.command}`,
-    `runtime ${parameters.runtimeSeconds} s per job and target; ` +
+    `runtime ${parameters.runtimeSeconds} s per job and target, after a warm-up of ${parameters.warmupSeconds} s; ` +
       `region ${parameters.regionBytes / MiB} MiB; volume ${parameters.volumeBytes / MiB} MiB; ` +
       'target order rotates from job to job',
     '', '## Machine', formatMachine(machineFacts(run.runDir)),
