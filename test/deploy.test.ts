@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SHOAL_ENTRY } from '../src/local/daemon_process.ts';
+import { DAEMON_ENVIRONMENT } from '../src/local/daemon_environment.ts';
 import { run, runOk } from './helpers/run.ts';
 
 // Compiled to build/test: the repository is two levels up.
@@ -50,6 +51,18 @@ t.test('every flag a unit passes is one its daemon takes', async (t) => {
     const { stdout } = await runOk(process.execPath, [SHOAL_ENTRY, 'run', daemon, '--help']);
     const unknown = flags.filter((flag) => !new RegExp(`${flag}(\\s|$)`, 'm').test(stdout));
     t.same(unknown, [], `${file}: ${flags.length} flags, all in \`shoal run ${daemon} --help\``);
+  }
+});
+
+t.test('every unit runs its daemon with the environment LocalCluster gives it', async (t) => {
+  for (const { file } of UNITS) {
+    const unit = await readFile(join(DEPLOY, 'systemd', file), 'utf8');
+    const assignments = new Map(unit.split('\n').filter((line) => line.startsWith('Environment='))
+      .flatMap((line) => line.slice('Environment='.length).split(/\s+/))
+      .map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)] as const));
+    for (const [name, value] of Object.entries(DAEMON_ENVIRONMENT)) {
+      t.equal(assignments.get(name), value, `${file}: ${name}`);
+    }
   }
 });
 

@@ -38,7 +38,7 @@ t.test('a smaller budget leaves less to requests in flight, down to the minimum'
 t.test('a plan that does not fit is refused, naming the shares and the budget that would do', async (t) => {
   t.throws(() => csMemoryPlan({ budgetBytes: 256 * MiB, inflightBytesMax: 512 * MiB, openChunksMax: 256, cacheSizeBytes: null }), {
     code: 'ERR_CONFIG',
-    message: /requests 512M \(--inflight-bytes-max\).*Raise --memory-budget to at least 688M/,
+    message: /requests 512M \(--inflight-bytes-max\).*Raise --memory-budget to at least 720M/,
   });
   t.throws(() => nbdMemoryPlan({ budgetBytes: 256 * MiB, inflightBytesTotalMax: null, inflightBytesMax: null, cacheSizeBytes: 64 * 1024 * MiB }), {
     code: 'ERR_CONFIG',

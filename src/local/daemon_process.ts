@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { StorageError, isErrorCode, type ErrorCode } from '../errors.ts';
+import { DAEMON_ENVIRONMENT } from './daemon_environment.ts';
 
 export const SHOAL_ENTRY = fileURLToPath(new URL('../bin/shoal.js', import.meta.url));
 
@@ -66,8 +67,8 @@ export class DaemonProcess {
       stdio: [supervised ? 'pipe' : 'ignore', 'pipe', options.stderr === 'collect' ? 'pipe' : 'inherit'],
       detached: options.detached ?? false,
       env: {
+        ...DAEMON_ENVIRONMENT,
         ...process.env,
-        UV_THREADPOOL_SIZE: process.env['UV_THREADPOOL_SIZE'] ?? '16',
         ...(supervised ? { SHOAL_SUPERVISED: '1' } : {}),
         ...options.env,
       },

@@ -28,11 +28,19 @@ import { parseSizeBytes } from './size.ts';
 const MiB = 1024 * 1024;
 
 /**
+ * Free memory the C allocator keeps at the top of its heap instead of giving it back (glibc's
+ * trim threshold, set for every daemon: src/local/daemon_environment.ts), so that the next 1 MiB
+ * requests reuse pages instead of faulting in fresh ones. Resident, so the runtime's share holds it.
+ */
+export const ALLOCATOR_KEPT_FREE_BYTES = 32 * MiB;
+
+/**
  * The runtime's own resident memory under load: Node's heap with its young generation, code,
  * libuv's and the native modules' buffers, the metrics registry. Measured at 60–80 MiB for each
- * daemon at rest under sustained load; the rest is headroom for the garbage collector's lag.
+ * daemon at rest under sustained load; the rest is headroom for the garbage collector's lag; plus
+ * what the allocator keeps free.
  */
-export const RUNTIME_BYTES = 96 * MiB;
+export const RUNTIME_BYTES = 96 * MiB + ALLOCATOR_KEPT_FREE_BYTES;
 /** Every daemon's budget unless --memory-budget says otherwise. */
 export const MEMORY_BUDGET_BYTES_DEFAULT = 512 * MiB;
 const SAMPLE_INTERVAL_MS = 250;
