@@ -7,7 +7,7 @@
 import { networkInterfaces } from 'node:os';
 import { StorageError, isStorageError } from '../errors.ts';
 import type { ChunkMapEntry } from '../protocol/api.ts';
-import { CS_OP, decodeExtents, type CsReply } from '../protocol/cs_messages.ts';
+import { CS_OP, decodeExtents, type CsReply, type MutationFields, type ReplicaAddress } from '../protocol/cs_messages.ts';
 import type { CsConnectionPool, CsRequestBody, CsResponse } from '../protocol/cs_connection.ts';
 import type { MdsClient } from '../protocol/mds_client.ts';
 import { assert } from '../util/assert.ts';
@@ -67,25 +67,8 @@ export function changeOutcome(primaryCsId: number, reply: Pick<CsReply, 'code' |
   return kind === 'failed' ? { kind, failedCsIds: [primaryCsId], error } : { kind, error };
 }
 
-/** A change's request header fields, as the wire carries them. */
-export interface ChangeFields {
-  readonly op: typeof CS_OP.WRITE | typeof CS_OP.ZERO;
-  readonly chunkId: number;
-  readonly version: number;
-  readonly volumeId: number;
-  readonly epoch: number;
-  readonly offsetBytes: number;
-  readonly lengthBytes: number;
-  readonly forward: readonly ForwardTarget[];
-  readonly ticket: Buffer;
-}
-
-/** A member the primary forwards a change to: what the ticket names, nothing more. */
-export interface ForwardTarget {
-  readonly csId: number;
-  readonly host: string;
-  readonly port: number;
-}
+/** A change's request header, as the wire carries it (its id is the connection's to add). */
+export type ChangeFields = Omit<MutationFields, 'id'> & { readonly op: typeof CS_OP.WRITE | typeof CS_OP.ZERO };
 
 /**
  * Per entry (entries are replaced, never changed): the ticket as bytes and the members after the
@@ -93,7 +76,7 @@ export interface ForwardTarget {
  * does; a header with those extra fields would not fit the binary layout and would go by msgpack,
  * encoded on the client and decoded on the primary for every write.
  */
-const changeParts = new WeakMap<ChunkMapEntry, { readonly ticket: Buffer; readonly forward: readonly ForwardTarget[] }>();
+const changeParts = new WeakMap<ChunkMapEntry, { readonly ticket: Buffer; readonly forward: readonly ReplicaAddress[] }>();
 
 /** The header of a change to `entry`'s chunk, to be sent to its primary (the first member). */
 export function changeFields(entry: ChunkMapEntry, op: ChangeFields['op'], volumeId: number, epoch: number, piece: Piece): ChangeFields {

@@ -12,10 +12,10 @@
 // allocates a frame of 1 MiB and socket reads of 64 KiB for each, frees them in bulk when the
 // garbage collector runs, and so touched fresh pages all the time: 12,000-45,000 page faults per
 // chunk server and 7,000-35,000 for the NBD server in 8 s of 1 MiB reads or writes (2026-12-02),
-// and a page fault on a virtual machine is expensive. Allocations then come from the
-// heap (below 8 MiB: any frame), and up to ALLOCATOR_KEPT_FREE_BYTES (32 MiB) of free heap is kept for the next ones: resident
-// memory, which each daemon's memory plan counts in the runtime's share (at 16 MiB chunk servers
-// still faulted 30,000-40,000 times). Measured on a local cluster, 1 MiB reads at QD4: page faults
+// and a page fault on a virtual machine is expensive. Allocations then come from the heap (below
+// 8 MiB: any frame), and up to ALLOCATOR_KEPT_FREE_BYTES (32 MiB) of free heap is kept for the next
+// ones: resident memory, which each daemon's memory plan counts in the runtime's share (at 16 MiB
+// chunk servers still faulted 30,000-40,000 times). Measured on a local cluster, 1 MiB reads at QD4: page faults
 // per chunk server 12,000-26,000 -> 36-136 in 8 s, 223 -> 261-314 MiB/s.
 
 import { FRAME_BODY_BYTES_MAX } from '../limits.ts';
